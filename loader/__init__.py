@@ -1,0 +1,44 @@
+"""larder's trainer-side reader: pyarrow + numpy only, never Spark.
+
+Public names: :func:`open_dataset`, :func:`write_cache`, :func:`make_reader`, :func:`mix`, and the
+errors in :mod:`loader.errors`.
+"""
+
+from .dataset import Dataset, open_dataset
+from .errors import (
+    ColumnNotFoundError,
+    ConfigError,
+    CorruptFileError,
+    DatasetNotFoundError,
+    EmptyDatasetError,
+    LarderError,
+    ManifestError,
+    PublishError,
+    RemoteError,
+    SourceError,
+    StateError,
+    TransformError,
+    UnsupportedFormatError,
+    WorkerError,
+)
+from .writer import write_cache
+
+__all__ = [
+    "ColumnNotFoundError",
+    "ConfigError",
+    "CorruptFileError",
+    "Dataset",
+    "DatasetNotFoundError",
+    "EmptyDatasetError",
+    "LarderError",
+    "ManifestError",
+    "PublishError",
+    "RemoteError",
+    "SourceError",
+    "StateError",
+    "TransformError",
+    "UnsupportedFormatError",
+    "WorkerError",
+    "open_dataset",
+    "write_cache",
+]

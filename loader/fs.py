@@ -1,0 +1,161 @@
+"""One filesystem interface for the whole project: :class:`pyarrow.fs.FileSystem`.
+
+``resolve(url)`` turns a local path, a ``file://`` URL or a remote URL into a ``(filesystem, path)``
+pair. Local paths use :class:`pyarrow.fs.LocalFileSystem`; schemes registered with
+:func:`register_scheme` (``webhdfs://`` and ``hdfs://`` by :mod:`loader.webhdfs`) get their own
+filesystem; any other scheme goes to pyarrow (``s3://``, ``gs://``...) and then to fsspec if it is
+installed. Everything else in larder (manifest, publish, reader, cache) speaks only this interface,
+through the few helpers below.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import posixpath
+import threading
+import uuid
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from .errors import ConfigError, DatasetNotFoundError
+
+FsFactory = Callable[..., "tuple[pafs.FileSystem, str]"]
+
+_SCHEMES: dict[str, FsFactory] = {}
+# Modules that register schemes on import; imported lazily so optional dependencies stay optional.
+_LAZY_SCHEMES = {"webhdfs": "loader.webhdfs", "hdfs": "loader.webhdfs", "swebhdfs": "loader.webhdfs"}
+_lock = threading.Lock()
+
+
+def register_scheme(scheme: str, factory: FsFactory) -> None:
+    """Route URLs of ``scheme`` to ``factory(url, **options) -> (filesystem, path)``."""
+    with _lock:
+        _SCHEMES[scheme.lower()] = factory
+
+
+def is_remote(url: str) -> bool:
+    """True for URLs with a scheme other than ``file``."""
+    scheme = urlsplit(str(url)).scheme.lower()
+    return len(scheme) > 1 and scheme != "file"  # len > 1: "C:" drive letters are local
+
+
+def resolve(url: str | os.PathLike, **options) -> tuple[pafs.FileSystem, str]:
+    """Return ``(filesystem, path)`` for a local path or URL.
+
+    Args:
+        url: A local path, ``file://`` URL, or remote URL (``webhdfs://``, ``hdfs://``, ``s3://``...).
+        **options: Passed to the scheme's factory (user name, token, name-node map...).
+
+    Raises:
+        ConfigError: No filesystem is known for the URL's scheme.
+    """
+    text = os.fspath(url)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if not is_remote(text):
+        path = parts.path if scheme == "file" else text
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    if scheme not in _SCHEMES and scheme in _LAZY_SCHEMES:
+        try:
+            importlib.import_module(_LAZY_SCHEMES[scheme])
+        except ImportError as e:
+            raise ConfigError(
+                f"{scheme}:// needs the optional dependency {e.name!r}: pip install 'larder[hdfs]'"
+            ) from e
+    if scheme in _SCHEMES:
+        return _SCHEMES[scheme](text, **options)
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+        return fs, path
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as arrow_error:
+        try:
+            import fsspec  # type: ignore[import-not-found]
+        except ImportError:
+            raise ConfigError(f"no filesystem for {scheme}:// URLs ({arrow_error})") from arrow_error
+        fs_impl, path = fsspec.core.url_to_fs(text, **options)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs_impl)), path
+
+
+def display(fs: pafs.FileSystem, path: str) -> str:
+    """A printable name for ``path`` on ``fs``: the local path, or a URL without secrets."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return path
+    handler = getattr(fs, "handler", None)
+    if handler is not None and hasattr(handler, "display_url"):
+        return handler.display_url(path)
+    return f"{fs.type_name}://{path.lstrip('/')}"
+
+
+def join(*parts: str) -> str:
+    """Join path parts with ``/`` (all pyarrow filesystems use forward slashes)."""
+    return posixpath.join(*parts)
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    """True if ``path`` is a file or directory on ``fs``."""
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(fs: pafs.FileSystem, path: str) -> bool:
+    """True if ``path`` is a regular file on ``fs``."""
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def listdir(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    """The entries directly under ``path`` (empty if it does not exist)."""
+    try:
+        return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    except FileNotFoundError:
+        return []
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    """Read a whole (small) file.
+
+    Raises:
+        DatasetNotFoundError: The file does not exist.
+    """
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError as e:
+        raise DatasetNotFoundError(f"{display(fs, path)} does not exist") from e
+
+
+def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write a whole (small) file, replacing it."""
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def replace_file(fs: pafs.FileSystem, src: str, dst: str) -> None:
+    """Move ``src`` over ``dst``: atomic on local disk (rename), delete-then-rename where the
+    filesystem refuses to overwrite (HDFS); readers of ``dst`` retry briefly in that window."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.replace(src, dst)
+        return
+    try:
+        fs.move(src, dst)
+    except OSError:
+        if not is_file(fs, dst):
+            raise
+        fs.delete_file(dst)
+        fs.move(src, dst)
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling of ``path`` and move it into place."""
+    tmp = join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    write_bytes(fs, tmp, data)
+    try:
+        replace_file(fs, tmp, path)
+    except BaseException:
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass
+        raise

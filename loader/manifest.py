@@ -1,0 +1,320 @@
+"""The manifest: the JSON contract between the Spark job (or ``write_cache``) and the reader.
+
+A version directory is complete when its ``_manifest.json`` exists; the manifest alone describes the
+version (schema, sizes, checksums, row groups), so a reader never lists the directory or scans footers.
+File paths in a manifest are relative and are checked to stay inside the version directory.
+
+Checksums: ``checksum`` is ``"crc32:<8 hex>"`` over the whole file (checked when a file is copied into
+a local cache and by ``python -m loader verify``); ``footer_checksum`` covers the Parquet footer (checked
+at every open, cheap); data pages carry Parquet's own page CRCs (checked at every read). Together they
+detect truncated and corrupt files without reading every file twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import posixpath
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from . import fs as lfs
+from .errors import CorruptFileError, ManifestError, UnsupportedFormatError
+
+FORMAT_NAME = "larder-cache"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "_manifest.json"
+CURRENT_NAME = "CURRENT"
+STAGING_PREFIX = "_staging-"
+_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class RowGroupInfo:
+    """One Parquet row group of a data file."""
+
+    num_rows: int
+    compressed_bytes: int
+    uncompressed_bytes: int
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One data file of a version, as the manifest records it."""
+
+    path: str
+    size: int
+    checksum: str
+    footer_checksum: str
+    footer_size: int
+    num_rows: int
+    row_groups: tuple[RowGroupInfo, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A published version: what it holds and how it was made."""
+
+    format_version: int
+    dataset: str
+    version: str
+    created_at: str
+    created_by: dict
+    source: dict
+    schema_fields: tuple[dict, ...]
+    arrow_schema: pa.Schema
+    vocabularies: dict[str, list]
+    block_size: int
+    row_group_target: int
+    files: tuple[FileInfo, ...]
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in the version."""
+        return sum(f.num_rows for f in self.files)
+
+    @property
+    def num_row_groups(self) -> int:
+        """Row groups in the version."""
+        return sum(len(f.row_groups) for f in self.files)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of all data files."""
+        return sum(f.size for f in self.files)
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names, in schema order."""
+        return list(self.arrow_schema.names)
+
+    def to_json(self) -> str:
+        """Serialise to the manifest's JSON text."""
+        doc: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "dataset": self.dataset,
+            "version": self.version,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "source": self.source,
+            "schema": {
+                "fields": list(self.schema_fields),
+                "arrow_ipc_base64": base64.b64encode(self.arrow_schema.serialize().to_pybytes()).decode(),
+            },
+            "vocabularies": self.vocabularies,
+            "block_size": self.block_size,
+            "row_group_target": self.row_group_target,
+            "num_rows": self.num_rows,
+            "num_row_groups": self.num_row_groups,
+            "total_bytes": self.total_bytes,
+            "files": [
+                {
+                    "path": f.path,
+                    "size": f.size,
+                    "checksum": f.checksum,
+                    "footer_checksum": f.footer_checksum,
+                    "footer_size": f.footer_size,
+                    "num_rows": f.num_rows,
+                    "row_groups": [[g.num_rows, g.compressed_bytes, g.uncompressed_bytes] for g in f.row_groups],
+                }
+                for f in self.files
+            ],
+            "extra": self.extra,
+        }
+        return json.dumps(doc, indent=1, ensure_ascii=False, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str = "manifest") -> Manifest:
+        """Parse and validate manifest JSON.
+
+        Args:
+            text: The manifest's JSON text.
+            where: The manifest's path or URL, named in errors.
+
+        Raises:
+            UnsupportedFormatError: The format or format version is unknown.
+            ManifestError: A key is missing or malformed, or a file path leaves the version directory.
+        """
+        try:
+            doc = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ManifestError(f"{where}: not valid JSON ({e})") from e
+        if not isinstance(doc, dict):
+            raise ManifestError(f"{where}: expected a JSON object")
+        if doc.get("format") != FORMAT_NAME:
+            raise UnsupportedFormatError(f"{where}: key 'format' is {doc.get('format')!r}, expected {FORMAT_NAME!r}")
+        version = doc.get("format_version")
+        if version != FORMAT_VERSION:
+            raise UnsupportedFormatError(
+                f"{where}: format_version {version!r} is not supported (this larder reads {FORMAT_VERSION}); "
+                "upgrade larder or re-publish the cache"
+            )
+        try:
+            schema_doc = _get(doc, "schema", dict, where)
+            arrow_schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(schema_doc["arrow_ipc_base64"])))
+            files = tuple(_file_from_doc(f, i, where) for i, f in enumerate(_get(doc, "files", list, where)))
+            manifest = cls(
+                format_version=version,
+                dataset=_get(doc, "dataset", str, where),
+                version=_get(doc, "version", str, where),
+                created_at=_get(doc, "created_at", str, where),
+                created_by=_get(doc, "created_by", dict, where),
+                source=_get(doc, "source", dict, where),
+                schema_fields=tuple(_get(schema_doc, "fields", list, where)),
+                arrow_schema=arrow_schema,
+                vocabularies=_get(doc, "vocabularies", dict, where),
+                block_size=_get(doc, "block_size", int, where),
+                row_group_target=_get(doc, "row_group_target", int, where),
+                files=files,
+                extra=doc.get("extra") or {},
+            )
+        except ManifestError:
+            raise
+        except (KeyError, TypeError, ValueError, pa.ArrowException) as e:
+            raise ManifestError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from e
+        names = [f.path for f in files]
+        if len(set(names)) != len(names):
+            raise ManifestError(f"{where}: key 'files' lists a path twice")
+        return manifest
+
+
+def _get(doc: dict, key: str, kind: type, where: str):
+    if key not in doc:
+        raise ManifestError(f"{where}: missing key {key!r}")
+    value = doc[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ManifestError(f"{where}: key {key!r} should be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def check_relative_path(path: str, where: str = "manifest") -> str:
+    """Return ``path`` if it is a relative path that stays inside its version directory.
+
+    Raises:
+        ManifestError: The path is absolute, has a scheme, or climbs out with ``..``.
+    """
+    if (
+        not isinstance(path, str)
+        or not path
+        or path.startswith(("/", "\\"))
+        or "\\" in path
+        or ":" in path
+        or posixpath.normpath(path) != path
+        or path.split("/")[0] == ".."
+    ):
+        raise ManifestError(f"{where}: file path {path!r} leaves the version directory")
+    return path
+
+
+def _file_from_doc(doc: dict, index: int, where: str) -> FileInfo:
+    here = f"{where} files[{index}]"
+    path = check_relative_path(_get(doc, "path", str, here), here)
+    groups = tuple(RowGroupInfo(int(n), int(c), int(u)) for n, c, u in _get(doc, "row_groups", list, here))
+    info = FileInfo(
+        path=path,
+        size=_get(doc, "size", int, here),
+        checksum=_get(doc, "checksum", str, here),
+        footer_checksum=_get(doc, "footer_checksum", str, here),
+        footer_size=_get(doc, "footer_size", int, here),
+        num_rows=_get(doc, "num_rows", int, here),
+        row_groups=groups,
+    )
+    if info.num_rows != sum(g.num_rows for g in groups) or info.size < 0 or info.footer_size > info.size:
+        raise ManifestError(f"{here} ({path}): row counts or sizes are inconsistent")
+    return info
+
+
+def crc32_hex(value: int) -> str:
+    """Format a CRC-32 as the manifest writes it."""
+    return f"crc32:{value & 0xFFFFFFFF:08x}"
+
+
+def checksum_stream(stream, size_hint: int | None = None) -> tuple[str, int]:
+    """CRC-32 of everything left in a readable stream; returns ``(checksum, bytes read)``."""
+    crc, total = 0, 0
+    while True:
+        chunk = stream.read(_CHUNK)
+        if not chunk:
+            break
+        crc = zlib.crc32(chunk, crc)
+        total += len(chunk)
+    return crc32_hex(crc), total
+
+
+def checksum_file(fs: pafs.FileSystem, path: str) -> str:
+    """The whole-file checksum of ``path``."""
+    with fs.open_input_stream(path) as f:
+        return checksum_stream(f)[0]
+
+
+def read_footer(f, size: int, where: str) -> tuple[bytes, int]:
+    """Read the Parquet footer (metadata + length + magic) from an open random-access file.
+
+    Returns:
+        ``(footer bytes, footer size)``.
+
+    Raises:
+        CorruptFileError: The file is too small or lacks the ``PAR1`` magic.
+    """
+    if size < 12:
+        raise CorruptFileError(f"{where}: {size} bytes is too small for a Parquet file", where)
+    f.seek(size - 8)
+    tail = f.read(8)
+    if len(tail) != 8 or tail[4:] != b"PAR1":
+        raise CorruptFileError(f"{where}: no Parquet footer magic (truncated or not Parquet)", where)
+    (meta_len,) = struct.unpack("<I", tail[:4])
+    footer_size = meta_len + 8
+    if footer_size + 4 > size:
+        raise CorruptFileError(f"{where}: footer length {meta_len} exceeds the file size {size}", where)
+    f.seek(size - footer_size)
+    return f.read(footer_size), footer_size
+
+
+def file_info_from_parquet(fs: pafs.FileSystem, path: str, relpath: str) -> FileInfo:
+    """Build a :class:`FileInfo` for a written Parquet file from its footer and a full checksum.
+
+    Raises:
+        CorruptFileError: The file is not a readable Parquet file.
+    """
+    where = lfs.display(fs, path)
+    size = fs.get_file_info(path).size
+    try:
+        with fs.open_input_file(path) as f:
+            footer, footer_size = read_footer(f, size, where)
+            f.seek(0)
+            checksum, read = checksum_stream(f)
+            f.seek(0)
+            meta = pq.ParquetFile(f).metadata
+    except CorruptFileError:
+        raise
+    except (OSError, pa.ArrowException) as e:
+        raise CorruptFileError(f"{where}: cannot read Parquet footer ({e})", where) from e
+    if read != size:
+        raise CorruptFileError(f"{where}: read {read} bytes, file status says {size}", where)
+    groups = []
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        compressed = sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
+        groups.append(RowGroupInfo(rg.num_rows, compressed, rg.total_byte_size))
+    return FileInfo(
+        path=check_relative_path(relpath),
+        size=size,
+        checksum=checksum,
+        footer_checksum=crc32_hex(zlib.crc32(footer)),
+        footer_size=footer_size,
+        num_rows=meta.num_rows,
+        row_groups=tuple(groups),
+    )
+
+
+def schema_fields(schema: pa.Schema) -> tuple[dict, ...]:
+    """The human-readable key/value view of a schema: name, Arrow type and nullability per column."""
+    return tuple({"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema)

@@ -1,0 +1,205 @@
+"""``write_cache``: publish a version from Arrow data without Spark.
+
+Small data, tests and notebooks use this; it writes the same layout and manifest as the Spark job and
+publishes through the same :mod:`loader.publish` code. Row groups are sized to a byte target: the
+compressed bytes per row are estimated from a sample written in memory, then corrected from every file
+actually written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from . import fs as lfs
+from .dataset import Dataset, open_dataset
+from .errors import ConfigError, EmptyDatasetError, SourceError
+from .publish import begin_staging
+
+DEFAULT_BLOCK_SIZE = 128 << 20
+DEFAULT_FILL = 0.95
+_SAMPLE_BYTES = 4 << 20
+
+
+def _as_reader(data) -> tuple[pa.RecordBatchReader, dict]:
+    """Turn the accepted inputs into a stream of record batches and a source description."""
+    if isinstance(data, pa.Table):
+        return data.to_reader(), {"kind": "arrow-table"}
+    if isinstance(data, pa.RecordBatchReader):
+        return data, {"kind": "arrow-stream"}
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data]).to_reader(), {"kind": "arrow-table"}
+    if isinstance(data, (str, os.PathLike)):
+        fs, path = lfs.resolve(data)
+        try:
+            ds = pads.dataset(path, filesystem=fs, format="parquet")
+            return ds.scanner().to_reader(), {"kind": "parquet", "path": os.fspath(data)}
+        except (OSError, pa.ArrowException) as e:
+            raise SourceError(f"cannot read Parquet source {os.fspath(data)}: {e}") from e
+    raise ConfigError(
+        f"write_cache: data must be a pyarrow Table, RecordBatchReader or Parquet path, not {type(data).__name__}"
+    )
+
+
+def _rebatch(reader: pa.RecordBatchReader) -> Iterator[pa.Table]:
+    for batch in reader:
+        if batch.num_rows:
+            yield pa.Table.from_batches([batch])
+
+
+def _compressed_bytes_per_row(table: pa.Table, compression: str) -> float:
+    """Compressed Parquet bytes per row of ``table``, measured by writing it to memory."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=compression, row_group_size=max(1, table.num_rows))
+    return max(1.0, sink.getvalue().size / max(1, table.num_rows))
+
+
+class _Chunker:
+    """Cuts a stream of tables into tables of an adjustable number of rows."""
+
+    def __init__(self, tables: Iterator[pa.Table]):
+        self._tables = tables
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+
+    def peek(self, rows: int) -> pa.Table | None:
+        """Up to ``rows`` rows without consuming them (None when the stream is done)."""
+        while self._buffered < rows:
+            nxt = next(self._tables, None)
+            if nxt is None:
+                break
+            self._buffer.append(nxt)
+            self._buffered += nxt.num_rows
+        if not self._buffered:
+            return None
+        return pa.concat_tables(self._buffer).slice(0, rows)
+
+    def take(self, rows: int) -> pa.Table | None:
+        """The next ``rows`` rows (fewer at the end; None when done)."""
+        head = self.peek(rows)
+        if head is None:
+            return None
+        rest = pa.concat_tables(self._buffer).slice(head.num_rows)
+        self._buffer = [rest] if rest.num_rows else []
+        self._buffered = rest.num_rows
+        return head.combine_chunks()
+
+
+def write_cache(
+    data,
+    root: str | os.PathLike,
+    name: str,
+    *,
+    row_group_bytes: int | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    fill: float = DEFAULT_FILL,
+    row_groups_per_file: int = 1,
+    compression: str = "zstd",
+    shuffle: bool = False,
+    seed: int = 0,
+    keep_versions: int = 3,
+    source: dict | None = None,
+    vocabularies: dict[str, list] | None = None,
+    fingerprint: str | None = None,
+    **fs_options,
+) -> Dataset:
+    """Publish a new version of dataset ``name`` under ``root`` from Arrow data.
+
+    Args:
+        data: A ``pyarrow.Table``, ``RecordBatchReader`` or Parquet file/directory path.
+        root: The cache root (local path or URL); the dataset lives in ``<root>/<name>``.
+        name: The dataset's name.
+        row_group_bytes: Compressed byte target per row group (default ``fill × block_size``).
+        block_size: The storage block size recorded in the manifest.
+        fill: Row-group target as a fraction of the block size, used when ``row_group_bytes`` is unset.
+        row_groups_per_file: Row groups in each data file.
+        compression: Parquet codec.
+        shuffle: Permute rows once before writing (seeded; needs the data in memory).
+        seed: Seed of that permutation.
+        keep_versions: Versions to keep after publishing.
+        source: Description of the source, stored in the manifest.
+        vocabularies: Vocabularies to store in the manifest.
+        fingerprint: Source fingerprint (default: digest of the written files).
+        **fs_options: Options of the destination's filesystem.
+
+    Returns:
+        The published version, opened.
+
+    Raises:
+        EmptyDatasetError: ``data`` holds no rows; nothing is published.
+        ConfigError: An argument is out of range.
+        PublishError: Writing or publishing failed; the previous version stays live.
+    """
+    if row_groups_per_file < 1:
+        raise ConfigError("row_groups_per_file must be at least 1")
+    if not 0 < fill <= 1:
+        raise ConfigError(f"fill must be in (0, 1], got {fill}")
+    target = int(row_group_bytes if row_group_bytes is not None else fill * block_size)
+    if target <= 0:
+        raise ConfigError(f"row_group_bytes must be positive, got {target}")
+    reader, src = _as_reader(data)
+    if shuffle:
+        table = reader.read_all()
+        perm = np.random.default_rng(seed).permutation(table.num_rows)
+        reader = table.take(pa.array(perm)).to_reader()
+        src["shuffle_seed"] = seed
+    schema = reader.schema
+    chunks = _Chunker(_rebatch(reader))
+    fs, root_path = lfs.resolve(root, **fs_options)
+    with begin_staging(fs, root_path, name) as staging:
+        fs.create_dir(staging.path, recursive=True)
+        sample = chunks.peek(1024)
+        if sample is None:
+            raise EmptyDatasetError(f"write_cache: no rows to publish for dataset {name!r}")
+        # Grow the sample until it is big enough to measure compression honestly.
+        while sample.nbytes < _SAMPLE_BYTES:
+            bigger = chunks.peek(sample.num_rows * 4)
+            if bigger is None or bigger.num_rows == sample.num_rows:
+                break
+            sample = bigger
+        bytes_per_row = _compressed_bytes_per_row(sample, compression)
+        index = 0
+        while True:
+            rows = max(1, int(target / bytes_per_row))
+            path = lfs.join(staging.path, f"part-{index:05d}.parquet")
+            written_rows = 0
+            with fs.open_output_stream(path) as out:
+                with pq.ParquetWriter(out, schema, compression=compression, write_page_checksum=True) as w:
+                    for _ in range(row_groups_per_file):
+                        table = chunks.take(rows)
+                        if table is None:
+                            break
+                        w.write_table(table, row_group_size=table.num_rows)
+                        written_rows += table.num_rows
+            if written_rows == 0:
+                fs.delete_file(path)
+                break
+            meta = pq.read_metadata(path, filesystem=fs)
+            groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+            full = [g for g in groups if g.num_rows == rows]
+            if full:  # correct the estimate from what was really written
+                compressed = sum(g.column(c).total_compressed_size for g in full for c in range(g.num_columns))
+                bytes_per_row = max(1.0, compressed / sum(g.num_rows for g in full))
+            index += 1
+        version = staging.commit(
+            source={**src, "columns": schema.names, **(source or {})},
+            created_by={"job": "loader.write_cache"},
+            vocabularies=vocabularies,
+            block_size=block_size,
+            row_group_target=target,
+            extra={"compression": compression, "row_groups_per_file": row_groups_per_file},
+            keep_versions=keep_versions,
+            fingerprint=fingerprint,
+            arrow_schema=schema,
+        )
+    return open_dataset(lfs.join(staging.dataset_dir, version) if not lfs.is_remote(os.fspath(root))
+                        else _version_url(os.fspath(root), name, version), **fs_options)
+
+
+def _version_url(root: str, name: str, version: str) -> str:
+    return "/".join([root.rstrip("/"), name, version])
