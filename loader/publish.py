@@ -255,10 +255,11 @@ class Staging:
             fp = fingerprint or f"{zlib.crc32(''.join(f.checksum for f in files).encode()) & 0xFFFFFFFF:08x}"
             fp8 = "".join(c for c in fp.lower() if c in "0123456789abcdef")[:8].ljust(8, "0")
             now = time.time()
+            existing = list_versions(fs, self.dataset_dir)
+            if existing:  # names must sort in publish order, even for runs within one second
+                last = _dt.datetime.strptime(existing[-1][1:16], "%Y%m%dT%H%M%S").replace(tzinfo=_dt.timezone.utc)
+                now = max(now, last.timestamp() + 1)
             version = f"v{_utc_stamp(now)}-{fp8}"
-            while lfs.exists(fs, lfs.join(self.dataset_dir, version)):
-                now += 1
-                version = f"v{_utc_stamp(now)}-{fp8}"
             src = dict(source or {})
             if fingerprint is not None:
                 src.setdefault("fingerprint", fingerprint)

@@ -24,6 +24,7 @@ from .publish import begin_staging
 DEFAULT_BLOCK_SIZE = 128 << 20
 DEFAULT_FILL = 0.95
 _SAMPLE_BYTES = 4 << 20
+_AIM = 0.97  # aim a little under the target so few row groups need re-encoding
 
 
 def _as_reader(data) -> tuple[pa.RecordBatchReader, dict]:
@@ -88,6 +89,37 @@ class _Chunker:
         self._buffer = [rest] if rest.num_rows else []
         self._buffered = rest.num_rows
         return head.combine_chunks()
+
+
+def _encode_file(
+    chunks: _Chunker, rows: int, groups_per_file: int, schema: pa.Schema, compression: str, target: int
+) -> tuple[bytes | None, list[tuple[int, int]]]:
+    """Encode the next file in memory with row groups of ``rows`` rows, each under ``target`` bytes.
+
+    A row group that comes out over the target is re-encoded with proportionally fewer rows (a single
+    row larger than the target stays whole). Returns the file's bytes and ``(rows, compressed bytes)``
+    per row group, or ``(None, [])`` when the stream is done.
+    """
+    while True:
+        pending = chunks.peek(rows * groups_per_file)
+        if pending is None:
+            return None, []
+        sink = pa.BufferOutputStream()
+        with pq.ParquetWriter(sink, schema, compression=compression, write_page_checksum=True) as w:
+            for start in range(0, pending.num_rows, rows):
+                part = pending.slice(start, rows)
+                w.write_table(part, row_group_size=part.num_rows)
+        buf = sink.getvalue()
+        meta = pq.read_metadata(pa.BufferReader(buf))
+        groups = []
+        for i in range(meta.num_row_groups):
+            g = meta.row_group(i)
+            groups.append((g.num_rows, sum(g.column(c).total_compressed_size for c in range(g.num_columns))))
+        worst = max(c for _, c in groups)
+        if worst <= target or rows == 1:
+            chunks.take(pending.num_rows)
+            return buf.to_pybytes(), groups
+        rows = max(1, int(rows * _AIM * target / worst))
 
 
 def write_cache(
@@ -165,26 +197,14 @@ def write_cache(
         bytes_per_row = _compressed_bytes_per_row(sample, compression)
         index = 0
         while True:
-            rows = max(1, int(target / bytes_per_row))
-            path = lfs.join(staging.path, f"part-{index:05d}.parquet")
-            written_rows = 0
-            with fs.open_output_stream(path) as out:
-                with pq.ParquetWriter(out, schema, compression=compression, write_page_checksum=True) as w:
-                    for _ in range(row_groups_per_file):
-                        table = chunks.take(rows)
-                        if table is None:
-                            break
-                        w.write_table(table, row_group_size=table.num_rows)
-                        written_rows += table.num_rows
-            if written_rows == 0:
-                fs.delete_file(path)
+            rows = max(1, int(_AIM * target / bytes_per_row))
+            data_bytes, groups = _encode_file(chunks, rows, row_groups_per_file, schema, compression, target)
+            if data_bytes is None:
                 break
-            meta = pq.read_metadata(path, filesystem=fs)
-            groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
-            full = [g for g in groups if g.num_rows == rows]
+            lfs.write_bytes(fs, lfs.join(staging.path, f"part-{index:05d}.parquet"), data_bytes)
+            full = [(n, c) for n, c in groups if n > 1]
             if full:  # correct the estimate from what was really written
-                compressed = sum(g.column(c).total_compressed_size for g in full for c in range(g.num_columns))
-                bytes_per_row = max(1.0, compressed / sum(g.num_rows for g in full))
+                bytes_per_row = max(1.0, sum(c for _, c in full) / sum(n for n, _ in full))
             index += 1
         version = staging.commit(
             source={**src, "columns": schema.names, **(source or {})},

@@ -1,0 +1,39 @@
+"""Fixtures shared by every test module: small Arrow tables and caches made with ``write_cache``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import loader
+
+
+def make_table(n: int, seed: int = 0) -> pa.Table:
+    """A table with one column of every kind the reader handles: ids, floats, strings, bytes, lists."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 6, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = rng.integers(0, 30_000, int(offsets[-1])).astype(np.int32)
+    return pa.table(
+        {
+            "id": pa.array(np.arange(n, dtype=np.int64)),
+            "x": pa.array(rng.random(n)),
+            "title": pa.array([f"title {i} " + "가나다"[i % 3] * int(i % 5) for i in range(n)]),
+            "image": pa.array([bytes([i % 256]) * int(1 + i % 9) for i in range(n)], pa.binary()),
+            "ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+            "label": pa.array((np.arange(n) % 7).astype(np.int32)),
+        }
+    )
+
+
+@pytest.fixture
+def table() -> pa.Table:
+    """1,000 rows of every column kind."""
+    return make_table(1000)
+
+
+@pytest.fixture
+def cache(tmp_path, table) -> loader.Dataset:
+    """A published cache of ``table`` with ~10 row groups of ~100 rows, one per file."""
+    return loader.write_cache(table, tmp_path / "cache", "demo", row_group_bytes=2_500)

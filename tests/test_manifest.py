@@ -1,0 +1,154 @@
+"""The manifest contract: round trip, validation, and the bad inputs a reader must refuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+import loader
+from loader import manifest as mf
+
+
+def _manifest_path(ds: loader.Dataset) -> str:
+    return os.path.join(ds.version_path, mf.MANIFEST_NAME)
+
+
+def _edit_manifest(ds: loader.Dataset, edit) -> None:
+    path = _manifest_path(ds)
+    with open(path) as f:
+        doc = json.load(f)
+    edit(doc)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+
+
+def test_manifest_describes_the_files(cache, table):
+    ds = loader.open_dataset(cache.version_path)
+    assert ds.num_rows == table.num_rows
+    assert ds.schema.equals(table.schema)
+    assert [f["name"] for f in ds.manifest.schema_fields] == table.column_names
+    assert {f["name"]: f["type"] for f in ds.manifest.schema_fields}["ids"] == "list<item: int32>"
+    for info in ds.files:
+        path = os.path.join(ds.version_path, info.path)
+        meta = pq.read_metadata(path)
+        assert os.path.getsize(path) == info.size
+        assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [g.num_rows for g in info.row_groups]
+        with open(path, "rb") as f:
+            assert mf.checksum_stream(f)[0] == info.checksum
+    assert sum(ds.row_group_sizes()) == table.num_rows
+
+
+def test_manifest_round_trips(cache):
+    text = cache.manifest.to_json()
+    again = mf.Manifest.from_json(text)
+    assert again.to_json() == text
+    assert json.loads(text)["num_rows"] == cache.num_rows  # plain JSON, readable without larder
+
+
+def test_dataset_dir_follows_current(cache, table, tmp_path):
+    newer = loader.write_cache(table.slice(0, 10), tmp_path / "cache", "demo")
+    ds = loader.open_dataset(tmp_path / "cache" / "demo")
+    assert ds.version == newer.version and ds.num_rows == 10
+    old = loader.open_dataset(cache.version_path)  # the previous version stays readable
+    assert old.num_rows == table.num_rows
+
+
+def test_open_reads_no_data_file_even_with_10000_files(tmp_path, table):
+    """Opening uses the manifest alone: with every data file gone, open still works."""
+    ds = loader.write_cache(table.slice(0, 50), tmp_path / "c", "wide", row_group_bytes=1 << 20)
+    one = ds.files[0]
+    doc = json.loads(ds.manifest.to_json())
+    doc["files"] = [dict(doc["files"][0], path=f"part-{i:05d}.parquet") for i in range(10_000)]
+    with open(_manifest_path(ds), "w") as f:
+        json.dump(doc, f)
+    for name in os.listdir(ds.version_path):
+        if name.endswith(".parquet"):
+            os.remove(os.path.join(ds.version_path, name))
+    opened = loader.open_dataset(tmp_path / "c" / "wide")
+    assert len(opened.files) == 10_000
+    assert opened.num_rows == 10_000 * one.num_rows
+    with pytest.raises(loader.CorruptFileError, match="part-00000.parquet"):
+        opened.open_file(opened.files[0])  # the data files really are gone
+
+
+def test_missing_dataset(tmp_path):
+    with pytest.raises(loader.DatasetNotFoundError, match="does not exist"):
+        loader.open_dataset(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(loader.DatasetNotFoundError, match="no CURRENT"):
+        loader.open_dataset(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):  # the builtin a caller would catch
+        loader.open_dataset(tmp_path / "empty")
+
+
+def test_current_names_missing_version(cache):
+    dataset_dir = os.path.dirname(cache.version_path)
+    shutil.rmtree(cache.version_path)
+    with pytest.raises(loader.DatasetNotFoundError, match="_manifest.json is missing"):
+        loader.open_dataset(dataset_dir)
+
+
+def test_unknown_manifest_version(cache):
+    _edit_manifest(cache, lambda d: d.update(format_version=99))
+    with pytest.raises(loader.UnsupportedFormatError, match="format_version 99"):
+        loader.open_dataset(cache.version_path)
+
+
+@pytest.mark.parametrize("bad", ["../other/part.parquet", "/etc/passwd", "a/../../x.parquet", "s3://b/x.parquet"])
+def test_manifest_file_outside_version_dir(cache, bad):
+    _edit_manifest(cache, lambda d: d["files"][0].update(path=bad))
+    with pytest.raises(loader.ManifestError, match="leaves the version directory"):
+        loader.open_dataset(cache.version_path)
+
+
+def test_manifest_missing_key_is_named(cache):
+    _edit_manifest(cache, lambda d: d.pop("block_size"))
+    with pytest.raises(loader.ManifestError, match="block_size"):
+        loader.open_dataset(cache.version_path)
+
+
+def test_manifest_not_json(cache):
+    with open(_manifest_path(cache), "w") as f:
+        f.write("{not json")
+    with pytest.raises(loader.ManifestError, match="not valid JSON"):
+        loader.open_dataset(cache.version_path)
+
+
+def test_truncated_file_is_detected_on_open(cache):
+    info = cache.files[3]
+    path = os.path.join(cache.version_path, info.path)
+    with open(path, "r+b") as f:
+        f.truncate(info.size - 100)
+    with pytest.raises(loader.CorruptFileError, match=info.path) as err:
+        cache.open_file(info)
+    assert "truncated" in str(err.value) and err.value.path.endswith(info.path)
+
+
+def test_corrupt_data_page_is_detected_on_read(cache):
+    info = cache.files[2]
+    path = os.path.join(cache.version_path, info.path)
+    with open(path, "r+b") as f:  # flip bytes inside the first column chunk's data
+        f.seek(20)
+        chunk = bytearray(f.read(16))
+        f.seek(20)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    with pytest.raises(loader.CorruptFileError, match=info.path):
+        cache.read_row_group(info, 0)
+    with open(path, "rb") as f:
+        assert mf.checksum_stream(f)[0] != info.checksum  # the full checksum sees it too
+
+
+def test_corrupt_footer_is_detected(cache):
+    info = cache.files[1]
+    path = os.path.join(cache.version_path, info.path)
+    with open(path, "r+b") as f:
+        f.seek(info.size - info.footer_size + 10)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0x01]))
+    with pytest.raises(loader.CorruptFileError, match="footer"):
+        cache.open_file(info)
