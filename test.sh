@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run larder's whole test suite (unit, reader, Spark end-to-end, WebHDFS, adapters) on a fresh machine.
+# Creates ./.venv if needed and installs everything the tests need from pyproject.toml.
+# Extra arguments go to pytest, e.g. ./test.sh -k reader -x
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${LARDER_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "${PYTHON:-python3}" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+# torch 2.13.0 CPU lies on this machine's disk; a bare `torch` requirement would download a multi-GB CUDA build.
+python -m pip install -q --disable-pip-version-check 'torch==2.13.0'
+python -m pip install -q --disable-pip-version-check -e '.[dev,spark,hdfs,torch,tf]'
+export SPARK_LOCAL_IP=127.0.0.1
+export PYSPARK_PYTHON="$VENV/bin/python"
+exec python -m pytest -q "$@"
