@@ -1,0 +1,5 @@
+"""``python -m loader``: see :mod:`loader.cli`."""
+
+from .cli import main
+
+raise SystemExit(main())

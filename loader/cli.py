@@ -1,0 +1,323 @@
+"""``python -m loader``: look at a cache without writing code.
+
+Subcommands:
+
+* ``inspect URL [--json]`` — columns with their Arrow types and nullability, rows, files, row groups,
+  bytes, row-group size spread, version, who made it, the source (with its fingerprint) and the
+  vocabularies, as ``key: value`` lines (or one JSON object).
+* ``head URL [-n 5] [--columns a,b] [--json]`` — the first rows in manifest order, long values truncated.
+* ``verify URL`` — recompute every data file's checksum and compare it with the manifest.
+* ``sync URL CACHE_DIR`` — copy a (remote) cache into a local directory (:func:`loader.sync.sync`).
+
+Errors print one line ``larder: error: ...`` on stderr; the exit code is 2 for a usage error and 1 for
+a data error (missing dataset, bad manifest, corrupt file...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from . import fs as lfs
+from .dataset import Dataset, open_dataset
+from .errors import ColumnNotFoundError, ConfigError, CorruptFileError, LarderError
+from .manifest import checksum_file
+
+PROG = "larder"
+MAX_ITEMS = 8
+MAX_CHARS = 60
+MAX_BYTES = 16
+VOCAB_PREVIEW = 5
+
+
+class UsageError(Exception):
+    """A bad command line (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors become :class:`UsageError` (printed by :func:`main`)."""
+
+    def error(self, message: str):  # noqa: D102 - argparse hook
+        raise UsageError(message, self.format_usage())
+
+
+def _fs_options(pairs: Sequence[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option expects KEY=VALUE, got {pair!r}")
+        options[key] = value
+    return options
+
+
+def _open(args) -> Dataset:
+    return open_dataset(args.url, **_fs_options(args.option))
+
+
+# ---------------------------------------------------------------------------------------------- inspect
+
+
+def _spread(values: list[int]) -> dict[str, int]:
+    if not values:
+        return {"min": 0, "median": 0, "max": 0}
+    return {"min": int(min(values)), "median": int(np.median(values)), "max": int(max(values))}
+
+
+def describe(ds: Dataset) -> dict[str, Any]:
+    """Everything ``inspect`` shows, as a JSON-ready dict."""
+    m = ds.manifest
+    groups = [g for f in m.files for g in f.row_groups]
+    return {
+        "dataset": m.dataset,
+        "version": m.version,
+        "path": lfs.display(ds.fs, ds.version_path),
+        "format_version": m.format_version,
+        "created_at": m.created_at,
+        "created_by": m.created_by,
+        "source": m.source,
+        "rows": m.num_rows,
+        "files": len(m.files),
+        "row_groups": m.num_row_groups,
+        "bytes": m.total_bytes,
+        "block_size": m.block_size,
+        "row_group_target": m.row_group_target,
+        "row_group_rows": _spread([g.num_rows for g in groups]),
+        "row_group_bytes": _spread([g.compressed_bytes for g in groups]),
+        "columns": [
+            {"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in m.arrow_schema
+        ],
+        "vocabularies": {
+            col: {"size": len(values), "head": list(values[:VOCAB_PREVIEW])} for col, values in m.vocabularies.items()
+        },
+        "extra": m.extra,
+    }
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _flat(prefix: str, value: Any) -> list[str]:
+    """``key: value`` lines for a nested dict, keys joined with dots."""
+    if isinstance(value, dict) and value:
+        lines = []
+        for k, v in value.items():
+            lines += _flat(f"{prefix}.{k}", v)
+        return lines
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return [f"{prefix}: {text}"]
+
+
+def _inspect_text(d: dict[str, Any]) -> str:
+    lines = [f"{k}: {d[k]}" for k in ("dataset", "version", "path", "format_version", "created_at")]
+    lines += _flat("created_by", d["created_by"])
+    lines += _flat("source", d["source"])
+    lines += [
+        f"rows: {d['rows']}",
+        f"files: {d['files']}",
+        f"row_groups: {d['row_groups']}",
+        f"bytes: {d['bytes']} ({_human_bytes(d['bytes'])})",
+        f"block_size: {d['block_size']} ({_human_bytes(d['block_size'])})",
+        f"row_group_target: {d['row_group_target']} ({_human_bytes(d['row_group_target'])})",
+        "row_group_rows: min {min} / median {median} / max {max}".format(**d["row_group_rows"]),
+        "row_group_bytes: min {min} / median {median} / max {max}".format(**d["row_group_bytes"]),
+        "columns:",
+    ]
+    lines += [f"  {c['name']}: {c['type']}{'' if c['nullable'] else ' not null'}" for c in d["columns"]]
+    lines.append("vocabularies:" if d["vocabularies"] else "vocabularies: none")
+    for col, v in d["vocabularies"].items():
+        more = ", ..." if v["size"] > len(v["head"]) else ""
+        lines.append(f"  {col}: {v['size']} values ({', '.join(map(str, v['head']))}{more})")
+    lines += _flat("extra", d["extra"]) if d["extra"] else []
+    return "\n".join(lines)
+
+
+def cmd_inspect(args) -> int:
+    """Print the dataset's description."""
+    d = describe(_open(args))
+    print(json.dumps(d, indent=1, ensure_ascii=False) if args.json else _inspect_text(d))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- head
+
+
+def _short(value: Any) -> Any:
+    """A display form of one cell: long strings, bytes and lists cut with a note of what was left out."""
+    if isinstance(value, bytes):
+        head = value[:MAX_BYTES].hex()
+        return f"<{len(value)} bytes: {head}{'...' if len(value) > MAX_BYTES else ''}>"
+    if isinstance(value, str):
+        return value if len(value) <= MAX_CHARS else f"{value[:MAX_CHARS]}... ({len(value)} chars)"
+    if isinstance(value, list):
+        items = [_short(v) for v in value[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            items.append(f"... +{len(value) - MAX_ITEMS} more ({len(value)} items)")
+        return items
+    if isinstance(value, dict):
+        return {k: _short(v) for k, v in value.items()}
+    if isinstance(value, float | int | bool) or value is None:
+        return value
+    return str(value)
+
+
+def first_rows(ds: Dataset, n: int, columns: list[str] | None) -> pa.Table:
+    """The first ``n`` rows in manifest order, reading only the row groups needed.
+
+    Raises:
+        ColumnNotFoundError: A column is not in the schema.
+    """
+    if columns is not None:
+        missing = [c for c in columns if c not in ds.columns]
+        if missing:
+            raise ColumnNotFoundError(
+                f"column {missing[0]!r} is not in dataset {ds.name!r} (columns: {', '.join(ds.columns)})"
+            )
+    parts, have = [], 0
+    for info in ds.files:
+        if have >= n:
+            break
+        pf = ds.open_file(info)
+        try:
+            for i in range(len(info.row_groups)):
+                if have >= n:
+                    break
+                t = ds.read_row_group(info, i, columns=columns, pf=pf)
+                parts.append(t.slice(0, n - have))
+                have += parts[-1].num_rows
+        finally:
+            pf.close(force=True)
+    if not parts:
+        schema = ds.schema if columns is None else pa.schema([ds.schema.field(c) for c in columns])
+        return schema.empty_table()
+    return pa.concat_tables(parts)
+
+
+def cmd_head(args) -> int:
+    """Print the first rows."""
+    if args.n < 0:
+        raise UsageError(f"-n must be >= 0, got {args.n}")
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    ds = _open(args)
+    rows = first_rows(ds, args.n, columns).to_pylist()
+    for i, row in enumerate(rows):
+        short = {k: _short(v) for k, v in row.items()}
+        if args.json:
+            print(json.dumps(short, ensure_ascii=False))
+            continue
+        print(f"[{i}]")
+        for k, v in short.items():
+            print(f"  {k}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- verify
+
+
+def cmd_verify(args) -> int:
+    """Check every data file's size and checksum against the manifest; exit 1 naming the bad ones."""
+    ds = _open(args)
+    bad = []
+    for info in ds.files:
+        path, where = ds.file_path(info), ds.display(info)
+        try:
+            size = ds.fs.get_file_info(path).size
+            if size is None:
+                problem = "missing"
+            elif size != info.size:
+                problem = f"{size} bytes, the manifest says {info.size}"
+            else:
+                got = checksum_file(ds.fs, path)
+                problem = None if got == info.checksum else f"checksum {got}, the manifest says {info.checksum}"
+        except (OSError, pa.ArrowException) as e:
+            problem = f"cannot read ({e})"
+        if problem:
+            bad.append(where)
+            print(f"BAD {where}: {problem}")
+        elif args.verbose:
+            print(f"ok  {where}")
+    if bad:
+        raise CorruptFileError(
+            f"{len(bad)} of {len(ds.files)} files of {ds.name} {ds.version} fail verification: {', '.join(bad)}",
+            bad[0],
+        )
+    print(f"ok: {len(ds.files)} files, {ds.total_bytes} bytes of {ds.name} {ds.version} match the manifest")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- sync
+
+
+def cmd_sync(args) -> int:
+    """Copy a cache into a local directory with :func:`loader.sync.sync`."""
+    try:
+        from .sync import sync
+    except ImportError as e:
+        raise ConfigError(f"sync is unavailable: {e}") from e
+    result = sync(args.url, args.cache_dir, **_fs_options(args.option))
+    if result is not None:
+        print(result if isinstance(result, str) else getattr(result, "summary", result))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    p = _Parser(prog="python -m loader", description="Look at a larder cache.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, func, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("url", help="dataset directory, version directory or remote URL")
+        sp.add_argument(
+            "-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="filesystem option (repeatable)"
+        )
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add("inspect", cmd_inspect, "columns, types, sizes, version and source of a cache")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp = add("head", cmd_head, "the first rows of a cache")
+    sp.add_argument("-n", type=int, default=5, help="rows to show (default 5)")
+    sp.add_argument("--columns", help="comma-separated columns to show")
+    sp.add_argument("--json", action="store_true", help="one JSON object per row")
+    sp = add("verify", cmd_verify, "check every data file against the manifest's checksums")
+    sp.add_argument("-v", "--verbose", action="store_true", help="list good files too")
+    sp = add("sync", cmd_sync, "copy a (remote) cache into a local directory")
+    sp.add_argument("cache_dir", help="local directory to copy into")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 data error, 2 usage error)."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as e:
+        if len(e.args) > 1:
+            sys.stderr.write(e.args[1])
+        print(f"{PROG}: error: {e.args[0]}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `| head`; keep Python from complaining at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (LarderError, OSError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

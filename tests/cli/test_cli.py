@@ -1,0 +1,241 @@
+"""``python -m loader`` run in a subprocess on caches made by ``loader.write_cache``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import loader
+
+REPO = Path(__file__).resolve().parents[2]
+ROWS = 600
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m loader ARGS`` from the repository root."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "loader", *map(str, args)], capture_output=True, text=True, env=env, cwd=REPO
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The ``larder: error:`` line of a failed run (there must be exactly one)."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("larder: error: ")]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def cli_table(n: int = ROWS) -> pa.Table:
+    """Rows with a non-null id, a long list every 50th row, strings, bytes and a label."""
+    rng = np.random.default_rng(7)
+    lengths = np.where(np.arange(n) % 50 == 0, 30, rng.integers(0, 5, n))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    schema = pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("title", pa.string()),
+            pa.field("image", pa.binary()),
+            pa.field("ids", pa.list_(pa.int32())),
+            pa.field("label", pa.int32()),
+        ]
+    )
+    return pa.table(
+        {
+            "id": np.arange(n, dtype=np.int64),
+            "title": [f"상품 {i} " + "x" * (i % 90) for i in range(n)],
+            "image": [bytes(range(i % 7, i % 7 + 20 + i % 11)) for i in range(n)],
+            "ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(rng.integers(0, 999, offsets[-1]), pa.int32())),
+            "label": (np.arange(n) % 3).astype(np.int32),
+        },
+        schema=schema,
+    )
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> tuple[pa.Table, loader.Dataset]:
+    """A read-only cache of ``cli_table()`` with several files, a vocabulary and a fingerprint."""
+    table = cli_table()
+    ds = loader.write_cache(
+        table,
+        tmp_path_factory.mktemp("cli") / "cache",
+        "products",
+        row_group_bytes=3_000,
+        vocabularies={"label": ["shoes", "bags", "hats"]},
+        fingerprint="0123456789abcdef",
+        source={"table": "demo.products", "where": "dt = '2026-11-23'"},
+    )
+    assert len(ds.files) > 3
+    return table, ds
+
+
+def key_values(text: str) -> dict[str, str]:
+    """Top-level ``key: value`` lines of ``inspect`` output."""
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith(" ") and ": " in line:
+            key, value = line.split(": ", 1)
+            out[key] = value
+    return out
+
+
+def test_inspect_prints_schema_sizes_version_and_source(published):
+    table, ds = published
+    proc = run("inspect", Path(ds.version_path).parent)
+    assert proc.returncode == 0, proc.stderr
+    kv = key_values(proc.stdout)
+    assert kv["dataset"] == "products"
+    assert kv["version"] == ds.version
+    assert int(kv["rows"]) == table.num_rows
+    assert int(kv["files"]) == len(ds.files)
+    assert int(kv["row_groups"]) == ds.num_row_groups
+    assert int(kv["bytes"].split()[0]) == sum(os.path.getsize(ds.file_path(f)) for f in ds.files)
+    assert kv["source.table"] == "demo.products"
+    assert kv["source.fingerprint"] == "0123456789abcdef"
+    assert kv["created_by.job"] == "loader.write_cache"
+    sizes = ds.row_group_sizes()
+    assert kv["row_group_rows"] == f"min {min(sizes)} / median {int(np.median(sizes))} / max {max(sizes)}"
+    cols = proc.stdout.split("\ncolumns:\n", 1)[1].split("\nvocabularies:", 1)[0].splitlines()
+    assert cols == [f"  {f.name}: {f.type}{'' if f.nullable else ' not null'}" for f in table.schema]
+    assert "  id: int64 not null" in cols and "  ids: list<item: int32>" in cols
+    assert "  label: 3 values (shoes, bags, hats)" in proc.stdout
+
+
+def test_inspect_json_matches_the_manifest(published):
+    table, ds = published
+    proc = run("inspect", ds.version_path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["rows"] == table.num_rows and d["files"] == len(ds.files) and d["row_groups"] == ds.num_row_groups
+    assert [(c["name"], c["type"], c["nullable"]) for c in d["columns"]] == [
+        (f.name, str(f.type), f.nullable) for f in table.schema
+    ]
+    groups = [g.compressed_bytes for f in ds.files for g in f.row_groups]
+    assert d["row_group_bytes"] == {"min": min(groups), "median": int(np.median(groups)), "max": max(groups)}
+    assert d["vocabularies"] == {"label": {"size": 3, "head": ["shoes", "bags", "hats"]}}
+    assert d["source"]["fingerprint"] == "0123456789abcdef"
+
+
+def test_head_json_gives_the_first_rows_truncated(published):
+    table, ds = published
+    proc = run("head", ds.version_path, "-n", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    expected = table.slice(0, 3).to_pylist()
+    assert [r["id"] for r in rows] == [e["id"] for e in expected]
+    assert [r["title"] for r in rows] == [e["title"] for e in expected]
+    # row 0 has a 30-item list: 8 shown, then a note of what was cut
+    assert rows[0]["ids"][:8] == expected[0]["ids"][:8]
+    assert rows[0]["ids"][8] == "... +22 more (30 items)"
+    assert rows[1]["ids"] == expected[1]["ids"]
+    assert rows[0]["image"].startswith(f"<{len(expected[0]['image'])} bytes: {expected[0]['image'][:16].hex()}")
+
+
+def test_head_reads_across_files_and_selects_columns(published):
+    table, ds = published
+    n = ds.files[0].num_rows + 5  # needs more than the first file
+    proc = run("head", ds.version_path, "-n", n, "--columns", "label,id", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert rows == table.select(["label", "id"]).slice(0, n).to_pylist()
+
+
+def test_head_text_form(published):
+    table, ds = published
+    proc = run("head", ds.version_path, "-n", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "[0]" and "[1]" in lines
+    assert f"  title: {table['title'][1].as_py()}" in lines
+    assert len(lines) == 2 * (1 + table.num_columns)
+
+
+def test_verify_passes_on_a_good_cache(published):
+    _, ds = published
+    proc = run("verify", ds.version_path, "-v")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("ok  ") == len(ds.files)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_verify_names_the_bad_file_and_changes_nothing(cache, damage):
+    victim = cache.files[len(cache.files) // 2]
+    path = Path(cache.file_path(victim))
+    good = [Path(cache.file_path(f)).read_bytes() for f in cache.files if f is not victim]
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 3] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif damage == "truncate":
+        path.write_bytes(bytes(data[: len(data) - 7]))
+    else:
+        path.unlink()
+    proc = run("verify", Path(cache.version_path).parent)
+    assert proc.returncode == 1
+    assert f"BAD {path}" in proc.stdout
+    assert proc.stdout.count("BAD ") == 1
+    assert str(path) in one_error_line(proc)
+    # verify only reads: the other files and the manifest are untouched and the version stays live
+    assert [Path(cache.file_path(f)).read_bytes() for f in cache.files if f is not victim] == good
+    assert loader.open_dataset(Path(cache.version_path).parent).version == cache.version
+
+
+def test_missing_dataset_is_a_data_error(tmp_path):
+    proc = run("inspect", tmp_path / "nowhere")
+    assert proc.returncode == 1
+    assert str(tmp_path / "nowhere") in one_error_line(proc)
+
+
+def test_corrupt_manifest_is_named(cache):
+    manifest = Path(cache.version_path) / "_manifest.json"
+    manifest.write_text(manifest.read_text().replace('"format_version": 1', '"format_version": 99'))
+    proc = run("inspect", cache.version_path)
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert str(manifest) in line and "format_version 99" in line
+
+
+def test_unknown_column_is_named(published):
+    _, ds = published
+    proc = run("head", ds.version_path, "--columns", "id,colour")
+    assert proc.returncode == 1
+    assert "'colour'" in one_error_line(proc)
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["inspect"],
+        ["frobnicate", "x"],
+        ["head", "x", "-n", "many"],
+        ["head", "x", "-n", "-1"],
+        ["head", "x", "-o", "novalue"],
+    ],
+)
+def test_usage_errors_exit_2(args):
+    proc = run(*args)
+    assert proc.returncode == 2
+    one_error_line(proc)
+
+
+def test_sync_copies_a_cache(published, tmp_path):
+    pytest.importorskip("loader.sync", reason="loader.sync (remote helper) not landed yet")
+    table, ds = published
+    dest = tmp_path / "local"
+    proc = run("sync", Path(ds.version_path).parent, dest)
+    assert proc.returncode == 0, proc.stderr
+    copies = [p for p in dest.rglob("_manifest.json")]
+    assert copies, list(dest.rglob("*"))
+    copy = loader.open_dataset(copies[0].parent)
+    assert copy.version == ds.version and copy.num_rows == table.num_rows
+    assert [f.checksum for f in copy.files] == [f.checksum for f in ds.files]
