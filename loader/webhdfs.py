@@ -1,0 +1,491 @@
+"""``webhdfs://`` and ``hdfs://`` as a :class:`pyarrow.fs.FileSystem`, spoken through WebHDFS with HdfsCLI.
+
+Importing this module registers the schemes with :func:`loader.fs.register_scheme`; :func:`loader.fs.resolve`
+imports it on first use, so ``import loader`` never needs the optional ``hdfs`` package.
+
+Where an ``hdfs://`` URL goes (first match wins; see :func:`webhdfs_address`):
+
+1. the ``webhdfs_url=`` option (``"http://nn1:9870;http://nn2:9870"`` — ``;`` separates HA name nodes);
+2. the ``namenodes=`` option, a mapping of name service (the URL's host) to such an address;
+3. the environment variable ``LARDER_WEBHDFS="ns1=http://nn1:9870;http://nn2:9870,ns2=http://other:9870"``;
+4. the config file ``$LARDER_HDFS_CONFIG`` or ``~/.config/larder/hdfs.ini``: a section per name service with
+   ``url = http://nn1:9870;http://nn2:9870`` and optionally ``user =`` and ``token_file =``;
+5. HdfsCLI's own config (``$HDFSCLI_CONFIG`` or ``~/.hdfscli.cfg``): section ``[<ns>.alias]`` with ``url``/``user``;
+6. otherwise ``http://<host>:9870`` (Hadoop 3's default name-node HTTP port; an ``hdfs://`` port is the RPC
+   port and is not used).
+
+``webhdfs://host:port/path`` goes to ``http://host:port`` (``swebhdfs://`` to ``https://``), port 9870 by default.
+
+Authentication: ``user=`` (default ``$HADOOP_USER_NAME`` or the login name) for simple auth; ``token=`` (or
+``$LARDER_HDFS_TOKEN``, or ``token_file``) for a delegation token; ``kerberos=True`` uses HdfsCLI's
+``KerberosClient`` (needs ``requests-kerberos``: ``pip install 'larder[kerberos]'``). The token never appears
+in ``repr``, error messages, log records or display URLs: it is redacted everywhere it could leak.
+"""
+
+from __future__ import annotations
+
+import configparser
+import getpass
+import io
+import logging
+import os
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import requests
+from hdfs import HdfsError, InsecureClient, TokenClient
+
+from . import fs as lfs
+from .errors import ConfigError, RemoteError
+from .remote import RedactingFilter, Redactor, RetryPolicy, ShortReadError, call_with_retries, redacted_cause
+
+DEFAULT_HTTP_PORT = 9870
+_READ_CHUNK = 1 << 20
+
+
+class TransientHTTPError(requests.exceptions.ConnectionError):
+    """A 5xx answer: HdfsCLI fails over to the next name node and :func:`call_with_retries` retries it."""
+
+
+@dataclass(frozen=True)
+class WebHdfsConfig:
+    """Where and as whom to speak WebHDFS. ``token`` is excluded from ``repr``."""
+
+    urls: str
+    scheme: str = "webhdfs"
+    authority: str = ""
+    user: str | None = None
+    token: str | None = field(default=None, repr=False)
+    kerberos: bool = False
+    timeout: float = 60.0
+    retry: RetryPolicy = RetryPolicy()
+
+
+def _parse_env_map(text: str) -> dict[str, str]:
+    out = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, url = item.partition("=")
+        if not sep or not name.strip() or not url.strip():
+            raise ConfigError(f"LARDER_WEBHDFS: entry {item.split('=')[0]!r} must look like name=http://host:port")
+        out[name.strip()] = url.strip()
+    return out
+
+
+def _config_file_entry(host: str) -> dict[str, str]:
+    path = os.environ.get("LARDER_HDFS_CONFIG") or os.path.expanduser("~/.config/larder/hdfs.ini")
+    parser = configparser.ConfigParser()
+    if os.path.exists(path):
+        try:
+            parser.read(path)
+        except configparser.Error as e:
+            raise ConfigError(f"{path}: cannot parse ({type(e).__name__})") from e
+        if parser.has_section(host):
+            entry = dict(parser.items(host))
+            if "url" not in entry:
+                raise ConfigError(f"{path}: section [{host}] needs a key 'url'")
+            return entry
+    cli_path = os.environ.get("HDFSCLI_CONFIG") or os.path.expanduser("~/.hdfscli.cfg")
+    if os.path.exists(cli_path):
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(cli_path)
+        except configparser.Error as e:
+            raise ConfigError(f"{cli_path}: cannot parse ({type(e).__name__})") from e
+        section = f"{host}.alias"
+        if parser.has_section(section) and parser.has_option(section, "url"):
+            return {k: v for k, v in parser.items(section) if k in ("url", "user")}
+    return {}
+
+
+def webhdfs_address(url: str, *, webhdfs_url: str | None = None, namenodes: Mapping[str, str] | None = None
+                    ) -> tuple[str, dict[str, str]]:
+    """The WebHDFS base address(es) of a ``webhdfs://``/``swebhdfs://``/``hdfs://`` URL.
+
+    Returns:
+        ``(addresses, settings)``: ``;``-separated ``http(s)://host:port`` addresses, and the extra settings
+        (``user``, ``token_file``) from a config file entry, if one matched.
+    """
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    if webhdfs_url:
+        return webhdfs_url, {}
+    if scheme in ("webhdfs", "swebhdfs"):
+        if not host:
+            raise ConfigError(f"{scheme}:// URL needs a host: {scheme}://host:port/path")
+        http = "https" if scheme == "swebhdfs" else "http"
+        return f"{http}://{host}:{parts.port or DEFAULT_HTTP_PORT}", {}
+    if namenodes and host in namenodes:
+        return namenodes[host], {}
+    env = _parse_env_map(os.environ.get("LARDER_WEBHDFS", ""))
+    if host in env:
+        return env[host], {}
+    entry = _config_file_entry(host)
+    if entry:
+        return entry.pop("url"), entry
+    if not host:
+        raise ConfigError("hdfs:/// URL without a name node: configure one (see loader.webhdfs)")
+    return f"http://{host}:{DEFAULT_HTTP_PORT}", {}
+
+
+def _read_token_file(path: str) -> str:
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"token_file {path!r} cannot be read ({type(e).__name__})") from e
+
+
+class WebHdfsHandler(pafs.FileSystemHandler):
+    """A :class:`pyarrow.fs.FileSystemHandler` over HdfsCLI. Wrap it in :class:`pyarrow.fs.PyFileSystem`.
+
+    The HdfsCLI client (and its HTTP session) is made lazily, once per process, so the handler can be
+    pickled to worker processes (its ``__reduce__`` carries the config only).
+    """
+
+    def __init__(self, config: WebHdfsConfig):
+        self.config = config
+        self.redact = Redactor([config.token])
+        self._client = None
+        self._pid = None
+
+    def __reduce__(self):
+        return (type(self), (self.config,))
+
+    def __repr__(self) -> str:
+        return f"WebHdfsHandler({self.config.scheme}://{self.config.authority}, user={self.config.user!r})"
+
+    # ----------------------------------------------------------------- client and errors
+    @property
+    def client(self):
+        if self._client is None or self._pid != os.getpid():
+            cfg = self.config
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.hooks["response"].append(_raise_on_5xx)
+            if cfg.token:
+                _install_log_filter(self.redact)
+            if cfg.kerberos:
+                try:
+                    from hdfs.ext.kerberos import KerberosClient
+                except ImportError as e:
+                    raise ConfigError("kerberos=True needs requests-kerberos: pip install 'larder[kerberos]'") from e
+                client = KerberosClient(cfg.urls, proxy=cfg.user, timeout=cfg.timeout, session=session)
+            elif cfg.token:
+                client = TokenClient(cfg.urls, cfg.token, timeout=cfg.timeout, session=session)
+            else:
+                client = InsecureClient(cfg.urls, user=cfg.user, timeout=cfg.timeout, session=session)
+            self._client, self._pid = client, os.getpid()
+        return self._client
+
+    def display_url(self, path: str) -> str:
+        """``scheme://authority/path`` — never holds a secret."""
+        return f"{self.config.scheme}://{self.config.authority}{path if path.startswith('/') else '/' + path}"
+
+    def _call(self, op: str, path: str, fn, on_retry=None):
+        """Run one WebHDFS call with retries, translating errors to builtins / :class:`RemoteError`."""
+        what = f"{op} {self.display_url(path)}"
+        try:
+            return call_with_retries(fn, what=what, policy=self.config.retry, redact=self.redact, on_retry=on_retry)
+        except HdfsError as e:
+            raise self._translate(e, what) from redacted_cause(e, self.redact)
+
+    def _translate(self, e: HdfsError, what: str) -> OSError:
+        kind = getattr(e, "exception", None) or ""
+        message = self.redact(e.message if hasattr(e, "message") else e)
+        if kind == "FileNotFoundException":
+            return FileNotFoundError(f"{what}: does not exist ({message})")
+        if kind in ("FileAlreadyExistsException",):
+            return FileExistsError(f"{what}: already exists ({message})")
+        if kind in ("AccessControlException", "SecurityException", "InvalidToken") or "Authentication" in message:
+            return RemoteError(f"{what}: permission denied ({kind or 'authentication failure'}; check user/token)")
+        return RemoteError(f"{what}: {kind or 'error'}: {message}")
+
+    def _status(self, path: str) -> dict | None:
+        return self._call("GETFILESTATUS", path, lambda: self.client.status(path, strict=False))
+
+    # ----------------------------------------------------------------- FileSystemHandler
+    def get_type_name(self) -> str:
+        return self.config.scheme
+
+    def normalize_path(self, path: str) -> str:
+        return path
+
+    def equals(self, other) -> bool:
+        return isinstance(other, WebHdfsHandler) and other.config == self.config
+
+    def _info(self, path: str, status: dict | None) -> pafs.FileInfo:
+        if status is None:
+            return pafs.FileInfo(path, pafs.FileType.NotFound)
+        if status["type"] == "DIRECTORY":
+            return pafs.FileInfo(path, pafs.FileType.Directory, mtime_ns=status["modificationTime"] * 1_000_000)
+        return pafs.FileInfo(path, pafs.FileType.File, size=status["length"],
+                             mtime_ns=status["modificationTime"] * 1_000_000)
+
+    def get_file_info(self, paths):
+        return [self._info(p, self._status(p)) for p in paths]
+
+    def get_file_info_selector(self, selector):
+        base = selector.base_dir.rstrip("/") or "/"
+        status = self._status(base)
+        if status is None:
+            if selector.allow_not_found:
+                return []
+            raise FileNotFoundError(f"{self.display_url(base)} does not exist")
+        if status["type"] != "DIRECTORY":
+            raise NotADirectoryError(f"{self.display_url(base)} is not a directory")
+        out, todo = [], [base]
+        while todo:
+            here = todo.pop()
+            entries = self._call("LISTSTATUS", here, lambda h=here: self.client.list(h, status=True))
+            for name, st in entries:
+                child = posixpath.join(here, name)
+                out.append(self._info(child, st))
+                if selector.recursive and st["type"] == "DIRECTORY":
+                    todo.append(child)
+        return out
+
+    def create_dir(self, path, recursive):
+        if not recursive:
+            parent = self._status(posixpath.dirname(path.rstrip("/")) or "/")
+            if parent is None:
+                raise FileNotFoundError(f"{self.display_url(path)}: parent directory does not exist")
+        self._call("MKDIRS", path, lambda: self.client.makedirs(path))
+
+    def delete_dir(self, path):
+        status = self._status(path)
+        if status is None or status["type"] != "DIRECTORY":
+            raise FileNotFoundError(f"{self.display_url(path)} is not a directory")
+        self._call("DELETE", path, lambda: self.client.delete(path, recursive=True))
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        status = self._status(path)
+        if status is None and missing_dir_ok:
+            return
+        if status is None or status["type"] != "DIRECTORY":
+            raise FileNotFoundError(f"{self.display_url(path)} is not a directory")
+        for name in self._call("LISTSTATUS", path, lambda: self.client.list(path)):
+            child = posixpath.join(path, name)
+            self._call("DELETE", child, lambda c=child: self.client.delete(c, recursive=True))
+
+    def delete_root_dir_contents(self):
+        raise RemoteError(f"refusing to delete everything under {self.display_url('/')}")
+
+    def delete_file(self, path):
+        status = self._status(path)
+        if status is None or status["type"] != "FILE":
+            raise FileNotFoundError(f"{self.display_url(path)} is not a file")
+        self._call("DELETE", path, lambda: self.client.delete(path))
+
+    def move(self, src, dest):
+        """pyarrow semantics on HDFS: a file replaces a file atomically (``RENAME`` with
+        ``renameoptions=OVERWRITE``, Hadoop's rename2); a directory replaces only an empty directory."""
+        src_status = self._status(src)
+        if src_status is None:
+            raise FileNotFoundError(f"{self.display_url(src)} does not exist")
+        dst_status = self._status(dest)
+        if dst_status is None:
+            self._call("RENAME", src, lambda: self.client.rename(src, dest))
+            return
+        if dst_status["type"] == "DIRECTORY" and dst_status.get("childrenNum", 0):
+            raise FileExistsError(f"cannot move onto non-empty directory {self.display_url(dest)}")
+        self._call("RENAME", src, lambda: self.client._rename(src, destination=dest, renameoptions="OVERWRITE"))
+
+    def copy_file(self, src, dest):
+        with self.open_input_stream(src) as f_in, self.open_output_stream(dest, None) as f_out:
+            while chunk := f_in.read(_READ_CHUNK):
+                f_out.write(chunk)
+
+    def open_input_stream(self, path):
+        return pa.PythonFile(_RemoteFile(self, path, sequential=True), mode="r")
+
+    def open_input_file(self, path):
+        return pa.PythonFile(_RemoteFile(self, path, sequential=False), mode="r")
+
+    def open_output_stream(self, path, metadata):
+        return pa.PythonFile(_Upload(self, path, append=False), mode="w")
+
+    def open_append_stream(self, path, metadata):
+        return pa.PythonFile(_Upload(self, path, append=True), mode="w")
+
+
+def _raise_on_5xx(response, *args, **kwargs):
+    if response.status_code >= 500:
+        status, reason = response.status_code, response.reason
+        response.close()
+        raise TransientHTTPError(f"HTTP {status} {reason}")
+    return response
+
+
+_filters: set[int] = set()
+
+
+def _install_log_filter(redact: Redactor) -> None:
+    """Redact this token from urllib3's and HdfsCLI's log records (urllib3 logs request URLs at DEBUG)."""
+    if id(redact) in _filters:
+        return
+    _filters.add(id(redact))
+    for name in ("urllib3.connectionpool", "hdfs.client", "requests"):
+        logging.getLogger(name).addFilter(RedactingFilter(redact))
+
+
+class _RemoteFile(io.RawIOBase):
+    """A remote file read with ``OPEN offset/length``; drops and 5xx are retried from the byte reached.
+
+    ``sequential`` streams one response from the current offset to the end (downloads); otherwise every
+    read is one bounded ranged request (Parquet footers and column chunks), so nothing extra is fetched.
+    """
+
+    def __init__(self, handler: WebHdfsHandler, path: str, sequential: bool):
+        super().__init__()
+        self.h, self.path, self.sequential = handler, path, sequential
+        self.pos = 0
+        self._size: int | None = None
+        self._resp = None
+        self._resp_pos = -1
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def size(self) -> int:
+        if self._size is None:
+            status = self.h._status(self.path)
+            if status is None or status["type"] != "FILE":
+                raise FileNotFoundError(f"{self.h.display_url(self.path)} is not a file")
+            self._size = int(status["length"])
+        return self._size
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.size() if whence == 2 else 0}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def _drop(self, *_):
+        if self._resp is not None:
+            self._resp.close()
+        self._resp, self._resp_pos = None, -1
+
+    def _read_some(self, n: int) -> bytes:
+        """Up to ``n`` bytes at ``pos``: b"" only at end of file."""
+        client = self.h.client
+        if self.sequential:
+            if self._resp is None or self._resp_pos != self.pos:
+                self._drop()
+                if self._size is not None and self.pos >= self._size:
+                    return b""
+                self._resp = client._open(self.path, offset=self.pos)
+                self._resp_pos = self.pos
+            data = self._resp.raw.read(n)
+            if not data and (self._size is None or self.pos < self._size):
+                self._drop()
+                # An empty read at a known end is EOF; verify an unknown end before believing it.
+                if self.pos < self.size():
+                    raise ShortReadError(f"{self.h.display_url(self.path)}: stream ended at byte {self.pos}")
+            self._resp_pos += len(data)
+            return data
+        resp = client._open(self.path, offset=self.pos, length=n)
+        try:
+            data = resp.raw.read(n)
+            expected = int(resp.headers.get("Content-Length", len(data)))
+            if len(data) < expected:
+                raise ShortReadError(f"{self.h.display_url(self.path)}: got {len(data)} of {expected} bytes")
+            return data
+        finally:
+            resp.close()
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = max(0, self.size() - self.pos)
+        parts, want = [], n
+        while want > 0:
+            data = self.h._call("OPEN", self.path, lambda w=want: self._read_some(min(w, 8 << 20)), self._drop)
+            if not data:
+                break
+            parts.append(data)
+            self.pos += len(data)
+            want -= len(data)
+        return b"".join(parts)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
+class _Upload(io.RawIOBase):
+    """Bytes written are spooled locally, then sent with a two-step ``CREATE`` (or ``APPEND``) on close,
+    retried as a whole on transient failures."""
+
+    def __init__(self, handler: WebHdfsHandler, path: str, append: bool):
+        super().__init__()
+        import tempfile
+
+        self.h, self.path, self.append = handler, path, append
+        self._spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        return self._spool.write(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            def send():
+                self._spool.seek(0)
+                self.h.client.write(self.path, data=self._spool, overwrite=not self.append, append=self.append)
+
+            self.h._call("APPEND" if self.append else "CREATE", self.path, send)
+        finally:
+            self._spool.close()
+            super().close()
+
+
+def make_filesystem(url: str, *, user: str | None = None, token: str | None = None, kerberos: bool = False,
+                    webhdfs_url: str | None = None, namenodes: Mapping[str, str] | None = None,
+                    timeout: float = 60.0, retry: RetryPolicy | None = None, **unknown
+                    ) -> tuple[pafs.FileSystem, str]:
+    """The factory registered for ``webhdfs://``, ``swebhdfs://`` and ``hdfs://``.
+
+    Raises:
+        ConfigError: An unknown option, or no usable address.
+    """
+    if unknown:
+        raise ConfigError(f"unknown option(s) for {urlsplit(url).scheme}:// URLs: {sorted(unknown)}")
+    parts = urlsplit(url)
+    addresses, settings = webhdfs_address(url, webhdfs_url=webhdfs_url, namenodes=namenodes)
+    token = token or parts.password or os.environ.get("LARDER_HDFS_TOKEN") or (
+        _read_token_file(settings["token_file"]) if "token_file" in settings else None)
+    user = user or parts.username or settings.get("user") or os.environ.get("HADOOP_USER_NAME") or getpass.getuser()
+    authority = parts.hostname or ""
+    if parts.port:
+        authority += f":{parts.port}"
+    config = WebHdfsConfig(urls=addresses, scheme=parts.scheme.lower(), authority=authority, user=user, token=token,
+                           kerberos=kerberos, timeout=timeout, retry=retry or RetryPolicy())
+    return pafs.PyFileSystem(WebHdfsHandler(config)), parts.path or "/"
+
+
+for _scheme in ("webhdfs", "swebhdfs", "hdfs"):
+    lfs.register_scheme(_scheme, make_filesystem)
+
+__all__ = ["WebHdfsConfig", "WebHdfsHandler", "make_filesystem", "webhdfs_address", "TransientHTTPError"]

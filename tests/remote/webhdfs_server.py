@@ -1,0 +1,555 @@
+"""A WebHDFS server for tests, written to the Hadoop WebHDFS REST API, backed by a local directory.
+
+It speaks the protocol a real cluster speaks (``/webhdfs/v1/<path>?op=...``): a name node answers metadata
+operations itself and answers ``OPEN``, ``CREATE`` and ``APPEND`` with a ``307`` redirect to a separate
+data-node port, which streams or receives the bytes (two-step ``CREATE``; ``OPEN`` with ``offset`` and
+``length``). Errors are JSON ``RemoteException`` bodies with Hadoop's status codes; ``FileStatus`` carries a
+``blockSize``. Supported ops: OPEN, GETFILESTATUS, LISTSTATUS, LISTSTATUS_BATCH, GETCONTENTSUMMARY,
+GETFILECHECKSUM, GETHOMEDIRECTORY, GETSERVERDEFAULTS, CREATE, APPEND, MKDIRS, RENAME (with
+``renameoptions=OVERWRITE``, Hadoop's rename2), DELETE, SETPERMISSION, SETOWNER, SETTIMES, SETREPLICATION.
+
+Switches for tests and benchmarks: ``latency`` (seconds before every answer), ``bandwidth`` (bytes/s for
+data-node bodies, shared by all connections like one network link), :meth:`WebHdfs.drop_next` (close the
+connection after N body bytes), :meth:`WebHdfs.fail_next` / :meth:`WebHdfs.fail_always` (error answers) and a
+request log (:attr:`WebHdfs.log`, :meth:`WebHdfs.count`). ``token`` makes every request need
+``delegation=<token>``; extra name nodes in standby answer ``StandbyException`` (HA).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+PREFIX = "/webhdfs/v1"
+_JAVA = {
+    "FileNotFoundException": "java.io.FileNotFoundException",
+    "IllegalArgumentException": "java.lang.IllegalArgumentException",
+    "FileAlreadyExistsException": "org.apache.hadoop.fs.FileAlreadyExistsException",
+    "StandbyException": "org.apache.hadoop.ipc.StandbyException",
+    "SecurityException": "java.lang.SecurityException",
+    "InvalidToken": "org.apache.hadoop.security.token.SecretManager$InvalidToken",
+    "IOException": "java.io.IOException",
+    "UnsupportedOperationException": "java.lang.UnsupportedOperationException",
+    "RetriableException": "org.apache.hadoop.ipc.RetriableException",
+}
+
+
+class RemoteException(Exception):
+    """An error answer: HTTP status, Java exception name and message."""
+
+    def __init__(self, status: int, exception: str, message: str):
+        super().__init__(message)
+        self.status, self.exception, self.message = status, exception, message
+
+
+@dataclass
+class Rule:
+    """An injected fault: applies to requests matching ``op``/``path``/``node`` ``count`` times (None: always)."""
+
+    kind: str  # "error" or "drop"
+    count: int | None
+    op: str | None = None
+    path: str | None = None
+    node: str | None = None
+    status: int = 503
+    after_bytes: int = 0
+
+    def matches(self, node: str, op: str, path: str) -> bool:
+        return (
+            (self.op is None or self.op == op)
+            and (self.path is None or self.path in path)
+            and (self.node is None or self.node == node)
+        )
+
+
+@dataclass
+class Record:
+    """One logged request."""
+
+    node: str
+    method: str
+    op: str
+    path: str
+    params: dict
+    status: int = 0
+    body_bytes: int = 0
+
+
+class _Link:
+    """A shared bandwidth limit (token bucket over all data-node bodies)."""
+
+    def __init__(self):
+        self.rate: float | None = None
+        self._lock = threading.Lock()
+        self._next = time.monotonic()
+
+    def wait(self, nbytes: int) -> None:
+        if not self.rate:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + nbytes / self.rate
+            delay = self._next - now
+        if delay > 0:
+            time.sleep(delay)
+
+
+@dataclass
+class WebHdfs:
+    """The server: a store directory, one data node, one active name node and optional standbys.
+
+    Use as a context manager or call :meth:`start` / :meth:`stop`.
+    """
+
+    root: str
+    block_size: int = 128 << 20
+    token: str | None = None
+    standby_namenodes: int = 0
+    latency: float = 0.0
+    chunk: int = 64 << 10
+    log: list[Record] = field(default_factory=list)
+    _rules: list[Rule] = field(default_factory=list)
+    _servers: list[ThreadingHTTPServer] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _link: _Link = field(default_factory=_Link)
+
+    # ----------------------------------------------------------------- life cycle and addresses
+    def start(self) -> WebHdfs:
+        os.makedirs(self.root, exist_ok=True)
+        self.datanode = self._serve("datanode")
+        self.namenode = self._serve("namenode")
+        self.standbys = [self._serve("standby") for _ in range(self.standby_namenodes)]
+        return self
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        self._servers.clear()
+
+    def __enter__(self) -> WebHdfs:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _serve(self, role: str) -> ThreadingHTTPServer:
+        handler = type(f"{role.title()}Handler", (_Handler,), {"server_state": self, "role": role})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name=f"webhdfs-{role}", daemon=True).start()
+        self._servers.append(server)
+        return server
+
+    @staticmethod
+    def _address(server: ThreadingHTTPServer) -> str:
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    @property
+    def port(self) -> int:
+        """The active name node's port."""
+        return self.namenode.server_address[1]
+
+    @property
+    def http_url(self) -> str:
+        """The active name node's WebHDFS base address."""
+        return self._address(self.namenode)
+
+    @property
+    def ha_urls(self) -> str:
+        """Standby name nodes first, then the active one, ``;``-separated (as HdfsCLI takes them)."""
+        return ";".join([self._address(s) for s in self.standbys] + [self.http_url])
+
+    def url(self, path: str = "/") -> str:
+        """A ``webhdfs://`` URL of ``path`` on this server."""
+        return f"webhdfs://127.0.0.1:{self.port}/{path.lstrip('/')}"
+
+    def local(self, path: str) -> str:
+        """The backing file of an HDFS path."""
+        clean = os.path.normpath("/" + unquote(path).lstrip("/"))
+        return os.path.join(self.root, clean.lstrip("/"))
+
+    # ----------------------------------------------------------------- switches
+    @property
+    def bandwidth(self) -> float | None:
+        return self._link.rate
+
+    @bandwidth.setter
+    def bandwidth(self, rate: float | None) -> None:
+        self._link.rate = rate
+
+    def fail_next(self, count: int = 1, status: int = 503, op: str | None = None, path: str | None = None,
+                  node: str | None = None) -> None:
+        """Answer the next ``count`` matching requests with ``status``."""
+        with self._lock:
+            self._rules.append(Rule("error", count, op, path, node, status))
+
+    def fail_always(self, status: int = 503, op: str | None = None, path: str | None = None,
+                    node: str | None = None) -> None:
+        """Answer every matching request with ``status`` until :meth:`clear_faults`."""
+        with self._lock:
+            self._rules.append(Rule("error", None, op, path, node, status))
+
+    def drop_next(self, count: int = 1, after_bytes: int = 0, path: str | None = None) -> None:
+        """Close the connection of the next ``count`` data-node OPENs after ``after_bytes`` body bytes."""
+        with self._lock:
+            self._rules.append(Rule("drop", count, "OPEN", path, "datanode", after_bytes=after_bytes))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self.log.clear()
+
+    def count(self, op: str | None = None, path: str | None = None, node: str | None = None) -> int:
+        """How many logged requests match (``path`` is a substring)."""
+        with self._lock:
+            return sum(1 for r in self.log if (op is None or r.op == op) and (path is None or path in r.path)
+                       and (node is None or r.node == node))
+
+    def _take_rule(self, kind: str, node: str, op: str, path: str) -> Rule | None:
+        with self._lock:
+            for rule in self._rules:
+                if rule.kind == kind and rule.matches(node, op, path):
+                    if rule.count is not None:
+                        rule.count -= 1
+                        if rule.count <= 0:
+                            self._rules.remove(rule)
+                    return rule
+        return None
+
+    # ----------------------------------------------------------------- file system model
+    def status(self, path: str, suffix: str = "") -> dict:
+        local = self.local(path)
+        try:
+            st = os.stat(local)
+        except FileNotFoundError:
+            raise RemoteException(404, "FileNotFoundException", f"File does not exist: {path}") from None
+        is_dir = os.path.isdir(local)
+        return {
+            "accessTime": 0 if is_dir else int(st.st_atime * 1000),
+            "blockSize": 0 if is_dir else self.block_size,
+            "childrenNum": len(os.listdir(local)) if is_dir else 0,
+            "fileId": st.st_ino,
+            "group": "supergroup",
+            "length": 0 if is_dir else st.st_size,
+            "modificationTime": int(st.st_mtime * 1000),
+            "owner": "larder",
+            "pathSuffix": suffix,
+            "permission": "755" if is_dir else "644",
+            "replication": 0 if is_dir else 3,
+            "storagePolicy": 0,
+            "type": "DIRECTORY" if is_dir else "FILE",
+        }
+
+    def listing(self, path: str) -> list[dict]:
+        local = self.local(path)
+        if not os.path.isdir(local):
+            return [self.status(path)]
+        return [self.status(path.rstrip("/") + "/" + name, name) for name in sorted(os.listdir(local))]
+
+    def rename(self, src: str, dst: str, overwrite: bool | None) -> bool | None:
+        """HDFS rename (``overwrite`` None) returns a boolean; rename2 (OVERWRITE or NONE) raises instead."""
+        s, d = self.local(src), self.local(dst)
+        if overwrite is None:  # FileSystem.rename: false on any refusal; into an existing directory
+            if not os.path.exists(s) or not os.path.isdir(os.path.dirname(d)):
+                return False
+            if os.path.isdir(d):
+                d = os.path.join(d, os.path.basename(s))
+            if os.path.exists(d) or (d + "/").startswith(s + "/"):
+                return False
+            os.rename(s, d)
+            return True
+        if not os.path.exists(s):
+            raise RemoteException(404, "FileNotFoundException", f"rename source {src} is not found.")
+        if not os.path.isdir(os.path.dirname(d)):
+            raise RemoteException(404, "FileNotFoundException", f"rename destination parent {dst} not found.")
+        if os.path.exists(d):
+            if not overwrite:
+                raise RemoteException(403, "FileAlreadyExistsException", f"rename destination {dst} already exists.")
+            if os.path.isdir(d) != os.path.isdir(s):
+                raise RemoteException(403, "IOException", f"Source {src} and destination {dst} must both be "
+                                      "directories or files")
+            if os.path.isdir(d) and os.listdir(d):
+                raise RemoteException(403, "IOException", f"rename destination directory is not empty: {dst}")
+        os.replace(s, d)  # atomic, like the name node's rename2
+        return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_state: WebHdfs
+    role: str
+
+    def log_message(self, format, *args):  # noqa: A002 - keep test output quiet
+        pass
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_PUT(self):
+        self._dispatch("PUT")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
+    # ----------------------------------------------------------------- plumbing
+    def _dispatch(self, method: str) -> None:
+        st = self.server_state
+        parts = urlsplit(self.path)
+        params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        op = params.get("op", "").upper()
+        path = unquote(parts.path[len(PREFIX):]) or "/" if parts.path.startswith(PREFIX) else parts.path
+        record = Record(self.role, method, op, path, params)
+        with st._lock:
+            st.log.append(record)
+        try:
+            if st.latency:
+                time.sleep(st.latency)
+            if not parts.path.startswith(PREFIX):
+                raise RemoteException(404, "IllegalArgumentException", f"Invalid path {parts.path}")
+            self._authorize(params)
+            if self.role == "standby":
+                raise RemoteException(403, "StandbyException",
+                                      "Operation category READ is not supported in state standby")
+            rule = st._take_rule("error", self.role, op, path)
+            if rule is not None:
+                raise RemoteException(rule.status, "IOException", f"injected fault {rule.status} on {op}")
+            if self.role == "datanode":
+                self._datanode(method, op, path, params, record)
+            else:
+                self._namenode(method, op, path, params, record)
+        except RemoteException as e:
+            self._drain()
+            body = {"RemoteException": {"exception": e.exception, "javaClassName": _JAVA.get(e.exception, ""),
+                                        "message": e.message}}
+            self._json(e.status, body, record)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _authorize(self, params: dict) -> None:
+        token = self.server_state.token
+        if token is None:
+            return
+        given = params.get("delegation")
+        if given is None:
+            raise RemoteException(401, "SecurityException", "Authentication required")
+        if given != token:
+            raise RemoteException(403, "InvalidToken", "token is expired or invalid")
+
+    def _drain(self) -> None:
+        """Consume an unread request body so a kept-alive connection stays in sync."""
+        if self.command in ("PUT", "POST") and not getattr(self, "_body_read", False):
+            try:
+                self._read_body()
+            except (OSError, ValueError):
+                self.close_connection = True
+
+    def _read_body(self) -> bytes:
+        self._body_read = True
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, body: bytes, record: Record, ctype: str = "application/json",
+              headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+        record.status = status
+
+    def _json(self, status: int, doc, record: Record, headers: dict | None = None) -> None:
+        self._send(status, json.dumps(doc).encode(), record, headers=headers)
+
+    def _redirect(self, method: str, op: str, path: str, params: dict, record: Record) -> None:
+        st = self.server_state
+        query = {k: v for k, v in params.items() if k not in ("noredirect",)}
+        query["namenoderpcaddress"] = f"127.0.0.1:{st.port}"
+        location = f"{st._address(st.datanode)}{PREFIX}{quote(path)}?{urlencode(query)}"
+        self._drain()
+        if params.get("noredirect", "false").lower() == "true":
+            self._json(200, {"Location": location}, record)
+        else:
+            self._send(307, b"", record, headers={"Location": location})
+
+    # ----------------------------------------------------------------- name node
+    def _namenode(self, method: str, op: str, path: str, params: dict, record: Record) -> None:
+        st = self.server_state
+        if method == "GET" and op == "OPEN":
+            if st.status(path)["type"] != "FILE":
+                raise RemoteException(404, "FileNotFoundException", f"Path is not a file: {path}")
+            return self._redirect(method, op, path, params, record)
+        if (method == "PUT" and op == "CREATE") or (method == "POST" and op == "APPEND"):
+            return self._redirect(method, op, path, params, record)
+        if method == "GET" and op == "GETFILESTATUS":
+            return self._json(200, {"FileStatus": st.status(path)}, record)
+        if method == "GET" and op == "LISTSTATUS":
+            return self._json(200, {"FileStatuses": {"FileStatus": st.listing(path)}}, record)
+        if method == "GET" and op == "LISTSTATUS_BATCH":
+            after = params.get("startafter", "")
+            items = [s for s in st.listing(path) if s["pathSuffix"] > after]
+            doc = {"DirectoryListing": {"partialListing": {"FileStatuses": {"FileStatus": items}},
+                                        "remainingEntries": 0}}
+            return self._json(200, doc, record)
+        if method == "GET" and op == "GETCONTENTSUMMARY":
+            return self._json(200, {"ContentSummary": self._summary(path)}, record)
+        if method == "GET" and op == "GETFILECHECKSUM":
+            with open(st.local(path), "rb") as f:
+                digest = hashlib.md5(f.read()).hexdigest()
+            doc = {"FileChecksum": {"algorithm": "MD5-of-0MD5-of-512CRC32C", "bytes": digest, "length": 16}}
+            return self._json(200, doc, record)
+        if method == "GET" and op == "GETHOMEDIRECTORY":
+            return self._json(200, {"Path": f"/user/{params.get('user.name', 'larder')}"}, record)
+        if method == "GET" and op == "GETSERVERDEFAULTS":
+            doc = {"FsServerDefaults": {"blockSize": st.block_size, "bytesPerChecksum": 512, "writePacketSize": 65536,
+                                        "replication": 3, "fileBufferSize": 4096, "encryptDataTransfer": False,
+                                        "trashInterval": 0, "checksumType": "CRC32C", "keyProviderUri": "",
+                                        "defaultStoragePolicyId": 7}}
+            return self._json(200, doc, record)
+        if method == "PUT" and op == "MKDIRS":
+            local = st.local(path)
+            if os.path.isfile(local):
+                raise RemoteException(403, "FileAlreadyExistsException", f"Path is not a directory: {path}")
+            os.makedirs(local, exist_ok=True)
+            return self._json(200, {"boolean": True}, record)
+        if method == "PUT" and op == "RENAME":
+            dst = params.get("destination")
+            if not dst or not dst.startswith("/"):
+                raise RemoteException(400, "IllegalArgumentException", f"Invalid value for destination: {dst}")
+            options = params.get("renameoptions")
+            if options is None:
+                return self._json(200, {"boolean": st.rename(path, dst, None)}, record)
+            st.rename(path, dst, "OVERWRITE" in options.upper())
+            return self._send(200, b"", record)
+        if method == "DELETE" and op == "DELETE":
+            return self._json(200, {"boolean": self._delete(path, params)}, record)
+        if method == "PUT" and op in ("SETPERMISSION", "SETOWNER", "SETTIMES"):
+            st.status(path)
+            return self._send(200, b"", record)
+        if method == "PUT" and op == "SETREPLICATION":
+            return self._json(200, {"boolean": st.status(path)["type"] == "FILE"}, record)
+        raise RemoteException(400, "IllegalArgumentException", f"Invalid value for webhdfs parameter \"op\": {op}")
+
+    def _summary(self, path: str) -> dict:
+        local = self.server_state.local(path)
+        self.server_state.status(path)
+        dirs, files, length = 0, 0, 0
+        for dirpath, _subdirs, fnames in os.walk(local):
+            dirs += 1
+            files += len(fnames)
+            length += sum(os.path.getsize(os.path.join(dirpath, n)) for n in fnames)
+        return {"directoryCount": dirs, "fileCount": files, "length": length, "quota": -1,
+                "spaceConsumed": length * 3, "spaceQuota": -1}
+
+    def _delete(self, path: str, params: dict) -> bool:
+        local = self.server_state.local(path)
+        if os.path.normpath(local) == os.path.normpath(self.server_state.root):
+            raise RemoteException(403, "IOException", "Cannot delete root")
+        if not os.path.exists(local):
+            return False
+        if os.path.isdir(local):
+            if os.listdir(local) and params.get("recursive", "false").lower() != "true":
+                raise RemoteException(403, "PathIsNotEmptyDirectoryException", f"{path} is non empty")
+            shutil.rmtree(local)
+        else:
+            os.remove(local)
+        return True
+
+    # ----------------------------------------------------------------- data node
+    def _datanode(self, method: str, op: str, path: str, params: dict, record: Record) -> None:
+        st = self.server_state
+        local = st.local(path)
+        if method == "GET" and op == "OPEN":
+            return self._open(local, path, params, record)
+        if method == "PUT" and op == "CREATE":
+            if os.path.isdir(local):
+                raise RemoteException(403, "FileAlreadyExistsException", f"{path} is a directory")
+            if os.path.exists(local) and params.get("overwrite", "false").lower() != "true":
+                raise RemoteException(403, "FileAlreadyExistsException", f"{path} for client already exists")
+            data = self._read_body()
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            tmp = f"{local}.{uuid.uuid4().hex}.dn-tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, local)
+            record.body_bytes = len(data)
+            return self._send(201, b"", record, headers={"Location": f"hdfs://127.0.0.1:{st.port}{quote(path)}"})
+        if method == "POST" and op == "APPEND":
+            if not os.path.isfile(local):
+                raise RemoteException(404, "FileNotFoundException", f"File does not exist: {path}")
+            data = self._read_body()
+            with open(local, "ab") as f:
+                f.write(data)
+            record.body_bytes = len(data)
+            return self._send(200, b"", record)
+        raise RemoteException(400, "IllegalArgumentException", f"op {op} is not a data-node operation")
+
+    def _open(self, local: str, path: str, params: dict, record: Record) -> None:
+        st = self.server_state
+        if not os.path.isfile(local):
+            raise RemoteException(404, "FileNotFoundException", f"File does not exist: {path}")
+        size = os.path.getsize(local)
+        try:
+            offset = int(params.get("offset", 0))
+            length = params.get("length")
+            length = None if length in (None, "", "null") else int(length)
+        except ValueError as e:
+            raise RemoteException(400, "IllegalArgumentException", f"Invalid offset or length: {e}") from e
+        if offset < 0 or (length is not None and length < 0):
+            raise RemoteException(400, "IllegalArgumentException", "offset and length must be >= 0")
+        if offset > size:
+            raise RemoteException(403, "IOException", f"Offset={offset} out of the range [0, {size}); path={path}")
+        count = size - offset if length is None else min(length, size - offset)
+        drop = st._take_rule("drop", self.role, "OPEN", path)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(count))
+        self.end_headers()
+        record.status = 200
+        limit = count if drop is None else min(count, drop.after_bytes)
+        with open(local, "rb") as f:
+            f.seek(offset)
+            sent = 0
+            while sent < limit:
+                piece = f.read(min(st.chunk, limit - sent))
+                if not piece:
+                    break
+                st._link.wait(len(piece))
+                self.wfile.write(piece)
+                sent += len(piece)
+        record.body_bytes = sent
+        if drop is not None:
+            self.wfile.flush()
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
