@@ -1,0 +1,266 @@
+"""Arrow record batches to dicts of numpy arrays, vectorised (never a Python loop over rows).
+
+The forms of a batch ``b`` (``dict[str, numpy.ndarray]``, every value has the batch's rows as first axis
+except the flat ``values`` of ragged columns):
+
+* **Fixed-width columns** (integers, floats, bools, dates, timestamps, durations): a 1-D array of the
+  matching numpy dtype. Nulls become ``NaN`` in float columns and ``0`` / ``False`` / the epoch in the
+  others; ask ``masks=True`` to also get ``b[col + ".valid"]`` (bool, ``False`` where null) for every
+  nullable column, in every batch. Dictionary columns are decoded; decimals become ``float64``.
+* **Fixed-size lists** (``fixed_size_list<float32, 3>``, nested too): an ``(n, 3)`` (or higher-rank)
+  array.
+* **Variable-length lists, strings and binaries**, ``ragged="offsets"`` (default): ``b[col]`` holds the
+  flat values of all rows (list values in their numpy dtype; strings and binaries as ``uint8`` bytes,
+  UTF-8 for strings) and ``b[col + ".offsets"]`` is an ``int64`` array of ``n + 1`` offsets starting at 0:
+  row ``i`` is ``b[col][offsets[i]:offsets[i + 1]]``. A null list or string is empty.
+* ``ragged="padded"``: ``b[col]`` is an ``(n, longest)`` array padded with ``pad_value`` (0) and
+  ``b[col + ".lengths"]`` the ``int64`` lengths.
+* ``strings="object"``: string and binary columns become 1-D ``object`` arrays of ``str`` / ``bytes``
+  (``None`` where null) instead: convenient for small batches and printing; made by Arrow's converter,
+  but the result is one Python object per row. ``strings="offsets"`` (default) follows ``ragged``.
+* **Structs**: flattened to ``b["col.field"]`` with the rules above.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.types as pat
+
+from .errors import ConfigError
+
+RAGGED_FORMS = ("offsets", "padded")
+STRING_FORMS = ("offsets", "object")
+
+
+def check_options(ragged: str, strings: str) -> None:
+    """Validate the conversion options.
+
+    Raises:
+        ConfigError: An option has an unknown value (names the option).
+    """
+    if ragged not in RAGGED_FORMS:
+        raise ConfigError(f"ragged must be one of {RAGGED_FORMS}, got {ragged!r}")
+    if strings not in STRING_FORMS:
+        raise ConfigError(f"strings must be one of {STRING_FORMS}, got {strings!r}")
+
+
+def check_schema(schema: pa.Schema, columns: list[str]) -> None:
+    """Fail early on columns that have no numpy form.
+
+    Raises:
+        ConfigError: A column's type cannot be converted (names the column and type).
+    """
+    for name in columns:
+        _check_type(name, schema.field(name).type)
+
+
+def _check_type(name: str, t: pa.DataType) -> None:
+    if pat.is_dictionary(t):
+        t = t.value_type
+    if pat.is_struct(t):
+        for i in range(t.num_fields):
+            _check_type(f"{name}.{t.field(i).name}", t.field(i).type)
+    elif pat.is_fixed_size_list(t):
+        _check_type(name, t.value_type)
+    elif _is_list(t):
+        if not (_is_fixed_width(t.value_type) or _is_fixed_size_list_of_fixed(t.value_type)):
+            raise ConfigError(f"column {name!r}: {t} has no vectorised numpy form (lists of lists or strings)")
+    elif not (_is_fixed_width(t) or _is_binary_like(t) or pat.is_null(t)):
+        raise ConfigError(f"column {name!r}: type {t} has no numpy form")
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pat.is_list(t) or pat.is_large_list(t) or getattr(pat, "is_list_view", lambda _: False)(t) or getattr(
+        pat, "is_large_list_view", lambda _: False
+    )(t)
+
+
+def _is_binary_like(t: pa.DataType) -> bool:
+    return (
+        pat.is_string(t)
+        or pat.is_large_string(t)
+        or pat.is_binary(t)
+        or pat.is_large_binary(t)
+        or pat.is_fixed_size_binary(t)
+        or getattr(pat, "is_string_view", lambda _: False)(t)
+        or getattr(pat, "is_binary_view", lambda _: False)(t)
+    )
+
+
+def _is_fixed_width(t: pa.DataType) -> bool:
+    if pat.is_dictionary(t):
+        return _is_fixed_width(t.value_type)
+    return (
+        pat.is_integer(t)
+        or pat.is_floating(t)
+        or pat.is_boolean(t)
+        or pat.is_temporal(t)
+        or pat.is_decimal(t)
+    )
+
+
+def _is_fixed_size_list_of_fixed(t: pa.DataType) -> bool:
+    return pat.is_fixed_size_list(t) and (_is_fixed_width(t.value_type) or _is_fixed_size_list_of_fixed(t.value_type))
+
+
+def to_numpy(
+    batch: pa.RecordBatch | pa.Table,
+    *,
+    ragged: str = "offsets",
+    strings: str = "offsets",
+    masks: bool = False,
+    pad_value: Any = 0,
+) -> dict[str, np.ndarray]:
+    """Convert a record batch to a dict of numpy arrays (forms in the module docstring)."""
+    if isinstance(batch, pa.Table):
+        batch = batch.combine_chunks()
+        columns = [c.chunk(0) if c.num_chunks == 1 else pa.concat_arrays(c.chunks) for c in batch.columns]
+        if batch.num_rows == 0:
+            columns = [pa.array([], type=f.type) for f in batch.schema]
+    else:
+        columns = list(batch.columns)
+    out: dict[str, np.ndarray] = {}
+    for field, arr in zip(batch.schema, columns, strict=True):
+        _convert(field.name, arr, field.nullable, out, ragged, strings, masks, pad_value)
+    return out
+
+
+def _convert(name, arr: pa.Array, nullable: bool, out: dict, ragged, strings, masks, pad_value) -> None:
+    t = arr.type
+    if pat.is_null(t):
+        return
+    if masks and nullable:
+        out[name + ".valid"] = _valid(arr)
+    if pat.is_dictionary(t):
+        arr, t = arr.dictionary_decode(), t.value_type
+    if pat.is_struct(t):
+        for i in range(t.num_fields):
+            child = arr.field(i)
+            if arr.null_count:  # a null struct makes every field null
+                child = pc.if_else(arr.is_valid(), child, pa.nulls(len(arr), child.type))
+            _convert(f"{name}.{t.field(i).name}", child, t.field(i).nullable, out, ragged, strings, masks, pad_value)
+        return
+    if pat.is_fixed_size_list(t):
+        out[name] = _fixed_size_list(arr)
+        return
+    if _is_list(t):
+        lengths = _lengths(pc.list_value_length(arr))
+        values = _fixed(arr.flatten())
+        _ragged(name, values, lengths, out, ragged, pad_value)
+        return
+    if _is_binary_like(t):
+        if strings == "object":
+            out[name] = arr.to_numpy(zero_copy_only=False)
+            return
+        values, lengths = _bytes(arr)
+        _ragged(name, values, lengths, out, ragged, pad_value)
+        return
+    out[name] = _fixed(arr)
+
+
+def _valid(arr: pa.Array) -> np.ndarray:
+    if arr.null_count == 0:
+        return np.ones(len(arr), dtype=bool)
+    return arr.is_valid().to_numpy(zero_copy_only=False)
+
+
+def _lengths(lengths: pa.Array) -> np.ndarray:
+    if lengths.null_count:
+        lengths = lengths.fill_null(0)
+    return lengths.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def _fixed(arr: pa.Array) -> np.ndarray:
+    """A fixed-width array as numpy, nulls filled (NaN for floats, zero otherwise)."""
+    t = arr.type
+    if pat.is_dictionary(t):
+        arr, t = arr.dictionary_decode(), t.value_type
+    if pat.is_decimal(t):
+        arr, t = arr.cast(pa.float64()), pa.float64()
+    if pat.is_fixed_size_list(t):
+        return _fixed_size_list(arr)
+    if arr.null_count:
+        if pat.is_floating(t):
+            arr = arr.fill_null(pa.scalar(float("nan"), t))
+        elif pat.is_boolean(t):
+            arr = arr.fill_null(False)
+        else:
+            arr = arr.fill_null(pa.scalar(0, t) if pat.is_integer(t) else pa.scalar(0).cast(t))
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _fixed_size_list(arr: pa.Array) -> np.ndarray:
+    t = arr.type
+    if arr.null_count:  # a null entry is all zeros (or NaN)
+        arr = pc.if_else(arr.is_valid(), arr, _zeros_like(t, len(arr)))
+    values = arr.flatten()
+    inner = _fixed(values) if not pat.is_fixed_size_list(values.type) else _fixed_size_list(values)
+    return inner.reshape((len(arr), t.list_size) + inner.shape[1:])
+
+
+def _zeros_like(t: pa.DataType, n: int) -> pa.Array:
+    if pat.is_fixed_size_list(t):
+        inner = _zeros_like(t.value_type, n * t.list_size)
+        return pa.FixedSizeListArray.from_arrays(inner, type=t)
+    return pa.array(np.zeros(n), pa.float64()).cast(t)
+
+
+def _bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ``uint8`` bytes and per-row lengths of a string or binary array."""
+    t = arr.type
+    if pat.is_fixed_size_binary(t):
+        width = t.byte_width
+        if arr.null_count:
+            arr = arr.fill_null(pa.scalar(b"\0" * width, t))
+        data = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
+        flat = data[arr.offset * width : (arr.offset + len(arr)) * width]
+        return flat.copy(), np.full(len(arr), width, dtype=np.int64)
+    if arr.null_count:
+        arr = arr.fill_null(pa.scalar(b"" if pat.is_binary(t) or pat.is_large_binary(t) else "", t))
+    if not pat.is_large_binary(t):
+        arr = arr.cast(pa.large_binary())  # one offsets width (int64), view types resolved
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    flat = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    flat = flat[offsets[0] : offsets[-1]] if len(offsets) else flat[:0]
+    return flat, np.diff(offsets).astype(np.int64) if len(offsets) else np.zeros(0, np.int64)
+
+
+def _ragged(name: str, values: np.ndarray, lengths: np.ndarray, out: dict, form: str, pad_value) -> None:
+    if form == "offsets":
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        out[name] = values
+        out[name + ".offsets"] = offsets
+        return
+    out[name] = pad(values, lengths, pad_value)
+    out[name + ".lengths"] = lengths
+
+
+def pad(values: np.ndarray, lengths: np.ndarray, pad_value: Any = 0) -> np.ndarray:
+    """Scatter flat ragged ``values`` into an ``(n, max(lengths), ...)`` array padded with ``pad_value``.
+
+    Args:
+        values: The flat values of all rows (first axis).
+        lengths: Values per row.
+        pad_value: Fill for the padding.
+
+    Returns:
+        The padded array.
+    """
+    n = len(lengths)
+    longest = int(lengths.max()) if n else 0
+    out = np.full((n, longest) + values.shape[1:], pad_value, dtype=values.dtype)
+    if len(values):
+        rows = np.repeat(np.arange(n), lengths)
+        starts = np.cumsum(lengths) - lengths
+        cols = np.arange(len(values)) - np.repeat(starts, lengths)
+        out[rows, cols] = values
+    return out
+
+
+__all__ = ["RAGGED_FORMS", "STRING_FORMS", "check_options", "check_schema", "pad", "to_numpy"]

@@ -1,0 +1,306 @@
+"""The reader's pipeline: planned pieces -> pool reads -> window shuffle -> batch cuts -> pool finish -> queue.
+
+One producer (a background thread started at the first ``next``, or the caller itself for the serial
+pool) walks the epoch plans in order. It keeps a bounded number of piece reads in flight on the pool,
+concatenates each window's pieces, permutes them with the window's RNG (Arrow ``take``, vectorised),
+cuts the planned batch ranges (zero-copy slices, a batch may span two windows), and sends each batch to
+the pool to be converted to numpy and transformed. Finished batches wait in a bounded ready queue.
+Results are consumed in submission order, so the output does not depend on which worker ran what.
+Errors from workers or the producer travel through the queue as data and are raised in the consumer.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from .plan import EpochPlan, window_permutation
+from .pools import Pool
+from .tasks import ROW_GROUP_COLUMN, finish_batch, read_piece
+
+
+@dataclass
+class ReaderStats:
+    """Counters and timings of a reader (times in seconds, summed over workers where they run in parallel).
+
+    Attributes:
+        batches: Batches handed to the consumer.
+        rows: Rows in them.
+        pieces: Row-group pieces read.
+        windows: Windows shuffled.
+        read_seconds: Workers opening, reading and decoding pieces (I/O + decode).
+        convert_seconds: Workers converting batches to numpy.
+        transform_seconds: Workers running the user transform.
+        shuffle_seconds: Producer concatenating and permuting windows.
+        producer_wait_seconds: Producer waiting for workers (I/O, decode or transform not ready).
+        consumer_wait_seconds: Consumer waiting for the ready queue (the trainer starved).
+        first_batch_seconds: From the first ``next`` to the first batch.
+        mixed_min: Fewest distinct row groups in a batch.
+        mixed_max: Most distinct row groups in a batch.
+    """
+
+    batches: int = 0
+    rows: int = 0
+    pieces: int = 0
+    windows: int = 0
+    read_seconds: float = 0.0
+    convert_seconds: float = 0.0
+    transform_seconds: float = 0.0
+    shuffle_seconds: float = 0.0
+    producer_wait_seconds: float = 0.0
+    consumer_wait_seconds: float = 0.0
+    first_batch_seconds: float | None = None
+    mixed_min: int | None = None
+    mixed_max: int | None = None
+    _mixed_sum: int = field(default=0, repr=False)
+
+    def add_mixed(self, distinct: int) -> None:
+        """Record the distinct row groups of one delivered batch."""
+        self._mixed_sum += distinct
+        self.mixed_min = distinct if self.mixed_min is None else min(self.mixed_min, distinct)
+        self.mixed_max = distinct if self.mixed_max is None else max(self.mixed_max, distinct)
+
+    @property
+    def mixed_row_groups_per_batch(self) -> float:
+        """Mean distinct row groups per delivered batch (the mixing figure)."""
+        return self._mixed_sum / self.batches if self.batches else 0.0
+
+    def as_dict(self) -> dict:
+        """The stats as a plain dict (with the mixing mean)."""
+        out = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        out["mixed_row_groups_per_batch"] = self.mixed_row_groups_per_batch
+        return out
+
+    def format(self) -> str:
+        """A small aligned table of the stats."""
+        rows = []
+        for k, v in self.as_dict().items():
+            rows.append((k, "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything the producer needs, fixed at construction.
+
+    Attributes:
+        key: Registry key of the reader's :class:`~loader.tasks.ReadContext`.
+        plan: ``plan(epoch) -> EpochPlan`` for this rank.
+        seed: The user's seed.
+        shuffle: Permute windows.
+        num_epochs: Epochs to run (None: forever).
+        pieces_ahead: Piece reads kept in flight.
+        batches_ahead: Batch finishes kept in flight.
+        prefetch: Size of the ready queue, in batches.
+        finish_in_pool: Send batches to the pool for conversion/transform (else done by the producer).
+    """
+
+    key: str
+    plan: Callable[[int], EpochPlan]
+    seed: int
+    shuffle: bool
+    num_epochs: int | None
+    pieces_ahead: int
+    batches_ahead: int
+    prefetch: int
+    finish_in_pool: bool
+
+
+def _ahead(pool: Pool, tasks: Iterator[tuple], ahead: int, stats: ReaderStats) -> Iterator[tuple]:
+    """Submit ``(meta, fn, *args)`` tasks keeping ``ahead`` in flight; yield ``(meta, result)`` in order."""
+    pending: deque = deque()
+    try:
+        for meta, fn, *args in tasks:
+            pending.append((meta, pool.submit(fn, *args)))
+            while len(pending) >= ahead:
+                meta0, handle = pending.popleft()
+                t0 = time.perf_counter()
+                result = handle.result()
+                stats.producer_wait_seconds += time.perf_counter() - t0
+                yield meta0, result
+        while pending:
+            meta0, handle = pending.popleft()
+            t0 = time.perf_counter()
+            result = handle.result()
+            stats.producer_wait_seconds += time.perf_counter() - t0
+            yield meta0, result
+    finally:
+        for _, handle in pending:
+            handle.cancel()
+
+
+def _piece_tasks(setup: Setup, plan: EpochPlan, first: int, last: int) -> Iterator[tuple]:
+    for w in plan.windows[first : last + 1]:
+        for i, p in enumerate(w.pieces):
+            kept = plan.kept[p.group] if plan.kept is not None else None
+            yield (w.index, i == len(w.pieces) - 1), read_piece, setup.key, plan.epoch, p.group, p.start, p.stop, kept
+
+
+def _epoch_batches(setup: Setup, pool: Pool, plan: EpochPlan, start: int, stats: ReaderStats) -> Iterator[tuple]:
+    """Yield ``(meta, fn, *args)`` batch tasks for batches ``start..`` of one epoch."""
+    if start >= plan.num_batches:
+        return
+    bounds = plan.batch_bounds
+    first_w = plan.window_of_row(bounds[start])
+    last_w = plan.window_of_row(bounds[-1] - 1)
+    pos = plan.windows[first_w].first_row  # stream offset of the first buffered row
+    buffered: list[pa.Table] = []
+    rows_buffered = 0
+    batch = start
+    parts: list[pa.Table] = []
+    for (w_index, last_piece), (table, seconds) in _ahead(
+        pool, _piece_tasks(setup, plan, first_w, last_w), setup.pieces_ahead, stats
+    ):
+        stats.pieces += 1
+        stats.read_seconds += seconds
+        parts.append(table)
+        if not last_piece:
+            continue
+        t0 = time.perf_counter()
+        window = pa.concat_tables(parts)
+        parts = []
+        perm = window_permutation(
+            window.num_rows, setup.seed, plan.epoch, plan.rank, plan.world_size, w_index, setup.shuffle
+        )
+        if perm is not None:
+            window = window.take(pa.array(perm))
+        if not buffered and pos < bounds[batch]:  # resuming mid-window: skip rows already yielded
+            window = window.slice(bounds[batch] - pos)
+            pos = bounds[batch]
+        buffered.append(window)
+        rows_buffered += window.num_rows
+        stats.windows += 1
+        stats.shuffle_seconds += time.perf_counter() - t0
+        while batch < plan.num_batches and pos + rows_buffered >= bounds[batch + 1]:
+            current = pa.concat_tables(buffered) if len(buffered) > 1 else buffered[0]
+            n = bounds[batch + 1] - bounds[batch]
+            piece = current.slice(bounds[batch] - pos, n)
+            rest = current.slice(bounds[batch + 1] - pos)
+            buffered, rows_buffered, pos = [rest], rest.num_rows, bounds[batch + 1]
+            distinct = int(np.unique(piece.column(ROW_GROUP_COLUMN).to_numpy()).size)
+            yield (plan.epoch, batch, n, distinct), finish_batch, setup.key, plan.epoch, batch, piece
+            batch += 1
+        if batch >= plan.num_batches:
+            return
+
+
+def produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats) -> Iterator[tuple]:
+    """Yield ``(epoch, index, rows, distinct_groups, batch_dict)`` from position ``(epoch, batch)`` on."""
+    while setup.num_epochs is None or epoch < setup.num_epochs:
+        plan = setup.plan(epoch)
+        tasks = _epoch_batches(setup, pool, plan, batch, stats)
+        if setup.finish_in_pool:
+            finished = _ahead(pool, tasks, setup.batches_ahead, stats)
+        else:
+            finished = ((meta, fn(*args)) for meta, fn, *args in tasks)
+        for (e, index, n, distinct), (out, convert_s, transform_s) in finished:
+            stats.convert_seconds += convert_s
+            stats.transform_seconds += transform_s
+            yield e, index, n, distinct, out
+        epoch, batch = epoch + 1, 0
+
+
+class Pipeline:
+    """Runs :func:`produce` on a background thread into a bounded queue (inline for the serial pool).
+
+    Args:
+        setup: The producer's settings.
+        pool: The worker pool (owned: closed with the pipeline).
+        epoch: Epoch of the first batch.
+        batch: Index of the first batch in that epoch.
+        stats: Stats to update.
+        on_close: Called once when the pipeline closes.
+    """
+
+    def __init__(self, setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats,
+                 on_close: Callable[[], None] | None = None):
+        self._setup, self._pool, self._stats = setup, pool, stats
+        self._gen = produce(setup, pool, epoch, batch, stats)
+        self._inline = pool.kind == "serial"
+        self._queue: queue.Queue = queue.Queue(maxsize=setup.prefetch)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._on_close = on_close
+        self._lock = threading.Lock()
+
+    def _run(self) -> None:
+        gen = self._gen
+        try:
+            for item in gen:
+                if not self._put(("batch", item)):
+                    return
+            self._put(("end", None))
+        except BaseException as e:  # travels to the consumer as data
+            self._put(("error", e))
+        finally:
+            gen.close()
+            if self._closed:  # closed from this very thread (garbage collection): finish the job here
+                self._pool.close()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self) -> tuple:
+        """The next ``(epoch, index, rows, distinct, batch)``; raises StopIteration at the end.
+
+        Raises:
+            Exception: Whatever a worker or the producer raised, with its original traceback.
+        """
+        if self._inline:
+            return next(self._gen)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="larder-reader", daemon=True)
+            self._thread.start()
+        t0 = time.perf_counter()
+        while True:
+            try:
+                kind, value = self._queue.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("the reader's producer thread ended without a result") from None
+        self._stats.consumer_wait_seconds += time.perf_counter() - t0
+        if kind == "batch":
+            return value
+        if kind == "end":
+            raise StopIteration
+        raise value
+
+    def close(self) -> None:
+        """Stop the producer, then every worker; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        thread = self._thread
+        if thread is threading.current_thread():
+            return  # the producer closes the pool as it leaves
+        if thread is not None:
+            while thread.is_alive():
+                try:  # unblock a producer waiting on a full queue
+                    while True:
+                        self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+                thread.join(0.1)
+        elif self._inline:
+            self._gen.close()
+        self._pool.close()
+        if self._on_close is not None:
+            self._on_close()

@@ -1,0 +1,296 @@
+"""The epoch plan: which rows a rank reads, in which order, in which batches — decided before any I/O.
+
+Everything here is a pure function of the row-group sizes and ``(seed, epoch, rank, world_size, sample,
+batch_size, drop_last, window)``; randomness comes only from ``numpy.random.default_rng`` seeded with
+lists that start with the user's seed, so seed 0 is an ordinary seed and nothing touches the global RNG.
+
+An epoch is planned in five steps:
+
+1. **Sample** (``sample < 1``): the epoch keeps ``round(sample × N)`` rows; how many come from each row
+   group is drawn with a multivariate hypergeometric law, which rows with a per-group RNG
+   (:func:`sample_rows`). Each epoch keeps a different subset; the plan never materialises row ids.
+2. **Order**: row groups are permuted with the epoch's RNG (identity when ``shuffle=False``).
+3. **Shard**: the kept rows, in that order, form one global sequence of ``M`` rows. Rank ``r`` gets the
+   contiguous range ``[r·M//W + min(r, M%W), …)``: the first ``M % W`` ranks hold ``M//W + 1`` rows, the
+   others ``M//W``. Shards are disjoint, cover the epoch, and work with fewer row groups than ranks.
+4. **Batches**: every rank yields the same number of batches ``B``. With ``drop_last=False``,
+   ``B = ceil((M//W) / batch_size)`` and every row comes exactly once: a rank holding the one extra row
+   puts it in its last batch, which therefore has one row more than the other ranks' last batch (it may
+   reach ``batch_size + 1`` rows when ``M//W`` is a multiple of ``batch_size``). With ``drop_last=True``,
+   ``B = (M//W) // batch_size`` full batches; the rows a rank does not need are dropped after the shuffle,
+   so different rows are dropped each epoch.
+5. **Windows**: the rank's rows, as pieces ``(row group, start, stop)``, are grouped into windows of
+   ``window`` pieces (pieces longer than ``max_piece_rows`` are cut first, to bound memory). A window's
+   rows are permuted with ``default_rng([seed, epoch, rank, world_size, window_index, …])``; the rank's
+   stream is the concatenation of its permuted windows, and batch ``b`` is a fixed row range of that
+   stream. A batch therefore mixes up to ``window`` row groups, and resuming at batch ``b`` only needs the
+   window that holds its first row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# Distinct stream tags so the different random draws of one (seed, epoch) are independent.
+_TAG_ORDER = 0x6F72
+_TAG_SAMPLE = 0x736D
+_TAG_ROWS = 0x7277
+_TAG_WINDOW = 0x7769
+_TAG_TRANSFORM = 0x7466
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A contiguous run of one row group's (kept) rows.
+
+    Attributes:
+        group: Global row-group index (files in manifest order, row groups in file order).
+        start: First position, counted in the group's kept rows (all rows when not sampling).
+        stop: One past the last position.
+    """
+
+    group: int
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        """Rows in the piece."""
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Window:
+    """Pieces whose rows are shuffled together.
+
+    Attributes:
+        index: Position of the window in the rank's epoch.
+        pieces: The pieces, in read order.
+        first_row: Offset of the window's first row in the rank's stream.
+    """
+
+    index: int
+    pieces: tuple[Piece, ...]
+    first_row: int
+
+    @property
+    def rows(self) -> int:
+        """Rows in the window."""
+        return sum(p.rows for p in self.pieces)
+
+    @property
+    def stop_row(self) -> int:
+        """Offset one past the window's last row in the rank's stream."""
+        return self.first_row + self.rows
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One rank's epoch.
+
+    Attributes:
+        epoch: The epoch number.
+        rank: This rank.
+        world_size: Number of ranks.
+        windows: The rank's windows, in order.
+        batch_bounds: ``B + 1`` offsets into the rank's stream; batch ``b`` is rows
+            ``[batch_bounds[b], batch_bounds[b + 1])``.
+        kept: Rows kept from each row group this epoch (``None`` when not sampling).
+    """
+
+    epoch: int
+    rank: int
+    world_size: int
+    windows: tuple[Window, ...]
+    batch_bounds: tuple[int, ...]
+    kept: tuple[int, ...] | None
+
+    @property
+    def num_batches(self) -> int:
+        """Batches this rank yields in the epoch."""
+        return len(self.batch_bounds) - 1
+
+    @property
+    def rows(self) -> int:
+        """Rows this rank yields in the epoch (after ``drop_last``)."""
+        return self.batch_bounds[-1]
+
+    def window_of_row(self, row: int) -> int:
+        """Index of the window that holds stream offset ``row``."""
+        stops = [w.stop_row for w in self.windows]
+        return int(np.searchsorted(stops, row, side="right"))
+
+
+def group_order(num_groups: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The epoch's row-group order: a permutation of ``range(num_groups)`` (identity without shuffle)."""
+    if not shuffle:
+        return np.arange(num_groups, dtype=np.int64)
+    return np.random.default_rng([seed, epoch, _TAG_ORDER]).permutation(num_groups).astype(np.int64)
+
+
+def sample_counts(sizes, fraction: float | None, seed: int, epoch: int) -> np.ndarray:
+    """Rows kept from each row group: ``sizes`` itself, or a draw totalling ``round(fraction × N)``."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if fraction is None or fraction >= 1:
+        return sizes
+    total = int(round(fraction * int(sizes.sum())))
+    rng = np.random.default_rng([seed, epoch, _TAG_SAMPLE])
+    return rng.multivariate_hypergeometric(sizes, total, method="marginals").astype(np.int64)
+
+
+def sample_rows(size: int, kept: int, seed: int, epoch: int, group: int) -> np.ndarray:
+    """Which rows of a row group of ``size`` rows are kept this epoch (sorted; all when ``kept == size``)."""
+    if kept >= size:
+        return np.arange(size, dtype=np.int64)
+    rng = np.random.default_rng([seed, epoch, group, _TAG_ROWS])
+    return np.sort(rng.choice(size, kept, replace=False)).astype(np.int64)
+
+
+def shard_bounds(total: int, world_size: int) -> np.ndarray:
+    """Offsets of the ``world_size`` contiguous shards of ``total`` rows (sizes differ by at most one)."""
+    base, extra = divmod(total, world_size)
+    ranks = np.arange(world_size + 1, dtype=np.int64)
+    return ranks * base + np.minimum(ranks, extra)
+
+
+def num_batches(total: int, world_size: int, batch_size: int, drop_last: bool) -> int:
+    """Batches every rank yields for an epoch of ``total`` rows (the same on every rank)."""
+    smallest = total // world_size
+    return smallest // batch_size if drop_last else -(-smallest // batch_size)
+
+
+def batch_bounds(rows: int, batches: int, batch_size: int, drop_last: bool) -> tuple[int, ...]:
+    """Row offsets of a rank's batches: full batches, the last one taking what is left (see module doc)."""
+    if batches == 0:
+        return (0,)
+    bounds = [b * batch_size for b in range(batches)]
+    bounds.append(batches * batch_size if drop_last else rows)
+    return tuple(bounds)
+
+
+def pieces_in_range(order: np.ndarray, counts: np.ndarray, lo: int, hi: int) -> list[Piece]:
+    """Pieces covering rows ``[lo, hi)`` of the sequence of row groups ``order`` holding ``counts`` rows."""
+    ordered = counts[order]
+    ends = np.cumsum(ordered)
+    starts = ends - ordered
+    first = int(np.searchsorted(ends, lo, side="right"))
+    pieces = []
+    for i in range(first, len(order)):
+        if starts[i] >= hi:
+            break
+        a, b = max(lo, int(starts[i])), min(hi, int(ends[i]))
+        if b > a:
+            pieces.append(Piece(int(order[i]), a - int(starts[i]), b - int(starts[i])))
+    return pieces
+
+
+def split_pieces(pieces: list[Piece], max_rows: int | None) -> list[Piece]:
+    """Cut pieces longer than ``max_rows`` into consecutive pieces of at most ``max_rows`` rows."""
+    if not max_rows:
+        return list(pieces)
+    out = []
+    for p in pieces:
+        for a in range(p.start, p.stop, max_rows):
+            out.append(Piece(p.group, a, min(p.stop, a + max_rows)))
+    return out
+
+
+def make_windows(pieces: list[Piece], window: int) -> tuple[Window, ...]:
+    """Group pieces into windows of ``window`` consecutive pieces."""
+    windows, first = [], 0
+    for i in range(0, len(pieces), window):
+        w = Window(len(windows), tuple(pieces[i : i + window]), first)
+        windows.append(w)
+        first = w.stop_row
+    return tuple(windows)
+
+
+def window_permutation(
+    rows: int, seed: int, epoch: int, rank: int, world_size: int, window: int, shuffle: bool = True
+) -> np.ndarray | None:
+    """The permutation of a window's rows (``None`` without shuffle)."""
+    if not shuffle:
+        return None
+    rng = np.random.default_rng([seed, epoch, rank, world_size, window, _TAG_WINDOW])
+    return rng.permutation(rows)
+
+
+def transform_rng(seed: int, epoch: int, rank: int, world_size: int, batch: int) -> np.random.Generator:
+    """The RNG handed to a user transform for one batch: the same whatever pool or worker runs it."""
+    return np.random.default_rng([seed, epoch, rank, world_size, batch, _TAG_TRANSFORM])
+
+
+def plan_epoch(
+    sizes,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int,
+    shuffle: bool = True,
+    sample: float | None = None,
+    drop_last: bool = False,
+    window: int = 8,
+    max_piece_rows: int | None = None,
+) -> EpochPlan:
+    """Plan one rank's epoch (see the module docstring for the rules).
+
+    Args:
+        sizes: Rows of every row group, in global order.
+        seed: The user's seed.
+        epoch: The epoch number.
+        rank: This rank, in ``[0, world_size)``.
+        world_size: Number of ranks.
+        batch_size: Rows per batch.
+        shuffle: Permute row groups and windows.
+        sample: Fraction of rows kept this epoch, in ``(0, 1]`` (``None`` keeps all).
+        drop_last: Yield only full batches.
+        window: Pieces shuffled together.
+        max_piece_rows: Cut longer pieces (bounds the rows decoded at once).
+
+    Returns:
+        The rank's plan.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    counts = sample_counts(sizes, sample, seed, epoch)
+    order = group_order(len(sizes), seed, epoch, shuffle)
+    total = int(counts.sum())
+    bounds = shard_bounds(total, world_size)
+    lo, hi = int(bounds[rank]), int(bounds[rank + 1])
+    pieces = split_pieces(pieces_in_range(order, counts, lo, hi), max_piece_rows)
+    windows = make_windows(pieces, max(1, window))
+    batches = num_batches(total, world_size, batch_size, drop_last)
+    kept = None if sample is None or sample >= 1 else tuple(int(c) for c in counts)
+    return EpochPlan(epoch, rank, world_size, windows, batch_bounds(hi - lo, batches, batch_size, drop_last), kept)
+
+
+def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_buffer: int | None,
+                    window_bytes: int, num_groups: int) -> tuple[int, int | None]:
+    """Choose ``(window, max_piece_rows)`` from a shuffle buffer (rows) or a byte budget for one window.
+
+    Args:
+        mean_group_rows: Mean rows per row group.
+        mean_group_bytes: Mean decoded bytes per row group.
+        shuffle_buffer: Rows to shuffle together, if the user asked for a size.
+        window_bytes: Bytes one window may take when decoded.
+        num_groups: Row groups in the dataset (a window never needs more).
+
+    Returns:
+        Pieces per window, and the longest piece in rows (``None``: whole row groups).
+    """
+    bytes_per_row = max(1.0, mean_group_bytes / max(1.0, mean_group_rows))
+    max_piece_rows = None
+    if mean_group_bytes > window_bytes:  # a row group alone exceeds the window's share: read slices
+        max_piece_rows = max(1, int(window_bytes // bytes_per_row))
+    if shuffle_buffer is not None:
+        piece_rows = min(mean_group_rows, max_piece_rows or mean_group_rows)
+        window = math.ceil(shuffle_buffer / max(1.0, piece_rows))
+    elif max_piece_rows is not None:
+        window = 1
+    else:
+        window = int(window_bytes // max(1.0, mean_group_bytes))
+    return max(1, min(window, max(1, num_groups))), max_piece_rows

@@ -1,0 +1,477 @@
+"""Worker pools behind one small interface: ``submit(fn, *args) -> handle``, ``handle.result()``, ``close()``.
+
+Three kinds, all starting nothing in their constructor (threads and processes start at the first
+``submit``):
+
+* :class:`SerialPool` runs each task in the caller's thread when its result is asked for (debugging:
+  breakpoints and tracebacks are plain).
+* :class:`ThreadPool` (``concurrent.futures.ThreadPoolExecutor``): pyarrow releases the GIL while reading
+  and decoding, so threads scale for I/O and decode.
+* :class:`ProcessPool` (``concurrent.futures.ProcessPoolExecutor`` on a ``forkserver`` context, ``spawn``
+  where there is none; never ``fork``, which is unsafe in a process with threads): for pure-Python
+  transforms. Arrow tables and record batches cross the process boundary as Arrow IPC streams written into
+  ``multiprocessing.shared_memory`` segments, and dicts of numpy arrays as raw buffers in one segment
+  (only ``object`` arrays, e.g. ``strings="object"``, are pickled), in both directions. The receiver
+  copies the bytes out once and the consumer unlinks every segment; :meth:`ProcessPool.close` stops the
+  workers (after their current task, then by signal), reads back or unlinks every segment still
+  outstanding, and removes any segment a killed worker left behind (names carry a per-pool prefix).
+  Workers ignore SIGINT: Ctrl-C reaches the consumer, whose ``close`` stops them.
+
+Exceptions: a task's exception is re-raised by ``handle.result()`` in the consumer. Threads and the
+serial pool raise the original exception object with its original traceback; processes raise the original
+type with the worker's formatted traceback attached as ``__cause__`` (``concurrent.futures``'s remote
+traceback), or a :class:`~loader.errors.WorkerError` carrying that text when the exception cannot be
+pickled or the worker process died.
+"""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing as mp
+import os
+import pickle
+import secrets
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import ConfigError, WorkerError
+
+POOL_KINDS = ("serial", "thread", "process")
+_ALIGN = 64
+
+
+class Handle:
+    """The pending result of one task."""
+
+    def result(self) -> Any:
+        """Wait for the task and return its result, or raise its exception."""
+        raise NotImplementedError
+
+    def cancel(self) -> bool:
+        """Cancel the task if it has not started; True if cancelled."""
+        return False
+
+
+class Pool:
+    """Base of the pools: a context manager with ``submit`` and ``close``."""
+
+    kind = "base"
+    workers = 1
+
+    def submit(self, fn: Callable, *args) -> Handle:
+        """Schedule ``fn(*args)``; results are read back with ``handle.result()``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop every worker and free every resource; idempotent."""
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _DoneHandle(Handle):
+    def __init__(self, fn: Callable, args: tuple):
+        self._fn, self._args = fn, args
+        self._done = False
+        self._value: Any = None
+
+    def result(self) -> Any:
+        if not self._done:
+            fn, args = self._fn, self._args
+            self._fn = self._args = None
+            self._value, self._done = fn(*args), True
+        return self._value
+
+    def cancel(self) -> bool:
+        self._fn = self._args = None
+        self._done = True
+        return True
+
+
+class SerialPool(Pool):
+    """Runs tasks lazily in the caller's thread."""
+
+    kind = "serial"
+
+    def __init__(self, workers: int = 1, initializer: Callable | None = None, initargs: tuple = ()):
+        self._init = (initializer, initargs)
+        self._started = False
+
+    def submit(self, fn: Callable, *args) -> Handle:
+        if not self._started:
+            self._started = True
+            if self._init[0] is not None:
+                self._init[0](*self._init[1])
+        return _DoneHandle(fn, args)
+
+
+class _FutureHandle(Handle):
+    def __init__(self, future: Future):
+        self._future = future
+
+    def result(self) -> Any:
+        return self._future.result()
+
+    def cancel(self) -> bool:
+        return self._future.cancel()
+
+
+class ThreadPool(Pool):
+    """A ``ThreadPoolExecutor`` started at the first ``submit``."""
+
+    kind = "thread"
+
+    def __init__(self, workers: int, initializer: Callable | None = None, initargs: tuple = ()):
+        if workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {workers}")
+        self.workers = workers
+        self._init = (initializer, initargs)
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable, *args) -> Handle:
+        with self._lock:
+            if self._executor is None:
+                if self._init[0] is not None:
+                    self._init[0](*self._init[1])
+                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="larder-worker")
+            return _FutureHandle(self._executor.submit(fn, *args))
+
+    def close(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+# --- shared-memory transport of the process pool -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ArrowRef:
+    name: str
+    size: int
+    table: bool
+
+
+@dataclass(frozen=True)
+class _NumpyRef:
+    name: str
+    size: int
+    specs: tuple  # (key, dtype str, shape, offset)
+    objects: dict
+
+
+_worker_prefix = ""
+_worker_counter = 0
+
+
+def _new_segment(prefix: str, size: int) -> shared_memory.SharedMemory:
+    global _worker_counter
+    _worker_counter += 1
+    name = f"{prefix}_{os.getpid():x}_{_worker_counter:x}"
+    return shared_memory.SharedMemory(name=name, create=True, size=max(1, size))
+
+
+def _encode(obj: Any, prefix: str, segments: list[str]) -> Any:
+    """Move Arrow data and numpy dicts into shared memory; other objects pass through."""
+    if isinstance(obj, tuple):
+        return tuple(_encode(o, prefix, segments) for o in obj)
+    if isinstance(obj, (pa.Table, pa.RecordBatch)):
+        return _encode_arrow(obj, prefix, segments)
+    if isinstance(obj, dict) and obj and all(isinstance(v, np.ndarray) for v in obj.values()):
+        return _encode_numpy(obj, prefix, segments)
+    return obj
+
+
+def _write_ipc(obj: pa.Table | pa.RecordBatch, sink) -> None:
+    with pa.ipc.new_stream(sink, obj.schema) as writer:
+        if isinstance(obj, pa.Table):
+            writer.write_table(obj)
+        else:
+            writer.write_batch(obj)
+
+
+def _encode_arrow(obj: pa.Table | pa.RecordBatch, prefix: str, segments: list[str]) -> _ArrowRef:
+    mock = pa.MockOutputStream()
+    _write_ipc(obj, mock)
+    size = mock.size()
+    shm = _new_segment(prefix, size)
+    segments.append(shm.name)
+    try:
+        buf = pa.py_buffer(shm.buf)
+        writer = pa.FixedSizeBufferWriter(buf)
+        _write_ipc(obj, writer)
+        writer.close()
+        del writer, buf
+    finally:
+        shm.close()
+    return _ArrowRef(shm.name, size, isinstance(obj, pa.Table))
+
+
+def _encode_numpy(obj: dict, prefix: str, segments: list[str]) -> _NumpyRef:
+    specs, objects, offset = [], {}, 0
+    arrays = {}
+    for key, value in obj.items():
+        if value.dtype.hasobject:
+            objects[key] = value
+            continue
+        value = np.ascontiguousarray(value)
+        arrays[key] = value
+        specs.append((key, value.dtype.str, value.shape, offset))
+        offset += -(-value.nbytes // _ALIGN) * _ALIGN
+    shm = _new_segment(prefix, offset)
+    segments.append(shm.name)
+    try:
+        view = np.ndarray((max(1, offset),), dtype=np.uint8, buffer=shm.buf)
+        for key, _, _, start in specs:
+            raw = arrays[key].reshape(-1).view(np.uint8)
+            view[start : start + raw.size] = raw
+        del view
+    finally:
+        shm.close()
+    return _NumpyRef(shm.name, offset, tuple(specs), objects)
+
+
+def _read_segment(name: str, size: int, unlink: bool) -> bytearray:
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        data = bytearray(shm.buf[:size])
+    finally:
+        shm.close()
+        if unlink:
+            shm.unlink()
+    return data
+
+
+def _decode(obj: Any, unlink: bool) -> Any:
+    """Read back what :func:`_encode` wrote (copying out of shared memory; unlinking if asked)."""
+    if isinstance(obj, tuple):
+        return tuple(_decode(o, unlink) for o in obj)
+    if isinstance(obj, _ArrowRef):
+        data = _read_segment(obj.name, obj.size, unlink)
+        table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+        if obj.table:
+            return table
+        return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
+    if isinstance(obj, _NumpyRef):
+        data = _read_segment(obj.name, obj.size, unlink)
+        out = {}
+        for key, dtype, shape, start in obj.specs:
+            dt = np.dtype(dtype)
+            count = int(np.prod(shape, dtype=np.int64))
+            out[key] = np.frombuffer(data, dtype=dt, count=count, offset=start).reshape(shape)
+        out.update(obj.objects)
+        return out
+    return obj
+
+
+def _refs(obj: Any) -> list:
+    if isinstance(obj, tuple):
+        return [r for o in obj for r in _refs(o)]
+    return [obj] if isinstance(obj, (_ArrowRef, _NumpyRef)) else []
+
+
+def _unlink_quietly(name: str) -> None:
+    try:
+        shm = shared_memory.SharedMemory(name=name)
+    except FileNotFoundError:
+        return
+    shm.close()
+    try:
+        shm.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _process_init(prefix: str, initializer: Callable | None, initargs: tuple) -> None:
+    global _worker_prefix
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle
+    _worker_prefix = prefix
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _process_call(fn: Callable, encoded_args: tuple) -> Any:
+    """Run in a worker: decode the arguments, call ``fn``, encode its result."""
+    args = _decode(encoded_args, unlink=False)
+    try:
+        result = fn(*args)
+    except BaseException as e:
+        try:
+            pickle.loads(pickle.dumps(e))
+        except Exception:
+            text = "".join(traceback.format_exception(e))
+            raise WorkerError(f"{type(e).__name__}: {e}\n\nworker traceback:\n{text}") from None
+        raise
+    segments: list[str] = []
+    try:
+        return _encode(result, _worker_prefix, segments)
+    except BaseException:
+        for name in segments:
+            _unlink_quietly(name)
+        raise
+
+
+class _ProcessHandle(Handle):
+    def __init__(self, pool: ProcessPool, future: Future, segments: list[str]):
+        self._pool, self._future, self._segments = pool, future, segments
+        self._taken = False
+
+    def result(self) -> Any:
+        try:
+            try:
+                encoded = self._future.result()
+            except BrokenProcessPool as e:
+                raise WorkerError(f"a worker process of the process pool died: {e}") from e
+            finally:
+                self._release()
+            return _decode(encoded, unlink=True)
+        finally:
+            self._pool._forget(self)
+
+    def _release(self) -> None:
+        if not self._taken:
+            self._taken = True
+            for name in self._segments:
+                _unlink_quietly(name)
+
+    def discard(self) -> None:
+        """Drop the result, unlinking its segments (used by ``close``)."""
+        self._future.cancel()
+        if self._future.done() and not self._future.cancelled() and self._future.exception() is None:
+            for ref in _refs(self._future.result()):
+                _unlink_quietly(ref.name)
+        self._release()
+
+    def cancel(self) -> bool:
+        return self._future.cancel()
+
+
+def _mp_context() -> mp.context.BaseContext:
+    if "forkserver" in mp.get_all_start_methods():
+        return mp.get_context("forkserver")
+    return mp.get_context("spawn")
+
+
+class ProcessPool(Pool):
+    """A ``ProcessPoolExecutor`` (forkserver/spawn) with shared-memory transport, started at first ``submit``.
+
+    Args:
+        workers: Worker processes.
+        initializer: Called once in every worker (must be importable by name).
+        initargs: Its arguments (pickled once per worker).
+        join_timeout: Seconds ``close`` waits for workers to finish their task before terminating them.
+    """
+
+    kind = "process"
+
+    def __init__(
+        self,
+        workers: int,
+        initializer: Callable | None = None,
+        initargs: tuple = (),
+        join_timeout: float = 5.0,
+    ):
+        if workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {workers}")
+        self.workers = workers
+        self._init = (initializer, initargs)
+        self._join_timeout = join_timeout
+        self._prefix = f"lrd{secrets.token_hex(4)}"
+        self._executor: ProcessPoolExecutor | None = None
+        self._handles: set[_ProcessHandle] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def segment_prefix(self) -> str:
+        """Prefix of every shared-memory segment this pool creates."""
+        return self._prefix
+
+    def submit(self, fn: Callable, *args) -> Handle:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    self.workers,
+                    mp_context=_mp_context(),
+                    initializer=_process_init,
+                    initargs=(self._prefix, *self._init),
+                )
+            segments: list[str] = []
+            try:
+                encoded = _encode(args, self._prefix, segments)
+                future = self._executor.submit(_process_call, fn, encoded)
+            except BaseException:
+                for name in segments:
+                    _unlink_quietly(name)
+                raise
+            handle = _ProcessHandle(self, future, segments)
+            self._handles.add(handle)
+            return handle
+
+    def _forget(self, handle: _ProcessHandle) -> None:
+        with self._lock:
+            self._handles.discard(handle)
+
+    def processes(self) -> list:
+        """The worker processes currently running (empty before the first ``submit``)."""
+        executor = self._executor
+        return list((getattr(executor, "_processes", None) or {}).values()) if executor else []
+
+    def close(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+            handles, self._handles = list(self._handles), set()
+        if executor is None:
+            return
+        for h in handles:
+            h.cancel()
+        procs = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + self._join_timeout
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(1.0)
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)
+        executor.shutdown(wait=True, cancel_futures=True)
+        for h in handles:
+            h.discard()
+        for path in glob.glob(f"/dev/shm/{self._prefix}_*"):  # left by a killed worker (Linux)
+            _unlink_quietly(os.path.basename(path))
+
+
+def make_pool(kind: str, workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> Pool:
+    """Build a pool of ``kind`` (``"serial"``, ``"thread"`` or ``"process"``); nothing starts yet.
+
+    Raises:
+        ConfigError: Unknown kind or fewer than one worker.
+    """
+    if kind == "serial":
+        return SerialPool(1, initializer, initargs)
+    if kind == "thread":
+        return ThreadPool(workers, initializer, initargs)
+    if kind == "process":
+        return ProcessPool(workers, initializer, initargs)
+    raise ConfigError(f"pool must be one of {POOL_KINDS}, got {kind!r}")
+
+
+__all__ = ["POOL_KINDS", "Handle", "Pool", "ProcessPool", "SerialPool", "ThreadPool", "make_pool"]

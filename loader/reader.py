@@ -1,0 +1,390 @@
+"""``make_reader``: stream shuffled batches of numpy arrays from a published cache.
+
+The reader opens the dataset from its manifest (no data file is touched until the first batch), plans
+every epoch before any I/O (:mod:`loader.plan`), and runs the pipeline of :mod:`loader.pipeline` on a
+serial, thread or process pool (:mod:`loader.pools`). Batches are dicts of numpy arrays in the forms of
+:mod:`loader.convert`. ``state_dict`` / ``load_state_dict`` resume exactly (:mod:`loader.state`).
+
+Memory: the decoded size of a row group is taken from the manifest (Parquet's uncompressed bytes). A
+quarter of ``memory_budget`` goes to one shuffle window (so a window holds ``budget / 4 / row_group_bytes``
+row groups), one window's worth of reads is kept in flight, the window being cut and its permuted copy
+take two more quarters, and the ready queue holds up to a quarter's worth of batches. A row group larger
+than a window's share is read in slices (``ParquetFile.iter_batches`` keeps only the slice's rows; the
+rows before it are decoded and dropped), so peak memory follows the budget, never the dataset's size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import tasks
+from .dataset import Dataset, open_dataset
+from .errors import ColumnNotFoundError, ConfigError, EmptyDatasetError, StateError
+from .pipeline import Pipeline, ReaderStats, Setup
+from .plan import EpochPlan, num_batches, plan_epoch, window_size_for
+from .pools import POOL_KINDS, make_pool
+from .state import check_state, make_state
+
+DEFAULT_MEMORY_BUDGET = 256 << 20
+_MAX_PREFETCH = 64
+
+
+@dataclass(frozen=True)
+class _Planner:
+    """``planner(epoch)`` plans one epoch of one rank; holds no reference to the reader (so GC works)."""
+
+    sizes: tuple[int, ...]
+    seed: int
+    rank: int
+    world_size: int
+    batch_size: int
+    shuffle: bool
+    sample: float | None
+    drop_last: bool
+    window: int
+    max_piece_rows: int | None
+
+    def __call__(self, epoch: int) -> EpochPlan:
+        return plan_epoch(
+            self.sizes, seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
+            batch_size=self.batch_size, shuffle=self.shuffle, sample=self.sample, drop_last=self.drop_last,
+            window=self.window, max_piece_rows=self.max_piece_rows,
+        )
+
+
+def _check_int(name: str, value, minimum: int, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+class Reader:
+    """An iterator of batches over ``num_epochs`` epochs; build it with :func:`make_reader`.
+
+    Iterating yields every batch of every epoch in order, then stops (``num_epochs=None``: never).
+    Threads or processes start at the first ``next``; ``close()`` (or leaving a ``with`` block, or
+    garbage collection) stops them.
+    """
+
+    def __init__(
+        self,
+        url,
+        columns=None,
+        batch_size: int = 100,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_epochs: int | None = 1,
+        workers: int | None = None,
+        pool: str = "thread",
+        shuffle_buffer: int | None = None,
+        prefetch: int | None = None,
+        transform: Callable | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        cache_dir=None,
+        sample: float | None = None,
+        memory_budget: int | None = None,
+        ragged: str = "offsets",
+        strings: str = "offsets",
+        masks: bool = False,
+        with_row_ids: bool = False,
+        **fs_options,
+    ):
+        from .convert import check_options, check_schema
+
+        _check_int("batch_size", batch_size, 1)
+        _check_int("seed", seed, 0)
+        _check_int("num_epochs", num_epochs, 1, allow_none=True)
+        _check_int("world_size", world_size, 1)
+        _check_int("rank", rank, 0)
+        if rank >= world_size:
+            raise ConfigError(f"rank {rank} is outside [0, {world_size}) for world_size {world_size}")
+        if pool not in POOL_KINDS:
+            raise ConfigError(f"pool must be one of {POOL_KINDS}, got {pool!r}")
+        _check_int("workers", workers, 1, allow_none=True)
+        _check_int("shuffle_buffer", shuffle_buffer, 1, allow_none=True)
+        _check_int("prefetch", prefetch, 1, allow_none=True)
+        _check_int("memory_budget", memory_budget, 1, allow_none=True)
+        if sample is not None and (isinstance(sample, bool) or not isinstance(sample, (int, float))
+                                   or not 0 < sample <= 1 or math.isnan(sample)):
+            raise ConfigError(f"sample must be a fraction in (0, 1], got {sample!r}")
+        if transform is not None and not callable(transform):
+            raise ConfigError(f"transform must be callable, got {type(transform).__name__}")
+        check_options(ragged, strings)
+
+        if isinstance(url, Dataset):
+            ds = url
+        elif cache_dir is not None:
+            ds = open_dataset(url, cache_dir=cache_dir, **fs_options)
+        else:
+            ds = open_dataset(url, **fs_options)
+        self.dataset = ds
+        if columns is None:
+            columns = list(ds.columns)
+        elif isinstance(columns, str):
+            columns = [columns]
+        columns = list(columns)
+        if not columns:
+            raise ConfigError("columns must name at least one column")
+        for c in columns:
+            if c not in ds.columns:
+                raise ColumnNotFoundError(
+                    f"column {c!r} is not in dataset {ds.name!r} (version {ds.version}); "
+                    f"available: {', '.join(ds.columns)}"
+                )
+        if len(set(columns)) != len(columns):
+            raise ConfigError(f"columns lists a column twice: {columns}")
+        clash = {tasks.ROW_GROUP_COLUMN, tasks.ROW_COLUMN} & set(columns)
+        if clash:
+            raise ConfigError(f"columns {sorted(clash)} clash with the reader's row-id columns")
+        check_schema(ds.schema, columns)
+        self.columns = columns
+
+        sizes = ds.row_group_sizes()
+        total = int(round(sum(sizes) * sample)) if sample is not None and sample < 1 else sum(sizes)
+        if ds.num_rows == 0:
+            raise EmptyDatasetError(f"dataset {ds.name!r} (version {ds.version}) holds no rows")
+        if total // world_size == 0:
+            raise EmptyDatasetError(
+                f"rank {rank} of {world_size} would get no rows: the epoch holds {total} rows "
+                f"(dataset {ds.name!r}{'' if sample is None else f', sample={sample}'})"
+            )
+        if num_batches(total, world_size, batch_size, drop_last) == 0:
+            raise EmptyDatasetError(
+                f"rank {rank} would yield no batch: {total // world_size} rows per rank < batch_size "
+                f"{batch_size} with drop_last=True"
+            )
+
+        budget = memory_budget or DEFAULT_MEMORY_BUDGET
+        groups = [g for f in ds.files for g in f.row_groups]
+        group_bytes = sum(g.uncompressed_bytes for g in groups) / max(1, len(groups))
+        group_rows = sum(sizes) / max(1, len(sizes))
+        window, max_piece_rows = window_size_for(
+            group_rows, group_bytes, shuffle_buffer=shuffle_buffer, window_bytes=budget // 4,
+            num_groups=len(sizes),
+        )
+        if workers is None:
+            workers = 1 if pool == "serial" else min(8, os.cpu_count() or 1)
+        row_bytes = max(1.0, group_bytes / max(1.0, group_rows))
+        if prefetch is None:
+            prefetch = int(min(_MAX_PREFETCH, max(2, (budget // 4) // (row_bytes * batch_size))))
+
+        self.batch_size, self.shuffle, self.seed, self.num_epochs = batch_size, shuffle, seed, num_epochs
+        self.rank, self.world_size, self.drop_last, self.sample = rank, world_size, drop_last, sample
+        self.window, self.max_piece_rows = window, max_piece_rows
+        self.pool_kind, self.workers, self.prefetch = pool, workers, prefetch
+        self.transform = transform
+        self._sizes = sizes
+        self._planner = _Planner(tuple(sizes), seed, rank, world_size, batch_size, shuffle, sample, drop_last,
+                                 window, max_piece_rows)
+        self._ctx = tasks.ReadContext(
+            key=f"reader-{os.getpid()}-{secrets.token_hex(6)}",
+            dataset=ds,
+            columns=tuple(columns),
+            sizes=tuple(sizes),
+            locations=tuple(ds.row_group_index()),
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            stream=max_piece_rows is not None,
+            ragged=ragged,
+            strings=strings,
+            masks=masks,
+            with_row_ids=with_row_ids,
+            transform=transform,
+            transform_takes_rng=transform is not None and tasks.takes_rng(transform),
+        )
+        self._setup = Setup(
+            key=self._ctx.key,
+            plan=self._planner,
+            seed=seed,
+            shuffle=shuffle,
+            num_epochs=num_epochs,
+            pieces_ahead=max(workers, window) if pool != "serial" else 1,
+            batches_ahead=max(2, workers) if pool != "serial" else 1,
+            prefetch=prefetch,
+            finish_in_pool=pool == "thread" or (pool == "process" and transform is not None),
+        )
+        self.stats = ReaderStats()
+        self._position = (0, 0)  # (epoch, batch) of the next batch the consumer gets
+        self._pipeline: Pipeline | None = None
+        self._started_at: float | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+
+    # --- planning -----------------------------------------------------------------------------------
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """This rank's plan for ``epoch`` (pure; see :mod:`loader.plan`)."""
+        return self._planner(epoch)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches this rank yields per epoch (the same on every rank)."""
+        total = sum(self._sizes)
+        if self.sample is not None and self.sample < 1:
+            total = int(round(total * self.sample))
+        return num_batches(total, self.world_size, self.batch_size, self.drop_last)
+
+    def __len__(self) -> int:
+        if self.num_epochs is None:
+            raise TypeError("a reader with num_epochs=None has no length")
+        return self.batches_per_epoch * self.num_epochs
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the next batch."""
+        return self._position[0]
+
+    # --- iteration ------------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise StopIteration
+        if self._pipeline is None:
+            self._started_at = time.perf_counter()
+            key = self._ctx.key
+            pool = make_pool(self.pool_kind, self.workers, tasks.install, (self._ctx,))
+            self._pipeline = Pipeline(self._setup, pool, *self._position, self.stats,
+                                      on_close=lambda: tasks.uninstall(key))
+        try:
+            epoch, index, rows, distinct, batch = self._pipeline.next()
+        except StopIteration:
+            self.close()
+            raise
+        except BaseException as e:
+            self._error = e
+            self.close()
+            raise
+        if self.stats.first_batch_seconds is None:
+            self.stats.first_batch_seconds = time.perf_counter() - self._started_at
+        self.stats.batches += 1
+        self.stats.rows += rows
+        self.stats.add_mixed(distinct)
+        self._position = (epoch, index + 1) if index + 1 < self.batches_per_epoch else (epoch + 1, 0)
+        return batch
+
+    def print_stats(self, file=None) -> None:
+        """Print :attr:`stats` as a table."""
+        print(self.stats.format(), file=file)
+
+    # --- state ----------------------------------------------------------------------------------------
+
+    def _config(self) -> dict:
+        return {
+            "seed": self.seed, "batch_size": self.batch_size, "shuffle": self.shuffle, "sample": self.sample,
+            "drop_last": self.drop_last, "rank": self.rank, "world_size": self.world_size,
+            "columns": self.columns, "window": self.window, "max_piece_rows": self.max_piece_rows,
+        }
+
+    def state_dict(self) -> dict:
+        """A small JSON-able dict: where the next batch comes from, and what decides the batches."""
+        epoch, batch = self._position
+        return make_state(dataset=self.dataset.name, version=self.dataset.version, config=self._config(),
+                          epoch=epoch, batch=batch)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from ``state``: the next batches are those an uninterrupted run would yield next.
+
+        Raises:
+            StateError: The state comes from another dataset or version, or from settings that give
+                other batches (the key is named), or the position is past the end of an epoch.
+        """
+        epoch, batch = check_state(state, dataset=self.dataset.name, version=self.dataset.version,
+                                   config=self._config())
+        if batch > self.batches_per_epoch:
+            raise StateError(f"state key 'batch' is {batch}, but an epoch has {self.batches_per_epoch} batches")
+        if batch == self.batches_per_epoch:
+            epoch, batch = epoch + 1, 0
+        if self._pipeline is not None:  # restart the pipeline at the new position
+            self._pipeline.close()
+            self._pipeline = None
+        self._closed, self._error = False, None
+        self._position = (epoch, batch)
+
+    # --- lifetime -------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the background thread and every worker; idempotent."""
+        self._closed = True
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            pipeline.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: S110 - nothing sensible to do at interpreter shutdown
+            pass
+
+
+def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, seed: int = 0,
+                num_epochs: int | None = 1, workers: int | None = None, pool: str = "thread",
+                shuffle_buffer: int | None = None, prefetch: int | None = None, transform: Callable | None = None,
+                rank: int = 0, world_size: int = 1, drop_last: bool = False, cache_dir=None,
+                sample: float | None = None, memory_budget: int | None = None, ragged: str = "offsets",
+                strings: str = "offsets", masks: bool = False, with_row_ids: bool = False,
+                **fs_options) -> Reader:
+    """Open a cache and return a :class:`Reader` of shuffled numpy batches.
+
+    Args:
+        url: A dataset directory (its ``CURRENT`` is followed), a version directory, a remote URL, or an
+            opened :class:`~loader.dataset.Dataset`.
+        columns: Columns to read (default: all).
+        batch_size: Rows per batch.
+        shuffle: Shuffle row groups and rows within windows each epoch (False: source order).
+        seed: Seed of every random choice (0 is a seed like any other).
+        num_epochs: Epochs to yield; None repeats forever.
+        workers: Pool workers (default ``min(8, cpus)``; 1 for the serial pool).
+        pool: ``"thread"`` (default), ``"process"`` (pure-Python transforms) or ``"serial"`` (debugging).
+        shuffle_buffer: Rows shuffled together (rounded to whole row groups); default from the budget.
+        prefetch: Ready batches kept ahead of the consumer; default from the budget (2 to 64).
+        transform: ``transform(batch)`` or ``transform(batch, rng)`` on each batch dict, run in the
+            workers; ``rng`` depends only on (seed, epoch, rank, world size, batch index).
+        rank: This trainer's rank in ``[0, world_size)``.
+        world_size: Number of trainers sharing the epoch.
+        drop_last: Only full batches (see :mod:`loader.plan` for the equal-batch-count rule).
+        cache_dir: Local directory that keeps copies of remote files.
+        sample: Fraction of rows per epoch in ``(0, 1]``, a different subset each epoch.
+        memory_budget: Bytes for in-flight reads, the shuffle window and the ready queue (256 MiB).
+        ragged: ``"offsets"`` or ``"padded"`` form of variable-length columns (:mod:`loader.convert`).
+        strings: ``"offsets"`` (follow ``ragged``) or ``"object"`` arrays of str/bytes.
+        masks: Add a ``col.valid`` mask for every nullable column.
+        with_row_ids: Add ``_row_group`` (global row-group index) and ``_row`` (row in it) columns.
+        **fs_options: Options of the URL's filesystem.
+
+    Raises:
+        ConfigError: An argument is out of range (names it), e.g. batch_size <= 0, rank outside
+            [0, world_size), sample outside (0, 1], an unknown pool.
+        ColumnNotFoundError: A column is not in the schema (lists the available ones).
+        EmptyDatasetError: The dataset, or a rank's share of an epoch, holds no rows or no batch.
+        DatasetNotFoundError, ManifestError: The cache cannot be opened.
+    """
+    return Reader(url, columns=columns, batch_size=batch_size, shuffle=shuffle, seed=seed, num_epochs=num_epochs,
+                  workers=workers, pool=pool, shuffle_buffer=shuffle_buffer, prefetch=prefetch, transform=transform,
+                  rank=rank, world_size=world_size, drop_last=drop_last, cache_dir=cache_dir, sample=sample,
+                  memory_budget=memory_budget, ragged=ragged, strings=strings, masks=masks,
+                  with_row_ids=with_row_ids, **fs_options)
+
+
+__all__ = ["DEFAULT_MEMORY_BUDGET", "Reader", "ReaderStats", "make_reader"]

@@ -1,0 +1,86 @@
+"""Reader state: a small JSON-able dict from which a new reader resumes exactly.
+
+Because the epoch plan is a pure function (:mod:`loader.plan`), a position is just ``(epoch, batch)``:
+the next batch to yield. The state also records the dataset version and every setting that changes which
+rows come in which batch (seed, batch size, shuffle, sample, ranks, window...), so loading a state into a
+reader that would yield different batches fails with :class:`~loader.errors.StateError` naming the key,
+instead of silently training on other data. Settings that do not change the batches (workers, pool kind,
+prefetch, memory budget when it does not change the window) are free to differ.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import StateError
+
+STATE_KIND = "larder.reader"
+STATE_FORMAT = 1
+
+
+def make_state(*, dataset: str, version: str, config: Mapping[str, Any], epoch: int, batch: int) -> dict:
+    """Build a reader state.
+
+    Args:
+        dataset: The dataset's name.
+        version: The version read.
+        config: Settings that decide the batches (JSON-able values).
+        epoch: Epoch of the next batch.
+        batch: Index in that epoch of the next batch.
+
+    Returns:
+        A dict that survives ``json.dumps`` / ``json.loads``.
+    """
+    state = {
+        "kind": STATE_KIND,
+        "format": STATE_FORMAT,
+        "dataset": dataset,
+        "version": version,
+        "epoch": int(epoch),
+        "batch": int(batch),
+        "config": dict(config),
+    }
+    return json.loads(json.dumps(state))  # normalise tuples to lists, fail early on non-JSON values
+
+
+def check_state(state: Any, *, dataset: str, version: str, config: Mapping[str, Any]) -> tuple[int, int]:
+    """Validate a state against a reader and return its position ``(epoch, batch)``.
+
+    Raises:
+        StateError: Not a reader state, or a key differs from this reader's (the key and both values
+            are named).
+    """
+    if not isinstance(state, Mapping):
+        raise StateError(f"a reader state must be a dict, got {type(state).__name__}")
+    if state.get("kind") != STATE_KIND:
+        raise StateError(f"state key 'kind' is {state.get('kind')!r}, expected {STATE_KIND!r}")
+    if state.get("format") != STATE_FORMAT:
+        raise StateError(f"state key 'format' is {state.get('format')!r}, this larder reads {STATE_FORMAT}")
+    for key, mine in (("dataset", dataset), ("version", version)):
+        if state.get(key) != mine:
+            raise StateError(f"state key {key!r} is {state.get(key)!r}, but this reader reads {mine!r}")
+    theirs = state.get("config")
+    if not isinstance(theirs, Mapping):
+        raise StateError("state key 'config' is missing or not a dict")
+    mine_cfg = json.loads(json.dumps(dict(config)))
+    for key in sorted(set(mine_cfg) | set(theirs)):
+        if key not in theirs:
+            raise StateError(f"state key 'config.{key}' is missing (this reader has {mine_cfg[key]!r})")
+        if key not in mine_cfg:
+            raise StateError(f"state key 'config.{key}' is unknown to this reader")
+        if theirs[key] != mine_cfg[key]:
+            raise StateError(
+                f"state key 'config.{key}' is {theirs[key]!r}, but this reader has {mine_cfg[key]!r}"
+            )
+    position = []
+    for key in ("epoch", "batch"):
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise StateError(f"state key {key!r} must be a non-negative integer, got {value!r}")
+        position.append(value)
+    return position[0], position[1]
+
+
+__all__ = ["STATE_FORMAT", "STATE_KIND", "check_state", "make_state"]
