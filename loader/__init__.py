@@ -21,6 +21,8 @@ from .errors import (
     UnsupportedFormatError,
     WorkerError,
 )
+from .mix import MixedReader, mix
+from .reader import Reader, make_reader
 from .writer import write_cache
 
 __all__ = [
@@ -32,13 +34,17 @@ __all__ = [
     "EmptyDatasetError",
     "LarderError",
     "ManifestError",
+    "MixedReader",
     "PublishError",
+    "Reader",
     "RemoteError",
     "SourceError",
     "StateError",
     "TransformError",
     "UnsupportedFormatError",
     "WorkerError",
+    "make_reader",
+    "mix",
     "open_dataset",
     "write_cache",
 ]

@@ -1,0 +1,199 @@
+"""``mix``: draw batches from several readers by weight (the job of Petastorm's WeightedSamplingReader).
+
+At step ``i`` the source is drawn with ``default_rng([seed, i, …])`` among the sources still running,
+with probabilities proportional to their weights. The choice is a pure function of ``(seed, step,
+which sources are exhausted)``, so the mixed stream is deterministic and its state is the step number,
+the exhausted flags and the sources' own states.
+
+Stopping: ``stop="first"`` (default) ends the mix the first time a drawn source is exhausted, so the
+proportions hold to the end; ``stop="all"`` drops exhausted sources, renormalises the remaining weights
+and ends when every source is exhausted (every batch of every source comes out once).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, StateError
+from .reader import Reader, make_reader
+
+MIX_KIND = "larder.mix"
+_TAG_MIX = 0x6D78
+STOP_RULES = ("first", "all")
+
+
+class MixedReader:
+    """An iterator of batches drawn from several readers; build it with :func:`mix`.
+
+    Attributes:
+        readers: The sources.
+        weights: Their normalised weights.
+        counts: Batches drawn from each source so far.
+    """
+
+    def __init__(self, readers: Sequence[Reader], weights: Sequence[float], seed: int, stop: str,
+                 with_source: bool, owned: Sequence[bool]):
+        self.readers = list(readers)
+        total = float(sum(weights))
+        self.weights = [w / total for w in weights]
+        self.seed, self.stop, self.with_source = seed, stop, with_source
+        self._owned = list(owned)
+        self._step = 0
+        self._exhausted = [False] * len(self.readers)
+        self.counts = [0] * len(self.readers)
+        self._done = False
+
+    def _draw(self) -> int | None:
+        active = [i for i, done in enumerate(self._exhausted) if not done]
+        if not active:
+            return None
+        p = np.array([self.weights[i] for i in active])
+        u = np.random.default_rng([self.seed, self._step, _TAG_MIX]).random()
+        k = int(np.searchsorted(np.cumsum(p / p.sum()), u, side="right"))
+        return active[min(k, len(active) - 1)]
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        while not self._done:
+            i = self._draw()
+            if i is None:
+                break
+            try:
+                batch = next(self.readers[i])
+            except StopIteration:
+                self._exhausted[i] = True
+                if self.stop == "first":
+                    break
+                continue  # the same step draws again among the remaining sources
+            self._step += 1
+            self.counts[i] += 1
+            if self.with_source:
+                n = len(next(iter(batch.values()))) if batch else 0
+                batch["_source"] = np.full(n, i, dtype=np.int32)
+            return batch
+        self._done = True
+        raise StopIteration
+
+    def state_dict(self) -> dict:
+        """The step, the exhausted sources, and every source's own state."""
+        return {
+            "kind": MIX_KIND,
+            "seed": self.seed,
+            "stop": self.stop,
+            "weights": self.weights,
+            "step": self._step,
+            "exhausted": list(self._exhausted),
+            "done": self._done,
+            "sources": [r.state_dict() for r in self.readers],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume a mix from :meth:`state_dict`.
+
+        Raises:
+            StateError: Another kind of state, other seed/stop/weights or number of sources (key named),
+                or a source's state does not fit its reader.
+        """
+        if not isinstance(state, dict) or state.get("kind") != MIX_KIND:
+            raise StateError(f"state key 'kind' must be {MIX_KIND!r}")
+        for key, mine in (("seed", self.seed), ("stop", self.stop)):
+            if state.get(key) != mine:
+                raise StateError(f"state key {key!r} is {state.get(key)!r}, but this mix has {mine!r}")
+        theirs = state.get("weights")
+        if not isinstance(theirs, list) or len(theirs) != len(self.weights) or not all(
+            math.isclose(a, b) for a, b in zip(theirs, self.weights, strict=True)
+        ):
+            raise StateError(f"state key 'weights' is {theirs!r}, but this mix has {self.weights!r}")
+        sources = state.get("sources")
+        if not isinstance(sources, list) or len(sources) != len(self.readers):
+            raise StateError(f"state key 'sources' must list {len(self.readers)} reader states")
+        for i, (reader, sub) in enumerate(zip(self.readers, sources, strict=True)):
+            try:
+                reader.load_state_dict(sub)
+            except StateError as e:
+                raise StateError(f"state key 'sources[{i}]': {e}") from e
+        self._step = int(state["step"])
+        self._exhausted = [bool(x) for x in state["exhausted"]]
+        self._done = bool(state.get("done", False))
+
+    def print_stats(self, file=None) -> None:
+        """Print each source's stats."""
+        for i, r in enumerate(self.readers):
+            print(f"# source {i} (weight {self.weights[i]:.3f}, {self.counts[i]} batches drawn)", file=file)
+            r.print_stats(file=file)
+
+    def close(self) -> None:
+        """Close the readers this mix opened itself (from URLs); idempotent."""
+        for r, owned in zip(self.readers, self._owned, strict=True):
+            if owned:
+                r.close()
+
+    def __enter__(self) -> MixedReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: S110 - nothing sensible to do at interpreter shutdown
+            pass
+
+
+def mix(sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0, stop: str = "first",
+        with_source: bool = False, **reader_options) -> MixedReader:
+    """Draw batches from several readers (or dataset URLs) by weight.
+
+    Args:
+        sources: :class:`~loader.reader.Reader` objects, or URLs / datasets opened with
+            ``make_reader(url, **reader_options)`` (those are closed with the mix).
+        weights: Relative weights (default: equal). Non-negative, not all zero.
+        seed: Seed of the draws.
+        stop: ``"first"`` or ``"all"`` (see the module docstring).
+        with_source: Add ``_source`` (the source's index) to each batch.
+        **reader_options: Passed to :func:`~loader.reader.make_reader` for sources given as URLs.
+
+    Raises:
+        ConfigError: No sources, weights of the wrong length, negative, not finite or all zero, or an
+            unknown stop rule.
+    """
+    sources = list(sources)
+    if not sources:
+        raise ConfigError("mix needs at least one source")
+    weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(sources):
+        raise ConfigError(f"mix got {len(weights)} weights for {len(sources)} sources")
+    bad = [i for i, w in enumerate(weights) if not math.isfinite(w) or w < 0]
+    if bad or sum(weights) <= 0:
+        raise ConfigError(f"mix weights must be finite, non-negative and not all zero, got {weights}")
+    if stop not in STOP_RULES:
+        raise ConfigError(f"stop must be one of {STOP_RULES}, got {stop!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    readers, owned = [], []
+    try:
+        for s in sources:
+            if isinstance(s, (Reader, MixedReader)):
+                readers.append(s)
+                owned.append(False)
+            elif isinstance(s, (str, os.PathLike)) or hasattr(s, "manifest"):
+                readers.append(make_reader(s, **reader_options))
+                owned.append(True)
+            else:
+                raise ConfigError(f"mix source {len(readers)} must be a reader or a URL, got {type(s).__name__}")
+    except BaseException:
+        for r, o in zip(readers, owned, strict=True):
+            if o:
+                r.close()
+        raise
+    return MixedReader(readers, weights, seed, stop, with_source, owned)
+
+
+__all__ = ["MixedReader", "STOP_RULES", "mix"]
