@@ -101,6 +101,7 @@ class Setup:
         batches_ahead: Batch finishes kept in flight.
         prefetch: Size of the ready queue, in batches.
         finish_in_pool: Send batches to the pool for conversion/transform (else done by the producer).
+        on_epoch: Called with each epoch's plan before its first read (e.g. to prefetch remote files).
     """
 
     key: str
@@ -112,6 +113,7 @@ class Setup:
     batches_ahead: int
     prefetch: int
     finish_in_pool: bool
+    on_epoch: Callable[[EpochPlan], None] | None = None
 
 
 def _ahead(pool: Pool, tasks: Iterator[tuple], ahead: int, stats: ReaderStats) -> Iterator[tuple]:
@@ -196,6 +198,8 @@ def produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats
     """Yield ``(epoch, index, rows, distinct_groups, batch_dict)`` from position ``(epoch, batch)`` on."""
     while setup.num_epochs is None or epoch < setup.num_epochs:
         plan = setup.plan(epoch)
+        if setup.on_epoch is not None:
+            setup.on_epoch(plan)
         tasks = _epoch_batches(setup, pool, plan, batch, stats)
         if setup.finish_in_pool:
             finished = _ahead(pool, tasks, setup.batches_ahead, stats)

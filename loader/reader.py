@@ -59,6 +59,18 @@ class _Planner:
         )
 
 
+@dataclass(frozen=True)
+class _PrefetchHint:
+    """Tells a dataset's local file cache which files an epoch reads, in plan order."""
+
+    dataset: Dataset
+    locations: tuple[tuple[int, int], ...]
+
+    def __call__(self, plan: EpochPlan) -> None:
+        order = dict.fromkeys(self.locations[p.group][0] for w in plan.windows for p in w.pieces)
+        self.dataset.file_cache.prefetch(self.dataset, [self.dataset.files[i] for i in order])
+
+
 def _check_int(name: str, value, minimum: int, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -213,6 +225,7 @@ class Reader:
             batches_ahead=max(2, workers) if pool != "serial" else 1,
             prefetch=prefetch,
             finish_in_pool=pool == "thread" or (pool == "process" and transform is not None),
+            on_epoch=_PrefetchHint(ds, self._ctx.locations) if getattr(ds, "file_cache", None) else None,
         )
         self.stats = ReaderStats()
         self._position = (0, 0)  # (epoch, batch) of the next batch the consumer gets

@@ -1,0 +1,98 @@
+"""Arrow -> numpy forms: compared with pyarrow's own Python values, row by row, in the tests only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from loader.convert import check_options, check_schema, pad, to_numpy
+from loader.errors import ConfigError
+
+
+@pytest.fixture
+def messy() -> pa.Table:
+    return pa.table({
+        "i": pa.array([1, None, 3, 4], pa.int32()),
+        "f": pa.array([0.5, None, 2.0, -1.0], pa.float32()),
+        "b": pa.array([True, None, False, True]),
+        "s": pa.array(["ab", None, "가나", ""]),
+        "bin": pa.array([b"\x00\x01", b"", None, b"xyz"], pa.large_binary()),
+        "l": pa.array([[1, 2], None, [], [3, 4, 5]], pa.list_(pa.int64())),
+        "fsl": pa.array([[1, 2], [3, 4], None, [7, 8]], pa.list_(pa.float32(), 2)),
+        "st": pa.array([{"x": 1, "y": "p"}, None, {"x": 3, "y": "qq"}, {"x": None, "y": None}]),
+        "d": pa.array(["a", "b", None, "a"]).dictionary_encode(),
+    })
+
+
+def rows(values: np.ndarray, offsets: np.ndarray) -> list:
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+@pytest.mark.parametrize("start,length", [(0, 4), (1, 3), (2, 1), (0, 0)])
+def test_offsets_form_equals_source_values(messy, start, length):
+    t = messy.slice(start, length)
+    out = to_numpy(t, masks=True)
+    n = t.num_rows
+    for name in ("s", "bin", "d"):
+        src = t[name].to_pylist()
+        got = rows(out[name], out[name + ".offsets"])
+        assert len(got) == n and out[name + ".offsets"][0] == 0 and out[name].dtype == np.uint8
+        want = [b"" if v is None else (v.encode() if isinstance(v, str) else v) for v in src]
+        assert [g.tobytes() for g in got] == want
+        assert out[name + ".valid"].tolist() == [v is not None for v in src]
+    got = rows(out["l"], out["l.offsets"])
+    assert [g.tolist() for g in got] == [v or [] for v in t["l"].to_pylist()]
+    assert out["i"].dtype == np.int32 and out["f"].dtype == np.float32
+    for name, fill in (("i", 0), ("b", False)):
+        assert out[name].tolist() == [fill if v is None else v for v in t[name].to_pylist()]
+    f = out["f"]
+    assert [None if np.isnan(x) else x for x in f.tolist()] == t["f"].to_pylist()
+    assert out["fsl"].shape == (n, 2)
+    assert out["fsl"].tolist() == [v or [0.0, 0.0] for v in t["fsl"].to_pylist()]
+    assert out["st.x"].tolist() == [0 if v is None or v["x"] is None else v["x"] for v in t["st"].to_pylist()]
+
+
+def test_padded_form_and_lengths(messy):
+    out = to_numpy(messy, ragged="padded", pad_value=0)
+    src = messy["l"].to_pylist()
+    lengths = [len(v or []) for v in src]
+    assert out["l.lengths"].tolist() == lengths
+    assert out["l"].shape == (4, max(lengths))
+    for row, v, n in zip(out["l"], src, lengths, strict=True):
+        assert row[:n].tolist() == (v or []) and (row[n:] == 0).all()
+    strings = [(v or "").encode() for v in messy["s"].to_pylist()]
+    assert [bytes(r[:n]) for r, n in zip(out["s"], out["s.lengths"], strict=True)] == strings
+
+
+def test_object_strings_on_request(messy):
+    out = to_numpy(messy, strings="object")
+    assert out["s"].dtype == object and out["s"].tolist() == messy["s"].to_pylist()
+    assert out["bin"].tolist() == messy["bin"].to_pylist()
+
+
+def test_chunked_table_and_empty_batch(messy):
+    t = pa.concat_tables([messy.slice(0, 2), messy.slice(2)])
+    assert t["s"].num_chunks == 2
+    out = to_numpy(t)
+    assert [r.tobytes() for r in rows(out["s"], out["s.offsets"])] == [
+        (v or "").encode() for v in messy["s"].to_pylist()
+    ]
+    empty = to_numpy(messy.slice(0, 0))
+    assert empty["l.offsets"].tolist() == [0] and len(empty["i"]) == 0
+
+
+def test_pad_is_vectorised_scatter():
+    out = pad(np.arange(6), np.array([3, 0, 2, 1]), pad_value=-1)
+    assert out.tolist() == [[0, 1, 2], [-1, -1, -1], [3, 4, -1], [5, -1, -1]]
+
+
+def test_bad_options_and_types_name_the_culprit():
+    with pytest.raises(ConfigError, match="ragged"):
+        check_options("jagged", "offsets")
+    with pytest.raises(ConfigError, match="strings"):
+        check_options("offsets", "utf8")
+    schema = pa.schema([("nested", pa.list_(pa.list_(pa.int32()))), ("ok", pa.int8())])
+    with pytest.raises(ConfigError, match="'nested'"):
+        check_schema(schema, ["nested"])
+    check_schema(schema, ["ok"])
