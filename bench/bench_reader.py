@@ -1,0 +1,310 @@
+"""Reader benchmark: ``make_reader`` against a raw pyarrow scan, memory on 4x data, first batch on 10,000 files.
+
+Every measurement runs in its own fresh Python process (imports done before the clock starts), one after the
+other, in one run of this script, on caches made by ``bench/gen_data.py`` (generated on the first run):
+
+* ``raw``      — ``pq.ParquetFile(f).iter_batches(100)`` over the files in manifest order, each batch
+  converted per column to numpy in the reader's forms (``loader.convert.to_numpy``: values + offsets for
+  lists and bytes). No shuffle: the ceiling of a plain scan.
+* ``thread``   — ``make_reader(batch_size=100, shuffle=True, pool="thread")``.
+* ``process``  — the same with ``pool="process"``.
+* ``thread 4x``— ``thread`` on the 4x dataset: peak RSS must not grow with the data.
+* ``first batch 10k`` — time from before ``make_reader`` (open included) to the first batch on a cache of
+  10,000 one-row-group files.
+
+Printed per run: samples/s (rows over the time from before open to the last batch), ratio to the raw scan,
+time to first batch, peak RSS (``VmHWM`` of the measuring process, plus the sampled peak of the sum over
+its process tree, which counts process-pool workers), and row groups mixed per batch (distinct source row
+groups among a batch's rows, from ``product_id``, which ``gen_data`` writes in row order).
+
+Targets on the 2-core dev machine: ratio >= 1.5 with >= 8 row groups per batch; first batch <= 0.3 s on
+10,000 files; peak RSS <= 500 MB and <= 1.1x when the data grows 4x. Figures, not a pass/fail test.
+
+Example::
+
+    python bench/bench_reader.py --data /tmp/larder-bench            # generates the caches if missing
+    python bench/bench_reader.py --data /tmp/larder-bench --profile thread   # cProfile one child
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CACHES = {  # name -> gen_data arguments
+    "base": [],
+    "base4x": ["--scale", "4"],
+    "tiny": ["--rows", "20000", "--files", "10000", "--image-bytes", "64:256"],
+}
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+def _status_kb(pid: str, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+def _tree(pid: str) -> list[str]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += f.read().split()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass
+    return out
+
+
+class TreeRss:
+    """Samples the summed ``VmRSS`` of this process and its descendants every 20 ms; keeps the peak."""
+
+    def __init__(self):
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self):
+        me = str(os.getpid())
+        while not self._stop.wait(0.02):
+            self.peak_kb = max(self.peak_kb, sum(_status_kb(p, "VmRSS") for p in _tree(me)))
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+# ------------------------------------------------------------------------------------------------ children
+
+
+def _columns(ds) -> list[str]:
+    """Columns with a numpy form (the reader rejects e.g. list<string>)."""
+    from loader.convert import check_schema
+    from loader.errors import ConfigError
+
+    keep = []
+    for name in ds.columns:
+        try:
+            check_schema(ds.schema, [name])
+            keep.append(name)
+        except ConfigError:
+            pass
+    return keep
+
+
+def _mixing(ids, cum_rows) -> int:
+    import numpy as np
+
+    return int(np.unique(np.searchsorted(cum_rows, ids, side="right")).size)
+
+
+def child(args) -> dict:
+    """Run one measurement in this (fresh) process and return its figures."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    import loader
+    from loader.convert import to_numpy
+
+    ds = loader.open_dataset(args.url)
+    columns = args.columns.split(",") if args.columns else _columns(ds)
+    if "product_id" not in columns:
+        columns = ["product_id", *columns]
+    cum_rows = np.cumsum(ds.row_group_sizes())
+    mixes, rows, batches = [], 0, 0
+    first = None
+    with TreeRss() as tree:
+        t0 = time.perf_counter()
+        if args.mode == "raw":
+            done = False
+            for info in ds.files:
+                pf = pq.ParquetFile(ds.file_path(info))
+                for rb in pf.iter_batches(args.batch_size, columns=columns, use_threads=False):
+                    b = to_numpy(rb)
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    rows += len(b["product_id"])
+                    mixes.append(_mixing(b["product_id"], cum_rows))
+                    batches += 1
+                    if batches >= args.iterations:
+                        done = True
+                        break
+                pf.close()
+                if done:
+                    break
+        else:
+            from loader import make_reader
+
+            kwargs = {"pool": args.mode, "workers": args.workers} if args.workers else {"pool": args.mode}
+            with make_reader(
+                ds.version_path, columns=columns, batch_size=args.batch_size, shuffle=True, seed=0, num_epochs=None,
+                **kwargs,
+            ) as reader:
+                for b in reader:
+                    if first is None:
+                        first = time.perf_counter() - t0
+                        if args.first_only:
+                            rows = len(b["product_id"])
+                            batches = 1
+                            break
+                    rows += len(b["product_id"])
+                    mixes.append(_mixing(b["product_id"], cum_rows))
+                    batches += 1
+                    if batches >= args.iterations:
+                        break
+                stats = getattr(reader, "stats", None)
+                stats = stats() if callable(stats) else stats
+        elapsed = time.perf_counter() - t0
+    return {
+        "mode": args.mode,
+        "url": args.url,
+        "rows": rows,
+        "batches": batches,
+        "elapsed_s": elapsed,
+        "samples_per_s": rows / elapsed,
+        "first_batch_s": first,
+        "vmhwm_mb": _status_kb("self", "VmHWM") / 1024,
+        "tree_peak_mb": tree.peak_kb / 1024,
+        "rg_per_batch_mean": float(np.mean(mixes)) if mixes else 0.0,
+        "rg_per_batch_min": int(min(mixes)) if mixes else 0,
+        "columns": columns,
+        "files": len(ds.files),
+        "row_groups": ds.num_row_groups,
+        "stats": str(stats) if args.mode != "raw" and stats is not None else None,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ parent
+
+
+def ensure_caches(data: Path, rows: int) -> dict[str, str]:
+    """Generate the benchmark caches under ``data`` if they are missing; returns name -> dataset dir."""
+    out = {}
+    for name, extra in CACHES.items():
+        target = data / name
+        if not (target / "CURRENT").exists():
+            cmd = [sys.executable, str(REPO / "bench" / "gen_data.py"), "--out", str(data), "--name", name]
+            if name != "tiny":
+                cmd += ["--rows", str(rows)]
+            print("generating:", " ".join(cmd + extra), flush=True)
+            subprocess.run(cmd + extra, check=True)
+        out[name] = str(target)
+    return out
+
+
+def run_child(mode: str, url: str, args, *extra: str) -> dict:
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--child", mode, "--url", url,
+        "--iterations", str(args.iterations), "--batch-size", str(args.batch_size), *extra,
+    ]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    if args.columns:
+        cmd += ["--columns", args.columns]
+    if args.profile == mode and "--first-only" not in extra:
+        cmd[1:1] = ["-m", "cProfile", "-s", "cumulative"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        prof = Path(args.data) / f"profile-{mode}.txt"
+        prof.write_text(proc.stdout + proc.stderr)
+        print(f"cProfile of {mode}: {prof}", flush=True)
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("{"))
+        return json.loads(line)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode != 0:
+        raise SystemExit(f"child {mode} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="/tmp/larder-bench", help="where the benchmark caches live / are generated")
+    p.add_argument("--rows", type=int, default=200_000, help="rows of the 1x dataset (default 200000)")
+    p.add_argument("--iterations", type=int, default=1000, help="batches per run (default 1000)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--workers", type=int, default=None, help="reader workers (default: the reader's)")
+    p.add_argument("--columns", default=None, help="comma-separated columns (default: all with a numpy form)")
+    p.add_argument("--profile", choices=["raw", "thread", "process"], help="run that child under cProfile")
+    p.add_argument("--only", default=None, help="comma-separated subset of raw,thread,process,4x,first")
+    p.add_argument("--child", choices=["raw", "thread", "process"], help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--first-only", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        args.mode = args.child
+        print(json.dumps(child(args)))
+        return 0
+
+    caches = ensure_caches(Path(args.data), args.rows)
+    only = set((args.only or "raw,thread,process,4x,first").split(","))
+    results: dict[str, dict] = {}
+    for key, mode, url, extra in [
+        ("raw", "raw", caches["base"], ()),
+        ("thread", "thread", caches["base"], ()),
+        ("process", "process", caches["base"], ()),
+        ("4x", "thread", caches["base4x"], ()),
+        ("first", "thread", caches["tiny"], ("--first-only",)),
+    ]:
+        if key in only:
+            results[key] = run_child(mode, url, args, *extra)
+            print(f"done {key}: {json.dumps({k: v for k, v in results[key].items() if k != 'columns'})}", flush=True)
+    print_table(results, args)
+    return 0
+
+
+def print_table(results: dict[str, dict], args) -> None:
+    """The summary table."""
+    raw = results.get("raw")
+    print()
+    any_r = next(iter(results.values()))
+    print(f"columns: {','.join(any_r['columns'])}; batch {args.batch_size}; {args.iterations} batches per run")
+    head = f"{'run':<24}{'samples/s':>11}{'ratio':>7}{'1st batch s':>12}{'VmHWM MB':>10}{'tree MB':>9}{'rg/batch':>10}"
+    print(head)
+    print("-" * len(head))
+    labels = {"raw": "raw pyarrow scan", "thread": "make_reader thread", "process": "make_reader process",
+              "4x": "make_reader thread 4x", "first": "first batch 10k files"}
+    for key, r in results.items():
+        ratio = f"{r['samples_per_s'] / raw['samples_per_s']:.2f}" if raw and key != "first" else "-"
+        mix = f"{r['rg_per_batch_mean']:.1f}" if key != "first" else "-"
+        rate = f"{r['samples_per_s']:.0f}" if key != "first" else "-"
+        print(
+            f"{labels[key] + ' (' + str(r['files']) + ' f)' if key == 'first' else labels[key]:<24}{rate:>11}"
+            f"{ratio:>7}{r['first_batch_s']:>12.3f}{r['vmhwm_mb']:>10.0f}{r['tree_peak_mb']:>9.0f}{mix:>10}"
+        )
+    if "thread" in results and "4x" in results:
+        t, q = results["thread"], results["4x"]
+        print(
+            f"RSS 4x / 1x (thread): VmHWM {q['vmhwm_mb'] / t['vmhwm_mb']:.2f}x, "
+            f"tree {q['tree_peak_mb'] / t['tree_peak_mb']:.2f}x"
+        )
+    for key in ("thread", "process"):
+        if key in results and results[key].get("stats"):
+            print(f"reader stats ({key}): {results[key]['stats']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

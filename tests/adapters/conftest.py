@@ -1,0 +1,41 @@
+"""A small cache shared by the adapter tests (read-only: tests that damage data make their own)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import loader
+
+ROWS = 730  # not a multiple of any batch size used, so last batches are short
+
+
+def adapter_table(n: int = ROWS) -> pa.Table:
+    """Ids, a float, Korean titles (some null), image bytes, variable-length id lists (some empty)."""
+    rng = np.random.default_rng(11)
+    lengths = rng.integers(0, 9, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    titles = [None if i % 97 == 5 else f"상품 {i} " + "가나다라"[: i % 5] for i in range(n)]
+    return pa.table(
+        {
+            "id": pa.array(np.arange(n, dtype=np.int64)),
+            "x": pa.array(rng.random(n).astype(np.float32)),
+            "title": pa.array(titles, pa.string()),
+            "image": pa.array([rng.bytes(int(k)) for k in rng.integers(1, 40, n)], pa.binary()),
+            "ids": pa.ListArray.from_arrays(
+                pa.array(offsets), pa.array(rng.integers(1, 30_000, offsets[-1]), pa.int32())
+            ),
+            "label": pa.array((np.arange(n) % 5).astype(np.int32)),
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def adapter_data(tmp_path_factory) -> tuple[pa.Table, loader.Dataset]:
+    """``(table, dataset)``: the table published with ~12 row groups in 6 files."""
+    table = adapter_table()
+    ds = loader.write_cache(table, tmp_path_factory.mktemp("adapters"), "adapt", row_group_bytes=4_000,
+                            row_groups_per_file=2)
+    assert ds.num_row_groups >= 8 and len(ds.files) >= 4
+    return table, ds

@@ -1,0 +1,174 @@
+"""The PyTorch adapter, run for real with DataLoader workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import loader  # noqa: E402
+from loader.errors import ConfigError, StateError  # noqa: E402
+from loader.torch import LarderIterableDataset, make_dataloader  # noqa: E402
+
+
+def ids_of(batches) -> np.ndarray:
+    return np.concatenate([b["id"].numpy() for b in batches])
+
+
+def check_rows(batch: dict, table) -> None:
+    """Every tensor of ``batch`` equals the table's rows named by ``batch['id']``."""
+    ids = batch["id"].numpy()
+    rows = table.take(ids)
+    np.testing.assert_array_equal(batch["x"].numpy(), rows["x"].to_numpy())
+    np.testing.assert_array_equal(batch["label"].numpy(), rows["label"].to_numpy())
+    assert batch["title"] == rows["title"].to_pylist()
+    assert batch["image"] == rows["image"].to_pylist()
+    lengths = batch["ids.lengths"].numpy()
+    padded = batch["ids"].numpy()
+    expected = rows["ids"].to_pylist()
+    assert lengths.tolist() == [len(v) for v in expected]
+    assert padded.shape == (len(ids), max(lengths))
+    mask = np.arange(padded.shape[1])[None, :] < lengths[:, None]
+    np.testing.assert_array_equal(padded[mask], np.concatenate([np.asarray(v, np.int32) for v in expected]))
+    assert (padded[~mask] == -1).all()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_every_row_once_and_values_match(adapter_data, num_workers):
+    table, ds = adapter_data
+    dl = make_dataloader(ds.version_path, batch_size=32, num_workers=num_workers, seed=5, pad_value=-1)
+    batches = list(dl)
+    ids = ids_of(batches)
+    assert sorted(ids.tolist()) == list(range(table.num_rows))
+    assert isinstance(batches[0]["id"], torch.Tensor) and batches[0]["id"].dtype == torch.int64
+    assert batches[0]["ids"].dtype == torch.int32 and batches[0]["ids"].ndim == 2
+    for b in batches:
+        check_rows(b, table)
+
+
+def test_workers_compose_with_ranks(adapter_data):
+    """2 trainers × 2 DataLoader workers: four disjoint shards that cover the dataset, equal batch counts."""
+    table, ds = adapter_data
+    per_rank = []
+    for rank in range(2):
+        dl = make_dataloader(ds.version_path, batch_size=25, num_workers=2, rank=rank, world_size=2, seed=9)
+        batches = list(dl)
+        per_rank.append((len(batches), set(ids_of(batches).tolist())))
+    assert per_rank[0][0] == per_rank[1][0]
+    assert not per_rank[0][1] & per_rank[1][1]
+    assert per_rank[0][1] | per_rank[1][1] == set(range(table.num_rows))
+    assert sum(len(s) for _, s in per_rank) == table.num_rows
+
+
+def test_set_epoch_reorders_deterministically(adapter_data):
+    _, ds = adapter_data
+    dl = make_dataloader(ds.version_path, batch_size=40, seed=1)
+    orders = []
+    for epoch in (0, 1, 0):
+        dl.set_epoch(epoch)
+        orders.append(ids_of(list(dl)).tolist())
+    assert orders[0] == orders[2]
+    assert orders[0] != orders[1]
+    assert sorted(orders[0]) == sorted(orders[1])
+    # epoch e of the adapter is epoch e of the plain reader
+    with loader.make_reader(ds.version_path, batch_size=40, seed=1, num_epochs=2) as reader:
+        plain = np.concatenate([b["id"] for b in reader]).tolist()
+    assert plain == orders[0] + orders[1]
+
+
+def test_resume_with_workers_yields_the_rest_exactly(adapter_data):
+    table, ds = adapter_data
+    kwargs = dict(batch_size=30, num_workers=2, seed=4)
+    full = [tuple(b["id"].tolist()) for b in make_dataloader(ds.version_path, **kwargs)]
+    dl = make_dataloader(ds.version_path, **kwargs)
+    it = iter(dl)
+    head = [tuple(next(it)["id"].tolist()) for _ in range(5)]
+    state = dl.state_dict()
+    del it
+    resumed = make_dataloader(ds.version_path, **kwargs)
+    resumed.load_state_dict(state)
+    tail = [tuple(b["id"].tolist()) for b in resumed]
+    assert head == full[:5]
+    assert sorted(head + tail) == sorted(full)  # the same batches, each once
+    assert sum(len(b) for b in head + tail) == table.num_rows
+
+
+def test_resume_in_process_is_exact(adapter_data):
+    _, ds = adapter_data
+    full = [b["id"].tolist() for b in make_dataloader(ds.version_path, batch_size=50, seed=2, epoch=1)]
+    dl = make_dataloader(ds.version_path, batch_size=50, seed=2, epoch=1)
+    it = iter(dl)
+    head = [next(it)["id"].tolist() for _ in range(4)]
+    assert dl.dataset.state_dict()["readers"][0]["batch"] == 4
+    state = dl.state_dict()
+    resumed = make_dataloader(ds.version_path, batch_size=50, seed=2)
+    resumed.load_state_dict(state)
+    assert head + [b["id"].tolist() for b in resumed] == full
+
+
+def test_offsets_and_string_tensors(adapter_data):
+    table, ds = adapter_data
+    dl = make_dataloader(
+        ds.version_path, batch_size=64, ragged="offsets", strings="tensor", columns=["id", "title", "ids"]
+    )
+    b = next(iter(dl))
+    rows = table.take(b["id"].numpy())
+    offsets = b["title.offsets"].numpy()
+    data = b["title"].numpy().tobytes()
+    titles = [data[offsets[i] : offsets[i + 1]].decode() for i in range(len(offsets) - 1)]
+    assert titles == [t or "" for t in rows["title"].to_pylist()]
+    assert b["ids"].ndim == 1 and b["ids.offsets"].shape[0] == len(b["id"]) + 1
+    assert set(b) == {"id", "title", "title.offsets", "ids", "ids.offsets"}
+
+
+def test_plain_dataloader_over_the_dataset(adapter_data):
+    """The IterableDataset also works with an ordinary DataLoader (batch_size=None)."""
+    table, ds = adapter_data
+    dataset = LarderIterableDataset(ds.version_path, batch_size=100, columns=["id", "ids"])
+    ids = np.concatenate([b["id"].numpy() for b in torch.utils.data.DataLoader(dataset, batch_size=None)])
+    assert sorted(ids.tolist()) == list(range(table.num_rows))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"ragged": "jagged"}, "ragged"),
+        ({"strings": "utf8"}, "strings"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"rank": 2, "world_size": 2}, "rank 2"),
+        ({"rank": 1}, "rank and world_size"),
+        ({"num_epochs": 3}, "num_epochs"),
+    ],
+)
+def test_bad_arguments_are_named(adapter_data, kwargs, match):
+    _, ds = adapter_data
+    with pytest.raises(ConfigError, match=match):
+        make_dataloader(ds.version_path, **kwargs)
+
+
+def test_bad_column_raises_from_the_worker(adapter_data):
+    _, ds = adapter_data
+    dl = make_dataloader(ds.version_path, num_workers=1, columns=["id", "colour"])
+    with pytest.raises(loader.ColumnNotFoundError, match="colour"):
+        next(iter(dl))
+
+
+def test_state_from_another_layout_or_version_is_refused(adapter_data, tmp_path):
+    table, ds = adapter_data
+    dl = make_dataloader(ds.version_path, batch_size=30, num_workers=2)
+    it = iter(dl)
+    next(it)
+    state = dl.state_dict()
+    del it
+    with pytest.raises(StateError, match="num_workers"):
+        make_dataloader(ds.version_path, batch_size=30, num_workers=1).load_state_dict(state)
+    other = loader.write_cache(table.slice(0, 300), tmp_path, "adapt", row_group_bytes=4_000)
+    moved = make_dataloader(other.version_path, batch_size=30, num_workers=2)
+    moved.load_state_dict(state)
+    with pytest.raises(StateError, match="version"):
+        next(iter(moved))
+    # nothing lost: the original cache still reads in full
+    assert sorted(ids_of(list(make_dataloader(ds.version_path, batch_size=30))).tolist()) == list(
+        range(table.num_rows)
+    )
