@@ -1,0 +1,112 @@
+"""The TensorFlow adapter, run for real through ``tf.data``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+import loader  # noqa: E402
+from loader.errors import ColumnNotFoundError, ConfigError  # noqa: E402
+from loader.tf import make_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_signature_from_the_schema_and_values_match(adapter_data):
+    table, ds = adapter_data
+    data = make_dataset(ds.version_path, batch_size=64, seed=3)
+    spec = data.element_spec
+    assert spec["id"] == tf.TensorSpec([None], tf.int64)
+    assert spec["x"] == tf.TensorSpec([None], tf.float32)
+    assert spec["title"] == tf.TensorSpec([None], tf.string)
+    assert spec["image"] == tf.TensorSpec([None], tf.string)
+    assert spec["ids"] == tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1, row_splits_dtype=tf.int64)
+    assert set(spec) == set(table.column_names)
+    seen = []
+    for b in data:
+        ids = b["id"].numpy()
+        rows = table.take(ids)
+        seen.append(ids)
+        assert isinstance(b["ids"], tf.RaggedTensor)
+        assert b["ids"].to_list() == rows["ids"].to_pylist()
+        assert [t.decode() for t in b["title"].numpy()] == [t or "" for t in rows["title"].to_pylist()]
+        assert list(b["image"].numpy()) == rows["image"].to_pylist()
+        np.testing.assert_array_equal(b["x"].numpy(), rows["x"].to_numpy())
+    assert sorted(np.concatenate(seen).tolist()) == list(range(table.num_rows))
+
+
+def test_padded_form_and_several_epochs(adapter_data):
+    table, ds = adapter_data
+    data = make_dataset(ds.version_path, batch_size=100, ragged="padded", columns=["id", "ids"], num_epochs=2)
+    assert data.element_spec["ids"] == tf.TensorSpec([None, None], tf.int32)
+    assert data.element_spec["ids.lengths"] == tf.TensorSpec([None], tf.int64)
+    ids = []
+    for b in data:
+        rows = table.take(b["id"].numpy())
+        lengths = b["ids.lengths"].numpy()
+        assert lengths.tolist() == [len(v) for v in rows["ids"].to_pylist()]
+        padded = b["ids"].numpy()
+        assert [padded[i, : lengths[i]].tolist() for i in range(len(lengths))] == rows["ids"].to_pylist()
+        ids.append(b["id"].numpy())
+    ids = np.concatenate(ids)
+    half = table.num_rows
+    assert sorted(ids[:half].tolist()) == sorted(ids[half:].tolist()) == list(range(half))
+    assert ids[:half].tolist() != ids[half:].tolist()  # a new order in epoch 1
+
+
+def test_each_iteration_is_a_fresh_reader(adapter_data):
+    _, ds = adapter_data
+    data = make_dataset(ds.version_path, batch_size=128, columns=["id"], seed=8)
+    first = [b["id"].numpy().tolist() for b in data]
+    again = [b["id"].numpy().tolist() for b in data.repeat(2)]
+    assert again == first + first
+
+
+def test_transform_columns_give_the_signature(adapter_data):
+    table, ds = adapter_data
+
+    def add_len(batch):
+        return {"id": batch["id"], "n": np.diff(batch["ids.offsets"]).astype(np.int32)}
+
+    data = make_dataset(ds.version_path, batch_size=50, columns=["id", "ids"], transform=add_len)
+    assert set(data.element_spec) == {"id", "n"}
+    for b in data.take(3):
+        rows = table.take(b["id"].numpy())
+        assert b["n"].numpy().tolist() == [len(v) for v in rows["ids"].to_pylist()]
+
+
+def test_sharded_datasets_cover_the_rows(adapter_data):
+    table, ds = adapter_data
+    shards = [
+        np.concatenate([b["id"].numpy() for b in make_dataset(ds.version_path, batch_size=40, rank=r, world_size=3)])
+        for r in range(3)
+    ]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(table.num_rows))
+
+
+def test_bad_arguments(adapter_data):
+    _, ds = adapter_data
+    with pytest.raises(ConfigError, match="ragged"):
+        make_dataset(ds.version_path, ragged="jagged")
+    with pytest.raises(ColumnNotFoundError, match="colour"):
+        make_dataset(ds.version_path, columns=["id", "colour"])
+    with pytest.raises(loader.DatasetNotFoundError):
+        make_dataset(os.path.join(ds.version_path, "nope"))
+
+
+def test_import_loader_imports_no_framework():
+    code = (
+        "import sys, loader, loader.tf, loader.cli\n"
+        "bad = [m for m in ('torch', 'tensorflow', 'pyspark', 'py4j') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
