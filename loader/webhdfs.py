@@ -398,8 +398,8 @@ class _RemoteFile(io.RawIOBase):
         try:
             data = resp.raw.read(n)
             expected = int(resp.headers.get("Content-Length", len(data)))
-            if len(data) < expected:
-                raise ShortReadError(f"{self.h.display_url(self.path)}: got {len(data)} of {expected} bytes")
+            if not data and expected:  # dropped before any byte; partial data counts as progress
+                raise ShortReadError(f"{self.h.display_url(self.path)}: got 0 of {expected} bytes")
             return data
         finally:
             resp.close()
@@ -461,17 +461,38 @@ class _Upload(io.RawIOBase):
             super().close()
 
 
-def make_filesystem(url: str, *, user: str | None = None, token: str | None = None, kerberos: bool = False,
+def make_filesystem(url: str, *, user: str | None = None, token: str | None = None, kerberos: bool | str = False,
                     webhdfs_url: str | None = None, namenodes: Mapping[str, str] | None = None,
-                    timeout: float = 60.0, retry: RetryPolicy | None = None, **unknown
-                    ) -> tuple[pafs.FileSystem, str]:
+                    timeout: float | str = 60.0, retries: int | str | None = None, retry: RetryPolicy | None = None,
+                    **unknown) -> tuple[pafs.FileSystem, str]:
     """The factory registered for ``webhdfs://``, ``swebhdfs://`` and ``hdfs://``.
 
+    Options may be strings (``python -m loader ... -o timeout=30 -o retries=8``).
+
+    Args:
+        url: The URL.
+        user: Simple-auth user name (``user.name``).
+        token: A delegation token (never shown anywhere).
+        kerberos: Authenticate with Kerberos/SPNEGO (needs ``requests-kerberos``).
+        webhdfs_url: Explicit WebHDFS address(es), ``;``-separated for HA.
+        namenodes: Name service -> WebHDFS address(es), for ``hdfs://`` URLs.
+        timeout: Seconds to wait for a connection or for data.
+        retries: Attempts per operation (shorthand for ``retry=RetryPolicy(attempts=...)``).
+        retry: The full retry policy.
+
     Raises:
-        ConfigError: An unknown option, or no usable address.
+        ConfigError: An unknown or malformed option, or no usable address.
     """
     if unknown:
         raise ConfigError(f"unknown option(s) for {urlsplit(url).scheme}:// URLs: {sorted(unknown)}")
+    try:
+        timeout = float(timeout)
+        if retries is not None:
+            retry = RetryPolicy(attempts=int(retries))
+    except ValueError as e:
+        raise ConfigError(f"option timeout or retries of {urlsplit(url).scheme}:// is malformed: {e}") from e
+    if isinstance(kerberos, str):
+        kerberos = kerberos.strip().lower() in ("1", "true", "yes", "on")
     parts = urlsplit(url)
     addresses, settings = webhdfs_address(url, webhdfs_url=webhdfs_url, namenodes=namenodes)
     token = token or parts.password or os.environ.get("LARDER_HDFS_TOKEN") or (

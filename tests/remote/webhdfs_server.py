@@ -147,7 +147,7 @@ class WebHdfs:
         handler = type(f"{role.title()}Handler", (_Handler,), {"server_state": self, "role": role})
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name=f"webhdfs-{role}", daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), name=f"webhdfs-{role}", daemon=True).start()
         self._servers.append(server)
         return server
 
