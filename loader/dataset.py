@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import fs as lfs
-from .errors import CorruptFileError, DatasetNotFoundError
+from .errors import CorruptFileError, DatasetNotFoundError, RemoteError
 from .manifest import MANIFEST_NAME, FileInfo, Manifest, crc32_hex, read_footer
 from .publish import current_version, read_manifest
 
@@ -113,6 +113,12 @@ class Dataset:
             return self.file_cache.get(self, info)
         return self.fs, self.file_path(info)
 
+    def prefetch(self, infos) -> None:
+        """Hint the order in which data files will be read: with a local cache (``cache_dir=``) they are
+        downloaded ahead, in that order, by parallel I/O threads. A no-op without a cache."""
+        if self.file_cache is not None:
+            self.file_cache.prefetch(self, list(infos))
+
     def open_file(self, info: FileInfo) -> pq.ParquetFile:
         """Open a data file after checking its size and footer against the manifest.
 
@@ -166,6 +172,8 @@ class Dataset:
         pf = pf or self.open_file(info)
         try:
             return pf.read_row_group(index, columns=columns, use_threads=False)
+        except RemoteError:
+            raise  # the remote storage failed after retries: not a corrupt file
         except (OSError, pa.ArrowException) as e:
             where = self.display(info)
             raise CorruptFileError(f"{where}: row group {index} cannot be read ({e})", where) from e
