@@ -271,6 +271,7 @@ class Reader:
         if self._pipeline is None:
             self._started_at = time.perf_counter()
             key = self._ctx.key
+            tasks.install(self._ctx)  # the producer may finish batches itself (process pool, no transform)
             pool = make_pool(self.pool_kind, self.workers, tasks.install, (self._ctx,))
             self._pipeline = Pipeline(self._setup, pool, *self._position, self.stats,
                                       on_close=lambda: tasks.uninstall(key))

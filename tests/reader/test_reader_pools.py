@@ -1,0 +1,103 @@
+"""The three pools: lazy start, ordered results, exceptions with their traceback, shared-memory transport."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from loader.errors import ConfigError, WorkerError
+from loader.pools import ProcessPool, make_pool
+from tests.reader.conftest import POOLS, descendants, segments
+
+
+def add_column(table: pa.Table, k: int) -> pa.Table:
+    return table.append_column("k", pa.array(np.full(table.num_rows, k)))
+
+
+def to_arrays(batch: pa.RecordBatch) -> tuple[dict, str]:
+    x = batch.column(0).to_numpy()
+    return {"x": x * 2, "grid": np.arange(len(x) * 6, dtype=np.float32).reshape(len(x), 2, 3),
+            "names": np.array([f"n{v}" for v in x], dtype=object)}, "meta"
+
+
+def fail_deep(n: int) -> None:
+    raise ValueError(f"worker says no to {n}")
+
+
+class Unpicklable(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.handle = threading.Lock()
+
+
+def fail_unpicklable() -> None:
+    raise Unpicklable("holds a lock")
+
+
+@pytest.mark.parametrize("kind", POOLS)
+def test_results_come_back_in_order_with_arrow_and_numpy_payloads(kind):
+    table = pa.table({"x": np.arange(100)})
+    with make_pool(kind, 2) as pool:
+        handles = [pool.submit(add_column, table.slice(i * 10, 10), i) for i in range(10)]
+        outs = [h.result() for h in handles]
+        arrays, tag = pool.submit(to_arrays, table.to_batches()[0]).result()
+    assert [t["k"][0].as_py() for t in outs] == list(range(10))
+    assert [t["x"].to_pylist() for t in outs] == [list(range(i * 10, i * 10 + 10)) for i in range(10)]
+    assert tag == "meta"
+    assert arrays["x"].tolist() == (np.arange(100) * 2).tolist()
+    assert arrays["grid"].shape == (100, 2, 3) and arrays["grid"][99, 1, 2] == 599
+    assert arrays["names"][7] == "n7"
+    arrays["x"][0] = -1  # batches handed to the trainer are writable
+
+
+@pytest.mark.parametrize("kind", POOLS)
+def test_worker_exception_keeps_type_and_traceback(kind):
+    with make_pool(kind, 2) as pool:
+        handle = pool.submit(fail_deep, 7)
+        with pytest.raises(ValueError, match="worker says no to 7") as info:
+            handle.result()
+    text = "".join(str(x) for x in info.traceback) + repr(info.value.__cause__)
+    assert "fail_deep" in text  # the worker's frame is visible (traceback object or remote text)
+
+
+def test_unpicklable_worker_exception_becomes_worker_error_with_text():
+    with ProcessPool(1) as pool:
+        with pytest.raises(WorkerError, match="Unpicklable: holds a lock") as info:
+            pool.submit(fail_unpicklable).result()
+    assert "fail_unpicklable" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", POOLS)
+def test_constructors_start_nothing(kind):
+    threads, procs = threading.active_count(), descendants()
+    pool = make_pool(kind, 3)
+    assert threading.active_count() == threads
+    assert descendants() == procs
+    pool.close()
+
+
+def test_bad_pool_arguments():
+    with pytest.raises(ConfigError, match="pool must be one of"):
+        make_pool("gpu", 1)
+    with pytest.raises(ConfigError, match="workers"):
+        make_pool("thread", 0)
+
+
+def test_process_pool_close_frees_workers_and_segments_even_with_unread_results():
+    ProcessPool(1).close()  # closing a pool that never started is a no-op
+    before_shm = segments()
+    pool = ProcessPool(2)
+    big = pa.table({"x": np.arange(200_000)})
+    handles = [pool.submit(add_column, big, i) for i in range(6)]
+    handles[0].result()
+    workers = {p.pid for p in pool.processes()}
+    assert workers and workers <= descendants()
+    pool.close()  # five results were never read: their segments must go too
+    assert not workers & descendants()
+    assert segments() - before_shm == set()
+    del handles
+    gc.collect()
