@@ -1,0 +1,177 @@
+"""Bad input to the reader: a clear, typed error naming the culprit, and never a wrong row."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import loader
+from loader.errors import (
+    ColumnNotFoundError,
+    ConfigError,
+    CorruptFileError,
+    EmptyDatasetError,
+    StateError,
+    TransformError,
+)
+from tests.conftest import make_table
+from tests.reader.conftest import POOLS
+
+SOURCE_X = make_table(1000)["x"].to_numpy()
+
+
+def explode(batch, rng):
+    """Fails on the batch holding row 500."""
+    if 500 in batch["id"]:
+        raise KeyError("boom at row 500")
+    return batch
+
+
+def unequal(batch):
+    batch["label"] = batch["label"][:-1]
+    return batch
+
+
+def not_a_dict(batch):
+    return [batch]
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"columns": ["id", "price"]}, ColumnNotFoundError, r"'price' is not in dataset 'demo'.*available: id, x, title"),
+    ({"batch_size": 0}, ConfigError, "batch_size must be an integer >= 1, got 0"),
+    ({"batch_size": -5}, ConfigError, "batch_size"),
+    ({"batch_size": 2.5}, ConfigError, "batch_size"),
+    ({"rank": 2, "world_size": 2}, ConfigError, r"rank 2 is outside \[0, 2\)"),
+    ({"rank": -1, "world_size": 2}, ConfigError, "rank must be"),
+    ({"world_size": 0}, ConfigError, "world_size"),
+    ({"sample": 0.0}, ConfigError, r"sample must be a fraction in \(0, 1\]"),
+    ({"sample": 1.5}, ConfigError, "sample"),
+    ({"pool": "gpu"}, ConfigError, "pool must be one of"),
+    ({"seed": -1}, ConfigError, "seed"),
+    ({"num_epochs": 0}, ConfigError, "num_epochs"),
+    ({"ragged": "jagged"}, ConfigError, "ragged"),
+    ({"transform": 42}, ConfigError, "transform must be callable"),
+    ({"columns": []}, ConfigError, "at least one column"),
+    ({"world_size": 1001}, EmptyDatasetError, "rank 0 of 1001 would get no rows"),
+    ({"sample": 1e-6}, EmptyDatasetError, "no rows"),
+    ({"batch_size": 600, "world_size": 2, "drop_last": True}, EmptyDatasetError, "batch_size 600"),
+])
+def test_bad_arguments_are_refused_up_front(mixed_cache, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        loader.make_reader(mixed_cache, **kwargs)
+    # nothing lost: the cache still reads in full
+    with loader.make_reader(mixed_cache, batch_size=1000, pool="serial") as r:
+        assert len(next(r)["id"]) == 1000
+
+
+def test_errors_are_also_builtin_errors(mixed_cache):
+    with pytest.raises(ValueError):
+        loader.make_reader(mixed_cache, columns=["nope"])
+    with pytest.raises(FileNotFoundError):
+        loader.make_reader(os.path.join(os.path.dirname(mixed_cache.version_path), "no-such-version"))
+
+
+def test_empty_dataset(tmp_path):
+    ds = loader.write_cache(make_table(10), tmp_path, "e")
+    path = os.path.join(ds.version_path, "_manifest.json")
+    with open(path) as f:
+        doc = json.load(f)
+    doc["files"] = []
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    with pytest.raises(EmptyDatasetError, match="dataset 'e'.*holds no rows"):
+        loader.make_reader(str(tmp_path / "e"))
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, mixed_cache):
+    """A private copy of the mixed cache's version directory (to damage)."""
+    dst = tmp_path / "copy"
+    shutil.copytree(mixed_cache.version_path, dst)
+    return loader.open_dataset(str(dst))
+
+
+def _read_until_error(ds, pool):
+    good = []
+    reader = loader.make_reader(ds, batch_size=50, pool=pool, workers=2, shuffle=False)
+    with pytest.raises(CorruptFileError) as info:
+        for batch in reader:
+            good.append(batch)
+    for b in good:  # whatever came before the error is right
+        assert np.array_equal(b["x"], SOURCE_X[b["id"]])
+    return info.value
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_flipped_byte_is_detected_and_names_the_file(fresh_cache, pool):
+    victim = fresh_cache.files[3]
+    path = fresh_cache.file_path(victim)
+    with open(path, "r+b") as f:
+        f.seek(victim.size // 3)
+        byte = f.read(1)
+        f.seek(victim.size // 3)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    err = _read_until_error(fresh_cache, pool)
+    assert victim.path in str(err) and err.path.endswith(victim.path)
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_truncated_file_is_detected_and_names_the_file(fresh_cache, pool):
+    victim = fresh_cache.files[7]
+    path = fresh_cache.file_path(victim)
+    with open(path, "r+b") as f:
+        f.truncate(victim.size - 10)
+    err = _read_until_error(fresh_cache, pool)
+    assert victim.path in str(err) and "truncated" in str(err)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_transform_that_raises_shows_its_traceback(mixed_cache, pool):
+    reader = loader.make_reader(mixed_cache, batch_size=100, pool=pool, workers=2, transform=explode, seed=2)
+    with pytest.raises(TransformError) as info:
+        list(reader)
+    text = str(info.value)
+    assert "transform explode raised KeyError" in text and "boom at row 500" in text
+    assert 'raise KeyError("boom at row 500")' in text  # the original traceback, from the worker
+    with pytest.raises(TransformError):  # the reader stays failed rather than skipping the batch
+        next(reader)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_transform_with_unequal_columns(mixed_cache, pool):
+    reader = loader.make_reader(mixed_cache, columns=["id", "label", "title"], batch_size=100, pool=pool,
+                                transform=unequal)
+    with pytest.raises(TransformError, match=r"unequal lengths.*'id': 100, 'label': 99"):
+        next(reader)
+    reader.close()
+
+
+def test_transform_must_return_a_dict(mixed_cache):
+    with pytest.raises(TransformError, match="must return a dict"):
+        next(loader.make_reader(mixed_cache, transform=not_a_dict, pool="serial"))
+
+
+def test_state_from_another_version_or_setting_is_refused(tmp_path, mixed_cache):
+    with loader.make_reader(mixed_cache, batch_size=100, seed=1) as r:
+        next(r)
+        state = r.state_dict()
+    newer = loader.write_cache(make_table(1000, seed=1), tmp_path, "demo", row_group_bytes=2_500)
+    with pytest.raises(StateError, match="'version' is 'v.*but this reader reads"):
+        loader.make_reader(newer, batch_size=100, seed=1).load_state_dict(state)
+    with pytest.raises(StateError, match=r"'config.seed' is 1, but this reader has 2"):
+        loader.make_reader(mixed_cache, batch_size=100, seed=2).load_state_dict(state)
+    with pytest.raises(StateError, match=r"'config.batch_size'"):
+        loader.make_reader(mixed_cache, batch_size=50, seed=1).load_state_dict(state)
+    with pytest.raises(StateError, match="'kind'"):
+        loader.make_reader(mixed_cache).load_state_dict({"epoch": 0})
+    bad = dict(state, batch=99)
+    with pytest.raises(StateError, match="'batch' is 99"):
+        loader.make_reader(mixed_cache, batch_size=100, seed=1).load_state_dict(bad)
+    # other pools and worker counts may resume the same state
+    r = loader.make_reader(mixed_cache, batch_size=100, seed=1, pool="serial", workers=1)
+    r.load_state_dict(state)
+    assert r.epoch == 0

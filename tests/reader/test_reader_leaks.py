@@ -1,0 +1,118 @@
+"""Every worker stops and every shared-memory segment goes: after close, an error, GC and Ctrl-C."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+import loader
+from loader.errors import TransformError
+from tests.reader.conftest import descendants
+
+
+def explode_late(batch, rng):
+    """Fails on the batch holding row 700 (somewhere mid-epoch)."""
+    if 700 in batch["id"]:
+        raise RuntimeError("late failure")
+    return batch
+
+
+def noise(batch, rng):
+    batch["noise"] = rng.random(len(batch["id"]))
+    return batch
+
+
+def _workers(reader) -> set[int]:
+    return {p.pid for p in reader._pipeline._pool.processes()}
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_close_mid_epoch_stops_workers(mixed_cache, leak_probe):
+    reader = loader.make_reader(mixed_cache, batch_size=10, pool="process", workers=2, transform=noise)
+    next(reader)
+    workers = _workers(reader)
+    assert workers and workers <= descendants()
+    reader.close()
+    assert not workers & descendants()
+
+
+def test_exception_mid_iteration_stops_workers(mixed_cache, leak_probe):
+    reader = loader.make_reader(mixed_cache, batch_size=10, pool="process", workers=2, transform=explode_late,
+                                seed=1)
+    got = 0
+    with pytest.raises(TransformError, match="late failure"):
+        for _ in reader:
+            got += 1
+    assert got > 0 and reader._pipeline is None  # failed mid-epoch, and the reader closed itself
+
+
+def test_garbage_collection_stops_workers(mixed_cache, leak_probe):
+    reader = loader.make_reader(mixed_cache, batch_size=10, pool="process", workers=2, num_epochs=None)
+    next(reader)
+    workers = _workers(reader)
+    assert workers
+    del reader
+    gc.collect()
+    assert not workers & descendants()
+
+
+def test_thread_pool_threads_end_after_gc(mixed_cache):
+    before = threading.active_count()
+    reader = loader.make_reader(mixed_cache, batch_size=10, pool="thread", workers=3, num_epochs=None)
+    next(reader)
+    assert threading.active_count() > before
+    del reader
+    gc.collect()
+    assert threading.active_count() == before
+
+
+SCRIPT = textwrap.dedent("""
+    import glob, os, sys, time
+    import loader
+
+    def slow(batch):
+        time.sleep(0.02)
+        return batch
+
+    if __name__ == "__main__":
+        reader = loader.make_reader(sys.argv[1], batch_size=10, pool="process", workers=2, transform=slow,
+                                    num_epochs=None)
+        try:
+            with reader:
+                next(reader)
+                pool = reader._pipeline._pool
+                pids, prefix = [p.pid for p in pool.processes()], pool.segment_prefix
+                print("ready", flush=True)
+                for _ in reader:
+                    pass
+        except KeyboardInterrupt:
+            alive = [p for p in pids if os.path.exists(f"/proc/{p}")
+                     and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+            print("interrupted", len(pids), alive, glob.glob(f"/dev/shm/{prefix}*"), flush=True)
+""")
+
+
+def test_ctrl_c_stops_workers_and_frees_segments(tmp_path, mixed_cache):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(script), mixed_cache.version_path], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C: the whole foreground group gets it
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert out.strip() == "interrupted 2 [] []", err
+    assert "Traceback" not in err  # workers ignore SIGINT instead of printing tracebacks
