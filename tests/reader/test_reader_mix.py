@@ -1,0 +1,93 @@
+"""loader.mix: weighted, deterministic, resumable draws from several caches."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+import loader
+from loader.errors import ConfigError, StateError
+
+
+def sources(mixed_cache, uneven_cache, **kw):
+    return [loader.make_reader(mixed_cache, batch_size=40, seed=1, **kw),
+            loader.make_reader(uneven_cache, batch_size=40, seed=2, **kw)]
+
+
+def test_stop_all_yields_every_batch_of_every_source_once(mixed_cache, uneven_cache):
+    with loader.mix(sources(mixed_cache, uneven_cache), weights=[3, 1], seed=0, stop="all", with_source=True) as m:
+        batches = list(m)
+    by_source = [[b for b in batches if b["_source"][0] == i] for i in range(2)]
+    assert sorted(np.concatenate([b["id"] for b in by_source[0]]).tolist()) == list(range(1000))
+    assert sorted(np.concatenate([b["id"] for b in by_source[1]]).tolist()) == list(range(uneven_cache.num_rows))
+    assert m.counts == [len(by_source[0]), len(by_source[1])] == [25, 9]
+
+
+def test_weights_set_the_proportions(mixed_cache, uneven_cache):
+    with loader.mix(sources(mixed_cache, uneven_cache, num_epochs=None), weights=[3, 1], seed=5,
+                    with_source=True) as m:
+        drawn = np.array([b["_source"][0] for b in itertools.islice(m, 400)])
+    assert 0.68 < (drawn == 0).mean() < 0.82
+
+
+def test_stop_first_ends_when_a_drawn_source_runs_out(mixed_cache, uneven_cache):
+    with loader.mix(sources(mixed_cache, uneven_cache), weights=[1, 1], seed=3) as m:
+        batches = list(m)
+    assert min(m.counts) < len(batches) < 25 + 9
+    assert m.counts[0] == 25 or m.counts[1] == 9  # one source was exhausted
+
+
+def test_draws_are_deterministic_per_seed(mixed_cache, uneven_cache):
+    def run(seed):
+        with loader.mix(sources(mixed_cache, uneven_cache), seed=seed, stop="all", with_source=True) as m:
+            return [int(b["_source"][0]) for b in m]
+    assert run(0) == run(0)
+    assert run(0) != run(1)
+
+
+def test_resume_a_mix(mixed_cache, uneven_cache):
+    kw = dict(weights=[2, 1], seed=7, stop="all", with_source=True)
+    with loader.mix(sources(mixed_cache, uneven_cache), **kw) as m:
+        full = list(m)
+    with loader.mix(sources(mixed_cache, uneven_cache), **kw) as m:
+        head = list(itertools.islice(m, 13))
+        state = json.loads(json.dumps(m.state_dict()))
+    with loader.mix(sources(mixed_cache, uneven_cache), **kw) as m:
+        m.load_state_dict(state)
+        tail = list(m)
+    assert len(head) + len(tail) == len(full)
+    for a, b in zip(head + tail, full, strict=True):
+        assert np.array_equal(a["id"], b["id"]) and np.array_equal(a["_source"], b["_source"])
+    with pytest.raises(StateError, match="'weights'"):
+        loader.mix(sources(mixed_cache, uneven_cache), weights=[1, 1], seed=7, stop="all").load_state_dict(state)
+
+
+def test_urls_are_opened_and_closed_by_the_mix(mixed_cache, uneven_cache):
+    m = loader.mix([mixed_cache.version_path, uneven_cache.version_path], batch_size=100, workers=1)
+    next(m)
+    assert all(r.batch_size == 100 for r in m.readers)
+    m.close()
+    assert all(r._pipeline is None for r in m.readers)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"weights": [1]}, "1 weights for 2 sources"),
+    ({"weights": [1, -1]}, "non-negative"),
+    ({"weights": [0, 0]}, "not all zero"),
+    ({"weights": [1, float("nan")]}, "finite"),
+    ({"stop": "never"}, "stop must be one of"),
+    ({"seed": -3}, "seed"),
+])
+def test_bad_mix_arguments(mixed_cache, uneven_cache, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        loader.mix(sources(mixed_cache, uneven_cache), **kwargs)
+
+
+def test_mix_needs_sources():
+    with pytest.raises(ConfigError, match="at least one source"):
+        loader.mix([])
+    with pytest.raises(ConfigError, match="must be a reader or a URL"):
+        loader.mix([42])
