@@ -1,0 +1,168 @@
+"""The local disk cache of a remote cache: once per epoch, shared by processes, verified, evicted safely."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import pytest
+
+import loader
+from loader.cache import FileCache
+from tests.conftest import make_table
+from tests.remote.conftest import FAST_RETRY, read_all
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _data_opens(server) -> Counter:
+    """Data-node OPENs per data file (what really moved file bytes)."""
+    return Counter(r.path.rsplit("/", 1)[-1] for r in server.log
+                   if r.node == "datanode" and r.op == "OPEN" and r.path.endswith(".parquet"))
+
+
+def test_epoch_one_reads_each_file_once_and_epoch_two_reads_none(server, remote_cache, remote_table, tmp_path):
+    ds = loader.open_dataset(server.url("/caches/demo"), cache_dir=tmp_path, retry=FAST_RETRY)
+    assert read_all(ds).equals(remote_table)
+    assert _data_opens(server) == Counter({f.path: 1 for f in ds.files})
+    for f in ds.files:  # keyed by dataset version
+        assert os.path.getsize(tmp_path / "demo" / ds.version / f.path) == f.size
+    server.clear_log()
+    again = loader.open_dataset(server.url("/caches/demo"), cache_dir=tmp_path)  # a new process would do this
+    assert read_all(again).equals(remote_table)
+    assert _data_opens(server) == Counter()
+    assert server.count(node="datanode", path=".parquet") == 0
+
+
+def test_files_are_downloaded_ahead_in_the_given_order(server, remote_cache, tmp_path):
+    ds = loader.open_dataset(server.url("/caches/demo"), cache_dir=tmp_path)
+    order = list(reversed(ds.files))
+    ds.prefetch(order)
+    cache: FileCache = ds.file_cache
+    for future in list(cache._futures.values()):
+        future.result()
+    assert cache.fetched_files == len(ds.files)
+    assert all(os.path.exists(cache.local_path(ds, f)) for f in ds.files)
+    server.clear_log()
+    read_all(ds)
+    assert _data_opens(server) == Counter()
+    cache.close()
+
+
+def test_corrupt_or_truncated_cached_file_is_fetched_again(server, remote_cache, remote_table, tmp_path):
+    ds = loader.open_dataset(server.url("/caches/demo"), cache_dir=tmp_path)
+    read_all(ds)
+    bad, short = ds.files[0], ds.files[1]
+    path = ds.file_cache.local_path(ds, bad)
+    with open(path, "r+b") as f:  # same size, one flipped byte in the middle
+        f.seek(bad.size // 2)
+        byte = f.read(1)
+        f.seek(bad.size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with open(ds.file_cache.local_path(ds, short), "r+b") as f:
+        f.truncate(short.size - 10)
+    server.clear_log()
+    fresh = loader.open_dataset(server.url("/caches/demo"), cache_dir=tmp_path)
+    assert read_all(fresh).equals(remote_table)
+    assert _data_opens(server) == Counter({bad.path: 1, short.path: 1})
+
+
+def test_remote_file_not_matching_manifest_is_reported_and_not_cached(server, remote_table, tmp_path):
+    ds = loader.write_cache(remote_table, server.url("/caches"), "tampered", row_group_bytes=3_000)
+    victim = ds.files[0]
+    local = server.local(f"/caches/tampered/{ds.version}/{victim.path}")
+    with open(local, "r+b") as f:
+        f.seek(10)
+        f.write(b"\0\0\0\0")
+    cached = loader.open_dataset(server.url("/caches/tampered"), cache_dir=tmp_path, retry=FAST_RETRY)
+    with pytest.raises(loader.CorruptFileError, match="checksum") as err:
+        cached.open_file(victim)
+    assert cached.display(victim) in str(err.value)
+    leftovers = [p.name for p in (tmp_path / "tampered" / ds.version).iterdir() if victim.path in p.name]
+    assert victim.path not in leftovers and f".{victim.path}.part" not in leftovers
+    cached.file_cache.close()
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    import loader
+    ds = loader.open_dataset(sys.argv[1], cache_dir=sys.argv[2])
+    print("ready", flush=True)
+    sys.stdin.readline()  # start together
+    rows = sum(ds.read_row_group(f, i, ["id"]).column("id").to_numpy().sum()
+               for f in ds.files for i in range(len(f.row_groups)))
+    print(rows)
+    """
+)
+
+
+def test_two_processes_share_one_cache_without_double_downloads(server, remote_cache, remote_table, tmp_path):
+    server.latency = 0.02  # widen the window in which both want the same file
+    env = {**os.environ, "PYTHONPATH": REPO}
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, server.url("/caches/demo"), str(tmp_path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+             for _ in range(2)]
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    expected = str(int(remote_table.column("id").to_numpy().sum()))
+    assert [o.strip() for o, _ in outs] == [expected, expected]
+    assert _data_opens(server) == Counter({f.path: 1 for f in remote_cache.files})
+
+
+def test_lock_of_a_killed_process_does_not_block_and_partial_download_resumes(server, remote_cache, tmp_path):
+    ds = loader.open_dataset(server.url("/caches/demo"))
+    info = max(ds.files, key=lambda f: f.size)
+    cache = FileCache(tmp_path, auto_prefetch=False)
+    target = cache.local_path(ds, info)
+    os.makedirs(os.path.dirname(target))
+    lock = os.path.join(os.path.dirname(target), f".{info.path}.lock")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import fcntl,os,time; fd=os.open({lock!r}, os.O_RDWR|os.O_CREAT); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    os.kill(holder.pid, signal.SIGKILL)  # dies holding the lock, mid-download
+    holder.wait()
+    half = info.size // 2
+    remote_bytes = open(server.local(f"/caches/demo/{ds.version}/{info.path}"), "rb").read()
+    with open(os.path.join(os.path.dirname(target), f".{info.path}.part"), "wb") as f:
+        f.write(remote_bytes[:half])  # what the dead process had downloaded
+    server.clear_log()
+    assert cache.fetch(ds, info) == info.size - half
+    assert open(target, "rb").read() == remote_bytes
+    assert sum(r.body_bytes for r in server.log if r.node == "datanode") == info.size - half
+
+
+def test_eviction_keeps_files_in_use_and_files_without_remote_copy(server, tmp_path):
+    table = make_table(400, seed=5)
+    old = loader.write_cache(table, server.url("/caches"), "evict", row_group_bytes=3_000)
+    keep_all = FileCache(tmp_path)
+    for f in old.files:
+        keep_all.fetch(old, f)
+    new = loader.write_cache(make_table(400, seed=6), server.url("/caches"), "evict", row_group_bytes=3_000,
+                             keep_versions=1)  # the old version is gone from HDFS now
+    assert not os.path.exists(server.local(f"/caches/evict/{old.version}"))
+    sizes = [f.size for f in new.files]
+    cap = sum(sorted(sizes)[-3:])  # room for about three new files
+    user = FileCache(tmp_path, max_cache_bytes=cap, pin_files=1, auto_prefetch=False)
+    in_use = new.files[0]
+    user.get(new, in_use)  # held (shared flock) by this "reader"
+    other = FileCache(tmp_path, max_cache_bytes=cap, auto_prefetch=False)  # another process on the node
+    for f in new.files[1:]:
+        other.fetch(new, f)
+    cached_new = [f for f in new.files if os.path.exists(other.local_path(new, f))]
+    assert in_use in cached_new
+    assert len(cached_new) < len(new.files)  # something was evicted
+    assert all(os.path.exists(keep_all.local_path(old, f)) for f in old.files)  # only copies: kept
+    assert sum(os.path.getsize(other.local_path(new, f)) for f in cached_new) <= cap + in_use.size
+    assert new.files[-1] in cached_new  # the newest survives, the least recently used went first
+    user.close()
