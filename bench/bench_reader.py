@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 CACHES = {  # name -> gen_data arguments
     "base": [],
     "base4x": ["--scale", "4"],
-    "tiny": ["--rows", "20000", "--files", "10000", "--image-bytes", "64:256"],
+    "tiny": ["--rows", "10000", "--files", "10000", "--image-bytes", "64:256"],
 }
 
 
@@ -235,7 +235,9 @@ def run_child(mode: str, url: str, args, *extra: str) -> dict:
         return json.loads(line)
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if proc.returncode != 0:
-        raise SystemExit(f"child {mode} failed:\n{proc.stderr}")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"child {mode} on {url} failed:\n{proc.stderr}", file=sys.stderr, flush=True)
+        return {"mode": mode, "error": last}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -250,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--columns", default=None, help="comma-separated columns (default: all with a numpy form)")
     p.add_argument("--profile", choices=["raw", "thread", "process"], help="run that child under cProfile")
     p.add_argument("--only", default=None, help="comma-separated subset of raw,thread,process,4x,first")
+    p.add_argument("--repeat", type=int, default=3, help="trials per run, interleaved; the median is shown (default 3)")
     p.add_argument("--child", choices=["raw", "thread", "process"], help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--first-only", action="store_true", help=argparse.SUPPRESS)
@@ -260,50 +263,86 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     caches = ensure_caches(Path(args.data), args.rows)
-    only = set((args.only or "raw,thread,process,4x,first").split(","))
-    results: dict[str, dict] = {}
-    for key, mode, url, extra in [
-        ("raw", "raw", caches["base"], ()),
-        ("thread", "thread", caches["base"], ()),
-        ("process", "process", caches["base"], ()),
-        ("4x", "thread", caches["base4x"], ()),
-        ("first", "thread", caches["tiny"], ("--first-only",)),
-    ]:
-        if key in only:
-            results[key] = run_child(mode, url, args, *extra)
-            print(f"done {key}: {json.dumps({k: v for k, v in results[key].items() if k != 'columns'})}", flush=True)
-    print_table(results, args)
-    return 0
+    wanted = set((args.only or "raw,thread,process,4x,first").split(","))
+    only = [k for k in ("raw", "thread", "process", "4x", "first") if k in wanted]
+    runs = {
+        "raw": ("raw", caches["base"], ()),
+        "thread": ("thread", caches["base"], ()),
+        "process": ("process", caches["base"], ()),
+        "4x": ("thread", caches["base4x"], ()),
+        "first": ("thread", caches["tiny"], ("--first-only",)),
+    }
+    trials: dict[str, list[dict]] = {k: [] for k in only}
+    for trial in range(args.repeat):  # interleaved, so a busy moment hits every run alike
+        for key in only:
+            mode, url, extra = runs[key]
+            r = run_child(mode, url, args, *extra)
+            trials[key].append(r)
+            brief = {k: v for k, v in r.items() if k not in ("columns", "stats", "url")}
+            print(f"trial {trial} {key}: {json.dumps(brief)}", flush=True)
+    print_table({k: _median(v) for k, v in trials.items()}, args)
+    return 1 if any("error" in r for v in trials.values() for r in v) else 0
+
+
+def _median(results: list[dict]) -> dict:
+    """The trial with the median throughput (its other figures kept together), with the spread added."""
+    failed = [r for r in results if "error" in r]
+    if failed:
+        return failed[0]
+    by = "first_batch_s" if results[0]["batches"] == 1 else "samples_per_s"
+    ordered = sorted(results, key=lambda r: r[by])
+    mid = dict(ordered[len(ordered) // 2])
+    mid["spread"] = (ordered[0]["samples_per_s"], ordered[-1]["samples_per_s"])
+    mid["first_spread"] = (min(r["first_batch_s"] for r in results), max(r["first_batch_s"] for r in results))
+    mid["rss_max"] = max(r["vmhwm_mb"] for r in results)
+    return mid
 
 
 def print_table(results: dict[str, dict], args) -> None:
-    """The summary table."""
+    """The summary table (medians over the trials; min..max in brackets)."""
     raw = results.get("raw")
     print()
-    any_r = next(iter(results.values()))
-    print(f"columns: {','.join(any_r['columns'])}; batch {args.batch_size}; {args.iterations} batches per run")
-    head = f"{'run':<24}{'samples/s':>11}{'ratio':>7}{'1st batch s':>12}{'VmHWM MB':>10}{'tree MB':>9}{'rg/batch':>10}"
+    any_r = next((r for r in results.values() if "error" not in r), {"columns": []})
+    print(
+        f"columns: {','.join(any_r['columns'])}; batch {args.batch_size}; {args.iterations} batches per run; "
+        f"median of {args.repeat} interleaved trials"
+    )
+    head = (
+        f"{'run':<24}{'samples/s':>10}{'(min..max)':>18}{'ratio':>7}{'1st batch s':>12}{'VmHWM MB':>10}"
+        f"{'tree MB':>9}{'rg/batch':>10}"
+    )
     print(head)
     print("-" * len(head))
     labels = {"raw": "raw pyarrow scan", "thread": "make_reader thread", "process": "make_reader process",
-              "4x": "make_reader thread 4x", "first": "first batch 10k files"}
+              "4x": "make_reader thread 4x", "first": "first batch, 10k files"}
     for key, r in results.items():
-        ratio = f"{r['samples_per_s'] / raw['samples_per_s']:.2f}" if raw and key != "first" else "-"
-        mix = f"{r['rg_per_batch_mean']:.1f}" if key != "first" else "-"
-        rate = f"{r['samples_per_s']:.0f}" if key != "first" else "-"
+        if "error" in r:
+            print(f"{labels[key]:<24} FAILED: {r['error']}")
+            continue
+        if key == "first":
+            lo, hi = r["first_spread"]
+            rate, spread, ratio, mix = "-", f"({lo:.3f}..{hi:.3f} s)", "-", "-"
+        else:
+            lo, hi = r["spread"]
+            rate, spread = f"{r['samples_per_s']:.0f}", f"({lo:.0f}..{hi:.0f})"
+            ratio = f"{r['samples_per_s'] / raw['samples_per_s']:.2f}" if raw and "error" not in raw else "-"
+            mix = f"{r['rg_per_batch_mean']:.1f}"
         print(
-            f"{labels[key] + ' (' + str(r['files']) + ' f)' if key == 'first' else labels[key]:<24}{rate:>11}"
-            f"{ratio:>7}{r['first_batch_s']:>12.3f}{r['vmhwm_mb']:>10.0f}{r['tree_peak_mb']:>9.0f}{mix:>10}"
+            f"{labels[key]:<24}{rate:>10}{spread:>18}{ratio:>7}{r['first_batch_s']:>12.3f}{r['vmhwm_mb']:>10.0f}"
+            f"{r['tree_peak_mb']:>9.0f}{mix:>10}"
         )
+    if "first" in results and "error" not in results["first"]:
+        print(f"first batch cache: {results['first']['files']} files, {results['first']['row_groups']} row groups")
+    results = {k: r for k, r in results.items() if "error" not in r}
     if "thread" in results and "4x" in results:
         t, q = results["thread"], results["4x"]
         print(
-            f"RSS 4x / 1x (thread): VmHWM {q['vmhwm_mb'] / t['vmhwm_mb']:.2f}x, "
-            f"tree {q['tree_peak_mb'] / t['tree_peak_mb']:.2f}x"
+            f"peak RSS 4x / 1x (thread, max over trials): VmHWM {q['rss_max'] / t['rss_max']:.2f}x "
+            f"({q['rss_max']:.0f} / {t['rss_max']:.0f} MB)"
         )
     for key in ("thread", "process"):
         if key in results and results[key].get("stats"):
-            print(f"reader stats ({key}): {results[key]['stats']}")
+            print(f"reader stats ({key}, median trial): {results[key]['stats']}")
 
 
 if __name__ == "__main__":

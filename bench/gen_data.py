@@ -19,7 +19,7 @@ Examples::
 
     python bench/gen_data.py --out /tmp/bench --name base                  # 200k rows, 4 MiB row groups
     python bench/gen_data.py --out /tmp/bench --name base4x --scale 4      # the 4x dataset
-    python bench/gen_data.py --out /tmp/bench --name tiny --rows 20000 --files 10000 --image-bytes 64:256
+    python bench/gen_data.py --out /tmp/bench --name tiny --rows 10000 --files 10000 --image-bytes 64:256
 """
 
 from __future__ import annotations
@@ -189,7 +189,8 @@ def build(
     if files:
         row_groups_per_file = 1
         rows_per_file = max(1, rows // files)
-        row_group_bytes = max(1, int(_bytes_per_row(image_bytes, seed) * rows_per_file / 0.9))
+        # One row per file: any target below a row's size gives exactly one row per group.
+        row_group_bytes = 1 if rows_per_file == 1 else int(_bytes_per_row(image_bytes, seed) * rows_per_file / 0.9)
     schema_batches = generate(rows, seed=seed, image_bytes=image_bytes, real_jpeg=real_jpeg)
     reader = pa.RecordBatchReader.from_batches(SCHEMA, schema_batches)
     return loader.write_cache(
