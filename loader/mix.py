@@ -19,14 +19,14 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from .errors import ConfigError, StateError
-from .reader import Reader, make_reader
+from .reader import Closeable, Reader, make_reader
 
 MIX_KIND = "larder.mix"
 _TAG_MIX = 0x6D78
 STOP_RULES = ("first", "all")
 
 
-class MixedReader:
+class MixedReader(Closeable):
     """An iterator of batches drawn from several readers; build it with :func:`mix`.
 
     Attributes:
@@ -133,18 +133,6 @@ class MixedReader:
         for r, owned in zip(self.readers, self._owned, strict=True):
             if owned:
                 r.close()
-
-    def __enter__(self) -> MixedReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: S110 - nothing sensible to do at interpreter shutdown
-            pass
 
 
 def mix(sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0, stop: str = "first",

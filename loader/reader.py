@@ -78,7 +78,26 @@ def _check_int(name: str, value, minimum: int, *, allow_none: bool = False) -> N
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-class Reader:
+class Closeable:
+    """Closes on ``with`` exit and on garbage collection; subclasses define an idempotent ``close``."""
+
+    def close(self) -> None:
+        """Release every resource; idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: S110 - nothing sensible to do at interpreter shutdown
+            pass
+
+
+class Reader(Closeable):
     """An iterator of batches over ``num_epochs`` epochs; build it with :func:`make_reader`.
 
     Iterating yields every batch of every epoch in order, then stops (``num_epochs=None``: never).
@@ -339,18 +358,6 @@ class Reader:
         if pipeline is not None:
             pipeline.close()
 
-    def __enter__(self) -> Reader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: S110 - nothing sensible to do at interpreter shutdown
-            pass
-
 
 def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, seed: int = 0,
                 num_epochs: int | None = 1, workers: int | None = None, pool: str = "thread",
@@ -401,4 +408,4 @@ def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, 
                   with_row_ids=with_row_ids, **fs_options)
 
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "Reader", "ReaderStats", "make_reader"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "Closeable", "Reader", "ReaderStats", "make_reader"]
