@@ -7,7 +7,8 @@ Subcommands:
   vocabularies, as ``key: value`` lines (or one JSON object).
 * ``head URL [-n 5] [--columns a,b] [--json]`` — the first rows in manifest order, long values truncated.
 * ``verify URL`` — recompute every data file's checksum and compare it with the manifest.
-* ``sync URL CACHE_DIR`` — copy a (remote) cache into a local directory (:func:`loader.sync.sync`).
+* ``sync URL CACHE_DIR [--workers 4] [--no-progress]`` — copy a (remote) version into the local disk
+  cache that ``open_dataset(url, cache_dir=CACHE_DIR)`` uses (:func:`loader.sync.sync`).
 
 Errors print one line ``larder: error: ...`` on stderr; the exit code is 2 for a usage error and 1 for
 a data error (missing dataset, bad manifest, corrupt file...).
@@ -266,9 +267,11 @@ def cmd_sync(args) -> int:
         from .sync import sync
     except ImportError as e:
         raise ConfigError(f"sync is unavailable: {e}") from e
-    result = sync(args.url, args.cache_dir, **_fs_options(args.option))
-    if result is not None:
-        print(result if isinstance(result, str) else getattr(result, "summary", result))
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    result = sync(args.url, args.cache_dir, workers=args.workers, progress=not args.no_progress,
+                  **_fs_options(args.option))
+    print(getattr(result, "summary", result))
     return 0
 
 
@@ -298,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("verify", cmd_verify, "check every data file against the manifest's checksums")
     sp.add_argument("-v", "--verbose", action="store_true", help="list good files too")
     sp = add("sync", cmd_sync, "copy a (remote) cache into a local directory")
-    sp.add_argument("cache_dir", help="local directory to copy into")
+    sp.add_argument("cache_dir", help="local cache directory (the reader's cache_dir)")
+    sp.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
 
 

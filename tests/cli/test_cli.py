@@ -228,14 +228,22 @@ def test_usage_errors_exit_2(args):
     one_error_line(proc)
 
 
-def test_sync_copies_a_cache(published, tmp_path):
-    pytest.importorskip("loader.sync", reason="loader.sync (remote helper) not landed yet")
+def test_sync_fills_the_local_cache(published, tmp_path):
     table, ds = published
     dest = tmp_path / "local"
-    proc = run("sync", Path(ds.version_path).parent, dest)
+    proc = run("sync", Path(ds.version_path).parent, dest, "--workers", "2", "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    copies = [p for p in dest.rglob("_manifest.json")]
-    assert copies, list(dest.rglob("*"))
-    copy = loader.open_dataset(copies[0].parent)
-    assert copy.version == ds.version and copy.num_rows == table.num_rows
-    assert [f.checksum for f in copy.files] == [f.checksum for f in ds.files]
+    assert f"{len(ds.files)} files" in proc.stdout
+    for f in ds.files:
+        copy = dest / "products" / ds.version / f.path
+        assert copy.read_bytes() == Path(ds.file_path(f)).read_bytes()
+    again = run("sync", ds.version_path, dest, "--no-progress")
+    assert again.returncode == 0 and "fetched 0 files" in again.stdout
+
+
+def test_sync_usage_errors(published, tmp_path):
+    _, ds = published
+    proc = run("sync", ds.version_path, tmp_path, "--workers", "0")
+    assert proc.returncode == 2
+    assert "--workers" in one_error_line(proc)
+    assert not any(tmp_path.iterdir())
