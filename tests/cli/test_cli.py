@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 ROWS = 600
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    """Run ``python -m loader ARGS`` from the repository root."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m loader ARGS`` from the repository root (``env``: extra environment variables)."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "loader", *map(str, args)], capture_output=True, text=True, env=env, cwd=REPO
     )
