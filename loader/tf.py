@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from .convert import to_numpy
-from .dataset import open_dataset
 from .errors import ConfigError
+from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN
 
 RAGGED_FORMS = ("ragged", "padded")
 STRING_FORMS = ("string", "bytes")
@@ -145,7 +145,7 @@ def make_dataset(
         return make_reader(url, **kwargs)
 
     if output_signature is None:
-        output_signature = _derive_signature(url, kwargs, open_reader, ragged == "ragged")
+        output_signature = _derive_signature(kwargs, open_reader, ragged == "ragged")
     folded = {k for k, v in output_signature.items() if isinstance(v, tf.RaggedTensorSpec)}
 
     def generate() -> Iterator[dict[str, Any]]:
@@ -156,33 +156,28 @@ def make_dataset(
     return tf.data.Dataset.from_generator(generate, output_signature=output_signature)
 
 
-def _derive_signature(url, kwargs: dict, open_reader: Callable, ragged_form: bool) -> dict[str, Any]:
-    """The signature from the manifest schema (no transform) or from the first batch (with one)."""
-    if kwargs.get("transform") is not None:
-        with open_reader() as reader:
-            first = next(iter(reader), None)
-        if first is None:
-            raise ConfigError("output_signature: cannot derive it from an empty reader; pass it explicitly")
-        return signature_of(first, ragged_form)
-    ds = open_dataset(url)
-    columns = kwargs.get("columns")
-    schema = ds.schema
-    if columns is not None:
-        from .errors import ColumnNotFoundError
+def _derive_signature(kwargs: dict, open_reader: Callable, ragged_form: bool) -> dict[str, Any]:
+    """The signature from the manifest schema (no transform) or from the first batch (with one).
 
-        for c in columns:
-            if c not in schema.names:
-                raise ColumnNotFoundError(f"column {c!r} is not in dataset {ds.name!r} (columns: {schema.names})")
-        schema = _select(schema, columns)
-    empty = to_numpy(schema.empty_table(), ragged=kwargs["ragged"], strings=kwargs["strings"],
-                     masks=bool(kwargs.get("masks", False)))
-    return signature_of(empty, ragged_form)
-
-
-def _select(schema, columns):
+    A probe reader is built either way (its constructor opens the manifest and validates the arguments,
+    with the same filesystem options, and starts nothing); only with a transform is a batch read.
+    """
     import pyarrow as pa
 
-    return pa.schema([schema.field(c) for c in columns])
+    with open_reader() as probe:
+        if kwargs.get("transform") is not None:
+            first = next(iter(probe), None)
+            if first is None:
+                raise ConfigError("output_signature: cannot derive it from an empty reader; pass it explicitly")
+            return signature_of(first, ragged_form)
+        fields = [probe.dataset.schema.field(c) for c in probe.columns]
+    if kwargs.get("with_row_ids"):  # appended by the reader like Table.append_column does (nullable int64)
+        fields += [pa.field(ROW_GROUP_COLUMN, pa.int64()), pa.field(ROW_COLUMN, pa.int64())]
+    empty = to_numpy(
+        pa.schema(fields).empty_table(), ragged=kwargs["ragged"], strings=kwargs["strings"],
+        masks=bool(kwargs.get("masks")),
+    )
+    return signature_of(empty, ragged_form)
 
 
 __all__ = ["make_dataset", "signature_of"]

@@ -61,6 +61,17 @@ def test_padded_form_and_several_epochs(adapter_data):
     assert ids[:half].tolist() != ids[half:].tolist()  # a new order in epoch 1
 
 
+def test_row_ids_and_masks_are_in_the_signature(adapter_data):
+    table, ds = adapter_data
+    data = make_dataset(ds.version_path, batch_size=200, columns=["id", "title"], with_row_ids=True, masks=True)
+    assert {"id", "id.valid", "title", "title.valid", "_row_group", "_row"} <= set(data.element_spec)
+    for b in data:
+        rows = table.take(b["id"].numpy())
+        assert b["title.valid"].numpy().tolist() == [t is not None for t in rows["title"].to_pylist()]
+        sizes = np.cumsum([0, *ds.row_group_sizes()])
+        np.testing.assert_array_equal(sizes[b["_row_group"].numpy()] + b["_row"].numpy(), b["id"].numpy())
+
+
 def test_each_iteration_is_a_fresh_reader(adapter_data):
     _, ds = adapter_data
     data = make_dataset(ds.version_path, batch_size=128, columns=["id"], seed=8)
