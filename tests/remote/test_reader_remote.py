@@ -1,0 +1,27 @@
+"""``make_reader(webhdfs://..., cache_dir=...)``: every pool reads each remote file once over two epochs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import loader
+from tests.remote.conftest import FAST_RETRY
+
+
+@pytest.mark.parametrize("pool", ["serial", "thread", "process"])
+def test_two_epochs_read_each_remote_file_once_and_every_row_once_per_epoch(server, remote_cache, remote_table,
+                                                                            tmp_path, pool):
+    server.clear_log()
+    ids = []
+    with loader.make_reader(server.url("/caches/demo"), columns=["id", "title"], batch_size=64, num_epochs=2,
+                            pool=pool, workers=2, cache_dir=tmp_path, seed=7, retry=FAST_RETRY) as reader:
+        for batch in reader:
+            ids.append(np.asarray(batch["id"]))
+    counts = Counter(np.concatenate(ids).tolist())
+    assert counts == Counter({i: 2 for i in remote_table.column("id").to_pylist()})
+    data_opens = Counter(r.path.rsplit("/", 1)[-1] for r in server.log
+                         if r.node == "datanode" and r.op == "OPEN" and r.path.endswith(".parquet"))
+    assert data_opens == Counter({f.path: 1 for f in remote_cache.files})
