@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -137,6 +138,8 @@ def child(args) -> dict:
     cum_rows = np.cumsum(ds.row_group_sizes())
     mixes, rows, batches = [], 0, 0
     first = None
+    cpu0 = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
     with TreeRss() as tree:
         t0 = time.perf_counter()
         if args.mode == "raw":
@@ -179,7 +182,11 @@ def child(args) -> dict:
                 stats = getattr(reader, "stats", None)
                 stats = stats() if callable(stats) else stats
         elapsed = time.perf_counter() - t0
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)  # after close
+    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime - cpu0
     return {
+        "cpu_s": cpu,
+        "cpu_us_per_row": cpu / max(1, rows) * 1e6,
         "mode": args.mode,
         "url": args.url,
         "rows": rows,
@@ -309,7 +316,7 @@ def print_table(results: dict[str, dict], args) -> None:
     )
     head = (
         f"{'run':<24}{'samples/s':>10}{'(min..max)':>18}{'ratio':>7}{'1st batch s':>12}{'VmHWM MB':>10}"
-        f"{'tree MB':>9}{'rg/batch':>10}"
+        f"{'tree MB':>9}{'rg/batch':>10}{'CPU us/row':>12}"
     )
     print(head)
     print("-" * len(head))
@@ -329,11 +336,19 @@ def print_table(results: dict[str, dict], args) -> None:
             mix = f"{r['rg_per_batch_mean']:.1f}"
         print(
             f"{labels[key]:<24}{rate:>10}{spread:>18}{ratio:>7}{r['first_batch_s']:>12.3f}{r['vmhwm_mb']:>10.0f}"
-            f"{r['tree_peak_mb']:>9.0f}{mix:>10}"
+            f"{r['tree_peak_mb']:>9.0f}{mix:>10}{r['cpu_us_per_row'] if key != 'first' else 0:>12.2f}"
         )
     if "first" in results and "error" not in results["first"]:
         print(f"first batch cache: {results['first']['files']} files, {results['first']['row_groups']} row groups")
     results = {k: r for k, r in results.items() if "error" not in r}
+    if "raw" in results:
+        base = results["raw"]["cpu_us_per_row"]
+        for key in ("thread", "process"):
+            if key in results:
+                print(
+                    f"CPU per row {key} / raw: {results[key]['cpu_us_per_row'] / base:.2f}x -> ratio ceiling on "
+                    f"{os.cpu_count()} fully used cores: {os.cpu_count() * base / results[key]['cpu_us_per_row']:.2f}"
+                )
     if "thread" in results and "4x" in results:
         t, q = results["thread"], results["4x"]
         print(
