@@ -259,6 +259,16 @@ class LarderDataLoader(DataLoader):
         self.dataset.set_epoch(epoch)
         self._states = {}
 
+    def __len__(self) -> int:
+        """Batches in one pass (all workers together); opens the manifest, reads no data."""
+        ds: LarderIterableDataset = self.dataset
+        k = max(1, self.num_workers)
+        reader = ds.make_reader(ds.rank * k, ds.world_size * k)  # same count for every worker shard
+        try:
+            return k * reader.batches_per_epoch
+        finally:
+            reader.close()
+
     def __iter__(self):
         ds: LarderIterableDataset = self.dataset
         if ds._resume is not None and self.persistent_workers and self.num_workers > 0:

@@ -39,6 +39,7 @@ def test_every_row_once_and_values_match(adapter_data, num_workers):
     table, ds = adapter_data
     dl = make_dataloader(ds.version_path, batch_size=32, num_workers=num_workers, seed=5, pad_value=-1)
     batches = list(dl)
+    assert len(dl) == len(batches)
     ids = ids_of(batches)
     assert sorted(ids.tolist()) == list(range(table.num_rows))
     assert isinstance(batches[0]["id"], torch.Tensor) and batches[0]["id"].dtype == torch.int64
