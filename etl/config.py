@@ -1,0 +1,406 @@
+"""Job configuration: frozen, typed dataclasses loaded from YAML and validated before any Spark work.
+
+A conf is a YAML mapping with the sections ``name``, ``source``, ``transforms``, ``output`` and ``spark``
+(see ``conf/demo.yaml``). Everything but ``name`` and the source has a default, so a ten-line conf is
+enough. ``--set a.b=c`` overrides any key by its dotted path (list items by index: ``transforms.0.column``);
+the value is parsed as YAML, so ``--set source.columns=[a,b]`` and ``--set output.shuffle=false`` work.
+
+Every error names the key at fault; an unknown key also names the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from loader.errors import ConfigError
+
+DEFAULT_BLOCK_SIZE = 128 << 20
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1 << 10, "kb": 1000, "kib": 1 << 10,
+    "m": 1 << 20, "mb": 1000**2, "mib": 1 << 20,
+    "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30,
+    "t": 1 << 40, "tb": 1000**4, "tib": 1 << 40,
+}  # fmt: skip
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none", "uncompressed")
+FORMATS = ("parquet", "orc")
+
+
+class Size(int):
+    """A byte count; YAML may write it as ``134217728``, ``"128MiB"``, ``"128m"`` or ``"1.5 GB"``."""
+
+
+def parse_size(value: Any, key: str) -> int:
+    """Parse a byte size (``"128MiB"``, ``"8 MB"``, ``"64k"``, ``1048576``).
+
+    Raises:
+        ConfigError: Naming ``key``, if the value is not a positive size.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size like '128MiB', got {value!r}")
+    if isinstance(value, int):
+        number, unit = float(value), ""
+    else:
+        match = _SIZE_RE.match(str(value))
+        if not match or match.group(2).lower() not in _SIZE_UNITS:
+            raise ConfigError(f"{key}: expected a size like '128MiB' or '8MB', got {value!r}")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    size = int(number * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise ConfigError(f"{key}: size must be positive, got {value!r}")
+    return size
+
+
+def format_size(n: int) -> str:
+    """``134217728`` -> ``"128MiB"`` (exact binary units when possible)."""
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n}B" if n < 1 << 20 else f"{n / (1 << 20):.2f}MiB"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where the rows come from: a Hive table, or a Parquet/ORC path.
+
+    Attributes:
+        table: ``db.table`` in the metastore (exclusive with ``path``).
+        path: A Parquet or ORC file/directory URL (exclusive with ``table``).
+        format: Format of ``path``: ``parquet`` or ``orc``.
+        where: A Spark SQL predicate (partition filter and/or row filter).
+        partitions: Partition column -> value or list of values; checked against the table's partitions.
+        columns: Columns to select, in order (default: all).
+        sample: Fraction of rows to keep, in (0, 1].
+        seed: Seed of the sample.
+    """
+
+    table: str | None = None
+    path: str | None = None
+    format: str = "parquet"
+    where: str | None = None
+    partitions: dict[str, Any] = field(default_factory=dict)
+    columns: tuple[str, ...] | None = None
+    sample: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """One static transform.
+
+    ``kind: index`` maps the strings of ``column`` to integer ids in ``output`` (default: replace
+    ``column``) with a vocabulary stored in the manifest. ``kind: python`` calls ``function``
+    (``"package.module:function"``) as ``function(df, **args)`` -> DataFrame.
+
+    Attributes:
+        kind: ``index`` or ``python``.
+        column: Input column of ``index``.
+        output: Output column of ``index`` (default: ``column``, replaced).
+        drop_input: With ``output`` set, drop the input column.
+        vocabulary: Optional vocabulary file (JSON list or one value per line) whose ids are kept.
+        reuse_previous: Keep the ids of the previous published version's vocabulary.
+        function: ``module:function`` of a ``python`` transform.
+        args: Keyword arguments of the ``python`` transform.
+    """
+
+    kind: str
+    column: str | None = None
+    output: str | None = None
+    drop_input: bool = False
+    vocabulary: str | None = None
+    reuse_previous: bool = True
+    function: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where and how the cache is written.
+
+    Attributes:
+        root: Cache root (local path, ``file://``, ``hdfs://`` or ``webhdfs://``); the dataset lives in
+            ``<root>/<name>``.
+        block_size: Storage block size (default: the destination filesystem's block size on HDFS,
+            128MiB elsewhere).
+        fill: Row-group target as a fraction of the block size.
+        compression: Parquet codec.
+        keep_versions: Versions kept after a publish (at least 2).
+        shuffle: Decorrelate rows across output files (seeded); ``false`` keeps source order.
+        seed: Seed of that shuffle.
+        page_size: Parquet page size (default: ``block_size / (64 × columns)`` between 8KiB and 128KiB,
+            so the open pages parquet-mr counts against the block stay a small share of it).
+    """
+
+    root: str = "./cache"
+    block_size: Size | None = None
+    fill: float = 0.95
+    compression: str = "zstd"
+    keep_versions: int = 3
+    shuffle: bool = True
+    seed: int = 0
+    page_size: Size | None = None
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """The Spark session (ignored where ``spark-submit`` already decided, e.g. ``--master``).
+
+    Attributes:
+        master: Master URL when the job is not launched by ``spark-submit``.
+        app_name: Spark application name.
+        warehouse_dir: ``spark.sql.warehouse.dir`` (relative paths are relative to the working directory).
+        metastore_dir: Directory of the embedded Derby metastore; ``null`` leaves the metastore to
+            ``hive-site.xml`` (a cluster's real metastore).
+        hive: Enable Hive support (needed for ``source.table``).
+        conf: Extra Spark settings.
+    """
+
+    master: str | None = "local[*]"
+    app_name: str = "larder-materialize"
+    warehouse_dir: str | None = "./.larder/warehouse"
+    metastore_dir: str | None = "./.larder/metastore"
+    hive: bool = True
+    conf: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A whole job configuration."""
+
+    name: str
+    source: SourceConfig
+    transforms: tuple[TransformConfig, ...] = ()
+    output: OutputConfig = field(default_factory=OutputConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+
+    def to_dict(self) -> dict:
+        """A JSON-friendly copy (stored in the manifest's ``created_by``)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _suggest(key: str, valid: Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?"
+    return f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if hint is Size:
+        return Size(parse_size(value, key))
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(v, item, f"{key}.{i}") for i, v in enumerate(value))
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): v for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise AssertionError(f"unhandled config type {hint!r}")
+
+
+def _build(cls, raw: Any, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix or 'conf'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"unknown key {where!r}{_suggest(str(key), fields, prefix)}")
+    values = {}
+    for name, f in fields.items():
+        where = f"{prefix}.{name}" if prefix else name
+        if name in raw:
+            values[name] = _convert(raw[name], hints[name], where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if dataclasses.is_dataclass(hints[name]):
+                values[name] = _build(hints[name], {}, where)
+            else:
+                raise ConfigError(f"missing key {where!r}")
+    return cls(**values)
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override to the raw conf mapping (value parsed as YAML).
+
+    Raises:
+        ConfigError: The assignment is malformed or walks into a non-mapping.
+    """
+    import yaml
+
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. output.block_size=8MiB")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({e})") from e
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: {where!r} is not an index of a {len(node)}-item list")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i])!r} is not a mapping")
+
+
+def from_dict(raw: Mapping, overrides: Iterable[str] = ()) -> JobConfig:
+    """Build and validate a :class:`JobConfig` from a mapping plus ``--set`` overrides.
+
+    Raises:
+        ConfigError: A key is unknown, missing, of the wrong type, or a value is out of range.
+    """
+    import copy
+
+    raw = copy.deepcopy(dict(raw or {}))
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    cfg = _build(JobConfig, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | os.PathLike, overrides: Iterable[str] = ()) -> JobConfig:
+    """Load, override and validate a YAML job conf.
+
+    Raises:
+        ConfigError: The file is missing or not YAML, or the conf is invalid (the message names the key).
+    """
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"conf file {os.fspath(path)} does not exist") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"conf file {os.fspath(path)} is not valid YAML: {e}") from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"conf file {os.fspath(path)}: expected a mapping at the top level")
+    return from_dict(raw, overrides)
+
+
+def validate(cfg: JobConfig) -> None:
+    """Check values and combinations that types alone cannot.
+
+    Raises:
+        ConfigError: Naming the key at fault.
+    """
+    if not _NAME_RE.match(cfg.name) or cfg.name.startswith("_"):
+        raise ConfigError(f"name: {cfg.name!r} must be a plain directory name (letters, digits, _ . -)")
+    s = cfg.source
+    if (s.table is None) == (s.path is None):
+        raise ConfigError("source: give exactly one of 'source.table' (db.table) or 'source.path' (+ 'source.format')")
+    if s.table is not None and not _IDENT_RE.match(s.table):
+        raise ConfigError(f"source.table: {s.table!r} is not a table name like 'db.table'")
+    if s.format not in FORMATS:
+        raise ConfigError(f"source.format: {s.format!r} is not one of {', '.join(FORMATS)}")
+    if not 0 < s.sample <= 1:
+        raise ConfigError(f"source.sample: must be in (0, 1], got {s.sample}")
+    if s.columns is not None:
+        if not s.columns:
+            raise ConfigError("source.columns: the list is empty; leave the key out to select every column")
+        dupes = sorted({c for c in s.columns if s.columns.count(c) > 1})
+        if dupes:
+            raise ConfigError(f"source.columns: {dupes[0]!r} is listed twice")
+    if s.partitions and s.table is None:
+        raise ConfigError("source.partitions: only a Hive table has partitions; use 'source.where' with a path")
+    for i, t in enumerate(cfg.transforms):
+        where = f"transforms.{i}"
+        if t.kind == "index":
+            if not t.column:
+                raise ConfigError(f"{where}.column: an index transform needs the column to index")
+            if t.function is not None or t.args:
+                raise ConfigError(f"{where}: 'function' and 'args' belong to kind 'python', not 'index'")
+        elif t.kind == "python":
+            if not t.function or ":" not in t.function:
+                raise ConfigError(f"{where}.function: expected 'package.module:function', got {t.function!r}")
+            if t.column or t.output or t.vocabulary:
+                raise ConfigError(f"{where}: 'column', 'output' and 'vocabulary' belong to kind 'index'")
+        else:
+            raise ConfigError(
+                f"{where}.kind: {t.kind!r} is not one of index, python{_suggest(t.kind, ['index', 'python'])}"
+            )
+    o = cfg.output
+    if not 0.5 <= o.fill <= 1.0:
+        raise ConfigError(f"output.fill: must be in [0.5, 1.0], got {o.fill}")
+    if o.compression.lower() not in COMPRESSIONS:
+        raise ConfigError(f"output.compression: {o.compression!r} is not one of {', '.join(COMPRESSIONS)}")
+    if o.keep_versions < 2:
+        raise ConfigError(
+            f"output.keep_versions: must be at least 2 (the live one and one to fall back to), got {o.keep_versions}"
+        )
+    if o.block_size is not None and o.block_size < 64 << 10:
+        raise ConfigError(f"output.block_size: {o.block_size} bytes is below the 64KiB minimum")
+    if o.page_size is not None and o.page_size > 64 << 20:
+        raise ConfigError(f"output.page_size: {o.page_size} bytes is too large (at most 64MiB)")

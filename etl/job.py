@@ -1,0 +1,191 @@
+"""The prepare job end to end: validate, fingerprint, transform, size, write to staging, publish.
+
+Order matters for the "nothing lost" rule: everything that can be checked cheaply (conf, table,
+partitions, columns, types, filter, emptiness, destination) is checked before a staging directory
+exists; the data is written into ``_staging-<id>`` and only :meth:`loader.publish.Staging.commit` makes
+it live, so a failed or killed run leaves the previous version live (the next run removes its staging
+directory).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from loader import fs as lfs
+from loader.errors import EmptyDatasetError, LarderError, PublishError, SourceError
+from loader.manifest import Manifest
+from loader.publish import begin_staging, current_manifest
+
+from .config import DEFAULT_BLOCK_SIZE, JobConfig, format_size
+from .fingerprint import source_fingerprint
+from .layout import partition_counts
+from .sizing import SizedWriter, destination_block_size
+from .source import check_types, load_source
+from .transforms import apply_transforms
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+@dataclass
+class RunResult:
+    """The outcome of one run.
+
+    Attributes:
+        status: ``"published"`` or ``"up to date"``.
+        dataset_dir: The dataset directory (URL or local path).
+        version: The live version after the run.
+        rows: Rows in the live version.
+        fill: Row-group fill statistics (published runs).
+        seconds: Wall time of the run.
+    """
+
+    status: str
+    dataset_dir: str
+    version: str
+    rows: int
+    fill: dict = field(default_factory=dict)
+    files: int = 0
+    block_size: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """The one-paragraph summary the job prints."""
+        if self.status == "up to date":
+            return f"larder: {self.dataset_dir} is up to date (version {self.version}, {self.rows} rows)"
+        f = self.fill
+        return (
+            f"larder: published {self.dataset_dir}/{self.version}: {self.rows} rows in {self.files} files, "
+            f"{f.get('row_groups')} row groups; fill of {format_size(self.block_size)} block "
+            f"min {f.get('min', 0):.3f} / median {f.get('median', 0):.3f} / max {f.get('max', 0):.3f}; "
+            f"{self.seconds:.1f}s"
+        )
+
+
+def _stderr(message: str) -> None:
+    print(f"larder: {message}", file=sys.stderr, flush=True)
+
+
+def hadoop_uri(root: str, root_path: str, path: str) -> str:
+    """The Hadoop URI of ``path`` (a path on the loader filesystem of ``root``)."""
+    if not lfs.is_remote(root):
+        return "file://" + os.path.abspath(path)
+    rel = path[len(root_path.rstrip("/")) :].lstrip("/")
+    return f"{root.rstrip('/')}/{rel}"
+
+
+def _previous(fs, dataset_dir: str, log) -> Manifest | None:
+    try:
+        return current_manifest(fs, dataset_dir)
+    except LarderError as e:  # an unreadable live version must not block a fresh publish
+        log(f"warning: cannot read the live manifest ({e}); publishing without it")
+        return None
+    except OSError as e:
+        raise PublishError(f"cannot read {lfs.display(fs, dataset_dir)}: {e}") from e
+
+
+def run(
+    cfg: JobConfig,
+    spark: SparkSession | None = None,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] = _stderr,
+    conf_path: str | None = None,
+) -> RunResult:
+    """Materialize the conf's selection into a new cache version (or report it up to date).
+
+    Args:
+        cfg: A validated job conf.
+        spark: A session (built from ``cfg.spark`` if None).
+        force: Publish even if the source fingerprint is unchanged.
+        log: Progress messages.
+        conf_path: The conf file, recorded in the manifest.
+
+    Returns:
+        What happened.
+
+    Raises:
+        SourceError: Unknown table, partition, column, filter or unsupported type.
+        EmptyDatasetError: The selection holds no rows; nothing is published.
+        ConfigError: A transform is misconfigured.
+        TransformError: A user transform failed.
+        PublishError: The destination cannot be written; the previous version stays live.
+    """
+    started = time.time()
+    if spark is None:
+        from .session import build_session
+
+        spark = build_session(cfg.spark)
+    root = cfg.output.root
+    fs, root_path = lfs.resolve(root)
+    dataset_dir = lfs.join(root_path, cfg.name)
+    dataset_uri = hadoop_uri(root, root_path, dataset_dir)
+    shown = lfs.display(fs, dataset_dir)
+
+    source = load_source(spark, cfg.source)
+    block, block_from = destination_block_size(spark, dataset_uri, cfg.output.block_size, DEFAULT_BLOCK_SIZE)
+    fingerprint, snapshot = source_fingerprint(spark, source.df, cfg, block)
+    previous = _previous(fs, dataset_dir, log)
+    if previous is not None and fingerprint and previous.source.get("fingerprint") == fingerprint and not force:
+        return RunResult("up to date", shown, previous.version, previous.num_rows, seconds=time.time() - started)
+
+    df, vocabularies = apply_transforms(
+        spark, source.df, cfg.transforms, previous.vocabularies if previous else None, log
+    )
+    check_types(df, "after transforms")
+    counts = partition_counts(df)
+    count = sum(counts)
+    if count == 0:
+        what = f"source {source.name}"
+        if cfg.source.where or cfg.source.partitions:
+            what += f" with filter {cfg.source.where or ''} {cfg.source.partitions or ''}".rstrip()
+        raise EmptyDatasetError(f"{what} selects no rows; nothing published, the live version is unchanged")
+    files_in = snapshot.get("files", 0)
+    log(f"{source.name}: {count} rows, {files_in} input files; block {format_size(block)} ({block_from})")
+
+    with begin_staging(fs, root_path, cfg.name) as staging:
+        writer = SizedWriter(
+            spark, fs, staging.path, hadoop_uri(root, root_path, staging.path),
+            block_size=block, fill=cfg.output.fill, page_size=cfg.output.page_size,
+            compression=cfg.output.compression, shuffle=cfg.output.shuffle, seed=cfg.output.seed, log=log,
+        )  # fmt: skip
+        try:
+            sized = writer.write(df, counts)
+        except OSError as e:
+            raise PublishError(f"writing {shown} failed; the live version is unchanged: {e}") from e
+        written = sum(f.num_rows for f in sized.files)
+        if written != count:
+            raise SourceError(f"source {source.name} changed while the job ran: counted {count} rows, wrote {written}")
+        fill = sized.fill()
+        version = staging.commit(
+            source={**source.description, "fingerprint": fingerprint, "snapshot": snapshot},
+            created_by={"job": "jobs/materialize.py", "conf_path": conf_path, "conf": cfg.to_dict(), "forced": force},
+            vocabularies=vocabularies,
+            block_size=block,
+            row_group_target=sized.target,
+            extra={
+                "compression": cfg.output.compression,
+                "shuffle": {
+                    "enabled": cfg.output.shuffle,
+                    "seed": cfg.output.seed,
+                    "method": "affine permutation of the source order + random order in files",
+                },
+                "block_size_from": block_from,
+                "page_size": writer.page_size,
+                "fill": fill,
+                "sizing": {"bytes_per_row": round(sized.bytes_per_row, 3), "attempts": sized.history},
+                "oversized_rows": sized.oversized_rows,
+            },
+            keep_versions=cfg.output.keep_versions,
+            fingerprint=fingerprint,
+            files=sized.files,
+        )
+    return RunResult(
+        "published", shown, version, count, fill=fill, files=len(sized.files), block_size=block,
+        seconds=time.time() - started,
+    )  # fmt: skip

@@ -1,0 +1,97 @@
+"""Which output file each row goes to: exact file sizes, and decorrelation across files.
+
+Every row gets an exact global index ``g`` in source order, without a global sort: one light job counts
+the rows of each input partition, and ``g = offset[partition] + (monotonically_increasing_id() -
+(partition << 33))``. Then:
+
+* ``shuffle: false`` — ``file = g // rows_per_file``: files are consecutive runs of the source order.
+* ``shuffle: true`` — ``file = perm(g) // rows_per_file`` with the seeded bijection
+  ``perm(g) = (a·g + b) mod N`` (``a`` coprime to ``N``, near ``N/φ``). ``a/N`` close to the golden
+  ratio makes the rows of each file an evenly spread (low-discrepancy) sample of the whole source order,
+  so every file holds every day, category and seller in about its overall share — closer than a
+  random sample would. Inside a file rows are ordered by a seeded random key.
+
+Both give ``n - 1`` files of exactly ``rows_per_file`` rows and one remainder file, whatever Spark's
+partitioning, so row groups land on the byte target instead of on ``target × (n-1)/n``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+FILE_COLUMN = "__larder_file"
+_ORDER = "__larder_order"
+_INV_PHI = (math.sqrt(5) - 1) / 2
+
+
+def partition_counts(df: DataFrame) -> list[int]:
+    """Rows in each partition of ``df`` (index = partition id), from one light job."""
+    from pyspark.sql import functions as F
+
+    rows = df.select(F.spark_partition_id().alias("p")).groupBy("p").count().collect()
+    counts = [0] * df.rdd.getNumPartitions()
+    for r in rows:
+        if r["p"] >= len(counts):
+            counts.extend([0] * (r["p"] + 1 - len(counts)))
+        counts[r["p"]] = int(r["count"])
+    return counts
+
+
+def affine_permutation(n: int, seed: int) -> tuple[int, int]:
+    """``(a, b)`` of the seeded bijection ``g -> (a·g + b) mod n`` on ``range(n)``."""
+    if n <= 2:
+        return 1, 0
+    rng = np.random.default_rng([seed, n])
+    a = max(1, round(n * _INV_PHI) + int(rng.integers(-(n // 200) - 1, n // 200 + 2)))
+    while math.gcd(a, n) != 1:
+        a += 1
+    return a % n or 1, int(rng.integers(0, n))
+
+
+def permute(g: int | np.ndarray, n: int, seed: int):
+    """Python mirror of the permutation the Spark plan applies (for tests and reasoning)."""
+    a, b = affine_permutation(n, seed)
+    return (np.asarray(g, dtype=object) * a + b) % n
+
+
+def assign_files(df: DataFrame, counts: list[int], rows_per_file: int, shuffle: bool, seed: int) -> DataFrame:
+    """Add :data:`FILE_COLUMN` (the output file of each row) and order rows inside each file.
+
+    Args:
+        df: The rows, partitioned exactly as when ``counts`` was measured.
+        counts: :func:`partition_counts` of ``df``.
+        rows_per_file: Rows in every file but the last.
+        shuffle: Decorrelate (seeded permutation) or keep source order.
+        seed: The permutation and in-file order seed.
+
+    Returns:
+        ``df`` plus the file column, repartitioned by it and sorted within partitions by (file, order).
+    """
+    from pyspark.sql import functions as F
+
+    total = sum(counts)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64).tolist() if counts else [0]
+    pid = F.spark_partition_id()
+    local = F.monotonically_increasing_id() - F.shiftleft(pid.cast("long"), 33)
+    g = F.element_at(F.lit(offsets), pid + 1) + local
+    if shuffle:
+        a, b = affine_permutation(total, seed)
+        if total < 3_037_000_000:  # a*g fits a signed 64-bit long
+            position = F.pmod(g * F.lit(a) + F.lit(b), F.lit(total))
+        else:
+            dec = "decimal(38,0)"
+            position = F.pmod(g.cast(dec) * F.lit(a).cast(dec) + F.lit(b).cast(dec), F.lit(total).cast(dec)).cast(
+                "long"
+            )
+        order = F.rand(seed)
+    else:
+        position, order = g, g
+    n_files = max(1, math.ceil(total / rows_per_file))
+    out = df.withColumn(_ORDER, order).withColumn(FILE_COLUMN, F.floor(position / F.lit(rows_per_file)))
+    return out.repartition(n_files, FILE_COLUMN).sortWithinPartitions(FILE_COLUMN, _ORDER).drop(_ORDER)

@@ -1,0 +1,286 @@
+"""Write Parquet whose row groups sit just under the storage block size, and prove it from the footers.
+
+What works here (measured, see DESIGN): estimate the compressed bytes per row from a *shuffled* sample
+write; give every file exactly ``rows_per_file = fill × block / bytes_per_row`` rows (one row group;
+:mod:`etl.layout` assigns rows to files, ``maxRecordsPerFile`` guards it); set ``parquet.block.size``
+to the block size itself (a ceiling, not the target) and ``parquet.page.size`` to 128 KiB, or smaller
+for small blocks (:func:`default_page_size`: the open pages parquet-mr counts must stay a small share of
+the block); read the footers back. If any row group came out over the block, rewrite with the bytes per
+row actually measured. A row larger than a whole block is warned about and kept (its row group is that
+one row). Spark settings changed for the write are restored in ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from loader import fs as lfs
+from loader.manifest import FileInfo, file_info_from_parquet
+
+from .layout import FILE_COLUMN, assign_files
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+SAMPLE_DIR = "_larder_sample"
+PILOT_ROWS = 2000
+MIN_SAMPLE_ROWS = 2000
+MAX_ATTEMPTS = 3
+_KEY = "__larder_sample_key"
+_HDFS_SCHEMES = ("hdfs", "webhdfs", "swebhdfs", "viewfs")
+
+
+@dataclass
+class SizingResult:
+    """What the sized write produced.
+
+    Attributes:
+        files: Manifest entries of the data files (relative names, checksums, row groups).
+        block_size: The block size the row groups are sized for.
+        target: The planned row-group bytes (``fill × block``).
+        bytes_per_row: The estimate the final write used.
+        num_files: Files planned in the final write.
+        attempts: Writes needed (1 unless a row group came out over the block).
+        oversized_rows: Row groups of a single row larger than the block (warned about).
+    """
+
+    files: list[FileInfo]
+    block_size: int
+    target: int
+    bytes_per_row: float
+    num_files: int
+    attempts: int
+    oversized_rows: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def fill(self) -> dict:
+        """Row-group fill as a fraction of the block: min, median, max, and counts."""
+        sizes = [g.compressed_bytes / self.block_size for f in self.files for g in f.row_groups]
+        return {
+            "min": round(min(sizes), 4),
+            "median": round(statistics.median(sizes), 4),
+            "max": round(max(sizes), 4),
+            "row_groups": len(sizes),
+            "files": len(self.files),
+        }
+
+
+@contextlib.contextmanager
+def temporary_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Set Spark SQL settings for the duration of a block; the previous values come back in ``finally``."""
+    saved = {}
+    for key, value in settings.items():
+        saved[key] = spark.conf.get(key, None)
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, old)
+
+
+def destination_block_size(spark: SparkSession, uri: str, configured: int | None, default: int) -> tuple[int, str]:
+    """The block size to size row groups for, and where it came from.
+
+    The conf wins; on HDFS-like schemes the destination filesystem's ``getDefaultBlockSize(path)``;
+    elsewhere (local disk, object stores) a block size means nothing, so ``default``.
+    """
+    if configured:
+        return int(configured), "conf"
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if scheme in _HDFS_SCHEMES:
+        jvm = spark._jvm
+        path = jvm.org.apache.hadoop.fs.Path(uri)
+        hfs = path.getFileSystem(spark._jsc.hadoopConfiguration())
+        return int(hfs.getDefaultBlockSize(path)), f"{scheme} getDefaultBlockSize"
+    return default, "default"
+
+
+def default_page_size(block_size: int, num_columns: int) -> int:
+    """``block / (64 × columns)``, between 8KiB and 128KiB.
+
+    parquet-mr decides when to cut a row group from its buffered size, which counts every column's open
+    page uncompressed (and a page is checked only every 100 rows); with this page size the open pages stay
+    a small share of blocks of 4 MiB and more, so files sized to ``fill × block`` stay one row group.
+    Smaller pages compress worse; below ~4 MiB blocks parquet-mr may still cut a small tail group.
+    """
+    return max(8 << 10, min(128 << 10, block_size // (64 * max(1, num_columns))))
+
+
+def _footer_groups(fs: pafs.FileSystem, path: str) -> list[tuple[int, int]]:
+    with fs.open_input_file(path) as f:
+        meta = pq.ParquetFile(f).metadata
+    out = []
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        out.append((rg.num_rows, sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))))
+    return out
+
+
+def _parquet_files(fs: pafs.FileSystem, directory: str, recursive: bool = False) -> list[str]:
+    entries = fs.get_file_info(pafs.FileSelector(directory, recursive=recursive, allow_not_found=True))
+    return sorted(
+        e.path for e in entries
+        if e.type == pafs.FileType.File and e.base_name.endswith(".parquet") and not e.base_name.startswith(("_", "."))
+    )  # fmt: skip
+
+
+def _measure(fs: pafs.FileSystem, directory: str, recursive: bool = False) -> tuple[int, int, list[tuple[int, int]]]:
+    groups = [g for p in _parquet_files(fs, directory, recursive) for g in _footer_groups(fs, p)]
+    return sum(n for n, _ in groups), sum(c for _, c in groups), groups
+
+
+class SizedWriter:
+    """Writes one DataFrame into a directory with row groups just under ``block_size``.
+
+    Args:
+        spark: The session.
+        fs: The destination filesystem (pyarrow), to read footers back.
+        path: The output directory on ``fs``.
+        uri: The same directory as a Hadoop URI (for Spark).
+        block_size: Storage block size in bytes.
+        fill: Row-group target as a fraction of the block.
+        page_size: Parquet page size.
+        compression: Parquet codec.
+        shuffle: Decorrelate rows across files (seeded).
+        seed: The shuffle seed.
+        log: Progress messages.
+    """
+
+    def __init__(self, spark, fs, path, uri, *, block_size, fill, page_size, compression, shuffle, seed, log):
+        self.spark, self.fs, self.path, self.uri = spark, fs, path, uri
+        self.block_size, self.fill = int(block_size), fill
+        self.page_size = int(page_size) if page_size else None
+        self.compression = "uncompressed" if compression == "none" else compression
+        self.shuffle, self.seed = shuffle, seed
+        self.log: Callable[[str], None] = log
+        self.target = int(fill * block_size)
+
+    def _options(self, max_records: int | None = None) -> dict[str, str]:
+        assert self.page_size, "page size is resolved in write()"
+        opts = {
+            "compression": self.compression,
+            "parquet.block.size": str(self.block_size),
+            "parquet.page.size": str(self.page_size),
+            "parquet.page.write-checksum.enabled": "true",
+            "parquet.enable.summary-metadata": "false",
+        }
+        if max_records:
+            opts["maxRecordsPerFile"] = str(max_records)
+        return opts
+
+    def _write(self, df: DataFrame, uri: str, max_records: int | None = None, partition_by: str | None = None) -> None:
+        writer = df.write.mode("overwrite").format("parquet")
+        if partition_by:
+            writer = writer.partitionBy(partition_by)
+        for key, value in self._options(max_records).items():
+            writer = writer.option(key, value)
+        writer.save(uri)
+
+    def _with_key(self, df: DataFrame) -> DataFrame:
+        from pyspark.sql import functions as F
+
+        return df.withColumn(_KEY, F.rand(self.seed))
+
+    def estimate_bytes_per_row(self, df: DataFrame, count: int) -> float:
+        """Compressed bytes per row, from a pilot write then a (shuffled) sample of about one row group."""
+        base_uri, base = f"{self.uri}/{SAMPLE_DIR}", lfs.join(self.path, SAMPLE_DIR)
+        try:
+            self._write(df.limit(PILOT_ROWS).coalesce(1), f"{base_uri}/pilot")
+            rows, nbytes, _ = _measure(self.fs, lfs.join(base, "pilot"))
+            pilot = max(1.0, nbytes / max(1, rows))
+            want = max(MIN_SAMPLE_ROWS, math.ceil(self.target / pilot))
+            fraction = min(1.0, want / max(1, count))
+            sample = df.sample(withReplacement=False, fraction=fraction, seed=self.seed) if fraction < 1 else df
+            if self.shuffle:
+                sample = self._with_key(sample).orderBy(_KEY).drop(_KEY)
+            self._write(sample.coalesce(1), f"{base_uri}/sample")
+            rows, nbytes, _ = _measure(self.fs, lfs.join(base, "sample"))
+            estimate = max(1.0, nbytes / max(1, rows)) if rows else pilot
+            self.log(f"bytes/row: pilot {pilot:.1f}, shuffled sample of {rows} rows {estimate:.1f}")
+            return estimate
+        finally:
+            if lfs.exists(self.fs, base):
+                self.fs.delete_dir(base)
+
+    def write(self, df: DataFrame, counts: list[int]) -> SizingResult:
+        """Write ``df`` and verify every row group from the footers.
+
+        Args:
+            df: The rows to write.
+            counts: Rows per partition of ``df`` (:func:`etl.layout.partition_counts`).
+
+        Returns:
+            The result with manifest entries of the written files.
+        """
+        count = sum(counts)
+        self.page_size = self.page_size or default_page_size(self.block_size, len(df.columns))
+        bpr = self.estimate_bytes_per_row(df, count)
+        history: list[dict] = []
+        with temporary_conf(self.spark, {"spark.sql.adaptive.coalescePartitions.enabled": "false"}):
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                if bpr > self.block_size:
+                    self.log(f"warning: rows average {bpr:.0f} bytes, more than the {self.block_size}-byte block")
+                rows_per_file = max(1, math.floor(self.target / bpr))
+                n = math.ceil(count / rows_per_file)
+                self.log(f"attempt {attempt}: {n} files of {rows_per_file} rows (~{rows_per_file * bpr:.0f} bytes)")
+                laid_out = assign_files(df, counts, rows_per_file, self.shuffle, self.seed)
+                self._write(laid_out, self.uri, rows_per_file, partition_by=FILE_COLUMN)
+                rows, nbytes, groups = _measure(self.fs, self.path, recursive=True)
+                over = [(r, c) for r, c in groups if c > self.block_size]
+                single = [g for g in over if g[0] == 1]
+                history.append({"attempt": attempt, "rows_per_file": rows_per_file, "bytes_per_row": round(bpr, 2),
+                                "over_block": len(over)})  # fmt: skip
+                if len(over) == len(single) or attempt == MAX_ATTEMPTS:
+                    if single:
+                        self.log(f"warning: {len(single)} rows are larger than the block; each is its own row group")
+                    break
+                measured = nbytes / max(1, rows)
+                worst = max(c / r for r, c in over)
+                bpr = max(measured, bpr) * max(1.02, worst / max(measured, 1.0))
+                self.log(f"{len(over)} row groups over the block; rewriting with {bpr:.1f} bytes/row")
+        self._tidy()
+        return SizingResult(
+            files=self._file_infos(), block_size=self.block_size, target=self.target, bytes_per_row=bpr,
+            num_files=n, attempts=attempt, oversized_rows=len(single), history=history,
+        )  # fmt: skip
+
+    def _tidy(self) -> None:
+        """Flatten Spark's ``__larder_file=<i>/`` directories into ``part-<i>.parquet`` files and drop
+        ``_SUCCESS`` and checksum side files."""
+        moves = []
+        for entry in self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True)):
+            base = entry.base_name
+            if entry.type != pafs.FileType.File:
+                continue
+            if base.startswith(("_", ".")) or base.endswith(".crc") or not base.endswith(".parquet"):
+                self.fs.delete_file(entry.path)
+                continue
+            parent = entry.path.rsplit("/", 2)[-2]
+            key, _, value = parent.partition("=")
+            if key != FILE_COLUMN or not value.isdigit():
+                raise AssertionError(f"unexpected file {entry.path} in the output")
+            moves.append((int(value), entry.path))
+        moves.sort()
+        for i, (_file_id, src) in enumerate(moves):
+            self.fs.move(src, lfs.join(self.path, f"part-{i:05d}.parquet"))
+        for entry in lfs.listdir(self.fs, self.path):
+            if entry.type == pafs.FileType.Directory:
+                self.fs.delete_dir(entry.path)
+
+    def _file_infos(self) -> list[FileInfo]:
+        names = [p.rsplit("/", 1)[-1] for p in _parquet_files(self.fs, self.path)]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(pool.map(lambda n: file_info_from_parquet(self.fs, lfs.join(self.path, n), n), names))

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Submit a larder job with the project's own pyspark; works without an activated venv.
+#
+#   ./spark-submit.sh [spark-submit options] jobs/materialize.py --conf conf/demo.yaml [--set k=v ...] [--force]
+#
+# Spark options may also follow the job script: --master URL, --deploy-mode MODE, --conf key=value (a
+# --conf whose value looks like key=value goes to Spark; --conf file.yaml goes to the job), --spark-opt X
+# (any other spark-submit option, repeatable). Defaults: --master local[*], quiet logs (conf/log4j2.properties;
+# LARDER_SPARK_VERBOSE=1 shows Spark's logs), SPARK_LOCAL_IP=127.0.0.1 for local and standalone masters.
+# etl/ and loader/ are shipped to executors as a --py-files zip built on the fly (removed on exit).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+# The project's python: $LARDER_PYTHON, else ./.venv, else python3 on PATH.
+PY="${LARDER_PYTHON:-}"
+if [ -z "$PY" ]; then
+  if [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"; else PY="$(command -v python3)"; fi
+fi
+PYSPARK_DIR="$("$PY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))' 2>/dev/null)" || {
+  echo "larder: error: pyspark is not installed for $PY (pip install 'larder[spark]')" >&2; exit 2; }
+export SPARK_HOME="${SPARK_HOME:-$PYSPARK_DIR}"
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
+export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$PY}"
+
+spark_args=()
+job_args=()
+script=""
+master=""
+while [ $# -gt 0 ]; do
+  arg="$1"
+  if [ -z "$script" ]; then
+    case "$arg" in
+      *.py) script="$arg" ;;
+      --master) master="$2"; shift ;;
+      --master=*) master="${arg#--master=}" ;;
+      --verbose|--supervise) spark_args+=("$arg") ;;
+      --*=*) spark_args+=("$arg") ;;
+      --*) spark_args+=("$arg" "$2"); shift ;;
+      *) echo "larder: error: unexpected argument before the job script: $arg" >&2; exit 2 ;;
+    esac
+  else
+    case "$arg" in
+      --master) master="$2"; shift ;;
+      --master=*) master="${arg#--master=}" ;;
+      --deploy-mode) spark_args+=("--deploy-mode" "$2"); shift ;;
+      --spark-opt) spark_args+=("$2"); shift ;;
+      --conf)
+        if [[ "${2:-}" =~ ^[A-Za-z0-9_.-]+= && ! "${2:-}" =~ \.ya?ml$ ]]; then spark_args+=("--conf" "$2");
+        else job_args+=("--conf" "${2:-}"); fi
+        shift ;;
+      *) job_args+=("$arg") ;;
+    esac
+  fi
+  shift
+done
+if [ -z "$script" ]; then
+  echo "usage: $0 [spark options] jobs/<job>.py [job options]" >&2; exit 2
+fi
+master="${master:-local[*]}"
+case "$master" in
+  local*|spark://127.0.0.1*|spark://localhost*) export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}" ;;
+esac
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/larder-submit.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+(cd "$HERE" && "$PY" - "$tmp/larder.zip" <<'PYEOF'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as z:
+    for pkg in ("etl", "loader"):
+        for root, dirs, files in os.walk(pkg):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for name in files:
+                if name.endswith(".py"):
+                    z.write(os.path.join(root, name))
+PYEOF
+)
+
+quiet=()
+if [ "${LARDER_SPARK_VERBOSE:-0}" != "1" ]; then
+  quiet=(--driver-java-options "-Dlog4j2.configurationFile=file:$HERE/conf/log4j2.properties -Dderby.stream.error.file=$tmp/derby.log"
+         --conf "spark.executor.extraJavaOptions=-Dlog4j2.configurationFile=file:$HERE/conf/log4j2.properties"
+         --conf "spark.ui.showConsoleProgress=false")
+fi
+
+set +e
+"$SPARK_HOME/bin/spark-submit" --master "$master" --py-files "$tmp/larder.zip" \
+  --conf "spark.pyspark.python=$PYSPARK_PYTHON" "${quiet[@]}" "${spark_args[@]}" "$script" "${job_args[@]}"
+rc=$?
+exit $rc
