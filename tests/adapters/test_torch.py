@@ -11,6 +11,9 @@ import loader  # noqa: E402
 from loader.errors import ConfigError, StateError  # noqa: E402
 from loader.torch import LarderIterableDataset, make_dataloader  # noqa: E402
 
+# A worker that hangs fails the test instead of hanging CI.
+TIMEOUT = 120
+
 
 def ids_of(batches) -> np.ndarray:
     return np.concatenate([b["id"].numpy() for b in batches])
@@ -37,7 +40,8 @@ def check_rows(batch: dict, table) -> None:
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_every_row_once_and_values_match(adapter_data, num_workers):
     table, ds = adapter_data
-    dl = make_dataloader(ds.version_path, batch_size=32, num_workers=num_workers, seed=5, pad_value=-1)
+    dl = make_dataloader(ds.version_path, batch_size=32, num_workers=num_workers, seed=5, pad_value=-1,
+                         timeout=TIMEOUT if num_workers else 0)
     batches = list(dl)
     assert len(dl) == len(batches)
     ids = ids_of(batches)
@@ -53,7 +57,8 @@ def test_workers_compose_with_ranks(adapter_data):
     table, ds = adapter_data
     per_rank = []
     for rank in range(2):
-        dl = make_dataloader(ds.version_path, batch_size=25, num_workers=2, rank=rank, world_size=2, seed=9)
+        dl = make_dataloader(ds.version_path, batch_size=25, num_workers=2, rank=rank, world_size=2, seed=9,
+                             timeout=TIMEOUT)
         batches = list(dl)
         per_rank.append((len(batches), set(ids_of(batches).tolist())))
     assert per_rank[0][0] == per_rank[1][0]
@@ -80,7 +85,7 @@ def test_set_epoch_reorders_deterministically(adapter_data):
 
 def test_resume_with_workers_yields_the_rest_exactly(adapter_data):
     table, ds = adapter_data
-    kwargs = dict(batch_size=30, num_workers=2, seed=4)
+    kwargs = dict(batch_size=30, num_workers=2, seed=4, timeout=TIMEOUT)
     full = [tuple(b["id"].tolist()) for b in make_dataloader(ds.version_path, **kwargs)]
     dl = make_dataloader(ds.version_path, **kwargs)
     it = iter(dl)
@@ -150,14 +155,14 @@ def test_bad_arguments_are_named(adapter_data, kwargs, match):
 
 def test_bad_column_raises_from_the_worker(adapter_data):
     _, ds = adapter_data
-    dl = make_dataloader(ds.version_path, num_workers=1, columns=["id", "colour"])
+    dl = make_dataloader(ds.version_path, num_workers=1, columns=["id", "colour"], timeout=TIMEOUT)
     with pytest.raises(loader.ColumnNotFoundError, match="colour"):
         next(iter(dl))
 
 
 def test_state_from_another_layout_or_version_is_refused(adapter_data, tmp_path):
     table, ds = adapter_data
-    dl = make_dataloader(ds.version_path, batch_size=30, num_workers=2)
+    dl = make_dataloader(ds.version_path, batch_size=30, num_workers=2, timeout=TIMEOUT)
     it = iter(dl)
     next(it)
     state = dl.state_dict()
@@ -165,7 +170,7 @@ def test_state_from_another_layout_or_version_is_refused(adapter_data, tmp_path)
     with pytest.raises(StateError, match="num_workers"):
         make_dataloader(ds.version_path, batch_size=30, num_workers=1).load_state_dict(state)
     other = loader.write_cache(table.slice(0, 300), tmp_path, "adapt", row_group_bytes=4_000)
-    moved = make_dataloader(other.version_path, batch_size=30, num_workers=2)
+    moved = make_dataloader(other.version_path, batch_size=30, num_workers=2, timeout=TIMEOUT)
     moved.load_state_dict(state)
     with pytest.raises(StateError, match="version"):
         next(iter(moved))
