@@ -23,6 +23,7 @@ except the flat ``values`` of ragged columns):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -129,37 +130,67 @@ def to_numpy(
     return out
 
 
+@functools.lru_cache(maxsize=512)
+def _kind(t: pa.DataType) -> str:
+    """How a type converts (cached: type checks cost more than the conversion of a small batch)."""
+    if pat.is_null(t):
+        return "null"
+    if pat.is_dictionary(t):
+        return "dictionary"
+    if pat.is_struct(t):
+        return "struct"
+    if pat.is_fixed_size_list(t):
+        return "fixed_size_list"
+    if _is_list(t):
+        return "list"
+    if _is_binary_like(t):
+        return "binary"
+    return "fixed"
+
+
 def _convert(name, arr: pa.Array, nullable: bool, out: dict, ragged, strings, masks, pad_value) -> None:
     t = arr.type
-    if pat.is_null(t):
+    kind = _kind(t)
+    if kind == "null":
         return
     if masks and nullable:
         out[name + ".valid"] = _valid(arr)
-    if pat.is_dictionary(t):
-        arr, t = arr.dictionary_decode(), t.value_type
-    if pat.is_struct(t):
+    if kind == "dictionary":
+        arr = arr.dictionary_decode()
+        t, kind = arr.type, _kind(arr.type)
+    if kind == "struct":
         for i in range(t.num_fields):
             child = arr.field(i)
             if arr.null_count:  # a null struct makes every field null
                 child = pc.if_else(arr.is_valid(), child, pa.nulls(len(arr), child.type))
             _convert(f"{name}.{t.field(i).name}", child, t.field(i).nullable, out, ragged, strings, masks, pad_value)
-        return
-    if pat.is_fixed_size_list(t):
+    elif kind == "fixed_size_list":
         out[name] = _fixed_size_list(arr)
-        return
-    if _is_list(t):
-        lengths = _lengths(pc.list_value_length(arr))
-        values = _fixed(arr.flatten())
-        _ragged(name, values, lengths, out, ragged, pad_value)
-        return
-    if _is_binary_like(t):
+    elif kind == "list":
+        if arr.null_count == 0 and hasattr(arr, "offsets") and not _is_view(t):
+            offsets = arr.offsets.to_numpy().astype(np.int64)
+            offsets -= offsets[0]
+        else:  # null lists may hide values behind them: count what flatten() keeps
+            offsets = _offsets(_lengths(pc.list_value_length(arr)))
+        _ragged(name, _fixed(arr.flatten()), offsets, out, ragged, pad_value)
+    elif kind == "binary":
         if strings == "object":
             out[name] = arr.to_numpy(zero_copy_only=False)
             return
-        values, lengths = _bytes(arr)
-        _ragged(name, values, lengths, out, ragged, pad_value)
-        return
-    out[name] = _fixed(arr)
+        values, offsets = _bytes(arr)
+        _ragged(name, values, offsets, out, ragged, pad_value)
+    else:
+        out[name] = _fixed(arr)
+
+
+def _is_view(t: pa.DataType) -> bool:
+    return getattr(pat, "is_list_view", lambda _: False)(t) or getattr(pat, "is_large_list_view", lambda _: False)(t)
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
 
 
 def _valid(arr: pa.Array) -> np.ndarray:
@@ -210,33 +241,37 @@ def _zeros_like(t: pa.DataType, n: int) -> pa.Array:
 
 
 def _bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Flat ``uint8`` bytes and per-row lengths of a string or binary array."""
+    """Flat ``uint8`` bytes (zero-copy where possible) and ``int64`` offsets of a string or binary array."""
     t = arr.type
+    n = len(arr)
     if pat.is_fixed_size_binary(t):
         width = t.byte_width
         if arr.null_count:
             arr = arr.fill_null(pa.scalar(b"\0" * width, t))
         data = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
-        flat = data[arr.offset * width : (arr.offset + len(arr)) * width]
-        return flat.copy(), np.full(len(arr), width, dtype=np.int64)
+        return data[arr.offset * width : (arr.offset + n) * width], np.arange(n + 1, dtype=np.int64) * width
     if arr.null_count:
         arr = arr.fill_null(pa.scalar(b"" if pat.is_binary(t) or pat.is_large_binary(t) else "", t))
-    if not pat.is_large_binary(t):
-        arr = arr.cast(pa.large_binary())  # one offsets width (int64), view types resolved
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    data = arr.buffers()[2]
-    flat = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-    flat = flat[offsets[0] : offsets[-1]] if len(offsets) else flat[:0]
-    return flat, np.diff(offsets).astype(np.int64) if len(offsets) else np.zeros(0, np.int64)
+    if pat.is_string(t) or pat.is_binary(t):
+        width = np.int32
+    elif pat.is_large_string(t) or pat.is_large_binary(t):
+        width = np.int64
+    else:  # view types: one conversion to a plain layout
+        arr, width = arr.cast(pa.large_binary()), np.int64
+    buffers = arr.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=width)[arr.offset : arr.offset + n + 1].astype(np.int64)
+    flat = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    flat = flat[offsets[0] : offsets[-1]]
+    offsets -= offsets[0]
+    return flat, offsets
 
 
-def _ragged(name: str, values: np.ndarray, lengths: np.ndarray, out: dict, form: str, pad_value) -> None:
+def _ragged(name: str, values: np.ndarray, offsets: np.ndarray, out: dict, form: str, pad_value) -> None:
     if form == "offsets":
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
         out[name] = values
         out[name + ".offsets"] = offsets
         return
+    lengths = np.diff(offsets)
     out[name] = pad(values, lengths, pad_value)
     out[name + ".lengths"] = lengths
 

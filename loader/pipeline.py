@@ -2,11 +2,12 @@
 
 One producer (a background thread started at the first ``next``, or the caller itself for the serial
 pool) walks the epoch plans in order. It keeps a bounded number of piece reads in flight on the pool,
-concatenates each window's pieces, permutes them with the window's RNG (Arrow ``take``, vectorised),
-cuts the planned batch ranges (zero-copy slices, a batch may span two windows), and sends each batch to
-the pool to be converted to numpy and transformed. Finished batches wait in a bounded ready queue.
-Results are consumed in submission order, so the output does not depend on which worker ran what.
-Errors from workers or the producer travel through the queue as data and are raised in the consumer.
+concatenates each window's pieces into one contiguous table, gathers each planned batch's rows from it
+in the order of the window's permutation (one Arrow ``take`` per batch, vectorised; a batch may span two
+windows), and sends each batch to the pool to be converted to numpy and transformed. Finished batches
+wait in a bounded ready queue. Results are consumed in submission order, so the output does not depend
+on which worker ran what. Errors from workers or the producer travel through the queue as data and are
+raised in the consumer.
 """
 
 from __future__ import annotations
@@ -146,6 +147,25 @@ def _piece_tasks(setup: Setup, plan: EpochPlan, first: int, last: int) -> Iterat
             yield (w.index, i == len(w.pieces) - 1), read_piece, setup.key, plan.epoch, p.group, p.start, p.stop, kept
 
 
+def _cut(segments: deque, lo: int, hi: int) -> pa.Table:
+    """Rows ``[lo, hi)`` of the rank's stream from the buffered windows ``(table, perm, first_row)``.
+
+    Shuffled windows are gathered with one Arrow ``take`` per batch (a batch-sized copy; the window
+    itself is never copied in permuted order), unshuffled ones sliced without a copy.
+    """
+    parts = []
+    for table, perm, first in segments:
+        a, b = max(lo, first), min(hi, first + table.num_rows)
+        if a < b:
+            if perm is None:
+                parts.append(table.slice(a - first, b - a))
+            else:
+                parts.append(table.take(pa.array(perm[a - first : b - first])))
+    while segments and segments[0][2] + segments[0][0].num_rows <= hi:
+        segments.popleft()  # fully consumed: free the window
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+
 def _epoch_batches(setup: Setup, pool: Pool, plan: EpochPlan, start: int, stats: ReaderStats) -> Iterator[tuple]:
     """Yield ``(meta, fn, *args)`` batch tasks for batches ``start..`` of one epoch."""
     if start >= plan.num_batches:
@@ -153,9 +173,8 @@ def _epoch_batches(setup: Setup, pool: Pool, plan: EpochPlan, start: int, stats:
     bounds = plan.batch_bounds
     first_w = plan.window_of_row(bounds[start])
     last_w = plan.window_of_row(bounds[-1] - 1)
-    pos = plan.windows[first_w].first_row  # stream offset of the first buffered row
-    buffered: list[pa.Table] = []
-    rows_buffered = 0
+    segments: deque = deque()
+    end = plan.windows[first_w].first_row  # stream offset one past the last buffered row
     batch = start
     parts: list[pa.Table] = []
     for (w_index, last_piece), (table, seconds) in _ahead(
@@ -173,22 +192,17 @@ def _epoch_batches(setup: Setup, pool: Pool, plan: EpochPlan, start: int, stats:
             window.num_rows, setup.seed, plan.epoch, plan.rank, plan.world_size, w_index, setup.shuffle
         )
         if perm is not None:
-            window = window.take(pa.array(perm))
-        if not buffered and pos < bounds[batch]:  # resuming mid-window: skip rows already yielded
-            window = window.slice(bounds[batch] - pos)
-            pos = bounds[batch]
-        buffered.append(window)
-        rows_buffered += window.num_rows
+            window = window.combine_chunks()  # one contiguous copy makes every per-batch take cheap
+        segments.append((window, perm, end))
+        end += window.num_rows
         stats.windows += 1
         stats.shuffle_seconds += time.perf_counter() - t0
-        while batch < plan.num_batches and pos + rows_buffered >= bounds[batch + 1]:
-            current = pa.concat_tables(buffered) if len(buffered) > 1 else buffered[0]
-            n = bounds[batch + 1] - bounds[batch]
-            piece = current.slice(bounds[batch] - pos, n)
-            rest = current.slice(bounds[batch + 1] - pos)
-            buffered, rows_buffered, pos = [rest], rest.num_rows, bounds[batch + 1]
-            distinct = int(np.unique(piece.column(ROW_GROUP_COLUMN).to_numpy()).size)
-            yield (plan.epoch, batch, n, distinct), finish_batch, setup.key, plan.epoch, batch, piece
+        while batch < plan.num_batches and end >= bounds[batch + 1]:
+            t0 = time.perf_counter()
+            rows = _cut(segments, bounds[batch], bounds[batch + 1])
+            distinct = int(np.unique(rows.column(ROW_GROUP_COLUMN).to_numpy()).size)
+            stats.shuffle_seconds += time.perf_counter() - t0
+            yield (plan.epoch, batch, rows.num_rows, distinct), finish_batch, setup.key, plan.epoch, batch, rows
             batch += 1
         if batch >= plan.num_batches:
             return

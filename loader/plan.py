@@ -269,7 +269,7 @@ def plan_epoch(
 
 
 def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_buffer: int | None,
-                    window_bytes: int, num_groups: int) -> tuple[int, int | None]:
+                    window_bytes: int, num_groups: int, max_window: int = 64) -> tuple[int, int | None]:
     """Choose ``(window, max_piece_rows)`` from a shuffle buffer (rows) or a byte budget for one window.
 
     Args:
@@ -278,6 +278,8 @@ def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_
         shuffle_buffer: Rows to shuffle together, if the user asked for a size.
         window_bytes: Bytes one window may take when decoded.
         num_groups: Row groups in the dataset (a window never needs more).
+        max_window: Cap on pieces per window without a shuffle buffer (bounds the time to the first
+            batch on caches of many tiny files).
 
     Returns:
         Pieces per window, and the longest piece in rows (``None``: whole row groups).
@@ -292,5 +294,5 @@ def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_
     elif max_piece_rows is not None:
         window = 1
     else:
-        window = int(window_bytes // max(1.0, mean_group_bytes))
+        window = min(max_window, int(window_bytes // max(1.0, mean_group_bytes)))
     return max(1, min(window, max(1, num_groups))), max_piece_rows

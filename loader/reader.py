@@ -5,12 +5,15 @@ every epoch before any I/O (:mod:`loader.plan`), and runs the pipeline of :mod:`
 serial, thread or process pool (:mod:`loader.pools`). Batches are dicts of numpy arrays in the forms of
 :mod:`loader.convert`. ``state_dict`` / ``load_state_dict`` resume exactly (:mod:`loader.state`).
 
-Memory: the decoded size of a row group is taken from the manifest (Parquet's uncompressed bytes). A
-quarter of ``memory_budget`` goes to one shuffle window (so a window holds ``budget / 4 / row_group_bytes``
-row groups), one window's worth of reads is kept in flight, the window being cut and its permuted copy
-take two more quarters, and the ready queue holds up to a quarter's worth of batches. A row group larger
-than a window's share is read in slices (``ParquetFile.iter_batches`` keeps only the slice's rows; the
-rows before it are decoded and dropped), so peak memory follows the budget, never the dataset's size.
+Memory: the decoded size of a row group is taken from the manifest (Parquet's uncompressed bytes).
+A sixth of ``memory_budget`` goes to one shuffle window, so a window holds ``budget / 6 / row_group_bytes``
+row groups (at most 64 unless ``shuffle_buffer`` asks for more). At the peak the reader holds about four
+windows' worth: the reads in flight (one window ahead), the pieces of the window being assembled and their
+contiguous copy, and the previous window while its last batches are cut; the ready queue holds up to an
+eighth of the budget in batches. Each batch is gathered from its window with one Arrow ``take``, so the
+window is never copied in shuffled order. A row group larger than a window's share is read in slices
+(``ParquetFile.iter_batches`` keeps only the slice's rows; the rows before it are decoded and dropped), so
+peak memory follows the budget, never the dataset's size.
 """
 
 from __future__ import annotations
@@ -200,14 +203,14 @@ class Reader(Closeable):
         group_bytes = sum(g.uncompressed_bytes for g in groups) / max(1, len(groups))
         group_rows = sum(sizes) / max(1, len(sizes))
         window, max_piece_rows = window_size_for(
-            group_rows, group_bytes, shuffle_buffer=shuffle_buffer, window_bytes=budget // 4,
+            group_rows, group_bytes, shuffle_buffer=shuffle_buffer, window_bytes=budget // 6,
             num_groups=len(sizes),
         )
         if workers is None:
             workers = 1 if pool == "serial" else min(8, os.cpu_count() or 1)
         row_bytes = max(1.0, group_bytes / max(1.0, group_rows))
         if prefetch is None:
-            prefetch = int(min(_MAX_PREFETCH, max(2, (budget // 4) // (row_bytes * batch_size))))
+            prefetch = int(min(_MAX_PREFETCH, max(2, (budget // 8) // (row_bytes * batch_size))))
 
         self.batch_size, self.shuffle, self.seed, self.num_epochs = batch_size, shuffle, seed, num_epochs
         self.rank, self.world_size, self.drop_last, self.sample = rank, world_size, drop_last, sample
