@@ -302,8 +302,11 @@ class Reader(Closeable):
         except StopIteration:
             self.close()
             raise
-        except BaseException as e:
+        except Exception as e:  # the reader stays failed: later calls raise the same error
             self._error = e
+            self.close()
+            raise
+        except BaseException:  # Ctrl-C, SystemExit: stop every worker, then let it through
             self.close()
             raise
         if self.stats.first_batch_seconds is None:

@@ -191,15 +191,6 @@ def test_ranks_are_disjoint_cover_the_epoch_and_get_equal_batch_counts(shape_cac
         assert sorted(flat) == list(range(n))
 
 
-@pytest.mark.slow
-def test_ranks_with_the_process_pool(shape_caches):
-    ds = shape_caches[4]
-    per_rank = [read_all(loader.make_reader(ds, batch_size=7, seed=5, rank=r, world_size=3, pool="process",
-                                            workers=2)) for r in range(3)]
-    assert len({len(b) for b in per_rank}) == 1
-    assert sorted(ids_of([x for b in per_rank for x in b]).tolist()) == list(range(ds.num_rows))
-
-
 # --- resume -------------------------------------------------------------------------------------------
 
 
@@ -236,3 +227,25 @@ def test_resume_across_an_epoch_boundary_with_the_process_pool(mixed_cache):
 def test_resume_after_the_last_batch_of_an_epoch(mixed_cache):
     state = _resume_check(mixed_cache, "thread", 4, batch_size=250, seed=9, num_epochs=3, sample=0.8)
     assert (state["epoch"], state["batch"]) == (1, 0)
+
+
+@pytest.mark.parametrize("pool", ["serial", "thread"])
+def test_reads_lazily_a_bounded_number_of_row_groups_ahead(mixed_cache, pool):
+    reader = loader.make_reader(mixed_cache, batch_size=10, shuffle_buffer=100, pool=pool, workers=2, prefetch=2)
+    with reader:
+        next(reader)
+        assert reader.window == 2
+        # the first window, plus at most one window of reads in flight and the prefetch of ready batches
+        assert reader.stats.pieces <= 3 * reader.window < mixed_cache.num_row_groups
+    assert reader.stats.pieces < mixed_cache.num_row_groups
+
+
+@pytest.mark.slow
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.sampled_from([1, 2, 4]), world=st.integers(2, 5), batch=st.integers(1, 9), seed=st.integers(0, 99))
+def test_ranks_with_the_process_pool_property(shape_caches, shape, world, batch, seed):
+    ds = shape_caches[shape]
+    per_rank = [read_all(loader.make_reader(ds, batch_size=batch, seed=seed, rank=r, world_size=world,
+                                            pool="process", workers=2, transform=add_noise)) for r in range(world)]
+    assert len({len(b) for b in per_rank}) == 1
+    assert sorted(ids_of([x for b in per_rank for x in b]).tolist()) == list(range(ds.num_rows))
