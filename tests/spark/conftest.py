@@ -1,0 +1,80 @@
+"""The one session-scoped SparkSession of the suite, plus shared Spark-made data.
+
+local[2], UI off, warehouse and embedded Derby metastore in a temporary directory, small shuffle
+partitions. Data is made by fixtures (the demo table; wide/narrow/clustered Parquet sources) at
+session scope, because Spark work is the expensive part of the suite.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pyspark = pytest.importorskip("pyspark")
+
+from etl.config import from_dict  # noqa: E402
+from etl.demo import make_demo_table  # noqa: E402
+from etl.session import session_settings  # noqa: E402
+
+DEMO_TABLE = "demo.shopping_products"
+DEMO_ROWS = 6000
+DEMO_COLUMNS = ["product_id", "title", "tokens", "wordpiece_ids", "image", "category", "price"]
+
+
+@pytest.fixture(scope="session")
+def spark_dirs(tmp_path_factory):
+    """Warehouse and metastore directories of the session."""
+    base = tmp_path_factory.mktemp("spark")
+    return {"warehouse_dir": str(base / "warehouse"), "metastore_dir": str(base / "metastore")}
+
+
+@pytest.fixture(scope="session")
+def spark(spark_dirs):
+    """The suite's one SparkSession (local[2], Hive support, Derby metastore in a temp dir)."""
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    cfg = from_dict(
+        {
+            "name": "fixture",
+            "source": {"table": "x.y"},
+            "spark": {
+                **spark_dirs,
+                "conf": {
+                    "spark.ui.enabled": False,
+                    "spark.sql.shuffle.partitions": 4,
+                    "spark.default.parallelism": 4,
+                    "spark.driver.extraJavaOptions": f"-Dderby.system.home={spark_dirs['metastore_dir']}",
+                },
+            },
+        }
+    ).spark
+    builder = SparkSession.builder.master("local[2]").appName("larder-tests")
+    for key, value in session_settings(cfg).items():
+        builder = builder.config(key, value)
+    session = builder.enableHiveSupport().getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_table(spark) -> str:
+    """The demo Hive table: 6,000 rows over 3 days, small JPEG payloads."""
+    make_demo_table(spark, DEMO_TABLE, rows=DEMO_ROWS, days=3, image_bytes=300, if_missing=False)
+    return DEMO_TABLE
+
+
+def job_conf(root, name="shop", **sections):
+    """A job conf over the demo table writing under ``root`` (sections override the defaults)."""
+    raw = {
+        "name": name,
+        "source": {"table": DEMO_TABLE, "columns": DEMO_COLUMNS},
+        "transforms": [{"kind": "index", "column": "category", "output": "label"}],
+        "output": {"root": str(root), "block_size": "256KiB", "keep_versions": 2},
+        "spark": {"master": None, "warehouse_dir": None, "metastore_dir": None},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw[key], **value} if isinstance(raw.get(key), dict) else value
+    return from_dict(raw)
