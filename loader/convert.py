@@ -1,7 +1,8 @@
 """Arrow record batches to dicts of numpy arrays, vectorised (never a Python loop over rows).
 
 The forms of a batch ``b`` (``dict[str, numpy.ndarray]``, every value has the batch's rows as first axis
-except the flat ``values`` of ragged columns):
+except the flat ``values`` of ragged columns; every array is writable and shares no memory with other
+batches):
 
 * **Fixed-width columns** (integers, floats, bools, dates, timestamps, durations): a 1-D array of the
   matching numpy dtype. Nulls become ``NaN`` in float columns and ``0`` / ``False`` / the epoch in the
@@ -115,8 +116,19 @@ def to_numpy(
     strings: str = "offsets",
     masks: bool = False,
     pad_value: Any = 0,
+    writable: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Convert a record batch to a dict of numpy arrays (forms in the module docstring)."""
+    """Convert a record batch to a dict of numpy arrays (forms in the module docstring).
+
+    Args:
+        batch: The Arrow data.
+        ragged: ``"offsets"`` or ``"padded"``.
+        strings: ``"offsets"`` or ``"object"``.
+        masks: Add ``col.valid`` for nullable columns.
+        pad_value: Fill of the padded form.
+        writable: Copy the arrays that would be read-only views of Arrow memory, so every array can be
+            modified in place (False keeps zero-copy views).
+    """
     if isinstance(batch, pa.Table):
         batch = batch.combine_chunks()
         columns = [c.chunk(0) if c.num_chunks == 1 else pa.concat_arrays(c.chunks) for c in batch.columns]
@@ -127,6 +139,10 @@ def to_numpy(
     out: dict[str, np.ndarray] = {}
     for field, arr in zip(batch.schema, columns, strict=True):
         _convert(field.name, arr, field.nullable, out, ragged, strings, masks, pad_value)
+    if writable:
+        for key, value in out.items():
+            if not value.flags.writeable:
+                out[key] = value.copy()
     return out
 
 

@@ -96,3 +96,10 @@ def test_bad_options_and_types_name_the_culprit():
     with pytest.raises(ConfigError, match="'nested'"):
         check_schema(schema, ["nested"])
     check_schema(schema, ["ok"])
+
+
+def test_arrays_are_writable_unless_views_are_asked_for(messy):
+    out = to_numpy(messy.slice(1, 3))
+    assert all(v.flags.writeable for v in out.values())
+    views = to_numpy(pa.table({"x": np.arange(5)}), writable=False)
+    assert not views["x"].flags.writeable  # zero-copy view of Arrow memory

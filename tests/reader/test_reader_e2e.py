@@ -48,6 +48,7 @@ def test_one_epoch_yields_every_row_once_with_source_values(mixed_cache, pool):
     ids = ids_of(batches)
     assert sorted(ids.tolist()) == list(range(1000))
     assert [len(b["id"]) for b in batches] == [64] * 15 + [40]
+    assert all(v.flags.writeable for b in batches for v in b.values())  # the same in every pool
     titles, images, tokens = SOURCE["title"].to_pylist(), SOURCE["image"].to_pylist(), SOURCE["ids"].to_pylist()
     xs = SOURCE["x"].to_numpy()
     for b in batches:
