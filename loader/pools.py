@@ -11,7 +11,7 @@ Three kinds, all starting nothing in their constructor (threads and processes st
   where there is none; never ``fork``, which is unsafe in a process with threads): for pure-Python
   transforms. Arrow tables and record batches cross the process boundary as Arrow IPC streams written into
   ``multiprocessing.shared_memory`` segments, and dicts of numpy arrays as raw buffers in one segment
-  (only ``object`` arrays, e.g. ``strings="object"``, are pickled), in both directions. The receiver
+  (only ``object`` arrays, e.g. ``strings="object"``, are pickled), in both directions (:mod:`loader.shm`). The receiver
   copies the bytes out once and the consumer unlinks every segment; :meth:`ProcessPool.close` stops the
   workers (after their current task, then by signal), reads back or unlinks every segment still
   outstanding, and removes any segment a killed worker left behind (names carry a per-pool prefix).
@@ -38,17 +38,12 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-from multiprocessing import shared_memory
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
 from .errors import ConfigError, WorkerError
+from .shm import decode, encode, refs, unlink_quietly
 
 POOL_KINDS = ("serial", "thread", "process")
-_ALIGN = 64
 
 
 class Handle:
@@ -158,144 +153,7 @@ class ThreadPool(Pool):
             executor.shutdown(wait=True, cancel_futures=True)
 
 
-# --- shared-memory transport of the process pool -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _ArrowRef:
-    name: str
-    size: int
-    table: bool
-
-
-@dataclass(frozen=True)
-class _NumpyRef:
-    name: str
-    size: int
-    specs: tuple  # (key, dtype str, shape, offset)
-    objects: dict
-
-
 _worker_prefix = ""
-_worker_counter = 0
-
-
-def _new_segment(prefix: str, size: int) -> shared_memory.SharedMemory:
-    global _worker_counter
-    _worker_counter += 1
-    name = f"{prefix}_{os.getpid():x}_{_worker_counter:x}"
-    return shared_memory.SharedMemory(name=name, create=True, size=max(1, size))
-
-
-def _encode(obj: Any, prefix: str, segments: list[str]) -> Any:
-    """Move Arrow data and numpy dicts into shared memory; other objects pass through."""
-    if isinstance(obj, tuple):
-        return tuple(_encode(o, prefix, segments) for o in obj)
-    if isinstance(obj, (pa.Table, pa.RecordBatch)):
-        return _encode_arrow(obj, prefix, segments)
-    if isinstance(obj, dict) and obj and all(isinstance(v, np.ndarray) for v in obj.values()):
-        return _encode_numpy(obj, prefix, segments)
-    return obj
-
-
-def _write_ipc(obj: pa.Table | pa.RecordBatch, sink) -> None:
-    with pa.ipc.new_stream(sink, obj.schema) as writer:
-        if isinstance(obj, pa.Table):
-            writer.write_table(obj)
-        else:
-            writer.write_batch(obj)
-
-
-def _encode_arrow(obj: pa.Table | pa.RecordBatch, prefix: str, segments: list[str]) -> _ArrowRef:
-    mock = pa.MockOutputStream()
-    _write_ipc(obj, mock)
-    size = mock.size()
-    shm = _new_segment(prefix, size)
-    segments.append(shm.name)
-    try:
-        buf = pa.py_buffer(shm.buf)
-        writer = pa.FixedSizeBufferWriter(buf)
-        _write_ipc(obj, writer)
-        writer.close()
-        del writer, buf
-    finally:
-        shm.close()
-    return _ArrowRef(shm.name, size, isinstance(obj, pa.Table))
-
-
-def _encode_numpy(obj: dict, prefix: str, segments: list[str]) -> _NumpyRef:
-    specs, objects, offset = [], {}, 0
-    arrays = {}
-    for key, value in obj.items():
-        if value.dtype.hasobject:
-            objects[key] = value
-            continue
-        value = np.ascontiguousarray(value)
-        arrays[key] = value
-        specs.append((key, value.dtype.str, value.shape, offset))
-        offset += -(-value.nbytes // _ALIGN) * _ALIGN
-    shm = _new_segment(prefix, offset)
-    segments.append(shm.name)
-    try:
-        view = np.ndarray((max(1, offset),), dtype=np.uint8, buffer=shm.buf)
-        for key, _, _, start in specs:
-            raw = arrays[key].reshape(-1).view(np.uint8)
-            view[start : start + raw.size] = raw
-        del view
-    finally:
-        shm.close()
-    return _NumpyRef(shm.name, offset, tuple(specs), objects)
-
-
-def _read_segment(name: str, size: int, unlink: bool) -> bytearray:
-    shm = shared_memory.SharedMemory(name=name)
-    try:
-        data = bytearray(shm.buf[:size])
-    finally:
-        shm.close()
-        if unlink:
-            shm.unlink()
-    return data
-
-
-def _decode(obj: Any, unlink: bool) -> Any:
-    """Read back what :func:`_encode` wrote (copying out of shared memory; unlinking if asked)."""
-    if isinstance(obj, tuple):
-        return tuple(_decode(o, unlink) for o in obj)
-    if isinstance(obj, _ArrowRef):
-        data = _read_segment(obj.name, obj.size, unlink)
-        table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
-        if obj.table:
-            return table
-        return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
-    if isinstance(obj, _NumpyRef):
-        data = _read_segment(obj.name, obj.size, unlink)
-        out = {}
-        for key, dtype, shape, start in obj.specs:
-            dt = np.dtype(dtype)
-            count = int(np.prod(shape, dtype=np.int64))
-            out[key] = np.frombuffer(data, dtype=dt, count=count, offset=start).reshape(shape)
-        out.update(obj.objects)
-        return out
-    return obj
-
-
-def _refs(obj: Any) -> list:
-    if isinstance(obj, tuple):
-        return [r for o in obj for r in _refs(o)]
-    return [obj] if isinstance(obj, (_ArrowRef, _NumpyRef)) else []
-
-
-def _unlink_quietly(name: str) -> None:
-    try:
-        shm = shared_memory.SharedMemory(name=name)
-    except FileNotFoundError:
-        return
-    shm.close()
-    try:
-        shm.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def _process_init(prefix: str, initializer: Callable | None, initargs: tuple) -> None:
@@ -308,7 +166,7 @@ def _process_init(prefix: str, initializer: Callable | None, initargs: tuple) ->
 
 def _process_call(fn: Callable, encoded_args: tuple) -> Any:
     """Run in a worker: decode the arguments, call ``fn``, encode its result."""
-    args = _decode(encoded_args, unlink=False)
+    args = decode(encoded_args, unlink=False)
     try:
         result = fn(*args)
     except BaseException as e:
@@ -320,10 +178,10 @@ def _process_call(fn: Callable, encoded_args: tuple) -> Any:
         raise
     segments: list[str] = []
     try:
-        return _encode(result, _worker_prefix, segments)
+        return encode(result, _worker_prefix, segments)
     except BaseException:
         for name in segments:
-            _unlink_quietly(name)
+            unlink_quietly(name)
         raise
 
 
@@ -340,7 +198,7 @@ class _ProcessHandle(Handle):
                 raise WorkerError(f"a worker process of the process pool died: {e}") from e
             finally:
                 self._release()
-            return _decode(encoded, unlink=True)
+            return decode(encoded, unlink=True)
         finally:
             self._pool._forget(self)
 
@@ -348,14 +206,14 @@ class _ProcessHandle(Handle):
         if not self._taken:
             self._taken = True
             for name in self._segments:
-                _unlink_quietly(name)
+                unlink_quietly(name)
 
     def discard(self) -> None:
         """Drop the result, unlinking its segments (used by ``close``)."""
         self._future.cancel()
         if self._future.done() and not self._future.cancelled() and self._future.exception() is None:
-            for ref in _refs(self._future.result()):
-                _unlink_quietly(ref.name)
+            for ref in refs(self._future.result()):
+                unlink_quietly(ref.name)
         self._release()
 
     def cancel(self) -> bool:
@@ -413,11 +271,11 @@ class ProcessPool(Pool):
                 )
             segments: list[str] = []
             try:
-                encoded = _encode(args, self._prefix, segments)
+                encoded = encode(args, self._prefix, segments)
                 future = self._executor.submit(_process_call, fn, encoded)
             except BaseException:
                 for name in segments:
-                    _unlink_quietly(name)
+                    unlink_quietly(name)
                 raise
             handle = _ProcessHandle(self, future, segments)
             self._handles.add(handle)
@@ -456,7 +314,7 @@ class ProcessPool(Pool):
         for h in handles:
             h.discard()
         for path in glob.glob(f"/dev/shm/{self._prefix}_*"):  # left by a killed worker (Linux)
-            _unlink_quietly(os.path.basename(path))
+            unlink_quietly(os.path.basename(path))
 
 
 def make_pool(kind: str, workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> Pool:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -72,6 +74,30 @@ class _PrefetchHint:
     def __call__(self, plan: EpochPlan) -> None:
         order = dict.fromkeys(self.locations[p.group][0] for w in plan.windows for p in w.pieces)
         self.dataset.file_cache.prefetch(self.dataset, [self.dataset.files[i] for i in order])
+
+
+def _check_importable(transform: Callable) -> None:
+    """A process pool ships the transform by reference: fail here, not in a worker, if it cannot go.
+
+    Raises:
+        ConfigError: The transform cannot be pickled (lambda, closure, bound to local state) or lives
+            in an interactive ``__main__`` that worker processes cannot import.
+    """
+    name = getattr(transform, "__qualname__", type(transform).__name__)
+    try:
+        pickle.dumps(transform)
+    except Exception as e:
+        raise ConfigError(
+            f"pool='process' needs a transform that pickles by reference (a module-level function or a "
+            f"picklable callable object); {name!r} does not ({type(e).__name__}: {e}). Use pool='thread' "
+            "or move it to module level."
+        ) from e
+    main = sys.modules.get("__main__")
+    if getattr(transform, "__module__", None) == "__main__" and not getattr(main, "__file__", None):
+        raise ConfigError(
+            f"pool='process' cannot import transform {name!r} from an interactive session's __main__; "
+            "define it in a module (or use pool='thread')"
+        )
 
 
 def _check_int(name: str, value, minimum: int, *, allow_none: bool = False) -> None:
@@ -153,6 +179,8 @@ class Reader(Closeable):
             raise ConfigError(f"sample must be a fraction in (0, 1], got {sample!r}")
         if transform is not None and not callable(transform):
             raise ConfigError(f"transform must be callable, got {type(transform).__name__}")
+        if transform is not None and pool == "process":
+            _check_importable(transform)
         check_options(ragged, strings)
 
         if isinstance(url, Dataset):

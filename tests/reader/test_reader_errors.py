@@ -68,6 +68,12 @@ def test_bad_arguments_are_refused_up_front(mixed_cache, kwargs, error, match):
         assert len(next(r)["id"]) == 1000
 
 
+def test_process_pool_refuses_a_transform_it_cannot_ship(mixed_cache):
+    with pytest.raises(ConfigError, match="pool='process' needs a transform that pickles by reference.*lambda"):
+        loader.make_reader(mixed_cache, pool="process", transform=lambda b: b)
+    loader.make_reader(mixed_cache, pool="thread", transform=lambda b: b).close()  # fine in threads
+
+
 def test_errors_are_also_builtin_errors(mixed_cache):
     with pytest.raises(ValueError):
         loader.make_reader(mixed_cache, columns=["nope"])

@@ -1,0 +1,168 @@
+"""Shared-memory transport of the process pool: Arrow data and numpy dicts, never pickled rows.
+
+:func:`encode` moves every ``pyarrow.Table`` / ``RecordBatch`` of a payload into a
+``multiprocessing.shared_memory`` segment as an Arrow IPC stream, and every dict of numpy arrays into one
+segment of raw, 64-byte aligned buffers (``object`` arrays, e.g. ``strings="object"``, travel pickled
+beside it); tuples are walked, anything else passes through. :func:`decode` copies the bytes out once
+(so no view outlives the segment) and, on the consumer side, unlinks the segment. Segment names start with
+a per-pool prefix, so a pool can remove what a killed worker left behind.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+_ALIGN = 64
+
+
+@dataclass(frozen=True)
+class ArrowRef:
+    """An Arrow IPC stream in a segment."""
+
+    name: str
+    size: int
+    table: bool
+
+
+@dataclass(frozen=True)
+class NumpyRef:
+    """Numpy buffers in a segment: ``specs`` place each array; ``objects`` are the pickled object arrays."""
+
+    name: str
+    size: int
+    specs: tuple  # (key, dtype str, shape, offset)
+    objects: dict
+
+
+_counter = 0
+
+
+def _new_segment(prefix: str, size: int) -> shared_memory.SharedMemory:
+    global _counter
+    _counter += 1
+    name = f"{prefix}_{os.getpid():x}_{_counter:x}"
+    return shared_memory.SharedMemory(name=name, create=True, size=max(1, size))
+
+
+def encode(obj: Any, prefix: str, segments: list[str]) -> Any:
+    """Move Arrow data and numpy dicts into shared memory; other objects pass through."""
+    if isinstance(obj, tuple):
+        return tuple(encode(o, prefix, segments) for o in obj)
+    if isinstance(obj, (pa.Table, pa.RecordBatch)):
+        return _encode_arrow(obj, prefix, segments)
+    if isinstance(obj, dict) and obj and all(isinstance(v, np.ndarray) for v in obj.values()):
+        return _encode_numpy(obj, prefix, segments)
+    return obj
+
+
+def _write_ipc(obj: pa.Table | pa.RecordBatch, sink) -> None:
+    with pa.ipc.new_stream(sink, obj.schema) as writer:
+        if isinstance(obj, pa.Table):
+            writer.write_table(obj)
+        else:
+            writer.write_batch(obj)
+
+
+def _encode_arrow(obj: pa.Table | pa.RecordBatch, prefix: str, segments: list[str]) -> ArrowRef:
+    mock = pa.MockOutputStream()
+    _write_ipc(obj, mock)
+    size = mock.size()
+    shm = _new_segment(prefix, size)
+    segments.append(shm.name)
+    try:
+        buf = pa.py_buffer(shm.buf)
+        writer = pa.FixedSizeBufferWriter(buf)
+        _write_ipc(obj, writer)
+        writer.close()
+        del writer, buf
+    finally:
+        shm.close()
+    return ArrowRef(shm.name, size, isinstance(obj, pa.Table))
+
+
+def _encode_numpy(obj: dict, prefix: str, segments: list[str]) -> NumpyRef:
+    specs, objects, offset = [], {}, 0
+    arrays = {}
+    for key, value in obj.items():
+        if value.dtype.hasobject:
+            objects[key] = value
+            continue
+        value = np.ascontiguousarray(value)
+        arrays[key] = value
+        specs.append((key, value.dtype.str, value.shape, offset))
+        offset += -(-value.nbytes // _ALIGN) * _ALIGN
+    shm = _new_segment(prefix, offset)
+    segments.append(shm.name)
+    try:
+        view = np.ndarray((max(1, offset),), dtype=np.uint8, buffer=shm.buf)
+        for key, _, _, start in specs:
+            raw = arrays[key].reshape(-1).view(np.uint8)
+            view[start : start + raw.size] = raw
+        del view
+    finally:
+        shm.close()
+    return NumpyRef(shm.name, offset, tuple(specs), objects)
+
+
+def _read_segment(name: str, size: int, unlink: bool) -> bytearray:
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        data = bytearray(shm.buf[:size])
+    finally:
+        shm.close()
+        if unlink:
+            shm.unlink()
+    return data
+
+
+def decode(obj: Any, unlink: bool) -> Any:
+    """Read back what :func:`_encode` wrote (copying out of shared memory; unlinking if asked)."""
+    if isinstance(obj, tuple):
+        return tuple(decode(o, unlink) for o in obj)
+    if isinstance(obj, ArrowRef):
+        data = _read_segment(obj.name, obj.size, unlink)
+        table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+        if obj.table:
+            return table
+        return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
+    if isinstance(obj, NumpyRef):
+        data = _read_segment(obj.name, obj.size, unlink)
+        out = {}
+        for key, dtype, shape, start in obj.specs:
+            dt = np.dtype(dtype)
+            count = int(np.prod(shape, dtype=np.int64))
+            out[key] = np.frombuffer(data, dtype=dt, count=count, offset=start).reshape(shape)
+        out.update(obj.objects)
+        return out
+    return obj
+
+
+def refs(obj: Any) -> list:
+    """The segment references in an encoded payload."""
+    if isinstance(obj, tuple):
+        return [r for o in obj for r in refs(o)]
+    return [obj] if isinstance(obj, (ArrowRef, NumpyRef)) else []
+
+
+def unlink_quietly(name: str) -> None:
+    """Unlink a segment if it still exists."""
+    try:
+        shm = shared_memory.SharedMemory(name=name)
+    except FileNotFoundError:
+        return
+    shm.close()
+    try:
+        shm.unlink()
+    except FileNotFoundError:
+        pass
+
+
+
+
+__all__ = ["ArrowRef", "NumpyRef", "decode", "encode", "refs", "unlink_quietly"]
