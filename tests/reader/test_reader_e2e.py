@@ -210,10 +210,11 @@ def _resume_check(ds, pool, k, **kw):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(k=st.integers(0, 16), batch=st.integers(3, 40), seed=st.integers(0, 1000),
-       pool=st.sampled_from(["serial", "thread"]), buffer=st.sampled_from([None, 60]))
-def test_resume_yields_exactly_the_remaining_batches(uneven_cache, k, batch, seed, pool, buffer):
+       pool=st.sampled_from(["serial", "thread"]), buffer=st.sampled_from([None, 60]), world=st.integers(1, 3),
+       rank=st.integers(0, 2), sample=st.sampled_from([None, 0.7]))
+def test_resume_yields_exactly_the_remaining_batches(uneven_cache, k, batch, seed, pool, buffer, world, rank, sample):
     kw = dict(batch_size=batch, seed=seed, num_epochs=2, transform=add_noise, shuffle_buffer=buffer,
-              with_row_ids=True, workers=2)
+              with_row_ids=True, workers=2, rank=rank % world, world_size=world, sample=sample)
     _resume_check(uneven_cache, pool, k, **kw)
 
 
