@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -79,6 +80,21 @@ def hadoop_uri(root: str, root_path: str, path: str) -> str:
     return f"{root.rstrip('/')}/{rel}"
 
 
+def check_destination(fs, dataset_dir: str) -> None:
+    """Fail early, before any Spark work, if the dataset directory cannot be created and written.
+
+    Raises:
+        PublishError: Naming the directory and the filesystem's reason.
+    """
+    probe = lfs.join(dataset_dir, f".larder-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        fs.create_dir(dataset_dir, recursive=True)
+        lfs.write_bytes(fs, probe, b"")
+        fs.delete_file(probe)
+    except OSError as e:
+        raise PublishError(f"cannot write to {lfs.display(fs, dataset_dir)}: {e}") from e
+
+
 def _previous(fs, dataset_dir: str, log) -> Manifest | None:
     try:
         return current_manifest(fs, dataset_dir)
@@ -126,6 +142,7 @@ def run(
     dataset_dir = lfs.join(root_path, cfg.name)
     dataset_uri = hadoop_uri(root, root_path, dataset_dir)
     shown = lfs.display(fs, dataset_dir)
+    check_destination(fs, dataset_dir)
 
     source = load_source(spark, cfg.source)
     block, block_from = destination_block_size(spark, dataset_uri, cfg.output.block_size, DEFAULT_BLOCK_SIZE)
