@@ -16,6 +16,15 @@ batches):
   row ``i`` is ``b[col][offsets[i]:offsets[i + 1]]``. A null list or string is empty.
 * ``ragged="padded"``: ``b[col]`` is an ``(n, longest)`` array padded with ``pad_value`` (0) and
   ``b[col + ".lengths"]`` the ``int64`` lengths.
+* **Lists of strings / binaries / lists** (``list<string>`` tokens, ``list<list<int32>>``): two levels.
+  ``ragged="offsets"``: ``b[col]`` the flat innermost values (bytes for strings),
+  ``b[col + ".offsets"]`` (``n + 1``) the rows' offsets into the items, and ``b[col + ".value_offsets"]``
+  (items + 1) the items' offsets into the values: item ``j`` of row ``i`` is
+  ``values[value_offsets[offsets[i] + j]:value_offsets[offsets[i] + j + 1]]``. ``ragged="padded"``: an
+  ``(n, most items, longest item)`` array with ``b[col + ".lengths"]`` (items per row) and
+  ``b[col + ".value_lengths"]`` (``(n, most items)``). With ``strings="object"``, a list of strings is an
+  object array holding one array of ``str`` per row. Deeper nesting has no numpy form (a ``ConfigError``
+  names the column).
 * ``strings="object"``: string and binary columns become 1-D ``object`` arrays of ``str`` / ``bytes``
   (``None`` where null) instead: convenient for small batches and printing; made by Arrow's converter,
   but the result is one Python object per row. ``strings="offsets"`` (default) follows ``ragged``.
@@ -69,8 +78,14 @@ def _check_type(name: str, t: pa.DataType) -> None:
     elif pat.is_fixed_size_list(t):
         _check_type(name, t.value_type)
     elif _is_list(t):
-        if not (_is_fixed_width(t.value_type) or _is_fixed_size_list_of_fixed(t.value_type)):
-            raise ConfigError(f"column {name!r}: {t} has no vectorised numpy form (lists of lists or strings)")
+        inner = t.value_type.value_type if pat.is_dictionary(t.value_type) else t.value_type
+        if _is_list(inner):
+            inner = inner.value_type
+            ok = _is_fixed_width(inner) or _is_fixed_size_list_of_fixed(inner)
+        else:
+            ok = _is_fixed_width(inner) or _is_fixed_size_list_of_fixed(inner) or _is_binary_like(inner)
+        if not ok:
+            raise ConfigError(f"column {name!r}: {t} has no vectorised numpy form (more than two list levels)")
     elif not (_is_fixed_width(t) or _is_binary_like(t) or pat.is_null(t)):
         raise ConfigError(f"column {name!r}: type {t} has no numpy form")
 
@@ -183,12 +198,21 @@ def _convert(name, arr: pa.Array, nullable: bool, out: dict, ragged, strings, ma
     elif kind == "fixed_size_list":
         out[name] = _fixed_size_list(arr)
     elif kind == "list":
-        if arr.null_count == 0 and hasattr(arr, "offsets") and not _is_view(t):
-            offsets = arr.offsets.to_numpy().astype(np.int64)
-            offsets -= offsets[0]
-        else:  # null lists may hide values behind them: count what flatten() keeps
-            offsets = _offsets(_lengths(pc.list_value_length(arr)))
-        _ragged(name, _fixed(arr.flatten()), offsets, out, ragged, pad_value)
+        offsets = _list_offsets(arr)
+        flat = arr.flatten()
+        if _kind(flat.type) == "dictionary":
+            flat = flat.dictionary_decode()
+        inner = _kind(flat.type)
+        if inner in ("fixed", "fixed_size_list"):
+            _ragged(name, _fixed(flat), offsets, out, ragged, pad_value)
+        elif inner == "binary" and strings == "object":
+            out[name] = arr.to_numpy(zero_copy_only=False)  # per row: an object array of str/bytes
+        else:  # two levels: list<string|binary> or list<list<fixed-width>>
+            if inner == "binary":
+                values, value_offsets = _bytes(flat)
+            else:
+                value_offsets, values = _list_offsets(flat), _fixed(flat.flatten())
+            _ragged2(name, values, value_offsets, offsets, out, ragged, pad_value)
     elif kind == "binary":
         if strings == "object":
             out[name] = arr.to_numpy(zero_copy_only=False)
@@ -197,6 +221,14 @@ def _convert(name, arr: pa.Array, nullable: bool, out: dict, ragged, strings, ma
         _ragged(name, values, offsets, out, ragged, pad_value)
     else:
         out[name] = _fixed(arr)
+
+
+def _list_offsets(arr: pa.Array) -> np.ndarray:
+    """``int64`` offsets (from 0) of a list array's rows into ``arr.flatten()``."""
+    if arr.null_count == 0 and hasattr(arr, "offsets") and not _is_view(arr.type):
+        offsets = arr.offsets.to_numpy().astype(np.int64)
+        return offsets - offsets[0]
+    return _offsets(_lengths(pc.list_value_length(arr)))  # null lists may hide values: count what flatten keeps
 
 
 def _is_view(t: pa.DataType) -> bool:
@@ -290,6 +322,20 @@ def _ragged(name: str, values: np.ndarray, offsets: np.ndarray, out: dict, form:
     lengths = np.diff(offsets)
     out[name] = pad(values, lengths, pad_value)
     out[name + ".lengths"] = lengths
+
+
+def _ragged2(name: str, values: np.ndarray, value_offsets: np.ndarray, offsets: np.ndarray, out: dict, form: str,
+             pad_value) -> None:
+    """Two-level ragged columns: rows of items (strings or lists) of values."""
+    if form == "offsets":
+        out[name] = values
+        out[name + ".offsets"] = offsets
+        out[name + ".value_offsets"] = value_offsets
+        return
+    item_lengths, lengths = np.diff(value_offsets), np.diff(offsets)
+    out[name] = pad(pad(values, item_lengths, pad_value), lengths, pad_value)
+    out[name + ".lengths"] = lengths
+    out[name + ".value_lengths"] = pad(item_lengths, lengths, 0)
 
 
 def pad(values: np.ndarray, lengths: np.ndarray, pad_value: Any = 0) -> np.ndarray:

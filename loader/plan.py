@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,8 +43,7 @@ _TAG_WINDOW = 0x7769
 _TAG_TRANSFORM = 0x7466
 
 
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):
     """A contiguous run of one row group's (kept) rows.
 
     Attributes:
@@ -177,14 +177,11 @@ def pieces_in_range(order: np.ndarray, counts: np.ndarray, lo: int, hi: int) -> 
     ends = np.cumsum(ordered)
     starts = ends - ordered
     first = int(np.searchsorted(ends, lo, side="right"))
-    pieces = []
-    for i in range(first, len(order)):
-        if starts[i] >= hi:
-            break
-        a, b = max(lo, int(starts[i])), min(hi, int(ends[i]))
-        if b > a:
-            pieces.append(Piece(int(order[i]), a - int(starts[i]), b - int(starts[i])))
-    return pieces
+    last = int(np.searchsorted(starts, hi, side="left"))  # groups [first, last) overlap the range
+    a = np.maximum(lo, starts[first:last]) - starts[first:last]
+    b = np.minimum(hi, ends[first:last]) - starts[first:last]
+    keep = b > a
+    return [Piece(*t) for t in zip(order[first:last][keep].tolist(), a[keep].tolist(), b[keep].tolist(), strict=True)]
 
 
 def split_pieces(pieces: list[Piece], max_rows: int | None) -> list[Piece]:

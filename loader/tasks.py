@@ -193,8 +193,10 @@ def check_output(out, name: str) -> dict:
             lengths[k] = len(v)
         except TypeError as e:
             raise TransformError(f"transform {name} returned column {k!r} without a length ({type(v).__name__})") from e
-    # Ragged values (``col`` next to ``col.offsets``) are flat; offsets hold one entry more than rows.
-    rows = {k: n - 1 if k.endswith(".offsets") else n for k, n in lengths.items() if k + ".offsets" not in out}
+    # Ragged values (``col`` next to ``col.offsets``) are flat, offsets hold one entry more than rows, and
+    # the item offsets of two-level columns (``col.value_offsets``) follow the items, not the rows.
+    rows = {k: n - 1 if k.endswith(".offsets") else n for k, n in lengths.items()
+            if k + ".offsets" not in out and not k.endswith(".value_offsets")}
     if len(set(rows.values())) > 1:
         shown = ", ".join(f"{k!r}: {n}" for k, n in rows.items())
         raise TransformError(f"transform {name} returned columns of unequal lengths (rows per column: {shown})")

@@ -92,9 +92,9 @@ def test_bad_options_and_types_name_the_culprit():
         check_options("jagged", "offsets")
     with pytest.raises(ConfigError, match="strings"):
         check_options("offsets", "utf8")
-    schema = pa.schema([("nested", pa.list_(pa.list_(pa.int32()))), ("ok", pa.int8())])
-    with pytest.raises(ConfigError, match="'nested'"):
-        check_schema(schema, ["nested"])
+    schema = pa.schema([("mapped", pa.map_(pa.string(), pa.int32())), ("ok", pa.int8())])
+    with pytest.raises(ConfigError, match="'mapped'"):
+        check_schema(schema, ["mapped"])
     check_schema(schema, ["ok"])
 
 
@@ -103,3 +103,38 @@ def test_arrays_are_writable_unless_views_are_asked_for(messy):
     assert all(v.flags.writeable for v in out.values())
     views = to_numpy(pa.table({"x": np.arange(5)}), writable=False)
     assert not views["x"].flags.writeable  # zero-copy view of Arrow memory
+
+
+@pytest.mark.parametrize("start,length", [(0, 5), (1, 4), (3, 2)])
+def test_two_level_columns_equal_source_values(start, length):
+    t = pa.table({
+        "tokens": pa.array([["ab", "c"], None, [], ["가", None, "xyz"], ["q"]]),
+        "nested": pa.array([[[1, 2], [3]], [[]], None, [[4, 5, 6]], [[7], [], [8]]], pa.list_(pa.list_(pa.int16()))),
+    }).slice(start, length)
+    out = to_numpy(t)
+    for name in ("tokens", "nested"):
+        values, offsets, item_offsets = out[name], out[name + ".offsets"], out[name + ".value_offsets"]
+        got = [[values[item_offsets[j] : item_offsets[j + 1]] for j in range(offsets[i], offsets[i + 1])]
+               for i in range(len(offsets) - 1)]
+        src = t[name].to_pylist()
+        if name == "tokens":
+            assert [[x.tobytes() for x in row] for row in got] == [
+                [(s or "").encode() for s in row or []] for row in src]
+        else:
+            assert [[x.tolist() for x in row] for row in got] == [[x or [] for x in row or []] for row in src]
+    padded = to_numpy(t, ragged="padded")
+    src = t["nested"].to_pylist()
+    for i, row in enumerate(src):
+        row = row or []
+        assert padded["nested.lengths"][i] == len(row)
+        for j, item in enumerate(row):
+            n = padded["nested.value_lengths"][i, j]
+            assert padded["nested"][i, j, :n].tolist() == item
+    objects = to_numpy(t, strings="object")["tokens"]
+    assert [None if r is None else r.tolist() for r in objects] == t["tokens"].to_pylist()
+
+
+def test_three_levels_are_refused():
+    with pytest.raises(ConfigError, match="'deep'"):
+        check_schema(pa.schema([("deep", pa.list_(pa.list_(pa.list_(pa.int8()))))]), ["deep"])
+    check_schema(pa.schema([("tokens", pa.list_(pa.string()))]), ["tokens"])

@@ -7,6 +7,7 @@ import json
 import threading
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -251,3 +252,25 @@ def test_ranks_with_the_process_pool_property(shape_caches, shape, world, batch,
                                             pool="process", workers=2, transform=add_noise)) for r in range(world)]
     assert len({len(b) for b in per_rank}) == 1
     assert sorted(ids_of([x for b in per_rank for x in b]).tolist()) == list(range(ds.num_rows))
+
+
+def keep(batch, rng):
+    """An identity transform: the forms it returns must pass the length checks."""
+    return batch
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_token_lists_round_trip_through_the_reader(tmp_path, pool):
+    rng = np.random.default_rng(0)
+    words = np.array(["a", "bb", "가나", "", "xyz"])
+    tokens = [list(words[rng.integers(0, 5, rng.integers(0, 4))]) for _ in range(300)]
+    table = pa.table({"id": np.arange(300), "tokens": pa.array(tokens, pa.list_(pa.string()))})
+    ds = loader.write_cache(table, tmp_path, "tok", row_group_bytes=600)
+    assert ds.num_row_groups >= 3
+    batches = read_all(loader.make_reader(ds, batch_size=32, pool=pool, workers=2, transform=keep))
+    seen = {}
+    for b in batches:
+        v, off, item = b["tokens"], b["tokens.offsets"], b["tokens.value_offsets"]
+        for i, row in enumerate(b["id"]):
+            seen[int(row)] = [v[item[j] : item[j + 1]].tobytes().decode() for j in range(off[i], off[i + 1])]
+    assert seen == {i: list(t) for i, t in enumerate(tokens)}
