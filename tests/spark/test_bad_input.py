@@ -46,27 +46,55 @@ def live(spark, demo_table, tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize(
-    ("source", "error", "message"),
-    [
-        ({"table": "demo.no_such_table"}, SourceError, r"'demo.no_such_table' does not exist"),
-        ({"table": "demo.shoping_products"}, SourceError, r"does not exist; did you mean 'shopping_products'"),
-        ({"table": "nodb.products"}, SourceError, r"database 'nodb' does not exist"),
-        ({"columns": ["product_id", "titel"]}, SourceError, r"no column 'titel'; did you mean 'title'"),
-        ({"columns": ["product_id", "attrs"]}, SourceError, r"column 'attrs' has type map<string,string>"),
-        ({"where": "dtt = '2026-11-21'"}, SourceError, r"source.where .*dtt"),
-        ({"where": "dt = "}, SourceError, r"source.where"),
-        ({"partitions": {"dt": "1999-01-01"}}, SourceError, r"has no partition dt=1999-01-01"),
-        ({"partitions": {"dtt": "2026-11-21"}}, SourceError, r"'dtt' is not a partition column.*did you mean 'dt'"),
-        ({"partitions": {"day": "2026-11-21"}}, SourceError, r"'day' is not a partition column.*partition columns: dt"),
-        ({"where": "dt = '1999-01-01'"}, EmptyDatasetError, r"selects no rows; nothing published"),
-        ({"where": "price < 0"}, EmptyDatasetError, r"demo.shopping_products with filter price < 0"),
-    ],
-)
-def test_bad_source(spark, live, source, error, message):
+BAD_SOURCES = [
+    ("source", {"table": "demo.no_such_table"}, SourceError, r"'demo.no_such_table' does not exist"),
+    ("source", {"table": "demo.shoping_products"}, SourceError, r"does not exist; did you mean 'shopping_products'"),
+    ("source", {"table": "nodb.products"}, SourceError, r"database 'nodb' does not exist"),
+    ("source", {"columns": ["product_id", "titel"]}, SourceError, r"no column 'titel'; did you mean 'title'"),
+    ("source", {"columns": ["product_id", "attrs"]}, SourceError, r"column 'attrs' has type map<string,string>"),
+    ("source", {"where": "dtt = '2026-11-21'"}, SourceError, r"source.where .*dtt"),
+    ("source", {"where": "dt = "}, SourceError, r"source.where"),
+    ("source", {"partitions": {"dt": "1999-01-01"}}, SourceError, r"has no partition dt=1999-01-01"),
+    (
+        "source",
+        {"partitions": {"dtt": "2026-11-21"}},
+        SourceError,
+        r"'dtt' is not a partition column.*did you mean 'dt'",
+    ),
+    (
+        "source",
+        {"partitions": {"day": "2026-11-21"}},
+        SourceError,
+        r"'day' is not a partition column.*partition columns: dt",
+    ),
+    ("source", {"where": "dt = '1999-01-01'"}, EmptyDatasetError, r"selects no rows; nothing published"),
+    ("source", {"where": "price < 0"}, EmptyDatasetError, r"demo.shopping_products with filter price < 0"),
+]
+BAD_TRANSFORMS = [
+    ("transforms", [{"kind": "index", "column": "price"}], ConfigError, r"transforms.0.column: 'price' is int"),
+    ("transforms", [{"kind": "index", "column": "colour"}], ConfigError, r"no column 'colour' to index"),
+    ("transforms", [{"kind": "python", "function": "tests.spark.nope:f"}], ConfigError, r"cannot import module"),
+    (
+        "transforms",
+        [{"kind": "python", "function": "tests.spark.hooks:explode"}],
+        TransformError,
+        r"explode.*boom in user code",
+    ),
+    ("transforms", [{"kind": "python", "function": "tests.spark.hooks:not_a_frame"}], TransformError, r"returned list"),
+    (
+        "transforms",
+        [{"kind": "python", "function": "tests.spark.hooks:add_map"}],
+        SourceError,
+        r"column 'm' has type map",
+    ),
+]
+
+
+@pytest.mark.parametrize(("section", "value", "error", "message"), BAD_SOURCES + BAD_TRANSFORMS)
+def test_bad_input_is_refused(spark, live, section, value, error, message):
     before = snapshot(live)
     with pytest.raises(error, match=message):
-        run(job_conf(live, NAME, source=source), spark, log=quiet, force=True)
+        run(job_conf(live, NAME, **{section: value}), spark, log=quiet, force=True)
     assert_nothing_lost(live, before)
 
 
@@ -75,24 +103,6 @@ def test_missing_path_source(spark, live, tmp_path):
     cfg = job_conf(live, NAME, source={"table": None, "path": str(tmp_path / "nope"), "columns": None})
     with pytest.raises(SourceError, match=r"source.path .*nope"):
         run(cfg, spark, log=quiet)
-    assert_nothing_lost(live, before)
-
-
-@pytest.mark.parametrize(
-    ("transforms", "error", "message"),
-    [
-        ([{"kind": "index", "column": "price"}], ConfigError, r"transforms.0.column: 'price' is int"),
-        ([{"kind": "index", "column": "colour"}], ConfigError, r"no column 'colour' to index"),
-        ([{"kind": "python", "function": "tests.spark.nope:f"}], ConfigError, r"cannot import module"),
-        ([{"kind": "python", "function": "tests.spark.hooks:explode"}], TransformError, r"explode.*boom in user code"),
-        ([{"kind": "python", "function": "tests.spark.hooks:not_a_frame"}], TransformError, r"returned list"),
-        ([{"kind": "python", "function": "tests.spark.hooks:add_map"}], SourceError, r"column 'm' has type map"),
-    ],
-)
-def test_bad_transform(spark, live, transforms, error, message):
-    before = snapshot(live)
-    with pytest.raises(error, match=message):
-        run(job_conf(live, NAME, transforms=transforms), spark, log=quiet, force=True)
     assert_nothing_lost(live, before)
 
 
