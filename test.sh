@@ -11,8 +11,13 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 # torch 2.13.0 CPU lies on this machine's disk; a bare `torch` requirement would download a multi-GB CUDA build.
-python -m pip install -q --disable-pip-version-check 'torch==2.13.0'
-python -m pip install -q --disable-pip-version-check -e '.[dev,spark,hdfs,torch,tf]'
+install() {  # quiet unless it fails
+  local log; log="$(mktemp)"
+  python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1 || { cat "$log" >&2; rm -f "$log"; exit 1; }
+  rm -f "$log"
+}
+install 'torch==2.13.0'
+install -e '.[dev,spark,hdfs,torch,tf]'
 export SPARK_LOCAL_IP=127.0.0.1
 export PYSPARK_PYTHON="$VENV/bin/python"
 exec python -m pytest -q "$@"
