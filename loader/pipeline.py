@@ -101,7 +101,8 @@ class Setup:
         pieces_ahead: Piece reads kept in flight.
         batches_ahead: Batch finishes kept in flight.
         prefetch: Size of the ready queue, in batches.
-        finish_in_pool: Send batches to the pool for conversion/transform (else done by the producer).
+        finish_in_pool: Send batches to the pool for conversion and the transform; without a transform the
+            producer converts them itself (cheaper than a round trip through the pool).
         on_epoch: Called with each epoch's plan before its first read (e.g. to prefetch remote files).
     """
 

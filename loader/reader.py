@@ -274,7 +274,7 @@ class Reader(Closeable):
             pieces_ahead=max(workers, window) if pool != "serial" else 1,
             batches_ahead=max(2, workers) if pool != "serial" else 1,
             prefetch=prefetch,
-            finish_in_pool=pool == "thread" or (pool == "process" and transform is not None),
+            finish_in_pool=pool != "serial" and transform is not None,
             on_epoch=_PrefetchHint(ds, self._ctx.locations) if getattr(ds, "file_cache", None) else None,
         )
         self.stats = ReaderStats()
