@@ -8,6 +8,7 @@ other, in one run of this script, on caches made by ``bench/gen_data.py`` (gener
   lists and bytes). No shuffle: the ceiling of a plain scan.
 * ``thread``   — ``make_reader(batch_size=100, shuffle=True, pool="thread")``.
 * ``process``  — the same with ``pool="process"``.
+* ``torch``    — (optional, ``--only ...,torch``) ``loader.torch.make_dataloader`` with 2 DataLoader workers.
 * ``thread 4x``— ``thread`` on the 4x dataset: peak RSS must not grow with the data.
 * ``first batch 10k`` — time from before ``make_reader`` (open included) to the first batch on a cache of
   10,000 one-row-group files.
@@ -159,6 +160,21 @@ def child(args) -> dict:
                 pf.close()
                 if done:
                     break
+        elif args.mode == "torch":
+            from loader.torch import make_dataloader
+
+            stats = None
+            it = iter(make_dataloader(ds.version_path, batch_size=args.batch_size, num_workers=2, columns=columns))
+            for b in it:
+                if first is None:
+                    first = time.perf_counter() - t0
+                ids = b["product_id"].numpy()
+                rows += len(ids)
+                mixes.append(_mixing(ids, cum_rows))
+                batches += 1
+                if batches >= args.iterations:
+                    break
+            del it  # shuts the DataLoader workers down (reaped before the CPU count below)
         else:
             from loader import make_reader
 
@@ -201,7 +217,7 @@ def child(args) -> dict:
         "columns": columns,
         "files": len(ds.files),
         "row_groups": ds.num_row_groups,
-        "stats": str(stats) if args.mode != "raw" and stats is not None else None,
+        "stats": str(stats) if args.mode not in ("raw", "torch") and stats is not None else None,
     }
 
 
@@ -257,10 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--workers", type=int, default=None, help="reader workers (default: the reader's)")
     p.add_argument("--columns", default=None, help="comma-separated columns (default: all with a numpy form)")
-    p.add_argument("--profile", choices=["raw", "thread", "process"], help="run that child under cProfile")
-    p.add_argument("--only", default=None, help="comma-separated subset of raw,thread,process,4x,first")
+    p.add_argument("--profile", choices=["raw", "thread", "process", "torch"], help="run that child under cProfile")
+    p.add_argument("--only", default=None,
+                   help="comma-separated subset of raw,thread,process,4x,first (default) and torch (needs torch)")
     p.add_argument("--repeat", type=int, default=3, help="trials per run, interleaved; the median is shown (default 3)")
-    p.add_argument("--child", choices=["raw", "thread", "process"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["raw", "thread", "process", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--first-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -271,11 +288,12 @@ def main(argv: list[str] | None = None) -> int:
 
     caches = ensure_caches(Path(args.data), args.rows)
     wanted = set((args.only or "raw,thread,process,4x,first").split(","))
-    only = [k for k in ("raw", "thread", "process", "4x", "first") if k in wanted]
+    only = [k for k in ("raw", "thread", "process", "torch", "4x", "first") if k in wanted]
     runs = {
         "raw": ("raw", caches["base"], ()),
         "thread": ("thread", caches["base"], ()),
         "process": ("process", caches["base"], ()),
+        "torch": ("torch", caches["base"], ()),
         "4x": ("thread", caches["base4x"], ()),
         "first": ("thread", caches["tiny"], ("--first-only",)),
     }
@@ -321,6 +339,7 @@ def print_table(results: dict[str, dict], args) -> None:
     print(head)
     print("-" * len(head))
     labels = {"raw": "raw pyarrow scan", "thread": "make_reader thread", "process": "make_reader process",
+              "torch": "torch DataLoader, 2 wk",
               "4x": "make_reader thread 4x", "first": "first batch, 10k files"}
     for key, r in results.items():
         if "error" in r:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .convert import to_numpy
+from .convert import pad, to_numpy
 from .errors import ConfigError
 from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN
 
@@ -52,52 +52,115 @@ def _reader_forms(ragged: str, strings: str) -> dict[str, str]:
     }
 
 
-def _ragged_columns(sample: dict[str, np.ndarray]) -> set[str]:
-    """Columns given as values + offsets (each becomes one RaggedTensor)."""
-    return {k[: -len(".offsets")] for k in sample if k.endswith(".offsets") and k[: -len(".offsets")] in sample}
+def _string_lists(schema) -> set[str]:
+    """Batch keys of ``list<string|binary>`` columns (struct fields flattened as ``col.field``)."""
+    import pyarrow.types as pat
+
+    out: set[str] = set()
+
+    def walk(name: str, t) -> None:
+        if pat.is_struct(t):
+            for i in range(t.num_fields):
+                walk(f"{name}.{t.field(i).name}", t.field(i).type)
+        elif (pat.is_list(t) or pat.is_large_list(t)) and _is_binary_like(t.value_type):
+            out.add(name)
+
+    for field in schema:
+        walk(field.name, field.type)
+    return out
 
 
-def signature_of(sample: dict[str, np.ndarray], ragged_form: bool = True) -> dict[str, Any]:
+def _is_binary_like(t) -> bool:
+    import pyarrow.types as pat
+
+    return pat.is_string(t) or pat.is_large_string(t) or pat.is_binary(t) or pat.is_large_binary(t)
+
+
+def _splits(sample: dict[str, np.ndarray]) -> dict[str, int]:
+    """Keys given as values + offsets -> ragged rank (2 with ``.value_offsets``: lists of strings/lists)."""
+    out = {}
+    for k in sample:
+        if k.endswith(".offsets") and k[: -len(".offsets")] in sample:
+            base = k[: -len(".offsets")]
+            out[base] = 2 if base + ".value_offsets" in sample else 1
+    return out
+
+
+def _is_split_key(key: str, splits: dict[str, int]) -> bool:
+    for suffix in (".offsets", ".value_offsets"):
+        if key.endswith(suffix) and key[: -len(suffix)] in splits:
+            return True
+    return False
+
+
+def signature_of(
+    sample: dict[str, np.ndarray], ragged_form: bool = True, string_lists: set[str] | None = None
+) -> dict[str, Any]:
     """The ``tf.TypeSpec`` dict of batches shaped like ``sample`` (a batch dict of numpy arrays).
 
     Args:
         sample: A batch (possibly empty) in the reader's numpy forms.
-        ragged_form: Fold ``col`` + ``col.offsets`` into one ``tf.RaggedTensorSpec``.
+        ragged_form: Fold values + offsets into ``tf.RaggedTensorSpec`` (else padded dense specs).
+        string_lists: Object columns holding a list of strings per row (found from the data if None).
     """
     tf = _tf()
-    folded = _ragged_columns(sample) if ragged_form else set()
+    splits = _splits(sample) if ragged_form else {}
+    if string_lists is None:
+        string_lists = {
+            k for k, v in sample.items() if v.dtype.kind == "O" and any(isinstance(x, np.ndarray) for x in v)
+        }
     spec: dict[str, Any] = {}
     for key, arr in sample.items():
-        if key.endswith(".offsets") and key[: -len(".offsets")] in folded:
+        if _is_split_key(key, splits):
             continue
         if arr.dtype.kind in "OUS":
-            spec[key] = tf.TensorSpec([None], tf.string)
+            if key not in string_lists:
+                spec[key] = tf.TensorSpec([None], tf.string)
+            elif ragged_form:
+                spec[key] = tf.RaggedTensorSpec([None, None], tf.string, ragged_rank=1, row_splits_dtype=tf.int64)
+            else:  # padded with b"" by _to_tf, plus the items per row
+                spec[key] = tf.TensorSpec([None, None], tf.string)
+                spec[key + ".lengths"] = tf.TensorSpec([None], tf.int64)
             continue
         dtype = tf.int64 if arr.dtype.kind in "mM" else tf.as_dtype(arr.dtype)
-        if key in folded:
-            spec[key] = tf.RaggedTensorSpec([None, None], dtype, ragged_rank=1, row_splits_dtype=tf.int64)
+        if key in splits:
+            rank = splits[key]
+            spec[key] = tf.RaggedTensorSpec([None] * (rank + 1), dtype, ragged_rank=rank, row_splits_dtype=tf.int64)
+        elif key + ".lengths" in sample or key.endswith(".value_lengths"):
+            spec[key] = tf.TensorSpec([None] * arr.ndim, dtype)  # padded: widths vary per batch
         else:
-            inner = list(arr.shape[1:])
-            if key + ".lengths" in sample:
-                inner = [None] * len(inner)  # padded: the width varies per batch
-            spec[key] = tf.TensorSpec([None, *inner], dtype)
+            spec[key] = tf.TensorSpec([None, *arr.shape[1:]], dtype)
     return spec
 
 
-def _to_tf(batch: dict[str, np.ndarray], folded: set[str]) -> dict[str, Any]:
+def _strings(values) -> Any:
+    tf = _tf()
+    if not len(values):
+        return tf.zeros([0], tf.string)
+    return tf.constant([b"" if v is None else v for v in values], tf.string)
+
+
+def _to_tf(batch: dict[str, np.ndarray], splits: dict[str, int], string_lists: set[str], ragged_form: bool) -> dict:
     tf = _tf()
     out: dict[str, Any] = {}
     for key, arr in batch.items():
-        if key.endswith(".offsets") and key[: -len(".offsets")] in folded:
+        if _is_split_key(key, splits):
             continue
         if arr.dtype.kind in "mM":
             arr = arr.view(np.int64)
-        if key in folded:
-            out[key] = tf.RaggedTensor.from_row_splits(arr, batch[key + ".offsets"], validate=False)
+        if key in splits:
+            nested = [batch[key + ".offsets"]] + ([batch[key + ".value_offsets"]] if splits[key] == 2 else [])
+            out[key] = tf.RaggedTensor.from_nested_row_splits(arr, nested, validate=False)
+        elif arr.dtype.kind == "O" and key in string_lists:
+            lengths = np.array([0 if v is None else len(v) for v in arr], dtype=np.int64)
+            flat = [x for v in arr if v is not None for x in v.tolist()]
+            if ragged_form:
+                out[key] = tf.RaggedTensor.from_row_lengths(_strings(flat), lengths, validate=False)
+            else:
+                out[key] = pad(np.array([b"" if x is None else x for x in flat], dtype=object), lengths, b"")
+                out[key + ".lengths"] = lengths
         elif arr.dtype.kind == "O":
-            out[key] = tf.constant([b"" if v is None else v for v in arr], tf.string) if len(arr) else tf.zeros(
-                [0], tf.string
-            )
+            out[key] = _strings(arr)
         else:
             out[key] = arr
     return out
@@ -144,14 +207,17 @@ def make_dataset(
     def open_reader():
         return make_reader(url, **kwargs)
 
+    ragged_form = ragged == "ragged"
     if output_signature is None:
-        output_signature = _derive_signature(kwargs, open_reader, ragged == "ragged")
-    folded = {k for k, v in output_signature.items() if isinstance(v, tf.RaggedTensorSpec)}
+        output_signature = _derive_signature(kwargs, open_reader, ragged_form)
+    splits = {k: v.ragged_rank for k, v in output_signature.items()
+              if isinstance(v, tf.RaggedTensorSpec) and v.dtype != tf.string}
+    string_lists = {k for k, v in output_signature.items() if v.dtype == tf.string and v.shape.rank == 2}
 
     def generate() -> Iterator[dict[str, Any]]:
         with open_reader() as reader:
             for batch in reader:
-                yield _to_tf(batch, folded)
+                yield _to_tf(batch, splits, string_lists, ragged_form)
 
     return tf.data.Dataset.from_generator(generate, output_signature=output_signature)
 
@@ -171,13 +237,14 @@ def _derive_signature(kwargs: dict, open_reader: Callable, ragged_form: bool) ->
                 raise ConfigError("output_signature: cannot derive it from an empty reader; pass it explicitly")
             return signature_of(first, ragged_form)
         fields = [probe.dataset.schema.field(c) for c in probe.columns]
+        string_lists = _string_lists(probe.dataset.schema)
     if kwargs.get("with_row_ids"):  # appended by the reader like Table.append_column does (nullable int64)
         fields += [pa.field(ROW_GROUP_COLUMN, pa.int64()), pa.field(ROW_COLUMN, pa.int64())]
     empty = to_numpy(
         pa.schema(fields).empty_table(), ragged=kwargs["ragged"], strings=kwargs["strings"],
         masks=bool(kwargs.get("masks")),
     )
-    return signature_of(empty, ragged_form)
+    return signature_of(empty, ragged_form, string_lists)
 
 
 __all__ = ["make_dataset", "signature_of"]

@@ -53,24 +53,34 @@ def to_torch(batch: dict[str, np.ndarray], ragged: str = "padded", pad_value: An
     Args:
         batch: A batch of :func:`loader.make_reader` with ``ragged="offsets"``.
         ragged: ``"padded"``: each ``col`` + ``col.offsets`` pair becomes an ``(n, longest)`` tensor padded
-            with ``pad_value`` and ``col.lengths``; ``"offsets"``: kept as values + offsets.
+            with ``pad_value`` and ``col.lengths``; a two-level column (``col.value_offsets``: lists of
+            strings or of lists) becomes ``(n, most items, longest item)`` with ``col.lengths`` and
+            ``col.value_lengths`` (``(n, most items)``). ``"offsets"``: kept as values + offsets.
         pad_value: Fill value of the padding.
 
-    String/object arrays become lists. Read-only arrays (zero-copy views of Arrow memory) are copied, so
-    the tensors are safe to modify.
+    String/object arrays become lists (a list of strings per row for ``list<string>``). Read-only arrays
+    (zero-copy views of Arrow memory) are copied, so the tensors are safe to modify.
     """
     if ragged == "padded":
         batch = dict(batch)
         for key in [k for k in batch if k.endswith(".offsets") and k[: -len(".offsets")] in batch]:
             col = key[: -len(".offsets")]
             lengths = np.diff(batch.pop(key))
-            batch[col] = pad(batch[col], lengths, pad_value)
+            values = batch[col]
+            inner = batch.pop(col + ".value_offsets", None)
+            if inner is not None:  # pad the items first, then the rows of items
+                item_lengths = np.diff(inner)
+                values = pad(values, item_lengths, pad_value)
+                batch[col + ".value_lengths"] = pad(item_lengths, lengths, 0)
+            batch[col] = pad(values, lengths, pad_value)
             batch[col + ".lengths"] = lengths
     out: dict[str, Any] = {}
     for key, value in batch.items():
         if not isinstance(value, np.ndarray):
             out[key] = value
-        elif value.dtype.kind in "OUS":
+        elif value.dtype.kind == "O":  # str/bytes per row, or an array of them per row (list<string>)
+            out[key] = [v.tolist() if isinstance(v, np.ndarray) else v for v in value.tolist()]
+        elif value.dtype.kind in "US":
             out[key] = value.tolist()
         else:
             if value.dtype.kind in "mM":

@@ -12,11 +12,15 @@ ROWS = 730  # not a multiple of any batch size used, so last batches are short
 
 
 def adapter_table(n: int = ROWS) -> pa.Table:
-    """Ids, a float, Korean titles (some null), image bytes, variable-length id lists (some empty)."""
+    """Ids, a float, Korean titles (some null), image bytes, variable-length id lists (some empty), token lists
+    (``list<string>``, some null or empty) and lists of lists (``list<list<int16>>``)."""
     rng = np.random.default_rng(11)
     lengths = rng.integers(0, 9, n)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     titles = [None if i % 97 == 5 else f"상품 {i} " + "가나다라"[: i % 5] for i in range(n)]
+    words = ["신발", "가방", "모자", "", "셔츠 M", "b"]
+    tokens = [None if i % 89 == 3 else [words[(i + j) % 6] for j in range(i % 4)] for i in range(n)]
+    nested = [[list(range(j, j + (i + j) % 3)) for j in range(i % 3)] for i in range(n)]
     return pa.table(
         {
             "id": pa.array(np.arange(n, dtype=np.int64)),
@@ -27,6 +31,8 @@ def adapter_table(n: int = ROWS) -> pa.Table:
                 pa.array(offsets), pa.array(rng.integers(1, 30_000, offsets[-1]), pa.int32())
             ),
             "label": pa.array((np.arange(n) % 5).astype(np.int32)),
+            "tokens": pa.array(tokens, pa.list_(pa.string())),
+            "nested": pa.array(nested, pa.list_(pa.list_(pa.int16()))),
         }
     )
 

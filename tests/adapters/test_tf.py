@@ -28,6 +28,10 @@ def test_signature_from_the_schema_and_values_match(adapter_data):
     assert spec["title"] == tf.TensorSpec([None], tf.string)
     assert spec["image"] == tf.TensorSpec([None], tf.string)
     assert spec["ids"] == tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1, row_splits_dtype=tf.int64)
+    assert spec["tokens"] == tf.RaggedTensorSpec([None, None], tf.string, ragged_rank=1, row_splits_dtype=tf.int64)
+    assert spec["nested"] == tf.RaggedTensorSpec(
+        [None, None, None], tf.int16, ragged_rank=2, row_splits_dtype=tf.int64
+    )
     assert set(spec) == set(table.column_names)
     seen = []
     for b in data:
@@ -38,6 +42,9 @@ def test_signature_from_the_schema_and_values_match(adapter_data):
         assert b["ids"].to_list() == rows["ids"].to_pylist()
         assert [t.decode() for t in b["title"].numpy()] == [t or "" for t in rows["title"].to_pylist()]
         assert list(b["image"].numpy()) == rows["image"].to_pylist()
+        assert b["tokens"].to_list() == [[t.encode() for t in r or []] for r in rows["tokens"].to_pylist()]
+        assert isinstance(b["nested"], tf.RaggedTensor) and b["nested"].ragged_rank == 2
+        assert b["nested"].to_list() == rows["nested"].to_pylist()
         np.testing.assert_array_equal(b["x"].numpy(), rows["x"].to_numpy())
     assert sorted(np.concatenate(seen).tolist()) == list(range(table.num_rows))
 
@@ -70,6 +77,25 @@ def test_row_ids_and_masks_are_in_the_signature(adapter_data):
         assert b["title.valid"].numpy().tolist() == [t is not None for t in rows["title"].to_pylist()]
         sizes = np.cumsum([0, *ds.row_group_sizes()])
         np.testing.assert_array_equal(sizes[b["_row_group"].numpy()] + b["_row"].numpy(), b["id"].numpy())
+
+
+def test_padded_lists_of_strings_and_of_lists(adapter_data):
+    table, ds = adapter_data
+    data = make_dataset(ds.version_path, batch_size=90, ragged="padded", columns=["id", "tokens", "nested"])
+    spec = data.element_spec
+    assert spec["tokens"] == tf.TensorSpec([None, None], tf.string)
+    assert spec["nested"] == tf.TensorSpec([None, None, None], tf.int16)
+    assert spec["nested.value_lengths"] == tf.TensorSpec([None, None], tf.int64)
+    for b in data:
+        rows = table.take(b["id"].numpy())
+        tokens, n_tokens = b["tokens"].numpy(), b["tokens.lengths"].numpy()
+        expected = [[t.encode() for t in r or []] for r in rows["tokens"].to_pylist()]
+        assert [list(tokens[i, : n_tokens[i]]) for i in range(len(n_tokens))] == expected
+        assert all((tokens[i, n_tokens[i]:] == b"").all() for i in range(len(n_tokens)))
+        nested, n_items, item_lengths = (b["nested"].numpy(), b["nested.lengths"].numpy(),
+                                         b["nested.value_lengths"].numpy())
+        got = [[nested[i, j, : item_lengths[i, j]].tolist() for j in range(n_items[i])] for i in range(len(n_items))]
+        assert got == rows["nested"].to_pylist()
 
 
 def test_each_iteration_is_a_fresh_reader(adapter_data):

@@ -35,6 +35,19 @@ def check_rows(batch: dict, table) -> None:
     mask = np.arange(padded.shape[1])[None, :] < lengths[:, None]
     np.testing.assert_array_equal(padded[mask], np.concatenate([np.asarray(v, np.int32) for v in expected]))
     assert (padded[~mask] == -1).all()
+    assert batch["tokens"] == rows["tokens"].to_pylist()  # a list of str per row (None where null)
+    check_nested(batch, "nested", rows["nested"].to_pylist(), pad_value=-1)
+
+
+def check_nested(batch: dict, col: str, expected: list, pad_value) -> None:
+    """A padded two-level column: ``(n, most items, longest item)`` with lengths and value_lengths."""
+    values, lengths, item_lengths = (batch[col].numpy(), batch[col + ".lengths"].numpy(),
+                                     batch[col + ".value_lengths"].numpy())
+    assert values.ndim == 3 and lengths.tolist() == [len(r or []) for r in expected]
+    for i, row in enumerate(expected):
+        row = row or []
+        assert [values[i, j, : item_lengths[i, j]].tolist() for j in range(lengths[i])] == row
+        assert (values[i, lengths[i]:] == pad_value).all() and (item_lengths[i, lengths[i]:] == 0).all()
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -126,6 +139,17 @@ def test_offsets_and_string_tensors(adapter_data):
     assert titles == [t or "" for t in rows["title"].to_pylist()]
     assert b["ids"].ndim == 1 and b["ids.offsets"].shape[0] == len(b["id"]) + 1
     assert set(b) == {"id", "title", "title.offsets", "ids", "ids.offsets"}
+
+
+def test_lists_of_strings_as_padded_bytes(adapter_data):
+    table, ds = adapter_data
+    dl = make_dataloader(ds.version_path, batch_size=64, strings="tensor", columns=["id", "tokens"])
+    for b in dl:
+        expected = [[t.encode() for t in row or []] for row in table.take(b["id"].numpy())["tokens"].to_pylist()]
+        values, lengths = b["tokens"].numpy(), b["tokens.lengths"].numpy()
+        item_lengths = b["tokens.value_lengths"].numpy()
+        got = [[values[i, j, : item_lengths[i, j]].tobytes() for j in range(lengths[i])] for i in range(len(lengths))]
+        assert got == expected
 
 
 def test_plain_dataloader_over_the_dataset(adapter_data):
