@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import fs as lfs
 from . import tasks
 from .dataset import Dataset, open_dataset
 from .errors import ColumnNotFoundError, ConfigError, EmptyDatasetError, StateError
@@ -183,6 +184,11 @@ class Reader(Closeable):
             _check_importable(transform)
         check_options(ragged, strings)
 
+        if fs_options and (isinstance(url, Dataset) or not lfs.is_remote(os.fspath(url))):
+            raise ConfigError(
+                f"make_reader got unexpected keyword arguments {sorted(fs_options)} (extra keywords are options "
+                "of a remote URL's filesystem)"
+            )
         if isinstance(url, Dataset):
             ds = url
         elif cache_dir is not None:

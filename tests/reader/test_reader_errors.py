@@ -56,6 +56,7 @@ def not_a_dict(batch):
     ({"ragged": "jagged"}, ConfigError, "ragged"),
     ({"transform": 42}, ConfigError, "transform must be callable"),
     ({"columns": []}, ConfigError, "at least one column"),
+    ({"batchsize": 10}, ConfigError, r"unexpected keyword arguments \['batchsize'\]"),
     ({"world_size": 1001}, EmptyDatasetError, "rank 0 of 1001 would get no rows"),
     ({"sample": 1e-6}, EmptyDatasetError, "no rows"),
     ({"batch_size": 600, "world_size": 2, "drop_last": True}, EmptyDatasetError, "batch_size 600"),
