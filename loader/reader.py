@@ -290,6 +290,14 @@ class Reader(Closeable):
         self._error: BaseException | None = None
         self._closed = False
 
+    def __repr__(self) -> str:
+        epoch, batch = self._position
+        return (
+            f"<Reader {self.dataset.name}@{self.dataset.version} rank {self.rank}/{self.world_size} "
+            f"{self.batches_per_epoch} batches of {self.batch_size}/epoch, next epoch {epoch} batch {batch}, "
+            f"pool={self.pool_kind} workers={self.workers} window={self.window}>"
+        )
+
     # --- planning -----------------------------------------------------------------------------------
 
     def plan(self, epoch: int) -> EpochPlan:

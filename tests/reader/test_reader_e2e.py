@@ -159,6 +159,7 @@ def test_reader_starts_no_thread_before_iterating_and_opens_urls(mixed_cache):
     reader = loader.make_reader(mixed_cache.url, batch_size=999, workers=3)
     assert set(threading.enumerate()) - before == set()
     assert reader.dataset.version == mixed_cache.version
+    assert f"demo@{mixed_cache.version} rank 0/1 2 batches of 999/epoch, next epoch 0 batch 0" in repr(reader)
     with reader:
         assert len(next(reader)["id"]) == 999
         started = set(threading.enumerate()) - before

@@ -36,18 +36,21 @@ def rows_of(plan, sizes, seed) -> list[tuple[int, int]]:
 @settings(max_examples=300, deadline=None)
 @given(sizes=sizes_st, world=st.integers(1, 8), batch=st.integers(1, 40), seed=st.integers(0, 2**32),
        epoch=st.integers(0, 5), window=st.integers(1, 5), shuffle=st.booleans(), drop_last=st.booleans(),
-       max_piece=st.one_of(st.none(), st.integers(1, 30)))
+       max_piece=st.one_of(st.none(), st.integers(1, 30)), sample=st.one_of(st.none(), st.floats(0.05, 1.0)))
 def test_ranks_partition_the_epoch_with_equal_batch_counts(sizes, world, batch, seed, epoch, window, shuffle,
-                                                           drop_last, max_piece):
-    total = sum(sizes)
-    if total // world == 0:
-        return  # the reader refuses this (EmptyDatasetError); tested end to end
+                                                           drop_last, max_piece, sample):
+    total = int(sample_counts(sizes, sample, seed, epoch).sum())
+    if total // world == 0 or (drop_last and total // world < batch):
+        return  # the reader refuses these (EmptyDatasetError); tested end to end
     plans = [plan_epoch(sizes, seed=seed, epoch=epoch, rank=r, world_size=world, batch_size=batch,
-                        shuffle=shuffle, drop_last=drop_last, window=window, max_piece_rows=max_piece)
-             for r in range(world)]
+                        shuffle=shuffle, drop_last=drop_last, window=window, max_piece_rows=max_piece,
+                        sample=sample) for r in range(world)]
+    assert len({p.kept for p in plans}) == 1  # every rank agrees on the epoch's sample
+    kept = plans[0].kept or tuple(sizes)
     seen = [rows_of(p, sizes, seed) for p in plans]
     everything = [x for rank_rows in seen for x in rank_rows]
-    assert sorted(everything) == [(g, r) for g, n in enumerate(sizes) for r in range(n)]
+    assert sorted(everything) == [(g, int(r)) for g, n in enumerate(sizes)
+                                  for r in sample_rows(n, kept[g], seed, epoch, g)]
     assert len({p.num_batches for p in plans}) == 1  # the same number of batches on every rank
     assert len({len(s) for s in seen}) <= 2 and max(map(len, seen)) - min(map(len, seen)) <= 1
     for p, rank_rows in zip(plans, seen, strict=True):
