@@ -100,7 +100,7 @@ class FileCache:
         retry: Retries of a whole download whose stream failed.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, *, max_cache_bytes: int | None = None, io_threads: int = 4,
+    def __init__(self, cache_dir: str | os.PathLike, *, max_cache_bytes: int | None = None, io_threads: int = 8,
                  pin_files: int = 8, auto_prefetch: bool = True, retry: RetryPolicy | None = None):
         if max_cache_bytes is not None and max_cache_bytes <= 0:
             raise ConfigError(f"max_cache_bytes must be positive, got {max_cache_bytes}")

@@ -47,7 +47,7 @@ class SyncSummary:
         return self.summary
 
 
-def sync(url: str, cache_dir: str | os.PathLike, *, workers: int | str = 4, progress: bool = True,
+def sync(url: str, cache_dir: str | os.PathLike, *, workers: int | str = 8, progress: bool = True,
          **fs_options) -> SyncSummary:
     """Copy every data file of the version at ``url`` into ``cache_dir``, verified against the manifest.
 

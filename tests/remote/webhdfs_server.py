@@ -85,10 +85,11 @@ class Record:
 
 
 class _Link:
-    """A shared bandwidth limit (token bucket over all data-node bodies)."""
+    """A shared bandwidth limit: a token bucket over all data-node bodies, ``burst`` bytes deep (like tc's tbf)."""
 
-    def __init__(self):
+    def __init__(self, burst: int = 256 << 10):
         self.rate: float | None = None
+        self.burst = burst
         self._lock = threading.Lock()
         self._next = time.monotonic()
 
@@ -97,7 +98,7 @@ class _Link:
             return
         with self._lock:
             now = time.monotonic()
-            start = max(now, self._next)
+            start = max(now - self.burst / self.rate, self._next)  # idle time earns at most `burst` bytes
             self._next = start + nbytes / self.rate
             delay = self._next - now
         if delay > 0:
@@ -293,6 +294,7 @@ class WebHdfs:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stalls
     server_state: WebHdfs
     role: str
 
