@@ -136,10 +136,13 @@ class ThreadPool(Pool):
         self.workers = workers
         self._init = (initializer, initargs)
         self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
         self._lock = threading.Lock()
 
     def submit(self, fn: Callable, *args) -> Handle:
         with self._lock:
+            if self._closed:
+                raise RuntimeError("submit on a closed pool")
             if self._executor is None:
                 if self._init[0] is not None:
                     self._init[0](*self._init[1])
@@ -149,6 +152,7 @@ class ThreadPool(Pool):
     def close(self) -> None:
         with self._lock:
             executor, self._executor = self._executor, None
+            self._closed = True
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
 
@@ -253,6 +257,7 @@ class ProcessPool(Pool):
         self._prefix = f"lrd{secrets.token_hex(4)}"
         self._executor: ProcessPoolExecutor | None = None
         self._handles: set[_ProcessHandle] = set()
+        self._closed = False
         self._lock = threading.Lock()
 
     @property
@@ -262,6 +267,8 @@ class ProcessPool(Pool):
 
     def submit(self, fn: Callable, *args) -> Handle:
         with self._lock:
+            if self._closed:
+                raise RuntimeError("submit on a closed pool")
             if self._executor is None:
                 self._executor = ProcessPoolExecutor(
                     self.workers,
@@ -294,6 +301,7 @@ class ProcessPool(Pool):
         with self._lock:
             executor, self._executor = self._executor, None
             handles, self._handles = list(self._handles), set()
+            self._closed = True
         if executor is None:
             return
         for h in handles:

@@ -80,6 +80,15 @@ def test_constructors_start_nothing(kind):
     pool.close()
 
 
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_a_closed_pool_takes_no_more_work(kind):
+    pool = make_pool(kind, 1)
+    pool.submit(fail_deep, 1).cancel()
+    pool.close()
+    with pytest.raises(RuntimeError, match="closed pool"):
+        pool.submit(fail_deep, 2)
+
+
 def test_bad_pool_arguments():
     with pytest.raises(ConfigError, match="pool must be one of"):
         make_pool("gpu", 1)
