@@ -1,0 +1,156 @@
+"""Benchmark the prepare job against plain Spark, and the trainer's first batch against Spark's.
+
+    .venv/bin/python bench/bench_materialize.py [--rows 2000000] [--block 32MiB] [--image-bytes 48]
+
+Measured in one run, on the same machine and data (figures, never pass/fail):
+
+1. the demo table scaled up (default 2M rows; JPEG payloads narrowed to ~48 random bytes + the ~700-byte
+   template so 2M rows fit this machine's time budget);
+2. ``plain``: ``df.write.parquet`` of the same selection (same columns and filter, zstd) — the floor;
+3. ``larder``: the whole job (validation, fingerprint, vocabulary, sizing sample, decorrelating shuffle,
+   footer verification, checksums, manifest, atomic publish), forced; ratio to ``plain`` (target <= 1.3);
+4. the row-group fill distribution of the published cache (min / median / max of the block);
+5. time from process start to the first batch: a fresh Python process with ``loader.make_reader`` on the
+   cache vs a fresh process that starts a SparkSession and reads the same table (``limit(batch)``, the
+   cheapest possible Spark read, and a shuffled read, which is what an epoch of shuffled batches needs);
+   ratios Spark / loader (target >= 20).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+TABLE = "bench.shopping_products"
+COLUMNS = ["product_id", "title", "tokens", "wordpiece_ids", "image", "category", "price"]
+BATCH = 256
+
+
+def first_batch_seconds(code: str, env: dict) -> float:
+    """Wall time of a fresh Python process running ``code`` (interpreter start included)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=2_000_000)
+    p.add_argument("--days", type=int, default=4)
+    p.add_argument("--image-bytes", type=int, default=48)
+    p.add_argument("--block", default="32MiB", help="block size of the cache (32MiB: ~10 row groups at 2M rows)")
+    p.add_argument("--data", default=os.path.join(HERE, "data", "materialize"))
+    p.add_argument("--repeat", type=int, default=1, help="repetitions of plain and larder (min is reported)")
+    args = p.parse_args()
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from etl.config import from_dict
+    from etl.demo import make_demo_table
+    from etl.job import run
+    from etl.session import build_session
+
+    spark_section = {
+        "master": "local[*]",
+        "warehouse_dir": os.path.join(args.data, "warehouse"),
+        "metastore_dir": os.path.join(args.data, "metastore"),
+        "conf": {"spark.ui.enabled": False, "spark.driver.memory": "4g"},
+    }
+    cfg = from_dict(
+        {
+            "name": "bench_shop",
+            "source": {"table": TABLE, "columns": COLUMNS},
+            "transforms": [{"kind": "index", "column": "category", "output": "label"}],
+            "output": {"root": os.path.join(args.data, "cache"), "block_size": args.block, "keep_versions": 2},
+            "spark": spark_section,
+        }
+    )
+    spark = build_session(cfg.spark)
+    spark.sparkContext.setLogLevel("ERROR")
+    started = time.perf_counter()
+    made = make_demo_table(spark, TABLE, rows=args.rows, days=args.days, image_bytes=args.image_bytes)
+    gen = time.perf_counter() - started
+    rows = spark.table(TABLE).count()
+    if rows != args.rows:  # an older table of another size
+        make_demo_table(spark, TABLE, rows=args.rows, days=args.days, image_bytes=args.image_bytes, if_missing=False)
+        rows = args.rows
+    how = f"generated in {gen:.0f}s" if made else "existing"
+    print(f"table {TABLE}: {rows} rows ({how})", flush=True)
+
+    selection = spark.table(TABLE).select(*COLUMNS)
+    selection.selectExpr("sum(length(image))").collect()  # warm the page cache for both contenders
+    plain_dir = os.path.join(args.data, "plain")
+    plain_times, job_times, result = [], [], None
+    for _ in range(args.repeat):
+        shutil.rmtree(plain_dir, ignore_errors=True)
+        t = time.perf_counter()
+        selection.write.option("compression", "zstd").parquet(plain_dir)
+        plain_times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        result = run(cfg, spark, force=True, log=lambda m: print(f"  {m}", flush=True))
+        job_times.append(time.perf_counter() - t)
+    plain_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(plain_dir) for f in fs)
+    spark.stop()  # the Derby metastore admits one JVM at a time
+
+    import loader
+
+    ds = loader.open_dataset(os.path.join(cfg.output.root, cfg.name))
+    fills = sorted(g.compressed_bytes / ds.manifest.block_size for f in ds.files for g in f.row_groups)
+    env = {**os.environ, "PYTHONPATH": REPO}
+    url = os.path.join(cfg.output.root, cfg.name)
+    loader_code = (
+        "import loader\n"
+        f"r = loader.make_reader({url!r}, columns={[c for c in COLUMNS if c != 'tokens']!r}, batch_size={BATCH})\n"
+        "next(iter(r)); r.close()\n"
+    )
+    spark_head = (
+        "from pyspark.sql import SparkSession\n"
+        "s = SparkSession.builder.master('local[*]').config('spark.ui.enabled', 'false')"
+        f".config('spark.sql.warehouse.dir', {spark_section['warehouse_dir']!r})"
+        f".config('spark.hadoop.javax.jdo.option.ConnectionURL', "
+        f"'jdbc:derby:;databaseName={os.path.abspath(spark_section['metastore_dir'])}/metastore_db;create=true')"
+        ".enableHiveSupport().getOrCreate()\n"
+        "s.sparkContext.setLogLevel('ERROR')\n"
+        f"df = s.table({TABLE!r}).select(*{COLUMNS!r})\n"
+    )
+    spark_limit = spark_head + f"df.limit({BATCH}).collect()\n"
+    spark_shuffled = (
+        spark_head + f"from pyspark.sql import functions as F\ndf.orderBy(F.rand(0)).limit({BATCH}).collect()\n"
+    )
+    first_loader = min(first_batch_seconds(loader_code, env) for _ in range(3))
+    first_spark = first_batch_seconds(spark_limit, env)
+    first_spark_shuffled = first_batch_seconds(spark_shuffled, env)
+
+    plain, job = min(plain_times), min(job_times)
+    table = [
+        ("rows", f"{rows:,}"),
+        ("cache: files / row groups / bytes", f"{len(ds.files)} / {ds.num_row_groups} / {ds.total_bytes:,}"),
+        ("plain df.write.parquet bytes", f"{plain_bytes:,}"),
+        ("plain df.write.parquet (s)", f"{plain:.1f}"),
+        ("larder job, forced (s)", f"{job:.1f}"),
+        ("ratio job / plain (target <= 1.3)", f"{job / plain:.2f}"),
+        (f"row-group fill of {args.block}: min / median / max",
+         f"{fills[0]:.3f} / {statistics.median(fills):.3f} / {fills[-1]:.3f}"),
+        ("first batch, loader (s, best of 3)", f"{first_loader:.2f}"),
+        ("first batch, SparkSession + limit (s)", f"{first_spark:.2f}"),
+        ("first batch, SparkSession + shuffled read (s)", f"{first_spark_shuffled:.2f}"),
+        ("ratio spark limit / loader (target >= 20)", f"{first_spark / first_loader:.1f}"),
+        ("ratio spark shuffled / loader", f"{first_spark_shuffled / first_loader:.1f}"),
+    ]  # fmt: skip
+    width = max(len(k) for k, _ in table)
+    print(f"\n| {'metric'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
+    for key, value in table:
+        print(f"| {key.ljust(width)} | {value} |")
+    print(f"\nlarder job attempts: {result.fill if result else {}}")
+
+
+if __name__ == "__main__":
+    main()
