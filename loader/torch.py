@@ -41,10 +41,12 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
 
 from .convert import pad
 from .errors import ConfigError, StateError
+from .reader import DEFAULT_MEMORY_BUDGET, make_reader
 
 RAGGED_FORMS = ("padded", "offsets")
 STRING_FORMS = ("list", "tensor")
 STATE_KEY = "_larder_state"
+MIN_WORKER_BUDGET = 64 << 20
 
 
 def to_torch(batch: dict[str, np.ndarray], ragged: str = "padded", pad_value: Any = 0) -> dict[str, Any]:
@@ -61,8 +63,13 @@ def to_torch(batch: dict[str, np.ndarray], ragged: str = "padded", pad_value: An
     String/object arrays become lists (a list of strings per row for ``list<string>``). Read-only arrays
     (zero-copy views of Arrow memory) are copied, so the tensors are safe to modify.
     """
+    return as_tensors(prepare(batch, ragged, pad_value))
+
+
+def prepare(batch: dict[str, np.ndarray], ragged: str = "padded", pad_value: Any = 0) -> dict[str, Any]:
+    """Everything :func:`to_torch` does except making tensors: padding, and strings to lists."""
+    batch = dict(batch)
     if ragged == "padded":
-        batch = dict(batch)
         for key in [k for k in batch if k.endswith(".offsets") and k[: -len(".offsets")] in batch]:
             col = key[: -len(".offsets")]
             lengths = np.diff(batch.pop(key))
@@ -74,20 +81,25 @@ def to_torch(batch: dict[str, np.ndarray], ragged: str = "padded", pad_value: An
                 batch[col + ".value_lengths"] = pad(item_lengths, lengths, 0)
             batch[col] = pad(values, lengths, pad_value)
             batch[col + ".lengths"] = lengths
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind == "O":  # str/bytes, or an array of them per row
+            batch[key] = [v.tolist() if isinstance(v, np.ndarray) else v for v in value.tolist()]
+        elif isinstance(value, np.ndarray) and value.dtype.kind in "US":
+            batch[key] = value.tolist()
+    return batch
+
+
+def as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    """Numpy arrays to tensors (zero-copy unless read-only or strided); anything else as is."""
     out: dict[str, Any] = {}
     for key, value in batch.items():
-        if not isinstance(value, np.ndarray):
-            out[key] = value
-        elif value.dtype.kind == "O":  # str/bytes per row, or an array of them per row (list<string>)
-            out[key] = [v.tolist() if isinstance(v, np.ndarray) else v for v in value.tolist()]
-        elif value.dtype.kind in "US":
-            out[key] = value.tolist()
-        else:
+        if isinstance(value, np.ndarray):
             if value.dtype.kind in "mM":
                 value = value.view(np.int64)
             if not value.flags.writeable or not value.flags.c_contiguous:
                 value = np.array(value, order="C")
-            out[key] = torch.from_numpy(value)
+            value = torch.from_numpy(value)
+        out[key] = value
     return out
 
 
@@ -161,7 +173,11 @@ class LarderIterableDataset(IterableDataset):
         self.ragged, self.strings, self.pad_value = ragged, strings, pad_value
         self.reader_kwargs = reader_kwargs
         self.epoch = epoch
-        self.with_state = False  # set by LarderDataLoader: deliver the reader state with every batch
+        # Set by LarderDataLoader: deliver the reader state with every batch, and numpy arrays that the
+        # loader turns into tensors in the main process (pickling a few hundred KB through the worker queue
+        # costs far less than torch's per-tensor shared-memory file descriptors).
+        self.with_state = False
+        self.defer_tensors = False
         self._resume: dict[int, dict] | None = None
         self._reader = None
 
@@ -180,8 +196,6 @@ class LarderIterableDataset(IterableDataset):
 
     def make_reader(self, rank: int, world_size: int, resume: dict | None = None):
         """The reader of one shard of the current epoch, positioned at its start (or at ``resume``)."""
-        from .reader import make_reader
-
         reader = make_reader(
             self.url,
             batch_size=self.batch_size,
@@ -205,14 +219,18 @@ class LarderIterableDataset(IterableDataset):
         rank, world = self.shard()
         # Taken now (not when the generator starts) so a DataLoader can clear it once workers have copies.
         resume = (self._resume or {}).get(rank)
-        return self._batches(rank, world, resume, self.with_state)
+        return self._batches(rank, world, resume, self.with_state, self.defer_tensors)
 
-    def _batches(self, rank: int, world: int, resume: dict | None, with_state: bool) -> Iterator[dict[str, Any]]:
+    def _batches(
+        self, rank: int, world: int, resume: dict | None, with_state: bool, defer_tensors: bool
+    ) -> Iterator[dict[str, Any]]:
         reader = self.make_reader(rank, world, resume)
         self._reader = reader
         try:
             for batch in reader:
-                out = to_torch(batch, ragged=self.ragged, pad_value=self.pad_value)
+                out = prepare(batch, self.ragged, self.pad_value)
+                if not defer_tensors:
+                    out = as_tensors(out)
                 if with_state:
                     out[STATE_KEY] = (rank, reader.state_dict())
                 yield out
@@ -260,8 +278,11 @@ class LarderDataLoader(DataLoader):
         kwargs.setdefault("collate_fn", _passthrough)
         if kwargs["batch_size"] is not None:
             raise ConfigError("batch_size: larder makes the batches; set it on the dataset, not the DataLoader")
+        pin = bool(kwargs.pop("pin_memory", False))  # pinned here, after the tensors are made
         super().__init__(dataset, **kwargs)
         dataset.with_state = True
+        dataset.defer_tensors = True
+        self._pin = pin
         self._states: dict[int, dict] = {}
 
     def set_epoch(self, epoch: int) -> None:
@@ -292,6 +313,9 @@ class LarderDataLoader(DataLoader):
         for batch in it:
             rank, state = batch.pop(STATE_KEY)
             self._states[rank] = state
+            batch = as_tensors(batch)
+            if self._pin:
+                batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             yield batch
 
     def state_dict(self) -> dict:
@@ -340,8 +364,9 @@ def make_dataloader(
     Args:
         url: Dataset directory, version directory or remote URL.
         batch_size: Rows per batch.
-        num_workers: DataLoader worker processes; each reads its own shard. Inside workers the reader
-            should use ``pool="thread"`` (the default): daemonic workers cannot start processes.
+        num_workers: DataLoader worker processes; each reads its own shard with its own reader, so the
+            reader's ``memory_budget`` (default 256 MiB) is split between them unless given. Inside workers
+            the reader uses ``pool="thread"`` (daemonic workers cannot start processes).
         pin_memory, prefetch_factor, multiprocessing_context, timeout: As for ``DataLoader``.
         **dataset_kwargs: Passed to :class:`LarderIterableDataset` (``rank``, ``world_size``, ``ragged``,
             ``strings``, ``epoch``, and the reader's ``columns``, ``shuffle``, ``seed``, ``transform``...).
@@ -352,6 +377,9 @@ def make_dataloader(
     if num_workers > 0 and dataset_kwargs.get("pool") == "process":
         warnings.warn("pool='process' inside DataLoader workers is not allowed; using pool='thread'", stacklevel=2)
         dataset_kwargs["pool"] = "thread"
+    if num_workers > 1 and dataset_kwargs.get("memory_budget") is None:
+        # Every worker runs its own reader: share the one budget so memory does not grow with num_workers.
+        dataset_kwargs["memory_budget"] = max(MIN_WORKER_BUDGET, DEFAULT_MEMORY_BUDGET // num_workers)
     dataset = LarderIterableDataset(url, batch_size=batch_size, **dataset_kwargs)
     return LarderDataLoader(
         dataset,
@@ -363,4 +391,4 @@ def make_dataloader(
     )
 
 
-__all__ = ["LarderDataLoader", "LarderIterableDataset", "make_dataloader", "to_torch"]
+__all__ = ["LarderDataLoader", "LarderIterableDataset", "as_tensors", "make_dataloader", "prepare", "to_torch"]
