@@ -175,7 +175,7 @@ class WebHdfsHandler(pafs.FileSystemHandler):
                     from hdfs.ext.kerberos import KerberosClient
                 except ImportError as e:
                     raise ConfigError("kerberos=True needs requests-kerberos: pip install 'larder[kerberos]'") from e
-                client = KerberosClient(cfg.urls, proxy=cfg.user, timeout=cfg.timeout, session=session)
+                client = KerberosClient(cfg.urls, timeout=cfg.timeout, session=session)  # user from the ticket
             elif cfg.token:
                 client = TokenClient(cfg.urls, cfg.token, timeout=cfg.timeout, session=session)
             else:

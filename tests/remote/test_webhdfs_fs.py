@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import traceback
 
 import pyarrow.fs as pafs
@@ -15,6 +18,8 @@ from loader.remote import RetryPolicy
 from loader.webhdfs import webhdfs_address
 from tests.conftest import make_table
 from tests.remote.conftest import FAST_RETRY, TOKEN, read_all
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_publish_and_read_back_over_webhdfs(server, remote_cache, remote_table):
@@ -139,3 +144,22 @@ def test_pyarrow_filesystem_semantics_on_hdfs(server):
     assert pq.read_table(root + "/pq.parquet", filesystem=fs).num_rows == 10
     fs.delete_dir(root)
     assert not lfs.exists(fs, root)
+
+
+def test_kerberos_without_requests_kerberos_names_the_extra(server):
+    pytest.importorskip("hdfs")
+    try:
+        import requests_kerberos  # noqa: F401
+
+        pytest.skip("requests-kerberos is installed")
+    except ImportError:
+        pass
+    with pytest.raises(loader.ConfigError, match=r"larder\[kerberos\]"):
+        loader.open_dataset(server.url("/caches/demo"), kerberos="true")
+
+
+def test_import_loader_needs_no_optional_remote_dependency():
+    code = ("import sys, loader, loader.cache, loader.sync, loader.remote; "
+            "bad = [m for m in ('hdfs', 'requests', 'tqdm', 'loader.webhdfs') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -29,80 +29,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
+from tests.remote.webhdfs_faults import JAVA_CLASSES, Link, Record, RemoteException, Rule
+
 PREFIX = "/webhdfs/v1"
-_JAVA = {
-    "FileNotFoundException": "java.io.FileNotFoundException",
-    "IllegalArgumentException": "java.lang.IllegalArgumentException",
-    "FileAlreadyExistsException": "org.apache.hadoop.fs.FileAlreadyExistsException",
-    "StandbyException": "org.apache.hadoop.ipc.StandbyException",
-    "SecurityException": "java.lang.SecurityException",
-    "InvalidToken": "org.apache.hadoop.security.token.SecretManager$InvalidToken",
-    "IOException": "java.io.IOException",
-    "UnsupportedOperationException": "java.lang.UnsupportedOperationException",
-    "RetriableException": "org.apache.hadoop.ipc.RetriableException",
-}
-
-
-class RemoteException(Exception):
-    """An error answer: HTTP status, Java exception name and message."""
-
-    def __init__(self, status: int, exception: str, message: str):
-        super().__init__(message)
-        self.status, self.exception, self.message = status, exception, message
-
-
-@dataclass
-class Rule:
-    """An injected fault: applies to requests matching ``op``/``path``/``node`` ``count`` times (None: always)."""
-
-    kind: str  # "error" or "drop"
-    count: int | None
-    op: str | None = None
-    path: str | None = None
-    node: str | None = None
-    status: int = 503
-    after_bytes: int = 0
-
-    def matches(self, node: str, op: str, path: str) -> bool:
-        return (
-            (self.op is None or self.op == op)
-            and (self.path is None or self.path in path)
-            and (self.node is None or self.node == node)
-        )
-
-
-@dataclass
-class Record:
-    """One logged request."""
-
-    node: str
-    method: str
-    op: str
-    path: str
-    params: dict
-    status: int = 0
-    body_bytes: int = 0
-
-
-class _Link:
-    """A shared bandwidth limit: a token bucket over all data-node bodies, ``burst`` bytes deep (like tc's tbf)."""
-
-    def __init__(self, burst: int = 256 << 10):
-        self.rate: float | None = None
-        self.burst = burst
-        self._lock = threading.Lock()
-        self._next = time.monotonic()
-
-    def wait(self, nbytes: int) -> None:
-        if not self.rate:
-            return
-        with self._lock:
-            now = time.monotonic()
-            start = max(now - self.burst / self.rate, self._next)  # idle time earns at most `burst` bytes
-            self._next = start + nbytes / self.rate
-            delay = self._next - now
-        if delay > 0:
-            time.sleep(delay)
 
 
 @dataclass
@@ -125,7 +54,7 @@ class WebHdfs:
     _rules: list[Rule] = field(default_factory=list)
     _servers: list[ThreadingHTTPServer] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _link: _Link = field(default_factory=_Link)
+    _link: Link = field(default_factory=Link)
 
     # ----------------------------------------------------------------- life cycle and addresses
     def start(self) -> WebHdfs:
@@ -341,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._namenode(method, op, path, params, record)
         except RemoteException as e:
             self._drain()
-            body = {"RemoteException": {"exception": e.exception, "javaClassName": _JAVA.get(e.exception, ""),
+            body = {"RemoteException": {"exception": e.exception, "javaClassName": JAVA_CLASSES.get(e.exception, ""),
                                         "message": e.message}}
             self._json(e.status, body, record)
         except (BrokenPipeError, ConnectionResetError):
