@@ -279,6 +279,9 @@ class LarderDataLoader(DataLoader):
         if kwargs["batch_size"] is not None:
             raise ConfigError("batch_size: larder makes the batches; set it on the dataset, not the DataLoader")
         pin = bool(kwargs.pop("pin_memory", False))  # pinned here, after the tensors are made
+        if pin and not torch.accelerator.is_available():
+            warnings.warn("pin_memory=True but no accelerator is available: not pinning", stacklevel=3)
+            pin = False
         super().__init__(dataset, **kwargs)
         dataset.with_state = True
         dataset.defer_tensors = True

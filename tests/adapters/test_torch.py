@@ -152,6 +152,15 @@ def test_lists_of_strings_as_padded_bytes(adapter_data):
         assert got == expected
 
 
+def test_pin_memory_without_an_accelerator_warns_and_still_reads(adapter_data):
+    table, ds = adapter_data
+    if torch.accelerator.is_available():
+        pytest.skip("an accelerator is present: pinning really happens")
+    with pytest.warns(UserWarning, match="pin_memory"):
+        dl = make_dataloader(ds.version_path, batch_size=200, pin_memory=True, columns=["id"])
+    assert sorted(ids_of(list(dl)).tolist()) == list(range(table.num_rows))
+
+
 def test_plain_dataloader_over_the_dataset(adapter_data):
     """The IterableDataset also works with an ordinary DataLoader (batch_size=None)."""
     table, ds = adapter_data
