@@ -131,12 +131,17 @@ def group_order(num_groups: int, seed: int, epoch: int, shuffle: bool = True) ->
     return np.random.default_rng([seed, epoch, _TAG_ORDER]).permutation(num_groups).astype(np.int64)
 
 
+def epoch_rows(total: int, fraction: float | None) -> int:
+    """Rows an epoch keeps out of ``total`` with ``sample=fraction``: ``round(fraction × total)``."""
+    return total if fraction is None or fraction >= 1 else int(round(fraction * total))
+
+
 def sample_counts(sizes, fraction: float | None, seed: int, epoch: int) -> np.ndarray:
-    """Rows kept from each row group: ``sizes`` itself, or a draw totalling ``round(fraction × N)``."""
+    """Rows kept from each row group: ``sizes`` itself, or a draw totalling :func:`epoch_rows`."""
     sizes = np.asarray(sizes, dtype=np.int64)
     if fraction is None or fraction >= 1:
         return sizes
-    total = int(round(fraction * int(sizes.sum())))
+    total = epoch_rows(int(sizes.sum()), fraction)
     rng = np.random.default_rng([seed, epoch, _TAG_SAMPLE])
     return rng.multivariate_hypergeometric(sizes, total, method="marginals").astype(np.int64)
 

@@ -31,10 +31,11 @@ import numpy as np
 
 from . import fs as lfs
 from . import tasks
+from .convert import check_options, check_schema
 from .dataset import Dataset, open_dataset
 from .errors import ColumnNotFoundError, ConfigError, EmptyDatasetError, StateError
 from .pipeline import Pipeline, ReaderStats, Setup
-from .plan import EpochPlan, num_batches, plan_epoch, window_size_for
+from .plan import EpochPlan, epoch_rows, num_batches, plan_epoch, window_size_for
 from .pools import POOL_KINDS, make_pool
 from .state import check_state, make_state
 
@@ -101,6 +102,87 @@ def _check_importable(transform: Callable) -> None:
         )
 
 
+def _check_arguments(*, batch_size, seed, num_epochs, world_size, rank, pool, workers, shuffle_buffer, prefetch,
+                     memory_budget, sample, transform, ragged, strings) -> None:
+    """Validate every argument that needs no I/O.
+
+    Raises:
+        ConfigError: An argument is out of range (named with its value).
+    """
+    _check_int("batch_size", batch_size, 1)
+    _check_int("seed", seed, 0)
+    _check_int("num_epochs", num_epochs, 1, allow_none=True)
+    _check_int("world_size", world_size, 1)
+    _check_int("rank", rank, 0)
+    if rank >= world_size:
+        raise ConfigError(f"rank {rank} is outside [0, {world_size}) for world_size {world_size}")
+    if pool not in POOL_KINDS:
+        raise ConfigError(f"pool must be one of {POOL_KINDS}, got {pool!r}")
+    _check_int("workers", workers, 1, allow_none=True)
+    _check_int("shuffle_buffer", shuffle_buffer, 1, allow_none=True)
+    _check_int("prefetch", prefetch, 1, allow_none=True)
+    _check_int("memory_budget", memory_budget, 1, allow_none=True)
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, (int, float))
+                               or not 0 < sample <= 1 or math.isnan(sample)):
+        raise ConfigError(f"sample must be a fraction in (0, 1], got {sample!r}")
+    if transform is not None and not callable(transform):
+        raise ConfigError(f"transform must be callable, got {type(transform).__name__}")
+    if transform is not None and pool == "process":
+        _check_importable(transform)
+    check_options(ragged, strings)
+
+
+def _select_columns(ds: Dataset, columns) -> list[str]:
+    """The columns to read, checked against the schema.
+
+    Raises:
+        ColumnNotFoundError: A column is not in the schema (the available ones are listed).
+        ConfigError: No column, a column twice, a clash with the row-id columns, or a type without a
+            numpy form.
+    """
+    if columns is None:
+        columns = list(ds.columns)
+    elif isinstance(columns, str):
+        columns = [columns]
+    columns = list(columns)
+    if not columns:
+        raise ConfigError("columns must name at least one column")
+    for c in columns:
+        if c not in ds.columns:
+            raise ColumnNotFoundError(
+                f"column {c!r} is not in dataset {ds.name!r} (version {ds.version}); "
+                f"available: {', '.join(ds.columns)}"
+            )
+    if len(set(columns)) != len(columns):
+        raise ConfigError(f"columns lists a column twice: {columns}")
+    clash = {tasks.ROW_GROUP_COLUMN, tasks.ROW_COLUMN} & set(columns)
+    if clash:
+        raise ConfigError(f"columns {sorted(clash)} clash with the reader's row-id columns")
+    check_schema(ds.schema, columns)
+    return columns
+
+
+def _check_not_empty(ds: Dataset, total: int, rank: int, world_size: int, batch_size: int, drop_last: bool,
+                     sample: float | None) -> None:
+    """Refuse a dataset, or a rank's share of an epoch, that holds no rows or no batch.
+
+    Raises:
+        EmptyDatasetError: Names the dataset, or the rank and the numbers that leave it empty.
+    """
+    if ds.num_rows == 0:
+        raise EmptyDatasetError(f"dataset {ds.name!r} (version {ds.version}) holds no rows")
+    if total // world_size == 0:
+        raise EmptyDatasetError(
+            f"rank {rank} of {world_size} would get no rows: the epoch holds {total} rows "
+            f"(dataset {ds.name!r}{'' if sample is None else f', sample={sample}'})"
+        )
+    if num_batches(total, world_size, batch_size, drop_last) == 0:
+        raise EmptyDatasetError(
+            f"rank {rank} would yield no batch: {total // world_size} rows per rank < batch_size "
+            f"{batch_size} with drop_last=True"
+        )
+
+
 def _check_int(name: str, value, minimum: int, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -160,30 +242,10 @@ class Reader(Closeable):
         with_row_ids: bool = False,
         **fs_options,
     ):
-        from .convert import check_options, check_schema
-
-        _check_int("batch_size", batch_size, 1)
-        _check_int("seed", seed, 0)
-        _check_int("num_epochs", num_epochs, 1, allow_none=True)
-        _check_int("world_size", world_size, 1)
-        _check_int("rank", rank, 0)
-        if rank >= world_size:
-            raise ConfigError(f"rank {rank} is outside [0, {world_size}) for world_size {world_size}")
-        if pool not in POOL_KINDS:
-            raise ConfigError(f"pool must be one of {POOL_KINDS}, got {pool!r}")
-        _check_int("workers", workers, 1, allow_none=True)
-        _check_int("shuffle_buffer", shuffle_buffer, 1, allow_none=True)
-        _check_int("prefetch", prefetch, 1, allow_none=True)
-        _check_int("memory_budget", memory_budget, 1, allow_none=True)
-        if sample is not None and (isinstance(sample, bool) or not isinstance(sample, (int, float))
-                                   or not 0 < sample <= 1 or math.isnan(sample)):
-            raise ConfigError(f"sample must be a fraction in (0, 1], got {sample!r}")
-        if transform is not None and not callable(transform):
-            raise ConfigError(f"transform must be callable, got {type(transform).__name__}")
-        if transform is not None and pool == "process":
-            _check_importable(transform)
-        check_options(ragged, strings)
-
+        _check_arguments(batch_size=batch_size, seed=seed, num_epochs=num_epochs, world_size=world_size, rank=rank,
+                         pool=pool, workers=workers, shuffle_buffer=shuffle_buffer, prefetch=prefetch,
+                         memory_budget=memory_budget, sample=sample, transform=transform, ragged=ragged,
+                         strings=strings)
         if fs_options and (isinstance(url, Dataset) or not lfs.is_remote(os.fspath(url))):
             raise ConfigError(
                 f"make_reader got unexpected keyword arguments {sorted(fs_options)} (extra keywords are options "
@@ -196,41 +258,9 @@ class Reader(Closeable):
         else:
             ds = open_dataset(url, **fs_options)
         self.dataset = ds
-        if columns is None:
-            columns = list(ds.columns)
-        elif isinstance(columns, str):
-            columns = [columns]
-        columns = list(columns)
-        if not columns:
-            raise ConfigError("columns must name at least one column")
-        for c in columns:
-            if c not in ds.columns:
-                raise ColumnNotFoundError(
-                    f"column {c!r} is not in dataset {ds.name!r} (version {ds.version}); "
-                    f"available: {', '.join(ds.columns)}"
-                )
-        if len(set(columns)) != len(columns):
-            raise ConfigError(f"columns lists a column twice: {columns}")
-        clash = {tasks.ROW_GROUP_COLUMN, tasks.ROW_COLUMN} & set(columns)
-        if clash:
-            raise ConfigError(f"columns {sorted(clash)} clash with the reader's row-id columns")
-        check_schema(ds.schema, columns)
-        self.columns = columns
-
+        self.columns = columns = _select_columns(ds, columns)
         sizes = ds.row_group_sizes()
-        total = int(round(sum(sizes) * sample)) if sample is not None and sample < 1 else sum(sizes)
-        if ds.num_rows == 0:
-            raise EmptyDatasetError(f"dataset {ds.name!r} (version {ds.version}) holds no rows")
-        if total // world_size == 0:
-            raise EmptyDatasetError(
-                f"rank {rank} of {world_size} would get no rows: the epoch holds {total} rows "
-                f"(dataset {ds.name!r}{'' if sample is None else f', sample={sample}'})"
-            )
-        if num_batches(total, world_size, batch_size, drop_last) == 0:
-            raise EmptyDatasetError(
-                f"rank {rank} would yield no batch: {total // world_size} rows per rank < batch_size "
-                f"{batch_size} with drop_last=True"
-            )
+        _check_not_empty(ds, epoch_rows(sum(sizes), sample), rank, world_size, batch_size, drop_last, sample)
 
         budget = memory_budget or DEFAULT_MEMORY_BUDGET
         groups = [g for f in ds.files for g in f.row_groups]
@@ -307,10 +337,8 @@ class Reader(Closeable):
     @property
     def batches_per_epoch(self) -> int:
         """Batches this rank yields per epoch (the same on every rank)."""
-        total = sum(self._sizes)
-        if self.sample is not None and self.sample < 1:
-            total = int(round(total * self.sample))
-        return num_batches(total, self.world_size, self.batch_size, self.drop_last)
+        return num_batches(epoch_rows(sum(self._sizes), self.sample), self.world_size, self.batch_size,
+                           self.drop_last)
 
     def __len__(self) -> int:
         if self.num_epochs is None:
