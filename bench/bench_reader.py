@@ -9,6 +9,7 @@ other, in one run of this script, on caches made by ``bench/gen_data.py`` (gener
 * ``thread``   — ``make_reader(batch_size=100, shuffle=True, pool="thread")``.
 * ``process``  — the same with ``pool="process"``.
 * ``torch``    — (optional, ``--only ...,torch``) ``loader.torch.make_dataloader`` with 2 DataLoader workers.
+* ``tf``       — (optional, ``--only ...,tf``) ``loader.tf.make_dataset`` iterated eagerly.
 * ``thread 4x``— ``thread`` on the 4x dataset: peak RSS must not grow with the data.
 * ``first batch 10k`` — time from before ``make_reader`` (open included) to the first batch on a cache of
   10,000 one-row-group files.
@@ -139,6 +140,10 @@ def child(args) -> dict:
     cum_rows = np.cumsum(ds.row_group_sizes())
     if args.mode == "torch":
         from loader.torch import make_dataloader  # imported before the clock starts, like the others
+    if args.mode == "tf":
+        import tensorflow  # noqa: F401
+
+        from loader.tf import make_dataset
     mixes, rows, batches = [], 0, 0
     first = None
     cpu0 = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
@@ -175,6 +180,16 @@ def child(args) -> dict:
                 if batches >= args.iterations:
                     break
             del it  # shuts the DataLoader workers down (reaped before the CPU count below)
+        elif args.mode == "tf":
+            stats = None
+            data = make_dataset(ds.version_path, batch_size=args.batch_size, columns=columns, num_epochs=None)
+            for b in data.take(args.iterations):
+                if first is None:
+                    first = time.perf_counter() - t0
+                ids = b["product_id"].numpy()
+                rows += len(ids)
+                mixes.append(_mixing(ids, cum_rows))
+                batches += 1
         else:
             from loader import make_reader
 
@@ -217,7 +232,7 @@ def child(args) -> dict:
         "columns": columns,
         "files": len(ds.files),
         "row_groups": ds.num_row_groups,
-        "stats": str(stats) if args.mode not in ("raw", "torch") and stats is not None else None,
+        "stats": str(stats) if args.mode in ("thread", "process") and stats is not None else None,
     }
 
 
@@ -273,11 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--workers", type=int, default=None, help="reader workers (default: the reader's)")
     p.add_argument("--columns", default=None, help="comma-separated columns (default: all with a numpy form)")
-    p.add_argument("--profile", choices=["raw", "thread", "process", "torch"], help="run that child under cProfile")
+    p.add_argument("--profile", choices=["raw", "thread", "process", "torch", "tf"],
+                   help="run that child under cProfile")
     p.add_argument("--only", default=None,
-                   help="comma-separated subset of raw,thread,process,4x,first (default) and torch (needs torch)")
+                   help="comma-separated subset of raw,thread,process,4x,first (default); torch and tf need those")
     p.add_argument("--repeat", type=int, default=3, help="trials per run, interleaved; the median is shown (default 3)")
-    p.add_argument("--child", choices=["raw", "thread", "process", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["raw", "thread", "process", "torch", "tf"], help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--first-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -288,12 +304,13 @@ def main(argv: list[str] | None = None) -> int:
 
     caches = ensure_caches(Path(args.data), args.rows)
     wanted = set((args.only or "raw,thread,process,4x,first").split(","))
-    only = [k for k in ("raw", "thread", "process", "torch", "4x", "first") if k in wanted]
+    only = [k for k in ("raw", "thread", "process", "torch", "tf", "4x", "first") if k in wanted]
     runs = {
         "raw": ("raw", caches["base"], ()),
         "thread": ("thread", caches["base"], ()),
         "process": ("process", caches["base"], ()),
         "torch": ("torch", caches["base"], ()),
+        "tf": ("tf", caches["base"], ()),
         "4x": ("thread", caches["base4x"], ()),
         "first": ("thread", caches["tiny"], ("--first-only",)),
     }
@@ -339,7 +356,7 @@ def print_table(results: dict[str, dict], args) -> None:
     print(head)
     print("-" * len(head))
     labels = {"raw": "raw pyarrow scan", "thread": "make_reader thread", "process": "make_reader process",
-              "torch": "torch DataLoader, 2 wk",
+              "torch": "torch DataLoader, 2 wk", "tf": "tf.data from_generator",
               "4x": "make_reader thread 4x", "first": "first batch, 10k files"}
     for key, r in results.items():
         if "error" in r:
