@@ -1,8 +1,8 @@
 """Arrow record batches to dicts of numpy arrays, vectorised (never a Python loop over rows).
 
 The forms of a batch ``b`` (``dict[str, numpy.ndarray]``, every value has the batch's rows as first axis
-except the flat ``values`` of ragged columns; every array is writable and shares no memory with other
-batches):
+except the flat ``values`` of ragged columns; every array is writable, and no two batches share memory
+when shuffling; arrays are zero-copy views of the batch's Arrow buffers where the layouts agree):
 
 * **Fixed-width columns** (integers, floats, bools, dates, timestamps, durations): a 1-D array of the
   matching numpy dtype. Nulls become ``NaN`` in float columns and ``0`` / ``False`` / the epoch in the
@@ -142,7 +142,8 @@ def to_numpy(
         masks: Add ``col.valid`` for nullable columns.
         pad_value: Fill of the padded form.
         writable: Copy the arrays that would be read-only views of Arrow memory, so every array can be
-            modified in place (False keeps zero-copy views).
+            modified in place (False keeps zero-copy views). Views of mutable Arrow buffers (what the
+            reader's gathers allocate) are writable already and are not copied.
     """
     if isinstance(batch, pa.Table):
         batch = batch.combine_chunks()
@@ -269,6 +270,11 @@ def _fixed(arr: pa.Array) -> np.ndarray:
             arr = arr.fill_null(False)
         else:
             arr = arr.fill_null(pa.scalar(0, t) if pat.is_integer(t) else pa.scalar(0).cast(t))
+    if pat.is_integer(t) or pat.is_floating(t):
+        data = arr.buffers()[1]
+        if data is not None and data.is_mutable:  # memory the reader allocated: a writable zero-copy view
+            dtype = np.dtype(t.to_pandas_dtype())
+            return np.frombuffer(data, dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
     return arr.to_numpy(zero_copy_only=False)
 
 

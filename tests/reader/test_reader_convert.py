@@ -101,8 +101,11 @@ def test_bad_options_and_types_name_the_culprit():
 def test_arrays_are_writable_unless_views_are_asked_for(messy):
     out = to_numpy(messy.slice(1, 3))
     assert all(v.flags.writeable for v in out.values())
-    views = to_numpy(pa.table({"x": np.arange(5)}), writable=False)
-    assert not views["x"].flags.writeable  # zero-copy view of Arrow memory
+    frozen = pa.Array.from_buffers(pa.int64(), 5, [None, pa.py_buffer(np.arange(5).tobytes())])  # immutable
+    table = pa.table({"x": frozen})
+    assert not to_numpy(table, writable=False)["x"].flags.writeable  # a zero-copy view of read-only memory
+    copied = to_numpy(table)["x"]
+    assert copied.flags.writeable and copied.tolist() == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("start,length", [(0, 5), (1, 4), (3, 2)])
