@@ -275,3 +275,17 @@ def test_token_lists_round_trip_through_the_reader(tmp_path, pool):
         for i, row in enumerate(b["id"]):
             seen[int(row)] = [v[item[j] : item[j + 1]].tobytes().decode() for j in range(off[i], off[i + 1])]
     assert seen == {i: list(t) for i, t in enumerate(tokens)}
+
+
+def test_load_state_mid_iteration_jumps_to_the_state(mixed_cache):
+    full = read_all(loader.make_reader(mixed_cache, batch_size=70, seed=8, num_epochs=2))
+    with loader.make_reader(mixed_cache, batch_size=70, seed=8, num_epochs=2) as other:
+        for _ in range(20):
+            next(other)
+        state = other.state_dict()
+    with loader.make_reader(mixed_cache, batch_size=70, seed=8, num_epochs=2, workers=2) as reader:
+        for _ in range(3):
+            next(reader)
+        reader.load_state_dict(state)  # restarts the pipeline at epoch 1, batch 5
+        assert (reader.epoch, state["batch"]) == (1, 5)
+        assert same_batches(list(reader), full[20:])
