@@ -119,8 +119,11 @@ class Dataset:
         if self.file_cache is not None:
             self.file_cache.prefetch(self, list(infos))
 
-    def open_file(self, info: FileInfo) -> pq.ParquetFile:
+    def open_file(self, info: FileInfo, **parquet_options) -> pq.ParquetFile:
         """Open a data file after checking its size and footer against the manifest.
+
+        ``parquet_options`` go to :class:`pyarrow.parquet.ParquetFile` (e.g. ``pre_buffer=False,
+        buffer_size=...`` to stream a huge row group instead of buffering it whole).
 
         Raises:
             CorruptFileError: The file is missing, truncated, resized, or its footer or metadata
@@ -145,7 +148,7 @@ class Dataset:
                 raise CorruptFileError(f"{where}: Parquet footer fails its checksum", where)
             try:
                 metadata = pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
-                pf = pq.ParquetFile(f, metadata=metadata, page_checksum_verification=True)
+                pf = pq.ParquetFile(f, metadata=metadata, page_checksum_verification=True, **parquet_options)
             except (OSError, pa.ArrowException) as e:
                 raise CorruptFileError(f"{where}: cannot decode Parquet footer ({e})", where) from e
             groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
