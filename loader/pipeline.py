@@ -35,6 +35,8 @@ class ReaderStats:
         batches: Batches handed to the consumer.
         rows: Rows in them.
         pieces: Row-group pieces read.
+        decoded_rows: Rows decoded to read them (more than the rows read when sampling or sharding
+            inside row groups).
         windows: Windows shuffled.
         read_seconds: Workers opening, reading and decoding pieces (I/O + decode).
         convert_seconds: Workers converting batches to numpy.
@@ -50,6 +52,7 @@ class ReaderStats:
     batches: int = 0
     rows: int = 0
     pieces: int = 0
+    decoded_rows: int = 0
     windows: int = 0
     read_seconds: float = 0.0
     convert_seconds: float = 0.0
@@ -178,11 +181,12 @@ def _epoch_batches(setup: Setup, pool: Pool, plan: EpochPlan, start: int, stats:
     end = plan.windows[first_w].first_row  # stream offset one past the last buffered row
     batch = start
     parts: list[pa.Table] = []
-    for (w_index, last_piece), (table, seconds) in _ahead(
+    for (w_index, last_piece), (table, seconds, decoded) in _ahead(
         pool, _piece_tasks(setup, plan, first_w, last_w), setup.pieces_ahead, stats
     ):
         stats.pieces += 1
         stats.read_seconds += seconds
+        stats.decoded_rows += decoded
         parts.append(table)
         if not last_piece:
             continue

@@ -20,7 +20,8 @@ An epoch is planned in five steps:
    ``B = (M//W) // batch_size`` full batches; the rows a rank does not need are dropped after the shuffle,
    so different rows are dropped each epoch.
 5. **Windows**: the rank's rows, as pieces ``(row group, start, stop)``, are grouped into windows of
-   ``window`` pieces (pieces longer than ``max_piece_rows`` are cut first, to bound memory). A window's
+   ``window`` pieces. Row groups too big for memory are cut into slices of ``max_piece_rows`` and the
+   slices of ``window`` consecutive row groups are interleaved, so a window holds one slice of each. A window's
    rows are permuted with ``default_rng([seed, epoch, rank, world_size, window_index, …])``; the rank's
    stream is the concatenation of its permuted windows, and batch ``b`` is a fixed row range of that
    stream. A batch therefore mixes up to ``window`` row groups, and resuming at batch ``b`` only needs the
@@ -41,6 +42,7 @@ _TAG_SAMPLE = 0x736D
 _TAG_ROWS = 0x7277
 _TAG_WINDOW = 0x7769
 _TAG_TRANSFORM = 0x7466
+_STREAMS = 8  # row groups streamed side by side when row groups are too big for a window
 
 
 class Piece(NamedTuple):
@@ -189,14 +191,22 @@ def pieces_in_range(order: np.ndarray, counts: np.ndarray, lo: int, hi: int) -> 
     return [Piece(*t) for t in zip(order[first:last][keep].tolist(), a[keep].tolist(), b[keep].tolist(), strict=True)]
 
 
-def split_pieces(pieces: list[Piece], max_rows: int | None) -> list[Piece]:
-    """Cut pieces longer than ``max_rows`` into consecutive pieces of at most ``max_rows`` rows."""
+def split_pieces(pieces: list[Piece], max_rows: int | None, interleave: int = 1) -> list[Piece]:
+    """Cut pieces longer than ``max_rows`` into slices of at most ``max_rows`` rows.
+
+    With ``interleave > 1``, the slices of each run of ``interleave`` consecutive pieces are dealt
+    round-robin (slice 0 of each, then slice 1 of each...), so a window of ``interleave`` slices mixes
+    that many row groups and each row group is still read front to back.
+    """
     if not max_rows:
         return list(pieces)
+    sliced = [[Piece(p.group, a, min(p.stop, a + max_rows)) for a in range(p.start, p.stop, max_rows)]
+              for p in pieces]
     out = []
-    for p in pieces:
-        for a in range(p.start, p.stop, max_rows):
-            out.append(Piece(p.group, a, min(p.stop, a + max_rows)))
+    for i in range(0, len(sliced), max(1, interleave)):
+        block = sliced[i : i + max(1, interleave)]
+        for j in range(max(len(b) for b in block)):
+            out.extend(b[j] for b in block if j < len(b))
     return out
 
 
@@ -263,7 +273,7 @@ def plan_epoch(
     total = int(counts.sum())
     bounds = shard_bounds(total, world_size)
     lo, hi = int(bounds[rank]), int(bounds[rank + 1])
-    pieces = split_pieces(pieces_in_range(order, counts, lo, hi), max_piece_rows)
+    pieces = split_pieces(pieces_in_range(order, counts, lo, hi), max_piece_rows, interleave=window)
     windows = make_windows(pieces, max(1, window))
     batches = num_batches(total, world_size, batch_size, drop_last)
     kept = None if sample is None or sample >= 1 else tuple(int(c) for c in counts)
@@ -284,17 +294,18 @@ def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_
             batch on caches of many tiny files).
 
     Returns:
-        Pieces per window, and the longest piece in rows (``None``: whole row groups).
+        Pieces per window, and the longest piece in rows (``None``: whole row groups). When a row group
+        is larger than a window's share, windows interleave one slice from each of up to 8 row groups
+        (each streamed front to back), so memory stays within the share and batches still mix.
     """
     bytes_per_row = max(1.0, mean_group_bytes / max(1.0, mean_group_rows))
-    max_piece_rows = None
-    if mean_group_bytes > window_bytes:  # a row group alone exceeds the window's share: read slices
-        max_piece_rows = max(1, int(window_bytes // bytes_per_row))
+    if mean_group_bytes > window_bytes:  # a row group alone exceeds the window's share: interleave slices
+        window = max(1, min(_STREAMS, num_groups))
+        if shuffle_buffer is not None:
+            window = max(1, min(window, shuffle_buffer))
+        return window, max(1, int(window_bytes // bytes_per_row) // window)
     if shuffle_buffer is not None:
-        piece_rows = min(mean_group_rows, max_piece_rows or mean_group_rows)
-        window = math.ceil(shuffle_buffer / max(1.0, piece_rows))
-    elif max_piece_rows is not None:
-        window = 1
+        window = math.ceil(shuffle_buffer / max(1.0, mean_group_rows))
     else:
         window = min(max_window, int(window_bytes // max(1.0, mean_group_bytes)))
-    return max(1, min(window, max(1, num_groups))), max_piece_rows
+    return max(1, min(window, max(1, num_groups))), None

@@ -294,6 +294,7 @@ class Reader(Closeable):
             rank=rank,
             world_size=world_size,
             stream=max_piece_rows is not None,
+            stream_chunk_rows=max(1, min(65_536, max_piece_rows or 1)),
             ragged=ragged,
             strings=strings,
             masks=masks,

@@ -9,6 +9,7 @@ function of its arguments and those settings: which worker runs it cannot change
 from __future__ import annotations
 
 import inspect
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -19,12 +20,13 @@ import pyarrow as pa
 
 from .convert import to_numpy
 from .dataset import Dataset
-from .errors import CorruptFileError, TransformError
+from .errors import CorruptFileError, RemoteError, TransformError
 from .plan import sample_rows, transform_rng
 
 ROW_GROUP_COLUMN = "_row_group"
 ROW_COLUMN = "_row"
-_STREAM_CHUNK = 65_536
+_STREAM_BUFFER = 1 << 20  # read buffer per column of a streamed row group
+_MAX_IDLE_STREAMS = 16  # open row-group streams kept per process
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class ReadContext:
         seed: The user's seed.
         rank: This rank.
         world_size: Number of ranks.
-        stream: Read pieces with ``iter_batches`` instead of whole row groups (huge row groups).
+        stream: Read pieces as slices of row-group streams instead of whole row groups (huge row groups).
+        stream_chunk_rows: Rows decoded at a time by a stream.
         ragged: Form of variable-length columns.
         strings: Form of string columns.
         masks: Add validity masks.
@@ -58,6 +61,7 @@ class ReadContext:
     rank: int
     world_size: int
     stream: bool
+    stream_chunk_rows: int
     ragged: str
     strings: str
     masks: bool
@@ -75,8 +79,9 @@ def install(ctx: ReadContext) -> None:
 
 
 def uninstall(key: str) -> None:
-    """Forget a reader's context in this process."""
+    """Forget a reader's context in this process, and close its row-group streams."""
     _CONTEXTS.pop(key, None)
+    close_streams(key)
 
 
 def takes_rng(fn: Callable) -> bool:
@@ -94,11 +99,16 @@ def takes_rng(fn: Callable) -> bool:
     return positional >= 2
 
 
-def read_piece(key: str, epoch: int, group: int, start: int, stop: int, kept: int | None) -> tuple[pa.Table, float]:
-    """Read rows ``[start, stop)`` of a row group's kept rows, with their ids; returns ``(table, seconds)``.
+def read_piece(key: str, epoch: int, group: int, start: int, stop: int,
+               kept: int | None) -> tuple[pa.Table, float, int]:
+    """Read rows ``[start, stop)`` of a row group's kept rows, with their ids.
+
+    Returns:
+        ``(table, seconds, decoded_rows)``: the rows, the time spent, and how many rows were decoded.
 
     Raises:
         CorruptFileError: The file fails its size, footer or page checks (names the file).
+        RemoteError: Remote storage failed after retries.
     """
     t0 = time.perf_counter()
     ctx = _CONTEXTS[key]
@@ -109,44 +119,132 @@ def read_piece(key: str, epoch: int, group: int, start: int, stop: int, kept: in
     rows = None
     if kept is not None and kept < size:
         rows = sample_rows(size, kept, ctx.seed, epoch, group)[start:stop]
-    pf = ds.open_file(info)
-    try:
-        if ctx.stream:
-            table = _stream_rows(ds, info, local, pf, list(ctx.columns), rows, start, stop)
-        else:
+    if ctx.stream:
+        table, decoded = _read_streamed(ctx, epoch, group, info, local, rows, start, stop)
+    else:
+        pf = ds.open_file(info)
+        try:
             table = ds.read_row_group(info, local, list(ctx.columns), pf)
-            table = table.take(pa.array(rows)) if rows is not None else table.slice(start, stop - start)
-    finally:
-        pf.close(force=True)
+        finally:
+            pf.close(force=True)
+        decoded = table.num_rows
+        table = table.take(pa.array(rows)) if rows is not None else table.slice(start, stop - start)
     ids = rows if rows is not None else np.arange(start, stop, dtype=np.int64)
     table = table.append_column(ROW_GROUP_COLUMN, pa.array(np.full(len(ids), group, dtype=np.int64)))
     table = table.append_column(ROW_COLUMN, pa.array(ids))
-    return table, time.perf_counter() - t0
+    return table, time.perf_counter() - t0, decoded
 
 
-def _stream_rows(ds, info, local, pf, columns, rows, start, stop) -> pa.Table:
-    """Read part of a huge row group chunk by chunk, keeping only the wanted rows in memory."""
-    lo, hi = (int(rows[0]), int(rows[-1]) + 1) if rows is not None and len(rows) else (start, stop)
-    parts, pos = [], 0
-    try:
-        for chunk in pf.iter_batches(batch_size=_STREAM_CHUNK, row_groups=[local], columns=columns,
-                                     use_threads=False):
-            end = pos + chunk.num_rows
-            if end > lo and pos < hi:
+class _GroupStream:
+    """A forward-only reader over one row group, kept open between the tasks that read its slices.
+
+    It decodes ``chunk_rows`` at a time with ``iter_batches`` on a file opened without pre-buffering, so
+    a huge row group is decoded once, front to back, and never held whole in memory.
+    """
+
+    def __init__(self, ds: Dataset, info, local: int, columns: list[str], chunk_rows: int):
+        self.pf = ds.open_file(info, pre_buffer=False, buffer_size=_STREAM_BUFFER)
+        self.chunks = self.pf.iter_batches(batch_size=chunk_rows, row_groups=[local], columns=columns,
+                                           use_threads=False)
+        self.pos = 0  # row of the row group at the start of ``pending``
+        self.pending: pa.RecordBatch | None = None
+        self.decoded = 0
+
+    def read(self, lo: int, hi: int, rows: np.ndarray | None) -> list[pa.RecordBatch]:
+        """Rows ``[lo, hi)`` of the row group (only ``rows`` among them, if given); needs ``pos <= lo``."""
+        parts = []
+        while self.pos < hi:
+            if self.pending is None:
+                self.pending = next(self.chunks, None)
+                if self.pending is None:
+                    break
+                self.decoded += self.pending.num_rows
+            chunk, end = self.pending, self.pos + self.pending.num_rows
+            a, b = max(lo, self.pos), min(hi, end)
+            if a < b:
                 if rows is not None:
-                    sel = rows[(rows >= pos) & (rows < end)] - pos
-                    parts.append(chunk.take(pa.array(sel)))
+                    wanted = rows[(rows >= a) & (rows < b)] - self.pos
+                    parts.append(chunk.take(pa.array(wanted)))
                 else:
-                    parts.append(chunk.slice(max(0, lo - pos), min(end, hi) - max(pos, lo)))
-            pos = end
-            if pos >= hi:
-                break
-    except (OSError, pa.ArrowException) as e:
-        where = ds.display(info)
-        raise CorruptFileError(f"{where}: row group {local} cannot be read ({e})", where) from e
-    schema = pf.schema_arrow
-    schema = pa.schema([schema.field(c) for c in columns])
-    return pa.Table.from_batches(parts, schema=schema) if parts else schema.empty_table()
+                    parts.append(chunk.slice(a - self.pos, b - a))
+            if end <= hi:
+                self.pos, self.pending = end, None
+            else:
+                self.pos, self.pending = hi, chunk.slice(hi - self.pos)
+        return parts
+
+    def close(self) -> None:
+        self.pf.close(force=True)
+
+
+_streams: dict[tuple, _GroupStream] = {}  # idle streams, oldest first
+_busy: set[tuple] = set()
+_streams_cond = threading.Condition()
+
+
+def _checkout(skey: tuple) -> _GroupStream | None:
+    with _streams_cond:
+        while skey in _busy:  # the previous slice of this row group is being read: continue after it
+            _streams_cond.wait()
+        _busy.add(skey)
+        return _streams.pop(skey, None)
+
+
+def _checkin(skey: tuple, stream: _GroupStream | None) -> None:
+    evicted = []
+    with _streams_cond:
+        _busy.discard(skey)
+        if stream is not None:
+            _streams[skey] = stream
+            while len(_streams) > _MAX_IDLE_STREAMS:
+                evicted.append(_streams.pop(next(iter(_streams))))
+        _streams_cond.notify_all()
+    for s in evicted:
+        s.close()
+
+
+def _read_streamed(ctx: ReadContext, epoch: int, group: int, info, local: int, rows, start: int,
+                   stop: int) -> tuple[pa.Table, int]:
+    """Read a slice of a huge row group from the row group's open stream (opened if needed)."""
+    lo, hi = (int(rows[0]), int(rows[-1]) + 1) if rows is not None and len(rows) else (start, stop)
+    skey = (ctx.key, epoch, group)
+    stream = _checkout(skey)
+    try:
+        if stream is not None and stream.pos > lo:  # an earlier slice is wanted again (resume): start over
+            stream.close()
+            stream = None
+        if stream is None:
+            stream = _GroupStream(ctx.dataset, info, local, list(ctx.columns), ctx.stream_chunk_rows)
+        before = stream.decoded
+        try:
+            parts = stream.read(lo, hi, rows)
+        except RemoteError:
+            raise
+        except (OSError, pa.ArrowException) as e:
+            where = ctx.dataset.display(info)
+            raise CorruptFileError(f"{where}: row group {local} cannot be read ({e})", where) from e
+        decoded = stream.decoded - before
+        if stream.pos >= ctx.sizes[group]:
+            stream.close()
+            stream = None
+    except BaseException:
+        if stream is not None:
+            stream.close()
+        _checkin(skey, None)
+        raise
+    _checkin(skey, stream)
+    schema = pa.schema([ctx.dataset.schema.field(c) for c in ctx.columns])
+    table = pa.Table.from_batches(parts, schema=schema) if parts else schema.empty_table()
+    return table, decoded
+
+
+def close_streams(key: str) -> None:
+    """Close the idle row-group streams of one reader in this process."""
+    with _streams_cond:
+        mine = [k for k in _streams if k[0] == key]
+        closing = [_streams.pop(k) for k in mine]
+    for s in closing:
+        s.close()
 
 
 def finish_batch(key: str, epoch: int, index: int, table: pa.Table) -> tuple[dict, float, float]:

@@ -124,16 +124,25 @@ def test_print_stats_lists_the_figures(mixed_cache, capsys):
     assert all(np.allclose(b["x"], xs[b["id"]] * 10) for b in batches)
 
 
-def test_huge_row_groups_are_read_in_slices_exactly_once(uneven_cache):
-    # a budget far below one row group forces the iter_batches slice path
-    reader = loader.make_reader(uneven_cache, batch_size=16, memory_budget=4_000, with_row_ids=True)
-    assert reader.max_piece_rows is not None
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("sample", [None, 0.6])
+def test_huge_row_groups_are_streamed_in_slices_exactly_once(uneven_cache, pool, sample):
+    # a budget far below one row group: windows interleave slices of several streamed row groups
+    reader = loader.make_reader(uneven_cache, batch_size=16, memory_budget=12_000, with_row_ids=True, pool=pool,
+                                workers=2, sample=sample, seed=3)
+    assert reader.max_piece_rows is not None and reader.window > 1
     batches = read_all(reader)
     pairs = sorted(zip(np.concatenate([b["_row_group"] for b in batches]).tolist(),
                        np.concatenate([b["_row"] for b in batches]).tolist(), strict=True))
     sizes = uneven_cache.row_group_sizes()
-    assert pairs == [(g, r) for g, n in enumerate(sizes) for r in range(n)]
-    assert sorted(ids_of(batches).tolist()) == list(range(sum(sizes)))
+    if sample is None:
+        assert pairs == [(g, r) for g, n in enumerate(sizes) for r in range(n)]
+        assert sorted(ids_of(batches).tolist()) == list(range(sum(sizes)))
+    else:
+        assert len(pairs) == len(set(pairs)) == round(0.6 * sum(sizes))
+    if pool == "serial":  # each row group decoded once, front to back, across its slices
+        assert reader.stats.decoded_rows <= sum(sizes)
+    assert max(len(np.unique(b["_row_group"])) for b in batches) > 1
 
 
 def test_sample_takes_a_different_subset_each_epoch(mixed_cache):
@@ -213,10 +222,12 @@ def _resume_check(ds, pool, k, **kw):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(k=st.integers(0, 16), batch=st.integers(3, 40), seed=st.integers(0, 1000),
        pool=st.sampled_from(["serial", "thread"]), buffer=st.sampled_from([None, 60]), world=st.integers(1, 3),
-       rank=st.integers(0, 2), sample=st.sampled_from([None, 0.7]))
-def test_resume_yields_exactly_the_remaining_batches(uneven_cache, k, batch, seed, pool, buffer, world, rank, sample):
+       rank=st.integers(0, 2), sample=st.sampled_from([None, 0.7]), budget=st.sampled_from([None, 12_000]))
+def test_resume_yields_exactly_the_remaining_batches(uneven_cache, k, batch, seed, pool, buffer, world, rank, sample,
+                                                     budget):
     kw = dict(batch_size=batch, seed=seed, num_epochs=2, transform=add_noise, shuffle_buffer=buffer,
-              with_row_ids=True, workers=2, rank=rank % world, world_size=world, sample=sample)
+              with_row_ids=True, workers=2, rank=rank % world, world_size=world, sample=sample,
+              memory_budget=budget)
     _resume_check(uneven_cache, pool, k, **kw)
 
 

@@ -65,6 +65,11 @@ def test_ranks_partition_the_epoch_with_equal_batch_counts(sizes, world, batch, 
             assert 1 <= len(w.pieces) <= window
             if max_piece:
                 assert all(piece.rows <= max_piece for piece in w.pieces)
+        starts: dict[int, list[int]] = {}
+        for w in p.windows:
+            for piece in w.pieces:
+                starts.setdefault(piece.group, []).append(piece.start)
+        assert all(v == sorted(v) for v in starts.values())  # every row group is read front to back
 
 
 @settings(max_examples=200, deadline=None)
@@ -135,5 +140,6 @@ def test_window_size_follows_buffer_or_budget():
     assert window_size_for(100, 1000, shuffle_buffer=450, window_bytes=10**9, num_groups=50) == (5, None)
     assert window_size_for(100, 1000, shuffle_buffer=None, window_bytes=8000, num_groups=50) == (8, None)
     assert window_size_for(100, 1000, shuffle_buffer=None, window_bytes=8000, num_groups=3) == (3, None)
-    window, piece = window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=10**5, num_groups=4)
-    assert window == 1 and piece == 100  # a row group bigger than a window is read in slices
+    # row groups bigger than a window: one 25-row slice of each of 4 row groups per window (100 kB)
+    assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=10**5, num_groups=4) == (4, 25)
+    assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=10**5, num_groups=50) == (8, 12)
