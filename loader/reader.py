@@ -11,9 +11,11 @@ row groups (at most 64 unless ``shuffle_buffer`` asks for more). At the peak the
 windows' worth: the reads in flight (one window ahead), the pieces of the window being assembled and their
 contiguous copy, and the previous window while its last batches are cut; the ready queue holds up to an
 eighth of the budget in batches. Each batch is gathered from its window with one Arrow ``take``, so the
-window is never copied in shuffled order. A row group larger than a window's share is read in slices
-(``ParquetFile.iter_batches`` keeps only the slice's rows; the rows before it are decoded and dropped), so
-peak memory follows the budget, never the dataset's size.
+window is never copied in shuffled order. Row groups larger than a window's share (the usual case for
+block-sized row groups and a small budget) are streamed: each is decoded once, front to back, by a
+``ParquetFile.iter_batches`` stream kept open between tasks (opened without pre-buffering), and each window
+takes one slice from each of up to 8 such streams, so batches still mix row groups. Peak memory follows the
+budget, never the dataset's size.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class _PrefetchHint:
 
     def __call__(self, plan: EpochPlan) -> None:
         order = dict.fromkeys(self.locations[p.group][0] for w in plan.windows for p in w.pieces)
-        self.dataset.file_cache.prefetch(self.dataset, [self.dataset.files[i] for i in order])
+        self.dataset.prefetch([self.dataset.files[i] for i in order])
 
 
 def _check_importable(transform: Callable) -> None:
