@@ -7,7 +7,8 @@ the exhausted flags and the sources' own states.
 
 Stopping: ``stop="first"`` (default) ends the mix the first time a drawn source is exhausted, so the
 proportions hold to the end; ``stop="all"`` drops exhausted sources, renormalises the remaining weights
-and ends when every source is exhausted (every batch of every source comes out once).
+and ends when every source is exhausted (every batch of every source comes out once). A source of
+weight 0 is never drawn.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class MixedReader(Closeable):
         self._done = False
 
     def _draw(self) -> int | None:
-        active = [i for i, done in enumerate(self._exhausted) if not done]
+        active = [i for i, done in enumerate(self._exhausted) if not done and self.weights[i] > 0]
         if not active:
             return None
         p = np.array([self.weights[i] for i in active])

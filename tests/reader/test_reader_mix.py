@@ -91,3 +91,9 @@ def test_mix_needs_sources():
         loader.mix([])
     with pytest.raises(ConfigError, match="must be a reader or a URL"):
         loader.mix([42])
+
+
+def test_zero_weight_source_is_never_drawn(mixed_cache, uneven_cache):
+    with loader.mix(sources(mixed_cache, uneven_cache), weights=[0, 1], stop="all", with_source=True) as m:
+        batches = list(m)
+    assert m.counts == [0, 9] and all(b["_source"][0] == 1 for b in batches)
