@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from .errors import WorkerError
 from .plan import EpochPlan, window_permutation
 from .pools import Pool
 from .tasks import ROW_GROUP_COLUMN, finish_batch, read_piece
@@ -296,7 +297,7 @@ class Pipeline:
                 break
             except queue.Empty:
                 if not self._thread.is_alive() and self._queue.empty():
-                    raise RuntimeError("the reader's producer thread ended without a result") from None
+                    raise WorkerError("the reader's producer thread ended without a result") from None
         self._stats.consumer_wait_seconds += time.perf_counter() - t0
         if kind == "batch":
             return value
