@@ -370,7 +370,11 @@ def make_dataloader(
         num_workers: DataLoader worker processes; each reads its own shard with its own reader, so the
             reader's ``memory_budget`` (default 256 MiB) is split between them unless given. Inside workers
             the reader uses ``pool="thread"`` (daemonic workers cannot start processes).
-        pin_memory, prefetch_factor, multiprocessing_context, timeout: As for ``DataLoader``.
+        pin_memory, prefetch_factor, timeout: As for ``DataLoader``.
+        multiprocessing_context: As for ``DataLoader`` (default: torch's, ``fork`` on Linux). Pass
+            ``"forkserver"`` when the process has threads that make ``fork`` unsafe (TensorFlow imported, a
+            Spark gateway, a running reader): a worker forked from such a process can crash. forkserver and
+            spawn need the usual ``if __name__ == "__main__":`` guard in the training script.
         **dataset_kwargs: Passed to :class:`LarderIterableDataset` (``rank``, ``world_size``, ``ragged``,
             ``strings``, ``epoch``, and the reader's ``columns``, ``shuffle``, ``seed``, ``transform``...).
 

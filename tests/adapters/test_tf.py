@@ -138,6 +138,23 @@ def test_bad_arguments(adapter_data):
         make_dataset(os.path.join(ds.version_path, "nope"))
 
 
+def boom(batch):
+    raise ValueError("bad pixel in this batch")
+
+
+def test_transform_error_reaches_the_consumer_with_its_traceback(adapter_data):
+    """tf.data turns generator exceptions into UnknownError; the larder error and its traceback are in it."""
+    _, ds = adapter_data
+    plain = make_dataset(ds.version_path, columns=["id"])
+    data = make_dataset(ds.version_path, columns=["id"], transform=boom, output_signature=plain.element_spec)
+    with pytest.raises(tf.errors.UnknownError) as info:
+        for _ in data:
+            pass
+    text = str(info.value)
+    assert "TransformError: transform boom raised ValueError: bad pixel in this batch" in text
+    assert 'in boom\n    raise ValueError("bad pixel in this batch")' in text
+
+
 def test_import_loader_imports_no_framework():
     code = (
         "import sys, loader, loader.tf, loader.cli\n"

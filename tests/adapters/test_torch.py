@@ -13,6 +13,9 @@ from loader.torch import LarderIterableDataset, make_dataloader  # noqa: E402
 
 # A worker that hangs fails the test instead of hanging CI.
 TIMEOUT = 120
+# The test process has threads (TensorFlow, Spark, readers) that make fork unsafe: workers come from a forkserver.
+# (No forkserver preload: the server is shared with the reader's process pools, which must not get torch.)
+WORKERS = {"timeout": TIMEOUT, "multiprocessing_context": "forkserver"}
 
 
 def ids_of(batches) -> np.ndarray:
@@ -54,7 +57,7 @@ def check_nested(batch: dict, col: str, expected: list, pad_value) -> None:
 def test_every_row_once_and_values_match(adapter_data, num_workers):
     table, ds = adapter_data
     dl = make_dataloader(ds.version_path, batch_size=32, num_workers=num_workers, seed=5, pad_value=-1,
-                         timeout=TIMEOUT if num_workers else 0)
+                         **(WORKERS if num_workers else {}))
     batches = list(dl)
     assert len(dl) == len(batches)
     ids = ids_of(batches)
@@ -71,7 +74,7 @@ def test_workers_compose_with_ranks(adapter_data):
     per_rank = []
     for rank in range(2):
         dl = make_dataloader(ds.version_path, batch_size=25, num_workers=2, rank=rank, world_size=2, seed=9,
-                             timeout=TIMEOUT)
+                             **WORKERS)
         batches = list(dl)
         per_rank.append((len(batches), set(ids_of(batches).tolist())))
     assert per_rank[0][0] == per_rank[1][0]
@@ -98,7 +101,7 @@ def test_set_epoch_reorders_deterministically(adapter_data):
 
 def test_resume_with_workers_yields_the_rest_exactly(adapter_data):
     table, ds = adapter_data
-    kwargs = dict(batch_size=30, num_workers=2, seed=4, timeout=TIMEOUT)
+    kwargs = dict(batch_size=30, num_workers=2, seed=4, **WORKERS)
     full = [tuple(b["id"].tolist()) for b in make_dataloader(ds.version_path, **kwargs)]
     dl = make_dataloader(ds.version_path, **kwargs)
     it = iter(dl)
@@ -188,14 +191,27 @@ def test_bad_arguments_are_named(adapter_data, kwargs, match):
 
 def test_bad_column_raises_from_the_worker(adapter_data):
     _, ds = adapter_data
-    dl = make_dataloader(ds.version_path, num_workers=1, columns=["id", "colour"], timeout=TIMEOUT)
+    dl = make_dataloader(ds.version_path, num_workers=1, columns=["id", "colour"], **WORKERS)
     with pytest.raises(loader.ColumnNotFoundError, match="colour"):
         next(iter(dl))
 
 
+def boom(batch):
+    raise ValueError("bad pixel in this batch")
+
+
+def test_transform_error_from_a_worker_keeps_type_and_traceback(adapter_data):
+    _, ds = adapter_data
+    dl = make_dataloader(ds.version_path, num_workers=1, columns=["id"], transform=boom, **WORKERS)
+    with pytest.raises(loader.TransformError, match="bad pixel in this batch") as info:
+        next(iter(dl))
+    assert "in DataLoader worker process 0" in str(info.value)
+    assert 'raise ValueError("bad pixel in this batch")' in str(info.value)
+
+
 def test_state_from_another_layout_or_version_is_refused(adapter_data, tmp_path):
     table, ds = adapter_data
-    dl = make_dataloader(ds.version_path, batch_size=30, num_workers=2, timeout=TIMEOUT)
+    dl = make_dataloader(ds.version_path, batch_size=30, num_workers=2, **WORKERS)
     it = iter(dl)
     next(it)
     state = dl.state_dict()
@@ -203,7 +219,7 @@ def test_state_from_another_layout_or_version_is_refused(adapter_data, tmp_path)
     with pytest.raises(StateError, match="num_workers"):
         make_dataloader(ds.version_path, batch_size=30, num_workers=1).load_state_dict(state)
     other = loader.write_cache(table.slice(0, 300), tmp_path, "adapt", row_group_bytes=4_000)
-    moved = make_dataloader(other.version_path, batch_size=30, num_workers=2, timeout=TIMEOUT)
+    moved = make_dataloader(other.version_path, batch_size=30, num_workers=2, **WORKERS)
     moved.load_state_dict(state)
     with pytest.raises(StateError, match="version"):
         next(iter(moved))
@@ -221,7 +237,7 @@ def test_more_shards_than_row_groups(adapter_data, tmp_path):
     counts, seen = [], []
     for rank in range(3):
         dl = make_dataloader(small.version_path, batch_size=4, num_workers=2, rank=rank, world_size=3,
-                             timeout=TIMEOUT)
+                             **WORKERS)
         batches = list(dl)
         counts.append(len(batches))
         seen += ids_of(batches).tolist()
