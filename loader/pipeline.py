@@ -253,6 +253,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._closed_from_producer = False
         self._on_close = on_close
         self._lock = threading.Lock()
 
@@ -267,8 +268,10 @@ class Pipeline:
             self._put(("error", e))
         finally:
             gen.close()
-            if self._closed:  # closed from this very thread (garbage collection): finish the job here
-                self._pool.close()
+            if self._closed and self._thread is threading.current_thread() and self._closed_from_producer:
+                self._pool.close()  # closed from this very thread (garbage collection): finish the job here
+                if self._on_close is not None:
+                    self._on_close()
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():
@@ -314,6 +317,7 @@ class Pipeline:
         self._stop.set()
         thread = self._thread
         if thread is threading.current_thread():
+            self._closed_from_producer = True
             return  # the producer closes the pool as it leaves
         if thread is not None:
             while thread.is_alive():
