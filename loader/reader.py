@@ -447,6 +447,15 @@ def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, 
                 **fs_options) -> Reader:
     """Open a cache and return a :class:`Reader` of shuffled numpy batches.
 
+    Example::
+
+        with loader.make_reader("cache/shopping_category", columns=["title", "label"], batch_size=256,
+                                num_epochs=None, rank=rank, world_size=world) as reader:
+            for batch in reader:                       # {"title": uint8, "title.offsets": int64, "label": int32}
+                train_step(batch)
+                if step % 1000 == 0:
+                    save(reader.state_dict())          # small JSON; load_state_dict() resumes exactly
+
     Args:
         url: A dataset directory (its ``CURRENT`` is followed), a version directory, a remote URL, or an
             opened :class:`~loader.dataset.Dataset`.
