@@ -428,6 +428,16 @@ class Reader(Closeable):
         self._closed, self._error = False, None
         self._position = (epoch, batch)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Continue from the first batch of ``epoch`` (like ``DistributedSampler.set_epoch``).
+
+        Raises:
+            ConfigError: ``epoch`` is not a non-negative integer.
+        """
+        _check_int("epoch", epoch, 0)
+        self.load_state_dict(make_state(dataset=self.dataset.name, version=self.dataset.version,
+                                        config=self._config(), epoch=epoch, batch=0))
+
     # --- lifetime -------------------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -300,3 +300,13 @@ def test_load_state_mid_iteration_jumps_to_the_state(mixed_cache):
         reader.load_state_dict(state)  # restarts the pipeline at epoch 1, batch 5
         assert (reader.epoch, state["batch"]) == (1, 5)
         assert same_batches(list(reader), full[20:])
+
+
+def test_set_epoch_starts_that_epoch(mixed_cache):
+    full = read_all(loader.make_reader(mixed_cache, batch_size=300, seed=2, num_epochs=3))
+    with loader.make_reader(mixed_cache, batch_size=300, seed=2, num_epochs=3) as reader:
+        next(reader)
+        reader.set_epoch(2)
+        assert same_batches(list(reader), full[8:])
+    with pytest.raises(loader.ConfigError, match="epoch"):
+        reader.set_epoch(-1)
