@@ -101,7 +101,7 @@ class FileCache:
     """
 
     def __init__(self, cache_dir: str | os.PathLike, *, max_cache_bytes: int | None = None, io_threads: int = 8,
-                 pin_files: int = 8, auto_prefetch: bool = True, retry: RetryPolicy | None = None):
+                 pin_files: int = 4, auto_prefetch: bool = True, retry: RetryPolicy | None = None):
         if max_cache_bytes is not None and max_cache_bytes <= 0:
             raise ConfigError(f"max_cache_bytes must be positive, got {max_cache_bytes}")
         if io_threads < 1 or pin_files < 1:
@@ -119,7 +119,9 @@ class FileCache:
         self._lock = threading.RLock()
         self._executor: ThreadPoolExecutor | None = None
         self._futures: dict[str, Future] = {}
-        self._ahead: dict[str, int] = {}  # prefetched (or in flight), not yet handed out: path -> size
+        self._ahead: dict[str, int] = {}  # with a cap: prefetched (or in flight), not yet used: path -> size
+        self._done_at: dict[str, int] = {}
+        self._inflight = 0
         self._queue: list[tuple[Dataset, FileInfo]] = []
         self._pins: OrderedDict[str, int] = OrderedDict()  # path -> fd holding LOCK_SH
         self._verified: dict[str, tuple[int, int, int]] = {}
@@ -233,6 +235,20 @@ class FileCache:
             self._known[(ds.name, ds.version)] = ds
         return self._ensure(ds, info, self.local_path(ds, info), progress=progress)
 
+    def wait(self) -> None:
+        """Block until the prefetches in flight have finished (files held back by the budget are not waited for).
+
+        Raises:
+            Exception: The first failed prefetch's error, with its original traceback.
+        """
+        while True:
+            with self._lock:
+                pending = [f for f in self._futures.values() if not f.done()]
+            if not pending:
+                return
+            for future in pending:
+                future.result()
+
     def close(self) -> None:
         """Stop prefetching and release every pin."""
         with self._lock:
@@ -284,11 +300,16 @@ class FileCache:
             json.dump({"url": lfs.display(ds.fs, ds.version_path), "dataset": ds.name, "version": ds.version}, f)
         os.replace(tmp, target)
 
-    def _pump(self) -> None:
-        """Start queued prefetches while the look-ahead budget allows."""
+    def _pump(self, *_ignored) -> None:
+        """Start queued prefetches while the budget allows: at most ``2 × io_threads`` in flight (so exit never
+        waits for a whole dataset) and, with ``max_cache_bytes``, at most half of it fetched ahead of use."""
         with self._lock:
+            if self._pid != os.getpid():
+                return
             limit = None if self.max_cache_bytes is None else self.max_cache_bytes // 2
-            while self._queue:
+            if limit is not None:
+                self._release_used()
+            while self._queue and self._inflight < 2 * self.io_threads:
                 ds, info = self._queue[-1]
                 if limit is not None and self._ahead and sum(self._ahead.values()) + info.size > limit:
                     return
@@ -298,8 +319,36 @@ class FileCache:
                     continue
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(self.io_threads, thread_name_prefix="larder-io")
-                self._ahead[path] = info.size
-                self._futures[path] = self._executor.submit(self._prefetch_one, ds, info, path)
+                try:
+                    future = self._executor.submit(self._prefetch_one, ds, info, path)
+                except RuntimeError:  # the interpreter is shutting down
+                    self._queue.clear()
+                    return
+                if limit is not None:
+                    self._ahead[path] = info.size
+                self._inflight += 1
+                self._futures[path] = future
+                future.add_done_callback(self._finished)
+
+    def _finished(self, _future: Future) -> None:
+        with self._lock:
+            self._inflight -= 1
+        self._pump()
+
+    def _release_used(self) -> None:
+        """Forget prefetched files another process has used since (its access time moved past the download):
+        with a process pool the workers, not this process, consume what this process prefetched."""
+        for path in list(self._ahead):
+            done = self._done_at.get(path)
+            try:
+                used = done is not None and os.stat(path).st_atime_ns > done
+            except FileNotFoundError:
+                used = True
+            if used:
+                del self._ahead[path]
+                fd = self._pins.pop(path, None)
+                if fd is not None:
+                    os.close(fd)
 
     def _prefetch_one(self, ds: Dataset, info: FileInfo, path: str) -> None:
         self._ensure(ds, info, path, blocking=False)
@@ -309,6 +358,8 @@ class FileCache:
             wanted = path in self._ahead
         if wanted:
             self._pin(path)
+            with self._lock:
+                self._done_at[path] = time.time_ns()
 
     # ----------------------------------------------------------------- pins, recency, eviction
     def _pin(self, path: str) -> bool:

@@ -225,8 +225,11 @@ def download(
         nonlocal crc, have, fetched
         if have >= size:
             return
-        with fs.open_input_file(path) as src, open(dest, "ab") as out:
-            src.seek(have)
+        # A fresh copy streams in one request; a resumed one seeks (a ranged request per read on WebHDFS).
+        src = fs.open_input_stream(path) if have == 0 else fs.open_input_file(path)
+        with src, open(dest, "ab") as out:
+            if have:
+                src.seek(have)
             while have < size:
                 chunk = src.read(min(_CHUNK, size - have))
                 if not chunk:

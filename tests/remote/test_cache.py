@@ -9,10 +9,11 @@ import sys
 import textwrap
 from collections import Counter
 
+import numpy as np
 import pytest
 
 import loader
-from loader.cache import FileCache
+from loader.cache import FileCache, attach_cache
 from tests.conftest import make_table
 from tests.remote.conftest import FAST_RETRY, read_all
 
@@ -39,18 +40,35 @@ def test_epoch_one_reads_each_file_once_and_epoch_two_reads_none(server, remote_
 
 
 def test_files_are_downloaded_ahead_in_the_given_order(server, remote_cache, tmp_path):
-    ds = loader.open_dataset(server.url("/caches/demo"), cache_dir=tmp_path)
+    ds = loader.open_dataset(server.url("/caches/demo"))
+    cache = attach_cache(ds, tmp_path, io_threads=1)
     order = list(reversed(ds.files))
+    server.clear_log()
     ds.prefetch(order)
-    cache: FileCache = ds.file_cache
-    for future in list(cache._futures.values()):
-        future.result()
+    cache.wait()
     assert cache.fetched_files == len(ds.files)
-    assert all(os.path.exists(cache.local_path(ds, f)) for f in ds.files)
+    fetched = [r.path.rsplit("/", 1)[-1] for r in server.log if r.node == "datanode" and r.path.endswith(".parquet")]
+    assert fetched == [f.path for f in order]
     server.clear_log()
     read_all(ds)
     assert _data_opens(server) == Counter()
     cache.close()
+
+
+def test_capped_cache_over_two_epochs_yields_every_row_and_evicts(server, remote_cache, remote_table, tmp_path):
+    biggest = max(f.size for f in remote_cache.files)
+    cap = 2 * biggest
+    # At most: the cap, the 4 files pinned as in use (FileCache.pin_files) and cap/2 fetched ahead (+1 in flight).
+    bound = cap + (4 + 2) * biggest
+    assert bound < remote_cache.total_bytes  # so keeping every file would break it
+    ids = []
+    with loader.make_reader(server.url("/caches/demo"), columns=["id"], batch_size=50, num_epochs=2, workers=2,
+                            cache_dir=tmp_path, max_cache_bytes=cap) as reader:
+        for batch in reader:
+            ids.append(np.asarray(batch["id"]))
+            assert sum(p.stat().st_size for p in tmp_path.rglob("part-*.parquet")) <= bound
+    assert Counter(np.concatenate(ids).tolist()) == Counter({i: 2 for i in remote_table.column("id").to_pylist()})
+    assert sum(_data_opens(server).values()) > len(remote_cache.files)  # evicted files came back in epoch 2
 
 
 def test_corrupt_or_truncated_cached_file_is_fetched_again(server, remote_cache, remote_table, tmp_path):

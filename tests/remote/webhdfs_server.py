@@ -493,9 +493,9 @@ class _Handler(BaseHTTPRequestHandler):
                 if not piece:
                     break
                 st._link.wait(len(piece))
+                record.body_bytes += len(piece)  # before the write: the client may look as soon as it has them
                 self.wfile.write(piece)
                 sent += len(piece)
-        record.body_bytes = sent
         if drop is not None:
             self.wfile.flush()
             self.close_connection = True
