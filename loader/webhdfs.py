@@ -495,7 +495,10 @@ def make_filesystem(url: str, *, user: str | None = None, token: str | None = No
         kerberos = kerberos.strip().lower() in ("1", "true", "yes", "on")
     parts = urlsplit(url)
     addresses, settings = webhdfs_address(url, webhdfs_url=webhdfs_url, namenodes=namenodes)
-    token = token or parts.password or os.environ.get("LARDER_HDFS_TOKEN") or (
+    if parts.password:  # a URL is printed, logged and stored in Dataset.url: it must not carry a secret
+        raise ConfigError(f"{parts.scheme}:// URL must not hold a password or token; pass token=... or set "
+                          "LARDER_HDFS_TOKEN")
+    token = token or os.environ.get("LARDER_HDFS_TOKEN") or (
         _read_token_file(settings["token_file"]) if "token_file" in settings else None)
     user = user or parts.username or settings.get("user") or os.environ.get("HADOOP_USER_NAME") or getpass.getuser()
     authority = parts.hostname or ""

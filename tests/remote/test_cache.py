@@ -184,3 +184,14 @@ def test_eviction_keeps_files_in_use_and_files_without_remote_copy(server, tmp_p
     assert sum(os.path.getsize(other.local_path(new, f)) for f in cached_new) <= cap + in_use.size
     assert new.files[-1] in cached_new  # the newest survives, the least recently used went first
     user.close()
+
+
+def test_any_fsspec_filesystem_goes_through_the_same_cache(tmp_path):
+    pytest.importorskip("fsspec")
+    table = make_table(300, seed=12)
+    loader.write_cache(table, "memory://larder-test/caches", "mem", row_group_bytes=4_000)
+    cached = loader.open_dataset("memory://larder-test/caches/mem", cache_dir=tmp_path)
+    assert cached.file_cache is not None
+    assert read_all(cached).equals(table)
+    for f in cached.files:
+        assert (tmp_path / "mem" / cached.version / f.path).stat().st_size == f.size

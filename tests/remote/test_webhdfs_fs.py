@@ -51,6 +51,20 @@ def test_transient_503s_and_dropped_connections_are_retried(server, remote_cache
     assert sum(1 for r in server.log if r.status == 503) == 2
 
 
+def test_timeouts_are_retried(server, remote_cache):
+    ds = loader.open_dataset(server.url("/caches/demo"), timeout=0.3, retry=FAST_RETRY)
+    info = ds.files[0]
+    server.slow_next(1, seconds=1.0, op="OPEN", node="datanode", path=info.path)
+    assert ds.read_row_group(info, 0).num_rows == info.row_groups[0].num_rows
+    assert server.count(op="OPEN", node="datanode", path=info.path) >= 2  # the slow one, then the retry
+
+
+def test_secret_in_the_url_is_refused_without_echoing_it(server):
+    with pytest.raises(loader.ConfigError) as err:
+        loader.open_dataset(f"webhdfs://alice:{TOKEN}@127.0.0.1:{server.port}/caches/demo")
+    assert TOKEN not in str(err.value) and "token=" in str(err.value)
+
+
 def test_permanent_fault_names_the_url_and_cause(server, remote_cache):
     ds = loader.open_dataset(server.url("/caches/demo"), retry=RetryPolicy(attempts=3, base_delay=0.01))
     info = ds.files[0]

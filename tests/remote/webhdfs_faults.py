@@ -31,13 +31,14 @@ class RemoteException(Exception):
 class Rule:
     """An injected fault: applies to requests matching ``op``/``path``/``node`` ``count`` times (None: always)."""
 
-    kind: str  # "error" or "drop"
+    kind: str  # "error", "drop" or "slow"
     count: int | None
     op: str | None = None
     path: str | None = None
     node: str | None = None
     status: int = 503
     after_bytes: int = 0
+    seconds: float = 0.0
 
     def matches(self, node: str, op: str, path: str) -> bool:
         return (

@@ -10,9 +10,10 @@ GETFILECHECKSUM, GETFILEBLOCKLOCATIONS, GETHOMEDIRECTORY, GETSERVERDEFAULTS, CRE
 
 Switches for tests and benchmarks: ``latency`` (seconds before every answer), ``bandwidth`` (bytes/s for
 data-node bodies, shared by all connections like one network link), :meth:`WebHdfs.drop_next` (close the
-connection after N body bytes), :meth:`WebHdfs.fail_next` / :meth:`WebHdfs.fail_always` (error answers) and a
-request log (:attr:`WebHdfs.log`, :meth:`WebHdfs.count`). ``token`` makes every request need
-``delegation=<token>``; extra name nodes in standby answer ``StandbyException`` (HA).
+connection after N body bytes), :meth:`WebHdfs.slow_next` (answer late), :meth:`WebHdfs.fail_next` /
+:meth:`WebHdfs.fail_always` (error answers) and a request log (:attr:`WebHdfs.log`, :meth:`WebHdfs.count`).
+``token`` makes every request need ``delegation=<token>``; extra name nodes in standby answer
+``StandbyException`` (HA).
 """
 
 from __future__ import annotations
@@ -138,6 +139,12 @@ class WebHdfs:
         with self._lock:
             self._rules.append(Rule("drop", count, "OPEN", path, "datanode", after_bytes=after_bytes))
 
+    def slow_next(self, count: int = 1, seconds: float = 1.0, op: str | None = None, path: str | None = None,
+                  node: str | None = None) -> None:
+        """Hold the next ``count`` matching requests for ``seconds`` before answering (client timeouts)."""
+        with self._lock:
+            self._rules.append(Rule("slow", count, op, path, node, seconds=seconds))
+
     def clear_faults(self) -> None:
         with self._lock:
             self._rules.clear()
@@ -261,6 +268,9 @@ class _Handler(BaseHTTPRequestHandler):
             if self.role == "standby":
                 raise RemoteException(403, "StandbyException",
                                       "Operation category READ is not supported in state standby")
+            slow = st._take_rule("slow", self.role, op, path)
+            if slow is not None:
+                time.sleep(slow.seconds)
             rule = st._take_rule("error", self.role, op, path)
             if rule is not None:
                 raise RemoteException(rule.status, "IOException", f"injected fault {rule.status} on {op}")
