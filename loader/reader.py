@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from . import fs as lfs
 from . import tasks
@@ -297,6 +298,7 @@ class Reader(Closeable):
             world_size=world_size,
             stream=max_piece_rows is not None,
             stream_chunk_rows=max(1, min(65_536, max_piece_rows or 1)),
+            local_files=isinstance(ds.fs, pafs.LocalFileSystem) or getattr(ds, "file_cache", None) is not None,
             ragged=ragged,
             strings=strings,
             masks=masks,

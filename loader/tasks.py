@@ -44,6 +44,7 @@ class ReadContext:
         world_size: Number of ranks.
         stream: Read pieces as slices of row-group streams instead of whole row groups (huge row groups).
         stream_chunk_rows: Rows decoded at a time by a stream.
+        local_files: Data files are read from local disk (directly or through a local file cache).
         ragged: Form of variable-length columns.
         strings: Form of string columns.
         masks: Add validity masks.
@@ -62,6 +63,7 @@ class ReadContext:
     world_size: int
     stream: bool
     stream_chunk_rows: int
+    local_files: bool
     ragged: str
     strings: str
     masks: bool
@@ -122,7 +124,8 @@ def read_piece(key: str, epoch: int, group: int, start: int, stop: int,
     if ctx.stream:
         table, decoded = _read_streamed(ctx, epoch, group, info, local, rows, start, stop)
     else:
-        pf = ds.open_file(info)
+        # Local files (or local copies) read faster without pre-buffering; remote ones want coalesced reads.
+        pf = ds.open_file(info, pre_buffer=not ctx.local_files)
         try:
             table = ds.read_row_group(info, local, list(ctx.columns), pf)
         finally:
