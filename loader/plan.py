@@ -280,6 +280,29 @@ def plan_epoch(
     return EpochPlan(epoch, rank, world_size, windows, batch_bounds(hi - lo, batches, batch_size, drop_last), kept)
 
 
+@dataclass(frozen=True)
+class Planner:
+    """``planner(epoch)`` plans one epoch of one rank with fixed settings (see :func:`plan_epoch`)."""
+
+    sizes: tuple[int, ...]
+    seed: int
+    rank: int
+    world_size: int
+    batch_size: int
+    shuffle: bool
+    sample: float | None
+    drop_last: bool
+    window: int
+    max_piece_rows: int | None
+
+    def __call__(self, epoch: int) -> EpochPlan:
+        return plan_epoch(
+            self.sizes, seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
+            batch_size=self.batch_size, shuffle=self.shuffle, sample=self.sample, drop_last=self.drop_last,
+            window=self.window, max_piece_rows=self.max_piece_rows,
+        )
+
+
 def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_buffer: int | None,
                     window_bytes: int, num_groups: int, max_window: int = 64) -> tuple[int, int | None]:
     """Choose ``(window, max_piece_rows)`` from a shuffle buffer (rows) or a byte budget for one window.

@@ -38,35 +38,12 @@ from .convert import check_options, check_schema
 from .dataset import Dataset, open_dataset
 from .errors import ColumnNotFoundError, ConfigError, EmptyDatasetError, StateError
 from .pipeline import Pipeline, ReaderStats, Setup
-from .plan import EpochPlan, epoch_rows, num_batches, plan_epoch, window_size_for
+from .plan import EpochPlan, Planner, epoch_rows, num_batches, window_size_for
 from .pools import POOL_KINDS, make_pool
 from .state import check_state, make_state
 
 DEFAULT_MEMORY_BUDGET = 256 << 20
 _MAX_PREFETCH = 64
-
-
-@dataclass(frozen=True)
-class _Planner:
-    """``planner(epoch)`` plans one epoch of one rank; holds no reference to the reader (so GC works)."""
-
-    sizes: tuple[int, ...]
-    seed: int
-    rank: int
-    world_size: int
-    batch_size: int
-    shuffle: bool
-    sample: float | None
-    drop_last: bool
-    window: int
-    max_piece_rows: int | None
-
-    def __call__(self, epoch: int) -> EpochPlan:
-        return plan_epoch(
-            self.sizes, seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
-            batch_size=self.batch_size, shuffle=self.shuffle, sample=self.sample, drop_last=self.drop_last,
-            window=self.window, max_piece_rows=self.max_piece_rows,
-        )
 
 
 @dataclass(frozen=True)
@@ -285,7 +262,7 @@ class Reader(Closeable):
         self.pool_kind, self.workers, self.prefetch = pool, workers, prefetch
         self.transform = transform
         self._sizes = sizes
-        self._planner = _Planner(tuple(sizes), seed, rank, world_size, batch_size, shuffle, sample, drop_last,
+        self._planner = Planner(tuple(sizes), seed, rank, world_size, batch_size, shuffle, sample, drop_last,
                                  window, max_piece_rows)
         self._ctx = tasks.ReadContext(
             key=f"reader-{os.getpid()}-{secrets.token_hex(6)}",
