@@ -207,9 +207,10 @@ class LarderIterableDataset(IterableDataset):
             **self.reader_kwargs,
         )
         try:
-            if resume is None:  # the reader starts at epoch 0: move it to (epoch, batch 0)
-                resume = {**reader.state_dict(), "epoch": self.epoch, "batch": 0}
-            reader.load_state_dict(resume)
+            if resume is None:
+                reader.set_epoch(self.epoch)  # a reader starts at epoch 0
+            else:
+                reader.load_state_dict(resume)
         except BaseException:
             reader.close()
             raise
