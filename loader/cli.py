@@ -36,6 +36,7 @@ MAX_ITEMS = 8
 MAX_CHARS = 60
 MAX_BYTES = 16
 VOCAB_PREVIEW = 5
+MAX_KEY_DEPTH = 3
 
 
 class UsageError(Exception):
@@ -111,8 +112,8 @@ def _human_bytes(n: int) -> str:
 
 
 def _flat(prefix: str, value: Any) -> list[str]:
-    """``key: value`` lines for a nested dict, keys joined with dots."""
-    if isinstance(value, dict) and value:
+    """``key: value`` lines for a nested dict, keys joined with dots (at most three deep, then JSON)."""
+    if isinstance(value, dict) and value and prefix.count(".") < MAX_KEY_DEPTH - 1:
         lines = []
         for k, v in value.items():
             lines += _flat(f"{prefix}.{k}", v)

@@ -71,7 +71,7 @@ def published(tmp_path_factory) -> tuple[pa.Table, loader.Dataset]:
         row_group_bytes=3_000,
         vocabularies={"label": ["shoes", "bags", "hats"]},
         fingerprint="0123456789abcdef",
-        source={"table": "demo.products", "where": "dt = '2026-11-23'"},
+        source={"table": "demo.products", "where": "dt = '2026-11-23'", "snapshot": {"files": 3, "deep": {"a": {"b": 1}}}},
     )
     assert len(ds.files) > 3
     return table, ds
@@ -100,6 +100,8 @@ def test_inspect_prints_schema_sizes_version_and_source(published):
     assert int(kv["bytes"].split()[0]) == sum(os.path.getsize(ds.file_path(f)) for f in ds.files)
     assert kv["source.table"] == "demo.products"
     assert kv["source.fingerprint"] == "0123456789abcdef"
+    assert kv["source.snapshot.files"] == "3"
+    assert kv["source.snapshot.deep"] == '{"a": {"b": 1}}'  # three keys deep at most, then JSON
     assert kv["created_by.job"] == "loader.write_cache"
     sizes = ds.row_group_sizes()
     assert kv["row_group_rows"] == f"min {min(sizes)} / median {int(np.median(sizes))} / max {max(sizes)}"
