@@ -71,7 +71,11 @@ def published(tmp_path_factory) -> tuple[pa.Table, loader.Dataset]:
         row_group_bytes=3_000,
         vocabularies={"label": ["shoes", "bags", "hats"]},
         fingerprint="0123456789abcdef",
-        source={"table": "demo.products", "where": "dt = '2026-11-23'", "snapshot": {"files": 3, "deep": {"a": {"b": 1}}}},
+        source={
+            "table": "demo.products",
+            "where": "dt = '2026-11-23'",
+            "snapshot": {"files": 3, "deep": {"a": {"b": 1}}},
+        },
     )
     assert len(ds.files) > 3
     return table, ds
