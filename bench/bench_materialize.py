@@ -38,8 +38,11 @@ BATCH = 256
 def first_batch_seconds(code: str, env: dict) -> float:
     """Wall time of a fresh Python process running ``code`` (interpreter start included)."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True)
+    took = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"first-batch process failed:\n{done.stderr.decode(errors='replace')[-3000:]}")
+    return took
 
 
 def main() -> None:
@@ -94,11 +97,18 @@ def main() -> None:
         t = time.perf_counter()
         selection.write.option("compression", "zstd").parquet(plain_dir)
         plain_times.append(time.perf_counter() - t)
+        print(f"plain df.write.parquet: {plain_times[-1]:.1f}s", flush=True)
         t = time.perf_counter()
         result = run(cfg, spark, force=True, log=lambda m: print(f"  {m}", flush=True))
         job_times.append(time.perf_counter() - t)
+        print(f"larder job: {job_times[-1]:.1f}s", flush=True)
     plain_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(plain_dir) for f in fs)
-    spark.stop()  # the Derby metastore admits one JVM at a time
+    jvm = spark._jvm
+    spark.stop()
+    try:  # the embedded Derby metastore admits one JVM at a time: release it for the Spark contender
+        jvm.java.sql.DriverManager.getConnection("jdbc:derby:;shutdown=true")
+    except Exception:  # noqa: BLE001 - Derby reports a successful shutdown as an SQLException
+        pass
 
     import loader
 

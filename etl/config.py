@@ -3,7 +3,8 @@
 A conf is a YAML mapping with the sections ``name``, ``source``, ``transforms``, ``output`` and ``spark``
 (see ``conf/demo.yaml``). Everything but ``name`` and the source has a default, so a ten-line conf is
 enough. ``--set a.b=c`` overrides any key by its dotted path (list items by index: ``transforms.0.column``);
-the value is parsed as YAML, so ``--set source.columns=[a,b]`` and ``--set output.shuffle=false`` work.
+the value is parsed as YAML, so ``--set source.columns=[a,b]`` and ``--set output.shuffle=false`` work;
+``--set spark.conf.spark.executor.memory=4g`` sets the Spark key ``spark.executor.memory``.
 
 Every error names the key at fault; an unknown key also names the closest valid one.
 """
@@ -290,6 +291,8 @@ def apply_override(raw: dict, assignment: str) -> None:
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({e})") from e
     parts = key.split(".")
+    if parts[:2] == ["spark", "conf"] and len(parts) > 2:  # Spark's own keys are dotted: one map key
+        parts = parts[:2] + [".".join(parts[2:])]
     node: Any = raw
     for i, part in enumerate(parts):
         last = i == len(parts) - 1

@@ -155,7 +155,10 @@ def run(
         spark, source.df, cfg.transforms, previous.vocabularies if previous else None, log
     )
     check_types(df, "after transforms")
-    counts = partition_counts(df)
+    # Index transforms are broadcast joins, which keep the source's partitions and row order, so the
+    # rows per partition can be counted on the source (a metadata-only scan); python hooks may reshuffle.
+    only_index = all(t.kind == "index" for t in cfg.transforms)
+    counts = partition_counts(source.df if only_index else df)
     count = sum(counts)
     if count == 0:
         what = f"source {source.name}"

@@ -12,7 +12,9 @@ the rows of each input partition, and ``g = offset[partition] + (monotonically_i
   random sample would. Inside a file rows are ordered by a seeded random key.
 
 Both give ``n - 1`` files of exactly ``rows_per_file`` rows and one remainder file, whatever Spark's
-partitioning, so row groups land on the byte target instead of on ``target × (n-1)/n``.
+partitioning, so row groups land on the byte target instead of on ``target × (n-1)/n``. Each file is one
+partition of a hash repartition whose keys are chosen so that file ``i`` lands in partition ``i``
+(:func:`partition_keys`): one writer task per file, no dynamic-partition writer, no extra sort.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
 FILE_COLUMN = "__larder_file"
 _ORDER = "__larder_order"
@@ -60,18 +62,39 @@ def permute(g: int | np.ndarray, n: int, seed: int):
     return (np.asarray(g, dtype=object) * a + b) % n
 
 
-def assign_files(df: DataFrame, counts: list[int], rows_per_file: int, shuffle: bool, seed: int) -> DataFrame:
-    """Add :data:`FILE_COLUMN` (the output file of each row) and order rows inside each file.
+def partition_keys(spark: SparkSession, n: int) -> list[int]:
+    """For each partition ``i < n``, a long key that Spark's hash partitioning sends to partition ``i``.
+
+    ``repartition(n, col)`` places a row in ``pmod(hash(col), n)`` (Murmur3, seed 42 — the SQL ``hash``
+    function); asking Spark itself for the keys keeps this exact for any Spark version.
+    """
+    from pyspark.sql import functions as F
+
+    keys: dict[int, int] = {}
+    start, step = 0, max(64, 8 * n)
+    while len(keys) < n:
+        rows = spark.range(start, start + step).select("id", F.pmod(F.hash("id"), F.lit(n)).alias("p")).collect()
+        for r in rows:
+            keys.setdefault(int(r["p"]), int(r["id"]))
+        start += step
+    return [keys[i] for i in range(n)]
+
+
+def assign_files(
+    spark: SparkSession, df: DataFrame, counts: list[int], rows_per_file: int, shuffle: bool, seed: int
+) -> tuple[DataFrame, int]:
+    """Lay ``df`` out as ``n`` partitions, partition ``i`` holding exactly the rows of file ``i``.
 
     Args:
+        spark: The session.
         df: The rows, partitioned exactly as when ``counts`` was measured.
         counts: :func:`partition_counts` of ``df``.
         rows_per_file: Rows in every file but the last.
-        shuffle: Decorrelate (seeded permutation) or keep source order.
+        shuffle: Decorrelate (seeded permutation, random order inside files) or keep source order.
         seed: The permutation and in-file order seed.
 
     Returns:
-        ``df`` plus the file column, repartitioned by it and sorted within partitions by (file, order).
+        The laid-out rows (same columns as ``df``) and the number of files ``n``.
     """
     from pyspark.sql import functions as F
 
@@ -86,12 +109,15 @@ def assign_files(df: DataFrame, counts: list[int], rows_per_file: int, shuffle: 
             position = F.pmod(g * F.lit(a) + F.lit(b), F.lit(total))
         else:
             dec = "decimal(38,0)"
-            position = F.pmod(g.cast(dec) * F.lit(a).cast(dec) + F.lit(b).cast(dec), F.lit(total).cast(dec)).cast(
-                "long"
-            )
+            position = F.pmod(g.cast(dec) * F.lit(a).cast(dec) + F.lit(b).cast(dec), F.lit(total).cast(dec))
+            position = position.cast("long")
         order = F.rand(seed)
     else:
         position, order = g, g
     n_files = max(1, math.ceil(total / rows_per_file))
-    out = df.withColumn(_ORDER, order).withColumn(FILE_COLUMN, F.floor(position / F.lit(rows_per_file)))
-    return out.repartition(n_files, FILE_COLUMN).sortWithinPartitions(FILE_COLUMN, _ORDER).drop(_ORDER)
+    keys = partition_keys(spark, n_files)
+    file_id = F.floor(position / F.lit(rows_per_file)) + 1
+    file_key = F.element_at(F.lit(keys), file_id.cast("int")).cast("long")  # the type partition_keys hashed
+    out = df.withColumn(_ORDER, order).withColumn(FILE_COLUMN, file_key)
+    out = out.repartition(n_files, FILE_COLUMN).sortWithinPartitions(_ORDER).drop(_ORDER, FILE_COLUMN)
+    return out, n_files

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from loader import fs as lfs
 from loader.manifest import FileInfo, file_info_from_parquet
 
-from .layout import FILE_COLUMN, assign_files
+from .layout import assign_files
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 SAMPLE_DIR = "_larder_sample"
 PILOT_ROWS = 2000
 MIN_SAMPLE_ROWS = 2000
+MAX_SAMPLE_BYTES = 8 << 20  # compression per row settles well before a 128 MiB row group
 MAX_ATTEMPTS = 3
 _KEY = "__larder_sample_key"
 _HDFS_SCHEMES = ("hdfs", "webhdfs", "swebhdfs", "viewfs")
@@ -129,16 +130,16 @@ def _footer_groups(fs: pafs.FileSystem, path: str) -> list[tuple[int, int]]:
     return out
 
 
-def _parquet_files(fs: pafs.FileSystem, directory: str, recursive: bool = False) -> list[str]:
-    entries = fs.get_file_info(pafs.FileSelector(directory, recursive=recursive, allow_not_found=True))
+def _parquet_files(fs: pafs.FileSystem, directory: str) -> list[str]:
+    entries = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
     return sorted(
         e.path for e in entries
         if e.type == pafs.FileType.File and e.base_name.endswith(".parquet") and not e.base_name.startswith(("_", "."))
     )  # fmt: skip
 
 
-def _measure(fs: pafs.FileSystem, directory: str, recursive: bool = False) -> tuple[int, int, list[tuple[int, int]]]:
-    groups = [g for p in _parquet_files(fs, directory, recursive) for g in _footer_groups(fs, p)]
+def _measure(fs: pafs.FileSystem, directory: str) -> tuple[int, int, list[tuple[int, int]]]:
+    groups = [g for p in _parquet_files(fs, directory) for g in _footer_groups(fs, p)]
     return sum(n for n, _ in groups), sum(c for _, c in groups), groups
 
 
@@ -181,10 +182,8 @@ class SizedWriter:
             opts["maxRecordsPerFile"] = str(max_records)
         return opts
 
-    def _write(self, df: DataFrame, uri: str, max_records: int | None = None, partition_by: str | None = None) -> None:
+    def _write(self, df: DataFrame, uri: str, max_records: int | None = None) -> None:
         writer = df.write.mode("overwrite").format("parquet")
-        if partition_by:
-            writer = writer.partitionBy(partition_by)
         for key, value in self._options(max_records).items():
             writer = writer.option(key, value)
         writer.save(uri)
@@ -195,13 +194,14 @@ class SizedWriter:
         return df.withColumn(_KEY, F.rand(self.seed))
 
     def estimate_bytes_per_row(self, df: DataFrame, count: int) -> float:
-        """Compressed bytes per row, from a pilot write then a (shuffled) sample of about one row group."""
+        """Compressed bytes per row, from a pilot write then a (shuffled) sample of about one row group
+        (at most :data:`MAX_SAMPLE_BYTES`), written with the same Parquet settings as the data."""
         base_uri, base = f"{self.uri}/{SAMPLE_DIR}", lfs.join(self.path, SAMPLE_DIR)
         try:
             self._write(df.limit(PILOT_ROWS).coalesce(1), f"{base_uri}/pilot")
             rows, nbytes, _ = _measure(self.fs, lfs.join(base, "pilot"))
             pilot = max(1.0, nbytes / max(1, rows))
-            want = max(MIN_SAMPLE_ROWS, math.ceil(self.target / pilot))
+            want = max(MIN_SAMPLE_ROWS, math.ceil(min(self.target, MAX_SAMPLE_BYTES) / pilot))
             fraction = min(1.0, want / max(1, count))
             sample = df.sample(withReplacement=False, fraction=fraction, seed=self.seed) if fraction < 1 else df
             if self.shuffle:
@@ -229,16 +229,16 @@ class SizedWriter:
         self.page_size = self.page_size or default_page_size(self.block_size, len(df.columns))
         bpr = self.estimate_bytes_per_row(df, count)
         history: list[dict] = []
-        with temporary_conf(self.spark, {"spark.sql.adaptive.coalescePartitions.enabled": "false"}):
+        # Adaptive execution would merge the one-file-per-partition layout; restored in finally.
+        with temporary_conf(self.spark, {"spark.sql.adaptive.enabled": "false"}):
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 if bpr > self.block_size:
                     self.log(f"warning: rows average {bpr:.0f} bytes, more than the {self.block_size}-byte block")
                 rows_per_file = max(1, math.floor(self.target / bpr))
-                n = math.ceil(count / rows_per_file)
+                laid_out, n = assign_files(self.spark, df, counts, rows_per_file, self.shuffle, self.seed)
                 self.log(f"attempt {attempt}: {n} files of {rows_per_file} rows (~{rows_per_file * bpr:.0f} bytes)")
-                laid_out = assign_files(df, counts, rows_per_file, self.shuffle, self.seed)
-                self._write(laid_out, self.uri, rows_per_file, partition_by=FILE_COLUMN)
-                rows, nbytes, groups = _measure(self.fs, self.path, recursive=True)
+                self._write(laid_out, self.uri, rows_per_file)
+                rows, nbytes, groups = _measure(self.fs, self.path)
                 over = [(r, c) for r, c in groups if c > self.block_size]
                 single = [g for g in over if g[0] == 1]
                 history.append({"attempt": attempt, "rows_per_file": rows_per_file, "bytes_per_row": round(bpr, 2),
@@ -258,27 +258,14 @@ class SizedWriter:
         )  # fmt: skip
 
     def _tidy(self) -> None:
-        """Flatten Spark's ``__larder_file=<i>/`` directories into ``part-<i>.parquet`` files and drop
+        """Name the data files ``part-00000.parquet``... in partition (= file) order and drop Spark's
         ``_SUCCESS`` and checksum side files."""
-        moves = []
-        for entry in self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True)):
-            base = entry.base_name
-            if entry.type != pafs.FileType.File:
-                continue
-            if base.startswith(("_", ".")) or base.endswith(".crc") or not base.endswith(".parquet"):
-                self.fs.delete_file(entry.path)
-                continue
-            parent = entry.path.rsplit("/", 2)[-2]
-            key, _, value = parent.partition("=")
-            if key != FILE_COLUMN or not value.isdigit():
-                raise AssertionError(f"unexpected file {entry.path} in the output")
-            moves.append((int(value), entry.path))
-        moves.sort()
-        for i, (_file_id, src) in enumerate(moves):
-            self.fs.move(src, lfs.join(self.path, f"part-{i:05d}.parquet"))
         for entry in lfs.listdir(self.fs, self.path):
-            if entry.type == pafs.FileType.Directory:
-                self.fs.delete_dir(entry.path)
+            base = entry.base_name
+            if entry.type == pafs.FileType.File and (base.startswith(("_", ".")) or not base.endswith(".parquet")):
+                self.fs.delete_file(entry.path)
+        for i, src in enumerate(_parquet_files(self.fs, self.path)):  # Spark's names start part-<partition>
+            self.fs.move(src, lfs.join(self.path, f"part-{i:05d}.parquet"))
 
     def _file_infos(self) -> list[FileInfo]:
         names = [p.rsplit("/", 1)[-1] for p in _parquet_files(self.fs, self.path)]

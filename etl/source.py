@@ -107,12 +107,13 @@ def _existing_partitions(spark: SparkSession, table: str) -> list[dict[str, str]
 def _partition_filter(spark: SparkSession, table: str, parts: list[str], wanted: dict[str, Any]):
     from pyspark.sql import functions as F
 
-    existing = _existing_partitions(spark, table)
-    condition = None
-    for key, value in wanted.items():
+    for key in wanted:
         if key not in parts:
             hint = _close(key, parts) or (f"; partition columns: {', '.join(parts)}" if parts else "")
             raise SourceError(f"source.partitions: {key!r} is not a partition column of {table}{hint}")
+    existing = _existing_partitions(spark, table)
+    condition = None
+    for key, value in wanted.items():
         values = [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
         present = {p.get(key) for p in existing}
         for v in values:

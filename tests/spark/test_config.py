@@ -48,7 +48,7 @@ def test_overrides_are_yaml_typed():
         MINIMAL,
         [
             "output.block_size=8MiB", "output.shuffle=false", "source.columns=[a, b]", "source.sample=0.5",
-            "transforms=[{kind: index, column: a}]", "transforms.0.output=a_id", "spark.conf.spark.x=1",
+            "transforms=[{kind: index, column: a}]", "transforms.0.output=a_id", "spark.conf.spark.executor.memory=4g",
         ],
     )  # fmt: skip
     assert cfg.output.block_size == 8 << 20
@@ -56,7 +56,7 @@ def test_overrides_are_yaml_typed():
     assert cfg.source.columns == ("a", "b")
     assert cfg.source.sample == 0.5
     assert cfg.transforms[0].output == "a_id"
-    assert cfg.spark.conf == {"spark": {"x": 1}}
+    assert cfg.spark.conf == {"spark.executor.memory": "4g"}
 
 
 @pytest.mark.parametrize(

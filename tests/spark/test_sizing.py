@@ -59,6 +59,8 @@ def test_row_groups_just_under_the_block(spark, sources, tmp_path, kind):
     assert len(sizes) >= 4, messages
     assert max(sizes) <= BLOCK, (fills, messages)
     assert statistics.median(fills) >= 0.93, (fills, messages)
+    per_file = sorted(f.num_rows for f in ds.files)
+    assert len(set(per_file[1:])) == 1 and per_file[0] <= per_file[1]  # n-1 equal files and one remainder
     assert ds.manifest.block_size == BLOCK and ds.manifest.row_group_target == int(0.95 * BLOCK)
     assert ds.manifest.extra["fill"]["median"] == pytest.approx(statistics.median(fills), abs=1e-3)
 
