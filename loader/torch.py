@@ -172,7 +172,8 @@ class LarderIterableDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.ragged, self.strings, self.pad_value = ragged, strings, pad_value
         self.reader_kwargs = reader_kwargs
-        self.epoch = epoch
+        self.epoch = 0
+        self.set_epoch(epoch)
         # Set by LarderDataLoader: deliver the reader state with every batch, and numpy arrays that the
         # loader turns into tensors in the main process (pickling a few hundred KB through the worker queue
         # costs far less than torch's per-tensor shared-memory file descriptors).

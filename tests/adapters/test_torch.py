@@ -181,6 +181,7 @@ def test_plain_dataloader_over_the_dataset(adapter_data):
         ({"rank": 2, "world_size": 2}, "rank 2"),
         ({"rank": 1}, "rank and world_size"),
         ({"num_epochs": 3}, "num_epochs"),
+        ({"epoch": -1}, "epoch"),
     ],
 )
 def test_bad_arguments_are_named(adapter_data, kwargs, match):
