@@ -254,7 +254,7 @@ class ProcessPool(Pool):
         self.workers = workers
         self._init = (initializer, initargs)
         self._join_timeout = join_timeout
-        self._prefix = f"lrd{secrets.token_hex(4)}"
+        self._prefix = f"lrd{os.getpid():x}x{secrets.token_hex(2)}"  # short: macOS caps names at 31
         self._executor: ProcessPoolExecutor | None = None
         self._handles: set[_ProcessHandle] = set()
         self._closed = False

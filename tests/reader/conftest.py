@@ -78,8 +78,8 @@ def descendants() -> set[int]:
 
 
 def segments() -> set[str]:
-    """Shared-memory segments made by larder's process pools."""
-    return {os.path.basename(p) for p in glob.glob("/dev/shm/lrd*")}
+    """Shared-memory segments made by this test process's pools (other processes on the machine may have theirs)."""
+    return {os.path.basename(p) for p in glob.glob(f"/dev/shm/lrd{os.getpid():x}x*")}
 
 
 @pytest.fixture
