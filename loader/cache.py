@@ -26,6 +26,8 @@ How it stays safe:
 * **Ahead of the reader.** :meth:`FileCache.prefetch` downloads files in the reader's order with
   ``io_threads`` parallel threads (started on first use, never in the constructor); the first
   :meth:`FileCache.get` without a prefetch order prefetches the rest of the version in manifest order.
+  Copies of the cache in pool workers (pickled or forked) only fetch on demand: the process that owns the
+  reader's plan prefetches for all of them, and the file locks make sure nothing is fetched twice.
 """
 
 from __future__ import annotations
@@ -135,12 +137,14 @@ class FileCache:
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        # A copy in a pool worker fetches on demand: the process that owns the plan prefetches for everyone.
+        self.__dict__.update(state, auto_prefetch=False)
         self._reset()
 
     def _check_fork(self) -> None:
         if self._pid != os.getpid():  # a forked child: the parent's threads and pins are not ours
             pins = list(self._pins.values())
+            self.auto_prefetch = False
             self._reset()
             for fd in pins:
                 os.close(fd)
