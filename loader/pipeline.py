@@ -145,11 +145,26 @@ def _ahead(pool: Pool, tasks: Iterator[tuple], ahead: int, stats: ReaderStats) -
             handle.cancel()
 
 
-def _piece_tasks(setup: Setup, plan: EpochPlan, first: int, last: int) -> Iterator[tuple]:
-    for w in plan.windows[first : last + 1]:
-        for i, p in enumerate(w.pieces):
-            kept = plan.kept[p.group] if plan.kept is not None else None
-            yield (w.index, i == len(w.pieces) - 1), read_piece, setup.key, plan.epoch, p.group, p.start, p.stop, kept
+def _piece_tasks(setup: Setup, epoch: int, batch: int, plans: deque) -> Iterator[tuple]:
+    """Read tasks of every planned piece from position ``(epoch, batch)`` on, across epochs.
+
+    Each epoch's plan is appended to ``plans`` before its first task, so the reads of the next epoch
+    start while the last window of the current one is still being cut (no stall between epochs).
+    """
+    while setup.num_epochs is None or epoch < setup.num_epochs:
+        plan = setup.plan(epoch)
+        if setup.on_epoch is not None:
+            setup.on_epoch(plan)
+        if batch < plan.num_batches:
+            first = plan.window_of_row(plan.batch_bounds[batch])
+            last = plan.window_of_row(plan.batch_bounds[-1] - 1)
+            plans.append((plan, batch, first))
+            for w in plan.windows[first : last + 1]:
+                for i, p in enumerate(w.pieces):
+                    kept = plan.kept[p.group] if plan.kept is not None else None
+                    yield ((epoch, w.index, i == len(w.pieces) - 1), read_piece, setup.key, epoch, p.group, p.start,
+                           p.stop, kept)
+        epoch, batch = epoch + 1, 0
 
 
 def _cut(segments: deque, lo: int, hi: int) -> pa.Table:
@@ -171,20 +186,17 @@ def _cut(segments: deque, lo: int, hi: int) -> pa.Table:
     return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
 
-def _epoch_batches(setup: Setup, pool: Pool, plan: EpochPlan, start: int, stats: ReaderStats) -> Iterator[tuple]:
-    """Yield ``(meta, fn, *args)`` batch tasks for batches ``start..`` of one epoch."""
-    if start >= plan.num_batches:
-        return
-    bounds = plan.batch_bounds
-    first_w = plan.window_of_row(bounds[start])
-    last_w = plan.window_of_row(bounds[-1] - 1)
-    segments: deque = deque()
-    end = plan.windows[first_w].first_row  # stream offset one past the last buffered row
-    batch = start
-    parts: list[pa.Table] = []
-    for (w_index, last_piece), (table, seconds, decoded) in _ahead(
-        pool, _piece_tasks(setup, plan, first_w, last_w), setup.pieces_ahead, stats
+def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats) -> Iterator[tuple]:
+    """Yield ``(meta, fn, *args)`` finishing tasks of every batch from position ``(epoch, batch)`` on."""
+    plans: deque = deque()
+    plan = None
+    for (ep, w_index, last_piece), (table, seconds, decoded) in _ahead(
+        pool, _piece_tasks(setup, epoch, batch, plans), setup.pieces_ahead, stats
     ):
+        if plan is None or plan.epoch != ep:  # the first piece of an epoch: start cutting it
+            plan, batch, first = plans.popleft()
+            bounds, segments, parts = plan.batch_bounds, deque(), []
+            end = plan.windows[first].first_row  # stream offset one past the last buffered row
         stats.pieces += 1
         stats.read_seconds += seconds
         stats.decoded_rows += decoded
@@ -210,26 +222,19 @@ def _epoch_batches(setup: Setup, pool: Pool, plan: EpochPlan, start: int, stats:
             stats.shuffle_seconds += time.perf_counter() - t0
             yield (plan.epoch, batch, rows.num_rows, distinct), finish_batch, setup.key, plan.epoch, batch, rows
             batch += 1
-        if batch >= plan.num_batches:
-            return
 
 
 def produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats) -> Iterator[tuple]:
     """Yield ``(epoch, index, rows, distinct_groups, batch_dict)`` from position ``(epoch, batch)`` on."""
-    while setup.num_epochs is None or epoch < setup.num_epochs:
-        plan = setup.plan(epoch)
-        if setup.on_epoch is not None:
-            setup.on_epoch(plan)
-        tasks = _epoch_batches(setup, pool, plan, batch, stats)
-        if setup.finish_in_pool:
-            finished = _ahead(pool, tasks, setup.batches_ahead, stats)
-        else:
-            finished = ((meta, fn(*args)) for meta, fn, *args in tasks)
-        for (e, index, n, distinct), (out, convert_s, transform_s) in finished:
-            stats.convert_seconds += convert_s
-            stats.transform_seconds += transform_s
-            yield e, index, n, distinct, out
-        epoch, batch = epoch + 1, 0
+    tasks = _batch_tasks(setup, pool, epoch, batch, stats)
+    if setup.finish_in_pool:
+        finished = _ahead(pool, tasks, setup.batches_ahead, stats)
+    else:
+        finished = ((meta, fn(*args)) for meta, fn, *args in tasks)
+    for (e, index, n, distinct), (out, convert_s, transform_s) in finished:
+        stats.convert_seconds += convert_s
+        stats.transform_seconds += transform_s
+        yield e, index, n, distinct, out
 
 
 class Pipeline:
