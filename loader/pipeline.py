@@ -1,11 +1,12 @@
 """The reader's pipeline: planned pieces -> pool reads -> window shuffle -> batch cuts -> pool finish -> queue.
 
 One producer (a background thread started at the first ``next``, or the caller itself for the serial
-pool) walks the epoch plans in order. It keeps a bounded number of piece reads in flight on the pool,
-concatenates each window's pieces into one contiguous table, gathers each planned batch's rows from it
-in the order of the window's permutation (one Arrow ``take`` per batch, vectorised; a batch may span two
-windows), and sends each batch to the pool to be converted to numpy and transformed. Finished batches
-wait in a bounded ready queue. Results are consumed in submission order, so the output does not depend
+pool) walks the epoch plans in order. It keeps a bounded number of piece reads in flight on the pool (one
+stream of reads across epochs, so an epoch boundary does not stall), concatenates each window's pieces
+into one contiguous table, gathers each planned batch's rows from it in the order of the window's
+permutation (one Arrow ``take`` per batch, vectorised; a batch may span two windows), and converts each
+batch to numpy, sending it to the pool when there is a transform to run. Finished batches wait in a
+bounded ready queue. Results are consumed in submission order, so the output does not depend
 on which worker ran what. Errors from workers or the producer travel through the queue as data and are
 raised in the consumer.
 """

@@ -11,10 +11,11 @@ Three kinds, all starting nothing in their constructor (threads and processes st
   where there is none; never ``fork``, which is unsafe in a process with threads): for pure-Python
   transforms. Arrow tables and record batches cross the process boundary as Arrow IPC streams written into
   ``multiprocessing.shared_memory`` segments, and dicts of numpy arrays as raw buffers in one segment
-  (only ``object`` arrays, e.g. ``strings="object"``, are pickled), in both directions (:mod:`loader.shm`). The receiver
-  copies the bytes out once and the consumer unlinks every segment; :meth:`ProcessPool.close` stops the
-  workers (after their current task, then by signal), reads back or unlinks every segment still
-  outstanding, and removes any segment a killed worker left behind (names carry a per-pool prefix).
+  (only ``object`` arrays, e.g. ``strings="object"``, are pickled), in both directions
+  (:mod:`loader.shm`). The receiver copies the bytes out once and the consumer unlinks every segment;
+  :meth:`ProcessPool.close` stops the workers (after their current task, then by signal), reads back or
+  unlinks every segment still outstanding, and removes any segment a killed worker left behind (names
+  carry a per-pool prefix made of ``lrd``, the consumer's pid and a random tag).
   Workers ignore SIGINT: Ctrl-C reaches the consumer, whose ``close`` stops them.
 
 Exceptions: a task's exception is re-raised by ``handle.result()`` in the consumer. Threads and the
