@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+import zlib
 from collections import Counter
 
 import numpy as np
@@ -14,6 +18,7 @@ import pytest
 
 import loader
 from loader.cache import FileCache, attach_cache
+from loader.manifest import crc32_hex
 from tests.conftest import make_table
 from tests.remote.conftest import FAST_RETRY, read_all
 
@@ -195,3 +200,30 @@ def test_any_fsspec_filesystem_goes_through_the_same_cache(tmp_path):
     assert read_all(cached).equals(table)
     for f in cached.files:
         assert (tmp_path / "mem" / cached.version / f.path).stat().st_size == f.size
+
+
+def test_a_download_in_progress_is_never_visible_under_the_final_name(server, remote_cache, tmp_path):
+    ds = loader.open_dataset(server.url("/caches/demo"))
+    payload = np.random.default_rng(0).bytes(3 << 20)  # several download chunks
+    with open(server.local(f"/caches/demo/{ds.version}/big.bin"), "wb") as f:
+        f.write(payload)
+    info = dataclasses.replace(ds.files[0], path="big.bin", size=len(payload), checksum=crc32_hex(zlib.crc32(payload)))
+    cache = FileCache(tmp_path, auto_prefetch=False)
+    final = cache.local_path(ds, info)
+    part = os.path.join(os.path.dirname(final), ".big.bin.part")
+    server.bandwidth, server._link.burst = len(payload) * 2, 0  # about half a second
+    try:
+        done = threading.Event()
+        fetcher = threading.Thread(target=lambda: (cache.fetch(ds, info), done.set()))
+        fetcher.start()
+        seen_partial = False
+        while not done.is_set():
+            if os.path.exists(final):
+                assert os.path.getsize(final) == info.size  # a final name only ever holds the whole file
+            elif os.path.exists(part) and 0 < os.path.getsize(part) < info.size:
+                seen_partial = True
+            time.sleep(0.005)
+        fetcher.join()
+    finally:
+        server._link.burst = 256 << 10
+    assert seen_partial and open(final, "rb").read() == payload and not os.path.exists(part)
