@@ -123,3 +123,34 @@ def test_python_hook_and_sample(spark, demo_table, tmp_path):
     assert 0.4 * total < result.rows < 0.6 * total and ds.source["sample"] == 0.5
     t = ds.read_row_group(ds.files[0], 0, columns=["price", "price_bucket"])
     assert np.array_equal(np.asarray(t["price"]) % 4, np.asarray(t["price_bucket"]))
+
+
+def test_partitions_key_selects_partitions(spark, demo_table, tmp_path):
+    cfg = job_conf(tmp_path, name="parts", source={"partitions": {"dt": ["2026-11-21", "2026-11-23"]}})
+    result = run(cfg, spark, log=quiet)
+    expected = spark.table(demo_table).where("dt IN ('2026-11-21', '2026-11-23')").count()
+    ds = loader.open_dataset(tmp_path / "parts")
+    assert result.rows == ds.num_rows == expected
+    assert ds.source["partitions"] == {"dt": ["2026-11-21", "2026-11-23"]}
+    assert ds.source["snapshot"]["partitions"] == ["dt=2026-11-21", "dt=2026-11-23"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "orc"])
+def test_path_source_rebuilds_when_its_files_change(spark, tmp_path, fmt):
+    src = str(tmp_path / "src")
+    spark.range(0, 3000, 1, 2).selectExpr("id", "cast(id % 7 AS string) AS c").write.format(fmt).save(src)
+    cfg = job_conf(
+        tmp_path / "out", name="pathsrc", source={"table": None, "path": src, "format": fmt, "columns": ["id", "c"]},
+        transforms=[{"kind": "index", "column": "c"}],
+    )  # fmt: skip
+    first = run(cfg, spark, log=quiet)
+    assert run(cfg, spark, log=quiet).status == "up to date"
+    spark.range(3000, 3500, 1, 1).selectExpr("id", "cast(id % 7 AS string) AS c").write.mode("append").format(fmt).save(
+        src
+    )
+    second = run(cfg, spark, log=quiet)
+    assert second.status == "published" and second.version != first.version and second.rows == 3500
+    ds = loader.open_dataset(tmp_path / "out" / "pathsrc")
+    ids = sorted(i for f in ds.files for g in range(len(f.row_groups))
+                 for i in ds.read_row_group(f, g, columns=["id"])["id"].to_pylist())  # fmt: skip
+    assert ids == list(range(3500)) and ds.source["format"] == fmt

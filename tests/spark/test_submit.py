@@ -148,6 +148,7 @@ def test_standalone_cluster_runs_the_job(spark, demo_table, spark_dirs, tmp_path
         )  # fmt: skip
         assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
         assert "larder: published" in done.stdout.decode()
+        assert " INFO " not in done.stderr.decode() and " WARN " not in done.stderr.decode()  # quiet by default
         apps = master_state(webui)["completedapps"] + master_state(webui)["activeapps"]
         assert any(a["name"] == "larder-materialize" for a in apps)
         ds = loader.open_dataset(root / "shop")
