@@ -288,17 +288,30 @@ def file_info_from_parquet(fs: pafs.FileSystem, path: str, relpath: str) -> File
     size = fs.get_file_info(path).size
     try:
         with fs.open_input_file(path) as f:
-            footer, footer_size = read_footer(f, size, where)
-            f.seek(0)
-            checksum, read = checksum_stream(f)
-            f.seek(0)
-            meta = pq.ParquetFile(f).metadata
+            return _file_info(f, size, relpath, where)
     except CorruptFileError:
         raise
     except (OSError, pa.ArrowException) as e:
         raise CorruptFileError(f"{where}: cannot read Parquet footer ({e})", where) from e
+
+
+def file_info_from_bytes(data: bytes, relpath: str) -> FileInfo:
+    """Build a :class:`FileInfo` for a Parquet file still held in memory (no read back from storage)."""
+    try:
+        return _file_info(pa.BufferReader(data), len(data), relpath, relpath)
+    except CorruptFileError:
+        raise
+    except (OSError, pa.ArrowException) as e:
+        raise CorruptFileError(f"{relpath}: cannot read Parquet footer ({e})", relpath) from e
+
+
+def _file_info(f, size: int, relpath: str, where: str) -> FileInfo:
+    footer, footer_size = read_footer(f, size, where)
+    f.seek(0)
+    checksum, read = checksum_stream(f)
     if read != size:
         raise CorruptFileError(f"{where}: read {read} bytes, file status says {size}", where)
+    meta = pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
     groups = []
     for i in range(meta.num_row_groups):
         rg = meta.row_group(i)

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from . import fs as lfs
 from .dataset import Dataset, open_dataset
 from .errors import ConfigError, EmptyDatasetError, SourceError
+from .manifest import file_info_from_bytes
 from .publish import begin_staging
 
 DEFAULT_BLOCK_SIZE = 128 << 20
@@ -196,12 +197,15 @@ def write_cache(
             sample = bigger
         bytes_per_row = _compressed_bytes_per_row(sample, compression)
         index = 0
+        files = []
         while True:
             rows = max(1, int(_AIM * target / bytes_per_row))
             data_bytes, groups = _encode_file(chunks, rows, row_groups_per_file, schema, compression, target)
             if data_bytes is None:
                 break
-            lfs.write_bytes(fs, lfs.join(staging.path, f"part-{index:05d}.parquet"), data_bytes)
+            relpath = f"part-{index:05d}.parquet"
+            lfs.write_bytes(fs, lfs.join(staging.path, relpath), data_bytes)
+            files.append(file_info_from_bytes(data_bytes, relpath))  # no read back from (remote) storage
             full = [(n, c) for n, c in groups if n > 1]
             if full:  # correct the estimate from what was really written
                 bytes_per_row = max(1.0, sum(c for _, c in full) / sum(n for n, _ in full))
@@ -215,6 +219,7 @@ def write_cache(
             extra={"compression": compression, "row_groups_per_file": row_groups_per_file},
             keep_versions=keep_versions,
             fingerprint=fingerprint,
+            files=files,
             arrow_schema=schema,
         )
     return open_dataset(lfs.join(staging.dataset_dir, version) if not lfs.is_remote(os.fspath(root))
