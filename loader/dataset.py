@@ -217,6 +217,7 @@ def open_dataset(
     *,
     cache_dir: str | os.PathLike | None = None,
     max_cache_bytes: int | None = None,
+    cache_options: dict | None = None,
     **fs_options,
 ) -> Dataset:
     """Open a published version from its manifest.
@@ -226,6 +227,8 @@ def open_dataset(
             either. A :class:`Dataset` is returned as is.
         cache_dir: A local directory where remote data files are copied as they are read.
         max_cache_bytes: Cap on the local cache (least recently used files are evicted).
+        cache_options: More settings of the local cache (``io_threads``, ``pin_files``...; see
+            :class:`loader.cache.FileCache`).
         **fs_options: Passed to the filesystem of the URL's scheme (see :func:`loader.fs.resolve`).
 
     Raises:
@@ -243,7 +246,7 @@ def open_dataset(
     if cache_dir is not None:
         from .cache import attach_cache  # local disk cache of remote files
 
-        attach_cache(ds, cache_dir, max_cache_bytes=max_cache_bytes)
+        attach_cache(ds, cache_dir, max_cache_bytes=max_cache_bytes, **(cache_options or {}))
     return ds
 
 
