@@ -133,6 +133,14 @@ def run(
         PublishError: The destination cannot be written; the previous version stays live.
     """
     started = time.time()
+    phases: dict[str, float] = {}
+    mark = [started]
+
+    def phase(name: str) -> None:
+        now = time.time()
+        phases[name] = round(now - mark[0], 2)
+        mark[0] = now
+
     if spark is None:
         from .session import build_session
 
@@ -148,6 +156,7 @@ def run(
     block, block_from = destination_block_size(spark, dataset_uri, cfg.output.block_size, DEFAULT_BLOCK_SIZE)
     fingerprint, snapshot = source_fingerprint(spark, source.df, cfg, block)
     previous = _previous(fs, dataset_dir, log)
+    phase("validate+fingerprint")
     if previous is not None and fingerprint and previous.source.get("fingerprint") == fingerprint and not force:
         return RunResult("up to date", shown, previous.version, previous.num_rows, seconds=time.time() - started)
 
@@ -160,6 +169,7 @@ def run(
     only_index = all(t.kind == "index" for t in cfg.transforms)
     counts = partition_counts(source.df if only_index else df)
     count = sum(counts)
+    phase("transforms+counts")
     if count == 0:
         what = f"source {source.name}"
         if cfg.source.where or cfg.source.partitions:
@@ -178,6 +188,7 @@ def run(
             sized = writer.write(df, counts)
         except OSError as e:
             raise PublishError(f"writing {shown} failed; the live version is unchanged: {e}") from e
+        phase("sample+write+verify")
         written = sum(f.num_rows for f in sized.files)
         if written != count:
             raise SourceError(f"source {source.name} changed while the job ran: counted {count} rows, wrote {written}")
@@ -200,11 +211,14 @@ def run(
                 "fill": fill,
                 "sizing": {"bytes_per_row": round(sized.bytes_per_row, 3), "attempts": sized.history},
                 "oversized_rows": sized.oversized_rows,
+                "seconds": phases,
             },
             keep_versions=cfg.output.keep_versions,
             fingerprint=fingerprint,
             files=sized.files,
         )
+    phase("publish")
+    log(f"seconds per phase: {phases}")
     return RunResult(
         "published", shown, version, count, fill=fill, files=len(sized.files), block_size=block,
         seconds=time.time() - started,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -227,8 +228,9 @@ class SizedWriter:
         """
         count = sum(counts)
         self.page_size = self.page_size or default_page_size(self.block_size, len(df.columns))
+        started = time.time()
         bpr = self.estimate_bytes_per_row(df, count)
-        history: list[dict] = []
+        history: list[dict] = [{"sample_seconds": round(time.time() - started, 2)}]
         # Adaptive execution would merge the one-file-per-partition layout; restored in finally.
         with temporary_conf(self.spark, {"spark.sql.adaptive.enabled": "false"}):
             for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -237,12 +239,15 @@ class SizedWriter:
                 rows_per_file = max(1, math.floor(self.target / bpr))
                 laid_out, n = assign_files(self.spark, df, counts, rows_per_file, self.shuffle, self.seed)
                 self.log(f"attempt {attempt}: {n} files of {rows_per_file} rows (~{rows_per_file * bpr:.0f} bytes)")
+                started = time.time()
                 self._write(laid_out, self.uri, rows_per_file)
+                written = time.time()
                 rows, nbytes, groups = _measure(self.fs, self.path)
                 over = [(r, c) for r, c in groups if c > self.block_size]
                 single = [g for g in over if g[0] == 1]
                 history.append({"attempt": attempt, "rows_per_file": rows_per_file, "bytes_per_row": round(bpr, 2),
-                                "over_block": len(over)})  # fmt: skip
+                                "over_block": len(over), "write_seconds": round(written - started, 2),
+                                "verify_seconds": round(time.time() - written, 2)})  # fmt: skip
                 if len(over) == len(single) or attempt == MAX_ATTEMPTS:
                     if single:
                         self.log(f"warning: {len(single)} rows are larger than the block; each is its own row group")
