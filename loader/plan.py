@@ -273,7 +273,8 @@ def plan_epoch(
     total = int(counts.sum())
     bounds = shard_bounds(total, world_size)
     lo, hi = int(bounds[rank]), int(bounds[rank + 1])
-    pieces = split_pieces(pieces_in_range(order, counts, lo, hi), max_piece_rows, interleave=window)
+    # Interleaving slices mixes row groups; without shuffle the stream must stay in source order.
+    pieces = split_pieces(pieces_in_range(order, counts, lo, hi), max_piece_rows, interleave=window if shuffle else 1)
     windows = make_windows(pieces, max(1, window))
     batches = num_batches(total, world_size, batch_size, drop_last)
     kept = None if sample is None or sample >= 1 else tuple(int(c) for c in counts)

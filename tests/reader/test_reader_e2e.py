@@ -92,9 +92,11 @@ def test_epochs_and_seeds_change_the_order_and_seed_zero_is_a_seed(mixed_cache):
     assert np.array_equal(again, first) and not np.array_equal(other, first)
 
 
-def test_no_shuffle_reads_in_source_order(mixed_cache):
-    ids = ids_of(read_all(loader.make_reader(mixed_cache, batch_size=128, shuffle=False, pool="thread")))
-    assert ids.tolist() == list(range(1000))
+@pytest.mark.parametrize("budget", [None, 12_000])  # whole row groups, or streamed slices of them
+def test_no_shuffle_reads_in_source_order(mixed_cache, budget):
+    reader = loader.make_reader(mixed_cache, batch_size=128, shuffle=False, pool="thread", memory_budget=budget)
+    assert (reader.max_piece_rows is None) == (budget is None)
+    assert ids_of(read_all(reader)).tolist() == list(range(1000))
 
 
 def test_batches_mix_many_row_groups_and_stats_are_kept(mixed_cache):
