@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -121,9 +122,10 @@ def test_epochs_give_different_orders():
     assert len(perms) == 5
 
 
-def test_no_shuffle_keeps_source_order():
+@pytest.mark.parametrize("max_piece", [None, 2])
+def test_no_shuffle_keeps_source_order(max_piece):
     sizes = [5, 7, 3]
-    plan = plan_epoch(sizes, seed=1, epoch=3, batch_size=4, shuffle=False, window=2)
+    plan = plan_epoch(sizes, seed=1, epoch=3, batch_size=4, shuffle=False, window=2, max_piece_rows=max_piece)
     assert rows_of(plan, sizes, 1) == [(g, r) for g, n in enumerate(sizes) for r in range(n)]
 
 
