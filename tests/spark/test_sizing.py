@@ -77,3 +77,21 @@ def test_rows_bigger_than_a_block_warn_and_publish(spark, tmp_path):
     assert any("larger than the block" in m or "more than the" in m for m in messages), messages
     assert all(g.num_rows == 1 for f in ds.files for g in f.row_groups)
     assert ds.manifest.extra["oversized_rows"] == 12
+
+
+def test_block_size_comes_from_the_destination_filesystem(spark):
+    from etl.sizing import destination_block_size
+
+    conf = spark._jsc.hadoopConfiguration()
+    old = conf.get("dfs.blocksize")
+    conf.set("dfs.blocksize", str(8 << 20))
+    try:  # a port nothing listens on: the block size is the client's view, no call is made
+        size, origin = destination_block_size(spark, "webhdfs://127.0.0.1:9/larder/shop", None, 128 << 20)
+    finally:
+        if old is None:
+            conf.unset("dfs.blocksize")
+        else:
+            conf.set("dfs.blocksize", old)
+    assert (size, origin) == (8 << 20, "webhdfs getDefaultBlockSize")
+    assert destination_block_size(spark, "file:///tmp/x", None, 128 << 20) == (128 << 20, "default")
+    assert destination_block_size(spark, "webhdfs://127.0.0.1:9/x", 4 << 20, 128 << 20) == (4 << 20, "conf")
