@@ -20,12 +20,13 @@ An epoch is planned in five steps:
    ``B = (M//W) // batch_size`` full batches; the rows a rank does not need are dropped after the shuffle,
    so different rows are dropped each epoch.
 5. **Windows**: the rank's rows, as pieces ``(row group, start, stop)``, are grouped into windows of
-   ``window`` pieces. Row groups too big for memory are cut into slices of ``max_piece_rows`` and the
-   slices of ``window`` consecutive row groups are interleaved, so a window holds one slice of each. A window's
-   rows are permuted with ``default_rng([seed, epoch, rank, world_size, window_index, …])``; the rank's
-   stream is the concatenation of its permuted windows, and batch ``b`` is a fixed row range of that
-   stream. A batch therefore mixes up to ``window`` row groups, and resuming at batch ``b`` only needs the
-   window that holds its first row.
+   ``window`` pieces. Row groups too big for memory are cut into slices of ``max_piece_rows``; when
+   shuffling, the slices of ``window`` consecutive row groups are interleaved, so a window holds one slice
+   of each (each row group is still read front to back). A window's rows are permuted with
+   ``default_rng([seed, epoch, rank, world_size, window_index, …])``; the rank's stream is the
+   concatenation of its permuted windows, and batch ``b`` is a fixed row range of that stream. A batch
+   therefore mixes up to ``window`` row groups, and resuming at batch ``b`` only needs the window that
+   holds its first row.
 """
 
 from __future__ import annotations
