@@ -7,6 +7,7 @@ other, in one run of this script, on caches made by ``bench/gen_data.py`` (gener
   converted per column to numpy in the reader's forms (``loader.convert.to_numpy``: values + offsets for
   lists and bytes). No shuffle: the ceiling of a plain scan.
 * ``thread``   — ``make_reader(batch_size=100, shuffle=True, pool="thread")``.
+* ``serial``   — (optional) the same with ``pool="serial"``: the reader's own CPU cost without threads.
 * ``process``  — the same with ``pool="process"``.
 * ``torch``    — (optional, ``--only ...,torch``) ``loader.torch.make_dataloader`` with 2 DataLoader workers.
 * ``tf``       — (optional, ``--only ...,tf``) ``loader.tf.make_dataset`` iterated eagerly.
@@ -258,7 +259,7 @@ def child(args) -> dict:
         "columns": columns,
         "files": len(ds.files),
         "row_groups": ds.num_row_groups,
-        "stats": str(stats) if args.mode in ("thread", "process") and stats is not None else None,
+        "stats": str(stats) if args.mode in ("serial", "thread", "process") and stats is not None else None,
     }
 
 
@@ -314,12 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--workers", type=int, default=None, help="reader workers (default: the reader's)")
     p.add_argument("--columns", default=None, help="comma-separated columns (default: all with a numpy form)")
-    p.add_argument("--profile", choices=["raw", "thread", "process", "torch", "tf"],
+    p.add_argument("--profile", choices=["raw", "serial", "thread", "process", "torch", "tf"],
                    help="run that child under cProfile")
     p.add_argument("--only", default=None,
-                   help="comma-separated subset of raw,thread,process,4x,first (default); torch and tf need those")
+                   help="comma-separated subset of raw,thread,process,4x,first (default); also serial, torch, tf")
     p.add_argument("--repeat", type=int, default=3, help="trials per run, interleaved; the median is shown (default 3)")
-    p.add_argument("--child", choices=["raw", "thread", "process", "torch", "tf"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["raw", "serial", "thread", "process", "torch", "tf"], help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--first-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -330,9 +331,10 @@ def main(argv: list[str] | None = None) -> int:
 
     caches = ensure_caches(Path(args.data), args.rows)
     wanted = set((args.only or "raw,thread,process,4x,first").split(","))
-    only = [k for k in ("raw", "thread", "process", "torch", "tf", "4x", "first") if k in wanted]
+    only = [k for k in ("raw", "serial", "thread", "process", "torch", "tf", "4x", "first") if k in wanted]
     runs = {
         "raw": ("raw", caches["base"], ()),
+        "serial": ("serial", caches["base"], ()),
         "thread": ("thread", caches["base"], ()),
         "process": ("process", caches["base"], ()),
         "torch": ("torch", caches["base"], ()),
@@ -382,7 +384,8 @@ def print_table(results: dict[str, dict], args) -> None:
     )
     print(head)
     print("-" * len(head))
-    labels = {"raw": "raw pyarrow scan", "thread": "make_reader thread", "process": "make_reader process",
+    labels = {"raw": "raw pyarrow scan", "serial": "make_reader serial", "thread": "make_reader thread",
+              "process": "make_reader process",
               "torch": "torch DataLoader, 2 wk", "tf": "tf.data from_generator",
               "4x": "make_reader thread 4x", "first": "first batch, 10k files"}
     for key, r in results.items():
@@ -406,7 +409,7 @@ def print_table(results: dict[str, dict], args) -> None:
     results = {k: r for k, r in results.items() if "error" not in r}
     if "raw" in results:
         base = results["raw"]["cpu_us_per_row"]
-        for key in ("thread", "process"):
+        for key in ("serial", "thread", "process"):
             if key in results:
                 print(
                     f"CPU per row {key} / raw: {results[key]['cpu_us_per_row'] / base:.2f}x -> ratio ceiling on "
