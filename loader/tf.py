@@ -6,15 +6,21 @@ Each element is one reader batch, a dict of tensors:
 
 * fixed-width columns: ``tf.Tensor`` of shape ``[None]`` (fixed-size lists ``[None, k, ...]``);
 * variable-length lists, ``ragged="ragged"`` (default): a ``tf.RaggedTensor`` ``[None, None]`` built from
-  the reader's values + offsets (row splits) without a per-row loop; ``ragged="padded"``: a ``[None, None]``
-  tensor plus ``col + ".lengths"`` (``int64``);
-* strings and binaries: ``tf.string`` of shape ``[None]`` (``strings="string"``, default), or ``uint8`` in the
-  ``ragged`` form (``strings="bytes"``).
+  the reader's values + offsets (row splits) without a per-row loop; lists of lists a rank-2 ragged
+  ``[None, None, None]``. ``ragged="padded"``: dense ``[None, None(, None)]`` plus ``col + ".lengths"``
+  (and ``col + ".value_lengths"`` for lists of lists);
+* strings and binaries: ``tf.string`` ``[None]`` (``strings="string"``, default; nulls become ``b""``);
+  ``list<string>`` a ragged ``tf.string`` ``[None, None]`` (padded with ``b""`` plus ``.lengths`` when
+  ``ragged="padded"``); ``strings="bytes"``: ``uint8`` in the ``ragged`` form instead.
 
 The ``output_signature`` is derived from the manifest's Arrow schema by running the reader's own numpy
 conversion on an empty table of that schema, so it matches the batches exactly. A ``transform`` may change
 the columns: then pass ``output_signature`` yourself (or let it be taken from the first batch, which
 opens one extra reader).
+
+Errors inside the reader (a corrupt file, a failing transform) reach the consumer as TensorFlow's
+``tf.errors.UnknownError``, whose message starts with the larder error and carries its original traceback:
+``tf.data`` does not re-raise Python exception types from a generator.
 """
 
 from __future__ import annotations
