@@ -144,6 +144,19 @@ def _measure(fs: pafs.FileSystem, directory: str) -> tuple[int, int, list[tuple[
     return sum(n for n, _ in groups), sum(c for _, c in groups), groups
 
 
+def too_big(files: list[list[tuple[int, int]]], block: int) -> list[tuple[int, int]]:
+    """``(rows, bytes)`` of the files that did not fit one row group under the block: a row group over the
+    block, or more bytes than a block in all (parquet-mr then cut a tail group). Files whose row groups
+    over the block are single rows are not counted: no layout can split a row."""
+    bad = []
+    for groups in files:
+        rows, nbytes = sum(r for r, _ in groups), sum(c for _, c in groups)
+        splittable_over = any(c > block and r > 1 for r, c in groups)
+        if rows > 1 and (splittable_over or (nbytes > block and not any(c > block for _, c in groups))):
+            bad.append((rows, nbytes))
+    return bad
+
+
 class SizedWriter:
     """Writes one DataFrame into a directory with row groups just under ``block_size``.
 
@@ -242,20 +255,22 @@ class SizedWriter:
                 started = time.time()
                 self._write(laid_out, self.uri, rows_per_file)
                 written = time.time()
-                rows, nbytes, groups = _measure(self.fs, self.path)
-                over = [(r, c) for r, c in groups if c > self.block_size]
-                single = [g for g in over if g[0] == 1]
+                per_file = [_footer_groups(self.fs, p) for p in _parquet_files(self.fs, self.path)]
+                groups = [g for f in per_file for g in f]
+                rows, nbytes = sum(r for r, _ in groups), sum(c for _, c in groups)
+                bad = too_big(per_file, self.block_size)
+                single = [g for g in groups if g[0] == 1 and g[1] > self.block_size]
                 history.append({"attempt": attempt, "rows_per_file": rows_per_file, "bytes_per_row": round(bpr, 2),
-                                "over_block": len(over), "write_seconds": round(written - started, 2),
+                                "files_too_big": len(bad), "write_seconds": round(written - started, 2),
                                 "verify_seconds": round(time.time() - written, 2)})  # fmt: skip
-                if len(over) == len(single) or attempt == MAX_ATTEMPTS:
+                if not bad or attempt == MAX_ATTEMPTS:
                     if single:
                         self.log(f"warning: {len(single)} rows are larger than the block; each is its own row group")
                     break
                 measured = nbytes / max(1, rows)
-                worst = max(c / r for r, c in over)
+                worst = max(c / r for r, c in bad)
                 bpr = max(measured, bpr) * max(1.02, worst / max(measured, 1.0))
-                self.log(f"{len(over)} row groups over the block; rewriting with {bpr:.1f} bytes/row")
+                self.log(f"{len(bad)} files did not fit one row group under the block; rewriting at {bpr:.1f} B/row")
         self._tidy()
         return SizingResult(
             files=self._file_infos(), block_size=self.block_size, target=self.target, bytes_per_row=bpr,

@@ -65,6 +65,27 @@ def test_row_groups_just_under_the_block(spark, sources, tmp_path, kind):
     assert ds.manifest.extra["fill"]["median"] == pytest.approx(statistics.median(fills), abs=1e-3)
 
 
+def test_underestimate_is_rewritten_with_the_measured_figure(spark, sources, tmp_path):
+    """Unshuffled, key-ordered rows growing with the key: the later files are wider than the sample's
+    average, do not fit the block, and the job rewrites with the bytes per row it measured."""
+    path, rows = sources["wide"]
+    result = run(path_conf(path, tmp_path, "wide_ordered", shuffle=False), spark, log=lambda _m: None)
+    ds = loader.open_dataset(tmp_path / "wide_ordered")
+    attempts = [a for a in ds.manifest.extra["sizing"]["attempts"] if "attempt" in a]
+    assert len(attempts) >= 2 and attempts[0]["files_too_big"] > 0 and attempts[-1]["files_too_big"] == 0
+    assert ds.num_rows == rows == result.rows
+    assert all(len(f.row_groups) == 1 for f in ds.files)
+    assert max(g.compressed_bytes for f in ds.files for g in f.row_groups) <= BLOCK
+
+
+def test_too_big_counts_files_that_do_not_fit():
+    from etl.sizing import too_big
+
+    block = 100
+    assert too_big([[(10, 90)], [(1, 500)], [(5, 60), (1, 30)]], block) == []  # fits, one huge row, cut but fits
+    assert too_big([[(10, 150)], [(8, 95), (2, 20)]], block) == [(10, 150), (10, 115)]
+
+
 def test_rows_bigger_than_a_block_warn_and_publish(spark, tmp_path):
     big = spark.range(0, 12, 1, 2).selectExpr(
         "id", "unhex(array_join(transform(sequence(0, 2500), j -> sha2(concat_ws('-', id, j), 256)), '')) AS blob"
