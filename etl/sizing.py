@@ -5,8 +5,9 @@ write; give every file exactly ``rows_per_file = fill × block / bytes_per_row``
 :mod:`etl.layout` assigns rows to files, ``maxRecordsPerFile`` guards it); set ``parquet.block.size``
 to the block size itself (a ceiling, not the target) and ``parquet.page.size`` to 128 KiB, or smaller
 for small blocks (:func:`default_page_size`: the open pages parquet-mr counts must stay a small share of
-the block); read the footers back. If any row group came out over the block, rewrite with the bytes per
-row actually measured. A row larger than a whole block is warned about and kept (its row group is that
+the block); read the footers back. If a file did not fit one row group under the block (a group over
+it, or more than a block in all so parquet-mr cut a tail group), rewrite with the bytes per row actually
+measured. A row larger than a whole block is warned about and kept (its row group is that
 one row). Spark settings changed for the write are restored in ``finally``.
 """
 
