@@ -116,3 +116,17 @@ def test_block_size_comes_from_the_destination_filesystem(spark):
     assert (size, origin) == (8 << 20, "webhdfs getDefaultBlockSize")
     assert destination_block_size(spark, "file:///tmp/x", None, 128 << 20) == (128 << 20, "default")
     assert destination_block_size(spark, "webhdfs://127.0.0.1:9/x", 4 << 20, 128 << 20) == (4 << 20, "conf")
+
+
+def test_spark_settings_are_restored_even_on_failure(spark):
+    from etl.sizing import temporary_conf
+
+    key = "spark.sql.adaptive.enabled"
+    spark.conf.unset(key)
+    default = spark.conf.get(key)
+    with pytest.raises(RuntimeError, match="inside"):
+        with temporary_conf(spark, {key: "false", "spark.sql.files.maxRecordsPerFile": "7"}):
+            assert spark.conf.get(key) == "false"
+            raise RuntimeError("inside")
+    assert spark.conf.get(key) == default and spark.conf.get(key, None) is None  # unset again, not pinned
+    assert spark.conf.get("spark.sql.files.maxRecordsPerFile") == "0"
