@@ -190,7 +190,7 @@ class JobConfig:
         return _plain(dataclasses.asdict(self))
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -250,7 +250,7 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     raise AssertionError(f"unhandled config type {hint!r}")
 
 
-def _build(cls, raw: Any, prefix: str):
+def _build(cls: type, raw: Any, prefix: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):

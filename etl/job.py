@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import pyarrow.fs as pafs
+
 from loader import fs as lfs
 from loader.errors import EmptyDatasetError, LarderError, PublishError, SourceError
 from loader.manifest import Manifest
@@ -80,7 +82,7 @@ def hadoop_uri(root: str, root_path: str, path: str) -> str:
     return f"{root.rstrip('/')}/{rel}"
 
 
-def check_destination(fs, dataset_dir: str) -> None:
+def check_destination(fs: pafs.FileSystem, dataset_dir: str) -> None:
     """Fail early, before any Spark work, if the dataset directory cannot be created and written.
 
     Raises:
@@ -95,7 +97,7 @@ def check_destination(fs, dataset_dir: str) -> None:
         raise PublishError(f"cannot write to {lfs.display(fs, dataset_dir)}: {e}") from e
 
 
-def _previous(fs, dataset_dir: str, log) -> Manifest | None:
+def _previous(fs: pafs.FileSystem, dataset_dir: str, log: Callable[[str], None]) -> Manifest | None:
     try:
         return current_manifest(fs, dataset_dir)
     except LarderError as e:  # an unreadable live version must not block a fresh publish

@@ -56,7 +56,7 @@ def affine_permutation(n: int, seed: int) -> tuple[int, int]:
     return a % n or 1, int(rng.integers(0, n))
 
 
-def permute(g: int | np.ndarray, n: int, seed: int):
+def permute(g: int | np.ndarray, n: int, seed: int) -> np.ndarray:
     """Python mirror of the permutation the Spark plan applies (for tests and reasoning)."""
     a, b = affine_permutation(n, seed)
     return (np.asarray(g, dtype=object) * a + b) % n

@@ -175,7 +175,21 @@ class SizedWriter:
         log: Progress messages.
     """
 
-    def __init__(self, spark, fs, path, uri, *, block_size, fill, page_size, compression, shuffle, seed, log):
+    def __init__(
+        self,
+        spark: SparkSession,
+        fs: pafs.FileSystem,
+        path: str,
+        uri: str,
+        *,
+        block_size: int,
+        fill: float,
+        page_size: int | None,
+        compression: str,
+        shuffle: bool,
+        seed: int,
+        log: Callable[[str], None],
+    ) -> None:
         self.spark, self.fs, self.path, self.uri = spark, fs, path, uri
         self.block_size, self.fill = int(block_size), fill
         self.page_size = int(page_size) if page_size else None

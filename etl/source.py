@@ -21,7 +21,7 @@ from loader.errors import SourceError
 from .config import SourceConfig
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 
 @dataclass
@@ -104,7 +104,7 @@ def _existing_partitions(spark: SparkSession, table: str) -> list[dict[str, str]
     return out
 
 
-def _partition_filter(spark: SparkSession, table: str, parts: list[str], wanted: dict[str, Any]):
+def _partition_filter(spark: SparkSession, table: str, parts: list[str], wanted: dict[str, Any]) -> Column:
     from pyspark.sql import functions as F
 
     for key in wanted:
