@@ -233,9 +233,11 @@ class SizedWriter:
             want = max(MIN_SAMPLE_ROWS, math.ceil(min(self.target, MAX_SAMPLE_BYTES) / pilot))
             fraction = min(1.0, want / max(1, count))
             sample = df.sample(withReplacement=False, fraction=fraction, seed=self.seed) if fraction < 1 else df
-            if self.shuffle:
-                sample = self._with_key(sample).orderBy(_KEY).drop(_KEY)
-            self._write(sample.coalesce(1), f"{base_uri}/sample")
+            # One partition (an exchange of the sampled rows only: coalesce(1) would make the scan one
+            # task, orderBy would add a range-sampling pass), in random order when the output is shuffled.
+            sample = self._with_key(sample).repartition(1)
+            sample = (sample.sortWithinPartitions(_KEY) if self.shuffle else sample).drop(_KEY)
+            self._write(sample, f"{base_uri}/sample")
             rows, nbytes, _ = _measure(self.fs, lfs.join(base, "sample"))
             estimate = max(1.0, nbytes / max(1, rows)) if rows else pilot
             self.log(f"bytes/row: pilot {pilot:.1f}, shuffled sample of {rows} rows {estimate:.1f}")
