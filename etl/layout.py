@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 FILE_COLUMN = "__larder_file"
 _ORDER = "__larder_order"
 _INV_PHI = (math.sqrt(5) - 1) / 2
+LONG_SAFE_ROWS = 3_037_000_000  # below this, a*g < 2**63 for a, g < rows
 
 
 def partition_counts(df: DataFrame) -> list[int]:
@@ -105,7 +106,7 @@ def assign_files(
     g = F.element_at(F.lit(offsets), pid + 1) + local
     if shuffle:
         a, b = affine_permutation(total, seed)
-        if total < 3_037_000_000:  # a*g fits a signed 64-bit long
+        if total < LONG_SAFE_ROWS:  # a*g fits a signed 64-bit long
             position = F.pmod(g * F.lit(a) + F.lit(b), F.lit(total))
         else:
             dec = "decimal(38,0)"

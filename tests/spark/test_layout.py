@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,3 +43,23 @@ def test_page_size_scales_with_block():
     assert default_page_size(128 << 20, 7) == 128 << 10
     assert default_page_size(4 << 20, 8) == 8 << 10
     assert 8 << 10 <= default_page_size(8 << 20, 3) <= 128 << 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_spark_layout_matches_the_permutation(spark, monkeypatch, shuffle):
+    """Spark's file assignment equals the Python mirror, in long and in decimal arithmetic, and file i
+    is exactly partition i."""
+    from pyspark.sql import functions as F
+
+    from etl import layout
+
+    df = spark.range(0, 1000, 1, 3).toDF("g")  # ids in source order are the global indexes
+    counts = layout.partition_counts(df)
+    want = (permute(np.arange(1000), 1000, 5) if shuffle else np.arange(1000)) // 300
+    for safe in (layout.LONG_SAFE_ROWS, 0):  # 0 forces the decimal path used beyond ~3e9 rows
+        monkeypatch.setattr(layout, "LONG_SAFE_ROWS", safe)
+        out, n = layout.assign_files(spark, df, counts, 300, shuffle, 5)
+        got = out.select("g", F.spark_partition_id().alias("p")).collect()
+        assert n == 4 and len(got) == 1000
+        assert all(want[r["g"]] == r["p"] for r in got)
