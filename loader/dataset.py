@@ -13,13 +13,14 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import fs as lfs
 from .errors import CorruptFileError, DatasetNotFoundError, RemoteError
-from .manifest import MANIFEST_NAME, FileInfo, Manifest, crc32_hex, read_footer
+from .manifest import MANIFEST_NAME, FileInfo, Manifest, chunk_range, crc32_hex, read_footer
 from .publish import current_version, read_manifest
 
 
@@ -41,6 +42,7 @@ class Dataset:
     fs_options: dict = field(default_factory=dict, repr=False)
     # A local copy of remote files (loader.cache), attached by open_dataset(cache_dir=...).
     file_cache: Any = field(default=None, repr=False)
+    _leaves: dict = field(default_factory=dict, repr=False, compare=False)  # columns -> Parquet leaf indices
 
     @property
     def schema(self) -> pa.Schema:
@@ -129,6 +131,19 @@ class Dataset:
             CorruptFileError: The file is missing, truncated, resized, or its footer or metadata
                 disagree with the manifest.
         """
+        f, metadata, where, _ = self._open_checked(info)
+        try:
+            try:
+                return pq.ParquetFile(f, metadata=metadata, page_checksum_verification=True, **parquet_options)
+            except (OSError, pa.ArrowException) as e:
+                raise CorruptFileError(f"{where}: cannot decode Parquet footer ({e})", where) from e
+        except BaseException:
+            f.close()
+            raise
+
+    def _open_checked(self, info: FileInfo) -> tuple[pa.NativeFile, pq.FileMetaData, str, str | None]:
+        """Open a data file, check its size, footer checksum and row groups; returns ``(file, metadata,
+        printable name, local path or None)``."""
         fs, path = self._locate(info)
         where = lfs.display(fs, path)
         try:
@@ -148,13 +163,12 @@ class Dataset:
                 raise CorruptFileError(f"{where}: Parquet footer fails its checksum", where)
             try:
                 metadata = pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
-                pf = pq.ParquetFile(f, metadata=metadata, page_checksum_verification=True, **parquet_options)
             except (OSError, pa.ArrowException) as e:
                 raise CorruptFileError(f"{where}: cannot decode Parquet footer ({e})", where) from e
             groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
             if groups != [g.num_rows for g in info.row_groups]:
                 raise CorruptFileError(f"{where}: row groups {groups} disagree with the manifest", where)
-            return pf
+            return f, metadata, where, path if isinstance(fs, pafs.LocalFileSystem) else None
         except BaseException:
             f.close()
             raise
@@ -166,11 +180,19 @@ class Dataset:
         columns: list[str] | None = None,
         pf: pq.ParquetFile | None = None,
     ) -> pa.Table:
-        """Read one row group, verifying page checksums.
+        """Read one row group, verifying its checksums.
+
+        Without ``pf``, when the manifest holds the row group's column-chunk checksums, the selected
+        column chunks are read into memory once, checked against them (one fast CRC-32 pass), and decoded
+        from memory without Parquet's slower per-page CRCs. Otherwise (or with ``pf``, a file from
+        :meth:`open_file`) the pages are decoded and checked with their page CRCs.
 
         Raises:
-            CorruptFileError: The file fails a check or a page fails its CRC; names the file.
+            CorruptFileError: The file fails a check, a column chunk fails its checksum or a page its CRC;
+                names the file (and the row group and column).
         """
+        if pf is None and info.row_groups[index].column_checksums:
+            return self._read_checked_chunks(info, index, columns)
         own = pf is None
         pf = pf or self.open_file(info)
         try:
@@ -183,6 +205,81 @@ class Dataset:
         finally:
             if own:
                 pf.close(force=True)
+
+
+    def _leaf_columns(self, columns: list[str] | None, num_leaves: int) -> list[int]:
+        """Indices of the Parquet leaf columns of ``columns`` (all leaves when unknown)."""
+        if columns is None:
+            return list(range(num_leaves))
+        key = tuple(columns)
+        cached = self._leaves.get(key)
+        if cached is None:
+            counts = [_leaf_count(f.type) for f in self.schema]
+            if sum(counts) != num_leaves:  # not the layout the schema predicts: read every chunk
+                return list(range(num_leaves))
+            starts = np.cumsum([0, *counts])
+            names = self.schema.names
+            cached = [j for c in columns for i in [names.index(c)] for j in range(starts[i], starts[i + 1])]
+            self._leaves[key] = cached
+        return cached
+
+    def _read_checked_chunks(self, info: FileInfo, index: int, columns: list[str] | None) -> pa.Table:
+        """Read a row group's selected column chunks, verify each against the manifest, decode from memory."""
+        f, metadata, where, local = self._open_checked(info)
+        try:
+            expected = info.row_groups[index].column_checksums
+            rg = metadata.row_group(index)
+            if len(expected) != rg.num_columns:
+                raise CorruptFileError(
+                    f"{where}: row group {index} has {rg.num_columns} column chunks, the manifest "
+                    f"{len(expected)} checksums", where)
+            chunks = self._leaf_columns(columns, rg.num_columns)
+            # One buffer the size of the file, filled only at the chunks read: untouched pages cost no memory.
+            buf = pa.allocate_buffer(info.size)
+            view = np.frombuffer(buf, dtype=np.uint8)
+            fd = os.open(local, os.O_RDONLY) if local is not None else None
+            try:
+                for c in chunks:
+                    chunk = rg.column(c)
+                    start, length = chunk_range(chunk)
+                    if start < 0 or start + length > info.size:
+                        raise CorruptFileError(f"{where}: row group {index} column {chunk.path_in_schema} lies "
+                                               "outside the file", where)
+                    dest = view[start : start + length]
+                    if fd is not None:
+                        got = os.preadv(fd, [dest], start)
+                    else:
+                        data = f.read_at(length, start)
+                        got = len(data)
+                        dest[:got] = np.frombuffer(data, dtype=np.uint8)
+                    if got != length or f"{zlib.crc32(dest) & 0xFFFFFFFF:08x}" != expected[c]:
+                        raise CorruptFileError(
+                            f"{where}: row group {index} column {chunk.path_in_schema} fails its checksum", where)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+            pf = pq.ParquetFile(pa.BufferReader(buf), metadata=metadata, pre_buffer=False)
+            return pf.read_row_group(index, columns=columns, use_threads=False)
+        except RemoteError:
+            raise  # the remote storage failed after retries: not a corrupt file
+        except CorruptFileError:
+            raise
+        except (OSError, pa.ArrowException) as e:
+            raise CorruptFileError(f"{where}: row group {index} cannot be read ({e})", where) from e
+        finally:
+            f.close()
+
+
+def _leaf_count(t: pa.DataType) -> int:
+    """Parquet leaf columns of an Arrow type."""
+    if pa.types.is_struct(t):
+        return sum(_leaf_count(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_map(t):
+        return _leaf_count(t.key_type) + _leaf_count(t.item_type)
+    if isinstance(t, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)) or hasattr(t, "value_field") and \
+            not pa.types.is_dictionary(t):
+        return _leaf_count(t.value_type)
+    return 1
 
 
 def _resolve_version(fs: pafs.FileSystem, path: str) -> tuple[str, str]:

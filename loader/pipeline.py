@@ -2,13 +2,12 @@
 
 One producer (a background thread started at the first ``next``, or the caller itself for the serial
 pool) walks the epoch plans in order. It keeps a bounded number of piece reads in flight on the pool (one
-stream of reads across epochs, so an epoch boundary does not stall), concatenates each window's pieces
-into one contiguous table, gathers each planned batch's rows from it in the order of the window's
-permutation (one Arrow ``take`` per batch, vectorised; a batch may span two windows), and converts each
-batch to numpy, sending it to the pool when there is a transform to run. Finished batches wait in a
-bounded ready queue. Results are consumed in submission order, so the output does not depend
-on which worker ran what. Errors from workers or the producer travel through the queue as data and are
-raised in the consumer.
+stream of reads across epochs, so an epoch boundary does not stall), permutes each window's pieces
+with one Arrow ``take`` over the whole window (one contiguous copy, vectorised), cuts each planned batch
+as a zero-copy slice of it (a batch may span two windows), and converts each batch to numpy, sending
+it to the pool when there is a transform to run. Finished batches wait in a bounded ready queue. Results
+are consumed in submission order, so the output does not depend on which worker ran what. Errors from
+workers or the producer travel through the queue as data and are raised in the consumer.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,7 @@ import pyarrow as pa
 from .errors import WorkerError
 from .plan import EpochPlan, window_permutation
 from .pools import Pool
-from .tasks import ROW_GROUP_COLUMN, finish_batch, read_piece
+from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN, finish_batch, read_piece
 
 
 @dataclass
@@ -108,6 +108,7 @@ class Setup:
         prefetch: Size of the ready queue, in batches.
         finish_in_pool: Send batches to the pool for conversion and the transform; without a transform the
             producer converts them itself (cheaper than a round trip through the pool).
+        with_row_ids: Add ``_row_group`` / ``_row`` columns to batches.
         on_epoch: Called with each epoch's plan before its first read (e.g. to prefetch remote files).
     """
 
@@ -120,6 +121,7 @@ class Setup:
     batches_ahead: int
     prefetch: int
     finish_in_pool: bool
+    with_row_ids: bool = False
     on_epoch: Callable[[EpochPlan], None] | None = None
 
 
@@ -163,35 +165,73 @@ def _piece_tasks(setup: Setup, epoch: int, batch: int, plans: deque) -> Iterator
             for w in plan.windows[first : last + 1]:
                 for i, p in enumerate(w.pieces):
                     kept = plan.kept[p.group] if plan.kept is not None else None
-                    yield ((epoch, w.index, i == len(w.pieces) - 1), read_piece, setup.key, epoch, p.group, p.start,
-                           p.stop, kept)
+                    yield ((epoch, w.index, i == len(w.pieces) - 1, p.group), read_piece, setup.key, epoch,
+                           p.group, p.start, p.stop, kept)
         epoch, batch = epoch + 1, 0
 
 
-def _cut(segments: deque, lo: int, hi: int) -> pa.Table:
-    """Rows ``[lo, hi)`` of the rank's stream from the buffered windows ``(table, perm, first_row)``.
+class _Window(NamedTuple):
+    """A buffered window, rows in stream order: its rows, stream offset, and the rows' sources."""
 
-    Shuffled windows are gathered with one Arrow ``take`` per batch (a batch-sized copy; the window
-    itself is never copied in permuted order), unshuffled ones sliced without a copy.
+    rows: pa.RecordBatch | pa.Table
+    first: int
+    groups: np.ndarray  # global row group of each row
+    ids: np.ndarray | None  # row of each row in its row group (only when the reader keeps row ids)
+
+    @property
+    def stop(self) -> int:
+        return self.first + self.rows.num_rows
+
+
+def _window(parts: list, setup: Setup, plan: EpochPlan, w_index: int, first: int, with_ids: bool) -> _Window:
+    """Assemble a window's pieces ``(table, group, ids)`` in stream order.
+
+    A shuffled window is permuted once, with one Arrow ``take`` over the whole window (one copy, made
+    contiguous): each of its batches is then a zero-copy slice. An unshuffled window is kept as read.
     """
-    parts = []
-    for table, perm, first in segments:
-        a, b = max(lo, first), min(hi, first + table.num_rows)
+    table = pa.concat_tables([t for t, _, _ in parts])
+    groups = np.repeat(np.array([g for _, g, _ in parts], dtype=np.int64), [t.num_rows for t, _, _ in parts])
+    ids = np.concatenate([i for _, _, i in parts]) if with_ids else None
+    perm = window_permutation(
+        table.num_rows, setup.seed, plan.epoch, plan.rank, plan.world_size, w_index, setup.shuffle
+    )
+    if perm is not None and table.num_rows:
+        table = table.take(pa.array(perm)).combine_chunks().to_batches()[0]
+        groups = groups[perm]
+        ids = ids[perm] if with_ids else None
+    return _Window(table, first, groups, ids)
+
+
+def _cut(segments: deque, lo: int, hi: int, with_ids: bool) -> tuple[pa.RecordBatch | pa.Table, int]:
+    """Rows ``[lo, hi)`` of the rank's stream from the buffered windows (zero-copy slices), and their
+    distinct row groups. With row ids, ``_row_group`` and ``_row`` columns are appended."""
+    parts, groups, ids = [], [], []
+    for w in segments:
+        a, b = max(lo, w.first) - w.first, min(hi, w.stop) - w.first
         if a < b:
-            if perm is None:
-                parts.append(table.slice(a - first, b - a))
-            else:
-                parts.append(table.take(pa.array(perm[a - first : b - first])))
-    while segments and segments[0][2] + segments[0][0].num_rows <= hi:
-        segments.popleft()  # fully consumed: free the window
-    return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+            parts.append(w.rows.slice(a, b - a))
+            groups.append(w.groups[a:b])
+            if with_ids:
+                ids.append(w.ids[a:b])
+    while segments and segments[0].stop <= hi:
+        segments.popleft()  # fully consumed: drop the window (its batches' arrays still hold their rows)
+    if len(parts) == 1:
+        rows, group = parts[0], groups[0]
+    else:
+        rows = pa.concat_tables([p if isinstance(p, pa.Table) else pa.Table.from_batches([p]) for p in parts])
+        group = np.concatenate(groups)
+    if with_ids:
+        rows = rows.append_column(ROW_GROUP_COLUMN, pa.array(group))
+        rows = rows.append_column(ROW_COLUMN, pa.array(np.concatenate(ids) if len(ids) > 1 else ids[0]))
+    return rows, int(np.unique(group).size)
 
 
 def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats) -> Iterator[tuple]:
     """Yield ``(meta, fn, *args)`` finishing tasks of every batch from position ``(epoch, batch)`` on."""
     plans: deque = deque()
     plan = None
-    for (ep, w_index, last_piece), (table, seconds, decoded) in _ahead(
+    with_ids = setup.with_row_ids
+    for (ep, w_index, last_piece, group), (table, seconds, decoded, ids) in _ahead(
         pool, _piece_tasks(setup, epoch, batch, plans), setup.pieces_ahead, stats
     ):
         if plan is None or plan.epoch != ep:  # the first piece of an epoch: start cutting it
@@ -201,25 +241,19 @@ def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: Reader
         stats.pieces += 1
         stats.read_seconds += seconds
         stats.decoded_rows += decoded
-        parts.append(table)
+        parts.append((table, group, ids))
         if not last_piece:
             continue
         t0 = time.perf_counter()
-        window = pa.concat_tables(parts)
+        window = _window(parts, setup, plan, w_index, end, with_ids)
         parts = []
-        perm = window_permutation(
-            window.num_rows, setup.seed, plan.epoch, plan.rank, plan.world_size, w_index, setup.shuffle
-        )
-        if perm is not None:
-            window = window.combine_chunks()  # one contiguous copy makes every per-batch take cheap
-        segments.append((window, perm, end))
-        end += window.num_rows
+        segments.append(window)
+        end = window.stop
         stats.windows += 1
         stats.shuffle_seconds += time.perf_counter() - t0
         while batch < plan.num_batches and end >= bounds[batch + 1]:
             t0 = time.perf_counter()
-            rows = _cut(segments, bounds[batch], bounds[batch + 1])
-            distinct = int(np.unique(rows.column(ROW_GROUP_COLUMN).to_numpy()).size)
+            rows, distinct = _cut(segments, bounds[batch], bounds[batch + 1], with_ids)
             stats.shuffle_seconds += time.perf_counter() - t0
             yield (plan.epoch, batch, rows.num_rows, distinct), finish_batch, setup.key, plan.epoch, batch, rows
             batch += 1

@@ -293,6 +293,7 @@ class Reader(Closeable):
             batches_ahead=max(2, workers) if pool != "serial" else 1,
             prefetch=prefetch,
             finish_in_pool=pool != "serial" and transform is not None,
+            with_row_ids=with_row_ids,
             on_epoch=_PrefetchHint(ds, self._ctx.locations) if getattr(ds, "file_cache", None) else None,
         )
         self.stats = ReaderStats()

@@ -102,11 +102,12 @@ def takes_rng(fn: Callable) -> bool:
 
 
 def read_piece(key: str, epoch: int, group: int, start: int, stop: int,
-               kept: int | None) -> tuple[pa.Table, float, int]:
-    """Read rows ``[start, stop)`` of a row group's kept rows, with their ids.
+               kept: int | None) -> tuple[pa.Table, float, int, np.ndarray | None]:
+    """Read rows ``[start, stop)`` of a row group's kept rows.
 
     Returns:
-        ``(table, seconds, decoded_rows)``: the rows, the time spent, and how many rows were decoded.
+        ``(table, seconds, decoded_rows, ids)``: the rows, the time spent, how many rows were decoded, and
+        the rows' positions in their row group when the reader keeps row ids (else None).
 
     Raises:
         CorruptFileError: The file fails its size, footer or page checks (names the file).
@@ -124,18 +125,21 @@ def read_piece(key: str, epoch: int, group: int, start: int, stop: int,
     if ctx.stream:
         table, decoded = _read_streamed(ctx, epoch, group, info, local, rows, start, stop)
     else:
-        # Local files (or local copies) read faster without pre-buffering; remote ones want coalesced reads.
-        pf = ds.open_file(info, pre_buffer=not ctx.local_files)
-        try:
-            table = ds.read_row_group(info, local, list(ctx.columns), pf)
-        finally:
-            pf.close(force=True)
+        if info.row_groups[local].column_checksums:  # chunks checked against the manifest, decoded from memory
+            table = ds.read_row_group(info, local, list(ctx.columns))
+        else:
+            # Local files (or local copies) read faster without pre-buffering; remote ones want coalesced reads.
+            pf = ds.open_file(info, pre_buffer=not ctx.local_files)
+            try:
+                table = ds.read_row_group(info, local, list(ctx.columns), pf)
+            finally:
+                pf.close(force=True)
         decoded = table.num_rows
         table = table.take(pa.array(rows)) if rows is not None else table.slice(start, stop - start)
-    ids = rows if rows is not None else np.arange(start, stop, dtype=np.int64)
-    table = table.append_column(ROW_GROUP_COLUMN, pa.array(np.full(len(ids), group, dtype=np.int64)))
-    table = table.append_column(ROW_COLUMN, pa.array(ids))
-    return table, time.perf_counter() - t0, decoded
+    ids = None
+    if ctx.with_row_ids:
+        ids = rows.astype(np.int64) if rows is not None else np.arange(start, stop, dtype=np.int64)
+    return table, time.perf_counter() - t0, decoded, ids
 
 
 class _GroupStream:
@@ -250,8 +254,10 @@ def close_streams(key: str) -> None:
         s.close()
 
 
-def finish_batch(key: str, epoch: int, index: int, table: pa.Table) -> tuple[dict, float, float]:
-    """Convert a cut batch to numpy and apply the transform; returns ``(batch, convert_s, transform_s)``.
+def finish_batch(key: str, epoch: int, index: int, table: pa.Table | pa.RecordBatch) -> tuple[dict, float, float]:
+    """Convert a cut batch (row-id columns included if kept) to numpy and apply the transform.
+
+    Returns ``(batch, convert_s, transform_s)``.
 
     Raises:
         TransformError: The transform raised (its traceback is in the message and ``__cause__``) or
@@ -259,8 +265,6 @@ def finish_batch(key: str, epoch: int, index: int, table: pa.Table) -> tuple[dic
     """
     ctx = _CONTEXTS[key]
     t0 = time.perf_counter()
-    if not ctx.with_row_ids:
-        table = table.drop_columns([ROW_GROUP_COLUMN, ROW_COLUMN])
     batch = to_numpy(table, ragged=ctx.ragged, strings=ctx.strings, masks=ctx.masks)
     t1 = time.perf_counter()
     if ctx.transform is None:

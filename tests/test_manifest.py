@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zlib
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -152,3 +154,90 @@ def test_corrupt_footer_is_detected(cache):
         f.write(bytes([b[0] ^ 0x01]))
     with pytest.raises(loader.CorruptFileError, match="footer"):
         cache.open_file(info)
+
+
+def _chunk(ds: loader.Dataset, info, column: int):
+    meta = pq.read_metadata(os.path.join(ds.version_path, info.path))
+    return meta.row_group(0).column(column)
+
+
+def _flip(path: str, offset: int, n: int = 4) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        chunk = bytearray(f.read(n))
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+
+
+def test_manifest_holds_a_checksum_per_column_chunk(cache):
+    for info in cache.files:
+        path = os.path.join(cache.version_path, info.path)
+        meta = pq.read_metadata(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        for i, group in enumerate(info.row_groups):
+            rg = meta.row_group(i)
+            assert len(group.column_checksums) == rg.num_columns == 6  # one per Parquet leaf column
+            for c in range(rg.num_columns):
+                start, length = mf.chunk_range(rg.column(c))
+                assert group.column_checksums[c] == f"{zlib.crc32(data[start:start + length]):08x}"
+
+
+def test_checked_chunks_decode_like_pyarrow(cache, table):
+    for columns in (None, ["ids", "title"], ["label"]):
+        got = pa.concat_tables(
+            [cache.read_row_group(info, 0, columns) for info in cache.files]
+        )
+        want = table if columns is None else table.select(columns)
+        assert got.equals(want)
+
+
+@pytest.mark.parametrize("page", ["data", "dictionary"])
+@pytest.mark.parametrize("column", [2, 3])  # title (string), image (binary)
+def test_corrupt_page_fails_its_chunk_checksum(cache, page, column):
+    info = cache.files[2]
+    path = os.path.join(cache.version_path, info.path)
+    chunk = _chunk(cache, info, column)
+    assert chunk.has_dictionary_page
+    start, length = mf.chunk_range(chunk)
+    if page == "dictionary":  # the middle of the dictionary page, past its header
+        offset = chunk.dictionary_page_offset + (chunk.data_page_offset - chunk.dictionary_page_offset) // 2
+    else:  # the middle of the data pages
+        offset = chunk.data_page_offset + (start + length - chunk.data_page_offset) // 2
+    _flip(path, offset)
+    with pytest.raises(loader.CorruptFileError, match=info.path) as err:
+        cache.read_row_group(info, 0)
+    assert f"column {chunk.path_in_schema} fails its checksum" in str(err.value)
+    assert err.value.path.endswith(info.path)
+    cache.read_row_group(info, 0, ["label"])  # other columns' chunks still read
+    with pytest.raises(loader.CorruptFileError, match=info.path):
+        list(loader.make_reader(cache, batch_size=16, pool="serial"))
+
+
+def test_manifest_without_chunk_checksums_falls_back_to_page_crcs(cache, table):
+    def strip(doc):
+        for f in doc["files"]:
+            f["row_groups"] = [g[:3] for g in f["row_groups"]]
+
+    _edit_manifest(cache, strip)
+    ds = loader.open_dataset(cache.version_path)
+    assert all(not g.column_checksums for f in ds.files for g in f.row_groups)
+    assert pa.concat_tables([ds.read_row_group(info, 0) for info in ds.files]).equals(table)
+    assert sum(len(b["id"]) for b in loader.make_reader(ds, batch_size=64, pool="serial")) == table.num_rows
+    info = ds.files[2]
+    chunk = _chunk(ds, info, 3)
+    _flip(os.path.join(ds.version_path, info.path), chunk.dictionary_page_offset + 40)
+    with pytest.raises(loader.CorruptFileError, match=info.path):
+        ds.read_row_group(info, 0)
+    with pytest.raises(loader.CorruptFileError, match=info.path):
+        list(loader.make_reader(ds, batch_size=16, pool="serial"))
+
+
+@pytest.mark.parametrize("bad", [["xyz"], ["0000000g"], [], [123], "abc"])
+def test_malformed_chunk_checksums_are_named(cache, bad):
+    def edit(doc):
+        doc["files"][0]["row_groups"][0] = doc["files"][0]["row_groups"][0][:3] + [bad]
+
+    _edit_manifest(cache, edit)
+    with pytest.raises(loader.ManifestError, match=r"files\[0\]"):
+        loader.open_dataset(cache.version_path)
