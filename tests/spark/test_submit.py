@@ -25,6 +25,7 @@ import pytest
 import loader
 from etl.config import from_dict
 from etl.job import run
+from etl.sizing import SAMPLE_DIR
 from tests.spark.conftest import DEMO_ROWS
 
 pytestmark = pytest.mark.slow
@@ -73,7 +74,8 @@ def test_sigkill_mid_write_keeps_previous_version(spark, demo_table, spark_dirs,
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            if glob.glob(str(dataset / "_staging-*" / "**" / "*.parquet"), recursive=True):
+            written = glob.glob(str(dataset / "_staging-*" / "**" / "*.parquet"), recursive=True)
+            if any(SAMPLE_DIR not in path for path in written):  # data files, past the sizing sample
                 os.killpg(proc.pid, signal.SIGKILL)  # the wrapper, spark-submit's JVM and the Python driver
                 break
             time.sleep(0.02)
