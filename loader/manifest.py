@@ -122,22 +122,7 @@ class Manifest:
             "num_rows": self.num_rows,
             "num_row_groups": self.num_row_groups,
             "total_bytes": self.total_bytes,
-            "files": [
-                {
-                    "path": f.path,
-                    "size": f.size,
-                    "checksum": f.checksum,
-                    "footer_checksum": f.footer_checksum,
-                    "footer_size": f.footer_size,
-                    "num_rows": f.num_rows,
-                    "row_groups": [
-                        [g.num_rows, g.compressed_bytes, g.uncompressed_bytes]
-                        + ([list(g.column_checksums)] if g.column_checksums else [])
-                        for g in f.row_groups
-                    ],
-                }
-                for f in self.files
-            ],
+            "files": [file_to_doc(f) for f in self.files],
             "extra": self.extra,
         }
         return json.dumps(doc, indent=1, ensure_ascii=False, sort_keys=False) + "\n"
@@ -223,6 +208,28 @@ def check_relative_path(path: str, where: str = "manifest") -> str:
     ):
         raise ManifestError(f"{where}: file path {path!r} leaves the version directory")
     return path
+
+
+def file_to_doc(f: FileInfo) -> dict:
+    """A file entry as the manifest's JSON writes it."""
+    return {
+        "path": f.path,
+        "size": f.size,
+        "checksum": f.checksum,
+        "footer_checksum": f.footer_checksum,
+        "footer_size": f.footer_size,
+        "num_rows": f.num_rows,
+        "row_groups": [
+            [g.num_rows, g.compressed_bytes, g.uncompressed_bytes]
+            + ([list(g.column_checksums)] if g.column_checksums else [])
+            for g in f.row_groups
+        ],
+    }
+
+
+def file_from_doc(doc: dict, where: str = "file entry") -> FileInfo:
+    """Parse and validate one file entry (the inverse of :func:`file_to_doc`)."""
+    return _file_from_doc(doc, 0, where)
 
 
 def _file_from_doc(doc: dict, index: int, where: str) -> FileInfo:
