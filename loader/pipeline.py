@@ -2,12 +2,13 @@
 
 One producer (a background thread started at the first ``next``, or the caller itself for the serial
 pool) walks the epoch plans in order. It keeps a bounded number of piece reads in flight on the pool (one
-stream of reads across epochs, so an epoch boundary does not stall), permutes each window's pieces
-with one Arrow ``take`` over the whole window (one contiguous copy, vectorised), cuts each planned batch
-as a zero-copy slice of it (a batch may span two windows), and converts each batch to numpy, sending
-it to the pool when there is a transform to run. Finished batches wait in a bounded ready queue. Results
-are consumed in submission order, so the output does not depend on which worker ran what. Errors from
-workers or the producer travel through the queue as data and are raised in the consumer.
+stream of reads across epochs, so an epoch boundary does not stall), makes each window's pieces one
+contiguous record batch, gathers each planned batch's rows from it in the order of the window's
+permutation (one Arrow ``take`` per batch, vectorised; a batch may span two windows), and converts each
+batch to numpy, sending it to the pool when there is a transform to run. Finished batches wait in a
+bounded ready queue. Results are consumed in submission order, so the output does not depend on which
+worker ran what. Errors from workers or the producer travel through the queue as data and are raised in
+the consumer.
 """
 
 from __future__ import annotations
@@ -171,9 +172,13 @@ def _piece_tasks(setup: Setup, epoch: int, batch: int, plans: deque) -> Iterator
 
 
 class _Window(NamedTuple):
-    """A buffered window, rows in stream order: its rows, stream offset, and the rows' sources."""
+    """A buffered window: its rows as read, their stream order, stream offset, and the rows' sources.
+
+    ``groups`` and ``ids`` are in stream order (already permuted), ``rows`` in read order.
+    """
 
     rows: pa.RecordBatch | pa.Table
+    perm: np.ndarray | None  # stream position -> row of ``rows`` (None: unshuffled, same order)
     first: int
     groups: np.ndarray  # global row group of each row
     ids: np.ndarray | None  # row of each row in its row group (only when the reader keeps row ids)
@@ -184,37 +189,56 @@ class _Window(NamedTuple):
 
 
 def _window(parts: list, setup: Setup, plan: EpochPlan, w_index: int, first: int, with_ids: bool) -> _Window:
-    """Assemble a window's pieces ``(table, group, ids)`` in stream order.
+    """Assemble a window's pieces ``(table, group, ids)``.
 
-    A shuffled window is permuted once, with one Arrow ``take`` over the whole window (one copy, made
-    contiguous): each of its batches is then a zero-copy slice. An unshuffled window is kept as read.
+    A shuffled window is made contiguous (one copy, column by column, each column's pieces released as
+    soon as it is copied), so each batch is then one Arrow ``take`` of its rows; an unshuffled window is
+    kept as read and cut in zero-copy slices.
     """
     table = pa.concat_tables([t for t, _, _ in parts])
     groups = np.repeat(np.array([g for _, g, _ in parts], dtype=np.int64), [t.num_rows for t, _, _ in parts])
     ids = np.concatenate([i for _, _, i in parts]) if with_ids else None
+    parts.clear()  # the window's table holds the pieces now: let _combine release them column by column
     perm = window_permutation(
         table.num_rows, setup.seed, plan.epoch, plan.rank, plan.world_size, w_index, setup.shuffle
     )
     if perm is not None and table.num_rows:
-        table = table.take(pa.array(perm)).combine_chunks().to_batches()[0]
+        schema, columns = table.schema, table.columns
+        del table
+        table = pa.RecordBatch.from_arrays(_combine(columns), schema=schema)
         groups = groups[perm]
         ids = ids[perm] if with_ids else None
-    return _Window(table, first, groups, ids)
+    return _Window(table, perm, first, groups, ids)
+
+
+def _combine(columns: list[pa.ChunkedArray]) -> list[pa.Array]:
+    """Make every column contiguous, one at a time, releasing each column's pieces once copied (peak
+    memory: the window plus its largest column, not two windows)."""
+    out = []
+    for i, column in enumerate(columns):
+        columns[i] = None
+        out.append(column.chunk(0) if column.num_chunks == 1 else pa.concat_arrays(column.chunks))
+        del column
+    return out
 
 
 def _cut(segments: deque, lo: int, hi: int, with_ids: bool) -> tuple[pa.RecordBatch | pa.Table, int]:
-    """Rows ``[lo, hi)`` of the rank's stream from the buffered windows (zero-copy slices), and their
-    distinct row groups. With row ids, ``_row_group`` and ``_row`` columns are appended."""
+    """Rows ``[lo, hi)`` of the rank's stream from the buffered windows, and their distinct row groups.
+
+    Shuffled windows are gathered with one Arrow ``take`` per batch (a batch-sized copy: the batch owns
+    its memory, and a window is freed as soon as its last batch is cut), unshuffled ones sliced without
+    a copy. With row ids, ``_row_group`` and ``_row`` columns are appended.
+    """
     parts, groups, ids = [], [], []
     for w in segments:
         a, b = max(lo, w.first) - w.first, min(hi, w.stop) - w.first
         if a < b:
-            parts.append(w.rows.slice(a, b - a))
+            parts.append(w.rows.slice(a, b - a) if w.perm is None else w.rows.take(pa.array(w.perm[a:b])))
             groups.append(w.groups[a:b])
             if with_ids:
                 ids.append(w.ids[a:b])
     while segments and segments[0].stop <= hi:
-        segments.popleft()  # fully consumed: drop the window (its batches' arrays still hold their rows)
+        segments.popleft()  # fully consumed: free the window
     if len(parts) == 1:
         rows, group = parts[0], groups[0]
     else:
