@@ -18,15 +18,15 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from etl.checksums import file_infos_on_executors
 from loader import fs as lfs
-from loader.manifest import FileInfo, file_info_from_parquet
+from loader.manifest import FileInfo
 
 from .layout import assign_files
 
@@ -305,6 +305,5 @@ class SizedWriter:
             self.fs.move(src, lfs.join(self.path, f"part-{i:05d}.parquet"))
 
     def _file_infos(self) -> list[FileInfo]:
-        names = [p.rsplit("/", 1)[-1] for p in _parquet_files(self.fs, self.path)]
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            return list(pool.map(lambda n: file_info_from_parquet(self.fs, lfs.join(self.path, n), n), names))
+        """Manifest entries of the staged files, checksummed on the executors (the driver reads no data)."""
+        return file_infos_on_executors(self.spark, self.uri)
