@@ -14,6 +14,7 @@ the consumer.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -188,7 +189,8 @@ class _Window(NamedTuple):
         return self.first + self.rows.num_rows
 
 
-def _window(parts: list, setup: Setup, plan: EpochPlan, w_index: int, first: int, with_ids: bool) -> _Window:
+def _window(parts: list, setup: Setup, plan: EpochPlan, w_index: int, first: int, with_ids: bool,
+            slabs: _Slabs | None = None) -> _Window:
     """Assemble a window's pieces ``(table, group, ids)``.
 
     A shuffled window is made contiguous (one copy, column by column, each column's pieces released as
@@ -205,21 +207,82 @@ def _window(parts: list, setup: Setup, plan: EpochPlan, w_index: int, first: int
     if perm is not None and table.num_rows:
         schema, columns = table.schema, table.columns
         del table
-        table = pa.RecordBatch.from_arrays(_combine(columns), schema=schema)
+        table = pa.RecordBatch.from_arrays(_combine(columns, slabs), schema=schema)
         groups = groups[perm]
         ids = ids[perm] if with_ids else None
     return _Window(table, perm, first, groups, ids)
 
 
-def _combine(columns: list[pa.ChunkedArray]) -> list[pa.Array]:
+class _Slabs:
+    """Reusable byte buffers for the values of a window's large string / binary columns.
+
+    Memory freed by Arrow and allocated again for the next window comes back from the operating system
+    as fresh pages, which the kernel must fault in and zero (slow, and much slower when other processes
+    compete for memory): the biggest column of every window is copied into one of these instead. A slab
+    is reused only once no Arrow buffer refers to it any more (batches are copies, so that is when its
+    window has been cut and dropped).
+    """
+
+    KEEP = 4  # windows alive at once: the one being built, the one being cut, and one spare
+
+    def __init__(self):
+        self._slabs: list[np.ndarray] = []
+
+    def get(self, size: int) -> np.ndarray:
+        """A free slab of at least ``size`` bytes (grown with headroom if none is large enough)."""
+        free = [i for i in range(len(self._slabs)) if sys.getrefcount(self._slabs[i]) <= 2]  # list + argument
+        for i in free:
+            if len(self._slabs[i]) >= size:
+                return self._slabs[i]
+        slab = np.empty(size + size // 4, dtype=np.uint8)
+        if free:
+            self._slabs[free[0]] = slab
+        elif len(self._slabs) < self.KEEP:
+            self._slabs.append(slab)
+        return slab
+
+
+_SLAB_MIN_BYTES = 1 << 20  # smaller columns are concatenated by Arrow
+
+
+def _combine(columns: list[pa.ChunkedArray], slabs: _Slabs | None = None) -> list[pa.Array]:
     """Make every column contiguous, one at a time, releasing each column's pieces once copied (peak
-    memory: the window plus its largest column, not two windows)."""
+    memory: the window plus its largest column, not two windows). Large string / binary columns without
+    nulls are copied into a reusable slab."""
     out = []
     for i, column in enumerate(columns):
         columns[i] = None
-        out.append(column.chunk(0) if column.num_chunks == 1 else pa.concat_arrays(column.chunks))
+        if column.num_chunks == 1:
+            out.append(column.chunk(0))
+        else:
+            out.append((slabs is not None and _into_slab(column, slabs)) or pa.concat_arrays(column.chunks))
         del column
     return out
+
+
+def _into_slab(column: pa.ChunkedArray, slabs: _Slabs) -> pa.Array | None:
+    """Concatenate a ``string`` / ``binary`` column without nulls into a slab (None if it does not apply)."""
+    t = column.type
+    if not (pa.types.is_binary(t) or pa.types.is_string(t)) or column.null_count:
+        return None
+    spans = []
+    for chunk in column.chunks:
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+        spans.append((chunk, offsets))
+    total = sum(int(o[-1]) - int(o[0]) for _, o in spans)
+    if total < _SLAB_MIN_BYTES or total >= 2**31:
+        return None
+    slab = slabs.get(total)
+    new_offsets = np.empty(len(column) + 1, dtype=np.int32)
+    new_offsets[0] = 0
+    pos, row = 0, 0
+    for chunk, offsets in spans:
+        a, b = int(offsets[0]), int(offsets[-1])
+        if b > a:
+            slab[pos : pos + b - a] = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)[a:b]
+        new_offsets[row + 1 : row + len(chunk) + 1] = offsets[1:] - a + pos
+        pos, row = pos + b - a, row + len(chunk)
+    return pa.Array.from_buffers(t, len(column), [None, pa.py_buffer(new_offsets), pa.py_buffer(slab[:total])])
 
 
 def _cut(segments: deque, lo: int, hi: int, with_ids: bool) -> tuple[pa.RecordBatch | pa.Table, int]:
@@ -255,6 +318,7 @@ def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: Reader
     plans: deque = deque()
     plan = None
     with_ids = setup.with_row_ids
+    slabs = _Slabs()
     for (ep, w_index, last_piece, group), (table, seconds, decoded, ids) in _ahead(
         pool, _piece_tasks(setup, epoch, batch, plans), setup.pieces_ahead, stats
     ):
@@ -269,7 +333,7 @@ def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: Reader
         if not last_piece:
             continue
         t0 = time.perf_counter()
-        window = _window(parts, setup, plan, w_index, end, with_ids)
+        window = _window(parts, setup, plan, w_index, end, with_ids, slabs)
         parts = []
         segments.append(window)
         end = window.stop
