@@ -6,8 +6,10 @@ File paths in a manifest are relative and are checked to stay inside the version
 
 Checksums: ``checksum`` is ``"crc32:<8 hex>"`` over the whole file (checked when a file is copied into
 a local cache and by ``python -m loader verify``); ``footer_checksum`` covers the Parquet footer (checked
-at every open, cheap); data pages carry Parquet's own page CRCs (checked at every read). Together they
-detect truncated and corrupt files without reading every file twice.
+at every open, cheap); each row group entry may list one CRC-32 per column chunk (checked when a whole
+row group is read: one fast pass over the bytes read, instead of Parquet's slower page CRCs), and data
+pages carry Parquet's own page CRCs (checked when a row group is streamed, or for manifests without
+chunk checksums). Together they detect truncated and corrupt files without reading every file twice.
 """
 
 from __future__ import annotations
