@@ -19,5 +19,5 @@ install() {  # quiet unless it fails
 install 'torch==2.13.0'
 install -e '.[dev,spark,hdfs,torch,tf]'
 export SPARK_LOCAL_IP=127.0.0.1
-export PYSPARK_PYTHON="$VENV/bin/python"
+export PYSPARK_PYTHON="$(cd "$VENV" && pwd)/bin/python"  # absolute: executors run in other directories
 exec python -m pytest -q "$@"

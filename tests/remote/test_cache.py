@@ -25,6 +25,17 @@ from tests.remote.conftest import FAST_RETRY, read_all
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _cached_bytes(root) -> int:
+    """Bytes of cached data files; a file evicted between the listing and its stat counts as gone."""
+    total = 0
+    for p in root.rglob("part-*.parquet"):
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def _data_opens(server) -> Counter:
     """Data-node OPENs per data file (what really moved file bytes)."""
     return Counter(r.path.rsplit("/", 1)[-1] for r in server.log
@@ -71,7 +82,7 @@ def test_capped_cache_over_two_epochs_yields_every_row_and_evicts(server, remote
                             cache_dir=tmp_path, max_cache_bytes=cap) as reader:
         for batch in reader:
             ids.append(np.asarray(batch["id"]))
-            assert sum(p.stat().st_size for p in tmp_path.rglob("part-*.parquet")) <= bound
+            assert _cached_bytes(tmp_path) <= bound
     assert Counter(np.concatenate(ids).tolist()) == Counter({i: 2 for i in remote_table.column("id").to_pylist()})
     assert sum(_data_opens(server).values()) > len(remote_cache.files)  # evicted files came back in epoch 2
 
