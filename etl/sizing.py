@@ -306,4 +306,4 @@ class SizedWriter:
 
     def _file_infos(self) -> list[FileInfo]:
         """Manifest entries of the staged files, checksummed on the executors (the driver reads no data)."""
-        return file_infos_on_executors(self.spark, self.uri)
+        return file_infos_on_executors(self.spark, self.uri, self.fs, self.path)

@@ -370,10 +370,18 @@ def file_info_from_bytes(data: bytes, relpath: str) -> FileInfo:
         raise CorruptFileError(f"{relpath}: cannot read Parquet footer ({e})", relpath) from e
 
 
-def _file_info(f, size: int, relpath: str, where: str) -> FileInfo:
+def chunk_layout(f, size: int, where: str) -> tuple[bytes, int, list[tuple[int, int, int, int]]]:
+    """Read a Parquet file's footer (a small ranged read) and list its column chunks.
+
+    Returns:
+        ``(footer, footer_size, ranges)`` with ``(offset, length, row group, column)`` per column chunk.
+
+    Raises:
+        CorruptFileError: No valid footer, or a chunk lies outside the file.
+    """
     footer, footer_size = read_footer(f, size, where)
     meta = pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
-    ranges = []  # (offset, length, row group, column) of every column chunk
+    ranges = []
     for i in range(meta.num_row_groups):
         rg = meta.row_group(i)
         for c in range(rg.num_columns):
@@ -381,10 +389,15 @@ def _file_info(f, size: int, relpath: str, where: str) -> FileInfo:
             if start < 0 or length < 0 or start + length > size:
                 raise CorruptFileError(f"{where}: row group {i} column {c} lies outside the file", where)
             ranges.append((start, length, i, c))
-    f.seek(0)
-    checksum, read, sums = _checksum_with_ranges(f, ranges)
-    if read != size:
-        raise CorruptFileError(f"{where}: read {read} bytes, file status says {size}", where)
+    return footer, footer_size, ranges
+
+
+def assemble_file_info(
+    relpath: str, size: int, footer: bytes, footer_size: int, checksum: str, sums: dict[tuple[int, int], int]
+) -> FileInfo:
+    """A :class:`FileInfo` from a footer and checksums computed elsewhere (``sums``: (row group, column) ->
+    CRC-32 of that column chunk)."""
+    meta = pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
     groups = []
     for i in range(meta.num_row_groups):
         rg = meta.row_group(i)
@@ -400,6 +413,15 @@ def _file_info(f, size: int, relpath: str, where: str) -> FileInfo:
         num_rows=meta.num_rows,
         row_groups=tuple(groups),
     )
+
+
+def _file_info(f, size: int, relpath: str, where: str) -> FileInfo:
+    footer, footer_size, ranges = chunk_layout(f, size, where)
+    f.seek(0)
+    checksum, read, sums = _checksum_with_ranges(f, ranges)
+    if read != size:
+        raise CorruptFileError(f"{where}: read {read} bytes, file status says {size}", where)
+    return assemble_file_info(relpath, size, footer, footer_size, checksum, sums)
 
 
 def schema_fields(schema: pa.Schema) -> tuple[dict, ...]:

@@ -23,7 +23,7 @@ def test_executor_entries_match_driver_entries(spark, tmp_path):
         if name.endswith(".parquet"):
             os.rename(out / name, out / f"part-{name[5:10]}.parquet")
     pq.write_table(pa.table({"x": [1]}), out / "_ignored.txt")  # not *.parquet: not an entry
-    got = file_infos_on_executors(spark, "file:" + str(out))
+    got = file_infos_on_executors(spark, "file:" + str(out), pafs.LocalFileSystem(), str(out))
     fs = pafs.LocalFileSystem()
     names = sorted(n for n in os.listdir(out) if n.endswith(".parquet"))
     want = [file_info_from_parquet(fs, str(out / n), n) for n in names]
