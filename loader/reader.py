@@ -20,6 +20,7 @@ budget, never the dataset's size.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
@@ -317,9 +318,10 @@ class Reader(Closeable):
         """This rank's plan for ``epoch`` (pure; see :mod:`loader.plan`)."""
         return self._planner(epoch)
 
-    @property
+    @functools.cached_property
     def batches_per_epoch(self) -> int:
-        """Batches this rank yields per epoch (the same on every rank)."""
+        """Batches this rank yields per epoch (the same on every rank); settings are fixed, so computed once
+        (it is read for every batch)."""
         return num_batches(epoch_rows(sum(self._sizes), self.sample), self.world_size, self.batch_size,
                            self.drop_last)
 
