@@ -9,7 +9,6 @@ the manifest and turns Parquet page-CRC failures into :class:`CorruptFileError` 
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import fs as lfs
+from .crc import crc32
 from .errors import CorruptFileError, DatasetNotFoundError, RemoteError
 from .manifest import MANIFEST_NAME, FileInfo, Manifest, chunk_range, crc32_hex, read_footer
 from .publish import current_version, read_manifest
@@ -159,7 +159,7 @@ class Dataset:
                     f"{where}: {size} bytes, the manifest says {info.size} (truncated or replaced)", where
                 )
             footer, footer_size = read_footer(f, size, where)
-            if footer_size != info.footer_size or crc32_hex(zlib.crc32(footer)) != info.footer_checksum:
+            if footer_size != info.footer_size or crc32_hex(crc32(footer)) != info.footer_checksum:
                 raise CorruptFileError(f"{where}: Parquet footer fails its checksum", where)
             try:
                 metadata = pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
@@ -252,7 +252,7 @@ class Dataset:
                         data = f.read_at(length, start)
                         got = len(data)
                         dest[:got] = np.frombuffer(data, dtype=np.uint8)
-                    if got != length or f"{zlib.crc32(dest) & 0xFFFFFFFF:08x}" != expected[c]:
+                    if got != length or f"{crc32(dest) & 0xFFFFFFFF:08x}" != expected[c]:
                         raise CorruptFileError(
                             f"{where}: row group {index} column {chunk.path_in_schema} fails its checksum", where)
             finally:

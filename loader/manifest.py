@@ -18,7 +18,6 @@ import base64
 import json
 import posixpath
 import struct
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import fs as lfs
+from .crc import crc32
 from .errors import CorruptFileError, ManifestError, UnsupportedFormatError
 
 FORMAT_NAME = "larder-cache"
@@ -288,7 +288,7 @@ def checksum_stream(stream, size_hint: int | None = None) -> tuple[str, int]:
         chunk = stream.read(_CHUNK)
         if not chunk:
             break
-        crc = zlib.crc32(chunk, crc)
+        crc = crc32(chunk, crc)
         total += len(chunk)
     return crc32_hex(crc), total
 
@@ -302,14 +302,14 @@ def _checksum_with_ranges(stream, ranges: list) -> tuple[str, int, dict]:
         chunk = stream.read(_CHUNK)
         if not chunk:
             break
-        crc = zlib.crc32(chunk, crc)
+        crc = crc32(chunk, crc)
         end = pos + len(chunk)
         view = memoryview(chunk)
         for start, length, *key in ranges:
             a, b = max(start, pos), min(start + length, end)
             if a < b:
                 k = tuple(key)
-                sums[k] = zlib.crc32(view[a - pos : b - pos], sums[k])
+                sums[k] = crc32(view[a - pos : b - pos], sums[k])
         pos = end
     return crc32_hex(crc), pos, sums
 
@@ -408,7 +408,7 @@ def assemble_file_info(
         path=check_relative_path(relpath),
         size=size,
         checksum=checksum,
-        footer_checksum=crc32_hex(zlib.crc32(footer)),
+        footer_checksum=crc32_hex(crc32(footer)),
         footer_size=footer_size,
         num_rows=meta.num_rows,
         row_groups=tuple(groups),

@@ -14,7 +14,6 @@ the consumer.
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -45,7 +44,9 @@ class ReaderStats:
         read_seconds: Workers opening, reading and decoding pieces (I/O + decode).
         convert_seconds: Workers converting batches to numpy.
         transform_seconds: Workers running the user transform.
-        shuffle_seconds: Producer concatenating and permuting windows.
+        shuffle_seconds: Producer assembling windows and cutting batches (the gathers themselves when the
+            producer cuts).
+        gather_seconds: Workers gathering batches' rows from their windows (thread pools).
         producer_wait_seconds: Producer waiting for workers (I/O, decode or transform not ready).
         consumer_wait_seconds: Consumer waiting for the ready queue (the trainer starved).
         first_batch_seconds: From the first ``next`` to the first batch.
@@ -62,6 +63,7 @@ class ReaderStats:
     convert_seconds: float = 0.0
     transform_seconds: float = 0.0
     shuffle_seconds: float = 0.0
+    gather_seconds: float = 0.0
     producer_wait_seconds: float = 0.0
     consumer_wait_seconds: float = 0.0
     first_batch_seconds: float | None = None
@@ -110,6 +112,8 @@ class Setup:
         prefetch: Size of the ready queue, in batches.
         finish_in_pool: Send batches to the pool for conversion and the transform; without a transform the
             producer converts them itself (cheaper than a round trip through the pool).
+        cut_in_pool: Send the cutting (the gather of a batch's rows from its windows) to the pool too, with
+            the conversion and transform: thread pools, whose workers share the windows' memory.
         with_row_ids: Add ``_row_group`` / ``_row`` columns to batches.
         on_epoch: Called with each epoch's plan before its first read (e.g. to prefetch remote files).
     """
@@ -123,6 +127,7 @@ class Setup:
     batches_ahead: int
     prefetch: int
     finish_in_pool: bool
+    cut_in_pool: bool = False
     with_row_ids: bool = False
     on_epoch: Callable[[EpochPlan], None] | None = None
 
@@ -175,7 +180,10 @@ def _piece_tasks(setup: Setup, epoch: int, batch: int, plans: deque) -> Iterator
 class _Window(NamedTuple):
     """A buffered window: its rows as read, their stream order, stream offset, and the rows' sources.
 
-    ``groups`` and ``ids`` are in stream order (already permuted), ``rows`` in read order.
+    ``groups`` and ``ids`` are in stream order (already permuted), ``rows`` in read order. In a shuffled
+    window, large string / binary columns are kept as one ``binary_view`` array over the pieces' own value
+    buffers (``views`` holds their positions, ``schema`` the columns' real types): a batch gathers their
+    bytes once, straight from the pieces, instead of a contiguous copy of the window being made first.
     """
 
     rows: pa.RecordBatch | pa.Table
@@ -183,19 +191,35 @@ class _Window(NamedTuple):
     first: int
     groups: np.ndarray  # global row group of each row
     ids: np.ndarray | None  # row of each row in its row group (only when the reader keeps row ids)
+    schema: pa.Schema | None = None  # the batch schema when ``rows`` holds view columns
+    views: frozenset = frozenset()  # columns of ``rows`` held as binary views
 
     @property
     def stop(self) -> int:
         return self.first + self.rows.num_rows
 
+    def gather(self, a: int, b: int) -> pa.RecordBatch | pa.Table:
+        """Rows ``a..b`` of the window's stream order: a zero-copy slice when unshuffled, else one gather
+        per column (the batch owns its memory)."""
+        if self.perm is None:
+            return self.rows.slice(a, b - a)
+        idx = self.perm[a:b]
+        if not self.views:
+            return self.rows.take(pa.array(idx))
+        index = pa.array(idx)
+        columns = [
+            _take_views(column, idx, field.type) if i in self.views else column.take(index)
+            for i, (column, field) in enumerate(zip(self.rows.columns, self.schema, strict=True))
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
-def _window(parts: list, setup: Setup, plan: EpochPlan, w_index: int, first: int, with_ids: bool,
-            slabs: _Slabs | None = None) -> _Window:
+
+def _window(parts: list, setup: Setup, plan: EpochPlan, w_index: int, first: int, with_ids: bool) -> _Window:
     """Assemble a window's pieces ``(table, group, ids)``.
 
-    A shuffled window is made contiguous (one copy, column by column, each column's pieces released as
-    soon as it is copied), so each batch is then one Arrow ``take`` of its rows; an unshuffled window is
-    kept as read and cut in zero-copy slices.
+    A shuffled window is made contiguous column by column (each column's pieces released once copied),
+    except for large string / binary columns, which become views of the pieces' buffers (no copy); each
+    batch is then one gather of its rows. An unshuffled window is kept as read and cut in zero-copy slices.
     """
     table = pa.concat_tables([t for t, _, _ in parts])
     groups = np.repeat(np.array([g for _, g, _ in parts], dtype=np.int64), [t.num_rows for t, _, _ in parts])
@@ -207,101 +231,84 @@ def _window(parts: list, setup: Setup, plan: EpochPlan, w_index: int, first: int
     if perm is not None and table.num_rows:
         schema, columns = table.schema, table.columns
         del table
-        table = pa.RecordBatch.from_arrays(_combine(columns, slabs), schema=schema)
+        combined, views = _combine(columns)
         groups = groups[perm]
         ids = ids[perm] if with_ids else None
+        if views:
+            rows = pa.RecordBatch.from_arrays(combined, names=schema.names)
+            return _Window(rows, perm, first, groups, ids, schema, frozenset(views))
+        return _Window(pa.RecordBatch.from_arrays(combined, schema=schema), perm, first, groups, ids)
     return _Window(table, perm, first, groups, ids)
 
 
-class _Slabs:
-    """Reusable byte buffers for the values of a window's large string / binary columns.
-
-    Memory freed by Arrow and allocated again for the next window comes back from the operating system
-    as fresh pages, which the kernel must fault in and zero (slow, and much slower when other processes
-    compete for memory): the biggest column of every window is copied into one of these instead. A slab
-    is reused only once no Arrow buffer refers to it any more (batches are copies, so that is when its
-    window has been cut and dropped).
-    """
-
-    KEEP = 4  # windows alive at once: the one being built, the one being cut, and one spare
-
-    def __init__(self):
-        self._slabs: list[np.ndarray] = []
-
-    def get(self, size: int) -> np.ndarray:
-        """A free slab of at least ``size`` bytes (grown with headroom if none is large enough)."""
-        free = [i for i in range(len(self._slabs)) if sys.getrefcount(self._slabs[i]) <= 2]  # list + argument
-        for i in free:
-            if len(self._slabs[i]) >= size:
-                return self._slabs[i]
-        slab = np.empty(size + size // 4, dtype=np.uint8)
-        if free:
-            self._slabs[free[0]] = slab
-        elif len(self._slabs) < self.KEEP:
-            self._slabs.append(slab)
-        return slab
+_VIEW_MIN_BYTES = 1 << 20  # smaller columns are concatenated by Arrow (cheap), larger ones viewed
+_BINARY_KINDS = {  # type id -> (zero-copy binary reinterpretation, its view type)
+    pa.binary().id: (pa.binary(), pa.binary_view()),
+    pa.string().id: (pa.binary(), pa.binary_view()),
+    pa.large_binary().id: (pa.large_binary(), pa.binary_view()),
+    pa.large_string().id: (pa.large_binary(), pa.binary_view()),
+}
 
 
-_SLAB_MIN_BYTES = 1 << 20  # smaller columns are concatenated by Arrow
-
-
-def _combine(columns: list[pa.ChunkedArray], slabs: _Slabs | None = None) -> list[pa.Array]:
-    """Make every column contiguous, one at a time, releasing each column's pieces once copied (peak
-    memory: the window plus its largest column, not two windows). Large string / binary columns without
-    nulls are copied into a reusable slab."""
-    out = []
+def _combine(columns: list[pa.ChunkedArray]) -> tuple[list[pa.Array], list[int]]:
+    """One array per column, one column at a time, releasing each column's pieces once done (peak memory:
+    the window plus its largest copied column, not two windows). Large string / binary columns without
+    nulls become ``binary_view`` arrays over the pieces' value buffers; returns their positions too."""
+    out, views = [], []
     for i, column in enumerate(columns):
         columns[i] = None
-        if column.num_chunks == 1:
+        viewed = _as_views(column)
+        if viewed is not None:
+            out.append(viewed)
+            views.append(i)
+        elif column.num_chunks == 1:
             out.append(column.chunk(0))
         else:
-            out.append((slabs is not None and _into_slab(column, slabs)) or pa.concat_arrays(column.chunks))
+            out.append(pa.concat_arrays(column.chunks))
         del column
-    return out
+    return out, views
 
 
-def _into_slab(column: pa.ChunkedArray, slabs: _Slabs) -> pa.Array | None:
-    """Concatenate a ``string`` / ``binary`` column without nulls into a slab (None if it does not apply)."""
-    t = column.type
-    if not (pa.types.is_binary(t) or pa.types.is_string(t)) or column.null_count:
+def _as_views(column: pa.ChunkedArray) -> pa.Array | None:
+    """A multi-chunk string / binary column without nulls as one ``binary_view`` array that refers to the
+    chunks' value buffers (only 16-byte views are written), or None where this does not apply. Strings
+    are reinterpreted as binary first: a cast to ``string_view`` would re-validate their UTF-8."""
+    kinds = _BINARY_KINDS.get(column.type.id)
+    if kinds is None or column.num_chunks < 2 or column.null_count or column.nbytes < _VIEW_MIN_BYTES:
         return None
-    spans = []
-    for chunk in column.chunks:
-        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
-        spans.append((chunk, offsets))
-    total = sum(int(o[-1]) - int(o[0]) for _, o in spans)
-    if total < _SLAB_MIN_BYTES or total >= 2**31:
-        return None
-    slab = slabs.get(total)
-    new_offsets = np.empty(len(column) + 1, dtype=np.int32)
-    new_offsets[0] = 0
-    pos, row = 0, 0
-    for chunk, offsets in spans:
-        a, b = int(offsets[0]), int(offsets[-1])
-        if b > a:
-            slab[pos : pos + b - a] = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)[a:b]
-        new_offsets[row + 1 : row + len(chunk) + 1] = offsets[1:] - a + pos
-        pos, row = pos + b - a, row + len(chunk)
-    return pa.Array.from_buffers(t, len(column), [None, pa.py_buffer(new_offsets), pa.py_buffer(slab[:total])])
+    plain, view = kinds
+    return pa.concat_arrays([chunk.view(plain).cast(view) for chunk in column.chunks])
 
 
-def _cut(segments: deque, lo: int, hi: int, with_ids: bool) -> tuple[pa.RecordBatch | pa.Table, int]:
-    """Rows ``[lo, hi)`` of the rank's stream from the buffered windows, and their distinct row groups.
+def _take_views(column: pa.Array, idx: np.ndarray, out_type: pa.DataType) -> pa.Array:
+    """Rows ``idx`` of a ``binary_view`` array as a plain array of ``out_type`` (one copy of their bytes).
 
-    Shuffled windows are gathered with one Arrow ``take`` per batch (a batch-sized copy: the batch owns
-    its memory, and a window is freed as soon as its last batch is cut), unshuffled ones sliced without
-    a copy. With row ids, ``_row_group`` and ``_row`` columns are appended.
+    The views (16 bytes per row, no nulls) are gathered with numpy, then Arrow's cast copies each row's
+    bytes from whichever piece's buffer holds them into one new contiguous buffer.
+    """
+    buffers = column.buffers()
+    views = np.frombuffer(buffers[1], dtype=np.uint64).reshape(-1, 2)[column.offset : column.offset + len(column)]
+    taken = pa.Array.from_buffers(pa.binary_view(), len(idx), [None, pa.py_buffer(views[idx]), *buffers[2:]])
+    plain = _BINARY_KINDS[out_type.id][0]
+    out = taken.cast(plain)
+    return out if plain == out_type else out.view(out_type)
+
+
+def _cut(spans, lo: int, hi: int, with_ids: bool) -> tuple[pa.RecordBatch | pa.Table, np.ndarray]:
+    """Rows ``[lo, hi)`` of the rank's stream from the buffered windows ``spans``, and their row groups.
+
+    Shuffled windows are gathered (a batch-sized copy: the batch owns its memory, and a window is freed
+    as soon as its last batch is cut), unshuffled ones sliced without a copy. With row ids, ``_row_group``
+    and ``_row`` columns are appended.
     """
     parts, groups, ids = [], [], []
-    for w in segments:
+    for w in spans:
         a, b = max(lo, w.first) - w.first, min(hi, w.stop) - w.first
         if a < b:
-            parts.append(w.rows.slice(a, b - a) if w.perm is None else w.rows.take(pa.array(w.perm[a:b])))
+            parts.append(w.gather(a, b))
             groups.append(w.groups[a:b])
             if with_ids:
                 ids.append(w.ids[a:b])
-    while segments and segments[0].stop <= hi:
-        segments.popleft()  # fully consumed: free the window
     if len(parts) == 1:
         rows, group = parts[0], groups[0]
     else:
@@ -310,15 +317,46 @@ def _cut(segments: deque, lo: int, hi: int, with_ids: bool) -> tuple[pa.RecordBa
     if with_ids:
         rows = rows.append_column(ROW_GROUP_COLUMN, pa.array(group))
         rows = rows.append_column(ROW_COLUMN, pa.array(np.concatenate(ids) if len(ids) > 1 else ids[0]))
-    return rows, int(np.unique(group).size)
+    return rows, group
+
+
+def _spans(segments: deque, lo: int, hi: int) -> tuple[_Window, ...]:
+    """The buffered windows holding rows of ``[lo, hi)``; windows wholly before ``hi`` leave ``segments``
+    (freed once the batches that refer to them are cut)."""
+    spans = tuple(w for w in segments if w.first < hi and w.stop > lo)
+    while segments and segments[0].stop <= hi:
+        segments.popleft()
+    return spans
+
+
+def _distinct(spans, lo: int, hi: int) -> int:
+    """Distinct row groups among the rows ``[lo, hi)``."""
+    groups = [w.groups[max(lo, w.first) - w.first : min(hi, w.stop) - w.first] for w in spans]
+    return int(np.unique(groups[0] if len(groups) == 1 else np.concatenate(groups)).size)
+
+
+def cut_and_finish(key: str, epoch: int, index: int, spans: tuple, lo: int, hi: int,
+                   with_ids: bool) -> tuple[dict, float, float, float]:
+    """Cut a batch from its windows and finish it, in a thread worker (the windows are shared memory).
+
+    Returns ``(batch, convert_s, transform_s, gather_s)``.
+    """
+    t0 = time.perf_counter()
+    rows, _ = _cut(spans, lo, hi, with_ids)
+    gathered = time.perf_counter() - t0
+    out, convert_s, transform_s = finish_batch(key, epoch, index, rows)
+    return out, convert_s, transform_s, gathered
 
 
 def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats) -> Iterator[tuple]:
-    """Yield ``(meta, fn, *args)`` finishing tasks of every batch from position ``(epoch, batch)`` on."""
+    """Yield ``(meta, fn, *args)`` finishing tasks of every batch from position ``(epoch, batch)`` on.
+
+    With ``setup.cut_in_pool`` (thread pools) a task cuts its batch from the windows itself, so gathers run
+    in parallel; otherwise the producer cuts and the task only converts (and transforms).
+    """
     plans: deque = deque()
     plan = None
     with_ids = setup.with_row_ids
-    slabs = _Slabs()
     for (ep, w_index, last_piece, group), (table, seconds, decoded, ids) in _ahead(
         pool, _piece_tasks(setup, epoch, batch, plans), setup.pieces_ahead, stats
     ):
@@ -333,7 +371,7 @@ def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: Reader
         if not last_piece:
             continue
         t0 = time.perf_counter()
-        window = _window(parts, setup, plan, w_index, end, with_ids, slabs)
+        window = _window(parts, setup, plan, w_index, end, with_ids)
         parts = []
         segments.append(window)
         end = window.stop
@@ -341,22 +379,33 @@ def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: Reader
         stats.shuffle_seconds += time.perf_counter() - t0
         while batch < plan.num_batches and end >= bounds[batch + 1]:
             t0 = time.perf_counter()
-            rows, distinct = _cut(segments, bounds[batch], bounds[batch + 1], with_ids)
-            stats.shuffle_seconds += time.perf_counter() - t0
-            yield (plan.epoch, batch, rows.num_rows, distinct), finish_batch, setup.key, plan.epoch, batch, rows
+            lo, hi = bounds[batch], bounds[batch + 1]
+            spans = _spans(segments, lo, hi)
+            distinct = _distinct(spans, lo, hi)
+            meta = (plan.epoch, batch, hi - lo, distinct)
+            if setup.cut_in_pool:
+                stats.shuffle_seconds += time.perf_counter() - t0
+                yield meta, cut_and_finish, setup.key, plan.epoch, batch, spans, lo, hi, with_ids
+            else:
+                rows, _ = _cut(spans, lo, hi, with_ids)
+                del spans
+                stats.shuffle_seconds += time.perf_counter() - t0
+                yield meta, finish_batch, setup.key, plan.epoch, batch, rows
             batch += 1
 
 
 def produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats) -> Iterator[tuple]:
     """Yield ``(epoch, index, rows, distinct_groups, batch_dict)`` from position ``(epoch, batch)`` on."""
     tasks = _batch_tasks(setup, pool, epoch, batch, stats)
-    if setup.finish_in_pool:
+    if setup.finish_in_pool or setup.cut_in_pool:
         finished = _ahead(pool, tasks, setup.batches_ahead, stats)
     else:
         finished = ((meta, fn(*args)) for meta, fn, *args in tasks)
-    for (e, index, n, distinct), (out, convert_s, transform_s) in finished:
+    for (e, index, n, distinct), (out, convert_s, transform_s, *gather_s) in finished:
         stats.convert_seconds += convert_s
         stats.transform_seconds += transform_s
+        if gather_s:
+            stats.gather_seconds += gather_s[0]
         yield e, index, n, distinct, out
 
 

@@ -21,7 +21,6 @@ import os
 import socket
 import time
 import uuid
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -30,6 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import fs as lfs
+from .crc import crc32
 from .errors import DatasetNotFoundError, EmptyDatasetError, PublishError
 from .manifest import (
     CURRENT_NAME,
@@ -252,7 +252,7 @@ class Staging:
             if arrow_schema is None:
                 with fs.open_input_file(lfs.join(self.path, files[0].path)) as f:
                     arrow_schema = pq.read_schema(f)
-            fp = fingerprint or f"{zlib.crc32(''.join(f.checksum for f in files).encode()) & 0xFFFFFFFF:08x}"
+            fp = fingerprint or f"{crc32(''.join(f.checksum for f in files).encode()) & 0xFFFFFFFF:08x}"
             fp8 = "".join(c for c in fp.lower() if c in "0123456789abcdef")[:8].ljust(8, "0")
             now = time.time()
             existing = list_versions(fs, self.dataset_dir)

@@ -18,13 +18,13 @@ import logging
 import os
 import re
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import pyarrow.fs as pafs
 
+from .crc import crc32
 from .errors import CorruptFileError, RemoteError
 from .manifest import crc32_hex
 
@@ -172,7 +172,7 @@ def _crc_of_file(path: str) -> tuple[int, int]:
     crc, total = 0, 0
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
-            crc = zlib.crc32(chunk, crc)
+            crc = crc32(chunk, crc)
             total += len(chunk)
     return crc, total
 
@@ -235,7 +235,7 @@ def download(
                 if not chunk:
                     raise ShortReadError(f"{where}: ended at byte {have} of {size}")
                 out.write(chunk)
-                crc = zlib.crc32(chunk, crc)
+                crc = crc32(chunk, crc)
                 have += len(chunk)
                 fetched += len(chunk)
                 if progress is not None:

@@ -1,9 +1,8 @@
-"""The window's contiguous copy: large string / binary columns go into reusable slabs, exactly as Arrow
-would concatenate them, and batches read through slabs are the same whatever the pool."""
+"""The shuffled window: large string / binary columns are kept as binary views over the pieces' buffers
+(no contiguous copy), a batch's gather through them equals Arrow's ``take`` on the concatenated column,
+and batches read through views are exact and the same whatever the pool."""
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -11,7 +10,7 @@ import pytest
 
 import loader
 from loader import pipeline
-from loader.pipeline import _into_slab, _Slabs
+from loader.pipeline import _as_views, _take_views
 from tests.reader.conftest import POOLS
 
 
@@ -19,81 +18,80 @@ def _chunked(kind: pa.DataType, sliced: bool) -> pa.ChunkedArray:
     rng = np.random.default_rng(0)
     chunks = []
     for n in (300, 500, 700):
+        # lengths 0..4000: short values are inlined in their views, long ones point into the buffers
         values = [bytes(rng.integers(97, 123, size=int(rng.integers(0, 4000)), dtype=np.uint8)) for _ in range(n)]
-        arr = pa.array([v.decode() for v in values] if kind == pa.string() else values, type=kind)
+        values[:20] = [v[: i % 13] for i, v in enumerate(values[:20])]
+        arr = pa.array([v.decode() for v in values] if kind in (pa.string(), pa.large_string()) else values,
+                       type=kind)
         chunks.append(arr.slice(37, n - 80) if sliced else arr)
     return pa.chunked_array(chunks)
 
 
-@pytest.mark.parametrize("kind", [pa.string(), pa.binary()])
+@pytest.mark.parametrize("kind", [pa.string(), pa.binary(), pa.large_string(), pa.large_binary()])
 @pytest.mark.parametrize("sliced", [False, True])
-def test_slab_concatenation_equals_arrow(kind, sliced):
+def test_view_gather_equals_arrow_take(kind, sliced):
     column = _chunked(kind, sliced)
-    got = _into_slab(column, _Slabs())
-    assert got is not None and got.type == kind
-    assert got.equals(pa.concat_arrays(column.chunks))
+    views = _as_views(column)
+    assert views is not None and pa.types.is_binary_view(views.type)
+    # no value was copied: the views refer to the chunks' own value buffers
+    own = {c.buffers()[2].address for c in column.chunks}
+    assert {b.address for b in views.buffers()[2:]} <= own
+    whole = pa.concat_arrays(column.chunks)
+    idx = np.random.default_rng(1).permutation(len(whole))[:250]
+    got = _take_views(views, idx, kind)
+    assert got.type == kind
+    assert got.equals(whole.take(pa.array(idx)))
+    assert got.buffers()[2].is_mutable  # a fresh buffer: numpy views of it are writable without a copy
 
 
-def test_slabs_are_reused_only_once_free():
-    slabs = _Slabs()
-    column = _chunked(pa.binary(), False)
-    first = _into_slab(column, slabs)
-    kept = first.slice(5, 3)  # still refers to the slab's memory
-    expected = kept.to_pylist()
-    del first
-    second = _into_slab(_chunked(pa.binary(), True), slabs)
-    assert len(slabs._slabs) == 2  # the first slab was busy: a second one was made
-    assert kept.to_pylist() == expected  # and the data still referred to was not overwritten
-    del kept, second
-    free = [sys.getrefcount(slabs._slabs[i]) == 2 for i in range(len(slabs._slabs))]  # list + argument
-    assert free == [True, True]
-    _into_slab(column, slabs)
-    assert len(slabs._slabs) == 2  # reused
-
-
-def test_columns_with_nulls_or_small_ones_are_left_to_arrow():
+def test_columns_with_nulls_small_ones_or_one_chunk_are_concatenated():
     with_nulls = pa.chunked_array([pa.array([b"x" * 4000] * 300 + [None]), pa.array([b"y" * 4000] * 300)])
-    assert _into_slab(with_nulls, _Slabs()) is None
-    assert _into_slab(pa.chunked_array([pa.array([b"ab"] * 10), pa.array([b"c"] * 10)]), _Slabs()) is None
+    assert _as_views(with_nulls) is None
+    assert _as_views(pa.chunked_array([pa.array([b"ab"] * 10), pa.array([b"c"] * 10)])) is None
+    assert _as_views(pa.chunked_array([pa.array([b"x" * 4000] * 600)])) is None
+    assert _as_views(pa.chunked_array([pa.array(np.arange(300_000)), pa.array(np.arange(300_000))])) is None
 
 
 @pytest.fixture(scope="module")
 def big_values_cache(tmp_path_factory) -> loader.Dataset:
-    """~26 row groups whose binary column adds up to ~4 MB per window of 11 (the slab path)."""
+    """~26 row groups whose binary and string columns add up to > 1 MB per window (the view path)."""
     rng = np.random.default_rng(1)
     n = 2400
+    blobs = [rng.integers(0, 256, size=int(s), dtype=np.uint8).tobytes() for s in rng.integers(2000, 6000, size=n)]
     table = pa.table({
         "id": pa.array(np.arange(n, dtype=np.int64)),
-        "blob": pa.array([rng.integers(0, 256, size=int(s), dtype=np.uint8).tobytes()
-                          for s in rng.integers(2000, 6000, size=n)], type=pa.binary()),
+        "blob": pa.array(blobs, type=pa.binary()),
+        "text": pa.array(["한국어 " * int(k) for k in rng.integers(1, 200, size=n)], type=pa.string()),
     })
     return loader.write_cache(table, tmp_path_factory.mktemp("big") / "cache", "big", row_group_bytes=400_000)
 
 
 @pytest.mark.parametrize("pool", POOLS)
-def test_batches_through_slabs_are_exact_and_deterministic(big_values_cache, pool, monkeypatch):
+def test_batches_through_views_are_exact_and_deterministic(big_values_cache, pool, monkeypatch):
     ds = big_values_cache
     assert ds.num_row_groups >= 20
     calls = []
-    monkeypatch.setattr(pipeline, "_into_slab", lambda c, s: calls.append(r := _into_slab(c, s)) or r)
+    monkeypatch.setattr(pipeline, "_as_views", lambda c: calls.append(r := _as_views(c)) or r)
     whole = pa.concat_tables([ds.read_row_group(f, i) for f in ds.files for i in range(len(f.row_groups))])
-    blobs = whole.column("blob").to_pylist()
+    blobs, texts = whole.column("blob").to_pylist(), whole.column("text").to_pylist()
 
     def run(pool_kind, workers):
         out = []
-        for epoch_batches in [list(loader.make_reader(ds, batch_size=50, seed=3, pool=pool_kind, workers=workers,
-                                                      num_epochs=2, memory_budget=24 << 20))]:
-            for b in epoch_batches:
-                offsets = b["blob.offsets"]
-                rows = [bytes(b["blob"][offsets[i]:offsets[i + 1]]) for i in range(len(b["id"]))]
-                assert rows == [blobs[i] for i in b["id"]]  # every row's bytes are its own
-                out.append(b["id"].copy())
+        for b in loader.make_reader(ds, batch_size=50, seed=3, pool=pool_kind, workers=workers, num_epochs=2,
+                                    memory_budget=24 << 20):
+            offsets, text_offsets = b["blob.offsets"], b["text.offsets"]
+            rows = [bytes(b["blob"][offsets[i]:offsets[i + 1]]) for i in range(len(b["id"]))]
+            assert rows == [blobs[i] for i in b["id"]]  # every row's bytes are its own
+            text = [bytes(b["text"][text_offsets[i]:text_offsets[i + 1]]).decode() for i in range(len(b["id"]))]
+            assert text == [texts[i] for i in b["id"]]
+            assert b["blob"].flags.writeable
+            out.append(b["id"].copy())
         return out
 
     got = run(pool, 2)
     ids = np.concatenate(got)
     assert sorted(ids[: len(blobs)].tolist()) == list(range(len(blobs)))  # each row once per epoch
     assert sorted(ids[len(blobs):].tolist()) == list(range(len(blobs)))
-    assert any(r is not None for r in calls)  # the slab path ran (in this process: the producer builds windows)
+    assert any(r is not None for r in calls)  # the view path ran (in this process: the producer builds windows)
     reference = run("serial", 1)
     assert all(np.array_equal(a, b) for a, b in zip(got, reference, strict=True))
