@@ -234,10 +234,18 @@ class Dataset:
                     f"{where}: row group {index} has {rg.num_columns} column chunks, the manifest "
                     f"{len(expected)} checksums", where)
             chunks = self._leaf_columns(columns, rg.num_columns)
-            # One buffer the size of the file, filled only at the chunks read: untouched pages cost no memory.
-            buf = pa.allocate_buffer(info.size)
-            view = np.frombuffer(buf, dtype=np.uint8)
-            fd = os.open(local, os.O_RDONLY) if local is not None else None
+            if local is not None:
+                # Local files (and local cache copies, which are immutable once renamed into place) are mapped:
+                # the checksum and the decoder read the page cache directly, with no private copy.
+                source = pa.memory_map(local)
+                if source.size() != info.size:
+                    source.close()
+                    raise CorruptFileError(f"{where}: {source.size()} bytes, the manifest says {info.size}", where)
+            else:
+                # One buffer the size of the file, filled only at the chunks read: untouched pages cost no memory.
+                buf = pa.allocate_buffer(info.size)
+                view = np.frombuffer(buf, dtype=np.uint8)
+                source = pa.BufferReader(buf)
             try:
                 for c in chunks:
                     chunk = rg.column(c)
@@ -245,21 +253,20 @@ class Dataset:
                     if start < 0 or start + length > info.size:
                         raise CorruptFileError(f"{where}: row group {index} column {chunk.path_in_schema} lies "
                                                "outside the file", where)
-                    dest = view[start : start + length]
-                    if fd is not None:
-                        got = os.preadv(fd, [dest], start)
+                    if local is not None:
+                        data = source.read_at(length, start)  # zero-copy: a view of the mapping
                     else:
-                        data = f.read_at(length, start)
-                        got = len(data)
-                        dest[:got] = np.frombuffer(data, dtype=np.uint8)
-                    if got != length or f"{crc32(dest) & 0xFFFFFFFF:08x}" != expected[c]:
+                        data = view[start : start + length]
+                        got = f.read_at(length, start)
+                        data[: len(got)] = np.frombuffer(got, dtype=np.uint8)
+                        data = data[: len(got)]
+                    if len(data) != length or f"{crc32(data) & 0xFFFFFFFF:08x}" != expected[c]:
                         raise CorruptFileError(
                             f"{where}: row group {index} column {chunk.path_in_schema} fails its checksum", where)
+                pf = pq.ParquetFile(source, metadata=metadata, pre_buffer=False)
+                return pf.read_row_group(index, columns=columns, use_threads=False)
             finally:
-                if fd is not None:
-                    os.close(fd)
-            pf = pq.ParquetFile(pa.BufferReader(buf), metadata=metadata, pre_buffer=False)
-            return pf.read_row_group(index, columns=columns, use_threads=False)
+                source.close()  # buffers decoded from a mapping keep their region mapped
         except RemoteError:
             raise  # the remote storage failed after retries: not a corrupt file
         except CorruptFileError:
