@@ -206,10 +206,11 @@ class _Window(NamedTuple):
         idx = self.perm[a:b]
         if not self.views:
             return self.rows.take(pa.array(idx))
-        index = pa.array(idx)
+        plain = [i for i in range(self.rows.num_columns) if i not in self.views]
+        taken = iter(self.rows.select(plain).take(pa.array(idx)).columns if plain else ())
         columns = [
-            _take_views(column, idx, field.type) if i in self.views else column.take(index)
-            for i, (column, field) in enumerate(zip(self.rows.columns, self.schema, strict=True))
+            _take_views(self.rows.column(i), idx, field.type) if i in self.views else next(taken)
+            for i, field in enumerate(self.schema)
         ]
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
