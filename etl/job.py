@@ -26,10 +26,10 @@ from loader.publish import begin_staging, current_manifest
 
 from .config import DEFAULT_BLOCK_SIZE, JobConfig, format_size
 from .fingerprint import source_fingerprint
-from .layout import partition_counts
-from .sizing import SizedWriter, destination_block_size
+from .layout import LAYOUT_SETTINGS, partition_counts, scan_counts
+from .sizing import SizedWriter, destination_block_size, temporary_conf
 from .source import check_types, load_source
-from .transforms import apply_transforms
+from .transforms import apply_transforms, precountable_columns
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -162,14 +162,18 @@ def run(
     if previous is not None and fingerprint and previous.source.get("fingerprint") == fingerprint and not force:
         return RunResult("up to date", shown, previous.version, previous.num_rows, seconds=time.time() - started)
 
+    # Index transforms are broadcast joins, which keep the source's partitions and row order, so the
+    # rows per partition and the values to index are counted on the source, in one scan of the indexed
+    # columns; python hooks may reshuffle, so their output is counted as the write will see it.
+    columns = precountable_columns(source.df, cfg.transforms)
+    counts, value_counts = scan_counts(source.df, columns) if columns is not None else ([], {})
     df, vocabularies = apply_transforms(
-        spark, source.df, cfg.transforms, previous.vocabularies if previous else None, log
+        spark, source.df, cfg.transforms, previous.vocabularies if previous else None, log, value_counts
     )
     check_types(df, "after transforms")
-    # Index transforms are broadcast joins, which keep the source's partitions and row order, so the
-    # rows per partition can be counted on the source (a metadata-only scan); python hooks may reshuffle.
-    only_index = all(t.kind == "index" for t in cfg.transforms)
-    counts = partition_counts(source.df if only_index else df)
+    if columns is None:
+        with temporary_conf(spark, LAYOUT_SETTINGS):
+            counts = partition_counts(df)
     count = sum(counts)
     phase("transforms+counts")
     if count == 0:

@@ -29,21 +29,65 @@ if TYPE_CHECKING:
 
 FILE_COLUMN = "__larder_file"
 _ORDER = "__larder_order"
+_PART = "__larder_partition"
+# Counting partitions and writing the laid-out rows must see the same partitions: adaptive execution
+# could coalesce or split shuffle partitions differently in the two jobs (and would merge the
+# one-file-per-partition layout), so both run with it off.
+LAYOUT_SETTINGS = {"spark.sql.adaptive.enabled": "false"}
 _INV_PHI = (math.sqrt(5) - 1) / 2
 LONG_SAFE_ROWS = 3_037_000_000  # below this, a*g < 2**63 for a, g < rows
+
+
+def _dense(per_partition: dict[int, int], num_partitions: int) -> list[int]:
+    counts = [0] * max(num_partitions, max(per_partition, default=-1) + 1)
+    for p, n in per_partition.items():
+        counts[p] = n
+    return counts
 
 
 def partition_counts(df: DataFrame) -> list[int]:
     """Rows in each partition of ``df`` (index = partition id), from one light job."""
     from pyspark.sql import functions as F
 
-    rows = df.select(F.spark_partition_id().alias("p")).groupBy("p").count().collect()
-    counts = [0] * df.rdd.getNumPartitions()
+    rows = df.select(F.spark_partition_id().alias(_PART)).groupBy(_PART).count().collect()
+    return _dense({int(r[_PART]): int(r["count"]) for r in rows}, df.rdd.getNumPartitions())
+
+
+def scan_counts(df: DataFrame, columns: list[str]) -> tuple[list[int], dict[str, dict[str, int]]]:
+    """Rows per partition of ``df`` and, from the same scan, each column's value counts.
+
+    One aggregation with grouping sets ``(partition), (column_1), (column_2)…``: the driver receives one
+    row per partition plus one per distinct value, never the (partition, value) product.
+
+    Args:
+        df: The rows; its partitions are counted as :func:`partition_counts` counts them.
+        columns: Columns whose values are counted (nulls are not counted).
+
+    Returns:
+        ``(partition_counts(df), {column: {value: count}})``.
+    """
+    from pyspark.sql import functions as F
+
+    columns = list(dict.fromkeys(columns))
+    if not columns:
+        return partition_counts(df), {}
+    names = [f"__larder_value_{i}" for i in range(len(columns))]
+    projected = df.select(
+        F.spark_partition_id().alias(_PART), *(F.col(f"`{c}`").alias(n) for c, n in zip(columns, names, strict=True))
+    )
+    grouped = projected.groupingSets([[_PART]] + [[n] for n in names], _PART, *names)
+    flags = [F.grouping(c).alias(f"{c}_g") for c in [_PART, *names]]
+    rows = grouped.agg(F.count(F.lit(1)).alias("n"), *flags).collect()
+    per_partition: dict[int, int] = {}
+    values: dict[str, dict[str, int]] = {c: {} for c in columns}
     for r in rows:
-        if r["p"] >= len(counts):
-            counts.extend([0] * (r["p"] + 1 - len(counts)))
-        counts[r["p"]] = int(r["count"])
-    return counts
+        if r[f"{_PART}_g"] == 0:
+            per_partition[int(r[_PART])] = int(r["n"])
+            continue
+        for column, name in zip(columns, names, strict=True):
+            if r[f"{name}_g"] == 0 and r[name] is not None:
+                values[column][r[name]] = int(r["n"])
+    return _dense(per_partition, df.rdd.getNumPartitions()), values
 
 
 def affine_permutation(n: int, seed: int) -> tuple[int, int]:

@@ -25,9 +25,7 @@ def session_settings(cfg: SparkConfig) -> dict[str, str]:
     settings: dict[str, str] = {
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
-        # Row-group sizing reads footers back and decides, so Spark must not second-guess file sizes.
-        "spark.sql.adaptive.coalescePartitions.enabled": "false",
-    }
+    }  # adaptive execution stays on (small aggregations coalesce); the sized write turns it off itself
     if cfg.warehouse_dir:
         settings["spark.sql.warehouse.dir"] = os.path.abspath(cfg.warehouse_dir)
     if cfg.metastore_dir:

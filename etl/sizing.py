@@ -28,7 +28,7 @@ from etl.checksums import file_infos_on_executors
 from loader import fs as lfs
 from loader.manifest import FileInfo
 
-from .layout import assign_files
+from .layout import LAYOUT_SETTINGS, assign_files
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -261,8 +261,7 @@ class SizedWriter:
         started = time.time()
         bpr = self.estimate_bytes_per_row(df, count)
         history: list[dict] = [{"sample_seconds": round(time.time() - started, 2)}]
-        # Adaptive execution would merge the one-file-per-partition layout; restored in finally.
-        with temporary_conf(self.spark, {"spark.sql.adaptive.enabled": "false"}):
+        with temporary_conf(self.spark, LAYOUT_SETTINGS):  # restored in finally
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 if bpr > self.block_size:
                     self.log(f"warning: rows average {bpr:.0f} bytes, more than the {self.block_size}-byte block")

@@ -108,12 +108,34 @@ def _resolve_function(spec: str, where: str) -> Callable:
     return fn
 
 
+def precountable_columns(df: DataFrame, transforms: tuple[TransformConfig, ...]) -> list[str] | None:
+    """The columns whose value counts can be taken on the selection itself, before any transform runs.
+
+    That holds when every transform is an index transform reading a string column of ``df`` that no
+    earlier transform replaced (index transforms keep rows and partitions as they are). Otherwise None:
+    the counts are taken inside :func:`apply_transforms`, which also reports what is wrong.
+    """
+    from pyspark.sql import types as T
+
+    replaced: set[str] = set()
+    columns = []
+    for t in transforms:
+        if t.kind != "index" or t.column in replaced or t.column not in df.columns:
+            return None
+        if not isinstance(df.schema[t.column].dataType, T.StringType):
+            return None
+        columns.append(t.column)
+        replaced.add(t.output or t.column)
+    return columns
+
+
 def apply_transforms(
     spark: SparkSession,
     df: DataFrame,
     transforms: tuple[TransformConfig, ...],
     previous_vocabularies: Mapping[str, list] | None = None,
     log: Callable[[str], None] = lambda _m: None,
+    value_counts: Mapping[str, Mapping[str, int]] | None = None,
 ) -> tuple[DataFrame, dict[str, list[str]]]:
     """Apply the conf's transforms in order.
 
@@ -123,6 +145,8 @@ def apply_transforms(
         transforms: The conf's ``transforms``.
         previous_vocabularies: The live version's vocabularies (kept stable when ``reuse_previous``).
         log: Progress messages.
+        value_counts: Value counts of the selection's columns already taken (see
+            :func:`precountable_columns`); used for a column until a transform replaces it.
 
     Returns:
         The transformed DataFrame and the vocabularies, output column -> values.
@@ -136,6 +160,7 @@ def apply_transforms(
 
     vocabularies: dict[str, list[str]] = {}
     previous = previous_vocabularies or {}
+    known = dict(value_counts or {})
     for i, t in enumerate(transforms):
         where = f"transforms.{i}"
         if t.kind == "index":
@@ -153,7 +178,11 @@ def apply_transforms(
                 base = [str(v) for v in previous[output]]
             else:
                 base = []
-            counts = {r[0]: r[1] for r in df.groupBy(t.column).count().collect() if r[0] is not None}
+            if t.column in known:
+                counts = dict(known[t.column])
+            else:
+                counts = {r[0]: r[1] for r in df.groupBy(t.column).count().collect() if r[0] is not None}
+            known.pop(output, None)
             vocab = extend_vocabulary(base, counts)
             log(f"index {t.column} -> {output}: {len(vocab)} values ({len(vocab) - len(base)} new)")
             df = index_column(spark, df, t.column, output, vocab, t.drop_input)
@@ -169,5 +198,6 @@ def apply_transforms(
             if not isinstance(result, SparkDataFrame):
                 raise TransformError(f"{where} ({t.function}) returned {type(result).__name__}, not a DataFrame")
             df = result
+            known.clear()
             log(f"python transform {t.function}: columns {', '.join(df.columns)}")
     return df, vocabularies

@@ -63,3 +63,36 @@ def test_spark_layout_matches_the_permutation(spark, monkeypatch, shuffle):
         got = out.select("g", F.spark_partition_id().alias("p")).collect()
         assert n == 4 and len(got) == 1000
         assert all(want[r["g"]] == r["p"] for r in got)
+
+
+@pytest.mark.slow
+def test_one_scan_counts_partitions_and_values_as_separate_jobs(spark):
+    """The grouping-sets scan gives partition_counts' per-partition rows and groupBy's value counts
+    (nulls left out), for two columns at once, without the (partition, value) product."""
+    from etl import layout
+
+    df = spark.range(0, 5000, 1, 5).selectExpr(
+        "id",
+        "CASE WHEN id % 11 = 0 THEN NULL ELSE cast(id % 7 AS string) END AS a",
+        "cast(id % 3 AS string) AS b",
+    ).where("id % 13 <> 0")  # uneven partitions
+    counts, values = layout.scan_counts(df, ["a", "b", "a"])
+    assert counts == layout.partition_counts(df) and sum(counts) == df.count()
+    for column in ("a", "b"):
+        want = {r[0]: r[1] for r in df.groupBy(column).count().collect() if r[0] is not None}
+        assert values[column] == want
+    assert layout.scan_counts(df, []) == (counts, {})
+
+
+@pytest.mark.slow
+def test_values_are_precounted_only_for_index_transforms_on_source_strings(spark):
+    from etl.config import TransformConfig
+    from etl.transforms import precountable_columns
+
+    df = spark.range(3).selectExpr("id", "cast(id AS string) AS s", "cast(id AS string) AS t")
+    index = TransformConfig(kind="index", column="s", output="label")
+    assert precountable_columns(df, ()) == []
+    assert precountable_columns(df, (index, TransformConfig(kind="index", column="t"))) == ["s", "t"]
+    assert precountable_columns(df, (TransformConfig(kind="index", column="id"),)) is None  # not a string
+    assert precountable_columns(df, (index, TransformConfig(kind="index", column="label"))) is None  # replaced
+    assert precountable_columns(df, (TransformConfig(kind="python", function="m:f"), index)) is None
