@@ -27,7 +27,7 @@ from loader.publish import begin_staging, current_manifest
 from .config import DEFAULT_BLOCK_SIZE, JobConfig, format_size
 from .fingerprint import source_fingerprint
 from .layout import LAYOUT_SETTINGS, partition_counts, scan_counts
-from .sizing import SizedWriter, destination_block_size, temporary_conf
+from .sizing import PriorSizing, SizedWriter, destination_block_size, temporary_conf
 from .source import check_types, load_source
 from .transforms import apply_transforms, precountable_columns
 
@@ -189,6 +189,7 @@ def run(
             spark, fs, staging.path, hadoop_uri(root, root_path, staging.path),
             block_size=block, fill=cfg.output.fill, page_size=cfg.output.page_size,
             compression=cfg.output.compression, shuffle=cfg.output.shuffle, seed=cfg.output.seed, log=log,
+            prior=PriorSizing.from_manifest(previous), input_bytes=snapshot.get("bytes"),
         )  # fmt: skip
         try:
             sized = writer.write(df, counts)
@@ -215,7 +216,11 @@ def run(
                 "block_size_from": block_from,
                 "page_size": writer.page_size,
                 "fill": fill,
-                "sizing": {"bytes_per_row": round(sized.bytes_per_row, 3), "attempts": sized.history},
+                "sizing": {
+                    "bytes_per_row": round(sized.bytes_per_row, 3),
+                    **{k: v for k, v in sized.history[0].items() if k != "sample_seconds"},
+                    "attempts": sized.history,
+                },
                 "oversized_rows": sized.oversized_rows,
                 "seconds": phases,
             },

@@ -1,7 +1,9 @@
 """Write Parquet whose row groups sit just under the storage block size, and prove it from the footers.
 
 What works here (measured, see DESIGN): estimate the compressed bytes per row from a *shuffled* sample
-write; give every file exactly ``rows_per_file = fill × block / bytes_per_row`` rows (one row group;
+write (or reuse the bytes per row measured in the live version's files, which are such a write of the
+whole previous selection, while the selection still looks the same: :class:`PriorSizing`); give every
+file exactly ``rows_per_file = fill × block / bytes_per_row`` rows (one row group;
 :mod:`etl.layout` assigns rows to files, ``maxRecordsPerFile`` guards it); set ``parquet.block.size``
 to the block size itself (a ceiling, not the target) and ``parquet.page.size`` to 128 KiB, or smaller
 for small blocks (:func:`default_page_size`: the open pages parquet-mr counts must stay a small share of
@@ -14,6 +16,8 @@ one row). Spark settings changed for the write are restored in ``finally``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import statistics
 import time
@@ -26,7 +30,7 @@ import pyarrow.parquet as pq
 
 from etl.checksums import file_infos_on_executors
 from loader import fs as lfs
-from loader.manifest import FileInfo
+from loader.manifest import FileInfo, Manifest
 
 from .layout import LAYOUT_SETTINGS, assign_files
 
@@ -38,6 +42,7 @@ PILOT_ROWS = 2000
 MIN_SAMPLE_ROWS = 2000
 MAX_SAMPLE_BYTES = 8 << 20  # compression per row settles well before a 128 MiB row group
 MAX_ATTEMPTS = 3
+REUSE_TOLERANCE = 0.02  # a previous version's bytes/row is reused while the pilot and input agree this well
 _KEY = "__larder_sample_key"
 _HDFS_SCHEMES = ("hdfs", "webhdfs", "swebhdfs", "viewfs")
 
@@ -54,6 +59,7 @@ class SizingResult:
         num_files: Files planned in the final write.
         attempts: Writes needed (1 unless a row group came out over the block).
         oversized_rows: Row groups of a single row larger than the block (warned about).
+        history: The estimate's origin and figures, then one entry per write attempt.
     """
 
     files: list[FileInfo]
@@ -75,6 +81,57 @@ class SizingResult:
             "row_groups": len(sizes),
             "files": len(self.files),
         }
+
+
+@dataclass(frozen=True)
+class PriorSizing:
+    """The bytes per row measured in the files of a published version, and what it was measured under.
+
+    Attributes:
+        version: The version the figure comes from.
+        key: :meth:`SizedWriter.sizing_key` of that run (schema and Parquet settings).
+        bytes_per_row: Compressed row-group bytes per row of its full files (the remainder file left
+            out): the shuffled write of the whole selection, the best sample there is.
+        pilot_bytes_per_row: That run's pilot figure (first rows, same settings).
+        input_bytes_per_row: That run's input file bytes per selected row, if the source had files.
+    """
+
+    version: str
+    key: str
+    bytes_per_row: float
+    pilot_bytes_per_row: float
+    input_bytes_per_row: float | None
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest | None) -> PriorSizing | None:
+        """The prior of a published version, or None when its manifest does not record one."""
+        sizing = (manifest.extra or {}).get("sizing") if manifest is not None else None
+        if not isinstance(sizing, dict) or not sizing.get("key") or not sizing.get("pilot_bytes_per_row"):
+            return None
+        files = sorted(manifest.files, key=lambda f: f.num_rows, reverse=True)
+        full = files[:-1] if len(files) > 1 else files
+        rows = sum(f.num_rows for f in full)
+        if not rows:
+            return None
+        nbytes = sum(g.compressed_bytes for f in full for g in f.row_groups)
+        return cls(
+            version=manifest.version, key=str(sizing["key"]), bytes_per_row=nbytes / rows,
+            pilot_bytes_per_row=float(sizing["pilot_bytes_per_row"]),
+            input_bytes_per_row=sizing.get("input_bytes_per_row"),
+        )  # fmt: skip
+
+    def applies(self, key: str, pilot: float, input_bytes_per_row: float | None) -> bool:
+        """Whether the selection still looks like the one measured: same schema and Parquet settings, the
+        pilot within :data:`REUSE_TOLERANCE`, and so are the input bytes per row when both are known."""
+
+        def close(a: float, b: float) -> bool:
+            return abs(a - b) <= REUSE_TOLERANCE * max(a, b)
+
+        if key != self.key or not close(pilot, self.pilot_bytes_per_row):
+            return False
+        if input_bytes_per_row is None or self.input_bytes_per_row is None:
+            return input_bytes_per_row is None and self.input_bytes_per_row is None
+        return close(float(input_bytes_per_row), float(self.input_bytes_per_row))
 
 
 @contextlib.contextmanager
@@ -173,6 +230,8 @@ class SizedWriter:
         shuffle: Decorrelate rows across files (seeded).
         seed: The shuffle seed.
         log: Progress messages.
+        prior: The live version's measured bytes per row, reused when it still applies.
+        input_bytes: Bytes of the input files (the fingerprint's snapshot), if the source has files.
     """
 
     def __init__(
@@ -189,6 +248,8 @@ class SizedWriter:
         shuffle: bool,
         seed: int,
         log: Callable[[str], None],
+        prior: PriorSizing | None = None,
+        input_bytes: int | None = None,
     ) -> None:
         self.spark, self.fs, self.path, self.uri = spark, fs, path, uri
         self.block_size, self.fill = int(block_size), fill
@@ -197,6 +258,7 @@ class SizedWriter:
         self.shuffle, self.seed = shuffle, seed
         self.log: Callable[[str], None] = log
         self.target = int(fill * block_size)
+        self.prior, self.input_bytes = prior, input_bytes
 
     def _options(self, max_records: int | None = None) -> dict[str, str]:
         assert self.page_size, "page size is resolved in write()"
@@ -222,14 +284,35 @@ class SizedWriter:
 
         return df.withColumn(_KEY, F.rand(self.seed))
 
-    def estimate_bytes_per_row(self, df: DataFrame, count: int) -> float:
-        """Compressed bytes per row, from a pilot write then a (shuffled) sample of about one row group
-        (at most :data:`MAX_SAMPLE_BYTES`), written with the same Parquet settings as the data."""
+    def sizing_key(self, df: DataFrame) -> str:
+        """A digest of what bytes per row depend on besides the rows: schema and Parquet settings."""
+        doc = {
+            "schema": df.schema.simpleString(), "compression": self.compression, "block": self.block_size,
+            "page": self.page_size, "shuffle": self.shuffle,
+        }  # fmt: skip
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+    def estimate_bytes_per_row(self, df: DataFrame, count: int) -> tuple[float, dict]:
+        """Compressed bytes per row, and where the figure came from.
+
+        A pilot write of the first :data:`PILOT_ROWS` rows comes first. If the live version was made
+        under the same :meth:`sizing_key` and its pilot and input bytes per row agree with this run's
+        (:meth:`PriorSizing.applies`), the bytes per row measured in its files are reused. Otherwise a
+        shuffled sample of about one row group (at most :data:`MAX_SAMPLE_BYTES`) is written with the
+        same Parquet settings as the data.
+        """
         base_uri, base = f"{self.uri}/{SAMPLE_DIR}", lfs.join(self.path, SAMPLE_DIR)
+        key = self.sizing_key(df)
+        input_bpr = round(self.input_bytes / count, 3) if self.input_bytes and count else None
         try:
             self._write(df.limit(PILOT_ROWS).coalesce(1), f"{base_uri}/pilot")
             rows, nbytes, _ = _measure(self.fs, lfs.join(base, "pilot"))
             pilot = max(1.0, nbytes / max(1, rows))
+            info = {"key": key, "pilot_bytes_per_row": round(pilot, 3), "input_bytes_per_row": input_bpr}
+            if self.prior is not None and self.prior.applies(key, pilot, input_bpr):
+                estimate = self.prior.bytes_per_row
+                self.log(f"bytes/row: pilot {pilot:.1f}, measured in {self.prior.version} {estimate:.1f} (reused)")
+                return estimate, {**info, "estimate_from": self.prior.version}
             want = max(MIN_SAMPLE_ROWS, math.ceil(min(self.target, MAX_SAMPLE_BYTES) / pilot))
             fraction = min(1.0, want / max(1, count))
             sample = df.sample(withReplacement=False, fraction=fraction, seed=self.seed) if fraction < 1 else df
@@ -241,7 +324,7 @@ class SizedWriter:
             rows, nbytes, _ = _measure(self.fs, lfs.join(base, "sample"))
             estimate = max(1.0, nbytes / max(1, rows)) if rows else pilot
             self.log(f"bytes/row: pilot {pilot:.1f}, shuffled sample of {rows} rows {estimate:.1f}")
-            return estimate
+            return estimate, {**info, "estimate_from": "sample", "sample_rows": rows}
         finally:
             if lfs.exists(self.fs, base):
                 self.fs.delete_dir(base)
@@ -259,8 +342,8 @@ class SizedWriter:
         count = sum(counts)
         self.page_size = self.page_size or default_page_size(self.block_size, len(df.columns))
         started = time.time()
-        bpr = self.estimate_bytes_per_row(df, count)
-        history: list[dict] = [{"sample_seconds": round(time.time() - started, 2)}]
+        bpr, origin = self.estimate_bytes_per_row(df, count)
+        history: list[dict] = [{**origin, "sample_seconds": round(time.time() - started, 2)}]
         with temporary_conf(self.spark, LAYOUT_SETTINGS):  # restored in finally
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 if bpr > self.block_size:

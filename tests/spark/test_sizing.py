@@ -130,3 +130,41 @@ def test_spark_settings_are_restored_even_on_failure(spark):
             raise RuntimeError("inside")
     assert spark.conf.get(key) == default and spark.conf.get(key, None) is None  # unset again, not pinned
     assert spark.conf.get("spark.sql.files.maxRecordsPerFile") == "0"
+
+
+def test_prior_applies_only_to_the_same_settings_and_a_similar_selection():
+    from etl.sizing import PriorSizing
+
+    prior = PriorSizing("v1", "k", bytes_per_row=100.0, pilot_bytes_per_row=90.0, input_bytes_per_row=300.0)
+    assert prior.applies("k", 90.0, 300.0) and prior.applies("k", 91.5, 295.0)  # within 2%
+    assert not prior.applies("other", 90.0, 300.0)  # schema or Parquet settings changed
+    assert not prior.applies("k", 93.0, 300.0)  # the first rows got wider
+    assert not prior.applies("k", 90.0, 320.0)  # the input got wider per selected row
+    assert not prior.applies("k", 90.0, None)  # one side without input files
+    assert PriorSizing.from_manifest(None) is None
+
+
+def test_rerun_reuses_the_measured_bytes_per_row_and_still_fits(spark, sources, tmp_path):
+    """A forced rerun over the same selection takes the bytes per row measured in the live version's
+    files instead of writing a sample; the row groups still sit just under the block. A selection whose
+    rows are narrower falls back to the sample."""
+    path, rows = sources["narrow"]
+    cfg = path_conf(path, tmp_path, "narrow")
+    first = run(cfg, spark, log=lambda _m: None)
+    messages: list[str] = []
+    second = run(cfg, spark, force=True, log=messages.append)
+    ds = loader.open_dataset(tmp_path / "narrow")
+    sizing = ds.manifest.extra["sizing"]
+    assert sizing["estimate_from"] == first.version and "sample_rows" not in sizing, messages
+    assert any("(reused)" in m for m in messages), messages
+    fills = [g.compressed_bytes / BLOCK for f in ds.files for g in f.row_groups]
+    assert ds.num_rows == rows == second.rows and max(fills) <= 1.0 and statistics.median(fills) >= 0.93, fills
+    assert len(ds.files) == len(fills)  # one row group per file
+
+    narrower = str(tmp_path / "narrower")
+    spark.read.parquet(path).selectExpr("id", "substr(s, 1, 12) AS s", "k").write.parquet(narrower)
+    third = run(path_conf(narrower, tmp_path, "narrow"), spark, log=lambda _m: None)
+    ds = loader.open_dataset(tmp_path / "narrow")
+    assert third.version != second.version and ds.manifest.extra["sizing"]["estimate_from"] == "sample"
+    fills = [g.compressed_bytes / BLOCK for f in ds.files for g in f.row_groups]
+    assert max(fills) <= 1.0 and statistics.median(fills) >= 0.93, fills
