@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import posixpath
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -193,12 +194,17 @@ def _get(doc: dict, key: str, kind: type, where: str):
     return value
 
 
+_PLAIN_PATH = re.compile(r"(?:[\w\-][\w.\-]*/)*[\w\-][\w.\-]*", re.ASCII)
+
+
 def check_relative_path(path: str, where: str = "manifest") -> str:
     """Return ``path`` if it is a relative path that stays inside its version directory.
 
     Raises:
         ManifestError: The path is absolute, has a scheme, or climbs out with ``..``.
     """
+    if type(path) is str and _PLAIN_PATH.fullmatch(path):  # segments of word characters, none starting with "."
+        return path
     if (
         not isinstance(path, str)
         or not path
@@ -234,7 +240,41 @@ def file_from_doc(doc: dict, where: str = "file entry") -> FileInfo:
     return _file_from_doc(doc, 0, where)
 
 
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
 def _file_from_doc(doc: dict, index: int, where: str) -> FileInfo:
+    """One file entry; well-formed entries take a fast path, anything else the checking one (which names
+    the key at fault)."""
+    try:
+        path, size, rows, footer_size = doc["path"], doc["size"], doc["num_rows"], doc["footer_size"]
+        checksum, footer_checksum, entries = doc["checksum"], doc["footer_checksum"], doc["row_groups"]
+        if not (type(path) is str and type(size) is int and type(rows) is int and type(footer_size) is int
+                and type(checksum) is str and type(footer_checksum) is str and type(entries) is list):
+            raise TypeError
+        groups = tuple(_row_group_fast(g) for g in entries)
+        if rows != sum(g.num_rows for g in groups) or size < 0 or footer_size > size:
+            raise TypeError
+    except (KeyError, TypeError, ValueError):
+        return _file_from_doc_checked(doc, index, where)
+    return FileInfo(path=check_relative_path(path, f"{where} files[{index}]"), size=size, checksum=checksum,
+                    footer_checksum=footer_checksum, footer_size=footer_size, num_rows=rows, row_groups=groups)
+
+
+def _row_group_fast(entry: list) -> RowGroupInfo:
+    """A well-formed row-group entry, or TypeError / ValueError for the checking path to explain."""
+    if type(entry) is not list or len(entry) not in (3, 4) or not all(type(x) is int for x in entry[:3]):
+        raise TypeError
+    sums = ()
+    if len(entry) == 4:
+        sums = tuple(entry[3])
+        if not sums or set(map(type, sums)) != {str} or set(map(len, sums)) != {8} or \
+                not _HEX_DIGITS.issuperset("".join(sums)):
+            raise ValueError
+    return RowGroupInfo(entry[0], entry[1], entry[2], sums)
+
+
+def _file_from_doc_checked(doc: dict, index: int, where: str) -> FileInfo:
     here = f"{where} files[{index}]"
     path = check_relative_path(_get(doc, "path", str, here), here)
     groups = tuple(_row_group_from_doc(g, here) for g in _get(doc, "row_groups", list, here))

@@ -10,9 +10,13 @@ import zlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import loader
 from loader import manifest as mf
+from loader.errors import ManifestError
+from loader.manifest import check_relative_path, file_from_doc
 
 
 def _manifest_path(ds: loader.Dataset) -> str:
@@ -241,3 +245,31 @@ def test_malformed_chunk_checksums_are_named(cache, bad):
     _edit_manifest(cache, edit)
     with pytest.raises(loader.ManifestError, match=r"files\[0\]"):
         loader.open_dataset(cache.version_path)
+
+
+@given(st.text(alphabet="ab.-_/\\:", max_size=12))
+def test_path_fast_check_agrees_with_the_rule(path):
+    """The regex fast path of check_relative_path accepts exactly what the full rule accepts."""
+    import posixpath
+
+    ok = bool(path) and not path.startswith(("/", "\\")) and "\\" not in path and ":" not in path \
+        and posixpath.normpath(path) == path and path.split("/")[0] != ".."
+    try:
+        check_relative_path(path)
+        accepted = True
+    except ManifestError:
+        accepted = False
+    assert accepted == ok, path
+
+
+def test_malformed_file_entries_name_the_key(tmp_path):
+    """A manifest entry the fast path rejects still gets the checking path's error naming the key."""
+    good = {"path": "part-00000.parquet", "size": 10, "checksum": "crc32:00000000", "footer_checksum": "crc32:0",
+            "footer_size": 4, "num_rows": 3, "row_groups": [[3, 5, 6, ["0000000a"]]]}
+    assert file_from_doc(good).num_rows == 3
+    for key, value, needle in [("size", "10", "'size'"), ("num_rows", 4, "inconsistent"),
+                               ("row_groups", [[3, 5, 6, ["xyz"]]], "checksums"), ("path", "../x", "leaves")]:
+        with pytest.raises(ManifestError, match=needle):
+            file_from_doc({**good, key: value})
+    with pytest.raises(ManifestError, match="missing key 'checksum'"):
+        file_from_doc({k: v for k, v in good.items() if k != "checksum"})
