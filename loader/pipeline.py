@@ -132,12 +132,13 @@ class Setup:
     on_epoch: Callable[[EpochPlan], None] | None = None
 
 
-def _ahead(pool: Pool, tasks: Iterator[tuple], ahead: int, stats: ReaderStats) -> Iterator[tuple]:
+def _ahead(pool: Pool, tasks: Iterator[tuple], ahead: int, stats: ReaderStats,
+           urgent: bool = False) -> Iterator[tuple]:
     """Submit ``(meta, fn, *args)`` tasks keeping ``ahead`` in flight; yield ``(meta, result)`` in order."""
     pending: deque = deque()
     try:
         for meta, fn, *args in tasks:
-            pending.append((meta, pool.submit(fn, *args)))
+            pending.append((meta, pool.submit(fn, *args, urgent=urgent)))
             while len(pending) >= ahead:
                 meta0, handle = pending.popleft()
                 t0 = time.perf_counter()
@@ -399,7 +400,7 @@ def produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats
     """Yield ``(epoch, index, rows, distinct_groups, batch_dict)`` from position ``(epoch, batch)`` on."""
     tasks = _batch_tasks(setup, pool, epoch, batch, stats)
     if setup.finish_in_pool or setup.cut_in_pool:
-        finished = _ahead(pool, tasks, setup.batches_ahead, stats)
+        finished = _ahead(pool, tasks, setup.batches_ahead, stats, urgent=True)  # batches before reads
     else:
         finished = ((meta, fn(*args)) for meta, fn, *args in tasks)
     for (e, index, n, distinct), (out, convert_s, transform_s, *gather_s) in finished:

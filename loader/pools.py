@@ -5,8 +5,8 @@ Three kinds, all starting nothing in their constructor (threads and processes st
 
 * :class:`SerialPool` runs each task in the caller's thread when its result is asked for (debugging:
   breakpoints and tracebacks are plain).
-* :class:`ThreadPool` (``concurrent.futures.ThreadPoolExecutor``): pyarrow releases the GIL while reading
-  and decoding, so threads scale for I/O and decode.
+* :class:`ThreadPool` (worker threads with two queues: ``submit(..., urgent=True)`` tasks run first): pyarrow
+  releases the GIL while reading, decoding and gathering, so threads scale for I/O and decode.
 * :class:`ProcessPool` (``concurrent.futures.ProcessPoolExecutor`` on a ``forkserver`` context, ``spawn``
   where there is none; never ``fork``, which is unsafe in a process with threads): for pure-Python
   transforms. Arrow tables and record batches cross the process boundary as Arrow IPC streams written into
@@ -36,8 +36,9 @@ import signal
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -65,8 +66,9 @@ class Pool:
     kind = "base"
     workers = 1
 
-    def submit(self, fn: Callable, *args) -> Handle:
-        """Schedule ``fn(*args)``; results are read back with ``handle.result()``."""
+    def submit(self, fn: Callable, *args, urgent: bool = False) -> Handle:
+        """Schedule ``fn(*args)`` (``urgent``: ahead of queued tasks, where the pool can); results are read
+        back with ``handle.result()``."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -107,7 +109,7 @@ class SerialPool(Pool):
         self._init = (initializer, initargs)
         self._started = False
 
-    def submit(self, fn: Callable, *args) -> Handle:
+    def submit(self, fn: Callable, *args, urgent: bool = False) -> Handle:
         if not self._started:
             self._started = True
             if self._init[0] is not None:
@@ -127,7 +129,13 @@ class _FutureHandle(Handle):
 
 
 class ThreadPool(Pool):
-    """A ``ThreadPoolExecutor`` started at the first ``submit``."""
+    """Worker threads started at the first ``submit``, serving urgent tasks before the others.
+
+    Urgent tasks (the reader's batch finishing: gather, convert, transform) go ahead of queued ones (row
+    group reads), so a finished window's batches reach the ready queue while the next window's reads wait
+    their turn instead of the other way round. Within each class tasks run in submission order. A task's
+    exception travels in its future and is re-raised, with its traceback, by ``handle.result()``.
+    """
 
     kind = "thread"
 
@@ -136,26 +144,61 @@ class ThreadPool(Pool):
             raise ConfigError(f"workers must be at least 1, got {workers}")
         self.workers = workers
         self._init = (initializer, initargs)
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: list[threading.Thread] = []
+        self._urgent: deque = deque()
+        self._queued: deque = deque()
+        self._cond = threading.Condition()
         self._closed = False
-        self._lock = threading.Lock()
 
-    def submit(self, fn: Callable, *args) -> Handle:
-        with self._lock:
+    def submit(self, fn: Callable, *args, urgent: bool = False) -> Handle:
+        future: Future = Future()
+        with self._cond:
             if self._closed:
                 raise RuntimeError("submit on a closed pool")
-            if self._executor is None:
+            if not self._threads:
                 if self._init[0] is not None:
                     self._init[0](*self._init[1])
-                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="larder-worker")
-            return _FutureHandle(self._executor.submit(fn, *args))
+                for i in range(self.workers):
+                    t = threading.Thread(target=self._work, name=f"larder-worker_{i}", daemon=True)
+                    t.start()
+                    self._threads.append(t)
+            (self._urgent if urgent else self._queued).append((future, fn, args))
+            self._cond.notify()
+        return _FutureHandle(future)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._urgent or self._queued or self._closed):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                future, fn, args = (self._urgent or self._queued).popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as e:  # travels to the consumer as data, traceback included
+                future.set_exception(e)
+                del e
+            else:
+                future.set_result(result)
+            del future, fn, args
 
     def close(self) -> None:
-        with self._lock:
-            executor, self._executor = self._executor, None
+        """Cancel queued tasks, let running ones finish, and join every worker thread; idempotent."""
+        with self._cond:
             self._closed = True
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            pending = [*self._urgent, *self._queued]
+            self._urgent.clear()
+            self._queued.clear()
+            self._cond.notify_all()
+            threads, self._threads = self._threads, []
+        for future, _, _ in pending:
+            future.cancel()
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join()
 
 
 _worker_prefix = ""
@@ -277,7 +320,7 @@ class ProcessPool(Pool):
         """Prefix of every shared-memory segment this pool creates."""
         return self._prefix
 
-    def submit(self, fn: Callable, *args) -> Handle:
+    def submit(self, fn: Callable, *args, urgent: bool = False) -> Handle:
         with self._lock:
             if self._closed:
                 raise RuntimeError("submit on a closed pool")

@@ -293,7 +293,7 @@ class Reader(Closeable):
             shuffle=shuffle,
             num_epochs=num_epochs,
             pieces_ahead=max(workers, window) if pool != "serial" else 1,
-            batches_ahead=(max(4, 2 * workers) if pool == "thread" else max(2, workers)) if pool != "serial" else 1,
+            batches_ahead=(max(8, 4 * workers) if pool == "thread" else max(2, workers)) if pool != "serial" else 1,
             prefetch=prefetch,
             finish_in_pool=pool != "serial" and transform is not None,
             cut_in_pool=pool == "thread",

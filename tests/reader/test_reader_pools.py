@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+from concurrent.futures import CancelledError
 
 import numpy as np
 import pyarrow as pa
@@ -110,3 +111,27 @@ def test_process_pool_close_frees_workers_and_segments_even_with_unread_results(
     assert segments() - before_shm == set()
     del handles
     gc.collect()
+
+
+def test_thread_pool_runs_urgent_tasks_first_and_cancels_queued_ones_on_close():
+    pool = make_pool("thread", 1)
+    gate, order = threading.Event(), []
+    blocker = pool.submit(gate.wait, 5)  # occupies the only worker while the others queue up
+    queued = [pool.submit(order.append, f"read {i}") for i in range(3)]
+    urgent = [pool.submit(order.append, f"batch {i}", urgent=True) for i in range(2)]
+    gate.set()
+    assert blocker.result() is True
+    for h in urgent + queued:
+        h.result()
+    assert order == ["batch 0", "batch 1", "read 0", "read 1", "read 2"]  # urgent first, each class in order
+    gate.clear()
+    pool.submit(gate.wait, 5)
+    left = pool.submit(order.append, "never")
+    threading.Timer(0.2, gate.set).start()
+    pool.close()
+    with pytest.raises(CancelledError):  # queued when the pool closed: cancelled, never run
+        left.result()
+    assert "never" not in order
+    assert not [t for t in threading.enumerate() if t.name.startswith("larder-worker")]
+    with pytest.raises(RuntimeError, match="closed pool"):
+        pool.submit(order.append, "late")
