@@ -33,12 +33,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from . import fs as lfs
 from . import tasks
 from .convert import check_options, check_schema
 from .dataset import Dataset, open_dataset
+from .decoded import DecodedCache
 from .errors import ColumnNotFoundError, ConfigError, EmptyDatasetError, StateError
 from .pipeline import Pipeline, ReaderStats, Setup
 from .plan import EpochPlan, Planner, epoch_rows, num_batches, window_size_for
@@ -223,12 +225,15 @@ class Reader(Closeable):
         strings: str = "offsets",
         masks: bool = False,
         with_row_ids: bool = False,
+        decoded_cache_dir: str | os.PathLike | None = None,
+        max_decoded_bytes: int | None = None,
         **fs_options,
     ):
         _check_arguments(batch_size=batch_size, seed=seed, num_epochs=num_epochs, world_size=world_size, rank=rank,
                          pool=pool, workers=workers, shuffle_buffer=shuffle_buffer, prefetch=prefetch,
                          memory_budget=memory_budget, sample=sample, transform=transform, ragged=ragged,
                          strings=strings)
+        _check_int("max_decoded_bytes", max_decoded_bytes, 0, allow_none=True)
         if fs_options and (isinstance(url, Dataset) or not lfs.is_remote(os.fspath(url))):
             raise ConfigError(
                 f"make_reader got unexpected keyword arguments {sorted(fs_options)} (extra keywords are options "
@@ -285,6 +290,9 @@ class Reader(Closeable):
             with_row_ids=with_row_ids,
             transform=transform,
             transform_takes_rng=transform is not None and tasks.takes_rng(transform),
+            decoded=None if decoded_cache_dir is None else DecodedCache.for_dataset(
+                decoded_cache_dir, ds.manifest.dataset, ds.version,
+                pa.schema([ds.schema.field(c) for c in columns]), max_decoded_bytes),
         )
         self._setup = Setup(
             key=self._ctx.key,
@@ -439,6 +447,7 @@ def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, 
                 rank: int = 0, world_size: int = 1, drop_last: bool = False, cache_dir=None,
                 sample: float | None = None, memory_budget: int | None = None, ragged: str = "offsets",
                 strings: str = "offsets", masks: bool = False, with_row_ids: bool = False,
+                decoded_cache_dir: str | os.PathLike | None = None, max_decoded_bytes: int | None = None,
                 **fs_options) -> Reader:
     """Open a cache and return a :class:`Reader` of shuffled numpy batches.
 
@@ -475,6 +484,10 @@ def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, 
         strings: ``"offsets"`` (follow ``ragged``) or ``"object"`` arrays of str/bytes.
         masks: Add a ``col.valid`` mask for every nullable column.
         with_row_ids: Add ``_row_group`` (global row-group index) and ``_row`` (row in it) columns.
+        decoded_cache_dir: Local directory keeping decoded row groups as checksummed Arrow IPC files
+            (:mod:`loader.decoded`): epochs after the first, and later runs, map them instead of decoding
+            Parquet. About the uncompressed size of the columns read; off by default.
+        max_decoded_bytes: Most bytes this reader adds to ``decoded_cache_dir`` (None: no cap).
         **fs_options: Options of the URL's filesystem.
 
     Raises:
@@ -488,7 +501,8 @@ def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, 
                   workers=workers, pool=pool, shuffle_buffer=shuffle_buffer, prefetch=prefetch, transform=transform,
                   rank=rank, world_size=world_size, drop_last=drop_last, cache_dir=cache_dir, sample=sample,
                   memory_budget=memory_budget, ragged=ragged, strings=strings, masks=masks,
-                  with_row_ids=with_row_ids, **fs_options)
+                  with_row_ids=with_row_ids, decoded_cache_dir=decoded_cache_dir,
+                  max_decoded_bytes=max_decoded_bytes, **fs_options)
 
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "Closeable", "Reader", "ReaderStats", "make_reader"]

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from .convert import to_numpy
 from .dataset import Dataset
+from .decoded import DecodedCache
 from .errors import CorruptFileError, RemoteError, TransformError
 from .plan import sample_rows, transform_rng
 
@@ -51,6 +52,7 @@ class ReadContext:
         with_row_ids: Keep the ``_row_group`` / ``_row`` columns in batches.
         transform: The user transform, or None.
         transform_takes_rng: Call it as ``transform(batch, rng)`` rather than ``transform(batch)``.
+        decoded: The local cache of decoded row groups (:mod:`loader.decoded`), or None.
     """
 
     key: str
@@ -70,6 +72,7 @@ class ReadContext:
     with_row_ids: bool
     transform: Callable | None
     transform_takes_rng: bool
+    decoded: DecodedCache | None = None
 
 
 _CONTEXTS: dict[str, ReadContext] = {}
@@ -125,21 +128,29 @@ def read_piece(key: str, epoch: int, group: int, start: int, stop: int,
     if ctx.stream:
         table, decoded = _read_streamed(ctx, epoch, group, info, local, rows, start, stop)
     else:
-        if info.row_groups[local].column_checksums:  # chunks checked against the manifest, decoded from memory
-            table = ds.read_row_group(info, local, list(ctx.columns))
+        if ctx.decoded is not None:  # decoded before, by this or an earlier process: no Parquet decode
+            table = ctx.decoded.get(info.path, local, lambda: _decode_group(ctx, info, local))
         else:
-            # Local files (or local copies) read faster without pre-buffering; remote ones want coalesced reads.
-            pf = ds.open_file(info, pre_buffer=not ctx.local_files)
-            try:
-                table = ds.read_row_group(info, local, list(ctx.columns), pf)
-            finally:
-                pf.close(force=True)
+            table = _decode_group(ctx, info, local)
         decoded = table.num_rows
         table = table.take(pa.array(rows)) if rows is not None else table.slice(start, stop - start)
     ids = None
     if ctx.with_row_ids:
         ids = rows.astype(np.int64) if rows is not None else np.arange(start, stop, dtype=np.int64)
     return table, time.perf_counter() - t0, decoded, ids
+
+
+def _decode_group(ctx: ReadContext, info, local: int) -> pa.Table:
+    """Read and decode one whole row group, checked against the manifest."""
+    ds = ctx.dataset
+    if info.row_groups[local].column_checksums:  # chunks checked against the manifest, decoded from memory
+        return ds.read_row_group(info, local, list(ctx.columns))
+    # Local files (or local copies) read faster without pre-buffering; remote ones want coalesced reads.
+    pf = ds.open_file(info, pre_buffer=not ctx.local_files)
+    try:
+        return ds.read_row_group(info, local, list(ctx.columns), pf)
+    finally:
+        pf.close(force=True)
 
 
 class _GroupStream:

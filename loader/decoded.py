@@ -1,0 +1,142 @@
+"""A local disk cache of *decoded* row groups: later epochs and later runs skip Parquet decoding.
+
+Decoding Parquet (decompression, dictionary and byte-array decoding into Arrow buffers) is most of a
+reader's CPU once the data is local. With ``make_reader(..., decoded_cache_dir=DIR)`` every row group read
+from Parquet (checked against the manifest's checksums as always) is also written to ``DIR`` as an
+uncompressed Arrow IPC file; the next read of that row group, in this or any later process on the machine,
+maps the file and uses its buffers in place (zero copy, no decode). This is what Petastorm's local-disk
+cache and ``tf.data.Dataset.cache(filename)`` do; the files are plain Arrow IPC plus a small trailer
+(``pa.ipc.open_file(pa.py_buffer(data[:-16]))`` opens one).
+
+Layout: ``DIR/<dataset>/<version>/<columns key>/<data file>.rg<k>.arrow``, the columns key being a hash of the
+selected columns and their Arrow types (another selection gets its own files). Each file is the IPC file
+followed by a 16-byte trailer (``LRDC`` magic, CRC-32 of the IPC bytes, their length), written under a
+temporary name and renamed into place, so a reader never sees a partial file and concurrent readers of one
+machine share the files safely. Every read checks size, trailer and CRC-32 (``loader.crc``: memory speed
+with zlib-ng); a file that fails is deleted and its row group decoded from the checked Parquet again, so a
+truncated or corrupt cache file never yields wrong rows.
+
+Space: decoded files take about the manifest's uncompressed bytes. ``max_bytes`` caps what one reader
+adds (new row groups are simply not cached past it); nothing is evicted automatically: remove the version
+directories you no longer train on (``DIR/<dataset>/<old version>``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from .crc import crc32
+
+MAGIC = b"LRDC"
+_TRAILER = struct.Struct("<4sIQ")  # magic, CRC-32 of the IPC bytes, their length
+
+
+def columns_key(schema: pa.Schema) -> str:
+    """A short hash naming a column selection (names and Arrow types)."""
+    text = "\n".join(f"{f.name}:{f.type}" for f in schema)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class DecodedCache:
+    """Decoded row groups of one dataset version and column selection (picklable: a process pool's
+    workers read and fill the same directory).
+
+    Attributes:
+        root: The directory of this version and selection.
+        max_bytes: Most bytes this reader (each process separately) adds; None: no cap.
+    """
+
+    root: str
+    max_bytes: int | None = None
+    added: int = field(default=0, compare=False)
+    hits: int = field(default=0, compare=False)
+    misses: int = field(default=0, compare=False)
+    rejected: int = field(default=0, compare=False)
+
+    @classmethod
+    def for_dataset(cls, directory: str | os.PathLike, dataset: str, version: str, schema: pa.Schema,
+                    max_bytes: int | None = None) -> DecodedCache:
+        """The cache of ``dataset``/``version`` for the columns of ``schema`` under ``directory``."""
+        return cls(os.path.join(os.fspath(directory), dataset, version, columns_key(schema)), max_bytes)
+
+    def path(self, data_file: str, row_group: int) -> str:
+        """Where a row group of a data file (its manifest-relative path) is cached."""
+        return os.path.join(self.root, f"{data_file}.rg{row_group}.arrow")
+
+    def get(self, data_file: str, row_group: int, decode: Callable[[], pa.Table]) -> pa.Table:
+        """The row group from the cache, or ``decode()``d (and cached, within the cap)."""
+        path = self.path(data_file, row_group)
+        table = self._load(path)
+        if table is not None:
+            self.hits += 1
+            return table
+        self.misses += 1
+        table = decode()
+        if self.max_bytes is None or self.added < self.max_bytes:
+            self.added += self._store(path, table)
+        return table
+
+    def _load(self, path: str) -> pa.Table | None:
+        try:
+            source = pa.memory_map(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError:
+            return self._reject(path)
+        try:
+            size = source.size()
+            if size < _TRAILER.size:
+                return self._reject(path)
+            buf = source.read_buffer(size)  # zero-copy view of the mapping
+            magic, crc, length = _TRAILER.unpack(buf.slice(size - _TRAILER.size).to_pybytes())
+            body = buf.slice(0, size - _TRAILER.size)
+            if magic != MAGIC or length != body.size or crc32(body) & 0xFFFFFFFF != crc:
+                return self._reject(path)
+            try:
+                return pa.ipc.open_file(body).read_all()
+            except (OSError, pa.ArrowException):
+                return self._reject(path)
+        finally:
+            source.close()  # tables read from a mapping keep their region mapped
+
+    def _reject(self, path: str) -> None:
+        """A cached file failed its checks: remove it (the caller decodes the Parquet again)."""
+        self.rejected += 1
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return None
+
+    def _store(self, path: str, table: pa.Table) -> int:
+        """Write ``table`` under ``path`` (temporary name, then rename); bytes written, 0 if it failed."""
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        body = sink.getvalue()
+        trailer = _TRAILER.pack(MAGIC, crc32(body) & 0xFFFFFFFF, body.size)
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.part"
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(body)
+                f.write(trailer)
+            os.replace(tmp, path)
+        except OSError:  # a full or read-only disk only costs the speed-up
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return 0
+        return body.size + len(trailer)
+
+
+__all__ = ["MAGIC", "DecodedCache", "columns_key"]

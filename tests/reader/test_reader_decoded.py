@@ -1,0 +1,101 @@
+"""The local cache of decoded row groups: later readers map instead of decoding, batches are identical,
+and a corrupt, truncated or unwritable cache never yields wrong rows."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import loader
+from loader.decoded import MAGIC, DecodedCache
+from tests.reader.conftest import POOLS
+
+
+def _batches(ds, **kw):
+    with loader.make_reader(ds, batch_size=64, seed=5, num_epochs=2, **kw) as reader:
+        out = [{k: v.copy() for k, v in b.items()} for b in reader]
+        return out, reader._ctx.decoded
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_second_reader_maps_what_the_first_decoded(mixed_cache, tmp_path, pool):
+    reference, _ = _batches(mixed_cache, pool="serial")
+    first, cache = _batches(mixed_cache, pool=pool, decoded_cache_dir=tmp_path)
+    _same(first, reference)
+    files = glob.glob(str(tmp_path / "demo" / mixed_cache.version / "*" / "*.arrow"))
+    assert len(files) == mixed_cache.num_row_groups  # every row group cached once, all selected columns
+    second, cache = _batches(mixed_cache, pool=pool, decoded_cache_dir=tmp_path)
+    _same(second, reference)
+    if pool != "process":  # process workers count in their own processes
+        assert cache.hits >= mixed_cache.num_row_groups and cache.misses == 0
+    raw = open(files[0], "rb").read()
+    assert raw[-16:-12] == MAGIC
+    table = pa.ipc.open_file(pa.py_buffer(raw[:-16])).read_all()  # plain Arrow IPC under the trailer
+    assert table.num_rows > 0
+
+
+def test_column_selections_get_their_own_files(mixed_cache, tmp_path):
+    _batches(mixed_cache, pool="serial", decoded_cache_dir=tmp_path, columns=["id"])
+    _batches(mixed_cache, pool="serial", decoded_cache_dir=tmp_path, columns=["id", "x"])
+    keys = os.listdir(tmp_path / "demo" / mixed_cache.version)
+    assert len(keys) == 2
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "garbage-trailer"])
+def test_damaged_cache_files_are_rejected_and_decoded_again(mixed_cache, tmp_path, damage):
+    reference, _ = _batches(mixed_cache, pool="serial")
+    _batches(mixed_cache, pool="serial", decoded_cache_dir=tmp_path)
+    files = sorted(glob.glob(str(tmp_path / "demo" / mixed_cache.version / "*" / "*.arrow")))
+    for path in files[:3]:
+        data = bytearray(open(path, "rb").read())
+        if damage == "flip":
+            data[len(data) // 2] ^= 0x40
+        elif damage == "truncate":
+            data = data[: len(data) - 100]
+        elif damage == "empty":
+            data = b""
+        else:
+            data[-16:-12] = b"XXXX"
+        open(path, "wb").write(bytes(data))
+    got, cache = _batches(mixed_cache, pool="serial", decoded_cache_dir=tmp_path)
+    _same(got, reference)  # never wrong rows
+    assert cache.rejected == 3 and cache.misses == 3
+    again, cache = _batches(mixed_cache, pool="serial", decoded_cache_dir=tmp_path)
+    assert cache.rejected == 0 and cache.misses == 0  # the rejected files were written again, whole
+    _same(again, reference)
+
+
+def test_cap_and_unwritable_directory(mixed_cache, tmp_path):
+    _, cache = _batches(mixed_cache, pool="serial", decoded_cache_dir=tmp_path / "none", max_decoded_bytes=0)
+    assert cache.added == 0 and not glob.glob(str(tmp_path / "none" / "**" / "*.arrow"), recursive=True)
+    _, cache = _batches(mixed_cache, pool="serial", decoded_cache_dir=tmp_path / "capped", max_decoded_bytes=1)
+    assert len(glob.glob(str(tmp_path / "capped" / "**" / "*.arrow"), recursive=True)) == 1  # stops past the cap
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    reference, _ = _batches(mixed_cache, pool="serial")
+    got, cache = _batches(mixed_cache, pool="serial", decoded_cache_dir=blocker / "sub")
+    _same(got, reference)  # an unusable directory only costs the speed-up
+    assert cache.added == 0
+    with pytest.raises(loader.ConfigError, match="max_decoded_bytes"):
+        loader.make_reader(mixed_cache, decoded_cache_dir=tmp_path, max_decoded_bytes=-1)
+
+
+def test_cache_paths_follow_dataset_version_and_selection(tmp_path):
+    schema = pa.schema([pa.field("a", pa.int64())])
+    c = DecodedCache.for_dataset(tmp_path, "shop", "v1", schema)
+    assert c.path("part-00000.parquet", 3).startswith(str(tmp_path / "shop" / "v1"))
+    assert c.path("part-00000.parquet", 3).endswith("part-00000.parquet.rg3.arrow")
+    other = DecodedCache.for_dataset(tmp_path, "shop", "v1", pa.schema([pa.field("a", pa.int32())]))
+    assert other.root != c.root
