@@ -9,6 +9,9 @@ other, in one run of this script, on caches made by ``bench/gen_data.py`` (gener
 * ``thread``   — ``make_reader(batch_size=100, shuffle=True, pool="thread")``.
 * ``serial``   — (optional) the same with ``pool="serial"``: the reader's own CPU cost without threads.
 * ``process``  — the same with ``pool="process"``.
+* ``decoded``  — ``thread`` with ``decoded_cache_dir=`` warm (filled by one untimed epoch first): what every
+  epoch after the first, and every later run on the machine, reads (mapped Arrow IPC, no Parquet decode).
+* ``decoded-cold`` — ``thread`` with an emptied ``decoded_cache_dir``: the first epoch's cost of filling it.
 * ``torch``    — (optional, ``--only ...,torch``) ``loader.torch.make_dataloader`` with 2 DataLoader workers.
 * ``tf``       — (optional, ``--only ...,tf``) ``loader.tf.make_dataset`` iterated eagerly.
 * ``thread 4x``— ``thread`` on the 4x dataset: peak RSS must not grow with the data.
@@ -221,9 +224,11 @@ def child(args) -> dict:
             from loader import make_reader
 
             kwargs = {"pool": args.mode, "workers": args.workers} if args.workers else {"pool": args.mode}
+            if args.decoded_cache:
+                kwargs["decoded_cache_dir"] = args.decoded_cache
             with make_reader(
-                ds.version_path, columns=columns, batch_size=args.batch_size, shuffle=True, seed=0, num_epochs=None,
-                **kwargs,
+                ds.version_path, columns=columns, batch_size=args.batch_size, shuffle=True, seed=0,
+                num_epochs=1 if args.epoch_only else None, **kwargs,
             ) as reader:
                 for b in reader:
                     if first is None:
@@ -318,11 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", choices=["raw", "serial", "thread", "process", "torch", "tf"],
                    help="run that child under cProfile")
     p.add_argument("--only", default=None,
-                   help="comma-separated subset of raw,thread,process,4x,first (default); also serial, torch, tf")
+                   help="comma-separated subset of raw,thread,process,4x,first (default); also serial, decoded, "
+                        "decoded-cold, torch, tf")
     p.add_argument("--repeat", type=int, default=3, help="trials per run, interleaved; the median is shown (default 3)")
     p.add_argument("--child", choices=["raw", "serial", "thread", "process", "torch", "tf"], help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--first-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--decoded-cache", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--epoch-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         args.mode = args.child
@@ -331,21 +339,36 @@ def main(argv: list[str] | None = None) -> int:
 
     caches = ensure_caches(Path(args.data), args.rows)
     wanted = set((args.only or "raw,thread,process,4x,first").split(","))
-    only = [k for k in ("raw", "serial", "thread", "process", "torch", "tf", "4x", "first") if k in wanted]
+    only = [k for k in ("raw", "serial", "thread", "process", "decoded", "decoded-cold", "torch", "tf", "4x", "first")
+            if k in wanted]
+    decoded_dir = str(Path(args.data) / "decoded")
     runs = {
         "raw": ("raw", caches["base"], ()),
         "serial": ("serial", caches["base"], ()),
         "thread": ("thread", caches["base"], ()),
         "process": ("process", caches["base"], ()),
+        "decoded": ("thread", caches["base"], ("--decoded-cache", decoded_dir)),
+        "decoded-cold": ("thread", caches["base"], ("--decoded-cache", decoded_dir + "-cold")),
         "torch": ("torch", caches["base"], ()),
         "tf": ("tf", caches["base"], ()),
         "4x": ("thread", caches["base4x"], ()),
         "first": ("thread", caches["tiny"], ("--first-only",)),
     }
     trials: dict[str, list[dict]] = {k: [] for k in only}
+    if "decoded" in only:  # fill the decoded cache: one untimed pass over every row group
+        import shutil
+
+        shutil.rmtree(decoded_dir, ignore_errors=True)
+        fill = argparse.Namespace(**{**vars(args), "iterations": 10**9})
+        fill.mode = None
+        run_child("thread", caches["base"], fill, "--decoded-cache", decoded_dir, "--epoch-only")
     for trial in range(args.repeat):  # interleaved, so a busy moment hits every run alike
         for key in only:
             mode, url, extra = runs[key]
+            if key == "decoded-cold":
+                import shutil
+
+                shutil.rmtree(decoded_dir + "-cold", ignore_errors=True)
             r = run_child(mode, url, args, *extra)
             trials[key].append(r)
             brief = {k: v for k, v in r.items() if k not in ("columns", "stats", "url")}
@@ -386,6 +409,7 @@ def print_table(results: dict[str, dict], args) -> None:
     print("-" * len(head))
     labels = {"raw": "raw pyarrow scan", "serial": "make_reader serial", "thread": "make_reader thread",
               "process": "make_reader process",
+              "decoded": "thread, decoded warm", "decoded-cold": "thread, decoded cold",
               "torch": "torch DataLoader, 2 wk", "tf": "tf.data from_generator",
               "4x": "make_reader thread 4x", "first": "first batch, 10k files"}
     for key, r in results.items():
@@ -409,7 +433,7 @@ def print_table(results: dict[str, dict], args) -> None:
     results = {k: r for k, r in results.items() if "error" not in r}
     if "raw" in results:
         base = results["raw"]["cpu_us_per_row"]
-        for key in ("serial", "thread", "process"):
+        for key in ("serial", "thread", "process", "decoded", "decoded-cold"):
             if key in results:
                 print(
                     f"CPU per row {key} / raw: {results[key]['cpu_us_per_row'] / base:.2f}x -> ratio ceiling on "
