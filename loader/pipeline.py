@@ -24,10 +24,12 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from .convert import to_numpy
 from .errors import WorkerError
 from .plan import EpochPlan, window_permutation
 from .pools import Pool
-from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN, finish_batch, read_piece
+from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN, finish_batch, read_piece, splittable, transform_batch
+from .tasks import context as tasks_context
 
 
 @dataclass
@@ -114,6 +116,7 @@ class Setup:
             producer converts them itself (cheaper than a round trip through the pool).
         cut_in_pool: Send the cutting (the gather of a batch's rows from its windows) to the pool too, with
             the conversion and transform: thread pools, whose workers share the windows' memory.
+        batches_per_task: Batches cut and finished by one task when ``cut_in_pool``.
         with_row_ids: Add ``_row_group`` / ``_row`` columns to batches.
         on_epoch: Called with each epoch's plan before its first read (e.g. to prefetch remote files).
     """
@@ -128,6 +131,7 @@ class Setup:
     prefetch: int
     finish_in_pool: bool
     cut_in_pool: bool = False
+    batches_per_task: int = 1
     with_row_ids: bool = False
     on_epoch: Callable[[EpochPlan], None] | None = None
 
@@ -337,17 +341,77 @@ def _distinct(spans, lo: int, hi: int) -> int:
     return int(np.unique(groups[0] if len(groups) == 1 else np.concatenate(groups)).size)
 
 
-def cut_and_finish(key: str, epoch: int, index: int, spans: tuple, lo: int, hi: int,
-                   with_ids: bool) -> tuple[dict, float, float, float]:
-    """Cut a batch from its windows and finish it, in a thread worker (the windows are shared memory).
+def cut_and_finish(key: str, epoch: int, group: tuple, with_ids: bool) -> list[tuple[dict, float, float, float]]:
+    """Cut batches ``(index, windows, lo, hi)`` from their windows and finish each, in a thread worker (the
+    windows are shared memory). The group's consecutive rows are gathered and converted once and split
+    into the batches (exactly the per-batch forms, each batch its own disjoint part of the memory): one set
+    of Arrow and numpy calls per task instead of per batch, which keeps the GIL free for the other workers.
 
-    Returns ``(batch, convert_s, transform_s, gather_s)``.
+    Returns one ``(batch, convert_s, transform_s, gather_s)`` per batch, in order; a batch that fails ends
+    the list with its exception (raised by the consumer after the batches before it).
     """
-    t0 = time.perf_counter()
-    rows, _ = _cut(spans, lo, hi, with_ids)
-    gathered = time.perf_counter() - t0
-    out, convert_s, transform_s = finish_batch(key, epoch, index, rows)
-    return out, convert_s, transform_s, gathered
+    out: list = []
+    if len(group) > 1 and splittable(key):
+        try:
+            t0 = time.perf_counter()
+            spans = tuple({id(w): w for _, ws, _, _ in group for w in ws}.values())
+            first, last = group[0][2], group[-1][3]
+            rows, _ = _cut(spans, first, last, with_ids)
+            t1 = time.perf_counter()
+            ctx = tasks_context(key)
+            whole = to_numpy(rows, ragged=ctx.ragged, strings=ctx.strings, masks=ctx.masks)
+            parts = split_batch(whole, [lo - first for _, _, lo, _ in group] + [last - first])
+            t2 = time.perf_counter()
+        except Exception:  # noqa: BLE001 - redo batch by batch, so the failing batch is the one reported
+            pass
+        else:
+            share = 1.0 / len(group)
+            for (index, _, _, _), part in zip(group, parts, strict=True):
+                try:
+                    batch, transform_s = transform_batch(key, epoch, index, part)
+                except Exception as e:  # the batches before it are delivered first, then this is raised
+                    out.append(e)
+                    break
+                out.append((batch, (t2 - t1) * share, transform_s, (t1 - t0) * share))
+            return out
+    for index, spans, lo, hi in group:
+        try:
+            t0 = time.perf_counter()
+            rows, _ = _cut(spans, lo, hi, with_ids)
+            gathered = time.perf_counter() - t0
+            out.append((*finish_batch(key, epoch, index, rows), gathered))
+        except Exception as e:  # the batches before it are delivered first, then this is raised
+            out.append(e)
+            break
+    return out
+
+
+def split_batch(batch: dict[str, np.ndarray], bounds: list[int]) -> list[dict[str, np.ndarray]]:
+    """Split a converted batch (offsets forms) at row ``bounds`` into the batches a per-batch conversion gives.
+
+    Row-first arrays are sliced; ``col.offsets`` (rows -> values or items) and ``col.value_offsets`` (items ->
+    values) are sliced and rebased to 0, and the flat values cut where the offsets say.
+    """
+    out: list[dict[str, np.ndarray]] = [{} for _ in bounds[:-1]]
+    for key, values in batch.items():
+        if key.endswith(".value_offsets") or (key.endswith(".offsets") and key[:-8] in batch):
+            continue  # handled with their column
+        offsets = batch.get(key + ".offsets")
+        if offsets is None:  # row-first: fixed-width, masks, object arrays, fixed-size lists
+            for part, a, b in zip(out, bounds[:-1], bounds[1:], strict=True):
+                part[key] = values[a:b]
+            continue
+        inner = batch.get(key + ".value_offsets")
+        for part, a, b in zip(out, bounds[:-1], bounds[1:], strict=True):
+            rows = offsets[a : b + 1]
+            part[key + ".offsets"] = rows - rows[0]
+            if inner is None:
+                part[key] = values[rows[0] : rows[-1]]
+            else:
+                items = inner[rows[0] : rows[-1] + 1]
+                part[key + ".value_offsets"] = items - items[0]
+                part[key] = values[items[0] : items[-1]]
+    return out
 
 
 def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats) -> Iterator[tuple]:
@@ -381,19 +445,25 @@ def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: Reader
         stats.shuffle_seconds += time.perf_counter() - t0
         while batch < plan.num_batches and end >= bounds[batch + 1]:
             t0 = time.perf_counter()
-            lo, hi = bounds[batch], bounds[batch + 1]
-            spans = _spans(segments, lo, hi)
-            distinct = _distinct(spans, lo, hi)
-            meta = (plan.epoch, batch, hi - lo, distinct)
-            if setup.cut_in_pool:
+            if setup.cut_in_pool:  # up to batches_per_task batches whose rows are buffered: one task
+                group, metas = [], []
+                while len(group) < setup.batches_per_task and batch < plan.num_batches and end >= bounds[batch + 1]:
+                    lo, hi = bounds[batch], bounds[batch + 1]
+                    spans = _spans(segments, lo, hi)
+                    group.append((batch, spans, lo, hi))
+                    metas.append((plan.epoch, batch, hi - lo, _distinct(spans, lo, hi)))
+                    batch += 1
                 stats.shuffle_seconds += time.perf_counter() - t0
-                yield meta, cut_and_finish, setup.key, plan.epoch, batch, spans, lo, hi, with_ids
+                yield tuple(metas), cut_and_finish, setup.key, plan.epoch, tuple(group), with_ids
             else:
+                lo, hi = bounds[batch], bounds[batch + 1]
+                spans = _spans(segments, lo, hi)
+                meta = (plan.epoch, batch, hi - lo, _distinct(spans, lo, hi))
                 rows, _ = _cut(spans, lo, hi, with_ids)
                 del spans
                 stats.shuffle_seconds += time.perf_counter() - t0
                 yield meta, finish_batch, setup.key, plan.epoch, batch, rows
-            batch += 1
+                batch += 1
 
 
 def produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats) -> Iterator[tuple]:
@@ -403,12 +473,21 @@ def produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats
         finished = _ahead(pool, tasks, setup.batches_ahead, stats, urgent=True)  # batches before reads
     else:
         finished = ((meta, fn(*args)) for meta, fn, *args in tasks)
-    for (e, index, n, distinct), (out, convert_s, transform_s, *gather_s) in finished:
-        stats.convert_seconds += convert_s
-        stats.transform_seconds += transform_s
-        if gather_s:
-            stats.gather_seconds += gather_s[0]
-        yield e, index, n, distinct, out
+    for meta, result in finished:
+        if setup.cut_in_pool:  # a task of several batches
+            for (e, index, n, distinct), item in zip(meta, result, strict=False):
+                if isinstance(item, BaseException):
+                    raise item
+                out, convert_s, transform_s, gather_s = item
+                stats.convert_seconds += convert_s
+                stats.transform_seconds += transform_s
+                stats.gather_seconds += gather_s
+                yield e, index, n, distinct, out
+        else:
+            (e, index, n, distinct), (out, convert_s, transform_s) = meta, result
+            stats.convert_seconds += convert_s
+            stats.transform_seconds += transform_s
+            yield e, index, n, distinct, out
 
 
 class Pipeline:

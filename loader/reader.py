@@ -301,10 +301,11 @@ class Reader(Closeable):
             shuffle=shuffle,
             num_epochs=num_epochs,
             pieces_ahead=max(workers, window) if pool != "serial" else 1,
-            batches_ahead=(max(8, 4 * workers) if pool == "thread" else max(2, workers)) if pool != "serial" else 1,
+            batches_ahead=(max(4, 2 * workers) if pool == "thread" else max(2, workers)) if pool != "serial" else 1,
             prefetch=prefetch,
             finish_in_pool=pool != "serial" and transform is not None,
             cut_in_pool=pool == "thread",
+            batches_per_task=4 if pool == "thread" else 1,
             with_row_ids=with_row_ids,
             on_epoch=_PrefetchHint(ds, self._ctx.locations) if getattr(ds, "file_cache", None) else None,
         )

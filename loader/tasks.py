@@ -83,6 +83,11 @@ def install(ctx: ReadContext) -> None:
     _CONTEXTS[ctx.key] = ctx
 
 
+def context(key: str) -> ReadContext:
+    """The registered context of a reader in this process."""
+    return _CONTEXTS[key]
+
+
 def uninstall(key: str) -> None:
     """Forget a reader's context in this process, and close its row-group streams."""
     _CONTEXTS.pop(key, None)
@@ -277,9 +282,27 @@ def finish_batch(key: str, epoch: int, index: int, table: pa.Table | pa.RecordBa
     ctx = _CONTEXTS[key]
     t0 = time.perf_counter()
     batch = to_numpy(table, ragged=ctx.ragged, strings=ctx.strings, masks=ctx.masks)
-    t1 = time.perf_counter()
+    convert_s = time.perf_counter() - t0
+    out, transform_s = transform_batch(key, epoch, index, batch)
+    return out, convert_s, transform_s
+
+
+def splittable(key: str) -> bool:
+    """True if batches converted together can be split into exactly the per-batch forms (the offsets forms;
+    padded columns depend on each batch's longest row)."""
+    return _CONTEXTS[key].ragged == "offsets"
+
+
+def transform_batch(key: str, epoch: int, index: int, batch: dict) -> tuple[dict, float]:
+    """Apply the reader's transform (if any) to a converted batch; returns ``(batch, transform_s)``.
+
+    Raises:
+        TransformError: As :func:`finish_batch`.
+    """
+    ctx = _CONTEXTS[key]
     if ctx.transform is None:
-        return batch, t1 - t0, 0.0
+        return batch, 0.0
+    t1 = time.perf_counter()
     name = getattr(ctx.transform, "__qualname__", repr(ctx.transform))
     try:
         if ctx.transform_takes_rng:
@@ -292,7 +315,7 @@ def finish_batch(key: str, epoch: int, index: int, table: pa.Table | pa.RecordBa
             f"transform {name} raised {type(e).__name__}: {e} (epoch {epoch}, batch {index})\n\n"
             f"transform traceback:\n{text}"
         ) from e
-    return check_output(out, name), t1 - t0, time.perf_counter() - t1
+    return check_output(out, name), time.perf_counter() - t1
 
 
 def check_output(out, name: str) -> dict:
@@ -319,4 +342,5 @@ def check_output(out, name: str) -> dict:
     return dict(out)
 
 
-__all__ = ["ROW_COLUMN", "ROW_GROUP_COLUMN", "ReadContext", "finish_batch", "install", "read_piece", "takes_rng"]
+__all__ = ["ROW_COLUMN", "ROW_GROUP_COLUMN", "ReadContext", "finish_batch", "install", "read_piece", "splittable",
+           "takes_rng", "transform_batch"]
