@@ -198,6 +198,7 @@ class _Window(NamedTuple):
     ids: np.ndarray | None  # row of each row in its row group (only when the reader keeps row ids)
     schema: pa.Schema | None = None  # the batch schema when ``rows`` holds view columns
     views: frozenset = frozenset()  # columns of ``rows`` held as binary views
+    local: np.ndarray | None = None  # piece of each row, stream order (None: two pieces share a row group)
 
     @property
     def stop(self) -> int:
@@ -228,7 +229,12 @@ def _window(parts: list, setup: Setup, plan: EpochPlan, w_index: int, first: int
     batch is then one gather of its rows. An unshuffled window is kept as read and cut in zero-copy slices.
     """
     table = pa.concat_tables([t for t, _, _ in parts])
-    groups = np.repeat(np.array([g for _, g, _ in parts], dtype=np.int64), [t.num_rows for t, _, _ in parts])
+    piece_groups = [g for _, g, _ in parts]
+    sizes = [t.num_rows for t, _, _ in parts]
+    groups = np.repeat(np.array(piece_groups, dtype=np.int64), sizes)
+    # Pieces of distinct row groups (the usual case): a batch's distinct row groups are its distinct pieces,
+    # counted with a bincount of small piece numbers instead of a sort.
+    local = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes) if len(set(piece_groups)) == len(sizes) else None
     ids = np.concatenate([i for _, _, i in parts]) if with_ids else None
     parts.clear()  # the window's table holds the pieces now: let _combine release them column by column
     perm = window_permutation(
@@ -239,12 +245,13 @@ def _window(parts: list, setup: Setup, plan: EpochPlan, w_index: int, first: int
         del table
         combined, views = _combine(columns)
         groups = groups[perm]
+        local = local[perm] if local is not None else None
         ids = ids[perm] if with_ids else None
         if views:
             rows = pa.RecordBatch.from_arrays(combined, names=schema.names)
-            return _Window(rows, perm, first, groups, ids, schema, frozenset(views))
-        return _Window(pa.RecordBatch.from_arrays(combined, schema=schema), perm, first, groups, ids)
-    return _Window(table, perm, first, groups, ids)
+            return _Window(rows, perm, first, groups, ids, schema, frozenset(views), local)
+        return _Window(pa.RecordBatch.from_arrays(combined, schema=schema), perm, first, groups, ids, local=local)
+    return _Window(table, perm, first, groups, ids, local=local)
 
 
 _VIEW_MIN_BYTES = 1 << 20  # smaller columns are concatenated by Arrow (cheap), larger ones viewed
@@ -337,6 +344,9 @@ def _spans(segments: deque, lo: int, hi: int) -> tuple[_Window, ...]:
 
 def _distinct(spans, lo: int, hi: int) -> int:
     """Distinct row groups among the rows ``[lo, hi)``."""
+    if len(spans) == 1 and spans[0].local is not None:
+        w = spans[0]
+        return int(np.count_nonzero(np.bincount(w.local[lo - w.first : hi - w.first])))
     groups = [w.groups[max(lo, w.first) - w.first : min(hi, w.stop) - w.first] for w in spans]
     return int(np.unique(groups[0] if len(groups) == 1 else np.concatenate(groups)).size)
 
