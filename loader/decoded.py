@@ -117,26 +117,31 @@ class DecodedCache:
         return None
 
     def _store(self, path: str, table: pa.Table) -> int:
-        """Write ``table`` under ``path`` (temporary name, then rename); bytes written, 0 if it failed."""
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        body = sink.getvalue()
-        trailer = _TRAILER.pack(MAGIC, crc32(body) & 0xFFFFFFFF, body.size)
+        """Write ``table`` under ``path`` (temporary name, then rename); bytes written, 0 if it failed.
+
+        The IPC bytes go straight to the file; their CRC-32 is taken from the written file (page cache)."""
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.part"
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(body)
-                f.write(trailer)
+            with pa.OSFile(tmp, "wb") as sink:
+                with pa.ipc.new_file(sink, table.schema) as writer:
+                    writer.write_table(table)
+                length = sink.tell()
+            written = pa.memory_map(tmp)
+            try:
+                crc = crc32(written.read_buffer(length)) & 0xFFFFFFFF
+            finally:
+                written.close()
+            with open(tmp, "ab") as f:
+                f.write(_TRAILER.pack(MAGIC, crc, length))
             os.replace(tmp, path)
-        except OSError:  # a full or read-only disk only costs the speed-up
+        except (OSError, pa.ArrowException):  # a full or read-only disk only costs the speed-up
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
             return 0
-        return body.size + len(trailer)
+        return length + _TRAILER.size
 
 
 __all__ = ["MAGIC", "DecodedCache", "columns_key"]
