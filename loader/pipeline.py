@@ -2,13 +2,15 @@
 
 One producer (a background thread started at the first ``next``, or the caller itself for the serial
 pool) walks the epoch plans in order. It keeps a bounded number of piece reads in flight on the pool (one
-stream of reads across epochs, so an epoch boundary does not stall), makes each window's pieces one
-contiguous record batch, gathers each planned batch's rows from it in the order of the window's
-permutation (one Arrow ``take`` per batch, vectorised; a batch may span two windows), and converts each
-batch to numpy, sending it to the pool when there is a transform to run. Finished batches wait in a
-bounded ready queue. Results are consumed in submission order, so the output does not depend on which
-worker ran what. Errors from workers or the producer travel through the queue as data and are raised in
-the consumer.
+stream of reads across epochs, so an epoch boundary does not stall) and assembles each window from its
+pieces: small columns made contiguous, large string / binary columns kept as views over the pieces'
+buffers. Each planned batch is then the window's rows in the order of the window's permutation (a batch
+may span two windows), gathered with one Arrow ``take`` (plus one copy of the viewed bytes) and converted
+to numpy. On a thread pool the gathers and conversions run in the workers, several consecutive batches
+per task (gathered and converted together, then split), ahead of queued reads; otherwise the producer
+gathers, and converts unless there is a transform to run in the pool. Finished batches wait in a bounded
+ready queue. Results are consumed in submission order, so the output does not depend on which worker ran
+what. Errors from workers or the producer travel through the queue as data and are raised in the consumer.
 """
 
 from __future__ import annotations
