@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loader.convert import to_numpy
-from loader.pipeline import split_batch
+from loader.window import split_batch
 
 
 def _table(n: int, seed: int) -> pa.Table:

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 import loader
-from loader import pipeline
-from loader.pipeline import _as_views, _take_views
+from loader import window
+from loader.window import _as_views, _take_views
 from tests.reader.conftest import POOLS
 
 
@@ -71,7 +71,7 @@ def test_batches_through_views_are_exact_and_deterministic(big_values_cache, poo
     ds = big_values_cache
     assert ds.num_row_groups >= 20
     calls = []
-    monkeypatch.setattr(pipeline, "_as_views", lambda c: calls.append(r := _as_views(c)) or r)
+    monkeypatch.setattr(window, "_as_views", lambda c: calls.append(r := _as_views(c)) or r)
     whole = pa.concat_tables([ds.read_row_group(f, i) for f in ds.files for i in range(len(f.row_groups))])
     blobs, texts = whole.column("blob").to_pylist(), whole.column("text").to_pylist()
 
