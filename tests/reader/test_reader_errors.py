@@ -182,3 +182,24 @@ def test_state_from_another_version_or_setting_is_refused(tmp_path, mixed_cache)
     r = loader.make_reader(mixed_cache, batch_size=100, seed=1, pool="serial", workers=1)
     r.load_state_dict(state)
     assert r.epoch == 0
+
+
+def fail_at_batch_6(batch, rng):
+    if int(batch["id"][0]) == fail_at_batch_6.first_of_6:
+        raise RuntimeError("batch 6 is bad")
+    return batch
+
+
+@pytest.mark.parametrize("pool", ["serial", "thread"])
+def test_the_batches_before_a_failing_one_are_delivered_first(mixed_cache, pool):
+    """Thread workers finish several batches per task: a failure in the middle of a task still reaches the
+    consumer exactly at the failing batch, after every batch before it."""
+    reference = [b["id"].copy() for b in loader.make_reader(mixed_cache, batch_size=30, pool="serial", seed=4)]
+    fail_at_batch_6.first_of_6 = int(reference[6][0])
+    got = []
+    reader = loader.make_reader(mixed_cache, batch_size=30, pool=pool, seed=4, transform=fail_at_batch_6)
+    with pytest.raises(TransformError, match=r"batch 6 is bad.*\(epoch 0, batch 6\)"):
+        for b in reader:
+            got.append(b["id"].copy())
+    assert len(got) == 6 and all(np.array_equal(a, b) for a, b in zip(got, reference, strict=False))
+    reader.close()
