@@ -9,7 +9,10 @@ Measured in one run, on the same machine and data (figures, never pass/fail):
 2. ``plain``: ``df.write.parquet`` of the same selection (same columns and filter, zstd) — the floor;
    and ``df.repartition(n).write.parquet`` — the floor for any job that decorrelates rows across files;
 3. ``larder``: the whole job (validation, fingerprint, vocabulary, sizing sample, decorrelating shuffle,
-   footer verification, checksums, manifest, atomic publish), forced; ratio to ``plain`` (target <= 1.3);
+   footer verification, checksums, manifest, atomic publish), forced; ratio to ``plain`` (target <= 1.3),
+   and the ratio of its decorrelating write alone (shuffle + in-file order + Parquet) to ``plain``. The
+   first run sizes from a shuffled sample; later runs reuse the bytes per row measured in the previous
+   version when the selection still looks the same (``extra.sizing.estimate_from``);
 4. the row-group fill distribution of the published cache (min / median / max of the block);
 5. time from process start to the first batch: a fresh Python process with ``loader.make_reader`` on the
    cache vs a fresh process that starts a SparkSession and reads the same table (``limit(batch)``, the
@@ -94,20 +97,44 @@ def main() -> None:
     plain_dir = os.path.join(args.data, "plain")
     times: dict[str, list[float]] = {"plain": [], "shuffled": [], "job": []}
     result = None
+    writes: list[float] = []  # the decorrelating write(s) alone, from each run's manifest
+    estimates: list[str] = []  # where each run's bytes per row came from
+
+    cpu: dict[str, list[float]] = {k: [] for k in times}  # CPU seconds of this process and the JVM
+    jvm_pid = int(spark._jvm.java.lang.ProcessHandle.current().pid())
+
+    def cpu_seconds() -> float:
+        """User + system CPU of the driver JVM (which runs the local executors) and of this process:
+        far less sensitive than wall time to the other load on a shared machine."""
+        try:
+            with open(f"/proc/{jvm_pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            jvm_cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:  # not Linux
+            jvm_cpu = 0.0
+        return jvm_cpu + sum(os.times()[:2])
 
     def timed(kind: str, action) -> None:
         shutil.rmtree(plain_dir, ignore_errors=True)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         action()
         times[kind].append(time.perf_counter() - t)
-        print(f"{kind}: {times[kind][-1]:.1f}s", flush=True)
+        cpu[kind].append(cpu_seconds() - c)
+        print(f"{kind}: {times[kind][-1]:.1f}s, {cpu[kind][-1]:.1f} CPU s", flush=True)
+
+    import loader
 
     for _ in range(args.repeat):  # interleaved, so load from elsewhere hits all contenders alike
         timed("plain", lambda: selection.write.option("compression", "zstd").parquet(plain_dir))
         plain_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(plain_dir) for f in fs)
+        c = cpu_seconds()
         result = run(cfg, spark, force=True, log=lambda m: print(f"  {m}", flush=True))
         times["job"].append(result.seconds)
-        print(f"job: {result.seconds:.1f}s", flush=True)
+        cpu["job"].append(cpu_seconds() - c)
+        attempts = loader.open_dataset(os.path.join(cfg.output.root, cfg.name)).manifest.extra["sizing"]["attempts"]
+        writes.append(sum(a.get("write_seconds", 0) for a in attempts))
+        estimates.append(attempts[0].get("estimate_from", "?"))
+        print(f"job: {result.seconds:.1f}s, {cpu['job'][-1]:.1f} CPU s", flush=True)
         timed(
             "shuffled",
             lambda n=result.files: selection.repartition(n).write.option("compression", "zstd").parquet(plain_dir),
@@ -118,8 +145,6 @@ def main() -> None:
         jvm.java.sql.DriverManager.getConnection("jdbc:derby:;shutdown=true")
     except Exception:  # noqa: BLE001 - Derby reports a successful shutdown as an SQLException
         pass
-
-    import loader
 
     ds = loader.open_dataset(os.path.join(cfg.output.root, cfg.name))
     fills = sorted(g.compressed_bytes / ds.manifest.block_size for f in ds.files for g in f.row_groups)
@@ -160,6 +185,13 @@ def main() -> None:
         ("larder job, forced (s)", f"{job:.1f}"),
         ("ratio job / plain (target <= 1.3), per run", " ".join(f"{r:.2f}" for r in ratios)),
         ("ratio job / repartition(n)+write, per run", " ".join(f"{r:.2f}" for r in ratios_shuffled)),
+        ("CPU seconds plain / repartition(n) / job, medians",
+         " / ".join(f"{statistics.median(cpu[k]):.1f}" for k in ("plain", "shuffled", "job"))),
+        ("CPU ratio job / plain, per run",
+         " ".join(f"{j / p:.2f}" for j, p in zip(cpu["job"], cpu["plain"], strict=True))),
+        ("ratio decorrelating write alone / plain, per run",
+         " ".join(f"{w / p:.2f}" for w, p in zip(writes, times["plain"], strict=True))),
+        ("bytes/row estimate from, per run", " ".join("sample" if e == "sample" else "previous" for e in estimates)),
         (f"row-group fill of {args.block}: min / median / max",
          f"{fills[0]:.3f} / {statistics.median(fills):.3f} / {fills[-1]:.3f}"),
         ("first batch, loader (s, best of 3)", f"{first_loader:.2f}"),
