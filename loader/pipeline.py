@@ -135,12 +135,16 @@ class Setup:
 
 def _ahead(pool: Pool, tasks: Iterator[tuple], ahead: int, stats: ReaderStats,
            urgent: bool = False) -> Iterator[tuple]:
-    """Submit ``(meta, fn, *args)`` tasks keeping ``ahead`` in flight; yield ``(meta, result)`` in order."""
+    """Submit ``(meta, fn, *args)`` tasks keeping ``ahead`` in flight; yield ``(meta, result)`` in order, each
+    as soon as it is ready (a result is never held back to fill the lookahead). Urgent tasks (batches) wait
+    for the very first result before submitting more, so the first batch is not queued behind read-ahead."""
     pending: deque = deque()
+    first = urgent
     try:
         for meta, fn, *args in tasks:
             pending.append((meta, pool.submit(fn, *args, urgent=urgent)))
-            while len(pending) >= ahead:
+            while pending and (len(pending) >= ahead or pending[0][1].done() or first):
+                first = False
                 meta0, handle = pending.popleft()
                 t0 = time.perf_counter()
                 result = handle.result()

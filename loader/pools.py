@@ -59,6 +59,10 @@ class Handle:
         """Cancel the task if it has not started; True if cancelled."""
         return False
 
+    def done(self) -> bool:
+        """True if the result is ready (``result()`` would not wait); lazy handles say False."""
+        return False
+
 
 class Pool:
     """Base of the pools: a context manager with ``submit`` and ``close``."""
@@ -120,6 +124,9 @@ class SerialPool(Pool):
 class _FutureHandle(Handle):
     def __init__(self, future: Future):
         self._future = future
+
+    def done(self) -> bool:
+        return self._future.done()
 
     def result(self) -> Any:
         return self._future.result()
@@ -237,6 +244,9 @@ class _ProcessHandle(Handle):
     def __init__(self, pool: ProcessPool, future: Future, segments: list[str]):
         self._pool, self._future, self._segments = pool, future, segments
         self._taken = False
+
+    def done(self) -> bool:
+        return self._future.done()
 
     def result(self) -> Any:
         try:

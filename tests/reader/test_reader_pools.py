@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from concurrent.futures import CancelledError
 
 import numpy as np
@@ -135,3 +136,14 @@ def test_thread_pool_runs_urgent_tasks_first_and_cancels_queued_ones_on_close():
     assert not [t for t in threading.enumerate() if t.name.startswith("larder-worker")]
     with pytest.raises(RuntimeError, match="closed pool"):
         pool.submit(order.append, "late")
+
+
+def test_handles_say_when_their_result_is_ready():
+    for kind in ("thread", "process"):
+        with make_pool(kind, 1) as pool:
+            gate = pool.submit(time.sleep, 0.3)
+            assert not gate.done()
+            gate.result()
+            assert gate.done()
+    with make_pool("serial", 1) as pool:
+        assert not pool.submit(int, 3).done()  # lazy: it runs when its result is asked for
