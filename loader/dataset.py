@@ -236,11 +236,13 @@ class Dataset:
             chunks = self._leaf_columns(columns, rg.num_columns)
             if local is not None:
                 # Local files (and local cache copies, which are immutable once renamed into place) are mapped:
-                # the checksum and the decoder read the page cache directly, with no private copy.
+                # the checksum and the decoder read the page cache directly, with no private copy. (Data files
+                # are never rewritten in place; truncating one while it is read would fault the reader.)
                 source = pa.memory_map(local)
-                if source.size() != info.size:
+                mapped = source.size()
+                if mapped != info.size:
                     source.close()
-                    raise CorruptFileError(f"{where}: {source.size()} bytes, the manifest says {info.size}", where)
+                    raise CorruptFileError(f"{where}: {mapped} bytes, the manifest says {info.size}", where)
             else:
                 # One buffer the size of the file, filled only at the chunks read: untouched pages cost no memory.
                 buf = pa.allocate_buffer(info.size)
