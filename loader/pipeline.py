@@ -192,6 +192,7 @@ def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: Reader
     plans: deque = deque()
     plan = None
     with_ids = setup.with_row_ids
+    started = False
     for (ep, w_index, last_piece, group), (table, seconds, decoded, ids) in _ahead(
         pool, _piece_tasks(setup, epoch, batch, plans), setup.pieces_ahead, stats
     ):
@@ -216,7 +217,9 @@ def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: Reader
             t0 = time.perf_counter()
             if setup.cut_in_pool:  # up to batches_per_task batches whose rows are buffered: one task
                 group, metas = [], []
-                while len(group) < setup.batches_per_task and batch < plan.num_batches and end >= bounds[batch + 1]:
+                limit = setup.batches_per_task if started else 1  # the very first batch alone: it comes sooner
+                started = True
+                while len(group) < limit and batch < plan.num_batches and end >= bounds[batch + 1]:
                     lo, hi = bounds[batch], bounds[batch + 1]
                     spans = spans_of(segments, lo, hi)
                     group.append((batch, spans, lo, hi))

@@ -11,7 +11,7 @@ row groups (at most 64 unless ``shuffle_buffer`` asks for more). At the peak the
 windows' worth: the reads in flight (one window ahead), the window being assembled (its small columns made
 contiguous, its large string / binary columns kept as views over the pieces' own buffers, not copied), and
 the previous window while its last batches are cut; the ready queue holds up to an eighth of the budget in
-batches. Each batch is gathered from its window once (an Arrow ``take``, and for viewed columns one copy
+batches, and thread workers have at most as many again in hand (tasks of up to a quarter of the queue). Each batch is gathered from its window once (an Arrow ``take``, and for viewed columns one copy
 of the rows' bytes straight from the pieces), in the thread pool's workers, so gathers run in parallel;
 the window is never copied in shuffled order. Row groups larger than a window's share (the usual case for
 block-sized row groups and a small budget) are streamed: each is decoded once, front to back, by a
@@ -305,7 +305,7 @@ class Reader(Closeable):
             prefetch=prefetch,
             finish_in_pool=pool != "serial" and transform is not None,
             cut_in_pool=pool == "thread",
-            batches_per_task=4 if pool == "thread" else 1,
+            batches_per_task=max(1, min(16, prefetch // 4)) if pool == "thread" else 1,
             with_row_ids=with_row_ids,
             on_epoch=_PrefetchHint(ds, self._ctx.locations) if getattr(ds, "file_cache", None) else None,
         )
