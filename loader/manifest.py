@@ -159,7 +159,11 @@ class Manifest:
         try:
             schema_doc = _get(doc, "schema", dict, where)
             arrow_schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(schema_doc["arrow_ipc_base64"])))
-            files = tuple(_file_from_doc(f, i, where) for i, f in enumerate(_get(doc, "files", list, where)))
+            docs = _get(doc, "files", list, where)
+            try:
+                files = _files_fast(docs, where)
+            except (KeyError, TypeError, ValueError, IndexError):  # entry by entry: the error names the key
+                files = tuple(_file_from_doc_checked(f, i, where) for i, f in enumerate(docs))
             manifest = cls(
                 format_version=version,
                 dataset=_get(doc, "dataset", str, where),
@@ -244,34 +248,50 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def _file_from_doc(doc: dict, index: int, where: str) -> FileInfo:
-    """One file entry; well-formed entries take a fast path, anything else the checking one (which names
-    the key at fault)."""
+    """One file entry (the checking path for single entries)."""
     try:
+        return _files_fast([doc], where, index)[0]
+    except (KeyError, TypeError, ValueError, IndexError):
+        return _file_from_doc_checked(doc, index, where)
+
+
+def _files_fast(docs: list, where: str, first: int = 0) -> tuple[FileInfo, ...]:
+    """Well-formed file entries, parsed with their checks done in bulk; anything unexpected raises KeyError,
+    TypeError or ValueError, and the caller parses entry by entry to name the key at fault. Paths are
+    checked here, with their own error."""
+    files, sums = [], []
+    for index, doc in enumerate(docs, first):
         path, size, rows, footer_size = doc["path"], doc["size"], doc["num_rows"], doc["footer_size"]
         checksum, footer_checksum, entries = doc["checksum"], doc["footer_checksum"], doc["row_groups"]
         if not (type(path) is str and type(size) is int and type(rows) is int and type(footer_size) is int
                 and type(checksum) is str and type(footer_checksum) is str and type(entries) is list):
             raise TypeError
-        groups = tuple(_row_group_fast(g) for g in entries)
-        if rows != sum(g.num_rows for g in groups) or size < 0 or footer_size > size:
-            raise TypeError
-    except (KeyError, TypeError, ValueError):
-        return _file_from_doc_checked(doc, index, where)
-    return FileInfo(path=check_relative_path(path, f"{where} files[{index}]"), size=size, checksum=checksum,
-                    footer_checksum=footer_checksum, footer_size=footer_size, num_rows=rows, row_groups=groups)
-
-
-def _row_group_fast(entry: list) -> RowGroupInfo:
-    """A well-formed row-group entry, or TypeError / ValueError for the checking path to explain."""
-    if type(entry) is not list or len(entry) not in (3, 4) or not all(type(x) is int for x in entry[:3]):
-        raise TypeError
-    sums = ()
-    if len(entry) == 4:
-        sums = tuple(entry[3])
-        if not sums or set(map(type, sums)) != {str} or set(map(len, sums)) != {8} or \
-                not _HEX_DIGITS.issuperset("".join(sums)):
+        groups, total = [], 0
+        for g in entries:
+            if type(g) is not list or not (type(g[0]) is int and type(g[1]) is int and type(g[2]) is int):
+                raise TypeError
+            if len(g) == 4:
+                chunk_sums = tuple(g[3])
+                if not chunk_sums:
+                    raise ValueError
+                sums.append(chunk_sums)
+            elif len(g) == 3:
+                chunk_sums = ()
+            else:
+                raise ValueError
+            groups.append(RowGroupInfo(g[0], g[1], g[2], chunk_sums))
+            total += g[0]
+        if rows != total or size < 0 or footer_size > size:
             raise ValueError
-    return RowGroupInfo(entry[0], entry[1], entry[2], sums)
+        files.append(FileInfo(path=check_relative_path(path, f"{where} files[{index}]") if not
+                              _PLAIN_PATH.fullmatch(path) else path, size=size, checksum=checksum,
+                              footer_checksum=footer_checksum, footer_size=footer_size, num_rows=rows,
+                              row_groups=tuple(groups)))
+    flat = [x for t in sums for x in t]
+    joined = "".join(flat)  # TypeError unless every checksum is a string
+    if flat and (set(map(len, flat)) != {8} or not _HEX_DIGITS.issuperset(joined)):
+        raise ValueError
+    return tuple(files)
 
 
 def _file_from_doc_checked(doc: dict, index: int, where: str) -> FileInfo:

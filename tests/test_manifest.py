@@ -273,3 +273,17 @@ def test_malformed_file_entries_name_the_key(tmp_path):
             file_from_doc({**good, key: value})
     with pytest.raises(ManifestError, match="missing key 'checksum'"):
         file_from_doc({k: v for k, v in good.items() if k != "checksum"})
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda f: f["row_groups"][0][3].__setitem__(0, "nothex!!"), "checksums should be 8-hex-digit"),
+    (lambda f: f["row_groups"][0].__setitem__(0, "12"), r"files\[3\]"),
+    (lambda f: f.pop("footer_size"), "missing key 'footer_size'"),
+    (lambda f: f.__setitem__("num_rows", f["num_rows"] + 1), "inconsistent"),
+])
+def test_one_bad_entry_among_many_is_named(cache, damage, needle):
+    """Entries are parsed in bulk; one malformed entry sends the manifest through the checking path, whose
+    error names it."""
+    _edit_manifest(cache, lambda doc: damage(doc["files"][3]))
+    with pytest.raises(ManifestError, match=needle):
+        loader.open_dataset(cache.version_path)
