@@ -11,9 +11,10 @@ row groups (at most 64 unless ``shuffle_buffer`` asks for more). At the peak the
 windows' worth: the reads in flight (one window ahead), the window being assembled (its small columns made
 contiguous, its large string / binary columns kept as views over the pieces' own buffers, not copied), and
 the previous window while its last batches are cut; the ready queue holds up to an eighth of the budget in
-batches, and thread workers have at most as many again in hand (tasks of up to a quarter of the queue). Each batch is gathered from its window once (an Arrow ``take``, and for viewed columns one copy
-of the rows' bytes straight from the pieces), in the thread pool's workers, so gathers run in parallel;
-the window is never copied in shuffled order. Row groups larger than a window's share (the usual case for
+batches, and thread workers have at most as many again in hand (tasks of up to a quarter of the queue).
+Each batch is gathered from its window once (an Arrow ``take``, and for viewed columns one copy of the
+rows' bytes straight from the pieces), in the thread pool's workers, so gathers run in parallel; the window
+is never copied in shuffled order. Row groups larger than a window's share (the usual case for
 block-sized row groups and a small budget) are streamed: each is decoded once, front to back, by a
 ``ParquetFile.iter_batches`` stream kept open between tasks (opened without pre-buffering), and each window
 takes one slice from each of up to 8 such streams, so batches still mix row groups. Peak memory follows the
