@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -356,8 +357,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     trials: dict[str, list[dict]] = {k: [] for k in only}
     if "decoded" in only:  # fill the decoded cache: one untimed pass over every row group
-        import shutil
-
         shutil.rmtree(decoded_dir, ignore_errors=True)
         fill = argparse.Namespace(**{**vars(args), "iterations": 10**9})
         fill.mode = None
@@ -366,8 +365,6 @@ def main(argv: list[str] | None = None) -> int:
         for key in only:
             mode, url, extra = runs[key]
             if key == "decoded-cold":
-                import shutil
-
                 shutil.rmtree(decoded_dir + "-cold", ignore_errors=True)
             r = run_child(mode, url, args, *extra)
             trials[key].append(r)

@@ -283,10 +283,9 @@ def _files_fast(docs: list, where: str, first: int = 0) -> tuple[FileInfo, ...]:
             total += g[0]
         if rows != total or size < 0 or footer_size > size:
             raise ValueError
-        files.append(FileInfo(path=check_relative_path(path, f"{where} files[{index}]") if not
-                              _PLAIN_PATH.fullmatch(path) else path, size=size, checksum=checksum,
-                              footer_checksum=footer_checksum, footer_size=footer_size, num_rows=rows,
-                              row_groups=tuple(groups)))
+        files.append(FileInfo(path=check_relative_path(path, f"{where} files[{index}]"), size=size,
+                              checksum=checksum, footer_checksum=footer_checksum, footer_size=footer_size,
+                              num_rows=rows, row_groups=tuple(groups)))
     flat = [x for t in sums for x in t]
     joined = "".join(flat)  # TypeError unless every checksum is a string
     if flat and (set(map(len, flat)) != {8} or not _HEX_DIGITS.issuperset(joined)):

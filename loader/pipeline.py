@@ -133,13 +133,14 @@ class Setup:
     on_epoch: Callable[[EpochPlan], None] | None = None
 
 
-def _ahead(pool: Pool, tasks: Iterator[tuple], ahead: int, stats: ReaderStats,
-           urgent: bool = False) -> Iterator[tuple]:
+def _ahead(pool: Pool, tasks: Iterator[tuple], ahead: int, stats: ReaderStats, urgent: bool = False,
+           wait_first: bool = False) -> Iterator[tuple]:
     """Submit ``(meta, fn, *args)`` tasks keeping ``ahead`` in flight; yield ``(meta, result)`` in order, each
-    as soon as it is ready (a result is never held back to fill the lookahead). Urgent tasks (batches) wait
-    for the very first result before submitting more, so the first batch is not queued behind read-ahead."""
+    as soon as it is ready (a result is never held back to fill the lookahead). ``urgent`` tasks go ahead
+    of the pool's queued ones; with ``wait_first`` the first result is awaited before more are submitted
+    (the first batch is not queued behind read-ahead)."""
     pending: deque = deque()
-    first = urgent
+    first = wait_first
     try:
         for meta, fn, *args in tasks:
             pending.append((meta, pool.submit(fn, *args, urgent=urgent)))
@@ -242,7 +243,7 @@ def produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats
     """Yield ``(epoch, index, rows, distinct_groups, batch_dict)`` from position ``(epoch, batch)`` on."""
     tasks = _batch_tasks(setup, pool, epoch, batch, stats)
     if setup.finish_in_pool or setup.cut_in_pool:
-        finished = _ahead(pool, tasks, setup.batches_ahead, stats, urgent=True)  # batches before reads
+        finished = _ahead(pool, tasks, setup.batches_ahead, stats, urgent=True, wait_first=True)  # before reads
     else:
         finished = ((meta, fn(*args)) for meta, fn, *args in tasks)
     for meta, result in finished:
