@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import numpy.random  # noqa: F401 - numpy imports it lazily on first use (~15 ms), which would delay the first batch
 
 # Distinct stream tags so the different random draws of one (seed, epoch) are independent.
 _TAG_ORDER = 0x6F72

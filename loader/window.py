@@ -15,6 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+import numpy.ma  # noqa: F401 - pa.array(ndarray) looks it up; numpy imports it lazily (~5 ms, first batch)
 import pyarrow as pa
 
 from .convert import to_numpy
