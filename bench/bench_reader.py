@@ -22,7 +22,8 @@ Printed per run: samples/s (rows over the time from before open to the last batc
 time to first batch, peak RSS (``VmHWM`` of the measuring process, plus the sampled peak of the sum over
 its process tree, which counts process-pool workers), row groups mixed per batch (distinct source row
 groups among a batch's rows, from ``product_id``, which ``gen_data`` writes in row order), and CPU time per
-row (the measuring process plus its sampled descendants): on a shared machine the wall-clock figures swing
+row (the measuring process plus its sampled descendants, closing included), and the time the reader takes to
+close after the last batch (stopping its workers; not in samples/s): on a shared machine the wall-clock figures swing
 with other load, CPU per row much less, and ``2 × raw CPU / reader CPU`` bounds the ratio two cores allow.
 
 Targets on the 2-core dev machine: ratio >= 1.5 with >= 8 row groups per batch; first batch <= 0.3 s on
@@ -177,7 +178,7 @@ def child(args) -> dict:
 
         from loader.tf import make_dataset
     mixes, rows, batches = [], 0, 0
-    first = None
+    first = last = None
     own0 = resource.getrusage(resource.RUSAGE_SELF)
     with TreeRss() as tree:
         t0 = time.perf_counter()
@@ -192,6 +193,7 @@ def child(args) -> dict:
                     rows += len(b["product_id"])
                     mixes.append(_mixing(b["product_id"], cum_rows))
                     batches += 1
+                    last = time.perf_counter()
                     if batches >= args.iterations:
                         done = True
                         break
@@ -208,6 +210,7 @@ def child(args) -> dict:
                 rows += len(ids)
                 mixes.append(_mixing(ids, cum_rows))
                 batches += 1
+                last = time.perf_counter()
                 if batches >= args.iterations:
                     break
             del it  # shuts the DataLoader workers down (reaped before the CPU count below)
@@ -221,6 +224,7 @@ def child(args) -> dict:
                 rows += len(ids)
                 mixes.append(_mixing(ids, cum_rows))
                 batches += 1
+                last = time.perf_counter()
         else:
             from loader import make_reader
 
@@ -237,15 +241,19 @@ def child(args) -> dict:
                         if args.first_only:
                             rows = len(b["product_id"])
                             batches = 1
+                            last = time.perf_counter()
                             break
                     rows += len(b["product_id"])
                     mixes.append(_mixing(b["product_id"], cum_rows))
                     batches += 1
+                    last = time.perf_counter()
                     if batches >= args.iterations:
                         break
                 stats = getattr(reader, "stats", None)
                 stats = stats() if callable(stats) else stats
-        elapsed = time.perf_counter() - t0
+        ended = time.perf_counter()
+    last = ended if last is None else last
+    elapsed = last - t0  # to the last batch, as documented; closing the reader is timed apart (close_s)
     own = resource.getrusage(resource.RUSAGE_SELF)
     cpu = own.ru_utime + own.ru_stime - own0.ru_utime - own0.ru_stime + tree.descendants_cpu_s
     return {
@@ -256,6 +264,7 @@ def child(args) -> dict:
         "rows": rows,
         "batches": batches,
         "elapsed_s": elapsed,
+        "close_s": ended - last,
         "samples_per_s": rows / elapsed,
         "first_batch_s": first,
         "vmhwm_mb": _status_kb("self", "VmHWM") / 1024,
@@ -371,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
             brief = {k: v for k, v in r.items() if k not in ("columns", "stats", "url")}
             print(f"trial {trial} {key}: {json.dumps(brief)}", flush=True)
     print_table({k: _median(v) for k, v in trials.items()}, args)
+    if "raw" in trials:  # trials are interleaved: each trial's ratio compares runs made close together
+        for key, runs in trials.items():
+            if key not in ("raw", "first") and all("error" not in r for r in runs + trials["raw"]):
+                per = [r["samples_per_s"] / b["samples_per_s"] for r, b in zip(runs, trials["raw"], strict=False)]
+                print(f"ratio to raw per trial, {key}: {' '.join(f'{x:.2f}' for x in per)}")
     return 1 if any("error" in r for v in trials.values() for r in v) else 0
 
 
@@ -400,7 +414,7 @@ def print_table(results: dict[str, dict], args) -> None:
     )
     head = (
         f"{'run':<24}{'samples/s':>10}{'(min..max)':>18}{'ratio':>7}{'1st batch s':>12}{'VmHWM MB':>10}"
-        f"{'tree MB':>9}{'rg/batch':>10}{'CPU us/row':>12}"
+        f"{'tree MB':>9}{'rg/batch':>10}{'CPU us/row':>12}{'close s':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -424,6 +438,7 @@ def print_table(results: dict[str, dict], args) -> None:
         print(
             f"{labels[key]:<24}{rate:>10}{spread:>18}{ratio:>7}{r['first_batch_s']:>12.3f}{r['vmhwm_mb']:>10.0f}"
             f"{r['tree_peak_mb']:>9.0f}{mix:>10}{r['cpu_us_per_row'] if key != 'first' else 0:>12.2f}"
+            f"{r.get('close_s', 0):>9.3f}"
         )
     if "first" in results and "error" not in results["first"]:
         print(f"first batch cache: {results['first']['files']} files, {results['first']['row_groups']} row groups")
