@@ -36,6 +36,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none", "uncompressed")
 FORMATS = ("parquet", "orc")
+WRITERS = ("auto", "arrow", "spark")
 
 
 class Size(int):
@@ -141,6 +142,10 @@ class OutputConfig:
         seed: Seed of that shuffle.
         page_size: Parquet page size (default: ``block_size / (64 × columns)`` between 8KiB and 128KiB,
             so the open pages parquet-mr counts against the block stay a small share of it).
+        writer: Who encodes the data files: ``arrow`` (pyarrow on the executors, rows exchanged through
+            the staging directory as Arrow: :mod:`etl.arrow_write`; local destinations), ``spark`` (a Spark
+            exchange, then parquet-mr), or ``auto`` (default: ``arrow`` for local destinations when pandas,
+            which PySpark's Arrow path needs, is installed; ``spark`` otherwise).
     """
 
     root: str = "./cache"
@@ -151,6 +156,7 @@ class OutputConfig:
     shuffle: bool = True
     seed: int = 0
     page_size: Size | None = None
+    writer: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -399,6 +405,8 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError(f"output.fill: must be in [0.5, 1.0], got {o.fill}")
     if o.compression.lower() not in COMPRESSIONS:
         raise ConfigError(f"output.compression: {o.compression!r} is not one of {', '.join(COMPRESSIONS)}")
+    if o.writer not in WRITERS:
+        raise ConfigError(f"output.writer: {o.writer!r} is not one of {', '.join(WRITERS)}")
     if o.keep_versions < 2:
         raise ConfigError(
             f"output.keep_versions: must be at least 2 (the live one and one to fall back to), got {o.keep_versions}"

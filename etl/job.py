@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pyarrow.fs as pafs
 
 from loader import fs as lfs
-from loader.errors import EmptyDatasetError, LarderError, PublishError, SourceError
+from loader.errors import ConfigError, EmptyDatasetError, LarderError, PublishError, SourceError
 from loader.manifest import Manifest
 from loader.publish import begin_staging, current_manifest
 
@@ -97,6 +97,32 @@ def check_destination(fs: pafs.FileSystem, dataset_dir: str) -> None:
         raise PublishError(f"cannot write to {lfs.display(fs, dataset_dir)}: {e}") from e
 
 
+def choose_writer(configured: str, fs: pafs.FileSystem, log: Callable[[str], None]) -> str:
+    """The data-file writer for ``output.writer`` (see :class:`etl.config.OutputConfig`).
+
+    Raises:
+        ConfigError: ``arrow`` asked for a remote destination, or without pandas installed.
+    """
+    local = isinstance(fs, pafs.LocalFileSystem)
+    try:
+        import pandas  # noqa: F401 - PySpark's Arrow path (mapInArrow) insists on it
+    except ImportError:
+        has_pandas = False
+    else:
+        has_pandas = True
+    if configured == "spark" or (configured == "auto" and local and has_pandas):
+        return "spark" if configured == "spark" else "arrow"
+    if configured == "auto":
+        if local:
+            log("pandas is not installed (PySpark's Arrow path needs it): writing with parquet-mr")
+        return "spark"
+    if not local:
+        raise ConfigError("output.writer: 'arrow' needs a local destination; use 'spark' for output.root on HDFS")
+    if not has_pandas:
+        raise ConfigError("output.writer: 'arrow' needs pandas (PySpark's Arrow path): pip install 'larder[spark]'")
+    return "arrow"
+
+
 def _previous(fs: pafs.FileSystem, dataset_dir: str, log: Callable[[str], None]) -> Manifest | None:
     try:
         return current_manifest(fs, dataset_dir)
@@ -152,6 +178,7 @@ def run(
     dataset_dir = lfs.join(root_path, cfg.name)
     dataset_uri = hadoop_uri(root, root_path, dataset_dir)
     shown = lfs.display(fs, dataset_dir)
+    writer_kind = choose_writer(cfg.output.writer, fs, log)  # before any I/O: a conf error is named first
     check_destination(fs, dataset_dir)
 
     source = load_source(spark, cfg.source)
@@ -190,6 +217,7 @@ def run(
             block_size=block, fill=cfg.output.fill, page_size=cfg.output.page_size,
             compression=cfg.output.compression, shuffle=cfg.output.shuffle, seed=cfg.output.seed, log=log,
             prior=PriorSizing.from_manifest(previous), input_bytes=snapshot.get("bytes"),
+            writer=writer_kind,
         )  # fmt: skip
         try:
             sized = writer.write(df, counts)
@@ -215,6 +243,7 @@ def run(
                 },
                 "block_size_from": block_from,
                 "page_size": writer.page_size,
+                "writer": writer.writer,
                 "fill": fill,
                 "sizing": {
                     "bytes_per_row": round(sized.bytes_per_row, 3),

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 FILE_COLUMN = "__larder_file"
 _ORDER = "__larder_order"
+ORDER_COLUMN = _ORDER
 _PART = "__larder_partition"
 # Counting partitions and writing the laid-out rows must see the same partitions: adaptive execution
 # could coalesce or split shuffle partitions differently in the two jobs (and would merge the
@@ -126,9 +127,14 @@ def partition_keys(spark: SparkSession, n: int) -> list[int]:
 
 
 def assign_files(
-    spark: SparkSession, df: DataFrame, counts: list[int], rows_per_file: int, shuffle: bool, seed: int
+    spark: SparkSession, df: DataFrame, counts: list[int], rows_per_file: int, shuffle: bool, seed: int,
+    exchange: bool = True,
 ) -> tuple[DataFrame, int]:
     """Lay ``df`` out as ``n`` partitions, partition ``i`` holding exactly the rows of file ``i``.
+
+    With ``exchange=False`` the rows are not moved: each gets its file number (``0..n-1``, column
+    :data:`FILE_COLUMN`) and its in-file order key (column :data:`ORDER_COLUMN`), for a writer that does
+    the exchange itself (:mod:`etl.arrow_write`).
 
     Args:
         spark: The session.
@@ -160,6 +166,9 @@ def assign_files(
     else:
         position, order = g, g
     n_files = max(1, math.ceil(total / rows_per_file))
+    if not exchange:
+        file_index = F.floor(position / F.lit(rows_per_file)).cast("int")
+        return df.withColumn(_ORDER, order).withColumn(FILE_COLUMN, file_index), n_files
     keys = partition_keys(spark, n_files)
     file_id = F.floor(position / F.lit(rows_per_file)) + 1
     file_key = F.element_at(F.lit(keys), file_id.cast("int")).cast("long")  # the type partition_keys hashed

@@ -7,6 +7,7 @@ Under ``spark-submit`` the master, deploy mode and resources come from the comma
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from .config import SparkConfig
@@ -37,6 +38,13 @@ def session_settings(cfg: SparkConfig) -> dict[str, str]:
     return settings
 
 
+def python_for_workers() -> None:
+    """Outside ``spark-submit`` (which sets it), run Spark's Python workers (the arrow writer's tasks) with
+    this interpreter, not whatever ``python3`` is first on the PATH: PySpark reads ``PYSPARK_PYTHON``."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
 def build_session(cfg: SparkConfig) -> SparkSession:
     """Create (or get) the job's SparkSession.
 
@@ -48,6 +56,7 @@ def build_session(cfg: SparkConfig) -> SparkSession:
     """
     from pyspark.sql import SparkSession
 
+    python_for_workers()
     builder = SparkSession.builder.appName(cfg.app_name)
     if cfg.master and "PYSPARK_GATEWAY_PORT" not in os.environ:  # not under spark-submit
         builder = builder.master(cfg.master)

@@ -32,7 +32,8 @@ from etl.checksums import file_infos_on_executors
 from loader import fs as lfs
 from loader.manifest import FileInfo, Manifest
 
-from .layout import LAYOUT_SETTINGS, assign_files
+from . import arrow_write
+from .layout import FILE_COLUMN, LAYOUT_SETTINGS, ORDER_COLUMN, assign_files
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -232,6 +233,8 @@ class SizedWriter:
         log: Progress messages.
         prior: The live version's measured bytes per row, reused when it still applies.
         input_bytes: Bytes of the input files (the fingerprint's snapshot), if the source has files.
+        writer: ``"spark"`` (an exchange, then parquet-mr) or ``"arrow"`` (:mod:`etl.arrow_write`: pyarrow
+            on the executors; local destinations).
     """
 
     def __init__(
@@ -250,7 +253,14 @@ class SizedWriter:
         log: Callable[[str], None],
         prior: PriorSizing | None = None,
         input_bytes: int | None = None,
+        writer: str = "spark",
     ) -> None:
+        if writer not in ("spark", "arrow"):
+            raise ValueError(f"writer must be 'spark' or 'arrow', not {writer!r}")
+        if writer == "arrow" and not isinstance(fs, pafs.LocalFileSystem):
+            raise ValueError("the arrow writer needs a local destination (output.writer: spark for remote ones)")
+        self.writer = writer
+        self.dictionary: tuple[str, ...] | None = None  # arrow writer: leaf columns to dictionary-encode
         self.spark, self.fs, self.path, self.uri = spark, fs, path, uri
         self.block_size, self.fill = int(block_size), fill
         self.page_size = int(page_size) if page_size else None
@@ -289,8 +299,32 @@ class SizedWriter:
         doc = {
             "schema": df.schema.simpleString(), "compression": self.compression, "block": self.block_size,
             "page": self.page_size, "shuffle": self.shuffle,
+            **({"writer": self.writer} if self.writer != "spark" else {}),
         }  # fmt: skip
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _options_arrow(self) -> arrow_write.EncodeOptions:
+        assert self.page_size, "page size is resolved in write()"
+        return arrow_write.EncodeOptions(self.compression, self.page_size, self.block_size, self.dictionary)
+
+    def _write_and_measure(self, df: DataFrame, uri: str, path: str, pilot: bool = False) -> tuple[int, int]:
+        """Write ``df`` as the data will be written and return its ``(rows, compressed bytes)``.
+
+        The arrow writer encodes in the driver's memory instead (the rows are a small sample); the pilot
+        also decides which columns get a dictionary (:func:`etl.arrow_write.dictionary_columns`).
+        """
+        if self.writer == "arrow":
+            table = df.toArrow()
+            if pilot:
+                options = self._options_arrow()
+                self.dictionary = arrow_write.dictionary_columns(table, options) if table.num_rows else None
+            if not table.num_rows:
+                return 0, 0
+            groups = arrow_write.group_bytes(arrow_write.encode(table, self._options_arrow()))
+            return table.num_rows, sum(c for _, c in groups)
+        self._write(df, uri)
+        rows, nbytes, _ = _measure(self.fs, path)
+        return rows, nbytes
 
     def estimate_bytes_per_row(self, df: DataFrame, count: int) -> tuple[float, dict]:
         """Compressed bytes per row, and where the figure came from.
@@ -305,8 +339,8 @@ class SizedWriter:
         key = self.sizing_key(df)
         input_bpr = round(self.input_bytes / count, 3) if self.input_bytes and count else None
         try:
-            self._write(df.limit(PILOT_ROWS).coalesce(1), f"{base_uri}/pilot")
-            rows, nbytes, _ = _measure(self.fs, lfs.join(base, "pilot"))
+            rows, nbytes = self._write_and_measure(
+                df.limit(PILOT_ROWS).coalesce(1), f"{base_uri}/pilot", lfs.join(base, "pilot"), pilot=True)
             pilot = max(1.0, nbytes / max(1, rows))
             info = {"key": key, "pilot_bytes_per_row": round(pilot, 3), "input_bytes_per_row": input_bpr}
             if self.prior is not None and self.prior.applies(key, pilot, input_bpr):
@@ -320,8 +354,7 @@ class SizedWriter:
             # task, orderBy would add a range-sampling pass), in random order when the output is shuffled.
             sample = self._with_key(sample).repartition(1)
             sample = (sample.sortWithinPartitions(_KEY) if self.shuffle else sample).drop(_KEY)
-            self._write(sample, f"{base_uri}/sample")
-            rows, nbytes, _ = _measure(self.fs, lfs.join(base, "sample"))
+            rows, nbytes = self._write_and_measure(sample, f"{base_uri}/sample", lfs.join(base, "sample"))
             estimate = max(1.0, nbytes / max(1, rows)) if rows else pilot
             self.log(f"bytes/row: pilot {pilot:.1f}, shuffled sample of {rows} rows {estimate:.1f}")
             return estimate, {**info, "estimate_from": "sample", "sample_rows": rows}
@@ -340,6 +373,7 @@ class SizedWriter:
             The result with manifest entries of the written files.
         """
         count = sum(counts)
+        self._count = count
         self.page_size = self.page_size or default_page_size(self.block_size, len(df.columns))
         started = time.time()
         bpr, origin = self.estimate_bytes_per_row(df, count)
@@ -349,12 +383,19 @@ class SizedWriter:
                 if bpr > self.block_size:
                     self.log(f"warning: rows average {bpr:.0f} bytes, more than the {self.block_size}-byte block")
                 rows_per_file = max(1, math.floor(self.target / bpr))
-                laid_out, n = assign_files(self.spark, df, counts, rows_per_file, self.shuffle, self.seed)
+                laid_out, n = assign_files(self.spark, df, counts, rows_per_file, self.shuffle, self.seed,
+                                           exchange=self.writer == "spark")
                 self.log(f"attempt {attempt}: {n} files of {rows_per_file} rows (~{rows_per_file * bpr:.0f} bytes)")
                 started = time.time()
-                self._write(laid_out, self.uri, rows_per_file)
+                if self.writer == "arrow":
+                    infos = self._write_arrow(laid_out, n, bpr)
+                    per_file = [[(g.num_rows, g.compressed_bytes) for g in info.row_groups] for info in infos]
+                else:
+                    self._write(laid_out, self.uri, rows_per_file)
+                    infos = None
                 written = time.time()
-                per_file = [_footer_groups(self.fs, p) for p in _parquet_files(self.fs, self.path)]
+                if infos is None:
+                    per_file = [_footer_groups(self.fs, p) for p in _parquet_files(self.fs, self.path)]
                 groups = [g for f in per_file for g in f]
                 rows, nbytes = sum(r for r, _ in groups), sum(c for _, c in groups)
                 bad = too_big(per_file, self.block_size)
@@ -370,11 +411,35 @@ class SizedWriter:
                 worst = max(c / r for r, c in bad)
                 bpr = max(measured, bpr) * max(1.02, worst / max(measured, 1.0))
                 self.log(f"{len(bad)} files did not fit one row group under the block; rewriting at {bpr:.1f} B/row")
-        self._tidy()
+        if infos is None:
+            self._tidy()
+            infos = self._file_infos()
         return SizingResult(
-            files=self._file_infos(), block_size=self.block_size, target=self.target, bytes_per_row=bpr,
+            files=infos, block_size=self.block_size, target=self.target, bytes_per_row=bpr,
             num_files=n, attempts=attempt, oversized_rows=len(single), history=history,
         )  # fmt: skip
+
+    def _write_arrow(self, laid_out: DataFrame, n: int, bytes_per_row: float) -> list[FileInfo]:
+        """Write the laid-out rows with :mod:`etl.arrow_write` (spill, then encode); the staging directory
+        holds only the new ``part-<k>.parquet`` files afterwards."""
+        for entry in lfs.listdir(self.fs, self.path):  # an earlier attempt's files
+            if entry.type == pafs.FileType.File and entry.base_name.endswith(".parquet"):
+                self.fs.delete_file(entry.path)
+        slices = lfs.join(self.path, arrow_write.SLICES_DIR)
+        # Arrow batches of about 8 MiB of input between the JVM and the Python workers.
+        per_batch = int(max(1, min(10_000, (8 << 20) // max(1.0, bytes_per_row, self._input_bytes_per_row()))))
+        try:
+            with temporary_conf(self.spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(per_batch)}):
+                arrow_write.spill(laid_out, slices, FILE_COLUMN)
+            written = arrow_write.encode_files(
+                self.spark, slices, self.path, n, (FILE_COLUMN, ORDER_COLUMN), ORDER_COLUMN, self._options_arrow())
+        finally:
+            if lfs.exists(self.fs, slices):
+                self.fs.delete_dir(slices)
+        return [info for info, _ in written]
+
+    def _input_bytes_per_row(self) -> float:
+        return 0.0 if not getattr(self, "_count", 0) or not self.input_bytes else self.input_bytes / self._count
 
     def _tidy(self) -> None:
         """Name the data files ``part-00000.parquet``... in partition (= file) order and drop Spark's

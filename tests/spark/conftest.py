@@ -15,7 +15,7 @@ pyspark = pytest.importorskip("pyspark")
 
 from etl.config import from_dict  # noqa: E402
 from etl.demo import make_demo_table  # noqa: E402
-from etl.session import session_settings  # noqa: E402
+from etl.session import python_for_workers, session_settings  # noqa: E402
 
 DEMO_TABLE = "demo.shopping_products"
 DEMO_ROWS = 6000
@@ -35,6 +35,7 @@ def spark(spark_dirs):
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    python_for_workers()
     cfg = from_dict(
         {
             "name": "fixture",

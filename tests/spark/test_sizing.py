@@ -47,11 +47,12 @@ def sources(spark, tmp_path_factory):
     return {"narrow": (str(base / "narrow"), 700_000), "wide": (str(base / "wide"), n_wide)}
 
 
+@pytest.mark.parametrize("writer", ["arrow", "spark"])
 @pytest.mark.parametrize("kind", ["narrow", "wide"])
-def test_row_groups_just_under_the_block(spark, sources, tmp_path, kind):
+def test_row_groups_just_under_the_block(spark, sources, tmp_path, kind, writer):
     path, rows = sources[kind]
     messages: list[str] = []
-    result = run(path_conf(path, tmp_path, kind), spark, log=messages.append)
+    result = run(path_conf(path, tmp_path, kind, writer=writer), spark, log=messages.append)
     ds = loader.open_dataset(tmp_path / kind)
     sizes = [g.compressed_bytes for f in ds.files for g in f.row_groups]
     fills = [s / BLOCK for s in sizes]

@@ -1,0 +1,205 @@
+"""The cache's data files encoded by pyarrow on the executors, through a two-stage exchange in the staging directory.
+
+Spark's own path (a hash exchange of the laid-out rows, then parquet-mr) turns every row into an UnsafeRow
+twice and encodes Parquet in Java; on the demo data that is most of the job. Here the rows stay columnar:
+
+1. **Spill** (one task per input partition, ``mapInArrow``): every row carries its file number and in-file
+   order key (:func:`etl.layout.assign_files` with ``exchange=False``). A task groups its Arrow batches by
+   file and streams each file's rows into its own Arrow IPC slice ``_slices/<file>/<partition>.arrow``
+   (written under a temporary name and renamed, so a retried or speculative task attempt replaces it whole).
+2. **Encode** (one task per file): read the file's slices, order the rows by the key, encode the Parquet
+   file in memory with pyarrow (one row group, page checksums, the conf's codec and page size), build its
+   manifest entry from those bytes (sizes, whole-file, footer and column-chunk CRCs) and write it once.
+   A file whose row group would exceed the block is cut into several row groups (reported back, so the
+   caller rewrites with a better estimate), never written over the block.
+
+The driver gets the entries back; nothing is read back from storage. Slices are removed once the files
+are written; a killed run leaves them inside its staging directory, which the next run deletes.
+Executors need pyarrow (and pandas, which PySpark's Arrow path imports) in their Python.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from loader.manifest import FileInfo, file_info_from_bytes
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+SLICES_DIR = "_slices"
+DICTIONARY_MAX_DISTINCT = 0.5  # a column is dictionary-encoded when at most this share of its values is distinct
+_CODECS = {"uncompressed": "none", "none": "none", "snappy": "snappy", "gzip": "gzip", "zstd": "zstd",
+           "lz4": "lz4", "lz4_raw": "lz4", "brotli": "brotli"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How the executors encode the Parquet files.
+
+    Attributes:
+        compression: The conf's codec (Spark's names; mapped to pyarrow's).
+        page_size: Data page size in bytes.
+        block_size: The block size: no row group is written over it (files are cut into several instead).
+        dictionary: Parquet leaf column paths to dictionary-encode (None: pyarrow's default, all).
+    """
+
+    compression: str
+    page_size: int
+    block_size: int
+    dictionary: tuple[str, ...] | None = None
+
+    @property
+    def codec(self) -> str:
+        return _CODECS.get(self.compression.lower(), self.compression.lower())
+
+
+def encode(table: pa.Table, options: EncodeOptions, row_group_rows: int | None = None) -> pa.Buffer:
+    """``table`` as Parquet bytes (one row group unless ``row_group_rows``)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table, sink, compression=options.codec, row_group_size=max(1, row_group_rows or table.num_rows),
+        data_page_size=options.page_size, write_page_checksum=True,
+        use_dictionary=list(options.dictionary) if options.dictionary is not None else True,
+    )  # fmt: skip
+    return sink.getvalue()
+
+
+def group_bytes(data: pa.Buffer) -> list[tuple[int, int]]:
+    """``(rows, compressed bytes)`` of each row group of Parquet file bytes (the manifest's measure)."""
+    meta = pq.ParquetFile(pa.BufferReader(data)).metadata
+    out = []
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        out.append((rg.num_rows, sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))))
+    return out
+
+
+def encode_within_block(table: pa.Table, options: EncodeOptions) -> tuple[pa.Buffer, bool]:
+    """Encode ``table`` as one row group, or as several when one would exceed the block.
+
+    Returns:
+        The bytes, and whether the file had to be cut into several row groups.
+    """
+    data = encode(table, options)
+    rows, nbytes = group_bytes(data)[0]
+    if nbytes <= options.block_size or rows <= 1:
+        return data, False
+    per_group = max(1, math.floor(rows * 0.95 * options.block_size / nbytes))
+    while True:
+        data = encode(table, options, per_group)
+        if all(c <= options.block_size or r <= 1 for r, c in group_bytes(data)) or per_group == 1:
+            return data, True
+        per_group = max(1, per_group * 9 // 10)
+
+
+def dictionary_columns(sample: pa.Table, options: EncodeOptions) -> tuple[str, ...]:
+    """The Parquet leaf columns worth a dictionary: those of top-level columns whose values in ``sample``
+    are at most :data:`DICTIONARY_MAX_DISTINCT` distinct (labels, categories). High-cardinality columns
+    (ids, titles, image bytes) are written plain: a dictionary there is built, overflows and is abandoned
+    by the writer, and the reader's decoder is slower on the pages it left behind."""
+    data = encode(sample.slice(0, 1), options)
+    schema = pq.ParquetFile(pa.BufferReader(data)).schema
+    ratio: dict[str, float] = {}
+    for field in sample.schema:
+        values = sample.column(field.name)
+        while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+            values = pc.list_flatten(values)
+        try:
+            distinct = pc.count_distinct(values).as_py()
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):  # structs, maps: keep the default
+            ratio[field.name] = 0.0
+            continue
+        ratio[field.name] = distinct / max(1, len(values))
+    return tuple(
+        schema.column(i).path for i in range(len(schema))
+        if ratio.get(schema.column(i).path.split(".")[0], 0.0) <= DICTIONARY_MAX_DISTINCT
+    )  # fmt: skip
+
+
+def spill(df: DataFrame, slices: str, file_column: str) -> int:
+    """Stage 1: write every row of ``df`` into the Arrow slice of its file under ``slices`` (a local path).
+
+    Returns:
+        The rows spilled.
+    """
+    def task(batches):
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        part, attempt = ctx.partitionId(), ctx.attemptNumber()
+        writers: dict[int, tuple] = {}
+        n = 0
+        try:
+            for batch in batches:
+                if not batch.num_rows:
+                    continue
+                files = batch.column(file_column).to_numpy()
+                order = np.argsort(files, kind="stable")
+                files, batch = files[order], batch.take(pa.array(order))
+                cuts = np.flatnonzero(np.diff(files)) + 1
+                for a, z in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(files)]]), strict=True):
+                    k = int(files[a])
+                    if k not in writers:
+                        directory = os.path.join(slices, str(k))
+                        os.makedirs(directory, exist_ok=True)
+                        tmp = os.path.join(directory, f".{part}.{attempt}.{uuid.uuid4().hex[:8]}.tmp")
+                        sink = pa.OSFile(tmp, "wb")
+                        writers[k] = (pa.ipc.new_stream(sink, batch.schema), sink, tmp,
+                                      os.path.join(directory, f"{part}.arrow"))
+                    writers[k][0].write_batch(batch.slice(a, z - a))
+                n += batch.num_rows
+            for writer, sink, tmp, final in writers.values():
+                writer.close()
+                sink.close()
+                os.replace(tmp, final)
+        except BaseException:
+            for _, sink, tmp, _ in writers.values():
+                sink.close()
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            raise
+        yield pa.RecordBatch.from_pydict({"rows": [n]}, schema=pa.schema([("rows", pa.int64())]))
+
+    return int(sum(r["rows"] for r in df.mapInArrow(task, "rows long").collect()))
+
+
+def encode_files(
+    spark: SparkSession, slices: str, out_dir: str, num_files: int, drop: tuple[str, ...], order_column: str,
+    options: EncodeOptions,
+) -> list[tuple[FileInfo, bool]]:
+    """Stage 2: one task per file encodes ``part-<k>.parquet`` in ``out_dir`` (a local path) from its slices.
+
+    Returns:
+        Per file, in order: its manifest entry and whether it had to be cut into several row groups.
+    """
+
+    def task(k: int) -> tuple[FileInfo, bool]:
+        paths = sorted(glob.glob(os.path.join(slices, str(k), "*.arrow")))
+        tables = [pa.ipc.open_stream(pa.memory_map(p)).read_all() for p in paths]
+        if not tables:
+            raise RuntimeError(f"larder: no rows were spilled for file {k} (slices in {slices})")
+        table = pa.concat_tables(tables)
+        table = table.take(pc.sort_indices(table, [(order_column, "ascending")])).drop_columns(list(drop))
+        data, cut = encode_within_block(table, options)
+        name = f"part-{k:05d}.parquet"
+        info = file_info_from_bytes(data.to_pybytes(), name)
+        tmp = os.path.join(out_dir, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        with pa.OSFile(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, os.path.join(out_dir, name))
+        for p in paths:  # this file's slices are spent
+            os.remove(p)
+        return info, cut
+
+    return spark.sparkContext.parallelize(range(num_files), max(1, num_files)).map(task).collect()
