@@ -13,6 +13,8 @@ Measured in one run, on the same machine and data (figures, never pass/fail):
    and the ratio of its decorrelating write alone (shuffle + in-file order + Parquet) to ``plain``. The
    first run sizes from a shuffled sample; later runs reuse the bytes per row measured in the previous
    version when the selection still looks the same (``extra.sizing.estimate_from``);
+   With ``--spark-writer``, the same job with ``output.writer: spark`` too (a Spark exchange, then
+   parquet-mr), to compare the two writers in one run;
 4. the row-group fill distribution of the published cache (min / median / max of the block);
 5. time from process start to the first batch: a fresh Python process with ``loader.make_reader`` on the
    cache vs a fresh process that starts a SparkSession and reads the same table (``limit(batch)``, the
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -57,6 +60,8 @@ def main() -> None:
     p.add_argument("--block", default="32MiB", help="block size of the cache (32MiB: ~10 row groups at 2M rows)")
     p.add_argument("--data", default=os.path.join(HERE, "data", "materialize"))
     p.add_argument("--repeat", type=int, default=3, help="interleaved repetitions of each contender")
+    p.add_argument("--spark-writer", action="store_true",
+                   help="also time the job with output.writer: spark (a Spark exchange, then parquet-mr)")
     args = p.parse_args()
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -95,7 +100,7 @@ def main() -> None:
     selection = spark.table(TABLE).select(*COLUMNS)
     selection.selectExpr("sum(length(image))").collect()  # warm the page cache for both contenders
     plain_dir = os.path.join(args.data, "plain")
-    times: dict[str, list[float]] = {"plain": [], "shuffled": [], "job": []}
+    times: dict[str, list[float]] = {"plain": [], "shuffled": [], "job": [], "job-spark": []}
     result = None
     writes: list[float] = []  # the decorrelating write(s) alone, from each run's manifest
     estimates: list[str] = []  # where each run's bytes per row came from
@@ -103,13 +108,37 @@ def main() -> None:
     cpu: dict[str, list[float]] = {k: [] for k in times}  # CPU seconds of this process and the JVM
     jvm_pid = int(spark._jvm.java.lang.ProcessHandle.current().pid())
 
+    def _stat(pid: int, reaped: bool = False) -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12]) + ((int(fields[13]) + int(fields[14])) if reaped else 0)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def _descendants(pid: int) -> list[int]:
+        out, todo = [], [pid]
+        while todo:
+            p = todo.pop()
+            try:
+                for task in os.listdir(f"/proc/{p}/task"):
+                    with open(f"/proc/{p}/task/{task}/children") as f:
+                        kids = [int(c) for c in f.read().split()]
+                    out += kids
+                    todo += kids
+            except OSError:
+                pass
+        return out
+
     def cpu_seconds() -> float:
-        """User + system CPU of the driver JVM (which runs the local executors) and of this process:
-        far less sensitive than wall time to the other load on a shared machine."""
+        """User + system CPU of the driver JVM (which runs the local executors), of the Python workers it
+        starts (the arrow writer's tasks: live ones, and the reaped ones the JVM accounts for), and of
+        this process: far less sensitive than wall time to the other load on a shared machine."""
         try:
-            with open(f"/proc/{jvm_pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            jvm_cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            jvm_cpu = _stat(jvm_pid, reaped=True)
+            for kid in _descendants(jvm_pid):
+                try:
+                    jvm_cpu += _stat(kid, reaped=True)
+                except OSError:  # ended meanwhile
+                    pass
         except OSError:  # not Linux
             jvm_cpu = 0.0
         return jvm_cpu + sum(os.times()[:2])
@@ -135,6 +164,13 @@ def main() -> None:
         writes.append(sum(a.get("write_seconds", 0) for a in attempts))
         estimates.append(attempts[0].get("estimate_from", "?"))
         print(f"job: {result.seconds:.1f}s, {cpu['job'][-1]:.1f} CPU s", flush=True)
+        if args.spark_writer:  # same job, Spark's writer; its own dataset, so neither reuses the other's sizing
+            spark_cfg = replace(cfg, name=cfg.name + "_spark", output=replace(cfg.output, writer="spark"))
+            c = cpu_seconds()
+            other = run(spark_cfg, spark, force=True, log=lambda m: print(f"  [spark writer] {m}", flush=True))
+            times["job-spark"].append(other.seconds)
+            cpu["job-spark"].append(cpu_seconds() - c)
+            print(f"job, writer spark: {other.seconds:.1f}s, {cpu['job-spark'][-1]:.1f} CPU s", flush=True)
         timed(
             "shuffled",
             lambda n=result.files: selection.repartition(n).write.option("compression", "zstd").parquet(plain_dir),
@@ -185,6 +221,10 @@ def main() -> None:
         ("larder job, forced (s)", f"{job:.1f}"),
         ("ratio job / plain (target <= 1.3), per run", " ".join(f"{r:.2f}" for r in ratios)),
         ("ratio job / repartition(n)+write, per run", " ".join(f"{r:.2f}" for r in ratios_shuffled)),
+        *([("larder job, writer: spark (s)", f"{statistics.median(times['job-spark']):.1f}"),
+           ("ratio job writer spark / plain, per run",
+            " ".join(f"{j / p:.2f}" for j, p in zip(times["job-spark"], times["plain"], strict=True)))]
+          if times["job-spark"] else []),
         ("CPU seconds plain / repartition(n) / job, medians",
          " / ".join(f"{statistics.median(cpu[k]):.1f}" for k in ("plain", "shuffled", "job"))),
         ("CPU ratio job / plain, per run",

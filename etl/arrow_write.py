@@ -193,7 +193,7 @@ def encode_files(
         table = table.take(pc.sort_indices(table, [(order_column, "ascending")])).drop_columns(list(drop))
         data, cut = encode_within_block(table, options)
         name = f"part-{k:05d}.parquet"
-        info = file_info_from_bytes(data.to_pybytes(), name)
+        info = file_info_from_bytes(data, name)  # a pa.Buffer: no copy
         tmp = os.path.join(out_dir, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         with pa.OSFile(tmp, "wb") as f:
             f.write(data)

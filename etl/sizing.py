@@ -43,6 +43,8 @@ PILOT_ROWS = 2000
 MIN_SAMPLE_ROWS = 2000
 MAX_SAMPLE_BYTES = 8 << 20  # compression per row settles well before a 128 MiB row group
 MAX_ATTEMPTS = 3
+ARROW_BATCH_ROWS = 10_000  # rows per Arrow batch between the JVM and the Python workers (PySpark's default)
+ARROW_BATCH_BYTES = 8 << 20
 REUSE_TOLERANCE = 0.02  # a previous version's bytes/row is reused while the pilot and input agree this well
 _KEY = "__larder_sample_key"
 _HDFS_SCHEMES = ("hdfs", "webhdfs", "swebhdfs", "viewfs")
@@ -427,12 +429,17 @@ class SizedWriter:
                 self.fs.delete_file(entry.path)
         slices = lfs.join(self.path, arrow_write.SLICES_DIR)
         # Arrow batches of about 8 MiB of input between the JVM and the Python workers.
-        per_batch = int(max(1, min(10_000, (8 << 20) // max(1.0, bytes_per_row, self._input_bytes_per_row()))))
+        row_bytes = max(1.0, bytes_per_row, self._input_bytes_per_row())
+        per_batch = int(max(1, min(ARROW_BATCH_ROWS, ARROW_BATCH_BYTES // row_bytes)))
         try:
+            started = time.time()
             with temporary_conf(self.spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(per_batch)}):
                 arrow_write.spill(laid_out, slices, FILE_COLUMN)
+            spilled = time.time()
             written = arrow_write.encode_files(
                 self.spark, slices, self.path, n, (FILE_COLUMN, ORDER_COLUMN), ORDER_COLUMN, self._options_arrow())
+            self.log(f"arrow writer: rows spilled in {spilled - started:.1f}s, {n} files encoded in "
+                     f"{time.time() - spilled:.1f}s")
         finally:
             if lfs.exists(self.fs, slices):
                 self.fs.delete_dir(slices)

@@ -419,7 +419,7 @@ def file_info_from_parquet(fs: pafs.FileSystem, path: str, relpath: str) -> File
         raise CorruptFileError(f"{where}: cannot read Parquet footer ({e})", where) from e
 
 
-def file_info_from_bytes(data: bytes, relpath: str) -> FileInfo:
+def file_info_from_bytes(data: bytes | pa.Buffer, relpath: str) -> FileInfo:
     """Build a :class:`FileInfo` for a Parquet file still held in memory (no read back from storage)."""
     try:
         return _file_info(pa.BufferReader(data), len(data), relpath, relpath)
