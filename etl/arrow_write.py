@@ -13,8 +13,10 @@ twice and encodes Parquet in Java; on the demo data that is most of the job. Her
    A file whose row group would exceed the block is cut into several row groups (reported back, so the
    caller rewrites with a better estimate), never written over the block.
 
-The driver gets the entries back; nothing is read back from storage. Slices are removed once the files
-are written; a killed run leaves them inside its staging directory, which the next run deletes.
+The driver gets the entries back; nothing is read back from storage. An encode task holds one file's
+rows in memory (decoded, then ordered) plus its encoded bytes: a few times the block size. Slices are
+removed once the files are written; a killed run leaves them inside its staging directory, which the next
+run deletes.
 Executors need pyarrow (and pandas, which PySpark's Arrow path imports) in their Python.
 """
 
