@@ -15,8 +15,9 @@ twice and encodes Parquet in Java; on the demo data that is most of the job. Her
 
 The driver gets the entries back; nothing is read back from storage. An encode task holds one file's
 rows in memory (decoded, then ordered) plus its encoded bytes: a few times the block size. Slices are
-removed once the files are written; a killed run leaves them inside its staging directory, which the next
-run deletes.
+removed once every file is written (so a retried encode task still finds them; the staging directory holds
+about the selection's uncompressed size on top of the files meanwhile); a killed run leaves them inside its
+staging directory, which the next run deletes.
 Executors need pyarrow (and pandas, which PySpark's Arrow path imports) in their Python.
 """
 
@@ -199,9 +200,7 @@ def encode_files(
         tmp = os.path.join(out_dir, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         with pa.OSFile(tmp, "wb") as f:
             f.write(data)
-        os.replace(tmp, os.path.join(out_dir, name))
-        for p in paths:  # this file's slices are spent
-            os.remove(p)
-        return info, cut
+        os.replace(tmp, os.path.join(out_dir, name))  # slices stay until the driver removes them all: a
+        return info, cut  # retried task attempt needs them
 
     return spark.sparkContext.parallelize(range(num_files), max(1, num_files)).map(task).collect()
