@@ -107,3 +107,15 @@ def test_the_arrow_writer_refuses_a_remote_destination(spark, source):
 def test_a_misspelled_writer_names_the_key():
     with pytest.raises(ConfigError, match="output.writer"):
         _conf("/x", "/y", "n", writer="pyarrow")
+
+
+def test_auto_falls_back_to_spark_without_pandas(monkeypatch):
+    from etl.job import choose_writer
+
+    local, said = pafs.LocalFileSystem(), []
+    assert choose_writer("auto", local, said.append) == "arrow"
+    assert choose_writer("spark", local, said.append) == "spark"
+    monkeypatch.setitem(__import__("sys").modules, "pandas", None)  # import pandas now raises ImportError
+    assert choose_writer("auto", local, said.append) == "spark" and "pandas" in said[-1]
+    with pytest.raises(ConfigError, match="output.writer.*pandas"):
+        choose_writer("arrow", local, said.append)
