@@ -11,6 +11,11 @@ the block); read the footers back. If a file did not fit one row group under the
 it, or more than a block in all so parquet-mr cut a tail group), rewrite with the bytes per row actually
 measured. A row larger than a whole block is warned about and kept (its row group is that
 one row). Spark settings changed for the write are restored in ``finally``.
+
+With ``writer="arrow"`` (:mod:`etl.arrow_write`) the pilot and the sample are encoded by pyarrow in the
+driver's memory with the data's settings, each file is encoded as one row group (cut into several rather
+than written over the block, which then counts as not fitting), and the manifest entries come from the
+encoded bytes instead of a read-back.
 """
 
 from __future__ import annotations
@@ -263,6 +268,7 @@ class SizedWriter:
             raise ValueError("the arrow writer needs a local destination (output.writer: spark for remote ones)")
         self.writer = writer
         self.dictionary: tuple[str, ...] | None = None  # arrow writer: leaf columns to dictionary-encode
+        self._count = 0  # rows of the selection, set by write()
         self.spark, self.fs, self.path, self.uri = spark, fs, path, uri
         self.block_size, self.fill = int(block_size), fill
         self.page_size = int(page_size) if page_size else None
@@ -446,7 +452,7 @@ class SizedWriter:
         return [info for info, _ in written]
 
     def _input_bytes_per_row(self) -> float:
-        return 0.0 if not getattr(self, "_count", 0) or not self.input_bytes else self.input_bytes / self._count
+        return self.input_bytes / self._count if self._count and self.input_bytes else 0.0
 
     def _tidy(self) -> None:
         """Name the data files ``part-00000.parquet``... in partition (= file) order and drop Spark's
