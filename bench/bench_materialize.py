@@ -37,6 +37,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
+from procstat import cpu_ticks, tree  # noqa: E402 - bench/, the script's own directory
+
 TABLE = "bench.shopping_products"
 COLUMNS = ["product_id", "title", "tokens", "wordpiece_ids", "image", "category", "price"]
 BATCH = 256
@@ -108,39 +110,11 @@ def main() -> None:
     cpu: dict[str, list[float]] = {k: [] for k in times}  # CPU seconds of this process and the JVM
     jvm_pid = int(spark._jvm.java.lang.ProcessHandle.current().pid())
 
-    def _stat(pid: int, reaped: bool = False) -> float:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        ticks = int(fields[11]) + int(fields[12]) + ((int(fields[13]) + int(fields[14])) if reaped else 0)
-        return ticks / os.sysconf("SC_CLK_TCK")
-
-    def _descendants(pid: int) -> list[int]:
-        out, todo = [], [pid]
-        while todo:
-            p = todo.pop()
-            try:
-                for task in os.listdir(f"/proc/{p}/task"):
-                    with open(f"/proc/{p}/task/{task}/children") as f:
-                        kids = [int(c) for c in f.read().split()]
-                    out += kids
-                    todo += kids
-            except OSError:
-                pass
-        return out
-
     def cpu_seconds() -> float:
         """User + system CPU of the driver JVM (which runs the local executors), of the Python workers it
         starts (the arrow writer's tasks: live ones, and the reaped ones the JVM accounts for), and of
         this process: far less sensitive than wall time to the other load on a shared machine."""
-        try:
-            jvm_cpu = _stat(jvm_pid, reaped=True)
-            for kid in _descendants(jvm_pid):
-                try:
-                    jvm_cpu += _stat(kid, reaped=True)
-                except OSError:  # ended meanwhile
-                    pass
-        except OSError:  # not Linux
-            jvm_cpu = 0.0
+        jvm_cpu = sum(cpu_ticks(p, reaped=True) for p in tree(jvm_pid)) / os.sysconf("SC_CLK_TCK")
         return jvm_cpu + sum(os.times()[:2])
 
     def timed(kind: str, action) -> None:

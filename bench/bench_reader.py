@@ -51,6 +51,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from procstat import cpu_ticks, status_kb, tree  # noqa: E402 - bench/, the script's own directory
+
 CACHES = {  # name -> gen_data arguments
     "base": [],
     "base4x": ["--scale", "4"],
@@ -59,41 +61,6 @@ CACHES = {  # name -> gen_data arguments
 
 
 # ------------------------------------------------------------------------------------------------ memory
-
-
-def _status_kb(pid: str, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return 0
-
-
-def _tree(pid: str) -> list[str]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += f.read().split()
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            pass
-    return out
-
-
-def _cpu_ticks(pid: str) -> int:
-    """utime + stime of a process in clock ticks (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError, ValueError):
-        return 0
 
 
 class TreeRss:
@@ -109,11 +76,11 @@ class TreeRss:
 
     def _sample(self) -> None:
         me = str(os.getpid())
-        pids = _tree(me)
-        self.peak_kb = max(self.peak_kb, sum(_status_kb(p, "VmRSS") for p in pids))
+        pids = tree(me)
+        self.peak_kb = max(self.peak_kb, sum(status_kb(p, "VmRSS") for p in pids))
         for p in pids:
             if p != me:
-                self._ticks[p] = max(self._ticks.get(p, 0), _cpu_ticks(p))
+                self._ticks[p] = max(self._ticks.get(p, 0), cpu_ticks(p))
 
     def _run(self):
         while not self._stop.wait(0.02):
@@ -267,7 +234,7 @@ def child(args) -> dict:
         "close_s": ended - last,
         "samples_per_s": rows / elapsed,
         "first_batch_s": first,
-        "vmhwm_mb": _status_kb("self", "VmHWM") / 1024,
+        "vmhwm_mb": status_kb("self", "VmHWM") / 1024,
         "tree_peak_mb": tree.peak_kb / 1024,
         "rg_per_batch_mean": float(np.mean(mixes)) if mixes else 0.0,
         "rg_per_batch_min": int(min(mixes)) if mixes else 0,

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from loader.manifest import FileInfo, file_info_from_bytes
+from loader.manifest import FileInfo, file_info_from_bytes, row_group_sizes
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -80,12 +80,7 @@ def encode(table: pa.Table, options: EncodeOptions, row_group_rows: int | None =
 
 def group_bytes(data: pa.Buffer) -> list[tuple[int, int]]:
     """``(rows, compressed bytes)`` of each row group of Parquet file bytes (the manifest's measure)."""
-    meta = pq.ParquetFile(pa.BufferReader(data)).metadata
-    out = []
-    for i in range(meta.num_row_groups):
-        rg = meta.row_group(i)
-        out.append((rg.num_rows, sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))))
-    return out
+    return row_group_sizes(pq.ParquetFile(pa.BufferReader(data)).metadata)
 
 
 def encode_within_block(table: pa.Table, options: EncodeOptions) -> tuple[pa.Buffer, bool]:

@@ -110,8 +110,10 @@ def choose_writer(configured: str, fs: pafs.FileSystem, log: Callable[[str], Non
         has_pandas = False
     else:
         has_pandas = True
-    if configured == "spark" or (configured == "auto" and local and has_pandas):
-        return "spark" if configured == "spark" else "arrow"
+    if configured == "spark":
+        return "spark"
+    if local and has_pandas:
+        return "arrow"
     if configured == "auto":
         if local:
             log("pandas is not installed (PySpark's Arrow path needs it): writing with parquet-mr")

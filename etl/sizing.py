@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from etl.checksums import file_infos_on_executors
 from loader import fs as lfs
-from loader.manifest import FileInfo, Manifest
+from loader.manifest import FileInfo, Manifest, row_group_sizes
 
 from . import arrow_write
 from .layout import FILE_COLUMN, LAYOUT_SETTINGS, ORDER_COLUMN, assign_files
@@ -189,12 +189,7 @@ def default_page_size(block_size: int, num_columns: int) -> int:
 
 def _footer_groups(fs: pafs.FileSystem, path: str) -> list[tuple[int, int]]:
     with fs.open_input_file(path) as f:
-        meta = pq.ParquetFile(f).metadata
-    out = []
-    for i in range(meta.num_row_groups):
-        rg = meta.row_group(i)
-        out.append((rg.num_rows, sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))))
-    return out
+        return row_group_sizes(pq.ParquetFile(f).metadata)
 
 
 def _parquet_files(fs: pafs.FileSystem, directory: str) -> list[str]:

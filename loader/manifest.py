@@ -451,6 +451,16 @@ def chunk_layout(f, size: int, where: str) -> tuple[bytes, int, list[tuple[int, 
     return footer, footer_size, ranges
 
 
+def row_group_sizes(meta: pq.FileMetaData) -> list[tuple[int, int]]:
+    """``(rows, compressed bytes)`` of each row group (the manifest's measure of a row group against the
+    block: the sum of its column chunks' compressed sizes)."""
+    out = []
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        out.append((rg.num_rows, sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))))
+    return out
+
+
 def assemble_file_info(
     relpath: str, size: int, footer: bytes, footer_size: int, checksum: str, sums: dict[tuple[int, int], int]
 ) -> FileInfo:
@@ -458,9 +468,8 @@ def assemble_file_info(
     CRC-32 of that column chunk)."""
     meta = pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
     groups = []
-    for i in range(meta.num_row_groups):
+    for i, (_, compressed) in enumerate(row_group_sizes(meta)):
         rg = meta.row_group(i)
-        compressed = sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
         column_sums = tuple(f"{sums[(i, c)] & 0xFFFFFFFF:08x}" for c in range(rg.num_columns))
         groups.append(RowGroupInfo(rg.num_rows, compressed, rg.total_byte_size, column_sums))
     return FileInfo(

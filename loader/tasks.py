@@ -83,11 +83,6 @@ def install(ctx: ReadContext) -> None:
     _CONTEXTS[ctx.key] = ctx
 
 
-def context(key: str) -> ReadContext:
-    """The registered context of a reader in this process."""
-    return _CONTEXTS[key]
-
-
 def uninstall(key: str) -> None:
     """Forget a reader's context in this process, and close its row-group streams."""
     _CONTEXTS.pop(key, None)
@@ -279,12 +274,17 @@ def finish_batch(key: str, epoch: int, index: int, table: pa.Table | pa.RecordBa
         TransformError: The transform raised (its traceback is in the message and ``__cause__``) or
             returned something other than a dict of equal-length columns.
     """
-    ctx = _CONTEXTS[key]
     t0 = time.perf_counter()
-    batch = to_numpy(table, ragged=ctx.ragged, strings=ctx.strings, masks=ctx.masks)
+    batch = convert_batch(key, table)
     convert_s = time.perf_counter() - t0
     out, transform_s = transform_batch(key, epoch, index, batch)
     return out, convert_s, transform_s
+
+
+def convert_batch(key: str, table: pa.Table | pa.RecordBatch) -> dict:
+    """Rows as the reader's numpy forms (its ``ragged`` / ``strings`` / ``masks`` options)."""
+    ctx = _CONTEXTS[key]
+    return to_numpy(table, ragged=ctx.ragged, strings=ctx.strings, masks=ctx.masks)
 
 
 def splittable(key: str) -> bool:
@@ -342,5 +342,5 @@ def check_output(out, name: str) -> dict:
     return dict(out)
 
 
-__all__ = ["ROW_COLUMN", "ROW_GROUP_COLUMN", "ReadContext", "finish_batch", "install", "read_piece", "splittable",
-           "takes_rng", "transform_batch"]
+__all__ = ["ROW_COLUMN", "ROW_GROUP_COLUMN", "ReadContext", "convert_batch", "finish_batch", "install", "read_piece",
+           "splittable", "takes_rng", "transform_batch"]

@@ -18,10 +18,8 @@ import numpy as np
 import numpy.ma  # noqa: F401 - pa.array(ndarray) looks it up; numpy imports it lazily (~5 ms, first batch)
 import pyarrow as pa
 
-from .convert import to_numpy
 from .plan import EpochPlan, window_permutation
-from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN, finish_batch, splittable, transform_batch
-from .tasks import context as tasks_context
+from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN, convert_batch, finish_batch, splittable, transform_batch
 
 if TYPE_CHECKING:
     from .pipeline import Setup
@@ -44,6 +42,7 @@ class Window(NamedTuple):
     schema: pa.Schema | None = None  # the batch schema when ``rows`` holds view columns
     views: frozenset = frozenset()  # columns of ``rows`` held as binary views
     local: np.ndarray | None = None  # piece of each row, stream order (None: two pieces share a row group)
+    plain: tuple[int, ...] = ()  # the other columns of ``rows`` (gathered with one take)
 
     @property
     def stop(self) -> int:
@@ -57,8 +56,7 @@ class Window(NamedTuple):
         idx = self.perm[a:b]
         if not self.views:
             return self.rows.take(pa.array(idx))
-        plain = [i for i in range(self.rows.num_columns) if i not in self.views]
-        taken = iter(self.rows.select(plain).take(pa.array(idx)).columns if plain else ())
+        taken = iter(self.rows.select(list(self.plain)).take(pa.array(idx)).columns if self.plain else ())
         columns = [
             _take_views(self.rows.column(i), idx, field.type) if i in self.views else next(taken)
             for i, field in enumerate(self.schema)
@@ -94,7 +92,8 @@ def assemble(parts: list, setup: Setup, plan: EpochPlan, w_index: int, first: in
         ids = ids[perm] if with_ids else None
         if views:
             rows = pa.RecordBatch.from_arrays(combined, names=schema.names)
-            return Window(rows, perm, first, groups, ids, schema, frozenset(views), local)
+            plain = tuple(i for i in range(len(combined)) if i not in views)
+            return Window(rows, perm, first, groups, ids, schema, frozenset(views), local, plain)
         return Window(pa.RecordBatch.from_arrays(combined, schema=schema), perm, first, groups, ids, local=local)
     return Window(table, perm, first, groups, ids, local=local)
 
@@ -213,8 +212,7 @@ def cut_and_finish(key: str, epoch: int, group: tuple, with_ids: bool) -> list[t
             first, last = group[0][2], group[-1][3]
             rows, _ = cut(spans, first, last, with_ids)
             t1 = time.perf_counter()
-            ctx = tasks_context(key)
-            whole = to_numpy(rows, ragged=ctx.ragged, strings=ctx.strings, masks=ctx.masks)
+            whole = convert_batch(key, rows)
             parts = split_batch(whole, [lo - first for _, _, lo, _ in group] + [last - first])
             t2 = time.perf_counter()
         except Exception:  # noqa: BLE001 - redo batch by batch, so the failing batch is the one reported
