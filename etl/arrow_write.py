@@ -125,6 +125,54 @@ def dictionary_columns(sample: pa.Table, options: EncodeOptions) -> tuple[str, .
     )  # fmt: skip
 
 
+class SliceWriter:
+    """The Arrow IPC slices one stage-1 task attempt writes: ``<slices>/<file>/<part>.arrow`` per output file.
+
+    Each slice is streamed under a temporary name and renamed into place by :meth:`commit`, so a retried
+    or speculative attempt of the same task replaces the slice whole instead of adding to it.
+    """
+
+    def __init__(self, slices: str, part: int, attempt: int) -> None:
+        self.slices, self.part, self.attempt = slices, part, attempt
+        self._open: dict[int, tuple] = {}
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch, files: np.ndarray) -> None:
+        """Append each row of ``batch`` to the slice of its file (``files[i]``: row ``i``'s file number)."""
+        if not batch.num_rows:
+            return
+        order = np.argsort(files, kind="stable")
+        files, batch = files[order], batch.take(pa.array(order))
+        cuts = np.flatnonzero(np.diff(files)) + 1
+        for a, z in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(files)]]), strict=True):
+            k = int(files[a])
+            if k not in self._open:
+                directory = os.path.join(self.slices, str(k))
+                os.makedirs(directory, exist_ok=True)
+                tmp = os.path.join(directory, f".{self.part}.{self.attempt}.{uuid.uuid4().hex[:8]}.tmp")
+                sink = pa.OSFile(tmp, "wb")
+                self._open[k] = (pa.ipc.new_stream(sink, batch.schema), sink, tmp,
+                                 os.path.join(directory, f"{self.part}.arrow"))
+            self._open[k][0].write_batch(batch.slice(a, z - a))
+        self.rows += batch.num_rows
+
+    def commit(self) -> None:
+        """Close every slice and rename it into place."""
+        for writer, sink, tmp, final in self._open.values():
+            writer.close()
+            sink.close()
+            os.replace(tmp, final)
+        self._open.clear()
+
+    def abort(self) -> None:
+        """Close and remove the slices not committed."""
+        for _, sink, tmp, _ in self._open.values():
+            sink.close()
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        self._open.clear()
+
+
 def spill(df: DataFrame, slices: str, file_column: str) -> int:
     """Stage 1: write every row of ``df`` into the Arrow slice of its file under ``slices`` (a local path).
 
@@ -135,39 +183,15 @@ def spill(df: DataFrame, slices: str, file_column: str) -> int:
         from pyspark import TaskContext
 
         ctx = TaskContext.get()
-        part, attempt = ctx.partitionId(), ctx.attemptNumber()
-        writers: dict[int, tuple] = {}
-        n = 0
+        out = SliceWriter(slices, ctx.partitionId(), ctx.attemptNumber())
         try:
             for batch in batches:
-                if not batch.num_rows:
-                    continue
-                files = batch.column(file_column).to_numpy()
-                order = np.argsort(files, kind="stable")
-                files, batch = files[order], batch.take(pa.array(order))
-                cuts = np.flatnonzero(np.diff(files)) + 1
-                for a, z in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(files)]]), strict=True):
-                    k = int(files[a])
-                    if k not in writers:
-                        directory = os.path.join(slices, str(k))
-                        os.makedirs(directory, exist_ok=True)
-                        tmp = os.path.join(directory, f".{part}.{attempt}.{uuid.uuid4().hex[:8]}.tmp")
-                        sink = pa.OSFile(tmp, "wb")
-                        writers[k] = (pa.ipc.new_stream(sink, batch.schema), sink, tmp,
-                                      os.path.join(directory, f"{part}.arrow"))
-                    writers[k][0].write_batch(batch.slice(a, z - a))
-                n += batch.num_rows
-            for writer, sink, tmp, final in writers.values():
-                writer.close()
-                sink.close()
-                os.replace(tmp, final)
+                out.write(batch, batch.column(file_column).to_numpy())
+            out.commit()
         except BaseException:
-            for _, sink, tmp, _ in writers.values():
-                sink.close()
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            out.abort()
             raise
-        yield pa.RecordBatch.from_pydict({"rows": [n]}, schema=pa.schema([("rows", pa.int64())]))
+        yield pa.RecordBatch.from_pydict({"rows": [out.rows]}, schema=pa.schema([("rows", pa.int64())]))
 
     return int(sum(r["rows"] for r in df.mapInArrow(task, "rows long").collect()))
 

@@ -37,6 +37,7 @@ _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none", "uncompressed")
 FORMATS = ("parquet", "orc")
 WRITERS = ("auto", "arrow", "spark")
+READERS = ("auto", "spark")
 
 
 class Size(int):
@@ -85,6 +86,9 @@ class SourceConfig:
         columns: Columns to select, in order (default: all).
         sample: Fraction of rows to keep, in (0, 1].
         seed: Seed of the sample.
+        reader: Who reads the rows for the arrow writer: ``auto`` (default: pyarrow on the executors
+            when the selection is all the rows of local Parquet files, see :mod:`etl.direct`; Spark
+            otherwise) or ``spark`` (always Spark's scan).
     """
 
     table: str | None = None
@@ -95,6 +99,7 @@ class SourceConfig:
     columns: tuple[str, ...] | None = None
     sample: float = 1.0
     seed: int = 0
+    reader: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -374,6 +379,8 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError(f"source.table: {s.table!r} is not a table name like 'db.table'")
     if s.format not in FORMATS:
         raise ConfigError(f"source.format: {s.format!r} is not one of {', '.join(FORMATS)}")
+    if s.reader not in READERS:
+        raise ConfigError(f"source.reader: {s.reader!r} is not one of {', '.join(READERS)}")
     if not 0 < s.sample <= 1:
         raise ConfigError(f"source.sample: must be in (0, 1], got {s.sample}")
     if s.columns is not None:

@@ -24,6 +24,7 @@ from loader.errors import ConfigError, EmptyDatasetError, LarderError, PublishEr
 from loader.manifest import Manifest
 from loader.publish import begin_staging, current_manifest
 
+from . import direct
 from .config import DEFAULT_BLOCK_SIZE, JobConfig, format_size
 from .fingerprint import source_fingerprint
 from .layout import LAYOUT_SETTINGS, partition_counts, scan_counts
@@ -212,6 +213,11 @@ def run(
         raise EmptyDatasetError(f"{what} selects no rows; nothing published, the live version is unchanged")
     files_in = snapshot.get("files", 0)
     log(f"{source.name}: {count} rows, {files_in} input files; block {format_size(block)} ({block_from})")
+    direct_plan = None
+    if writer_kind == "arrow":
+        direct_plan, why = direct.plan(spark, source.df, df, cfg, vocabularies, source.partition_columns, count)
+        log(f"source read {'with pyarrow: ' if direct_plan else 'through Spark: '}{why}")
+        phase("plan read")
 
     with begin_staging(fs, root_path, cfg.name) as staging:
         writer = SizedWriter(
@@ -219,7 +225,7 @@ def run(
             block_size=block, fill=cfg.output.fill, page_size=cfg.output.page_size,
             compression=cfg.output.compression, shuffle=cfg.output.shuffle, seed=cfg.output.seed, log=log,
             prior=PriorSizing.from_manifest(previous), input_bytes=snapshot.get("bytes"),
-            writer=writer_kind,
+            writer=writer_kind, direct=direct_plan,
         )  # fmt: skip
         try:
             sized = writer.write(df, counts)
@@ -246,6 +252,7 @@ def run(
                 "block_size_from": block_from,
                 "page_size": writer.page_size,
                 "writer": writer.writer,
+                "source_reader": "pyarrow" if direct_plan is not None else "spark",
                 "fill": fill,
                 "sizing": {
                     "bytes_per_row": round(sized.bytes_per_row, 3),

@@ -37,11 +37,13 @@ from etl.checksums import file_infos_on_executors
 from loader import fs as lfs
 from loader.manifest import FileInfo, Manifest, row_group_sizes
 
-from . import arrow_write
+from . import arrow_write, direct
 from .layout import FILE_COLUMN, LAYOUT_SETTINGS, ORDER_COLUMN, assign_files
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from .direct import DirectPlan
 
 SAMPLE_DIR = "_larder_sample"
 PILOT_ROWS = 2000
@@ -237,6 +239,8 @@ class SizedWriter:
         input_bytes: Bytes of the input files (the fingerprint's snapshot), if the source has files.
         writer: ``"spark"`` (an exchange, then parquet-mr) or ``"arrow"`` (:mod:`etl.arrow_write`: pyarrow
             on the executors; local destinations).
+        direct: With the arrow writer, read the rows from the source files with pyarrow
+            (:mod:`etl.direct`) instead of through Spark.
     """
 
     def __init__(
@@ -256,12 +260,14 @@ class SizedWriter:
         prior: PriorSizing | None = None,
         input_bytes: int | None = None,
         writer: str = "spark",
+        direct: DirectPlan | None = None,
     ) -> None:
         if writer not in ("spark", "arrow"):
             raise ValueError(f"writer must be 'spark' or 'arrow', not {writer!r}")
         if writer == "arrow" and not isinstance(fs, pafs.LocalFileSystem):
             raise ValueError("the arrow writer needs a local destination (output.writer: spark for remote ones)")
         self.writer = writer
+        self.direct = direct if writer == "arrow" else None
         self.dictionary: tuple[str, ...] | None = None  # arrow writer: leaf columns to dictionary-encode
         self._count = 0  # rows of the selection, set by write()
         self.spark, self.fs, self.path, self.uri = spark, fs, path, uri
@@ -386,12 +392,15 @@ class SizedWriter:
                 if bpr > self.block_size:
                     self.log(f"warning: rows average {bpr:.0f} bytes, more than the {self.block_size}-byte block")
                 rows_per_file = max(1, math.floor(self.target / bpr))
-                laid_out, n = assign_files(self.spark, df, counts, rows_per_file, self.shuffle, self.seed,
-                                           exchange=self.writer == "spark")
+                if self.direct is not None:  # the tasks lay the rows out as they read them
+                    laid_out, n = df, max(1, math.ceil(count / rows_per_file))
+                else:
+                    laid_out, n = assign_files(self.spark, df, counts, rows_per_file, self.shuffle, self.seed,
+                                               exchange=self.writer == "spark")
                 self.log(f"attempt {attempt}: {n} files of {rows_per_file} rows (~{rows_per_file * bpr:.0f} bytes)")
                 started = time.time()
                 if self.writer == "arrow":
-                    infos = self._write_arrow(laid_out, n, bpr)
+                    infos = self._write_arrow(laid_out, n, bpr, rows_per_file)
                     per_file = [[(g.num_rows, g.compressed_bytes) for g in info.row_groups] for info in infos]
                 else:
                     self._write(laid_out, self.uri, rows_per_file)
@@ -422,7 +431,7 @@ class SizedWriter:
             num_files=n, attempts=attempt, oversized_rows=len(single), history=history,
         )  # fmt: skip
 
-    def _write_arrow(self, laid_out: DataFrame, n: int, bytes_per_row: float) -> list[FileInfo]:
+    def _write_arrow(self, laid_out: DataFrame, n: int, bytes_per_row: float, rows_per_file: int) -> list[FileInfo]:
         """Write the laid-out rows with :mod:`etl.arrow_write` (spill, then encode); the staging directory
         holds only the new ``part-<k>.parquet`` files afterwards."""
         for entry in lfs.listdir(self.fs, self.path):  # an earlier attempt's files
@@ -434,8 +443,11 @@ class SizedWriter:
         per_batch = int(max(1, min(ARROW_BATCH_ROWS, ARROW_BATCH_BYTES // row_bytes)))
         try:
             started = time.time()
-            with temporary_conf(self.spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(per_batch)}):
-                arrow_write.spill(laid_out, slices, FILE_COLUMN)
+            if self.direct is not None:
+                direct.spill(self.spark, self.direct, slices, rows_per_file, self.shuffle, self.seed)
+            else:
+                with temporary_conf(self.spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(per_batch)}):
+                    arrow_write.spill(laid_out, slices, FILE_COLUMN)
             spilled = time.time()
             written = arrow_write.encode_files(
                 self.spark, slices, self.path, n, (FILE_COLUMN, ORDER_COLUMN), ORDER_COLUMN, self._options_arrow())

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from . import fs as lfs
@@ -37,6 +36,8 @@ def _as_reader(data) -> tuple[pa.RecordBatchReader, dict]:
     if isinstance(data, pa.RecordBatch):
         return pa.Table.from_batches([data]).to_reader(), {"kind": "arrow-table"}
     if isinstance(data, (str, os.PathLike)):
+        import pyarrow.dataset as pads  # here, not at import: it costs ~0.1 s and imports pandas when installed
+
         fs, path = lfs.resolve(data)
         try:
             ds = pads.dataset(path, filesystem=fs, format="parquet")

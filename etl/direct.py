@@ -1,0 +1,344 @@
+"""Stage 1 of the arrow writer straight from the source's Parquet files: pyarrow reads them, no JVM scan.
+
+With ``output.writer: arrow``, Spark's scan of the source and its row-to-Arrow conversion for
+``mapInArrow`` cost about as much CPU as a whole plain ``df.write.parquet``. When the selection is exactly
+"every row of some local Parquet files", the executors can read those files with pyarrow instead and
+spill the rows into the same Arrow slices (:class:`etl.arrow_write.SliceWriter`); stage 2 is unchanged.
+
+:func:`plan` decides, before any heavy work, and says why when it declines (the job then reads through
+Spark as before). It accepts a selection only when all of this holds:
+
+* every input file (``df.inputFiles()``, after partition pruning) is a local ``file:`` path and a Parquet
+  file, and the row count in their footers equals the selection's count as Spark took it: a filter or a
+  sample can only remove rows, so equal counts mean the selection is all of those files' rows (a
+  ``where`` on partition columns, pruned by Spark, passes; one that drops rows does not);
+* transforms are index transforms only (their vocabularies are already built by Spark's count);
+* every selected column is in every file with exactly the Arrow type Spark hands ``mapInArrow`` (list
+  item names and nullability aside), or is a Hive partition column of a string, integer or date type
+  (its value comes from the file's ``column=value`` directory); timestamps are left to Spark (their
+  Arrow form depends on the session time zone);
+* fewer than :data:`etl.layout.LONG_SAFE_ROWS` rows.
+
+Rows are laid out as :func:`etl.layout.assign_files` lays them out: a global index ``g`` in source order
+(files in ``inputFiles`` order, then row groups, then rows), ``file = perm(g) // rows_per_file`` with the
+same seeded affine permutation, and inside a file a seeded random order key (``numpy``'s
+``default_rng([seed, row group, batch])``), so a retried task writes the same slices.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .arrow_write import SliceWriter
+from .layout import FILE_COLUMN, LONG_SAFE_ROWS, ORDER_COLUMN, affine_permutation
+from .transforms import NULL_ID
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from .config import JobConfig
+
+HIVE_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+TASK_BYTES = 128 << 20  # compressed input bytes per stage-1 task (at least 2 tasks per core)
+BATCH_BYTES = 8 << 20  # decoded bytes per Arrow batch read
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One row group of one input file.
+
+    Attributes:
+        path: Local path of the file.
+        row_group: Row group index in the file.
+        rows: Rows in the row group (from the footer).
+        offset: Global index of its first row (source order).
+        batch_rows: Rows per Arrow batch when reading it.
+        partition: Values of the selected partition columns (from the file's directories).
+    """
+
+    path: str
+    row_group: int
+    rows: int
+    offset: int
+    batch_rows: int
+    partition: tuple[tuple[str, str | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class IndexStep:
+    """An index transform, as :func:`etl.transforms.index_column` applies it."""
+
+    column: str
+    output: str
+    vocabulary: tuple[str, ...]
+    drop_input: bool
+
+
+@dataclass(frozen=True)
+class DirectPlan:
+    """What the stage-1 tasks read and how they turn it into the transformed selection's rows.
+
+    Attributes:
+        pieces: The input row groups, in source order.
+        file_columns: Columns read from the files.
+        partition_types: Selected partition columns -> Arrow type.
+        selection: The selection's columns, in order (before transforms).
+        steps: The index transforms, in order.
+        schema: The transformed selection's Arrow schema (as Spark hands it to ``mapInArrow``).
+        total: Rows in the selection.
+        compressed_bytes: Compressed bytes of the pieces' column chunks.
+    """
+
+    pieces: tuple[Piece, ...]
+    file_columns: tuple[str, ...]
+    partition_types: dict[str, pa.DataType]
+    selection: tuple[str, ...]
+    steps: tuple[IndexStep, ...]
+    schema: pa.Schema
+    total: int
+    compressed_bytes: int = 0
+
+    def tasks(self, parallelism: int) -> list[list[Piece]]:
+        """The pieces cut into consecutive runs of about equal rows, one task each: ``2 × parallelism`` runs,
+        or more when the input exceeds :data:`TASK_BYTES` per run, at most one per piece (fewer when a
+        piece alone holds more than a run's share)."""
+        sizes = np.array([p.rows for p in self.pieces], dtype=np.int64)
+        want = max(2 * max(1, parallelism), 1)
+        n = int(min(len(self.pieces), max(want, math.ceil(self.compressed_bytes / TASK_BYTES))))
+        bounds = np.searchsorted(np.cumsum(sizes), np.arange(1, n) * sizes.sum() / n, side="left") + 1
+        edges = sorted({0, *bounds.tolist(), len(self.pieces)})
+        return [list(self.pieces[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=False) if a < b]
+
+
+def _normalize(t: pa.DataType) -> pa.DataType:
+    """``t`` with list item names and nullability erased (what type equality here ignores)."""
+    if pa.types.is_list(t):
+        return pa.list_(_normalize(t.value_type))
+    if pa.types.is_large_list(t):
+        return pa.large_list(_normalize(t.value_type))
+    return t
+
+
+def _local_path(uri: str) -> str | None:
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
+        return None
+    return unquote(parsed.path)
+
+
+def _partition_values(path: str, names: list[str]) -> dict[str, str | None] | None:
+    """The ``name=value`` directory values of ``path`` for ``names`` (Hive escaping undone), or None."""
+    found: dict[str, str | None] = {}
+    for segment in os.path.dirname(path).split("/"):
+        key, eq, value = segment.partition("=")
+        if eq and key in names:
+            value = unquote(value)
+            found[key] = None if value == HIVE_NULL_PARTITION else value
+    return found if set(found) == set(names) else None
+
+
+def _partition_array(value: str | None, t: pa.DataType, n: int) -> pa.Array:
+    if value is None:
+        return pa.nulls(n, t)
+    if pa.types.is_string(t):
+        scalar = pa.scalar(value, t)
+    elif pa.types.is_integer(t):
+        scalar = pa.scalar(int(value), t)
+    else:  # date32
+        scalar = pa.scalar(datetime.date.fromisoformat(value), t)
+    return pa.repeat(scalar, n)
+
+
+_PARTITION_TYPES = (pa.types.is_string, pa.types.is_integer, pa.types.is_date32)
+
+
+def _has_timestamp(data_type) -> bool:
+    from pyspark.sql.types import ArrayType, TimestampNTZType, TimestampType
+
+    if isinstance(data_type, ArrayType):
+        return _has_timestamp(data_type.elementType)
+    return isinstance(data_type, (TimestampType, TimestampNTZType))
+
+
+def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfig, vocabularies: dict[str, list[str]],
+         partition_columns: list[str], total: int) -> tuple[DirectPlan | None, str]:
+    """A :class:`DirectPlan` for the transformed selection ``df`` of ``source_df``, or None and the reason.
+
+    Args:
+        spark: The session (its time zone and Arrow settings decide the Arrow types).
+        source_df: The validated selection (partition pruning applied).
+        df: ``source_df`` after the conf's transforms.
+        cfg: The job conf.
+        vocabularies: The index transforms' vocabularies, output column -> values.
+        partition_columns: The Hive table's partition columns (empty for paths).
+        total: The selection's row count, as Spark took it.
+    """
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    if cfg.source.reader == "spark":
+        return None, "source.reader is spark"
+    if any(t.kind != "index" for t in cfg.transforms):
+        return None, "a python transform needs Spark's rows"
+    if total >= LONG_SAFE_ROWS:
+        return None, "too many rows for 64-bit layout arithmetic"
+    timestamps = [f.name for f in df.schema.fields if _has_timestamp(f.dataType)]
+    if timestamps:
+        return None, f"timestamp column {timestamps[0]!r} (its Arrow form follows the session time zone)"
+    uris = list(dict.fromkeys(source_df.inputFiles()))
+    if not uris:
+        return None, "the source has no input files"
+    paths = [_local_path(u) for u in uris]
+    if any(p is None for p in paths):
+        return None, "input files are not on the local filesystem"
+    large = spark.conf.get("spark.sql.execution.arrow.useLargeVarTypes", "false") == "true"
+    schema = to_arrow_schema(df.schema, timezone="UTC", prefers_large_types=large)
+    source_schema = to_arrow_schema(source_df.schema, timezone="UTC", prefers_large_types=large)
+    selection = tuple(source_df.columns)
+    partition_types = {c: source_schema.field(c).type for c in selection if c in partition_columns}
+    for name, t in partition_types.items():
+        if not any(check(t) for check in _PARTITION_TYPES):
+            return None, f"partition column {name!r} is {t}"
+    file_columns = tuple(c for c in selection if c not in partition_types)
+    pieces: list[Piece] = []
+    offset = compressed = 0
+    for path in paths:
+        try:
+            meta = pq.ParquetFile(path).metadata
+            file_schema = pq.read_schema(path)
+        except (OSError, pa.ArrowException) as e:
+            return None, f"{path} is not a readable Parquet file ({e})"
+        for c in file_columns:
+            i = file_schema.get_field_index(c)
+            if i < 0:
+                return None, f"{path} has no column {c!r}"
+            if _normalize(file_schema.field(i).type) != _normalize(source_schema.field(c).type):
+                return None, f"{path}: column {c!r} is {file_schema.field(i).type}, Spark reads it as " \
+                             f"{source_schema.field(c).type}"
+        values = _partition_values(path, list(partition_types))
+        if values is None:
+            return None, f"{path} is not under a directory of each partition column"
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            if not rg.num_rows:
+                continue
+            per_row = max(1.0, rg.total_byte_size / rg.num_rows)
+            batch_rows = int(max(1024, min(1 << 20, BATCH_BYTES / per_row)))
+            pieces.append(Piece(path, g, rg.num_rows, offset, batch_rows, tuple(values.items())))
+            offset += rg.num_rows
+            compressed += sum(rg.column(j).total_compressed_size for j in range(rg.num_columns))
+    if offset != total:
+        return None, f"the selection keeps {total} of the files' {offset} rows (a row filter or sample)"
+    steps = []
+    for t in cfg.transforms:
+        output = t.output or t.column
+        steps.append(IndexStep(t.column, output, tuple(vocabularies[output]), t.drop_input))
+    direct = DirectPlan(tuple(pieces), file_columns, partition_types, selection, tuple(steps), schema, total,
+                        compressed)
+    probe = transform(_first_rows(direct), direct)  # the column order and types the tasks will produce
+    if probe.schema.names != schema.names or [_normalize(f.type) for f in probe.schema] != [
+            _normalize(f.type) for f in schema]:
+        return None, f"pyarrow would produce {probe.schema}, Spark {schema}"
+    return direct, f"{len(pieces)} row groups of {len(paths)} local Parquet files read with pyarrow"
+
+
+def _first_rows(direct: DirectPlan) -> pa.RecordBatch:
+    piece = direct.pieces[0]
+    pf = pq.ParquetFile(piece.path)
+    batch = next(pf.iter_batches(1, row_groups=[piece.row_group], columns=list(direct.file_columns),
+                                 use_threads=False))
+    return with_partitions(batch, piece, direct)
+
+
+def with_partitions(batch: pa.RecordBatch, piece: Piece, direct: DirectPlan) -> pa.RecordBatch:
+    """``batch`` (the file columns) with the piece's partition values added, in the selection's order."""
+    values = dict(piece.partition)
+    arrays = [
+        _partition_array(values[c], direct.partition_types[c], batch.num_rows) if c in direct.partition_types
+        else batch.column(c)
+        for c in direct.selection
+    ]
+    return pa.RecordBatch.from_arrays(arrays, names=list(direct.selection))
+
+
+def transform(batch: pa.RecordBatch, direct: DirectPlan) -> pa.RecordBatch:
+    """The index transforms applied to ``batch`` as :func:`etl.transforms.index_column` applies them
+    (null and unknown values -> ``-1``; ``output`` replaces ``column`` in place, or is appended after the
+    other columns), then cast to the Arrow schema Spark would hand over."""
+    names, arrays = list(batch.schema.names), list(batch.columns)
+    for step in direct.steps:
+        values = arrays[names.index(step.column)]
+        ids = pc.fill_null(pc.index_in(values, value_set=pa.array(step.vocabulary, values.type)), NULL_ID)
+        ids = ids.cast(pa.int32())
+        if step.output == step.column:
+            arrays[names.index(step.column)] = ids
+            continue
+        keep = [i for i, c in enumerate(names) if not (step.drop_input and c == step.column) and c != step.output]
+        names, arrays = [names[i] for i in keep] + [step.output], [arrays[i] for i in keep] + [ids]
+    out = pa.RecordBatch.from_arrays(arrays, names=names)
+    if out.schema.names == direct.schema.names:
+        out = out.cast(direct.schema)
+    return out
+
+
+def order_keys(piece: Piece, batch_index: int, rows: int, seed: int) -> np.ndarray:
+    """The seeded in-file order keys of a batch's rows (uniform in [0, 1))."""
+    return np.random.default_rng([seed, piece.offset, batch_index]).random(rows)
+
+
+def spill(spark: SparkSession, direct: DirectPlan, slices: str, rows_per_file: int, shuffle: bool, seed: int) -> int:
+    """Stage 1 read with pyarrow: every row of the selection into the Arrow slice of its file.
+
+    Returns:
+        The rows spilled.
+
+    Raises:
+        RuntimeError: (from the tasks) an input file no longer holds the rows its footer held at planning.
+    """
+    total = direct.total
+    a, b = affine_permutation(total, seed) if shuffle else (1, 0)
+
+    def task(part: int, runs):
+        from pyspark import TaskContext
+
+        attempt = TaskContext.get().attemptNumber()
+        out = SliceWriter(slices, part, attempt)
+        try:
+            for pieces in runs:  # one run of pieces per partition
+                for piece in pieces:
+                    pf = pq.ParquetFile(piece.path)
+                    start = piece.offset
+                    batches = pf.iter_batches(piece.batch_rows, row_groups=[piece.row_group],
+                                              columns=list(direct.file_columns), use_threads=False)
+                    for i, raw in enumerate(batches):
+                        batch = transform(with_partitions(raw, piece, direct), direct)
+                        g = np.arange(start, start + batch.num_rows, dtype=np.int64)
+                        start += batch.num_rows
+                        position = (g * a + b) % total if shuffle else g
+                        order = order_keys(piece, i, batch.num_rows, seed) if shuffle else g
+                        files = (position // rows_per_file).astype(np.int32)
+                        batch = batch.append_column(ORDER_COLUMN, pa.array(order))
+                        batch = batch.append_column(FILE_COLUMN, pa.array(files))
+                        out.write(batch, files)
+                    pf.close()
+                    if start != piece.offset + piece.rows:
+                        raise RuntimeError(f"larder: {piece.path} row group {piece.row_group} holds "
+                                           f"{start - piece.offset} rows, its footer said {piece.rows}")
+            out.commit()
+        except BaseException:
+            out.abort()
+            raise
+        yield out.rows
+
+    tasks = direct.tasks(spark.sparkContext.defaultParallelism)
+    rdd = spark.sparkContext.parallelize(tasks, len(tasks))  # as many slices as elements: one run each
+    return int(sum(rdd.mapPartitionsWithIndex(task).collect()))
