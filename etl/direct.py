@@ -12,6 +12,7 @@ Spark as before). It accepts a selection only when all of this holds:
   file, and the row count in their footers equals the selection's count as Spark took it: a filter or a
   sample can only remove rows, so equal counts mean the selection is all of those files' rows (a
   ``where`` on partition columns, pruned by Spark, passes; one that drops rows does not);
+* ``output.shuffle`` is on (unshuffled files keep the order of Spark's scan, which only Spark knows);
 * transforms are index transforms only (their vocabularies are already built by Spark's count);
 * every selected column is in every file with exactly the Arrow type Spark hands ``mapInArrow`` (list
   item names and nullability aside), or is a Hive partition column of a string, integer or date type
@@ -187,6 +188,8 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
 
     if cfg.source.reader == "spark":
         return None, "source.reader is spark"
+    if not cfg.output.shuffle:
+        return None, "output.shuffle is false: files keep Spark's scan order"
     if any(t.kind != "index" for t in cfg.transforms):
         return None, "a python transform needs Spark's rows"
     if total >= LONG_SAFE_ROWS:
@@ -248,7 +251,7 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
     if probe.schema.names != schema.names or [_normalize(f.type) for f in probe.schema] != [
             _normalize(f.type) for f in schema]:
         return None, f"pyarrow would produce {probe.schema}, Spark {schema}"
-    return direct, f"{len(pieces)} row groups of {len(paths)} local Parquet files read with pyarrow"
+    return direct, f"{len(pieces)} row groups of {len(paths)} local Parquet files"
 
 
 def _first_rows(direct: DirectPlan) -> pa.RecordBatch:

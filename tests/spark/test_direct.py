@@ -90,10 +90,11 @@ def test_a_where_that_drops_no_row_still_reads_with_pyarrow(spark, demo_table, t
         ("sample", {"source": {"sample": 0.5}}, "row filter or sample"),
         ("python", {"transforms": [{"kind": "python", "function": "tests.spark.hooks:price_bucket"}]}, "python"),
         ("forced", {"source": {"reader": "spark"}}, "source.reader"),
+        ("unshuffled", {"output": {"shuffle": False}}, "output.shuffle is false"),
     ],
 )
 def test_what_pyarrow_cannot_serve_is_read_through_spark(spark, demo_table, tmp_path, case, sections, reason):
-    sections = {**sections, "output": {"writer": "arrow"}}
+    sections = {**sections, "output": {**sections.get("output", {}), "writer": "arrow"}}
     said = _run(job_conf(tmp_path, name=case, **sections), spark)
     table, ds = _published(tmp_path, case)
     assert ds.manifest.extra["source_reader"] == "spark"
