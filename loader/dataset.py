@@ -243,6 +243,7 @@ class Dataset:
                 if mapped != info.size:
                     source.close()
                     raise CorruptFileError(f"{where}: {mapped} bytes, the manifest says {info.size}", where)
+                whole = source.read_buffer()  # the mapping as one zero-copy Buffer (read_at would copy)
             else:
                 # One buffer the size of the file, filled only at the chunks read: untouched pages cost no memory.
                 buf = pa.allocate_buffer(info.size)
@@ -256,12 +257,10 @@ class Dataset:
                         raise CorruptFileError(f"{where}: row group {index} column {chunk.path_in_schema} lies "
                                                "outside the file", where)
                     if local is not None:
-                        data = source.read_at(length, start)  # zero-copy: a view of the mapping
+                        data = whole.slice(start, length)  # zero-copy: a view of the mapping
                     else:
-                        data = view[start : start + length]
-                        got = f.read_at(length, start)
-                        data[: len(got)] = np.frombuffer(got, dtype=np.uint8)
-                        data = data[: len(got)]
+                        f.seek(start)
+                        data = view[start : start + f.readinto(view[start : start + length])]  # one copy
                     if len(data) != length or f"{crc32(data) & 0xFFFFFFFF:08x}" != expected[c]:
                         raise CorruptFileError(
                             f"{where}: row group {index} column {chunk.path_in_schema} fails its checksum", where)
