@@ -47,6 +47,16 @@ RAGGED_FORMS = ("offsets", "padded")
 STRING_FORMS = ("offsets", "object")
 
 
+
+def as_arrow(values: np.ndarray) -> pa.Array:
+    """A 1-D numeric numpy array as an Arrow array, zero-copy when contiguous (no nulls).
+
+    ``pa.array(ndarray)`` asks pyarrow's pandas shim whether the input is pandas-like, which imports
+    pandas on first use (~0.3 s, taken inside the first batch) whenever pandas is installed; this does not.
+    """
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
 def check_options(ragged: str, strings: str) -> None:
     """Validate the conversion options.
 
@@ -227,7 +237,7 @@ def _convert(name, arr: pa.Array, nullable: bool, out: dict, ragged, strings, ma
 def _list_offsets(arr: pa.Array) -> np.ndarray:
     """``int64`` offsets (from 0) of a list array's rows into ``arr.flatten()``."""
     if arr.null_count == 0 and hasattr(arr, "offsets") and not _is_view(arr.type):
-        offsets = arr.offsets.to_numpy().astype(np.int64)
+        offsets = _numeric(arr.offsets).astype(np.int64)
         return offsets - offsets[0]
     return _offsets(_lengths(pc.list_value_length(arr)))  # null lists may hide values: count what flatten keeps
 
@@ -242,16 +252,36 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
     return offsets
 
 
+def _numeric(arr: pa.Array) -> np.ndarray:
+    """An integer or floating array without nulls as a zero-copy numpy view (writable when Arrow's buffer
+    is). Arrow's own ``to_numpy`` consults pyarrow's pandas shim, which imports pandas on first use."""
+    dtype = np.dtype(arr.type.to_pandas_dtype())
+    data = arr.buffers()[1]
+    if data is None:  # an empty array may have no buffer
+        return np.zeros(0, dtype=dtype)
+    return np.frombuffer(data, dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
+
+
+def _bools(arr: pa.Array) -> np.ndarray:
+    """A boolean array without nulls as numpy ``bool`` (Arrow packs them in bits)."""
+    n, start = len(arr), arr.offset
+    if not n:
+        return np.zeros(0, dtype=bool)
+    packed = np.frombuffer(arr.buffers()[1], dtype=np.uint8)[start // 8 : (start + n + 7) // 8 + 1]
+    return np.unpackbits(packed, bitorder="little")[start % 8 : start % 8 + n].astype(bool)
+
+
 def _valid(arr: pa.Array) -> np.ndarray:
     if arr.null_count == 0:
         return np.ones(len(arr), dtype=bool)
-    return arr.is_valid().to_numpy(zero_copy_only=False)
+    return _bools(arr.is_valid())
 
 
 def _lengths(lengths: pa.Array) -> np.ndarray:
+    out = _numeric(lengths).astype(np.int64)
     if lengths.null_count:
-        lengths = lengths.fill_null(0)
-    return lengths.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        out[~_bools(lengths.is_valid())] = 0
+    return out
 
 
 def _fixed(arr: pa.Array) -> np.ndarray:
@@ -263,18 +293,20 @@ def _fixed(arr: pa.Array) -> np.ndarray:
         arr, t = arr.cast(pa.float64()), pa.float64()
     if pat.is_fixed_size_list(t):
         return _fixed_size_list(arr)
+    numeric = pat.is_integer(t) or pat.is_floating(t)
+    if arr.null_count and (numeric or pat.is_boolean(t)):  # filled in numpy (pa.scalar imports pandas)
+        invalid = ~_bools(arr.is_valid())
+        if pat.is_boolean(t):
+            return _bools(arr) & ~invalid
+        values = _numeric(arr).copy()
+        values[invalid] = np.nan if pat.is_floating(t) else 0
+        return values
     if arr.null_count:
-        if pat.is_floating(t):
-            arr = arr.fill_null(pa.scalar(float("nan"), t))
-        elif pat.is_boolean(t):
-            arr = arr.fill_null(False)
-        else:
-            arr = arr.fill_null(pa.scalar(0, t) if pat.is_integer(t) else pa.scalar(0).cast(t))
-    if pat.is_integer(t) or pat.is_floating(t):
-        data = arr.buffers()[1]
-        if data is not None and data.is_mutable:  # memory the reader allocated: a writable zero-copy view
-            dtype = np.dtype(t.to_pandas_dtype())
-            return np.frombuffer(data, dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
+        arr = arr.fill_null(pa.scalar(0).cast(t))
+    if numeric:
+        return _numeric(arr)  # zero-copy; writable where the reader allocated the memory
+    if pat.is_boolean(t):
+        return _bools(arr)
     return arr.to_numpy(zero_copy_only=False)
 
 
@@ -291,7 +323,18 @@ def _zeros_like(t: pa.DataType, n: int) -> pa.Array:
     if pat.is_fixed_size_list(t):
         inner = _zeros_like(t.value_type, n * t.list_size)
         return pa.FixedSizeListArray.from_arrays(inner, type=t)
-    return pa.array(np.zeros(n), pa.float64()).cast(t)
+    return as_arrow(np.zeros(n)).cast(t)
+
+
+def _null_slots_empty(arr: pa.Array) -> bool:
+    """Whether every null of a string / binary array spans no bytes (what Parquet decoding produces), so
+    its buffers already hold the filled form. Arrow allows null slots with bytes behind them."""
+    if not (pat.is_string(arr.type) or pat.is_binary(arr.type) or pat.is_large_string(arr.type)
+            or pat.is_large_binary(arr.type)):
+        return False
+    width = np.int32 if pat.is_string(arr.type) or pat.is_binary(arr.type) else np.int64
+    offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset : arr.offset + len(arr) + 1]
+    return not np.diff(offsets)[~_bools(arr.is_valid())].any()
 
 
 def _bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -304,7 +347,7 @@ def _bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
             arr = arr.fill_null(pa.scalar(b"\0" * width, t))
         data = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
         return data[arr.offset * width : (arr.offset + n) * width], np.arange(n + 1, dtype=np.int64) * width
-    if arr.null_count:
+    if arr.null_count and not _null_slots_empty(arr):
         arr = arr.fill_null(pa.scalar(b"" if pat.is_binary(t) or pat.is_large_binary(t) else "", t))
     if pat.is_string(t) or pat.is_binary(t):
         width = np.int32

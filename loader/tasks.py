@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .convert import to_numpy
+from .convert import as_arrow, to_numpy
 from .dataset import Dataset
 from .decoded import DecodedCache
 from .errors import CorruptFileError, RemoteError, TransformError
@@ -133,7 +133,7 @@ def read_piece(key: str, epoch: int, group: int, start: int, stop: int,
         else:
             table = _decode_group(ctx, info, local)
         decoded = table.num_rows
-        table = table.take(pa.array(rows)) if rows is not None else table.slice(start, stop - start)
+        table = table.take(as_arrow(rows)) if rows is not None else table.slice(start, stop - start)
     ids = None
     if ctx.with_row_ids:
         ids = rows.astype(np.int64) if rows is not None else np.arange(start, stop, dtype=np.int64)
@@ -182,7 +182,7 @@ class _GroupStream:
             if a < b:
                 if rows is not None:
                     wanted = rows[(rows >= a) & (rows < b)] - self.pos
-                    parts.append(chunk.take(pa.array(wanted)))
+                    parts.append(chunk.take(as_arrow(wanted)))
                 else:
                     parts.append(chunk.slice(a - self.pos, b - a))
             if end <= hi:

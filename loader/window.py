@@ -15,9 +15,9 @@ from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import numpy.ma  # noqa: F401 - pa.array(ndarray) looks it up; numpy imports it lazily (~5 ms, first batch)
 import pyarrow as pa
 
+from .convert import as_arrow
 from .plan import EpochPlan, window_permutation
 from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN, convert_batch, finish_batch, splittable, transform_batch
 
@@ -55,8 +55,8 @@ class Window(NamedTuple):
             return self.rows.slice(a, b - a)
         idx = self.perm[a:b]
         if not self.views:
-            return self.rows.take(pa.array(idx))
-        taken = iter(self.rows.select(list(self.plain)).take(pa.array(idx)).columns if self.plain else ())
+            return self.rows.take(as_arrow(idx))
+        taken = iter(self.rows.select(list(self.plain)).take(as_arrow(idx)).columns if self.plain else ())
         columns = [
             _take_views(self.rows.column(i), idx, field.type) if i in self.views else next(taken)
             for i, field in enumerate(self.schema)
@@ -172,8 +172,8 @@ def cut(spans, lo: int, hi: int, with_ids: bool) -> tuple[pa.RecordBatch | pa.Ta
         rows = pa.concat_tables([p if isinstance(p, pa.Table) else pa.Table.from_batches([p]) for p in parts])
         group = np.concatenate(groups)
     if with_ids:
-        rows = rows.append_column(ROW_GROUP_COLUMN, pa.array(group))
-        rows = rows.append_column(ROW_COLUMN, pa.array(np.concatenate(ids) if len(ids) > 1 else ids[0]))
+        rows = rows.append_column(ROW_GROUP_COLUMN, as_arrow(group))
+        rows = rows.append_column(ROW_COLUMN, as_arrow(np.concatenate(ids) if len(ids) > 1 else ids[0]))
     return rows, group
 
 

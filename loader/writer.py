@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import fs as lfs
+from .convert import as_arrow
 from .dataset import Dataset, open_dataset
 from .errors import ConfigError, EmptyDatasetError, SourceError
 from .manifest import file_info_from_bytes
@@ -180,7 +181,7 @@ def write_cache(
     if shuffle:
         table = reader.read_all()
         perm = np.random.default_rng(seed).permutation(table.num_rows)
-        reader = table.take(pa.array(perm)).to_reader()
+        reader = table.take(as_arrow(perm)).to_reader()
         src["shuffle_seed"] = seed
     schema = reader.schema
     chunks = _Chunker(_rebatch(reader))

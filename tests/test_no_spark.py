@@ -46,3 +46,41 @@ print("ok", ds.num_row_groups)
     assert proc.returncode == 0, proc.stderr
     groups = int(proc.stdout.split()[-1])
     assert groups > 1  # the read really crossed several row groups
+
+
+def test_reading_does_not_import_pandas(tmp_path):
+    """pyarrow's ``pa.array`` and ``Array.to_numpy`` import pandas on first use when it is installed (~0.3 s
+    inside the first batch); the reader's conversions and gathers use neither. Every column kind the reader
+    converts is read, in a fresh process, from a cache written here: ints, floats, bools with a null,
+    strings, binary, lists of ints and of strings."""
+    import numpy as np
+    import pyarrow as pa
+
+    import loader
+
+    n = 600
+    table = pa.table({
+        "id": np.arange(n), "f": np.linspace(0, 1, n).astype(np.float32),
+        "b": pa.array([i % 3 == 0 if i != 5 else None for i in range(n)]),
+        "s": [str(i) for i in range(n)], "bin": [bytes([i % 256]) * (i % 7) for i in range(n)],
+        "ids": [list(range(i % 4)) for i in range(n)], "words": [[str(i)] * (i % 3) for i in range(n)],
+    })  # fmt: skip
+    ds = loader.write_cache(table, str(tmp_path), "d", row_group_bytes=2000)
+    code = f"""
+import sys
+import numpy as np
+import loader
+for pool in ("serial", "thread"):
+    with loader.make_reader({ds.version_path!r}, batch_size=64, pool=pool, seed=0, masks=True) as reader:
+        batches = list(reader)
+    ids = np.concatenate([b["id"] for b in batches])
+    assert sorted(ids.tolist()) == list(range({n})), "rows"
+    got = dict(zip(ids.tolist(), np.concatenate([b["b"] for b in batches]).tolist()))
+    valid = dict(zip(ids.tolist(), np.concatenate([b["b.valid"] for b in batches]).tolist()))
+    assert all(got[i] == (i % 3 == 0) for i in range({n}) if i != 5) and not valid[5] and valid[6], "bools"
+    assert sum(len(b["words"]) for b in batches) == sum(len(str(i)) * (i % 3) for i in range({n}))
+print("pandas" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "False", "reading imported pandas"
