@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
@@ -39,6 +39,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from loader.errors import SourceError
 
 from .arrow_write import SliceWriter
 from .layout import FILE_COLUMN, LONG_SAFE_ROWS, ORDER_COLUMN, affine_permutation
@@ -305,10 +307,12 @@ def spill(spark: SparkSession, direct: DirectPlan, slices: str, rows_per_file: i
         The rows spilled.
 
     Raises:
-        RuntimeError: (from the tasks) an input file no longer holds the rows its footer held at planning.
+        SourceError: An input file no longer holds the rows its footer held at planning (names it).
     """
     total = direct.total
     a, b = affine_permutation(total, seed) if shuffle else (1, 0)
+    tasks = direct.tasks(spark.sparkContext.defaultParallelism)
+    direct = replace(direct, pieces=())  # what the tasks need besides their own pieces (not all of them)
 
     def task(part: int, runs):
         from pyspark import TaskContext
@@ -342,6 +346,11 @@ def spill(spark: SparkSession, direct: DirectPlan, slices: str, rows_per_file: i
             raise
         yield out.rows
 
-    tasks = direct.tasks(spark.sparkContext.defaultParallelism)
     rdd = spark.sparkContext.parallelize(tasks, len(tasks))  # as many slices as elements: one run each
-    return int(sum(rdd.mapPartitionsWithIndex(task).collect()))
+    try:
+        return int(sum(rdd.mapPartitionsWithIndex(task).collect()))
+    except Exception as e:  # a task's error arrives wrapped in Spark's; name the file it names
+        said = [line.strip() for line in str(e).splitlines() if line.strip().startswith("RuntimeError: larder:")]
+        if said:
+            raise SourceError(f"the source changed while the job ran: {said[-1].split('larder:', 1)[1].strip()}") from e
+        raise

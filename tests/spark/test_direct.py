@@ -14,6 +14,7 @@ import loader
 from etl import direct
 from etl.config import from_dict
 from etl.job import run
+from loader.errors import SourceError
 
 from .conftest import DEMO_COLUMNS, DEMO_TABLE, job_conf
 
@@ -177,7 +178,7 @@ def test_a_source_file_changed_after_planning_fails_naming_it(spark, tmp_path):
     assert plan is not None, why
     victim = plan.pieces[0].path
     pq.write_table(pq.read_table(victim).slice(0, 10), victim)  # same name, fewer rows
-    with pytest.raises(Exception, match=f"{os.path.basename(victim)}.*footer said"):
+    with pytest.raises(SourceError, match=f"changed while the job ran: .*{os.path.basename(victim)}.*footer said"):
         direct.spill(spark, plan, str(tmp_path / "slices"), 1000, True, 0)
 
 
