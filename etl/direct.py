@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from loader.convert import as_arrow
 from loader.errors import SourceError
 
 from .arrow_write import SliceWriter
@@ -218,8 +219,8 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
     offset = compressed = 0
     for path in paths:
         try:
-            meta = pq.ParquetFile(path).metadata
-            file_schema = pq.read_schema(path)
+            with pq.ParquetFile(path) as pf:  # the footer only
+                meta, file_schema = pf.metadata, pf.schema_arrow
         except (OSError, pa.ArrowException) as e:
             return None, f"{path} is not a readable Parquet file ({e})"
         for c in file_columns:
@@ -258,9 +259,9 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
 
 def _first_rows(direct: DirectPlan) -> pa.RecordBatch:
     piece = direct.pieces[0]
-    pf = pq.ParquetFile(piece.path)
-    batch = next(pf.iter_batches(1, row_groups=[piece.row_group], columns=list(direct.file_columns),
-                                 use_threads=False))
+    with pq.ParquetFile(piece.path) as pf:
+        batch = next(pf.iter_batches(1, row_groups=[piece.row_group], columns=list(direct.file_columns),
+                                     use_threads=False))
     return with_partitions(batch, piece, direct)
 
 
@@ -300,8 +301,29 @@ def order_keys(piece: Piece, batch_index: int, rows: int, seed: int) -> np.ndarr
     return np.random.default_rng([seed, piece.offset, batch_index]).random(rows)
 
 
-def spill(spark: SparkSession, direct: DirectPlan, slices: str, rows_per_file: int, shuffle: bool, seed: int) -> int:
-    """Stage 1 read with pyarrow: every row of the selection into the Arrow slice of its file.
+def _spill_piece(piece: Piece, direct: DirectPlan, out: SliceWriter, a: int, b: int, rows_per_file: int,
+                 seed: int) -> None:
+    """Read one row group, transform it and append each row to its file's slice (``file = perm(g) //
+    rows_per_file``, ``perm(g) = (a·g + b) mod total``)."""
+    start = piece.offset
+    with pq.ParquetFile(piece.path) as pf:
+        batches = pf.iter_batches(piece.batch_rows, row_groups=[piece.row_group], columns=list(direct.file_columns),
+                                  use_threads=False)
+        for i, raw in enumerate(batches):
+            batch = transform(with_partitions(raw, piece, direct), direct)
+            g = np.arange(start, start + batch.num_rows, dtype=np.int64)
+            start += batch.num_rows
+            files = ((g * a + b) % direct.total // rows_per_file).astype(np.int32)
+            batch = batch.append_column(ORDER_COLUMN, as_arrow(order_keys(piece, i, batch.num_rows, seed)))
+            out.write(batch.append_column(FILE_COLUMN, as_arrow(files)), files)
+    if start != piece.offset + piece.rows:
+        raise RuntimeError(f"larder: {piece.path} row group {piece.row_group} holds {start - piece.offset} rows, "
+                           f"its footer said {piece.rows}")
+
+
+def spill(spark: SparkSession, direct: DirectPlan, slices: str, rows_per_file: int, seed: int) -> int:
+    """Stage 1 read with pyarrow: every row of the selection into the Arrow slice of its file, laid out
+    with the seeded permutation (the plan is only made for shuffled output).
 
     Returns:
         The rows spilled.
@@ -309,37 +331,18 @@ def spill(spark: SparkSession, direct: DirectPlan, slices: str, rows_per_file: i
     Raises:
         SourceError: An input file no longer holds the rows its footer held at planning (names it).
     """
-    total = direct.total
-    a, b = affine_permutation(total, seed) if shuffle else (1, 0)
+    a, b = affine_permutation(direct.total, seed)
     tasks = direct.tasks(spark.sparkContext.defaultParallelism)
     direct = replace(direct, pieces=())  # what the tasks need besides their own pieces (not all of them)
 
     def task(part: int, runs):
         from pyspark import TaskContext
 
-        attempt = TaskContext.get().attemptNumber()
-        out = SliceWriter(slices, part, attempt)
+        out = SliceWriter(slices, part, TaskContext.get().attemptNumber())
         try:
             for pieces in runs:  # one run of pieces per partition
                 for piece in pieces:
-                    pf = pq.ParquetFile(piece.path)
-                    start = piece.offset
-                    batches = pf.iter_batches(piece.batch_rows, row_groups=[piece.row_group],
-                                              columns=list(direct.file_columns), use_threads=False)
-                    for i, raw in enumerate(batches):
-                        batch = transform(with_partitions(raw, piece, direct), direct)
-                        g = np.arange(start, start + batch.num_rows, dtype=np.int64)
-                        start += batch.num_rows
-                        position = (g * a + b) % total if shuffle else g
-                        order = order_keys(piece, i, batch.num_rows, seed) if shuffle else g
-                        files = (position // rows_per_file).astype(np.int32)
-                        batch = batch.append_column(ORDER_COLUMN, pa.array(order))
-                        batch = batch.append_column(FILE_COLUMN, pa.array(files))
-                        out.write(batch, files)
-                    pf.close()
-                    if start != piece.offset + piece.rows:
-                        raise RuntimeError(f"larder: {piece.path} row group {piece.row_group} holds "
-                                           f"{start - piece.offset} rows, its footer said {piece.rows}")
+                    _spill_piece(piece, direct, out, a, b, rows_per_file, seed)
             out.commit()
         except BaseException:
             out.abort()

@@ -444,7 +444,7 @@ class SizedWriter:
         try:
             started = time.time()
             if self.direct is not None:
-                direct.spill(self.spark, self.direct, slices, rows_per_file, self.shuffle, self.seed)
+                direct.spill(self.spark, self.direct, slices, rows_per_file, self.seed)
             else:
                 with temporary_conf(self.spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(per_batch)}):
                     arrow_write.spill(laid_out, slices, FILE_COLUMN)

@@ -179,7 +179,7 @@ def test_a_source_file_changed_after_planning_fails_naming_it(spark, tmp_path):
     victim = plan.pieces[0].path
     pq.write_table(pq.read_table(victim).slice(0, 10), victim)  # same name, fewer rows
     with pytest.raises(SourceError, match=f"changed while the job ran: .*{os.path.basename(victim)}.*footer said"):
-        direct.spill(spark, plan, str(tmp_path / "slices"), 1000, True, 0)
+        direct.spill(spark, plan, str(tmp_path / "slices"), 1000, 0)
 
 
 def test_a_missing_column_or_another_type_in_a_file_is_read_through_spark(spark, tmp_path):
