@@ -14,7 +14,7 @@ import loader
 from etl import direct
 from etl.config import from_dict
 from etl.job import run
-from loader.errors import SourceError
+from loader.errors import ConfigError, SourceError
 
 from .conftest import DEMO_COLUMNS, DEMO_TABLE, job_conf
 
@@ -193,6 +193,11 @@ def test_a_missing_column_or_another_type_in_a_file_is_read_through_spark(spark,
     df = spark.read.schema("id long, v long").parquet(source)
     plan, why = direct.plan(spark, df, df, _path_conf(source, tmp_path, "evolved"), {}, [], 200)
     assert plan is None and "column 'v'" in why
+
+
+def test_an_unknown_source_reader_names_the_key():
+    with pytest.raises(ConfigError, match="source.reader.*'pyarrow' is not one of auto, spark"):
+        _path_conf("/x", "/y", "n", reader="pyarrow")
 
 
 @pytest.mark.parametrize("sizes", [[5], [1, 1, 1], [10, 1, 1, 1, 10, 3], list(range(1, 40))])
