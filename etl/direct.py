@@ -21,9 +21,9 @@ Spark as before). It accepts a selection only when all of this holds:
 * fewer than :data:`etl.layout.LONG_SAFE_ROWS` rows.
 
 Rows are laid out as :func:`etl.layout.assign_files` lays them out: a global index ``g`` in source order
-(files in ``inputFiles`` order, then row groups, then rows), ``file = perm(g) // rows_per_file`` with the
+(files in path order, then row groups, then rows), ``file = perm(g) // rows_per_file`` with the
 same seeded affine permutation, and inside a file a seeded random order key (``numpy``'s
-``default_rng([seed, row group, batch])``), so a retried task writes the same slices.
+``default_rng([seed, first row of the row group, batch])``), so a retried task writes the same slices.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def _has_timestamp(data_type) -> bool:
 
 
 def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfig, vocabularies: dict[str, list[str]],
-         partition_columns: list[str], total: int) -> tuple[DirectPlan | None, str]:
+         partition_columns: list[str], total: int, input_files: list[str] | None = None
+         ) -> tuple[DirectPlan | None, str]:
     """A :class:`DirectPlan` for the transformed selection ``df`` of ``source_df``, or None and the reason.
 
     Args:
@@ -186,6 +187,7 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
         vocabularies: The index transforms' vocabularies, output column -> values.
         partition_columns: The Hive table's partition columns (empty for paths).
         total: The selection's row count, as Spark took it.
+        input_files: ``sorted(source_df.inputFiles())`` if already listed.
     """
     from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -200,7 +202,7 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
     timestamps = [f.name for f in df.schema.fields if _has_timestamp(f.dataType)]
     if timestamps:
         return None, f"timestamp column {timestamps[0]!r} (its Arrow form follows the session time zone)"
-    uris = list(dict.fromkeys(source_df.inputFiles()))
+    uris = sorted(source_df.inputFiles()) if input_files is None else input_files
     if not uris:
         return None, "the source has no input files"
     paths = [_local_path(u) for u in uris]

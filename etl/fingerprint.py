@@ -72,7 +72,8 @@ def conf_digest(cfg: JobConfig, block_size: int) -> dict:
     }
 
 
-def source_fingerprint(spark: SparkSession, df: DataFrame, cfg: JobConfig, block_size: int) -> tuple[str | None, dict]:
+def source_fingerprint(spark: SparkSession, df: DataFrame, cfg: JobConfig, block_size: int,
+                       files: list[str] | None = None) -> tuple[str | None, dict]:
     """Fingerprint the selection's snapshot.
 
     Args:
@@ -80,11 +81,12 @@ def source_fingerprint(spark: SparkSession, df: DataFrame, cfg: JobConfig, block
         df: The validated selection (partition pruning is applied by ``inputFiles``).
         cfg: The job conf.
         block_size: The resolved block size.
+        files: ``sorted(df.inputFiles())`` if the caller has listed them already.
 
     Returns:
         ``(fingerprint or None, snapshot summary)``; None when the source has no input files.
     """
-    files = sorted(df.inputFiles())
+    files = sorted(df.inputFiles()) if files is None else files
     snapshot = {"files": len(files), "partitions": partitions_of(files)}
     if not files:
         return None, snapshot

@@ -186,7 +186,8 @@ def run(
 
     source = load_source(spark, cfg.source)
     block, block_from = destination_block_size(spark, dataset_uri, cfg.output.block_size, DEFAULT_BLOCK_SIZE)
-    fingerprint, snapshot = source_fingerprint(spark, source.df, cfg, block)
+    input_files = sorted(source.df.inputFiles())  # listed once: the fingerprint and the pyarrow read use them
+    fingerprint, snapshot = source_fingerprint(spark, source.df, cfg, block, input_files)
     previous = _previous(fs, dataset_dir, log)
     phase("validate+fingerprint")
     if previous is not None and fingerprint and previous.source.get("fingerprint") == fingerprint and not force:
@@ -215,7 +216,8 @@ def run(
     log(f"{source.name}: {count} rows, {files_in} input files; block {format_size(block)} ({block_from})")
     direct_plan = None
     if writer_kind == "arrow":
-        direct_plan, why = direct.plan(spark, source.df, df, cfg, vocabularies, source.partition_columns, count)
+        direct_plan, why = direct.plan(spark, source.df, df, cfg, vocabularies, source.partition_columns, count,
+                                         input_files)
         log(f"source read {'with pyarrow: ' if direct_plan else 'through Spark: '}{why}")
         phase("plan read")
 

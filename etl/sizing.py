@@ -438,14 +438,13 @@ class SizedWriter:
             if entry.type == pafs.FileType.File and entry.base_name.endswith(".parquet"):
                 self.fs.delete_file(entry.path)
         slices = lfs.join(self.path, arrow_write.SLICES_DIR)
-        # Arrow batches of about 8 MiB of input between the JVM and the Python workers.
-        row_bytes = max(1.0, bytes_per_row, self._input_bytes_per_row())
-        per_batch = int(max(1, min(ARROW_BATCH_ROWS, ARROW_BATCH_BYTES // row_bytes)))
         try:
             started = time.time()
             if self.direct is not None:
                 direct.spill(self.spark, self.direct, slices, rows_per_file, self.seed)
-            else:
+            else:  # Arrow batches of about 8 MiB of input between the JVM and the Python workers
+                row_bytes = max(1.0, bytes_per_row, self._input_bytes_per_row())
+                per_batch = int(max(1, min(ARROW_BATCH_ROWS, ARROW_BATCH_BYTES // row_bytes)))
                 with temporary_conf(self.spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(per_batch)}):
                     arrow_write.spill(laid_out, slices, FILE_COLUMN)
             spilled = time.time()

@@ -326,17 +326,6 @@ def _zeros_like(t: pa.DataType, n: int) -> pa.Array:
     return as_arrow(np.zeros(n)).cast(t)
 
 
-def _null_slots_empty(arr: pa.Array) -> bool:
-    """Whether every null of a string / binary array spans no bytes (what Parquet decoding produces), so
-    its buffers already hold the filled form. Arrow allows null slots with bytes behind them."""
-    if not (pat.is_string(arr.type) or pat.is_binary(arr.type) or pat.is_large_string(arr.type)
-            or pat.is_large_binary(arr.type)):
-        return False
-    width = np.int32 if pat.is_string(arr.type) or pat.is_binary(arr.type) else np.int64
-    offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset : arr.offset + len(arr) + 1]
-    return not np.diff(offsets)[~_bools(arr.is_valid())].any()
-
-
 def _bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Flat ``uint8`` bytes (zero-copy where possible) and ``int64`` offsets of a string or binary array."""
     t = arr.type
@@ -347,16 +336,24 @@ def _bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
             arr = arr.fill_null(pa.scalar(b"\0" * width, t))
         data = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
         return data[arr.offset * width : (arr.offset + n) * width], np.arange(n + 1, dtype=np.int64) * width
-    if arr.null_count and not _null_slots_empty(arr):
-        arr = arr.fill_null(pa.scalar(b"" if pat.is_binary(t) or pat.is_large_binary(t) else "", t))
     if pat.is_string(t) or pat.is_binary(t):
         width = np.int32
     elif pat.is_large_string(t) or pat.is_large_binary(t):
         width = np.int64
     else:  # view types: one conversion to a plain layout
         arr, width = arr.cast(pa.large_binary()), np.int64
+
+    def offsets_of(a: pa.Array) -> np.ndarray:
+        return np.frombuffer(a.buffers()[1], dtype=width)[a.offset : a.offset + n + 1].astype(np.int64)
+
+    offsets = offsets_of(arr)
+    # Nulls decoded from Parquet span no bytes, so the buffers are already the filled form; Arrow allows null
+    # slots with bytes behind them, which are filled first (pa.scalar, here only, imports pandas).
+    if arr.null_count and np.diff(offsets)[~_bools(arr.is_valid())].any():
+        kind = arr.type
+        arr = arr.fill_null(pa.scalar(b"" if pat.is_binary(kind) or pat.is_large_binary(kind) else "", kind))
+        offsets = offsets_of(arr)
     buffers = arr.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=width)[arr.offset : arr.offset + n + 1].astype(np.int64)
     flat = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
     flat = flat[offsets[0] : offsets[-1]]
     offsets -= offsets[0]

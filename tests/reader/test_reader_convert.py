@@ -141,3 +141,14 @@ def test_three_levels_are_refused():
     with pytest.raises(ConfigError, match="'deep'"):
         check_schema(pa.schema([("deep", pa.list_(pa.list_(pa.list_(pa.int8()))))]), ["deep"])
     check_schema(pa.schema([("tokens", pa.list_(pa.string()))]), ["tokens"])
+
+
+def test_a_null_string_with_bytes_behind_it_converts_to_an_empty_value():
+    """Arrow allows a null slot to span bytes (Parquet decoding never makes one); they must not leak in."""
+    offsets = pa.py_buffer(np.array([0, 2, 4, 6], np.int32).tobytes())
+    arr = pa.Array.from_buffers(pa.string(), 3, [pa.py_buffer(bytes([0b101])), offsets, pa.py_buffer(b"abXYcd")])
+    for column in (arr, arr.cast(pa.string_view()), arr.slice(1)):
+        out = to_numpy(pa.record_batch({"s": column}))
+        want = [v or "" for v in column.to_pylist()]
+        got = [bytes(out["s"][a:b]).decode() for a, b in zip(out["s.offsets"][:-1], out["s.offsets"][1:], strict=True)]
+        assert got == want, (column.type, got)

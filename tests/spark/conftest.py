@@ -79,3 +79,35 @@ def job_conf(root, name="shop", **sections):
     for key, value in sections.items():
         raw[key] = {**raw[key], **value} if isinstance(raw.get(key), dict) else value
     return from_dict(raw)
+
+
+TYPED_COLUMNS = [  # every type the job accepts but timestamps: atomic types, decimals, dates, arrays, nulls
+    "id", "id % 2 = 0 AS b", "cast(id % 100 AS tinyint) AS t", "cast(id AS smallint) AS sm",
+    "cast(id AS int) AS i", "cast(id / 7 AS float) AS f", "id / 3 AS d", "cast(id / 9 AS decimal(12, 3)) AS dec",
+    "IF(id % 5 = 0, NULL, concat('s', cast(id AS string))) AS s", "encode(cast(id AS string), 'utf-8') AS bin",
+    "date_add(DATE'2026-01-01', cast(id % 400 AS int)) AS dt",
+    "IF(id % 7 = 0, NULL, sequence(0, cast(id % 3 AS int))) AS arr",
+    "array(cast(id AS string), NULL) AS sarr",
+]  # fmt: skip
+TIMESTAMP_COLUMNS = [
+    "timestamp_seconds(1700000000 + id * 61) AS ts",
+    "cast(timestamp_seconds(1700000000 + id) AS timestamp_ntz) AS ntz",
+]
+
+
+def write_typed_source(spark, path: str, timestamps: bool = True) -> None:
+    """3,000 rows of :data:`TYPED_COLUMNS` (and :data:`TIMESTAMP_COLUMNS`) as Parquet at ``path``."""
+    columns = TYPED_COLUMNS + (TIMESTAMP_COLUMNS if timestamps else [])
+    spark.range(0, 3000, 1, 3).selectExpr(*columns).write.parquet(path)
+
+
+def same_value(got, want) -> bool:
+    """A value read from a published file equals Spark's: bytes as bytes, floats to 1e-6, timestamps that
+    Arrow gives UTC-aware and Spark naive in UTC."""
+    if getattr(got, "tzinfo", None) is not None:
+        got = got.replace(tzinfo=None)
+    if isinstance(want, (bytes, bytearray)):
+        return bytes(got) == bytes(want)
+    if isinstance(want, float):
+        return got == pytest.approx(want, rel=1e-6)
+    return got == want

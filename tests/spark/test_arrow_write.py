@@ -19,6 +19,8 @@ from etl.layout import FILE_COLUMN, ORDER_COLUMN, assign_files, partition_counts
 from loader.errors import ConfigError
 from loader.manifest import checksum_file
 
+from .conftest import same_value, write_typed_source
+
 pytestmark = pytest.mark.slow
 
 
@@ -126,31 +128,12 @@ def test_every_supported_type_round_trips(spark, tmp_path, writer):
     """Every type the job accepts (atomic types, arrays of them, nulls) comes out of either writer with the
     values Spark reads from the source, compared by key."""
     source = str(tmp_path / "src" / "typed")
-    spark.range(0, 3000, 1, 3).selectExpr(
-        "id", "id % 2 = 0 AS b", "cast(id % 100 AS tinyint) AS t", "cast(id AS smallint) AS sm",
-        "cast(id AS int) AS i", "cast(id / 7 AS float) AS f", "id / 3 AS d", "cast(id / 9 AS decimal(12, 3)) AS dec",
-        "IF(id % 5 = 0, NULL, concat('s', cast(id AS string))) AS s", "encode(cast(id AS string), 'utf-8') AS bin",
-        "date_add(DATE'2026-01-01', cast(id % 400 AS int)) AS dt",
-        "timestamp_seconds(1700000000 + id * 61) AS ts",
-        "cast(timestamp_seconds(1700000000 + id) AS timestamp_ntz) AS ntz",
-        "IF(id % 7 = 0, NULL, sequence(0, cast(id % 3 AS int))) AS arr",
-        "array(cast(id AS string), NULL) AS sarr",
-    ).write.parquet(source)
+    write_typed_source(spark, source)
     run(_conf(source, tmp_path, "typed", writer=writer), spark, log=lambda _m: None)
     ds = loader.open_dataset(tmp_path / "typed")
     got = pa.concat_tables([pq.read_table(ds.file_path(f)) for f in ds.files]).sort_by("id").to_pylist()
     want = [r.asDict() for r in spark.read.parquet(source).orderBy("id").collect()]
     assert len(got) == len(want) == 3000
-
-    def same(a, b):
-        if hasattr(a, "tzinfo") and getattr(a, "tzinfo", None) is not None:  # UTC-aware from Arrow; Spark: naive UTC
-            a = a.replace(tzinfo=None)
-        if isinstance(b, (bytes, bytearray)):
-            return bytes(a) == bytes(b)
-        if isinstance(b, float):
-            return a == pytest.approx(b, rel=1e-6)
-        return a == b
-
     for g, w in zip(got, want, strict=True):
         for k, v in w.items():
-            assert same(g[k], v), (k, g[k], v)
+            assert same_value(g[k], v), (k, g[k], v)

@@ -16,7 +16,7 @@ from etl.config import from_dict
 from etl.job import run
 from loader.errors import ConfigError, SourceError
 
-from .conftest import DEMO_COLUMNS, DEMO_TABLE, job_conf
+from .conftest import DEMO_COLUMNS, DEMO_TABLE, job_conf, same_value, write_typed_source
 
 pytestmark = pytest.mark.slow
 
@@ -105,20 +105,6 @@ def test_what_pyarrow_cannot_serve_is_read_through_spark(spark, demo_table, tmp_
         assert table.num_rows == want == len(set(table.column("product_id").to_pylist()))
 
 
-def _typed_source(spark, path, timestamps: bool):
-    columns = [
-        "id", "id % 2 = 0 AS b", "cast(id % 100 AS tinyint) AS t", "cast(id AS smallint) AS sm",
-        "cast(id AS int) AS i", "cast(id / 7 AS float) AS f", "id / 3 AS d", "cast(id / 9 AS decimal(12, 3)) AS dec",
-        "IF(id % 5 = 0, NULL, concat('s', cast(id AS string))) AS s", "encode(cast(id AS string), 'utf-8') AS bin",
-        "date_add(DATE'2026-01-01', cast(id % 400 AS int)) AS dt",
-        "IF(id % 7 = 0, NULL, sequence(0, cast(id % 3 AS int))) AS arr",
-        "array(cast(id AS string), NULL) AS sarr",
-    ]
-    if timestamps:
-        columns.append("timestamp_seconds(1700000000 + id * 61) AS ts")
-    spark.range(0, 3000, 1, 3).selectExpr(*columns).write.parquet(path)
-
-
 def _path_conf(source, root, name, **sourcekeys):
     return from_dict({
         "name": name,
@@ -132,7 +118,7 @@ def test_every_non_timestamp_type_reads_the_same_with_pyarrow(spark, tmp_path):
     """Atomic types, decimals, dates, arrays and nulls: the pyarrow read publishes the files Spark's read
     publishes (same Arrow schema, same values by key); a timestamp column sends the job through Spark."""
     source = str(tmp_path / "src" / "typed")
-    _typed_source(spark, source, timestamps=False)
+    write_typed_source(spark, source, timestamps=False)
     tables = {}
     for reader in ("auto", "spark"):
         _run(_path_conf(source, tmp_path, reader, reader=reader), spark)
@@ -145,13 +131,10 @@ def test_every_non_timestamp_type_reads_the_same_with_pyarrow(spark, tmp_path):
     assert len(got) == len(want) == 3000
     for g, w in zip(got, want, strict=True):
         for k, v in w.items():
-            if isinstance(v, float):
-                assert g[k] == pytest.approx(v, rel=1e-6), k
-            else:
-                assert (bytes(g[k]) if isinstance(v, (bytes, bytearray)) else g[k]) == v, (k, g[k], v)
+            assert same_value(g[k], v), (k, g[k], v)
 
     stamped = str(tmp_path / "src" / "stamped")
-    _typed_source(spark, stamped, timestamps=True)
+    write_typed_source(spark, stamped)
     said = _run(_path_conf(stamped, tmp_path, "stamped"), spark)
     assert _published(tmp_path, "stamped")[1].manifest.extra["source_reader"] == "spark"
     assert any("timestamp column 'ts'" in m for m in said), said
