@@ -27,7 +27,7 @@ import glob
 import math
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,15 +35,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from loader import encoding
 from loader.manifest import FileInfo, file_info_from_bytes, row_group_sizes
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 SLICES_DIR = "_slices"
-DICTIONARY_MAX_DISTINCT = 0.5  # a column is dictionary-encoded when at most this share of its values is distinct
-_CODECS = {"uncompressed": "none", "none": "none", "snappy": "snappy", "gzip": "gzip", "zstd": "zstd",
-           "lz4": "lz4", "lz4_raw": "lz4", "brotli": "brotli"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,25 +53,31 @@ class EncodeOptions:
         page_size: Data page size in bytes.
         block_size: The block size: no row group is written over it (files are cut into several instead).
         dictionary: Parquet leaf column paths to dictionary-encode (None: pyarrow's default, all).
+        uncompressed: Parquet leaf column paths stored without compression (the codec cannot shrink them).
     """
 
     compression: str
     page_size: int
     block_size: int
     dictionary: tuple[str, ...] | None = None
+    uncompressed: tuple[str, ...] = ()
 
     @property
     def codec(self) -> str:
-        return _CODECS.get(self.compression.lower(), self.compression.lower())
+        return encoding.codec_name(self.compression)
+
+    @property
+    def column_encoding(self) -> encoding.Encoding:
+        """The per-column Parquet settings."""
+        return encoding.Encoding(self.codec, self.dictionary, self.uncompressed)
 
 
 def encode(table: pa.Table, options: EncodeOptions, row_group_rows: int | None = None) -> pa.Buffer:
     """``table`` as Parquet bytes (one row group unless ``row_group_rows``)."""
     sink = pa.BufferOutputStream()
     pq.write_table(
-        table, sink, compression=options.codec, row_group_size=max(1, row_group_rows or table.num_rows),
-        data_page_size=options.page_size, write_page_checksum=True,
-        use_dictionary=list(options.dictionary) if options.dictionary is not None else True,
+        table, sink, row_group_size=max(1, row_group_rows or table.num_rows), data_page_size=options.page_size,
+        write_page_checksum=True, **options.column_encoding.parquet_options(table.schema),
     )  # fmt: skip
     return sink.getvalue()
 
@@ -101,28 +105,11 @@ def encode_within_block(table: pa.Table, options: EncodeOptions) -> tuple[pa.Buf
         per_group = max(1, per_group * 9 // 10)
 
 
-def dictionary_columns(sample: pa.Table, options: EncodeOptions) -> tuple[str, ...]:
-    """The Parquet leaf columns worth a dictionary: those of top-level columns whose values in ``sample``
-    are at most :data:`DICTIONARY_MAX_DISTINCT` distinct (labels, categories). High-cardinality columns
-    (ids, titles, image bytes) are written plain: a dictionary there is built, overflows and is abandoned
-    by the writer, and the reader's decoder is slower on the pages it left behind."""
-    data = encode(sample.slice(0, 1), options)
-    schema = pq.ParquetFile(pa.BufferReader(data)).schema
-    ratio: dict[str, float] = {}
-    for field in sample.schema:
-        values = sample.column(field.name)
-        while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
-            values = pc.list_flatten(values)
-        try:
-            distinct = pc.count_distinct(values).as_py()
-        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):  # structs, maps: keep the default
-            ratio[field.name] = 0.0
-            continue
-        ratio[field.name] = distinct / max(1, len(values))
-    return tuple(
-        schema.column(i).path for i in range(len(schema))
-        if ratio.get(schema.column(i).path.split(".")[0], 0.0) <= DICTIONARY_MAX_DISTINCT
-    )  # fmt: skip
+def choose_encoding(sample: pa.Table, options: EncodeOptions) -> EncodeOptions:
+    """``options`` with the per-column choices of :func:`loader.encoding.choose` made on ``sample``: a
+    dictionary only for repetitive columns, no compression for columns the codec cannot shrink."""
+    chosen = encoding.choose(sample, options.codec, data_page_size=options.page_size)
+    return replace(options, dictionary=chosen.dictionary, uncompressed=chosen.uncompressed)
 
 
 class SliceWriter:

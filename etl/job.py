@@ -254,6 +254,7 @@ def run(
                 "block_size_from": block_from,
                 "page_size": writer.page_size,
                 "writer": writer.writer,
+                **({"encoding": writer.column_encoding} if writer.writer == "arrow" else {}),
                 "source_reader": "pyarrow" if direct_plan is not None else "spark",
                 "fill": fill,
                 "sizing": {

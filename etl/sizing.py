@@ -269,6 +269,7 @@ class SizedWriter:
         self.writer = writer
         self.direct = direct if writer == "arrow" else None
         self.dictionary: tuple[str, ...] | None = None  # arrow writer: leaf columns to dictionary-encode
+        self.uncompressed: tuple[str, ...] = ()  # arrow writer: leaf columns stored without compression
         self._count = 0  # rows of the selection, set by write()
         self.spark, self.fs, self.path, self.uri = spark, fs, path, uri
         self.block_size, self.fill = int(block_size), fill
@@ -312,21 +313,29 @@ class SizedWriter:
         }  # fmt: skip
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
+    @property
+    def column_encoding(self) -> dict:
+        """The arrow writer's per-column choices (dictionary, uncompressed columns), for the manifest."""
+        return arrow_write.EncodeOptions(self.compression, 0, self.block_size, self.dictionary,
+                                         self.uncompressed).column_encoding.describe()
+
     def _options_arrow(self) -> arrow_write.EncodeOptions:
         assert self.page_size, "page size is resolved in write()"
-        return arrow_write.EncodeOptions(self.compression, self.page_size, self.block_size, self.dictionary)
+        return arrow_write.EncodeOptions(self.compression, self.page_size, self.block_size, self.dictionary,
+                                         self.uncompressed)
 
     def _write_and_measure(self, df: DataFrame, uri: str, path: str, pilot: bool = False) -> tuple[int, int]:
         """Write ``df`` as the data will be written and return its ``(rows, compressed bytes)``.
 
         The arrow writer encodes in the driver's memory instead (the rows are a small sample); the pilot
-        also decides which columns get a dictionary (:func:`etl.arrow_write.dictionary_columns`).
+        also decides which columns get a dictionary and which are stored uncompressed
+        (:func:`etl.arrow_write.choose_encoding`).
         """
         if self.writer == "arrow":
             table = df.toArrow()
             if pilot:
-                options = self._options_arrow()
-                self.dictionary = arrow_write.dictionary_columns(table, options) if table.num_rows else None
+                chosen = arrow_write.choose_encoding(table, self._options_arrow())
+                self.dictionary, self.uncompressed = chosen.dictionary, chosen.uncompressed
             if not table.num_rows:
                 return 0, 0
             groups = arrow_write.group_bytes(arrow_write.encode(table, self._options_arrow()))

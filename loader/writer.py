@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from . import fs as lfs
 from .convert import as_arrow
 from .dataset import Dataset, open_dataset
+from .encoding import Encoding, choose
 from .errors import ConfigError, EmptyDatasetError, SourceError
 from .manifest import file_info_from_bytes
 from .publish import begin_staging
@@ -56,10 +57,10 @@ def _rebatch(reader: pa.RecordBatchReader) -> Iterator[pa.Table]:
             yield pa.Table.from_batches([batch])
 
 
-def _compressed_bytes_per_row(table: pa.Table, compression: str) -> float:
+def _compressed_bytes_per_row(table: pa.Table, encoding: Encoding) -> float:
     """Compressed Parquet bytes per row of ``table``, measured by writing it to memory."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression=compression, row_group_size=max(1, table.num_rows))
+    pq.write_table(table, sink, row_group_size=max(1, table.num_rows), **encoding.parquet_options(table.schema))
     return max(1.0, sink.getvalue().size / max(1, table.num_rows))
 
 
@@ -95,7 +96,7 @@ class _Chunker:
 
 
 def _encode_file(
-    chunks: _Chunker, rows: int, groups_per_file: int, schema: pa.Schema, compression: str, target: int
+    chunks: _Chunker, rows: int, groups_per_file: int, schema: pa.Schema, encoding: Encoding, target: int
 ) -> tuple[bytes | None, list[tuple[int, int]]]:
     """Encode the next file in memory with row groups of ``rows`` rows, each under ``target`` bytes.
 
@@ -103,12 +104,13 @@ def _encode_file(
     row larger than the target stays whole). Returns the file's bytes and ``(rows, compressed bytes)``
     per row group, or ``(None, [])`` when the stream is done.
     """
+    options = encoding.parquet_options(schema)
     while True:
         pending = chunks.peek(rows * groups_per_file)
         if pending is None:
             return None, []
         sink = pa.BufferOutputStream()
-        with pq.ParquetWriter(sink, schema, compression=compression, write_page_checksum=True) as w:
+        with pq.ParquetWriter(sink, schema, write_page_checksum=True, **options) as w:
             for start in range(0, pending.num_rows, rows):
                 part = pending.slice(start, rows)
                 w.write_table(part, row_group_size=part.num_rows)
@@ -153,7 +155,8 @@ def write_cache(
         block_size: The storage block size recorded in the manifest.
         fill: Row-group target as a fraction of the block size, used when ``row_group_bytes`` is unset.
         row_groups_per_file: Row groups in each data file.
-        compression: Parquet codec.
+        compression: Parquet codec of the columns it shrinks; columns it cannot shrink (image bytes) are
+            stored uncompressed, and only repetitive columns get a dictionary (:mod:`loader.encoding`).
         shuffle: Permute rows once before writing (seeded; needs the data in memory).
         seed: Seed of that permutation.
         keep_versions: Versions to keep after publishing.
@@ -197,12 +200,13 @@ def write_cache(
             if bigger is None or bigger.num_rows == sample.num_rows:
                 break
             sample = bigger
-        bytes_per_row = _compressed_bytes_per_row(sample, compression)
+        encoding = choose(sample, compression)
+        bytes_per_row = _compressed_bytes_per_row(sample, encoding)
         index = 0
         files = []
         while True:
             rows = max(1, int(_AIM * target / bytes_per_row))
-            data_bytes, groups = _encode_file(chunks, rows, row_groups_per_file, schema, compression, target)
+            data_bytes, groups = _encode_file(chunks, rows, row_groups_per_file, schema, encoding, target)
             if data_bytes is None:
                 break
             relpath = f"part-{index:05d}.parquet"
@@ -218,7 +222,8 @@ def write_cache(
             vocabularies=vocabularies,
             block_size=block_size,
             row_group_target=target,
-            extra={"compression": compression, "row_groups_per_file": row_groups_per_file},
+            extra={"compression": compression, "encoding": encoding.describe(),
+                   "row_groups_per_file": row_groups_per_file},
             keep_versions=keep_versions,
             fingerprint=fingerprint,
             files=files,

@@ -196,13 +196,15 @@ def test_checked_chunks_decode_like_pyarrow(cache, table):
         assert got.equals(want)
 
 
-@pytest.mark.parametrize("page", ["data", "dictionary"])
-@pytest.mark.parametrize("column", [2, 3])  # title (string), image (binary)
+@pytest.mark.parametrize(("page", "column"), [
+    ("data", 2), ("data", 3), ("data", 5),  # title (string), image (binary), label (int32, dictionary-encoded)
+    ("dictionary", 5),  # only repetitive columns get a dictionary (loader.encoding)
+])  # fmt: skip
 def test_corrupt_page_fails_its_chunk_checksum(cache, page, column):
     info = cache.files[2]
     path = os.path.join(cache.version_path, info.path)
     chunk = _chunk(cache, info, column)
-    assert chunk.has_dictionary_page
+    assert chunk.has_dictionary_page == (page == "dictionary" or column == 5)
     start, length = mf.chunk_range(chunk)
     if page == "dictionary":  # the middle of the dictionary page, past its header
         offset = chunk.dictionary_page_offset + (chunk.data_page_offset - chunk.dictionary_page_offset) // 2
@@ -213,7 +215,7 @@ def test_corrupt_page_fails_its_chunk_checksum(cache, page, column):
         cache.read_row_group(info, 0)
     assert f"column {chunk.path_in_schema} fails its checksum" in str(err.value)
     assert err.value.path.endswith(info.path)
-    cache.read_row_group(info, 0, ["label"])  # other columns' chunks still read
+    cache.read_row_group(info, 0, ["id" if column == 5 else "label"])  # other columns' chunks still read
     with pytest.raises(loader.CorruptFileError, match=info.path):
         list(loader.make_reader(cache, batch_size=16, pool="serial"))
 
@@ -229,8 +231,8 @@ def test_manifest_without_chunk_checksums_falls_back_to_page_crcs(cache, table):
     assert pa.concat_tables([ds.read_row_group(info, 0) for info in ds.files]).equals(table)
     assert sum(len(b["id"]) for b in loader.make_reader(ds, batch_size=64, pool="serial")) == table.num_rows
     info = ds.files[2]
-    chunk = _chunk(ds, info, 3)
-    _flip(os.path.join(ds.version_path, info.path), chunk.dictionary_page_offset + 40)
+    chunk = _chunk(ds, info, 3)  # image: no dictionary, a page's bytes past its header
+    _flip(os.path.join(ds.version_path, info.path), chunk.data_page_offset + 40)
     with pytest.raises(loader.CorruptFileError, match=info.path):
         ds.read_row_group(info, 0)
     with pytest.raises(loader.CorruptFileError, match=info.path):

@@ -49,8 +49,8 @@ def remote_table():
 
 @pytest.fixture(scope="session")
 def remote_cache(server, remote_table) -> loader.Dataset:
-    """A cache of 600 rows in ~6 files published to ``webhdfs://.../caches/demo``."""
-    return loader.write_cache(remote_table, server.url("/caches"), "demo", row_group_bytes=3_000,
+    """A cache of 600 rows in ~10 files published to ``webhdfs://.../caches/demo``."""
+    return loader.write_cache(remote_table, server.url("/caches"), "demo", row_group_bytes=2_000,
                               retry=FAST_RETRY)
 
 
