@@ -70,6 +70,29 @@ def test_dictionaries_only_where_values_repeat(spark, source, tmp_path):
     encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
     assert "RLE_DICTIONARY" in encodings["category"]
     assert "RLE_DICTIONARY" not in encodings["payload"] and "RLE_DICTIONARY" not in encodings["id"]
+    assert ds.manifest.extra["encoding"]["dictionary"] == ["category", "ids.list.element"]  # ids repeat across rows
+
+
+def test_random_bytes_are_stored_uncompressed_the_rest_with_the_codec(spark, tmp_path):
+    source = str(tmp_path / "src")
+    spark.range(0, 5_000, 1, 2).selectExpr(
+        "id", "unhex(sha2(cast(id AS string), 256)) AS digest", "concat('c', cast(id % 5 AS string)) AS category",
+    ).write.parquet(source)
+    run(_conf(source, tmp_path, "plain", writer="arrow"), spark, log=lambda _m: None)
+    ds = loader.open_dataset(tmp_path / "plain")
+    assert ds.manifest.extra["encoding"] == {"codec": "zstd", "dictionary": ["category"], "uncompressed": ["digest"]}
+    for info in ds.files:
+        meta = pq.ParquetFile(ds.file_path(info)).metadata
+        for g in range(meta.num_row_groups):
+            codecs = {meta.row_group(g).column(i).path_in_schema: meta.row_group(g).column(i).compression
+                      for i in range(meta.num_columns)}
+            assert codecs == {"id": "ZSTD", "digest": "UNCOMPRESSED", "category": "ZSTD"}
+    want = {r["id"]: bytes(r["digest"]) for r in spark.read.parquet(source).collect()}
+    got = {}
+    for b in loader.make_reader(ds, batch_size=1000, shuffle=False):
+        off = b["digest.offsets"]
+        got.update({int(i): b["digest"][off[k]:off[k + 1]].tobytes() for k, i in enumerate(b["id"])})
+    assert got == want
 
 
 def test_a_retried_spill_replaces_its_slices(spark, source, tmp_path):
