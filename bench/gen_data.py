@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import loader  # noqa: E402
+import loader.encoding  # noqa: E402
 
 HANGUL_FIRST, HANGUL_COUNT = 0xAC00, 11172
 VOCAB_SIZE = 20_000
@@ -179,6 +180,7 @@ def build(
     seed: int = 0,
     image_bytes: tuple[int, int] = (2048, 6144),
     real_jpeg: bool = True,
+    encoding: str = "auto",
 ) -> loader.Dataset:
     """Generate ``rows`` rows and publish them as dataset ``name`` under ``out``.
 
@@ -201,6 +203,7 @@ def build(
         row_groups_per_file=row_groups_per_file,
         source={"generator": "bench/gen_data.py", "rows": rows, "seed": seed, "image_bytes": list(image_bytes)},
         keep_versions=1,
+        encoding=None if encoding == "auto" else loader.encoding.Encoding("zstd"),
     )
 
 
@@ -227,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-bytes", type=_size_range, default=(2048, 6144), help="image size range MIN:MAX")
     p.add_argument("--no-real-jpeg", action="store_true", help="JPEG-like bytes even if Pillow is installed")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--encoding", choices=["auto", "defaults"], default="auto",
+                   help="auto: the per-column choice of loader.encoding (what larder writes); defaults: pyarrow's "
+                        "(a dictionary and zstd on every column), for comparison (bench/bench_encoding.py)")
     args = p.parse_args(argv)
     rows = int(args.rows * args.scale)
     if rows <= 0:
@@ -244,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         image_bytes=args.image_bytes,
         real_jpeg=not args.no_real_jpeg,
+        encoding=args.encoding,
     )
     sizes = ds.row_group_sizes()
     images = "real JPEG (Pillow)" if not args.no_real_jpeg and _have_pillow() else "JPEG-like"

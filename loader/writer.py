@@ -137,6 +137,7 @@ def write_cache(
     fill: float = DEFAULT_FILL,
     row_groups_per_file: int = 1,
     compression: str = "zstd",
+    encoding: Encoding | None = None,
     shuffle: bool = False,
     seed: int = 0,
     keep_versions: int = 3,
@@ -157,6 +158,8 @@ def write_cache(
         row_groups_per_file: Row groups in each data file.
         compression: Parquet codec of the columns it shrinks; columns it cannot shrink (image bytes) are
             stored uncompressed, and only repetitive columns get a dictionary (:mod:`loader.encoding`).
+        encoding: Per-column settings to use instead of choosing them from a sample (e.g.
+            ``Encoding("zstd")``: pyarrow's defaults, a dictionary and the codec on every column).
         shuffle: Permute rows once before writing (seeded; needs the data in memory).
         seed: Seed of that permutation.
         keep_versions: Versions to keep after publishing.
@@ -200,7 +203,7 @@ def write_cache(
             if bigger is None or bigger.num_rows == sample.num_rows:
                 break
             sample = bigger
-        encoding = choose(sample, compression)
+        encoding = encoding or choose(sample, compression)
         bytes_per_row = _compressed_bytes_per_row(sample, encoding)
         index = 0
         files = []
