@@ -131,7 +131,7 @@ class Dataset:
             CorruptFileError: The file is missing, truncated, resized, or its footer or metadata
                 disagree with the manifest.
         """
-        f, metadata, where, _ = self._open_checked(info)
+        f, metadata, where = self._open_checked(info)
         try:
             try:
                 return pq.ParquetFile(f, metadata=metadata, page_checksum_verification=True, **parquet_options)
@@ -141,9 +141,9 @@ class Dataset:
             f.close()
             raise
 
-    def _open_checked(self, info: FileInfo) -> tuple[pa.NativeFile, pq.FileMetaData, str, str | None]:
+    def _open_checked(self, info: FileInfo) -> tuple[pa.NativeFile, pq.FileMetaData, str]:
         """Open a data file, check its size, footer checksum and row groups; returns ``(file, metadata,
-        printable name, local path or None)``."""
+        printable name)``."""
         fs, path = self._locate(info)
         where = lfs.display(fs, path)
         try:
@@ -168,7 +168,7 @@ class Dataset:
             groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
             if groups != [g.num_rows for g in info.row_groups]:
                 raise CorruptFileError(f"{where}: row groups {groups} disagree with the manifest", where)
-            return f, metadata, where, path if isinstance(fs, pafs.LocalFileSystem) else None
+            return f, metadata, where
         except BaseException:
             f.close()
             raise
@@ -224,8 +224,14 @@ class Dataset:
         return cached
 
     def _read_checked_chunks(self, info: FileInfo, index: int, columns: list[str] | None) -> pa.Table:
-        """Read a row group's selected column chunks, verify each against the manifest, decode from memory."""
-        f, metadata, where, local = self._open_checked(info)
+        """Read a row group's selected column chunks, verify each against the manifest, decode from memory.
+
+        The chunks are read with positional reads into one private buffer the size of the file (filled only
+        at the chunks read: untouched pages cost no memory), checksummed there while the bytes are in the CPU
+        cache, and decoded from it. A memory map of local files was slower: its page faults on first touch
+        cost more than the copy (bench: 1.28 against 1.00 CPU us per row to read, check and decode).
+        """
+        f, metadata, where = self._open_checked(info)
         try:
             expected = info.row_groups[index].column_checksums
             rg = metadata.row_group(index)
@@ -233,41 +239,21 @@ class Dataset:
                 raise CorruptFileError(
                     f"{where}: row group {index} has {rg.num_columns} column chunks, the manifest "
                     f"{len(expected)} checksums", where)
-            chunks = self._leaf_columns(columns, rg.num_columns)
-            if local is not None:
-                # Local files (and local cache copies, which are immutable once renamed into place) are mapped:
-                # the checksum and the decoder read the page cache directly, with no private copy. (Data files
-                # are never rewritten in place; truncating one while it is read would fault the reader.)
-                source = pa.memory_map(local)
-                mapped = source.size()
-                if mapped != info.size:
-                    source.close()
-                    raise CorruptFileError(f"{where}: {mapped} bytes, the manifest says {info.size}", where)
-                whole = source.read_buffer()  # the mapping as one zero-copy Buffer (read_at would copy)
-            else:
-                # One buffer the size of the file, filled only at the chunks read: untouched pages cost no memory.
-                buf = pa.allocate_buffer(info.size)
-                view = np.frombuffer(buf, dtype=np.uint8)
-                source = pa.BufferReader(buf)
-            try:
-                for c in chunks:
-                    chunk = rg.column(c)
-                    start, length = chunk_range(chunk)
-                    if start < 0 or start + length > info.size:
-                        raise CorruptFileError(f"{where}: row group {index} column {chunk.path_in_schema} lies "
-                                               "outside the file", where)
-                    if local is not None:
-                        data = whole.slice(start, length)  # zero-copy: a view of the mapping
-                    else:
-                        f.seek(start)
-                        data = view[start : start + f.readinto(view[start : start + length])]  # one copy
-                    if len(data) != length or f"{crc32(data) & 0xFFFFFFFF:08x}" != expected[c]:
-                        raise CorruptFileError(
-                            f"{where}: row group {index} column {chunk.path_in_schema} fails its checksum", where)
-                pf = pq.ParquetFile(source, metadata=metadata, pre_buffer=False)
-                return pf.read_row_group(index, columns=columns, use_threads=False)
-            finally:
-                source.close()  # buffers decoded from a mapping keep their region mapped
+            buf = pa.allocate_buffer(info.size)
+            view = np.frombuffer(buf, dtype=np.uint8)
+            for c in self._leaf_columns(columns, rg.num_columns):
+                chunk = rg.column(c)
+                start, length = chunk_range(chunk)
+                if start < 0 or start + length > info.size:
+                    raise CorruptFileError(f"{where}: row group {index} column {chunk.path_in_schema} lies "
+                                           "outside the file", where)
+                f.seek(start)
+                data = view[start : start + f.readinto(view[start : start + length])]  # one copy
+                if len(data) != length or f"{crc32(data) & 0xFFFFFFFF:08x}" != expected[c]:
+                    raise CorruptFileError(
+                        f"{where}: row group {index} column {chunk.path_in_schema} fails its checksum", where)
+            pf = pq.ParquetFile(pa.BufferReader(buf), metadata=metadata, pre_buffer=False)
+            return pf.read_row_group(index, columns=columns, use_threads=False)
         except RemoteError:
             raise  # the remote storage failed after retries: not a corrupt file
         except CorruptFileError:

@@ -8,8 +8,8 @@ Both writers (:func:`loader.write_cache` and the Spark job's arrow writer, :mod:
   built, overflows its page and is abandoned by the writer, and the pages it left behind decode slower.
 * **No compression** for columns the codec cannot shrink (JPEG bytes, random ids): where the sample's
   column chunks compress to more than :data:`INCOMPRESSIBLE` of their plain size, the column is stored
-  plain. Decompressing them would be a copy that saves nothing; stored plain, a memory-mapped reader
-  decodes their pages straight from the page cache.
+  plain. Decompressing them would be a copy that saves nothing; stored plain, the reader decodes their
+  pages straight from the bytes it read.
 
 On the benchmark data (``bench/gen_data.py``: JPEG-like image bytes, titles, tokens, ids) the two together
 halve the CPU a row group's decode takes. The choice is recorded in the manifest's ``extra.encoding``.
