@@ -127,10 +127,10 @@ def _mixing(ids, cum_rows) -> int:
 
 def child(args) -> dict:
     """Run one measurement in this (fresh) process and return its figures."""
+    import loader  # noqa: I001 - first, as a trainer would: its allocator setting must precede pyarrow (loader/_alloc.py)
     import numpy as np
     import pyarrow.parquet as pq
 
-    import loader
     from loader.convert import to_numpy
 
     ds = loader.open_dataset(args.url)

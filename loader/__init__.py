@@ -4,6 +4,7 @@ Public names: :func:`open_dataset`, :func:`write_cache`, :func:`make_reader`, :f
 errors in :mod:`loader.errors`.
 """
 
+from . import _alloc  # noqa: F401, I001 - first, before pyarrow loads: see loader/_alloc.py
 from .dataset import Dataset, open_dataset
 from .errors import (
     ColumnNotFoundError,
