@@ -34,6 +34,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from etl.checksums import file_infos_on_executors
+from loader import encoding
 from loader import fs as lfs
 from loader.manifest import FileInfo, Manifest, row_group_sizes
 
@@ -316,8 +317,7 @@ class SizedWriter:
     @property
     def column_encoding(self) -> dict:
         """The arrow writer's per-column choices (dictionary, uncompressed columns), for the manifest."""
-        return arrow_write.EncodeOptions(self.compression, 0, self.block_size, self.dictionary,
-                                         self.uncompressed).column_encoding.describe()
+        return encoding.Encoding(self.compression, self.dictionary, self.uncompressed).describe()
 
     def _options_arrow(self) -> arrow_write.EncodeOptions:
         assert self.page_size, "page size is resolved in write()"

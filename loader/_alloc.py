@@ -6,7 +6,7 @@ a region may stall on direct compaction to find a free 2 MiB page, and every hug
 reader touches its memory budget (decoded row groups, the shuffle window, the ready queue) within its first
 second, so the stalls land on the first epoch, and they come and go with the state of the host's memory. In
 ``bench/bench_reader.py`` fresh-process runs of the thread reader (1000 batches, interleaved trials on the
-shared 2-core development host): in one period the first reader of a process spent 0.3-0.65 s of system
+shared 2-core development host): in one period the first reader of a process spent 0.28-0.65 s of system
 time with huge pages against 0.14-0.2 s without, and the median time to the 1000th batch was 0.36 s against
 0.27 s (8 trials each, every no-huge-page trial within 0.26-0.28 s); in a later period with no stalls, huge
 pages were slightly ahead, 0.274 s against 0.283 s (12 trials each). Predictable first epochs are worth the

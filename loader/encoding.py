@@ -17,6 +17,7 @@ halve the CPU a row group's decode takes. The choice is recorded in the manifest
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -54,8 +55,8 @@ class Encoding:
         compression: str | dict = codec
         if self.uncompressed and codec != "none":
             compression = {path: "none" if path in self.uncompressed else codec for path in leaf_paths(schema)}
-        dictionary = True if self.dictionary is None else list(self.dictionary)
-        return {"compression": compression, "use_dictionary": dictionary if dictionary != [] else False}
+        dictionary = True if self.dictionary is None else list(self.dictionary) or False
+        return {"compression": compression, "use_dictionary": dictionary}
 
     def describe(self) -> dict:
         """The choice as JSON-able data (the manifest's ``extra.encoding``)."""
@@ -66,15 +67,13 @@ class Encoding:
         }
 
 
-def leaf_paths(schema: pa.Schema) -> list[str]:
-    """The Parquet leaf column paths of an Arrow schema (``tokens.list.element`` for a list column)."""
-    return [c.path for c in _parquet_schema(schema)]
-
-
-def _parquet_schema(schema: pa.Schema) -> pq.ParquetSchema:
+@functools.lru_cache(maxsize=64)
+def leaf_paths(schema: pa.Schema) -> tuple[str, ...]:
+    """The Parquet leaf column paths of an Arrow schema (``tokens.list.element`` for a list column), as
+    pyarrow's writer names them (read back from an empty file; cached, since every encode asks)."""
     sink = pa.BufferOutputStream()
     pq.write_table(schema.empty_table(), sink)
-    return pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema
+    return tuple(c.path for c in pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema)
 
 
 def dictionary_columns(sample: pa.Table) -> tuple[str, ...]:
