@@ -14,6 +14,9 @@ other, in one run of this script, on caches made by ``bench/gen_data.py`` (gener
 * ``decoded-cold`` — ``thread`` with an emptied ``decoded_cache_dir``: the first epoch's cost of filling it.
 * ``torch``    — (optional, ``--only ...,torch``) ``loader.torch.make_dataloader`` with 2 DataLoader workers.
 * ``tf``       — (optional, ``--only ...,tf``) ``loader.tf.make_dataset`` iterated eagerly.
+* ``raw warm`` / ``thread warm`` — (optional, ``--only ...,warm``) the same runs timed over batches
+  ``N+1 .. 2N`` of one pass (the first N consumed untimed first): throughput once the process's memory is
+  in use, apart from the first touch of fresh pages (see ``faults/krow``).
 * ``thread 4x``— ``thread`` on the 4x dataset: peak RSS must not grow with the data.
 * ``first batch 10k`` — time from before ``make_reader`` (open included) to the first batch on a cache of
   10,000 one-row-group files.
@@ -22,9 +25,12 @@ Printed per run: samples/s (rows over the time from before open to the last batc
 time to first batch, peak RSS (``VmHWM`` of the measuring process, plus the sampled peak of the sum over
 its process tree, which counts process-pool workers), row groups mixed per batch (distinct source row
 groups among a batch's rows, from ``product_id``, which ``gen_data`` writes in row order), and CPU time per
-row (the measuring process plus its sampled descendants, closing included), and the time the reader takes to
-close after the last batch (stopping its workers; not in samples/s): on a shared machine the wall-clock figures swing
-with other load, CPU per row much less, and ``2 × raw CPU / reader CPU`` bounds the ratio two cores allow.
+row (the measuring process plus its sampled descendants, closing included), minor page faults per 1,000
+rows (first touches of fresh memory: each costs the kernel a zeroed page; on the dev VM about 3 us, so a
+reader whose working set is 200 MB larger pays ~0.15 s for it in the first 1000 batches), and the time the
+reader takes to close after the last batch (stopping its workers; not in samples/s): on a shared machine
+the wall-clock figures swing with other load, CPU per row much less, and ``2 × raw CPU / reader CPU``
+bounds the ratio two cores allow.
 
 Targets on the 2-core dev machine: ratio >= 1.5 with >= 8 row groups per batch; first batch <= 0.3 s on
 10,000 files; peak RSS <= 500 MB and <= 1.1x when the data grows 4x. Figures, not a pass/fail test.
@@ -147,6 +153,12 @@ def child(args) -> dict:
     mixes, rows, batches = [], 0, 0
     first = last = None
     own0 = resource.getrusage(resource.RUSAGE_SELF)
+    warm = args.warm
+
+    def start_clock():  # after the untimed warm-up batches, if any
+        nonlocal own0, t0
+        own0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+
     with TreeRss() as tree:
         t0 = time.perf_counter()
         if args.mode == "raw":
@@ -155,6 +167,11 @@ def child(args) -> dict:
                 pf = pq.ParquetFile(ds.file_path(info))
                 for rb in pf.iter_batches(args.batch_size, columns=columns, use_threads=False):
                     b = to_numpy(rb)
+                    if warm:
+                        warm -= 1
+                        if not warm:
+                            start_clock()
+                        continue
                     if first is None:
                         first = time.perf_counter() - t0
                     rows += len(b["product_id"])
@@ -203,6 +220,11 @@ def child(args) -> dict:
                 num_epochs=1 if args.epoch_only else None, **kwargs,
             ) as reader:
                 for b in reader:
+                    if warm:
+                        warm -= 1
+                        if not warm:
+                            start_clock()
+                        continue
                     if first is None:
                         first = time.perf_counter() - t0
                         if args.first_only:
@@ -226,6 +248,8 @@ def child(args) -> dict:
     return {
         "cpu_s": cpu,
         "cpu_us_per_row": cpu / max(1, rows) * 1e6,
+        "faults_per_krow": (own.ru_minflt - own0.ru_minflt) / max(1, rows) * 1000,
+        "warm_batches": args.warm,
         "mode": args.mode,
         "url": args.url,
         "rows": rows,
@@ -301,13 +325,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="run that child under cProfile")
     p.add_argument("--only", default=None,
                    help="comma-separated subset of raw,thread,process,4x,first (default); also serial, decoded, "
-                        "decoded-cold, torch, tf")
+                        "decoded-cold, torch, tf, warm (raw and thread timed over batches N+1..2N)")
     p.add_argument("--repeat", type=int, default=3, help="trials per run, interleaved; the median is shown (default 3)")
     p.add_argument("--child", choices=["raw", "serial", "thread", "process", "torch", "tf"], help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--first-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--decoded-cache", default=None, help=argparse.SUPPRESS)
     p.add_argument("--epoch-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--warm", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         args.mode = args.child
@@ -316,8 +341,11 @@ def main(argv: list[str] | None = None) -> int:
 
     caches = ensure_caches(Path(args.data), args.rows)
     wanted = set((args.only or "raw,thread,process,4x,first").split(","))
-    only = [k for k in ("raw", "serial", "thread", "process", "decoded", "decoded-cold", "torch", "tf", "4x", "first")
-            if k in wanted]
+    if "warm" in wanted:
+        wanted |= {"raw warm", "thread warm"}
+    order = ("raw", "serial", "thread", "process", "decoded", "decoded-cold", "torch", "tf", "raw warm", "thread warm",
+             "4x", "first")
+    only = [k for k in order if k in wanted]
     decoded_dir = str(Path(args.data) / "decoded")
     runs = {
         "raw": ("raw", caches["base"], ()),
@@ -328,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         "decoded-cold": ("thread", caches["base"], ("--decoded-cache", decoded_dir + "-cold")),
         "torch": ("torch", caches["base"], ()),
         "tf": ("tf", caches["base"], ()),
+        "raw warm": ("raw", caches["base"], ("--warm", str(args.iterations))),
+        "thread warm": ("thread", caches["base"], ("--warm", str(args.iterations))),
         "4x": ("thread", caches["base4x"], ()),
         "first": ("thread", caches["tiny"], ("--first-only",)),
     }
@@ -349,10 +379,16 @@ def main(argv: list[str] | None = None) -> int:
     print_table({k: _median(v) for k, v in trials.items()}, args)
     if "raw" in trials:  # trials are interleaved: each trial's ratio compares runs made close together
         for key, runs in trials.items():
-            if key not in ("raw", "first") and all("error" not in r for r in runs + trials["raw"]):
-                per = [r["samples_per_s"] / b["samples_per_s"] for r, b in zip(runs, trials["raw"], strict=False)]
+            base = trials[_baseline(key, trials)]
+            if key not in ("raw", "raw warm", "first") and all("error" not in r for r in runs + base):
+                per = [r["samples_per_s"] / b["samples_per_s"] for r, b in zip(runs, base, strict=False)]
                 print(f"ratio to raw per trial, {key}: {' '.join(f'{x:.2f}' for x in per)}")
     return 1 if any("error" in r for v in trials.values() for r in v) else 0
+
+
+def _baseline(key: str, runs: dict) -> str:
+    """The raw run a run is compared with: warm runs with the warm raw scan (when measured)."""
+    return "raw warm" if key.endswith(" warm") and "raw warm" in runs else "raw"
 
 
 def _median(results: list[dict]) -> dict:
@@ -372,7 +408,6 @@ def _median(results: list[dict]) -> dict:
 
 def print_table(results: dict[str, dict], args) -> None:
     """The summary table (medians over the trials; min..max in brackets)."""
-    raw = results.get("raw")
     print()
     any_r = next((r for r in results.values() if "error" not in r), {"columns": []})
     print(
@@ -381,7 +416,7 @@ def print_table(results: dict[str, dict], args) -> None:
     )
     head = (
         f"{'run':<24}{'samples/s':>10}{'(min..max)':>18}{'ratio':>7}{'1st batch s':>12}{'VmHWM MB':>10}"
-        f"{'tree MB':>9}{'rg/batch':>10}{'CPU us/row':>12}{'close s':>9}"
+        f"{'tree MB':>9}{'rg/batch':>10}{'CPU us/row':>12}{'faults/krow':>12}{'close s':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -389,6 +424,7 @@ def print_table(results: dict[str, dict], args) -> None:
               "process": "make_reader process",
               "decoded": "thread, decoded warm", "decoded-cold": "thread, decoded cold",
               "torch": "torch DataLoader, 2 wk", "tf": "tf.data from_generator",
+              "raw warm": "raw, batches N+1..2N", "thread warm": "thread, batches N+1..2N",
               "4x": "make_reader thread 4x", "first": "first batch, 10k files"}
     for key, r in results.items():
         if "error" in r:
@@ -400,22 +436,25 @@ def print_table(results: dict[str, dict], args) -> None:
         else:
             lo, hi = r["spread"]
             rate, spread = f"{r['samples_per_s']:.0f}", f"({lo:.0f}..{hi:.0f})"
-            ratio = f"{r['samples_per_s'] / raw['samples_per_s']:.2f}" if raw and "error" not in raw else "-"
+            base = results.get(_baseline(key, results))
+            ratio = f"{r['samples_per_s'] / base['samples_per_s']:.2f}" if base and "error" not in base else "-"
             mix = f"{r['rg_per_batch_mean']:.1f}"
         print(
             f"{labels[key]:<24}{rate:>10}{spread:>18}{ratio:>7}{r['first_batch_s']:>12.3f}{r['vmhwm_mb']:>10.0f}"
             f"{r['tree_peak_mb']:>9.0f}{mix:>10}{r['cpu_us_per_row'] if key != 'first' else 0:>12.2f}"
-            f"{r.get('close_s', 0):>9.3f}"
+            f"{r.get('faults_per_krow', 0):>12.0f}{r.get('close_s', 0):>9.3f}"
         )
     if "first" in results and "error" not in results["first"]:
         print(f"first batch cache: {results['first']['files']} files, {results['first']['row_groups']} row groups")
     results = {k: r for k, r in results.items() if "error" not in r}
     if "raw" in results:
         base = results["raw"]["cpu_us_per_row"]
-        for key in ("serial", "thread", "process", "decoded", "decoded-cold"):
+        for key in ("serial", "thread", "process", "decoded", "decoded-cold", "thread warm"):
             if key in results:
+                name = _baseline(key, results)
+                base = results[name]["cpu_us_per_row"]
                 print(
-                    f"CPU per row {key} / raw: {results[key]['cpu_us_per_row'] / base:.2f}x -> ratio ceiling on "
+                    f"CPU per row {key} / {name}: {results[key]['cpu_us_per_row'] / base:.2f}x -> ratio ceiling on "
                     f"{os.cpu_count()} fully used cores: {os.cpu_count() * base / results[key]['cpu_us_per_row']:.2f}"
                 )
     if "thread" in results and "4x" in results:

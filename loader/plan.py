@@ -19,10 +19,12 @@ An epoch is planned in five steps:
    reach ``batch_size + 1`` rows when ``M//W`` is a multiple of ``batch_size``). With ``drop_last=True``,
    ``B = (M//W) // batch_size`` full batches; the rows a rank does not need are dropped after the shuffle,
    so different rows are dropped each epoch.
-5. **Windows**: the rank's rows, as pieces ``(row group, start, stop)``, are grouped into windows of
-   ``window`` pieces. Row groups too big for memory are cut into slices of ``max_piece_rows``; when
-   shuffling, the slices of ``window`` consecutive row groups are interleaved, so a window holds one slice
-   of each (each row group is still read front to back). A window's rows are permuted with
+5. **Windows**: the rank's rows, as pieces ``(row group, start, stop)``, are grouped into the fewest
+   windows of at most ``window`` pieces, of balanced sizes (211 pieces in windows of at most 10 are
+   13 × 10 + 9 × 9, not 21 × 10 + 1: the epoch's last batches mix as many row groups as the others).
+   Row groups too big for memory are cut into slices of ``max_piece_rows``; when shuffling, the slices
+   of balanced runs of at most ``window`` consecutive row groups are interleaved, so a window holds one
+   slice of each (each row group is still read front to back). A window's rows are permuted with
    ``default_rng([seed, epoch, rank, world_size, window_index, …])``; the rank's stream is the
    concatenation of its permuted windows, and batch ``b`` is a fixed row range of that stream. A batch
    therefore mixes up to ``window`` row groups, and resuming at batch ``b`` only needs the window that
@@ -31,6 +33,7 @@ An epoch is planned in five steps:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -193,30 +196,45 @@ def pieces_in_range(order: np.ndarray, counts: np.ndarray, lo: int, hi: int) -> 
     return [Piece(*t) for t in zip(order[first:last][keep].tolist(), a[keep].tolist(), b[keep].tolist(), strict=True)]
 
 
+def balanced_bounds(n: int, most: int) -> list[int]:
+    """Cut ``n`` items into the fewest consecutive runs of at most ``most`` items, of sizes differing by at
+    most one (larger runs first); returns the ``k + 1`` run bounds. 21 items in runs of at most 10 are
+    7 + 7 + 7, not 10 + 10 + 1: no run is left with a handful of items."""
+    runs = max(1, math.ceil(n / max(1, most)))
+    small, extra = divmod(n, runs)
+    return [i * small + min(i, extra) for i in range(runs + 1)]
+
+
 def split_pieces(pieces: list[Piece], max_rows: int | None, interleave: int = 1) -> list[Piece]:
     """Cut pieces longer than ``max_rows`` into slices of at most ``max_rows`` rows.
 
-    With ``interleave > 1``, the slices of each run of ``interleave`` consecutive pieces are dealt
-    round-robin (slice 0 of each, then slice 1 of each...), so a window of ``interleave`` slices mixes
-    that many row groups and each row group is still read front to back.
+    With ``interleave > 1``, the pieces are grouped into balanced runs of at most ``interleave`` (see
+    :func:`balanced_bounds`) and the slices of each run are dealt round-robin (slice 0 of each, then slice 1
+    of each...), so a window of consecutive slices mixes that many row groups, the dataset's last run too,
+    and each row group is still read front to back.
     """
     if not max_rows:
         return list(pieces)
     sliced = [[Piece(p.group, a, min(p.stop, a + max_rows)) for a in range(p.start, p.stop, max_rows)]
               for p in pieces]
     out = []
-    for i in range(0, len(sliced), max(1, interleave)):
-        block = sliced[i : i + max(1, interleave)]
-        for j in range(max(len(b) for b in block)):
-            out.extend(b[j] for b in block if j < len(b))
+    bounds = balanced_bounds(len(sliced), interleave)
+    for i, j in itertools.pairwise(bounds):
+        block = sliced[i:j]
+        for k in range(max((len(b) for b in block), default=0)):
+            out.extend(b[k] for b in block if k < len(b))
     return out
 
 
 def make_windows(pieces: list[Piece], window: int) -> tuple[Window, ...]:
-    """Group pieces into windows of ``window`` consecutive pieces."""
+    """Group pieces into the fewest windows of at most ``window`` consecutive pieces, balanced so the last
+    window is not left with a few pieces (which would mix few row groups into the epoch's last batches)."""
     windows, first = [], 0
-    for i in range(0, len(pieces), window):
-        w = Window(len(windows), tuple(pieces[i : i + window]), first)
+    bounds = balanced_bounds(len(pieces), window)
+    for i, j in itertools.pairwise(bounds):
+        if i == j:
+            continue  # no pieces at all (an empty shard)
+        w = Window(len(windows), tuple(pieces[i:j]), first)
         windows.append(w)
         first = w.stop_row
     return tuple(windows)

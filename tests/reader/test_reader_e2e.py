@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import loader
 from tests.conftest import make_table
-from tests.reader.conftest import POOLS, ids_of
+from tests.reader.conftest import POOLS, ids_of, publish_groups
 
 SOURCE = make_table(1000)  # the data of the mixed_cache fixture
 
@@ -97,6 +97,19 @@ def test_no_shuffle_reads_in_source_order(mixed_cache, budget):
     reader = loader.make_reader(mixed_cache, batch_size=128, shuffle=False, pool="thread", memory_budget=budget)
     assert (reader.max_piece_rows is None) == (budget is None)
     assert ids_of(read_all(reader)).tolist() == list(range(1000))
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_every_batch_of_the_epoch_mixes_row_groups_the_tail_too(tmp_path, pool):
+    # 21 row groups of 40 rows, shuffle buffer of 10 row groups: the windows are 7 + 7 + 7 row groups, so
+    # the epoch's last batches mix as many row groups as its first (not one row group left alone at the end)
+    ds = publish_groups(tmp_path, "tail", [40] * 21)
+    reader = loader.make_reader(ds, batch_size=40, shuffle_buffer=400, with_row_ids=True, pool=pool, seed=5)
+    batches = read_all(reader)
+    assert reader.window == 10
+    distinct = [len(np.unique(b["_row_group"])) for b in batches]
+    assert len(batches) == 21 and min(distinct[-3:]) >= 5 and min(distinct) >= 5
+    assert sorted(ids_of(batches).tolist()) == list(range(840))
 
 
 def test_batches_mix_many_row_groups_and_stats_are_kept(mixed_cache):

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loader.plan import (
+    balanced_bounds,
     batch_bounds,
     group_order,
     plan_epoch,
@@ -66,6 +67,9 @@ def test_ranks_partition_the_epoch_with_equal_batch_counts(sizes, world, batch, 
             assert 1 <= len(w.pieces) <= window
             if max_piece:
                 assert all(piece.rows <= max_piece for piece in w.pieces)
+        counts = [len(w.pieces) for w in p.windows]
+        assert len(counts) == -(-sum(counts) // window)  # the fewest windows that hold the pieces
+        assert max(counts, default=0) - min(counts, default=0) <= 1  # balanced: no short tail window
         starts: dict[int, list[int]] = {}
         for w in p.windows:
             for piece in w.pieces:
@@ -113,6 +117,26 @@ def test_orders_and_window_permutations_are_permutations(num, seed, epoch, rows)
     perm = window_permutation(rows, seed, epoch, 0, 1, 3)
     assert sorted(perm.tolist()) == list(range(rows))
     assert window_permutation(rows, seed, epoch, 0, 1, 3, shuffle=False) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 500), most=st.integers(1, 70))
+def test_balanced_bounds_cut_into_fewest_even_runs(n, most):
+    bounds = balanced_bounds(n, most)
+    runs = np.diff(bounds)
+    assert bounds[0] == 0 and bounds[-1] == n and (runs >= 0).all()
+    assert len(runs) == max(1, -(-n // most)) and runs.max() <= most
+    assert runs.max() - runs.min() <= 1 and list(runs) == sorted(runs, reverse=True)
+
+
+@pytest.mark.parametrize("max_piece", [None, 4])
+def test_the_last_window_mixes_as_many_row_groups_as_the_others(max_piece):
+    # 21 row groups, windows of at most 10: 7 + 7 + 7 row groups, not 10 + 10 + 1 (sliced: runs of 7 groups)
+    sizes = [10] * 21
+    plan = plan_epoch(sizes, seed=3, epoch=0, batch_size=5, window=10, max_piece_rows=max_piece)
+    groups = [len({piece.group for piece in w.pieces}) for w in plan.windows]
+    assert min(groups) >= 7 and (max_piece or max(groups) == 7)
+    assert sorted({piece.group for w in plan.windows for piece in w.pieces}) == list(range(21))
 
 
 def test_epochs_give_different_orders():
