@@ -24,7 +24,8 @@ other, in one run of this script, on caches made by ``bench/gen_data.py`` (gener
 Printed per run: samples/s (rows over the time from before open to the last batch), ratio to the raw scan,
 time to first batch, peak RSS (``VmHWM`` of the measuring process, plus the sampled peak of the sum over
 its process tree, which counts process-pool workers), row groups mixed per batch (distinct source row
-groups among a batch's rows, from ``product_id``, which ``gen_data`` writes in row order), and CPU time per
+groups among a batch's rows, from ``product_id``, which ``gen_data`` writes in row order: mean and minimum
+over the run's batches; the ``warm`` run's batches reach the epoch's end), and CPU time per
 row (the measuring process plus its sampled descendants, closing included), minor page faults per 1,000
 rows (first touches of fresh memory: each costs the kernel a zeroed page; on the dev VM about 3 us, so a
 reader whose working set is 200 MB larger pays ~0.15 s for it in the first 1000 batches), and the time the
@@ -416,7 +417,7 @@ def print_table(results: dict[str, dict], args) -> None:
     )
     head = (
         f"{'run':<24}{'samples/s':>10}{'(min..max)':>18}{'ratio':>7}{'1st batch s':>12}{'VmHWM MB':>10}"
-        f"{'tree MB':>9}{'rg/batch':>10}{'CPU us/row':>12}{'faults/krow':>12}{'close s':>9}"
+        f"{'tree MB':>9}{'rg/b mean/min':>14}{'CPU us/row':>12}{'faults/krow':>12}{'close s':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -438,10 +439,10 @@ def print_table(results: dict[str, dict], args) -> None:
             rate, spread = f"{r['samples_per_s']:.0f}", f"({lo:.0f}..{hi:.0f})"
             base = results.get(_baseline(key, results))
             ratio = f"{r['samples_per_s'] / base['samples_per_s']:.2f}" if base and "error" not in base else "-"
-            mix = f"{r['rg_per_batch_mean']:.1f}"
+            mix = f"{r['rg_per_batch_mean']:.1f}/{r['rg_per_batch_min']}"
         print(
             f"{labels[key]:<24}{rate:>10}{spread:>18}{ratio:>7}{r['first_batch_s']:>12.3f}{r['vmhwm_mb']:>10.0f}"
-            f"{r['tree_peak_mb']:>9.0f}{mix:>10}{r['cpu_us_per_row'] if key != 'first' else 0:>12.2f}"
+            f"{r['tree_peak_mb']:>9.0f}{mix:>14}{r['cpu_us_per_row'] if key != 'first' else 0:>12.2f}"
             f"{r.get('faults_per_krow', 0):>12.0f}{r.get('close_s', 0):>9.3f}"
         )
     if "first" in results and "error" not in results["first"]:
