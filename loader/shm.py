@@ -3,16 +3,20 @@
 :func:`encode` moves every ``pyarrow.Table`` / ``RecordBatch`` of a payload into a
 ``multiprocessing.shared_memory`` segment as an Arrow IPC stream, and every dict of numpy arrays into one
 segment of raw, 64-byte aligned buffers (``object`` arrays, e.g. ``strings="object"``, travel pickled
-beside it); tuples are walked, anything else passes through. :func:`decode` copies the bytes out once
-(so no view outlives the segment) and, on the consumer side, unlinks the segment. Segment names start with
-a per-pool prefix, so a pool can remove what a killed worker left behind.
+beside it); tuples are walked, anything else passes through. :func:`decode` maps the segment
+copy-on-write (on Linux, where segments are files under ``/dev/shm``): the Arrow and numpy data it returns
+are views of that private mapping, writable, and the mapping is released when the last of them is; on the
+consumer side the segment's name is unlinked at once, so nothing is left behind however long the data
+lives. Elsewhere the bytes are copied out once. Segment names start with a per-pool prefix, so a pool can
+remove what a killed worker left behind.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
 import numpy as np
@@ -110,14 +114,33 @@ def _encode_numpy(obj: dict, prefix: str, segments: list[str]) -> NumpyRef:
     return NumpyRef(shm.name, offset, tuple(specs), objects)
 
 
-def _read_segment(name: str, size: int, unlink: bool) -> bytearray:
-    shm = shared_memory.SharedMemory(name=name)
+_SHM_DIR = "/dev/shm"  # where POSIX shared memory segments are files (Linux)
+
+
+def _read_segment(name: str, size: int, unlink: bool) -> mmap.mmap | bytearray:
+    """A segment's first ``size`` bytes: a private copy-on-write mapping where segments are files (zero copy,
+    writable, unmapped once nothing refers to it), else a copy. Unlinks the name if asked."""
     try:
-        data = bytearray(shm.buf[:size])
-    finally:
-        shm.close()
-        if unlink:
-            shm.unlink()
+        fd = os.open(os.path.join(_SHM_DIR, name), os.O_RDONLY)
+    except FileNotFoundError:
+        fd = -1
+    if fd < 0 or size == 0:
+        if fd >= 0:
+            os.close(fd)
+        shm = shared_memory.SharedMemory(name=name)  # raises FileNotFoundError for a missing segment
+        try:
+            data: mmap.mmap | bytearray = bytearray(shm.buf[:size])
+        finally:
+            shm.close()
+    else:
+        try:
+            data = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+        except OSError:  # out of mappings (vm.max_map_count: a trainer holding very many batches): copy
+            data = bytearray(os.pread(fd, size, 0))
+        finally:
+            os.close(fd)
+    if unlink:
+        unlink_quietly(name)
     return data
 
 
@@ -151,7 +174,15 @@ def refs(obj: Any) -> list:
 
 
 def unlink_quietly(name: str) -> None:
-    """Unlink a segment if it still exists."""
+    """Unlink a segment if it still exists (where segments are files, without mapping it: that works even
+    when the process is out of mappings), and tell the resource tracker, as ``SharedMemory.unlink`` does."""
+    if os.path.isdir(_SHM_DIR):
+        try:
+            os.unlink(os.path.join(_SHM_DIR, name))
+        except FileNotFoundError:
+            return
+        resource_tracker.unregister("/" + name, "shared_memory")
+        return
     try:
         shm = shared_memory.SharedMemory(name=name)
     except FileNotFoundError:
