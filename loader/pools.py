@@ -12,7 +12,10 @@ Three kinds, all starting nothing in their constructor (threads and processes st
   transforms. Arrow tables and record batches cross the process boundary as Arrow IPC streams written into
   ``multiprocessing.shared_memory`` segments, and dicts of numpy arrays as raw buffers in one segment
   (only ``object`` arrays, e.g. ``strings="object"``, are pickled), in both directions
-  (:mod:`loader.shm`). The receiver copies the bytes out once and the consumer unlinks every segment;
+  (:mod:`loader.shm`). Results are mapped copy-on-write into the consumer (no copy; their segments
+  unlinked at once). Arguments are written into segments the pool reuses once their task is over (pages
+  already in memory: no page faults on the consumer's side, which is the process pool's bottleneck), so a
+  worker copies its arguments out before running the task and whatever it keeps never changes;
   :meth:`ProcessPool.close` stops the workers (after their current task, then by signal), reads back or
   unlinks every segment still outstanding, and removes any segment a killed worker left behind (names
   carry a per-pool prefix made of ``lrd``, the consumer's pid and a random tag).
@@ -40,10 +43,11 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import shared_memory
 from typing import Any
 
 from .errors import ConfigError, WorkerError
-from .shm import decode, encode, refs, unlink_quietly
+from .shm import decode, encode, new_segment, refs, unlink_quietly
 
 POOL_KINDS = ("serial", "thread", "process")
 
@@ -209,6 +213,19 @@ class ThreadPool(Pool):
 
 
 _worker_prefix = ""
+_MIN_SEGMENT = 64 << 10  # argument segments are at least this big, so small batches share sizes
+_MAX_SPARE = 32  # argument segments kept for reuse per pool
+
+
+def _drop(segments: list) -> None:
+    """Unlink and unmap segments this process created (emptying the list)."""
+    while segments:
+        seg = segments.pop()
+        unlink_quietly(seg.name)
+        try:
+            seg.close()
+        except BufferError:  # still viewed somewhere: unmapped when the view goes
+            pass
 
 
 def _process_init(prefix: str, initializer: Callable | None, initargs: tuple) -> None:
@@ -221,7 +238,7 @@ def _process_init(prefix: str, initializer: Callable | None, initargs: tuple) ->
 
 def _process_call(fn: Callable, encoded_args: tuple) -> Any:
     """Run in a worker: decode the arguments, call ``fn``, encode its result."""
-    args = decode(encoded_args, unlink=False)
+    args = decode(encoded_args, unlink=False, copy=True)  # copied: the consumer reuses the segments
     try:
         result = fn(*args)
     except BaseException as e:
@@ -241,8 +258,8 @@ def _process_call(fn: Callable, encoded_args: tuple) -> Any:
 
 
 class _ProcessHandle(Handle):
-    def __init__(self, pool: ProcessPool, future: Future, segments: list[str]):
-        self._pool, self._future, self._segments = pool, future, segments
+    def __init__(self, pool: ProcessPool, future: Future, lent: list[shared_memory.SharedMemory]):
+        self._pool, self._future, self._lent = pool, future, lent
         self._taken = False
 
     def done(self) -> bool:
@@ -253,7 +270,11 @@ class _ProcessHandle(Handle):
             try:
                 encoded = self._future.result()
             except BrokenProcessPool as e:
-                raise WorkerError(f"a worker process of the process pool died: {e}") from e
+                raise WorkerError(
+                    f"a worker process of the process pool died: {e} (its own error, if any, is printed above; "
+                    "a script that starts a process-pool reader at import time needs an "
+                    "`if __name__ == '__main__':` guard: workers import the main module)"
+                ) from e
             finally:
                 self._release()
             return decode(encoded, unlink=True)
@@ -261,10 +282,11 @@ class _ProcessHandle(Handle):
             self._pool._forget(self)
 
     def _release(self) -> None:
+        """Give the argument segments back to the pool: the task is over (done, or cancelled before it ran),
+        so no worker reads them any more (workers copy their arguments out first)."""
         if not self._taken:
             self._taken = True
-            for name in self._segments:
-                unlink_quietly(name)
+            self._pool._give_back(self._lent)
 
     def discard(self) -> None:
         """Drop the result, unlinking its segments (used by ``close``)."""
@@ -275,7 +297,10 @@ class _ProcessHandle(Handle):
         self._release()
 
     def cancel(self) -> bool:
-        return self._future.cancel()
+        cancelled = self._future.cancel()
+        if cancelled:  # never ran: its argument segments are free
+            self._release()
+        return cancelled
 
 
 _PRELOAD = "loader.tasks"  # imports pyarrow, numpy and the reader's tasks once, in the fork server
@@ -320,6 +345,7 @@ class ProcessPool(Pool):
         self._init = (initializer, initargs)
         self._join_timeout = join_timeout
         self._prefix = f"lrd{os.getpid():x}x{secrets.token_hex(2)}"  # short: macOS caps names at 31
+        self._spare: list[shared_memory.SharedMemory] = []  # argument segments free for reuse, kept mapped
         self._executor: ProcessPoolExecutor | None = None
         self._handles: set[_ProcessHandle] = set()
         self._closed = False
@@ -342,16 +368,36 @@ class ProcessPool(Pool):
                     initargs=(self._prefix, *self._init),
                 )
             segments: list[str] = []
+            lent: list[shared_memory.SharedMemory] = []
             try:
-                encoded = encode(args, self._prefix, segments)
+                encoded = encode(args, self._prefix, segments, lambda size: self._lend(size, lent))
                 future = self._executor.submit(_process_call, fn, encoded)
             except BaseException:
-                for name in segments:
-                    unlink_quietly(name)
+                _drop(lent)
                 raise
-            handle = _ProcessHandle(self, future, segments)
+            handle = _ProcessHandle(self, future, lent)
             self._handles.add(handle)
             return handle
+
+    def _lend(self, size: int, lent: list) -> shared_memory.SharedMemory:
+        """An argument segment of at least ``size`` bytes: a spare one (its pages already in memory, so
+        writing it costs no page faults) or a new one with some headroom. Called under ``self._lock``."""
+        best = min((s for s in self._spare if s.size >= size), key=lambda s: s.size, default=None)
+        if best is not None:
+            self._spare.remove(best)
+        else:
+            best = new_segment(self._prefix, max(_MIN_SEGMENT, size + size // 4))
+        lent.append(best)
+        return best
+
+    def _give_back(self, lent: list) -> None:
+        """Keep a finished task's argument segments for reuse (up to ``_MAX_SPARE``), release the rest."""
+        with self._lock:
+            if not self._closed:
+                keep = max(0, _MAX_SPARE - len(self._spare))
+                self._spare.extend(lent[:keep])
+                lent = lent[keep:]
+        _drop(lent)
 
     def _forget(self, handle: _ProcessHandle) -> None:
         with self._lock:
@@ -367,6 +413,7 @@ class ProcessPool(Pool):
             executor, self._executor = self._executor, None
             handles, self._handles = list(self._handles), set()
             self._closed = True
+        _drop(self._spare)
         if executor is None:
             return
         for h in handles:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gc
+import glob
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import CancelledError
@@ -24,6 +28,17 @@ def to_arrays(batch: pa.RecordBatch) -> tuple[dict, str]:
     x = batch.column(0).to_numpy()
     return {"x": x * 2, "grid": np.arange(len(x) * 6, dtype=np.float32).reshape(len(x), 2, 3),
             "names": np.array([f"n{v}" for v in x], dtype=object)}, "meta"
+
+
+_stash: list = []
+
+
+def stash_and_report(batch: pa.RecordBatch) -> tuple[int, int]:
+    """Keep every argument (as a transform that mixes with earlier batches would) and report the value range
+    of the previous one: it must not change when the consumer reuses the segment it came in."""
+    _stash.append(batch.column(0).to_numpy())
+    prev = _stash[-2] if len(_stash) > 1 else _stash[-1]
+    return int(prev.min()), int(prev.max())
 
 
 def fail_deep(n: int) -> None:
@@ -112,6 +127,34 @@ def test_process_pool_close_frees_workers_and_segments_even_with_unread_results(
     assert segments() - before_shm == set()
     del handles
     gc.collect()
+
+
+def test_process_pool_reuses_argument_segments_and_workers_keep_what_they_received():
+    before_shm = segments()
+    with ProcessPool(1) as pool:
+        first = pool.submit(stash_and_report, pa.record_batch({"x": np.full(50_000, 0)})).result()
+        kept = segments() - before_shm  # the argument segment, kept for the next task
+        results = [pool.submit(stash_and_report, pa.record_batch({"x": np.full(50_000, k)})).result()
+                   for k in range(1, 20)]
+        assert len(kept) == 1 and segments() - before_shm == kept  # one segment, rewritten 19 times
+    assert first == (0, 0)
+    assert results == [(k - 1, k - 1) for k in range(1, 20)]  # the worker's earlier arguments are intact
+    assert segments() - before_shm == set()
+
+
+def test_a_script_without_a_main_guard_gets_an_error_that_says_so(tmp_path, mixed_cache):
+    script = tmp_path / "train.py"  # the reader is started at import time: the workers re-import this file
+    script.write_text(
+        "import loader\n"
+        f"for batch in loader.make_reader({mixed_cache.version_path!r}, pool='process', batch_size=100):\n"
+        "    pass\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "WorkerError" in err and "if __name__ == '__main__':" in err
+    assert not glob.glob(f"/dev/shm/lrd{proc.pid:x}x*")  # its segments are gone with it
 
 
 def test_thread_pool_runs_urgent_tasks_first_and_cancels_queued_ones_on_close():
