@@ -3,6 +3,8 @@ one with a delegation token, and a small cache published to it with ``write_cach
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
 
 import loader
@@ -38,7 +40,13 @@ def _reset_server(request):
             srv.clear_log()
             srv.bandwidth = None
             srv.latency = 0.0
+            srv.errors.clear()
     yield
+    for name in ("server", "token_server"):
+        if name in request.fixturenames:  # a request the server failed on, other than a client hanging up
+            errors = request.getfixturevalue(name).errors
+            text = "".join(line for e in errors for line in traceback.format_exception(e))
+            assert not errors, f"the WebHDFS test server failed on a request:\n{text}"
 
 
 @pytest.fixture(scope="session")

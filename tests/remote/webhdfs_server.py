@@ -35,6 +35,27 @@ from tests.remote.webhdfs_faults import JAVA_CLASSES, Link, Record, RemoteExcept
 PREFIX = "/webhdfs/v1"
 
 
+class _Server(ThreadingHTTPServer):
+    """Keeps the errors of its request threads: a client that hangs up (a timed-out or cancelled read, as a
+    real data node sees) is expected and ignored; anything else is recorded in ``errors`` for the tests
+    (and printed), instead of surfacing as stray output between tests."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, errors: list, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.errors = errors
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        self.errors.append(error)
+        super().handle_error(request, client_address)
+
+
 @dataclass
 class WebHdfs:
     """The server: a store directory, one data node, one active name node and optional standbys.
@@ -52,6 +73,7 @@ class WebHdfs:
     # (its shaded Jersey RuntimeDelegateImpl is missing), and skips the check when the header is absent.
     content_type: bool = True
     log: list[Record] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)  # unexpected errors in request threads
     _rules: list[Rule] = field(default_factory=list)
     _servers: list[ThreadingHTTPServer] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -79,8 +101,7 @@ class WebHdfs:
 
     def _serve(self, role: str) -> ThreadingHTTPServer:
         handler = type(f"{role.title()}Handler", (_Handler,), {"server_state": self, "role": role})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
+        server = _Server(("127.0.0.1", 0), handler, errors=self.errors)
         threading.Thread(target=server.serve_forever, args=(0.05,), name=f"webhdfs-{role}", daemon=True).start()
         self._servers.append(server)
         return server
