@@ -214,7 +214,8 @@ class ThreadPool(Pool):
 
 _worker_prefix = ""
 _MIN_SEGMENT = 64 << 10  # argument segments are at least this big, so small batches share sizes
-_MAX_SPARE = 32  # argument segments kept for reuse per pool
+_MAX_SPARE = 8  # argument segments kept for reuse per pool (a few more than the tasks in flight)...
+_MAX_SPARE_BYTES = 128 << 20  # ...and bytes: shared memory is RAM
 
 
 def _drop(segments: list) -> None:
@@ -391,13 +392,19 @@ class ProcessPool(Pool):
         return best
 
     def _give_back(self, lent: list) -> None:
-        """Keep a finished task's argument segments for reuse (up to ``_MAX_SPARE``), release the rest."""
+        """Keep a finished task's argument segments for reuse (up to ``_MAX_SPARE`` segments and
+        ``_MAX_SPARE_BYTES``), release the rest."""
+        drop = []
         with self._lock:
-            if not self._closed:
-                keep = max(0, _MAX_SPARE - len(self._spare))
-                self._spare.extend(lent[:keep])
-                lent = lent[keep:]
-        _drop(lent)
+            held = sum(seg.size for seg in self._spare)
+            for seg in lent:
+                if not self._closed and len(self._spare) < _MAX_SPARE and held + seg.size <= _MAX_SPARE_BYTES:
+                    self._spare.append(seg)
+                    held += seg.size
+                else:
+                    drop.append(seg)
+            lent.clear()
+        _drop(drop)
 
     def _forget(self, handle: _ProcessHandle) -> None:
         with self._lock:

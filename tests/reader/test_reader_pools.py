@@ -142,6 +142,19 @@ def test_process_pool_reuses_argument_segments_and_workers_keep_what_they_receiv
     assert segments() - before_shm == set()
 
 
+def test_process_pool_keeps_no_more_spare_argument_bytes_than_its_cap(monkeypatch):
+    from loader import pools
+
+    monkeypatch.setattr(pools, "_MAX_SPARE_BYTES", 300_000)
+    before_shm = segments()
+    with ProcessPool(1) as pool:
+        pool.submit(stash_and_report, pa.record_batch({"x": np.full(10_000, 1)})).result()  # 80 kB: kept
+        assert len(segments() - before_shm) == 1
+        pool.submit(stash_and_report, pa.record_batch({"x": np.full(100_000, 2)})).result()  # 800 kB: released
+        assert len(segments() - before_shm) == 1
+    assert segments() - before_shm == set()
+
+
 def test_a_script_without_a_main_guard_gets_an_error_that_says_so(tmp_path, mixed_cache):
     script = tmp_path / "train.py"  # the reader is started at import time: the workers re-import this file
     script.write_text(
