@@ -12,12 +12,10 @@ Three kinds, all starting nothing in their constructor (threads and processes st
   transforms. Arrow tables and record batches cross the process boundary as Arrow IPC streams written into
   ``multiprocessing.shared_memory`` segments, and dicts of numpy arrays as raw buffers in one segment
   (only ``object`` arrays, e.g. ``strings="object"``, are pickled), in both directions
-  (:mod:`loader.shm`). Results are mapped copy-on-write into the consumer (no copy); once the consumer's
-  last view of a result is gone (its mapping released: the bytes are unreachable), the segment goes back
-  to a worker with a later task, which writes its next result into it. Arguments are written into
-  segments the pool reuses once their task is over, so a worker copies its arguments out before running
-  the task and whatever it keeps never changes. Reused segments have their pages in memory already: no
-  page faults and no zeroing of fresh shared memory on either side;
+  (:mod:`loader.shm`). Results are mapped copy-on-write into the consumer (no copy; their segments
+  unlinked at once). Arguments are written into segments the pool reuses once their task is over (pages
+  already in memory: no page faults on the consumer's side, which is the process pool's bottleneck), so a
+  worker copies its arguments out before running the task and whatever it keeps never changes;
   :meth:`ProcessPool.close` stops the workers (after their current task, then by signal), reads back or
   unlinks every segment still outstanding, and removes any segment a killed worker left behind (names
   carry a per-pool prefix made of ``lrd``, the consumer's pid and a random tag).
@@ -215,10 +213,6 @@ class ThreadPool(Pool):
 
 
 _worker_prefix = ""
-_worker_free: list[tuple[str, int]] = []  # (name, capacity) of result segments the consumer is done with
-_MAX_WORKER_FREE = 4  # result segments a worker keeps for reuse
-_FREE_PER_TASK = 2  # returned result segments handed to a worker with each task
-_MAX_RETURNED_BYTES = 64 << 20  # returned result segments the consumer holds for the workers
 _MIN_SEGMENT = 64 << 10  # argument segments are at least this big, so small batches share sizes
 _MAX_SPARE = 8  # argument segments kept for reuse per pool (a few more than the tasks in flight)...
 _MAX_SPARE_BYTES = 128 << 20  # ...and bytes: shared memory is RAM
@@ -243,25 +237,8 @@ def _process_init(prefix: str, initializer: Callable | None, initargs: tuple) ->
         initializer(*initargs)
 
 
-def _worker_segment(size: int) -> shared_memory.SharedMemory:
-    """A result segment for a worker: one the consumer handed back (pages already in memory: writing it
-    costs no page faults) if one is big enough, else a new one with some headroom."""
-    for entry in sorted(_worker_free, key=lambda e: e[1]):
-        if entry[1] >= size:
-            _worker_free.remove(entry)
-            try:
-                return shared_memory.SharedMemory(name=entry[0])
-            except FileNotFoundError:  # unlinked meanwhile (the pool closing)
-                continue
-    return new_segment(_worker_prefix, max(_MIN_SEGMENT, size + size // 4))
-
-
-def _process_call(fn: Callable, encoded_args: tuple, free: tuple = ()) -> Any:
-    """Run in a worker: take the result segments the consumer handed back, decode the arguments, call
-    ``fn``, encode its result."""
-    _worker_free.extend(free)
-    while len(_worker_free) > _MAX_WORKER_FREE:
-        unlink_quietly(_worker_free.pop(0)[0])
+def _process_call(fn: Callable, encoded_args: tuple) -> Any:
+    """Run in a worker: decode the arguments, call ``fn``, encode its result."""
     args = decode(encoded_args, unlink=False, copy=True)  # copied: the consumer reuses the segments
     try:
         result = fn(*args)
@@ -274,7 +251,7 @@ def _process_call(fn: Callable, encoded_args: tuple, free: tuple = ()) -> Any:
         raise
     segments: list[str] = []
     try:
-        return encode(result, _worker_prefix, segments, _worker_segment, keep=False)
+        return encode(result, _worker_prefix, segments)
     except BaseException:
         for name in segments:
             unlink_quietly(name)
@@ -301,7 +278,7 @@ class _ProcessHandle(Handle):
                 ) from e
             finally:
                 self._release()
-            return decode(encoded, unlink=True, recycle=self._pool._recycle)
+            return decode(encoded, unlink=True)
         finally:
             self._pool._forget(self)
 
@@ -370,7 +347,6 @@ class ProcessPool(Pool):
         self._join_timeout = join_timeout
         self._prefix = f"lrd{os.getpid():x}x{secrets.token_hex(2)}"  # short: macOS caps names at 31
         self._spare: list[shared_memory.SharedMemory] = []  # argument segments free for reuse, kept mapped
-        self._returned: deque[tuple[str, int]] = deque()  # result segments no longer mapped, for the workers
         self._executor: ProcessPoolExecutor | None = None
         self._handles: set[_ProcessHandle] = set()
         self._closed = False
@@ -396,8 +372,7 @@ class ProcessPool(Pool):
             lent: list[shared_memory.SharedMemory] = []
             try:
                 encoded = encode(args, self._prefix, segments, lambda size: self._lend(size, lent))
-                free = tuple(self._returned.popleft() for _ in range(min(_FREE_PER_TASK, len(self._returned))))
-                future = self._executor.submit(_process_call, fn, encoded, free)
+                future = self._executor.submit(_process_call, fn, encoded)
             except BaseException:
                 _drop(lent)
                 raise
@@ -415,14 +390,6 @@ class ProcessPool(Pool):
             best = new_segment(self._prefix, max(_MIN_SEGMENT, size + size // 4))
         lent.append(best)
         return best
-
-    def _recycle(self, name: str, capacity: int) -> None:
-        """A result segment's last view is gone: keep it for a worker to rewrite (bounded), else unlink it.
-        Runs wherever the last view was dropped (any thread); never takes the pool's lock."""
-        if self._closed or sum(c for _, c in list(self._returned)) + capacity > _MAX_RETURNED_BYTES:
-            unlink_quietly(name)
-        else:
-            self._returned.append((name, capacity))
 
     def _give_back(self, lent: list) -> None:
         """Keep a finished task's argument segments for reuse (up to ``_MAX_SPARE`` segments and

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
@@ -67,19 +66,19 @@ def _segment(prefix: str, size: int, allocate: Allocate | None) -> shared_memory
     return allocate(size) if allocate is not None else new_segment(prefix, size)
 
 
-def encode(obj: Any, prefix: str, segments: list[str], allocate: Allocate | None = None, keep: bool = True) -> Any:
+def encode(obj: Any, prefix: str, segments: list[str], allocate: Allocate | None = None) -> Any:
     """Move Arrow data and numpy dicts into shared memory; other objects pass through.
 
-    Every segment written is named in ``segments``. With ``allocate``, segments come from it (e.g. recycled
-    segments, whose pages are already in memory) and stay open unless ``keep`` is False; otherwise each is
-    a new segment, closed once written.
+    Every segment written is named in ``segments``. With ``allocate``, segments come from it (e.g. a pool's
+    recycled segments, whose pages are already in memory) and stay open; otherwise each is a new segment,
+    closed once written.
     """
     if isinstance(obj, tuple):
-        return tuple(encode(o, prefix, segments, allocate, keep) for o in obj)
+        return tuple(encode(o, prefix, segments, allocate) for o in obj)
     if isinstance(obj, (pa.Table, pa.RecordBatch)):
-        return _encode_arrow(obj, prefix, segments, allocate, keep)
+        return _encode_arrow(obj, prefix, segments, allocate)
     if isinstance(obj, dict) and obj and all(isinstance(v, np.ndarray) for v in obj.values()):
-        return _encode_numpy(obj, prefix, segments, allocate, keep)
+        return _encode_numpy(obj, prefix, segments, allocate)
     return obj
 
 
@@ -92,7 +91,7 @@ def _write_ipc(obj: pa.Table | pa.RecordBatch, sink) -> None:
 
 
 def _encode_arrow(obj: pa.Table | pa.RecordBatch, prefix: str, segments: list[str],
-                  allocate: Allocate | None, keep: bool) -> ArrowRef:
+                  allocate: Allocate | None) -> ArrowRef:
     mock = pa.MockOutputStream()
     _write_ipc(obj, mock)
     size = mock.size()
@@ -105,12 +104,12 @@ def _encode_arrow(obj: pa.Table | pa.RecordBatch, prefix: str, segments: list[st
         writer.close()
         del writer, buf
     finally:
-        if allocate is None or not keep:
+        if allocate is None:
             shm.close()
     return ArrowRef(shm.name, size, isinstance(obj, pa.Table))
 
 
-def _encode_numpy(obj: dict, prefix: str, segments: list[str], allocate: Allocate | None, keep: bool) -> NumpyRef:
+def _encode_numpy(obj: dict, prefix: str, segments: list[str], allocate: Allocate | None) -> NumpyRef:
     specs, objects, offset = [], {}, 0
     arrays = {}
     for key, value in obj.items():
@@ -130,7 +129,7 @@ def _encode_numpy(obj: dict, prefix: str, segments: list[str], allocate: Allocat
             view[start : start + raw.size] = raw
         del view
     finally:
-        if allocate is None or not keep:
+        if allocate is None:
             shm.close()
     return NumpyRef(shm.name, offset, tuple(specs), objects)
 
@@ -138,16 +137,10 @@ def _encode_numpy(obj: dict, prefix: str, segments: list[str], allocate: Allocat
 _SHM_DIR = "/dev/shm"  # where POSIX shared memory segments are files (Linux)
 
 
-Recycle = Callable[[str, int], None]
-"""``recycle(name, capacity)``: told when the last view of a mapped segment is gone (its bytes unreachable)."""
-
-
-def _read_segment(name: str, size: int, unlink: bool, copy: bool = False,
-                  recycle: Recycle | None = None) -> mmap.mmap | bytearray:
+def _read_segment(name: str, size: int, unlink: bool, copy: bool = False) -> mmap.mmap | bytearray:
     """A segment's first ``size`` bytes: a private copy-on-write mapping where segments are files (zero copy,
     writable, unmapped once nothing refers to it), else (or with ``copy``, or out of mappings) a copy.
-    Unlinks the name if asked, except that a mapped segment is handed to ``recycle`` instead (when given)
-    once the mapping is gone, for its writer to reuse."""
+    Unlinks the name if asked."""
     try:
         fd = os.open(os.path.join(_SHM_DIR, name), os.O_RDONLY)
     except FileNotFoundError:  # not a file on this platform (or missing: attaching raises FileNotFoundError)
@@ -168,31 +161,27 @@ def _read_segment(name: str, size: int, unlink: bool, copy: bool = False,
                 data = bytearray(size)
                 if size and os.preadv(fd, [data], 0) != size:
                     raise OSError(f"shared-memory segment {name} holds fewer than {size} bytes")
-            elif recycle is not None:
-                weakref.finalize(data, recycle, name, os.fstat(fd).st_size).atexit = False
-                return data
         finally:
             os.close(fd)
-    if unlink or recycle is not None:
+    if unlink:
         unlink_quietly(name)
     return data
 
 
-def decode(obj: Any, unlink: bool, copy: bool = False, recycle: Recycle | None = None) -> Any:
+def decode(obj: Any, unlink: bool, copy: bool = False) -> Any:
     """Read back what :func:`encode` wrote: views of a private mapping of each segment, or with ``copy`` a
     copy (for segments their owner will rewrite: the data must not change under whoever keeps it);
-    unlinking the segments if asked, or with ``recycle`` handing mapped ones to it once their last view is
-    gone (see :func:`_read_segment`)."""
+    unlinking the segments if asked."""
     if isinstance(obj, tuple):
-        return tuple(decode(o, unlink, copy, recycle) for o in obj)
+        return tuple(decode(o, unlink, copy) for o in obj)
     if isinstance(obj, ArrowRef):
-        data = _read_segment(obj.name, obj.size, unlink, copy, recycle)
+        data = _read_segment(obj.name, obj.size, unlink, copy)
         table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
         if obj.table:
             return table
         return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
     if isinstance(obj, NumpyRef):
-        data = _read_segment(obj.name, obj.size, unlink, copy, recycle)
+        data = _read_segment(obj.name, obj.size, unlink, copy)
         out = {}
         for key, dtype, shape, start in obj.specs:
             dt = np.dtype(dtype)
