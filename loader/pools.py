@@ -19,7 +19,8 @@ Three kinds, all starting nothing in their constructor (threads and processes st
   :meth:`ProcessPool.close` stops the workers (after their current task, then by signal), reads back or
   unlinks every segment still outstanding, and removes any segment a killed worker left behind (names
   carry a per-pool prefix made of ``lrd``, the consumer's pid and a random tag).
-  Workers ignore SIGINT: Ctrl-C reaches the consumer, whose ``close`` stops them.
+  Workers ignore SIGINT: Ctrl-C reaches the consumer, whose ``close`` stops them. A worker exits by itself
+  when its consumer dies without closing the pool (SIGKILL, the OOM killer; checked twice a second).
 
 Exceptions: a task's exception is re-raised by ``handle.result()`` in the consumer. Threads and the
 serial pool raise the original exception object with its original traceback; processes raise the original
@@ -229,10 +230,38 @@ def _drop(segments: list) -> None:
             pass
 
 
-def _process_init(prefix: str, initializer: Callable | None, initargs: tuple) -> None:
+_PARENT_POLL = 0.5  # seconds between a worker's checks that its consumer is still alive
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now holds the pid: ours is gone
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # no /proc (not Linux): the signal check has to do
+        return True
+
+
+def _watch_consumer(pid: int) -> None:
+    """End this worker when its consumer dies without closing the pool (SIGKILL, the OOM killer): a worker's
+    parent is the fork server, which outlives the consumer, so nothing else would stop it, and the
+    shared-memory segments in flight stay allocated until it exits (the resource tracker removes them then)."""
+    while _alive(pid):
+        time.sleep(_PARENT_POLL)
+    os._exit(1)
+
+
+def _process_init(prefix: str, consumer: int, initializer: Callable | None, initargs: tuple) -> None:
     global _worker_prefix
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle
     _worker_prefix = prefix
+    threading.Thread(target=_watch_consumer, args=(consumer,), name="larder-watch-consumer", daemon=True).start()
     if initializer is not None:
         initializer(*initargs)
 
@@ -366,7 +395,7 @@ class ProcessPool(Pool):
                     self.workers,
                     mp_context=_mp_context(),
                     initializer=_process_init,
-                    initargs=(self._prefix, *self._init),
+                    initargs=(self._prefix, os.getpid(), *self._init),
                 )
             segments: list[str] = []
             lent: list[shared_memory.SharedMemory] = []

@@ -5,13 +5,12 @@
 segment of raw, 64-byte aligned buffers (``object`` arrays, e.g. ``strings="object"``, travel pickled
 beside it); tuples are walked, anything else passes through. :func:`decode` maps the segment
 copy-on-write (on Linux, where segments are files under ``/dev/shm``): the Arrow and numpy data it returns
-are views of that private mapping, writable, and the mapping is released when the last of them is. The
-consumer then either unlinks the segment's name at once (nothing is left behind however long the data
-lives) or, with ``recycle``, is told when the mapping is gone, so the segment can be rewritten. Elsewhere,
-or with ``copy=True`` (a worker reading arguments in segments its pool reuses), the bytes are copied out
-once. :func:`encode` takes the segments from an ``allocate`` callable when given one (recycled segments).
-Segment names start with a per-pool prefix, so a pool removes every segment it or its workers made when it
-closes, a killed worker's too.
+are views of that private mapping, writable, and the mapping is released when the last of them is; on the
+consumer side the segment's name is unlinked at once, so nothing is left behind however long the data
+lives. Elsewhere, or with ``copy=True`` (a worker reading arguments in segments its pool reuses), the bytes
+are copied out once. :func:`encode` takes the segments from an ``allocate`` callable when given one (a
+pool's reused argument segments). Segment names start with a per-pool prefix, so a pool can remove what a
+killed worker left behind.
 """
 
 from __future__ import annotations

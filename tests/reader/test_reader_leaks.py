@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gc
+import glob
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -92,7 +94,7 @@ SCRIPT = textwrap.dedent("""
                 next(reader)
                 pool = reader._pipeline._pool
                 pids, prefix = [p.pid for p in pool.processes()], pool.segment_prefix
-                print("ready", flush=True)
+                print("ready", *pids, prefix, flush=True)
                 for _ in reader:
                     pass
         except KeyboardInterrupt:
@@ -102,6 +104,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+
 def test_ctrl_c_stops_workers_and_frees_segments(tmp_path, mixed_cache):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
@@ -109,7 +112,7 @@ def test_ctrl_c_stops_workers_and_frees_segments(tmp_path, mixed_cache):
     proc = subprocess.Popen([sys.executable, str(script), mixed_cache.version_path], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     try:
-        assert proc.stdout.readline().strip() == "ready"
+        assert proc.stdout.readline().split()[0] == "ready"
         os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C: the whole foreground group gets it
         out, err = proc.communicate(timeout=60)
     finally:
@@ -117,3 +120,37 @@ def test_ctrl_c_stops_workers_and_frees_segments(tmp_path, mixed_cache):
             os.killpg(proc.pid, signal.SIGKILL)
     assert out.strip() == "interrupted 2 [] []", err
     assert "Traceback" not in err  # workers ignore SIGINT instead of printing tracebacks
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_end_when_the_trainer_is_killed(tmp_path, mixed_cache):
+    # SIGKILL (or the OOM killer) runs no cleanup in the trainer: the workers notice it is gone and exit, and
+    # with them the shared-memory segments go (Python's resource tracker removes what they registered)
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(script), mixed_cache.version_path], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    try:
+        _, *pids, prefix = proc.stdout.readline().split()
+        workers = [int(p) for p in pids]
+        assert len(workers) == 2 and all(_running(p) for p in workers)
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (any(_running(p) for p in workers) or glob.glob(f"/dev/shm/{prefix}*")):
+            time.sleep(0.1)
+        assert not [p for p in workers if _running(p)]
+        assert not glob.glob(f"/dev/shm/{prefix}*")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdout.close()
+        proc.stderr.close()
