@@ -49,27 +49,15 @@ class EncodeOptions:
     """How the executors encode the Parquet files.
 
     Attributes:
-        compression: The conf's codec (Spark's names; mapped to pyarrow's).
+        columns: The codec and the per-column settings (:class:`loader.encoding.Encoding`; Spark's codec
+            names are accepted).
         page_size: Data page size in bytes.
         block_size: The block size: no row group is written over it (files are cut into several instead).
-        dictionary: Parquet leaf column paths to dictionary-encode (None: pyarrow's default, all).
-        uncompressed: Parquet leaf column paths stored without compression (the codec cannot shrink them).
     """
 
-    compression: str
+    columns: encoding.Encoding
     page_size: int
     block_size: int
-    dictionary: tuple[str, ...] | None = None
-    uncompressed: tuple[str, ...] = ()
-
-    @property
-    def codec(self) -> str:
-        return encoding.codec_name(self.compression)
-
-    @property
-    def column_encoding(self) -> encoding.Encoding:
-        """The per-column Parquet settings."""
-        return encoding.Encoding(self.codec, self.dictionary, self.uncompressed)
 
 
 def encode(table: pa.Table, options: EncodeOptions, row_group_rows: int | None = None) -> pa.Buffer:
@@ -77,7 +65,7 @@ def encode(table: pa.Table, options: EncodeOptions, row_group_rows: int | None =
     sink = pa.BufferOutputStream()
     pq.write_table(
         table, sink, row_group_size=max(1, row_group_rows or table.num_rows), data_page_size=options.page_size,
-        write_page_checksum=True, **options.column_encoding.parquet_options(table.schema),
+        write_page_checksum=True, **options.columns.parquet_options(table.schema),
     )  # fmt: skip
     return sink.getvalue()
 
@@ -108,8 +96,7 @@ def encode_within_block(table: pa.Table, options: EncodeOptions) -> tuple[pa.Buf
 def choose_encoding(sample: pa.Table, options: EncodeOptions) -> EncodeOptions:
     """``options`` with the per-column choices of :func:`loader.encoding.choose` made on ``sample``: a
     dictionary only for repetitive columns, no compression for columns the codec cannot shrink."""
-    chosen = encoding.choose(sample, options.codec, data_page_size=options.page_size)
-    return replace(options, dictionary=chosen.dictionary, uncompressed=chosen.uncompressed)
+    return replace(options, columns=encoding.choose(sample, options.columns.codec, data_page_size=options.page_size))
 
 
 class SliceWriter:

@@ -269,13 +269,13 @@ class SizedWriter:
             raise ValueError("the arrow writer needs a local destination (output.writer: spark for remote ones)")
         self.writer = writer
         self.direct = direct if writer == "arrow" else None
-        self.dictionary: tuple[str, ...] | None = None  # arrow writer: leaf columns to dictionary-encode
-        self.uncompressed: tuple[str, ...] = ()  # arrow writer: leaf columns stored without compression
         self._count = 0  # rows of the selection, set by write()
         self.spark, self.fs, self.path, self.uri = spark, fs, path, uri
         self.block_size, self.fill = int(block_size), fill
         self.page_size = int(page_size) if page_size else None
         self.compression = "uncompressed" if compression == "none" else compression
+        # the arrow writer's codec and per-column choices (dictionary, uncompressed columns), set by the pilot
+        self.encoding = encoding.Encoding(encoding.codec_name(self.compression))
         self.shuffle, self.seed = shuffle, seed
         self.log: Callable[[str], None] = log
         self.target = int(fill * block_size)
@@ -317,12 +317,11 @@ class SizedWriter:
     @property
     def column_encoding(self) -> dict:
         """The arrow writer's per-column choices (dictionary, uncompressed columns), for the manifest."""
-        return encoding.Encoding(self.compression, self.dictionary, self.uncompressed).describe()
+        return self.encoding.describe()
 
     def _options_arrow(self) -> arrow_write.EncodeOptions:
         assert self.page_size, "page size is resolved in write()"
-        return arrow_write.EncodeOptions(self.compression, self.page_size, self.block_size, self.dictionary,
-                                         self.uncompressed)
+        return arrow_write.EncodeOptions(self.encoding, self.page_size, self.block_size)
 
     def _write_and_measure(self, df: DataFrame, uri: str, path: str, pilot: bool = False) -> tuple[int, int]:
         """Write ``df`` as the data will be written and return its ``(rows, compressed bytes)``.
@@ -334,8 +333,7 @@ class SizedWriter:
         if self.writer == "arrow":
             table = df.toArrow()
             if pilot:
-                chosen = arrow_write.choose_encoding(table, self._options_arrow())
-                self.dictionary, self.uncompressed = chosen.dictionary, chosen.uncompressed
+                self.encoding = arrow_write.choose_encoding(table, self._options_arrow()).columns
             if not table.num_rows:
                 return 0, 0
             groups = arrow_write.group_bytes(arrow_write.encode(table, self._options_arrow()))

@@ -69,7 +69,7 @@ def encode(obj: Any, prefix: str, segments: list[str], allocate: Allocate | None
     """Move Arrow data and numpy dicts into shared memory; other objects pass through.
 
     Every segment written is named in ``segments``. With ``allocate``, segments come from it (e.g. a pool's
-    recycled segments, whose pages are already in memory) and stay open; otherwise each is a new segment,
+    reused argument segments, whose pages are already in memory) and stay open; otherwise each is a new segment,
     closed once written.
     """
     if isinstance(obj, tuple):
@@ -97,7 +97,7 @@ def _encode_arrow(obj: pa.Table | pa.RecordBatch, prefix: str, segments: list[st
     shm = _segment(prefix, size, allocate)
     segments.append(shm.name)
     try:
-        buf = pa.py_buffer(shm.buf[:size])  # a recycled segment may be larger than the payload
+        buf = pa.py_buffer(shm.buf[:size])  # a reused segment may be larger than the payload
         writer = pa.FixedSizeBufferWriter(buf)
         _write_ipc(obj, writer)
         writer.close()

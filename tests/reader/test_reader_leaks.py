@@ -105,12 +105,17 @@ SCRIPT = textwrap.dedent("""
 
 
 
-def test_ctrl_c_stops_workers_and_frees_segments(tmp_path, mixed_cache):
+def _start_trainer(tmp_path, cache) -> subprocess.Popen:
+    """Run :data:`SCRIPT` on ``cache`` in its own session; it prints ``ready <worker pids> <prefix>``."""
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, str(script), mixed_cache.version_path], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, str(script), cache.version_path], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+
+
+def test_ctrl_c_stops_workers_and_frees_segments(tmp_path, mixed_cache):
+    proc = _start_trainer(tmp_path, mixed_cache)
     try:
         assert proc.stdout.readline().split()[0] == "ready"
         os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C: the whole foreground group gets it
@@ -133,11 +138,7 @@ def _running(pid: int) -> bool:
 def test_workers_end_when_the_trainer_is_killed(tmp_path, mixed_cache):
     # SIGKILL (or the OOM killer) runs no cleanup in the trainer: the workers notice it is gone and exit, and
     # with them the shared-memory segments go (Python's resource tracker removes what they registered)
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, str(script), mixed_cache.version_path], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    proc = _start_trainer(tmp_path, mixed_cache)
     try:
         _, *pids, prefix = proc.stdout.readline().split()
         workers = [int(p) for p in pids]

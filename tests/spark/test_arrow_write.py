@@ -16,6 +16,7 @@ from etl import arrow_write
 from etl.config import from_dict
 from etl.job import run
 from etl.layout import FILE_COLUMN, ORDER_COLUMN, assign_files, partition_counts
+from loader.encoding import Encoding
 from loader.errors import ConfigError
 from loader.manifest import checksum_file
 
@@ -103,7 +104,7 @@ def test_a_retried_spill_replaces_its_slices(spark, source, tmp_path):
     os.makedirs(out)
     assert arrow_write.spill(laid, slices, FILE_COLUMN) == 20_000
     assert arrow_write.spill(laid, slices, FILE_COLUMN) == 20_000  # every task ran twice
-    options = arrow_write.EncodeOptions("zstd", 64 << 10, 1 << 30)
+    options = arrow_write.EncodeOptions(Encoding("zstd"), 64 << 10, 1 << 30)
     written = arrow_write.encode_files(spark, slices, out, n, (FILE_COLUMN, ORDER_COLUMN), ORDER_COLUMN, options)
     assert [info.path for info, _ in written] == [f"part-{k:05d}.parquet" for k in range(n)]
     table = pa.concat_tables([pq.read_table(os.path.join(out, info.path)) for info, _ in written])
@@ -114,7 +115,7 @@ def test_a_retried_spill_replaces_its_slices(spark, source, tmp_path):
 def test_a_file_over_the_block_is_cut_never_written_over_it():
     rng = np.random.default_rng(0)
     table = pa.table({"blob": [rng.bytes(1000) for _ in range(400)]})  # ~400 KB, incompressible
-    options = arrow_write.EncodeOptions("zstd", 16 << 10, 100 << 10)
+    options = arrow_write.EncodeOptions(Encoding("zstd"), 16 << 10, 100 << 10)
     data, cut = arrow_write.encode_within_block(table, options)
     groups = arrow_write.group_bytes(data)
     assert cut and len(groups) > 1 and sum(r for r, _ in groups) == 400
