@@ -14,6 +14,10 @@ other, in one run of this script, on caches made by ``bench/gen_data.py`` (gener
 * ``decoded-cold`` — ``thread`` with an emptied ``decoded_cache_dir``: the first epoch's cost of filling it.
 * ``torch``    — (optional, ``--only ...,torch``) ``loader.torch.make_dataloader`` with 2 DataLoader workers.
 * ``tf``       — (optional, ``--only ...,tf``) ``loader.tf.make_dataset`` iterated eagerly.
+* ``raw py`` / ``thread py`` / ``process py`` — (optional, ``--only ...,py``) the raw scan and both pools with
+  a pure-Python transform applied to every batch (``bench/pytransform.py``: decode, lower-case, split and
+  hash each title's words; it holds the GIL throughout): what ``pool="process"`` is for. Their ratios are to
+  ``raw py``, the same scan with the transform applied in its loop.
 * ``raw warm`` / ``thread warm`` — (optional, ``--only ...,warm``) the same runs timed over batches
   ``N+1 .. 2N`` of one pass (the first N consumed untimed first): throughput once the process's memory is
   in use, apart from the first touch of fresh pages (see ``faults/krow``).
@@ -155,6 +159,9 @@ def child(args) -> dict:
     first = last = None
     own0 = resource.getrusage(resource.RUSAGE_SELF)
     warm = args.warm
+    transform = None
+    if args.transform == "python":
+        from pytransform import hash_title_words as transform  # bench/, the script's own directory
 
     def start_clock():  # after the untimed warm-up batches, if any
         nonlocal own0, t0
@@ -168,6 +175,8 @@ def child(args) -> dict:
                 pf = pq.ParquetFile(ds.file_path(info))
                 for rb in pf.iter_batches(args.batch_size, columns=columns, use_threads=False):
                     b = to_numpy(rb)
+                    if transform is not None:
+                        b = transform(b)
                     if warm:
                         warm -= 1
                         if not warm:
@@ -216,6 +225,8 @@ def child(args) -> dict:
             kwargs = {"pool": args.mode, "workers": args.workers} if args.workers else {"pool": args.mode}
             if args.decoded_cache:
                 kwargs["decoded_cache_dir"] = args.decoded_cache
+            if transform is not None:
+                kwargs["transform"] = transform
             with make_reader(
                 ds.version_path, columns=columns, batch_size=args.batch_size, shuffle=True, seed=0,
                 num_epochs=1 if args.epoch_only else None, **kwargs,
@@ -251,6 +262,7 @@ def child(args) -> dict:
         "cpu_us_per_row": cpu / max(1, rows) * 1e6,
         "faults_per_krow": (own.ru_minflt - own0.ru_minflt) / max(1, rows) * 1000,
         "warm_batches": args.warm,
+        "transform": args.transform,
         "mode": args.mode,
         "url": args.url,
         "rows": rows,
@@ -326,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run that child under cProfile")
     p.add_argument("--only", default=None,
                    help="comma-separated subset of raw,thread,process,4x,first (default); also serial, decoded, "
-                        "decoded-cold, torch, tf, warm (raw and thread timed over batches N+1..2N)")
+                        "decoded-cold, torch, tf, warm (raw and thread timed over batches N+1..2N), py (raw, "
+                        "thread and process with a pure-Python transform)")
     p.add_argument("--repeat", type=int, default=3, help="trials per run, interleaved; the median is shown (default 3)")
     p.add_argument("--child", choices=["raw", "serial", "thread", "process", "torch", "tf"], help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
@@ -334,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoded-cache", default=None, help=argparse.SUPPRESS)
     p.add_argument("--epoch-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--warm", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--transform", choices=["none", "python"], default="none", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         args.mode = args.child
@@ -344,8 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set((args.only or "raw,thread,process,4x,first").split(","))
     if "warm" in wanted:
         wanted |= {"raw warm", "thread warm"}
+    if "py" in wanted:
+        wanted |= {"raw py", "thread py", "process py"}
     order = ("raw", "serial", "thread", "process", "decoded", "decoded-cold", "torch", "tf", "raw warm", "thread warm",
-             "4x", "first")
+             "raw py", "thread py", "process py", "4x", "first")
     only = [k for k in order if k in wanted]
     decoded_dir = str(Path(args.data) / "decoded")
     runs = {
@@ -359,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         "tf": ("tf", caches["base"], ()),
         "raw warm": ("raw", caches["base"], ("--warm", str(args.iterations))),
         "thread warm": ("thread", caches["base"], ("--warm", str(args.iterations))),
+        "raw py": ("raw", caches["base"], ("--transform", "python")),
+        "thread py": ("thread", caches["base"], ("--transform", "python")),
+        "process py": ("process", caches["base"], ("--transform", "python")),
         "4x": ("thread", caches["base4x"], ()),
         "first": ("thread", caches["tiny"], ("--first-only",)),
     }
@@ -381,15 +400,19 @@ def main(argv: list[str] | None = None) -> int:
     if "raw" in trials:  # trials are interleaved: each trial's ratio compares runs made close together
         for key, runs in trials.items():
             base = trials[_baseline(key, trials)]
-            if key not in ("raw", "raw warm", "first") and all("error" not in r for r in runs + base):
+            if key not in ("raw", "raw warm", "raw py", "first") and all("error" not in r for r in runs + base):
                 per = [r["samples_per_s"] / b["samples_per_s"] for r, b in zip(runs, base, strict=False)]
                 print(f"ratio to raw per trial, {key}: {' '.join(f'{x:.2f}' for x in per)}")
     return 1 if any("error" in r for v in trials.values() for r in v) else 0
 
 
 def _baseline(key: str, runs: dict) -> str:
-    """The raw run a run is compared with: warm runs with the warm raw scan (when measured)."""
-    return "raw warm" if key.endswith(" warm") and "raw warm" in runs else "raw"
+    """The raw run a run is compared with: warm runs with the warm raw scan, transformed runs with the scan
+    that applies the same transform (when measured)."""
+    for suffix in (" warm", " py"):
+        if key.endswith(suffix) and "raw" + suffix in runs:
+            return "raw" + suffix
+    return "raw"
 
 
 def _median(results: list[dict]) -> dict:
@@ -426,6 +449,8 @@ def print_table(results: dict[str, dict], args) -> None:
               "decoded": "thread, decoded warm", "decoded-cold": "thread, decoded cold",
               "torch": "torch DataLoader, 2 wk", "tf": "tf.data from_generator",
               "raw warm": "raw, batches N+1..2N", "thread warm": "thread, batches N+1..2N",
+              "raw py": "raw + Python transform", "thread py": "thread + Python tr.",
+              "process py": "process + Python tr.",
               "4x": "make_reader thread 4x", "first": "first batch, 10k files"}
     for key, r in results.items():
         if "error" in r:
@@ -450,7 +475,8 @@ def print_table(results: dict[str, dict], args) -> None:
     results = {k: r for k, r in results.items() if "error" not in r}
     if "raw" in results:
         base = results["raw"]["cpu_us_per_row"]
-        for key in ("serial", "thread", "process", "decoded", "decoded-cold", "thread warm"):
+        for key in ("serial", "thread", "process", "decoded", "decoded-cold", "thread warm", "thread py",
+                    "process py"):
             if key in results:
                 name = _baseline(key, results)
                 base = results[name]["cpu_us_per_row"]
@@ -465,7 +491,10 @@ def print_table(results: dict[str, dict], args) -> None:
             f"({q['rss_median']:.0f} / {t['rss_median']:.0f} MB), {q['rss_max'] / t['rss_max']:.2f}x on the maxima "
             f"({q['rss_max']:.0f} / {t['rss_max']:.0f} MB)"
         )
-    for key in ("thread", "process"):
+    if "thread py" in results and "process py" in results:
+        t, q = results["thread py"], results["process py"]
+        print(f"pure-Python transform: process / thread pool {q['samples_per_s'] / t['samples_per_s']:.2f}x samples/s")
+    for key in ("thread", "process", "thread py", "process py"):
         if key in results and results[key].get("stats"):
             print(f"reader stats ({key}, median trial): {results[key]['stats']}")
 

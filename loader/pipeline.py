@@ -6,9 +6,10 @@ stream of reads across epochs, so an epoch boundary does not stall) and assemble
 pieces: small columns made contiguous, large string / binary columns kept as views over the pieces'
 buffers. Each planned batch is then the window's rows in the order of the window's permutation (a batch
 may span two windows), gathered with one Arrow ``take`` (plus one copy of the viewed bytes) and converted
-to numpy. On a thread pool the gathers and conversions run in the workers, several consecutive batches
-per task (gathered and converted together, then split), ahead of queued reads; otherwise the producer
-gathers, and converts unless there is a transform to run in the pool. Finished batches wait in a bounded
+to numpy. The gathers and conversions run in the thread workers, several consecutive batches per task
+(gathered and converted together, then split), ahead of queued reads; with the serial pool the producer
+does them. A process-pool reader does all of this on threads too (pyarrow releases the GIL) and sends only
+the user transform to its worker processes, several consecutive batches per task, through shared memory. Finished batches wait in a bounded
 ready queue. Results are consumed in submission order, so the output does not depend on which worker ran
 what. Errors from workers or the producer travel through the queue as data and are raised in the consumer.
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from .errors import WorkerError
 from .plan import EpochPlan
 from .pools import Pool
-from .tasks import finish_batch, read_piece
+from .tasks import finish_batch, read_piece, transform_batches
 from .window import assemble, cut, cut_and_finish, distinct, spans_of
 
 
@@ -109,11 +110,12 @@ class Setup:
         pieces_ahead: Piece reads kept in flight.
         batches_ahead: Batch finishes kept in flight.
         prefetch: Size of the ready queue, in batches.
-        finish_in_pool: Send batches to the pool for conversion and the transform; without a transform the
-            producer converts them itself (cheaper than a round trip through the pool).
-        cut_in_pool: Send the cutting (the gather of a batch's rows from its windows) to the pool too, with
-            the conversion and transform: thread pools, whose workers share the windows' memory.
+        cut_in_pool: Send the cutting (the gather of a batch's rows from its windows), the conversion and
+            the transform to the pool: thread pools, whose workers share the windows' memory (otherwise, the
+            serial pool, the producer does it all).
         batches_per_task: Batches cut and finished by one task when ``cut_in_pool``.
+        transform_apart: Run the user transform as a task of its own on the pipeline's transform pool (a
+            process pool: pure-Python transforms in parallel), everything else on the main pool's threads.
         with_row_ids: Add ``_row_group`` / ``_row`` columns to batches.
         on_epoch: Called with each epoch's plan before its first read (e.g. to prefetch remote files).
     """
@@ -126,9 +128,9 @@ class Setup:
     pieces_ahead: int
     batches_ahead: int
     prefetch: int
-    finish_in_pool: bool
     cut_in_pool: bool = False
     batches_per_task: int = 1
+    transform_apart: bool = False
     with_row_ids: bool = False
     on_epoch: Callable[[EpochPlan], None] | None = None
 
@@ -187,7 +189,7 @@ def _piece_tasks(setup: Setup, epoch: int, batch: int, plans: deque) -> Iterator
 def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats) -> Iterator[tuple]:
     """Yield ``(meta, fn, *args)`` finishing tasks of every batch from position ``(epoch, batch)`` on.
 
-    With ``setup.cut_in_pool`` (thread pools) a task cuts its batch from the windows itself, so gathers run
+    With ``setup.cut_in_pool`` (thread pools) a task cuts its batches from the windows itself, so gathers run
     in parallel; otherwise the producer cuts and the task only converts (and transforms).
     """
     plans: deque = deque()
@@ -227,7 +229,8 @@ def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: Reader
                     metas.append((plan.epoch, batch, hi - lo, distinct(spans, lo, hi)))
                     batch += 1
                 stats.shuffle_seconds += time.perf_counter() - t0
-                yield tuple(metas), cut_and_finish, setup.key, plan.epoch, tuple(group), with_ids
+                yield (tuple(metas), cut_and_finish, setup.key, plan.epoch, tuple(group), with_ids,
+                       not setup.transform_apart)
             else:
                 lo, hi = bounds[batch], bounds[batch + 1]
                 spans = spans_of(segments, lo, hi)
@@ -239,10 +242,54 @@ def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: Reader
                 batch += 1
 
 
-def produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats) -> Iterator[tuple]:
-    """Yield ``(epoch, index, rows, distinct_groups, batch_dict)`` from position ``(epoch, batch)`` on."""
+def produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats,
+            transform_pool: Pool | None = None) -> Iterator[tuple]:
+    """Yield ``(epoch, index, rows, distinct_groups, batch_dict)`` from position ``(epoch, batch)`` on.
+
+    With ``setup.transform_apart``, every batch finished on ``pool`` is transformed on ``transform_pool``
+    (``setup.batches_ahead`` in flight), in order.
+    """
+    batches = _produce(setup, pool, epoch, batch, stats)
+    if not setup.transform_apart:
+        yield from batches
+        return
+    tasks = (((tuple(b[:4] for b in group), error), transform_batches, setup.key,
+              tuple((e, index) for e, index, *_ in group), tuple(b[4] for b in group))
+             for group, error in _groups(batches, setup.batches_per_task))
+    for (metas, error), results in _ahead(transform_pool, tasks, setup.batches_ahead, stats):
+        for (e, index, n, mixed), item in zip(metas, results, strict=False):
+            if isinstance(item, BaseException):
+                raise item
+            out, transform_s = item
+            stats.transform_seconds += transform_s
+            yield e, index, n, mixed, out
+        if error is not None:
+            raise error
+
+
+def _groups(batches: Iterator[tuple], size: int) -> Iterator[tuple[list, BaseException | None]]:
+    """Consecutive batches in groups of ``size`` (the first alone: it comes sooner). An error raised while a
+    group is gathered ends the stream as data: ``(batches before it, error)``, so they are delivered first."""
+    limit = 1
+    while True:
+        group = []
+        try:
+            while len(group) < limit:
+                group.append(next(batches))
+        except StopIteration:
+            if group:
+                yield group, None
+            return
+        except Exception as e:  # noqa: BLE001 - travels as data, raised by the consumer in order
+            yield group, e
+            return
+        yield group, None
+        limit = size
+
+
+def _produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats) -> Iterator[tuple]:
     tasks = _batch_tasks(setup, pool, epoch, batch, stats)
-    if setup.finish_in_pool or setup.cut_in_pool:
+    if setup.cut_in_pool:
         finished = _ahead(pool, tasks, setup.batches_ahead, stats, urgent=True, wait_first=True)  # before reads
     else:
         finished = ((meta, fn(*args)) for meta, fn, *args in tasks)
@@ -273,12 +320,14 @@ class Pipeline:
         batch: Index of the first batch in that epoch.
         stats: Stats to update.
         on_close: Called once when the pipeline closes.
+        transform_pool: Where transforms run when ``setup.transform_apart`` (owned: closed with the pipeline).
     """
 
     def __init__(self, setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats,
-                 on_close: Callable[[], None] | None = None):
+                 on_close: Callable[[], None] | None = None, transform_pool: Pool | None = None):
         self._setup, self._pool, self._stats = setup, pool, stats
-        self._gen = produce(setup, pool, epoch, batch, stats)
+        self._transform_pool = transform_pool
+        self._gen = produce(setup, pool, epoch, batch, stats, transform_pool)
         self._inline = pool.kind == "serial"
         self._queue: queue.Queue = queue.Queue(maxsize=setup.prefetch)
         self._stop = threading.Event()
@@ -300,9 +349,16 @@ class Pipeline:
         finally:
             gen.close()
             if self._closed and self._thread is threading.current_thread() and self._closed_from_producer:
-                self._pool.close()  # closed from this very thread (garbage collection): finish the job here
+                self._close_pools()  # closed from this very thread (garbage collection): finish the job here
                 if self._on_close is not None:
                     self._on_close()
+
+    def _close_pools(self) -> None:
+        try:
+            if self._transform_pool is not None:
+                self._transform_pool.close()
+        finally:
+            self._pool.close()
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():
@@ -360,6 +416,6 @@ class Pipeline:
                 thread.join(0.1)
         elif self._inline:
             self._gen.close()
-        self._pool.close()
+        self._close_pools()
         if self._on_close is not None:
             self._on_close()

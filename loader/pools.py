@@ -10,9 +10,9 @@ Three kinds, all starting nothing in their constructor (threads and processes st
 * :class:`ProcessPool` (``concurrent.futures.ProcessPoolExecutor`` on a ``forkserver`` context, ``spawn``
   where there is none; never ``fork``, which is unsafe in a process with threads): for pure-Python
   transforms. Arrow tables and record batches cross the process boundary as Arrow IPC streams written into
-  ``multiprocessing.shared_memory`` segments, and dicts of numpy arrays as raw buffers in one segment
-  (only ``object`` arrays, e.g. ``strings="object"``, are pickled), in both directions
-  (:mod:`loader.shm`). Results are mapped copy-on-write into the consumer (no copy; their segments
+  ``multiprocessing.shared_memory`` segments, and the dicts of numpy arrays of one call or result as raw
+  buffers in one segment (only ``object`` arrays, e.g. ``strings="object"``, are pickled), in both
+  directions (:mod:`loader.shm`); arrays a task returns unchanged from its arguments are not sent back. Results are mapped copy-on-write into the consumer (no copy; their segments
   unlinked at once). Arguments are written into segments the pool reuses once their task is over (pages
   already in memory: no page faults on the consumer's side, which is the process pool's bottleneck), so a
   worker copies its arguments out before running the task and whatever it keeps never changes;
@@ -48,7 +48,7 @@ from multiprocessing import shared_memory
 from typing import Any
 
 from .errors import ConfigError, WorkerError
-from .shm import decode, encode, new_segment, refs, unlink_quietly
+from .shm import argument_arrays, decode, encode, new_segment, refs, unlink_quietly
 
 POOL_KINDS = ("serial", "thread", "process")
 
@@ -267,8 +267,14 @@ def _process_init(prefix: str, consumer: int, initializer: Callable | None, init
 
 
 def _process_call(fn: Callable, encoded_args: tuple) -> Any:
-    """Run in a worker: decode the arguments, call ``fn``, encode its result."""
+    """Run in a worker: decode the arguments, call ``fn``, encode its result.
+
+    Argument arrays that come back unchanged in the result (the very arrays, equal to what was sent) are not
+    sent back: the consumer still holds them. The check compares with a mapping of the argument segments,
+    which stay as sent until the task is over.
+    """
     args = decode(encoded_args, unlink=False, copy=True)  # copied: the consumer reuses the segments
+    known = argument_arrays(args, encoded_args)  # before the task can replace them
     try:
         result = fn(*args)
     except BaseException as e:
@@ -280,7 +286,7 @@ def _process_call(fn: Callable, encoded_args: tuple) -> Any:
         raise
     segments: list[str] = []
     try:
-        return encode(result, _worker_prefix, segments)
+        return encode(result, _worker_prefix, segments, known=known)
     except BaseException:
         for name in segments:
             unlink_quietly(name)
@@ -288,8 +294,9 @@ def _process_call(fn: Callable, encoded_args: tuple) -> Any:
 
 
 class _ProcessHandle(Handle):
-    def __init__(self, pool: ProcessPool, future: Future, lent: list[shared_memory.SharedMemory]):
+    def __init__(self, pool: ProcessPool, future: Future, lent: list[shared_memory.SharedMemory], args: tuple):
         self._pool, self._future, self._lent = pool, future, lent
+        self._args: tuple | None = args  # what the result may refer to (arrays returned unchanged)
         self._taken = False
 
     def done(self) -> bool:
@@ -307,8 +314,9 @@ class _ProcessHandle(Handle):
                 ) from e
             finally:
                 self._release()
-            return decode(encoded, unlink=True)
+            return decode(encoded, unlink=True, args=self._args)
         finally:
+            self._args = None
             self._pool._forget(self)
 
     def _release(self) -> None:
@@ -320,6 +328,7 @@ class _ProcessHandle(Handle):
 
     def discard(self) -> None:
         """Drop the result, unlinking its segments (used by ``close``)."""
+        self._args = None
         self._future.cancel()
         if self._future.done() and not self._future.cancelled() and self._future.exception() is None:
             for ref in refs(self._future.result()):
@@ -405,7 +414,7 @@ class ProcessPool(Pool):
             except BaseException:
                 _drop(lent)
                 raise
-            handle = _ProcessHandle(self, future, lent)
+            handle = _ProcessHandle(self, future, lent, args)
             self._handles.add(handle)
             return handle
 

@@ -304,11 +304,11 @@ class Reader(Closeable):
             shuffle=shuffle,
             num_epochs=num_epochs,
             pieces_ahead=max(workers, window) if pool != "serial" else 1,
-            batches_ahead=(max(4, 2 * workers) if pool == "thread" else max(2, workers)) if pool != "serial" else 1,
+            batches_ahead=max(4, 2 * workers) if pool != "serial" else 1,
             prefetch=prefetch,
-            finish_in_pool=pool != "serial" and transform is not None,
-            cut_in_pool=pool == "thread",
-            batches_per_task=max(1, min(16, prefetch // 4)) if pool == "thread" else 1,
+            cut_in_pool=pool != "serial",
+            batches_per_task=max(1, min(16, prefetch // 4)) if pool != "serial" else 1,
+            transform_apart=pool == "process" and transform is not None,
             with_row_ids=with_row_ids,
             on_epoch=_PrefetchHint(ds, self._ctx.locations) if getattr(ds, "file_cache", None) else None,
         )
@@ -363,10 +363,15 @@ class Reader(Closeable):
         if self._pipeline is None:
             self._started_at = time.perf_counter()
             key = self._ctx.key
-            tasks.install(self._ctx)  # the producer may finish batches itself (process pool, no transform)
-            pool = make_pool(self.pool_kind, self.workers, tasks.install, (self._ctx,))
+            tasks.install(self._ctx)  # for the producer and thread workers of this process
+            # A process pool runs only the transform: reads, shuffles and conversions run on threads here.
+            kind = "thread" if self.pool_kind == "process" else self.pool_kind
+            pool = make_pool(kind, self.workers, tasks.install, (self._ctx,))
+            apart = None
+            if self._setup.transform_apart:
+                apart = make_pool("process", self.workers, tasks.install, (self._ctx,))
             self._pipeline = Pipeline(self._setup, pool, *self._position, self.stats,
-                                      on_close=lambda: tasks.uninstall(key))
+                                      on_close=lambda: tasks.uninstall(key), transform_pool=apart)
         try:
             epoch, index, rows, distinct, batch = self._pipeline.next()
         except StopIteration:
@@ -473,7 +478,10 @@ def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, 
         seed: Seed of every random choice (0 is a seed like any other).
         num_epochs: Epochs to yield; None repeats forever.
         workers: Pool workers (default ``min(8, cpus)``; 1 for the serial pool).
-        pool: ``"thread"`` (default), ``"process"`` (pure-Python transforms) or ``"serial"`` (debugging).
+        pool: ``"thread"`` (default), ``"process"`` (pure-Python transforms: the transform runs in
+            ``workers`` worker processes, several batches per round trip through shared memory, while reads,
+            shuffles and conversions run on threads of this process; without a transform it reads as
+            ``"thread"`` and starts no process) or ``"serial"`` (debugging).
         shuffle_buffer: Rows shuffled together (rounded to whole row groups); default from the budget.
         prefetch: Ready batches kept ahead of the consumer; default from the budget (2 to 32).
         transform: ``transform(batch)`` or ``transform(batch, rng)`` on each batch dict, run in the

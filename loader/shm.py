@@ -1,9 +1,11 @@
 """Shared-memory transport of the process pool: Arrow data and numpy dicts, never pickled rows.
 
 :func:`encode` moves every ``pyarrow.Table`` / ``RecordBatch`` of a payload into a
-``multiprocessing.shared_memory`` segment as an Arrow IPC stream, and every dict of numpy arrays into one
-segment of raw, 64-byte aligned buffers (``object`` arrays, e.g. ``strings="object"``, travel pickled
-beside it); tuples are walked, anything else passes through. :func:`decode` maps the segment
+``multiprocessing.shared_memory`` segment as an Arrow IPC stream, and all the dicts of numpy arrays of a
+payload together into one segment of raw, 64-byte aligned buffers (``object`` arrays, e.g.
+``strings="object"``, travel pickled beside it); tuples are walked, anything else passes through. A task's
+result names the argument arrays it returns unchanged instead of carrying them (:func:`argument_arrays`):
+the consumer still holds them. :func:`decode` maps the segment
 copy-on-write (on Linux, where segments are files under ``/dev/shm``): the Arrow and numpy data it returns
 are views of that private mapping, writable, and the mapping is released when the last of them is; on the
 consumer side the segment's name is unlinked at once, so nothing is left behind however long the data
@@ -15,6 +17,7 @@ killed worker left behind.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from collections.abc import Callable
@@ -39,12 +42,17 @@ class ArrowRef:
 
 @dataclass(frozen=True)
 class NumpyRef:
-    """Numpy buffers in a segment: ``specs`` place each array; ``objects`` are the pickled object arrays."""
+    """Numpy buffers in a segment: ``specs`` place each array; ``objects`` are the pickled object arrays;
+    ``kept`` names arrays not sent because the receiver has them already (a task's result returning its
+    argument's arrays unchanged), each by its place in the task's arguments; ``order`` is the dict's key
+    order when anything is kept."""
 
     name: str
     size: int
     specs: tuple  # (key, dtype str, shape, offset)
     objects: dict
+    kept: tuple = ()  # (key, path into the task's arguments)
+    order: tuple = ()
 
 
 _counter = 0
@@ -65,20 +73,84 @@ def _segment(prefix: str, size: int, allocate: Allocate | None) -> shared_memory
     return allocate(size) if allocate is not None else new_segment(prefix, size)
 
 
-def encode(obj: Any, prefix: str, segments: list[str], allocate: Allocate | None = None) -> Any:
+Known = dict
+"""``{id(array): (array, path, original)}``: arrays the receiver holds already (see :func:`argument_arrays`);
+``original()`` returns the array as it was sent."""
+
+
+def encode(obj: Any, prefix: str, segments: list[str], allocate: Allocate | None = None,
+           known: Known | None = None) -> Any:
     """Move Arrow data and numpy dicts into shared memory; other objects pass through.
 
     Every segment written is named in ``segments``. With ``allocate``, segments come from it (e.g. a pool's
     reused argument segments, whose pages are already in memory) and stay open; otherwise each is a new segment,
-    closed once written.
+    closed once written. An array of a numpy dict that is one of ``known`` (the very object) and still equals
+    its original is not written but named by its path (:func:`decode` takes it from the arguments).
     """
-    if isinstance(obj, tuple):
-        return tuple(encode(o, prefix, segments, allocate) for o in obj)
-    if isinstance(obj, (pa.Table, pa.RecordBatch)):
-        return _encode_arrow(obj, prefix, segments, allocate)
-    if isinstance(obj, dict) and obj and all(isinstance(v, np.ndarray) for v in obj.values()):
-        return _encode_numpy(obj, prefix, segments, allocate)
-    return obj
+    layouts: list[_Layout] = []
+
+    def walk(o):
+        if isinstance(o, tuple):
+            return tuple(walk(x) for x in o)
+        if isinstance(o, (pa.Table, pa.RecordBatch)):
+            return _encode_arrow(o, prefix, segments, allocate)
+        if isinstance(o, dict) and o and all(isinstance(v, np.ndarray) for v in o.values()):
+            layouts.append(_layout(o, known, layouts[-1].end if layouts else 0))
+            return layouts[-1]
+        return o
+
+    planned = walk(obj)
+    if not layouts:
+        return planned
+    name, size = _write_numpy(layouts, prefix, segments, allocate)
+
+    def finish(o):
+        if isinstance(o, tuple):
+            return tuple(finish(x) for x in o)
+        if isinstance(o, _Layout):
+            return NumpyRef(name, size, tuple(o.specs), o.objects, tuple(o.kept), tuple(o.order) if o.kept else ())
+        return o
+
+    return finish(planned)
+
+
+def argument_arrays(args: tuple, encoded: tuple) -> Known:
+    """The numpy arrays of a task's arguments ``args`` (decoded from ``encoded``: dicts of arrays, in tuples),
+    each with its path and a way to read its original from the argument segment (mapped only if asked: the
+    segments stay as sent while the task runs), to check that an array the task returns is unchanged."""
+    known: Known = {}
+    mapped: dict = {}  # segment name -> its mapping, made at the first original asked for
+
+    def original(ref: NumpyRef, spec: tuple) -> np.ndarray:
+        if ref.name not in mapped:
+            mapped[ref.name] = _read_segment(ref.name, ref.size, unlink=False)
+        _, dtype, shape, start = spec
+        return np.frombuffer(mapped[ref.name], dtype=dtype, count=math.prod(shape), offset=start).reshape(shape)
+
+    def walk(a, ref, path):
+        if isinstance(a, tuple):
+            for i, (x, r) in enumerate(zip(a, ref, strict=True)):
+                walk(x, r, (*path, i))
+        elif isinstance(ref, NumpyRef):
+            for spec in ref.specs:
+                value = a.get(spec[0])
+                if isinstance(value, np.ndarray):
+                    known[id(value)] = (value, (*path, spec[0]), lambda ref=ref, spec=spec: original(ref, spec))
+
+    walk(args, encoded, ())
+    return known
+
+
+def _unchanged(value: np.ndarray, known: Known | None) -> tuple | None:
+    """The argument path of ``value`` if it is a known argument array, unchanged; else None."""
+    entry = known.get(id(value)) if known else None
+    if entry is None or entry[0] is not value:
+        return None
+    _, path, read_original = entry
+    original = read_original()
+    if value.dtype != original.dtype or value.shape != original.shape or not np.array_equal(value, original):
+        return None  # changed in place
+    return path
 
 
 def _write_ipc(obj: pa.Table | pa.RecordBatch, sink) -> None:
@@ -108,29 +180,52 @@ def _encode_arrow(obj: pa.Table | pa.RecordBatch, prefix: str, segments: list[st
     return ArrowRef(shm.name, size, isinstance(obj, pa.Table))
 
 
-def _encode_numpy(obj: dict, prefix: str, segments: list[str], allocate: Allocate | None) -> NumpyRef:
-    specs, objects, offset = [], {}, 0
-    arrays = {}
+@dataclass
+class _Layout:
+    """Where one numpy dict's arrays go in the payload's segment (offsets from its start)."""
+
+    specs: list
+    objects: dict
+    kept: list
+    order: list
+    arrays: dict
+    end: int
+
+
+def _layout(obj: dict, known: Known | None, offset: int) -> _Layout:
+    specs, objects, arrays, kept = [], {}, {}, []
     for key, value in obj.items():
         if value.dtype.hasobject:
             objects[key] = value
+            continue
+        path = _unchanged(value, known)
+        if path is not None:
+            kept.append((key, path))
             continue
         value = np.ascontiguousarray(value)
         arrays[key] = value
         specs.append((key, value.dtype.str, value.shape, offset))
         offset += -(-value.nbytes // _ALIGN) * _ALIGN
-    shm = _segment(prefix, offset, allocate)
+    return _Layout(specs, objects, kept, list(obj), arrays, offset)
+
+
+def _write_numpy(layouts: list[_Layout], prefix: str, segments: list[str],
+                 allocate: Allocate | None) -> tuple[str, int]:
+    """Write every array of ``layouts`` into one segment; returns its name and the bytes used."""
+    size = layouts[-1].end
+    shm = _segment(prefix, size, allocate)
     segments.append(shm.name)
     try:
-        view = np.ndarray((max(1, offset),), dtype=np.uint8, buffer=shm.buf)
-        for key, _, _, start in specs:
-            raw = arrays[key].reshape(-1).view(np.uint8)
-            view[start : start + raw.size] = raw
+        view = np.ndarray((max(1, size),), dtype=np.uint8, buffer=shm.buf)
+        for layout in layouts:
+            for key, _, _, start in layout.specs:
+                raw = layout.arrays[key].reshape(-1).view(np.uint8)
+                view[start : start + raw.size] = raw
         del view
     finally:
         if allocate is None:
             shm.close()
-    return NumpyRef(shm.name, offset, tuple(specs), objects)
+    return shm.name, size
 
 
 _SHM_DIR = "/dev/shm"  # where POSIX shared memory segments are files (Linux)
@@ -167,12 +262,18 @@ def _read_segment(name: str, size: int, unlink: bool, copy: bool = False) -> mma
     return data
 
 
-def decode(obj: Any, unlink: bool, copy: bool = False) -> Any:
+def decode(obj: Any, unlink: bool, copy: bool = False, args: tuple | None = None) -> Any:
     """Read back what :func:`encode` wrote: views of a private mapping of each segment, or with ``copy`` a
     copy (for segments their owner will rewrite: the data must not change under whoever keeps it);
-    unlinking the segments if asked."""
+    unlinking the segments if asked. Arrays kept back by :func:`encode` are taken from ``args`` (the task's
+    own arguments, on the side that sent them)."""
+    return _decode(obj, unlink, copy, args, {})
+
+
+def _decode(obj: Any, unlink: bool, copy: bool, args: tuple | None, data: dict) -> Any:
+    """:func:`decode`, reading each segment once (``data``: name -> its bytes so far)."""
     if isinstance(obj, tuple):
-        return tuple(decode(o, unlink, copy) for o in obj)
+        return tuple(_decode(o, unlink, copy, args, data) for o in obj)
     if isinstance(obj, ArrowRef):
         data = _read_segment(obj.name, obj.size, unlink, copy)
         table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
@@ -180,15 +281,27 @@ def decode(obj: Any, unlink: bool, copy: bool = False) -> Any:
             return table
         return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
     if isinstance(obj, NumpyRef):
-        data = _read_segment(obj.name, obj.size, unlink, copy)
+        if obj.kept and args is None:
+            raise ValueError("decoding a result that refers to its task's arguments needs the arguments")
+        if obj.name not in data:  # the dicts of one payload share a segment
+            data[obj.name] = _read_segment(obj.name, obj.size, unlink, copy)
+        buf = data[obj.name]
         out = {}
         for key, dtype, shape, start in obj.specs:
-            dt = np.dtype(dtype)
-            count = int(np.prod(shape, dtype=np.int64))
-            out[key] = np.frombuffer(data, dtype=dt, count=count, offset=start).reshape(shape)
+            out[key] = np.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=start).reshape(shape)
         out.update(obj.objects)
+        if obj.kept:
+            for key, path in obj.kept:
+                out[key] = _at(args, path)
+            out = {key: out[key] for key in obj.order}
         return out
     return obj
+
+
+def _at(args: tuple, path: tuple) -> np.ndarray:
+    for step in path:
+        args = args[step]
+    return args
 
 
 def refs(obj: Any) -> list:
@@ -221,4 +334,4 @@ def unlink_quietly(name: str) -> None:
 
 
 
-__all__ = ["ArrowRef", "NumpyRef", "decode", "encode", "refs", "unlink_quietly"]
+__all__ = ["ArrowRef", "NumpyRef", "argument_arrays", "decode", "encode", "refs", "unlink_quietly"]

@@ -318,6 +318,28 @@ def transform_batch(key: str, epoch: int, index: int, batch: dict) -> tuple[dict
     return check_output(out, name), time.perf_counter() - t1
 
 
+def transform_batches(key: str, positions: tuple[tuple[int, int], ...], batches: tuple[dict, ...]) -> tuple:
+    """Transform consecutive batches in one task (a process worker: one round trip for several batches).
+
+    Args:
+        key: The reader's registry key.
+        positions: ``(epoch, index)`` of each batch (the transform's RNG derives from them).
+        batches: The converted batches.
+
+    Returns:
+        One ``(batch, transform_s)`` per batch, in order; a batch whose transform fails ends the tuple with
+        its :class:`~loader.errors.TransformError` (raised by the consumer after the batches before it).
+    """
+    out: list = []
+    for (epoch, index), batch in zip(positions, batches, strict=True):
+        try:
+            out.append(transform_batch(key, epoch, index, batch))
+        except TransformError as e:
+            out.append(e)
+            break
+    return tuple(out)
+
+
 def check_output(out, name: str) -> dict:
     """Check a transform's result: a mapping of equal-length columns.
 
@@ -343,4 +365,4 @@ def check_output(out, name: str) -> dict:
 
 
 __all__ = ["ROW_COLUMN", "ROW_GROUP_COLUMN", "ReadContext", "convert_batch", "finish_batch", "install", "read_piece",
-           "splittable", "takes_rng", "transform_batch"]
+           "splittable", "takes_rng", "transform_batch", "transform_batches"]

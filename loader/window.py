@@ -195,11 +195,15 @@ def distinct(spans, lo: int, hi: int) -> int:
     return int(np.unique(groups[0] if len(groups) == 1 else np.concatenate(groups)).size)
 
 
-def cut_and_finish(key: str, epoch: int, group: tuple, with_ids: bool) -> list[tuple[dict, float, float, float]]:
+def cut_and_finish(key: str, epoch: int, group: tuple, with_ids: bool,
+                   transform: bool = True) -> list[tuple[dict, float, float, float]]:
     """Cut batches ``(index, windows, lo, hi)`` from their windows and finish each, in a thread worker (the
     windows are shared memory). The group's consecutive rows are gathered and converted once and split
     into the batches (exactly the per-batch forms, each batch its own disjoint part of the memory): one set
     of Arrow and numpy calls per task instead of per batch, which keeps the GIL free for the other workers.
+
+    With ``transform`` False the batches are only cut and converted (the reader runs its transform
+    elsewhere: in a process pool).
 
     Returns one ``(batch, convert_s, transform_s, gather_s)`` per batch, in order; a batch that fails ends
     the list with its exception (raised by the consumer after the batches before it).
@@ -221,7 +225,7 @@ def cut_and_finish(key: str, epoch: int, group: tuple, with_ids: bool) -> list[t
             share = 1.0 / len(group)
             for (index, _, _, _), part in zip(group, parts, strict=True):
                 try:
-                    batch, transform_s = transform_batch(key, epoch, index, part)
+                    batch, transform_s = transform_batch(key, epoch, index, part) if transform else (part, 0.0)
                 except Exception as e:  # the batches before it are delivered first, then this is raised
                     out.append(e)
                     break
@@ -232,7 +236,12 @@ def cut_and_finish(key: str, epoch: int, group: tuple, with_ids: bool) -> list[t
             t0 = time.perf_counter()
             rows, _ = cut(spans, lo, hi, with_ids)
             gathered = time.perf_counter() - t0
-            out.append((*finish_batch(key, epoch, index, rows), gathered))
+            if transform:
+                out.append((*finish_batch(key, epoch, index, rows), gathered))
+            else:
+                t1 = time.perf_counter()
+                batch = convert_batch(key, rows)
+                out.append((batch, time.perf_counter() - t1, 0.0, gathered))
         except Exception as e:  # the batches before it are delivered first, then this is raised
             out.append(e)
             break

@@ -82,10 +82,16 @@ def segments() -> set[str]:
     return {os.path.basename(p) for p in glob.glob(f"/dev/shm/lrd{os.getpid():x}x*")}
 
 
+def unchanged(batch: dict) -> dict:
+    """A transform that returns its batch (module level: process-pool workers import it)."""
+    return batch
+
+
 @pytest.fixture
 def leak_probe(mixed_cache):
     """Warm up the process machinery, then check the test leaves no extra process or segment behind."""
-    with loader.make_reader(mixed_cache, pool="process", workers=1, batch_size=500, shuffle=False) as r:
+    with loader.make_reader(mixed_cache, pool="process", workers=1, batch_size=500, shuffle=False,
+                            transform=unchanged) as r:
         next(r)
     before_procs, before_shm = descendants(), segments()
     yield

@@ -32,7 +32,7 @@ def noise(batch, rng):
 
 
 def _workers(reader) -> set[int]:
-    return {p.pid for p in reader._pipeline._pool.processes()}
+    return {p.pid for p in reader._pipeline._transform_pool.processes()}
 
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,8 @@ def test_exception_mid_iteration_stops_workers(mixed_cache, leak_probe):
 
 
 def test_garbage_collection_stops_workers(mixed_cache, leak_probe):
-    reader = loader.make_reader(mixed_cache, batch_size=10, pool="process", workers=2, num_epochs=None)
+    reader = loader.make_reader(mixed_cache, batch_size=10, pool="process", workers=2, num_epochs=None,
+                                transform=noise)
     next(reader)
     workers = _workers(reader)
     assert workers
@@ -92,7 +93,7 @@ SCRIPT = textwrap.dedent("""
         try:
             with reader:
                 next(reader)
-                pool = reader._pipeline._pool
+                pool = reader._pipeline._transform_pool
                 pids, prefix = [p.pid for p in pool.processes()], pool.segment_prefix
                 print("ready", *pids, prefix, flush=True)
                 for _ in reader:

@@ -159,7 +159,10 @@ def test_a_script_without_a_main_guard_gets_an_error_that_says_so(tmp_path, mixe
     script = tmp_path / "train.py"  # the reader is started at import time: the workers re-import this file
     script.write_text(
         "import loader\n"
-        f"for batch in loader.make_reader({mixed_cache.version_path!r}, pool='process', batch_size=100):\n"
+        "def same(batch):\n"
+        "    return batch\n"
+        f"for batch in loader.make_reader({mixed_cache.version_path!r}, pool='process', batch_size=100,\n"
+        "                                 transform=same):\n"
         "    pass\n"
     )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -203,3 +206,49 @@ def test_handles_say_when_their_result_is_ready():
             assert gate.done()
     with make_pool("serial", 1) as pool:
         assert not pool.submit(int, 3).done()  # lazy: it runs when its result is asked for
+
+
+def keep_and_add(batch: dict) -> dict:
+    """Returns its batch with one column added (the others unchanged)."""
+    batch["twice"] = batch["x"] * 2
+    return batch
+
+
+def scale_in_place(batch: dict) -> dict:
+    batch["x"] *= 3
+    return batch
+
+
+def test_process_pool_sends_back_only_what_the_task_changed():
+    x = np.arange(200_000, dtype=np.int64)
+    with ProcessPool(1) as pool:
+        sent = {"x": x, "y": np.ones(5)}
+        got = pool.submit(keep_and_add, sent).result()
+        assert got["x"] is x and got["y"] is sent["y"]  # unchanged: the consumer's own arrays, no copy back
+        assert np.array_equal(got["twice"], x * 2)
+        got = pool.submit(scale_in_place, {"x": x}).result()
+        assert got["x"] is not x and np.array_equal(got["x"], x * 3)  # changed in place: sent back
+        assert np.array_equal(x, np.arange(200_000))  # the worker changed its own copy
+
+
+def record_pid(batch: dict) -> dict:
+    batch["pid"] = np.full(len(batch["id"]), os.getpid())
+    return batch
+
+
+def test_process_pool_runs_transforms_in_processes_and_reads_in_threads(mixed_cache):
+    import loader
+
+    before = descendants()
+    with loader.make_reader(mixed_cache, batch_size=50, pool="process", workers=2, num_epochs=1) as r:
+        ids = [b["id"] for b in r]
+        assert descendants() == before  # no transform: nothing for worker processes to do, none started
+    assert np.array_equal(np.sort(np.concatenate(ids)), np.arange(1000))
+    with loader.make_reader(mixed_cache, batch_size=50, pool="process", workers=2, num_epochs=1,
+                            transform=record_pid) as r:
+        batches = [next(r)]
+        workers = {p.pid for p in r._pipeline._transform_pool.processes()}
+        batches += list(r)
+    pids = set(np.concatenate([b["pid"] for b in batches]).tolist())
+    assert os.getpid() not in pids and pids <= workers
+    assert np.array_equal(np.sort(np.concatenate([b["id"] for b in batches])), np.arange(1000))

@@ -73,3 +73,37 @@ def test_out_of_mappings_falls_back_to_a_copy(monkeypatch):
     got = shm.decode(encoded, unlink=True)
     assert np.array_equal(got["x"], arrays["x"]) and not os.path.exists(f"/dev/shm/{names[0]}")
     got["x"][0, 0] = 1.0
+
+
+def test_the_numpy_dicts_of_one_payload_share_one_segment():
+    rng = np.random.default_rng(0)
+    batches = tuple({"x": rng.random(100 + i), "y": np.arange(i + 1)} for i in range(5))
+    names: list[str] = []
+    encoded = shm.encode(batches, "lrdtest", names)
+    assert len(names) == 1  # one segment (one file, one mapping) for the five dicts
+    got = shm.decode(encoded, unlink=True)
+    assert not os.path.exists(f"/dev/shm/{names[0]}")
+    for a, b in zip(got, batches, strict=True):
+        assert np.array_equal(a["x"], b["x"]) and np.array_equal(a["y"], b["y"])
+
+
+def test_a_result_names_the_argument_arrays_it_returns_unchanged():
+    rng = np.random.default_rng(1)
+    sent = ({"image": rng.integers(0, 255, 50_000, dtype=np.uint8), "label": np.arange(10)},)
+    names: list[str] = []
+    encoded_args = shm.encode(sent, "lrdtest", names)
+    args = shm.decode(encoded_args, unlink=False, copy=True)  # what a worker's task gets
+    known = shm.argument_arrays(args, encoded_args)
+    batch = args[0]
+    batch["label"] += 1  # changed in place: must travel back
+    batch["new"] = np.ones(10)
+    result_names: list[str] = []
+    encoded = shm.encode(batch, "lrdtest", result_names, known=known)
+    assert [k for k, _ in encoded.kept] == ["image"] and [s[0] for s in encoded.specs] == ["label", "new"]
+    got = shm.decode(encoded, unlink=True, args=sent)  # back on the consumer's side
+    shm.decode(encoded_args, unlink=True)
+    assert list(got) == ["image", "label", "new"]  # the transform's key order
+    assert got["image"] is sent[0]["image"]  # not sent back: the consumer's own array
+    assert np.array_equal(got["label"], np.arange(10) + 1) and np.array_equal(sent[0]["label"], np.arange(10))
+    with pytest.raises(ValueError, match="needs the arguments"):
+        shm.decode(shm.NumpyRef("x", 0, (), {}, (("image", (0, "image")),), ("image",)), unlink=False)
