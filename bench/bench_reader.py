@@ -160,8 +160,13 @@ def child(args) -> dict:
     own0 = resource.getrusage(resource.RUSAGE_SELF)
     warm = args.warm
     transform = None
-    if args.transform == "python":
-        from pytransform import hash_title_words as transform  # bench/, the script's own directory
+    if args.transform != "none":  # "python" or "python:<rounds>"
+        import functools
+
+        from pytransform import hash_title_words  # bench/, the script's own directory
+
+        rounds = int(args.transform.partition(":")[2] or 1)
+        transform = functools.partial(hash_title_words, rounds=rounds) if rounds > 1 else hash_title_words
 
     def start_clock():  # after the untimed warm-up batches, if any
         nonlocal own0, t0
@@ -347,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoded-cache", default=None, help=argparse.SUPPRESS)
     p.add_argument("--epoch-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--warm", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--transform", choices=["none", "python"], default="none", help=argparse.SUPPRESS)
+    p.add_argument("--transform", default="none", help=argparse.SUPPRESS)
+    p.add_argument("--py-rounds", type=int, default=1,
+                   help="hashing rounds per word of the --only py transform (default 1; more: a heavier transform)")
     args = p.parse_args(argv)
     if args.child:
         args.mode = args.child
@@ -364,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
              "raw py", "thread py", "process py", "4x", "first")
     only = [k for k in order if k in wanted]
     decoded_dir = str(Path(args.data) / "decoded")
+    py = f"python:{args.py_rounds}"
     runs = {
         "raw": ("raw", caches["base"], ()),
         "serial": ("serial", caches["base"], ()),
@@ -375,9 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         "tf": ("tf", caches["base"], ()),
         "raw warm": ("raw", caches["base"], ("--warm", str(args.iterations))),
         "thread warm": ("thread", caches["base"], ("--warm", str(args.iterations))),
-        "raw py": ("raw", caches["base"], ("--transform", "python")),
-        "thread py": ("thread", caches["base"], ("--transform", "python")),
-        "process py": ("process", caches["base"], ("--transform", "python")),
+        "raw py": ("raw", caches["base"], ("--transform", py)),
+        "thread py": ("thread", caches["base"], ("--transform", py)),
+        "process py": ("process", caches["base"], ("--transform", py)),
         "4x": ("thread", caches["base4x"], ()),
         "first": ("thread", caches["tiny"], ("--first-only",)),
     }
@@ -493,7 +501,8 @@ def print_table(results: dict[str, dict], args) -> None:
         )
     if "thread py" in results and "process py" in results:
         t, q = results["thread py"], results["process py"]
-        print(f"pure-Python transform: process / thread pool {q['samples_per_s'] / t['samples_per_s']:.2f}x samples/s")
+        print(f"pure-Python transform ({args.py_rounds} round(s)): process / thread pool "
+              f"{q['samples_per_s'] / t['samples_per_s']:.2f}x samples/s")
     for key in ("thread", "process", "thread py", "process py"):
         if key in results and results[key].get("stats"):
             print(f"reader stats ({key}, median trial): {results[key]['stats']}")

@@ -9,9 +9,10 @@ may span two windows), gathered with one Arrow ``take`` (plus one copy of the vi
 to numpy. The gathers and conversions run in the thread workers, several consecutive batches per task
 (gathered and converted together, then split), ahead of queued reads; with the serial pool the producer
 does them. A process-pool reader does all of this on threads too (pyarrow releases the GIL) and sends only
-the user transform to its worker processes, several consecutive batches per task, through shared memory. Finished batches wait in a bounded
-ready queue. Results are consumed in submission order, so the output does not depend on which worker ran
-what. Errors from workers or the producer travel through the queue as data and are raised in the consumer.
+the user transform to its worker processes, several consecutive batches per task, through shared memory.
+Finished batches wait in a bounded ready queue. Results are consumed in submission order, so the output
+does not depend on which worker ran what. Errors from workers or the producer travel through the queue as
+data and are raised in the consumer.
 """
 
 from __future__ import annotations

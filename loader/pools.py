@@ -12,10 +12,14 @@ Three kinds, all starting nothing in their constructor (threads and processes st
   transforms. Arrow tables and record batches cross the process boundary as Arrow IPC streams written into
   ``multiprocessing.shared_memory`` segments, and the dicts of numpy arrays of one call or result as raw
   buffers in one segment (only ``object`` arrays, e.g. ``strings="object"``, are pickled), in both
-  directions (:mod:`loader.shm`); arrays a task returns unchanged from its arguments are not sent back. Results are mapped copy-on-write into the consumer (no copy; their segments
-  unlinked at once). Arguments are written into segments the pool reuses once their task is over (pages
-  already in memory: no page faults on the consumer's side, which is the process pool's bottleneck), so a
-  worker copies its arguments out before running the task and whatever it keeps never changes;
+  directions (:mod:`loader.shm`). Results are mapped copy-on-write into the consumer (no copy; their
+  segments unlinked at once). Arguments are written into segments the pool reuses once their task is over
+  (pages already in memory: no page faults on the consumer's side, which is the process pool's bottleneck).
+  A worker maps its arguments copy-on-write too (no copy; writable, private); arrays its task returns
+  unchanged (the very objects, no page of theirs written: read from ``/proc/self/pagemap``) are not sent
+  back, the consumer still holds them. A segment whose arrays the task kept is never reused, so whatever a
+  worker keeps never changes. Where the page map cannot be read, workers copy their arguments out and
+  compare instead;
   :meth:`ProcessPool.close` stops the workers (after their current task, then by signal), reads back or
   unlinks every segment still outstanding, and removes any segment a killed worker left behind (names
   carry a per-pool prefix made of ``lrd``, the consumer's pid and a random tag).
@@ -44,11 +48,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
 
 from .errors import ConfigError, WorkerError
-from .shm import argument_arrays, decode, encode, new_segment, refs, unlink_quietly
+from .shm import WrittenPages, argument_arrays, decode, encode, new_segment, refs, unlink_quietly
 
 POOL_KINDS = ("serial", "thread", "process")
 
@@ -266,31 +271,82 @@ def _process_init(prefix: str, consumer: int, initializer: Callable | None, init
         initializer(*initargs)
 
 
-def _process_call(fn: Callable, encoded_args: tuple) -> Any:
+@dataclass(frozen=True)
+class _Reply:
+    """A worker's answer: the encoded result, and the argument segments the worker still maps (its task kept
+    some of their arrays), which the consumer must not rewrite."""
+
+    value: Any
+    busy: tuple[str, ...] = ()
+
+
+_pagemap: bool | None = None
+
+
+def _pagemap_readable() -> bool:
+    """Whether this process can read its page map (Linux), to tell written pages of a mapping (cached)."""
+    global _pagemap
+    if _pagemap is None:
+        probe = WrittenPages.open([])
+        _pagemap = probe is not None
+        if probe is not None:
+            probe.close()
+    return _pagemap
+
+
+def _process_call(fn: Callable, encoded_args: tuple) -> _Reply:
     """Run in a worker: decode the arguments, call ``fn``, encode its result.
 
-    Argument arrays that come back unchanged in the result (the very arrays, equal to what was sent) are not
-    sent back: the consumer still holds them. The check compares with a mapping of the argument segments,
-    which stay as sent until the task is over.
+    The arguments are private copy-on-write mappings of their segments (no copy; the task may write them)
+    where this process can read its page map, else copies. Argument arrays that come back unchanged in the
+    result (the very arrays, their pages never written, or equal to what was sent) are not sent back: the
+    consumer still holds them. Segments whose mapping the task kept alive are named in the reply, so the
+    consumer never rewrites them under the worker.
     """
-    args = decode(encoded_args, unlink=False, copy=True)  # copied: the consumer reuses the segments
-    known = argument_arrays(args, encoded_args)  # before the task can replace them
+    maps: list = []
+    pages = None
+    if _pagemap_readable():
+        args = decode(encoded_args, unlink=False, maps=maps)
+        pages = WrittenPages.open(maps)
+    else:
+        args = decode(encoded_args, unlink=False, copy=True)  # copied: the consumer reuses the segments
+    known = argument_arrays(args, encoded_args, pages)  # before the task can replace them
+    result = None
     try:
-        result = fn(*args)
-    except BaseException as e:
         try:
-            pickle.loads(pickle.dumps(e))
-        except Exception:
-            text = "".join(traceback.format_exception(e))
-            raise WorkerError(f"{type(e).__name__}: {e}\n\nworker traceback:\n{text}") from None
-        raise
-    segments: list[str] = []
-    try:
-        return encode(result, _worker_prefix, segments, known=known)
-    except BaseException:
-        for name in segments:
-            unlink_quietly(name)
-        raise
+            result = fn(*args)
+        except BaseException as e:
+            try:
+                pickle.loads(pickle.dumps(e))
+            except Exception:
+                text = "".join(traceback.format_exception(e))
+                raise WorkerError(f"{type(e).__name__}: {e}\n\nworker traceback:\n{text}") from None
+            raise
+        segments: list[str] = []
+        try:
+            value = encode(result, _worker_prefix, segments, known=known)
+        except BaseException:
+            for name in segments:
+                unlink_quietly(name)
+            raise
+    finally:
+        del args, known, result
+        if pages is not None:
+            pages.close()
+        busy = _unmap(maps)
+    return _Reply(value, busy)
+
+
+def _unmap(maps: list) -> tuple[str, ...]:
+    """Unmap the argument mappings nothing refers to any more; return the names of the others."""
+    busy = []
+    for name, m in maps:
+        try:
+            m.close()
+        except BufferError:  # the task kept some of its arguments: the mapping stays while they live
+            busy.append(name)
+    maps.clear()
+    return tuple(busy)
 
 
 class _ProcessHandle(Handle):
@@ -305,35 +361,43 @@ class _ProcessHandle(Handle):
     def result(self) -> Any:
         try:
             try:
-                encoded = self._future.result()
+                reply = self._future.result()
             except BrokenProcessPool as e:
+                self._release(reuse=False)
                 raise WorkerError(
                     f"a worker process of the process pool died: {e} (its own error, if any, is printed above; "
                     "a script that starts a process-pool reader at import time needs an "
                     "`if __name__ == '__main__':` guard: workers import the main module)"
                 ) from e
-            finally:
-                self._release()
-            return decode(encoded, unlink=True, args=self._args)
+            except BaseException:
+                self._release(reuse=False)  # the failed task may still map them: never rewritten
+                raise
+            self._release(busy=reply.busy)
+            return decode(reply.value, unlink=True, args=self._args)
         finally:
             self._args = None
             self._pool._forget(self)
 
-    def _release(self) -> None:
-        """Give the argument segments back to the pool: the task is over (done, or cancelled before it ran),
-        so no worker reads them any more (workers copy their arguments out first)."""
+    def _release(self, reuse: bool = True, busy: tuple[str, ...] = ()) -> None:
+        """The task is over (done, or cancelled before it ran): give its argument segments back to the pool
+        for reuse, except those a worker still maps (``busy``, or all unless ``reuse``), which are dropped:
+        their memory lives on in the worker's mapping while it needs it."""
         if not self._taken:
             self._taken = True
-            self._pool._give_back(self._lent)
+            keep = [seg for seg in self._lent if reuse and seg.name not in busy]
+            drop = [seg for seg in self._lent if not reuse or seg.name in busy]
+            self._lent.clear()
+            _drop(drop)
+            self._pool._give_back(keep)
 
     def discard(self) -> None:
         """Drop the result, unlinking its segments (used by ``close``)."""
         self._args = None
         self._future.cancel()
         if self._future.done() and not self._future.cancelled() and self._future.exception() is None:
-            for ref in refs(self._future.result()):
+            for ref in refs(self._future.result().value):
                 unlink_quietly(ref.name)
-        self._release()
+        self._release(reuse=False)
 
     def cancel(self) -> bool:
         cancelled = self._future.cancel()

@@ -17,6 +17,7 @@ killed worker left behind.
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import os
@@ -88,36 +89,43 @@ def encode(obj: Any, prefix: str, segments: list[str], allocate: Allocate | None
     its original is not written but named by its path (:func:`decode` takes it from the arguments).
     """
     layouts: list[_Layout] = []
-
-    def walk(o):
-        if isinstance(o, tuple):
-            return tuple(walk(x) for x in o)
-        if isinstance(o, (pa.Table, pa.RecordBatch)):
-            return _encode_arrow(o, prefix, segments, allocate)
-        if isinstance(o, dict) and o and all(isinstance(v, np.ndarray) for v in o.values()):
-            layouts.append(_layout(o, known, layouts[-1].end if layouts else 0))
-            return layouts[-1]
-        return o
-
-    planned = walk(obj)
+    planned = _plan(obj, layouts, known, prefix, segments, allocate)
     if not layouts:
         return planned
     name, size = _write_numpy(layouts, prefix, segments, allocate)
-
-    def finish(o):
-        if isinstance(o, tuple):
-            return tuple(finish(x) for x in o)
-        if isinstance(o, _Layout):
-            return NumpyRef(name, size, tuple(o.specs), o.objects, tuple(o.kept), tuple(o.order) if o.kept else ())
-        return o
-
-    return finish(planned)
+    return _finish(planned, name, size)
 
 
-def argument_arrays(args: tuple, encoded: tuple) -> Known:
+# Module-level recursions, not closures: a recursive closure is a reference cycle, which would keep the
+# payload's arrays (and the mappings under them) alive until the next garbage collection.
+def _plan(o: Any, layouts: list, known: Known | None, prefix: str, segments: list[str],
+          allocate: Allocate | None) -> Any:
+    if isinstance(o, tuple):
+        return tuple(_plan(x, layouts, known, prefix, segments, allocate) for x in o)
+    if isinstance(o, (pa.Table, pa.RecordBatch)):
+        return _encode_arrow(o, prefix, segments, allocate)
+    if isinstance(o, dict) and o and all(isinstance(v, np.ndarray) for v in o.values()):
+        layouts.append(_layout(o, known, layouts[-1].end if layouts else 0))
+        return layouts[-1]
+    return o
+
+
+def _finish(o: Any, name: str, size: int) -> Any:
+    if isinstance(o, tuple):
+        return tuple(_finish(x, name, size) for x in o)
+    if isinstance(o, _Layout):
+        return NumpyRef(name, size, tuple(o.specs), o.objects, tuple(o.kept), tuple(o.order) if o.kept else ())
+    return o
+
+
+def argument_arrays(args: tuple, encoded: tuple, pages: WrittenPages | None = None) -> Known:
     """The numpy arrays of a task's arguments ``args`` (decoded from ``encoded``: dicts of arrays, in tuples),
-    each with its path and a way to read its original from the argument segment (mapped only if asked: the
-    segments stay as sent while the task runs), to check that an array the task returns is unchanged."""
+    each with its path and a test that it is unchanged, for :func:`encode` to leave out of the task's result.
+
+    With ``pages`` (the arguments are copy-on-write mappings of their segments), an array is unchanged if it
+    still covers its place in the segment and none of its pages was written. Otherwise (the arguments are
+    copies), it is compared with its original in the segment, which stays as sent while the task runs.
+    """
     known: Known = {}
     mapped: dict = {}  # segment name -> its mapping, made at the first original asked for
 
@@ -127,18 +135,35 @@ def argument_arrays(args: tuple, encoded: tuple) -> Known:
         _, dtype, shape, start = spec
         return np.frombuffer(mapped[ref.name], dtype=dtype, count=math.prod(shape), offset=start).reshape(shape)
 
-    def walk(a, ref, path):
-        if isinstance(a, tuple):
-            for i, (x, r) in enumerate(zip(a, ref, strict=True)):
-                walk(x, r, (*path, i))
-        elif isinstance(ref, NumpyRef):
-            for spec in ref.specs:
-                value = a.get(spec[0])
-                if isinstance(value, np.ndarray):
-                    known[id(value)] = (value, (*path, spec[0]), lambda ref=ref, spec=spec: original(ref, spec))
+    def compared(value: np.ndarray, ref: NumpyRef, spec: tuple) -> bool:
+        before = original(ref, spec)
+        return value.dtype == before.dtype and value.shape == before.shape and np.array_equal(value, before)
 
-    walk(args, encoded, ())
+    def untouched(value: np.ndarray, spec: tuple, address: int) -> bool:
+        _, dtype, shape, _ = spec
+        return (value.ctypes.data == address and value.dtype.str == dtype and value.shape == tuple(shape)
+                and value.flags.c_contiguous and not pages.written(address, value.nbytes))
+
+    def visit(value: np.ndarray, path: tuple, ref: NumpyRef, spec: tuple) -> None:
+        if pages is not None:
+            test = functools.partial(untouched, spec=spec, address=value.ctypes.data)
+        else:
+            test = functools.partial(compared, ref=ref, spec=spec)
+        known[id(value)] = (value, path, test)
+
+    _walk_arguments(args, encoded, (), visit)
     return known
+
+
+def _walk_arguments(a: Any, ref: Any, path: tuple, visit: Callable) -> None:
+    if isinstance(a, tuple):
+        for i, (x, r) in enumerate(zip(a, ref, strict=True)):
+            _walk_arguments(x, r, (*path, i), visit)
+    elif isinstance(ref, NumpyRef) and isinstance(a, dict):
+        for spec in ref.specs:
+            value = a.get(spec[0])
+            if isinstance(value, np.ndarray):
+                visit(value, (*path, spec[0]), ref, spec)
 
 
 def _unchanged(value: np.ndarray, known: Known | None) -> tuple | None:
@@ -146,11 +171,60 @@ def _unchanged(value: np.ndarray, known: Known | None) -> tuple | None:
     entry = known.get(id(value)) if known else None
     if entry is None or entry[0] is not value:
         return None
-    _, path, read_original = entry
-    original = read_original()
-    if value.dtype != original.dtype or value.shape != original.shape or not np.array_equal(value, original):
-        return None  # changed in place
-    return path
+    _, path, test = entry
+    return path if test(value) else None
+
+
+class WrittenPages:
+    """Which pages of a process's copy-on-write mappings were written, from ``/proc/self/pagemap`` (Linux).
+
+    A page of a private file mapping that was only read is the file's page; the first write replaces it
+    with a private copy, which the kernel reports as an anonymous page. Read once per mapping, when first
+    asked (after the task). :meth:`open` returns None where the pagemap cannot be read.
+    """
+
+    def __init__(self, fd: int, maps: list):
+        self._fd = fd
+        self._ranges = []  # (start address, length, mapping index)
+        for i, (_, m) in enumerate(maps):
+            self._ranges.append((np.frombuffer(m, dtype=np.uint8, count=1).ctypes.data, len(m), i))
+        self._flags: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, maps: list) -> WrittenPages | None:
+        """For the mappings ``maps`` (``(name, mmap)`` pairs), or None without a readable pagemap."""
+        try:
+            fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+        except OSError:
+            return None
+        return cls(fd, maps)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def written(self, address: int, nbytes: int) -> bool:
+        """Whether any page under ``[address, address + nbytes)`` was written (True if not in a mapping)."""
+        if nbytes == 0:
+            return False
+        inside = [r for r in self._ranges if r[0] <= address and address + nbytes <= r[0] + r[1]]
+        if not inside:
+            return True
+        start, length, i = inside[0]
+        if i not in self._flags:
+            first, count = start // _PAGE, -(-length // _PAGE)
+            raw = os.pread(self._fd, count * 8, first * 8)
+            if len(raw) != count * 8:
+                return True
+            entries = np.frombuffer(raw, dtype=np.uint64)
+            present, swapped, filed = (entries >> np.uint64(63)) & 1, (entries >> np.uint64(62)) & 1, \
+                (entries >> np.uint64(61)) & 1
+            self._flags[i] = ((present & (1 - filed)) | swapped).astype(bool)
+        lo = address // _PAGE - start // _PAGE
+        hi = (address + nbytes - 1) // _PAGE - start // _PAGE
+        return bool(self._flags[i][lo : hi + 1].any())
+
+
+_PAGE = mmap.PAGESIZE
 
 
 def _write_ipc(obj: pa.Table | pa.RecordBatch, sink) -> None:
@@ -262,12 +336,17 @@ def _read_segment(name: str, size: int, unlink: bool, copy: bool = False) -> mma
     return data
 
 
-def decode(obj: Any, unlink: bool, copy: bool = False, args: tuple | None = None) -> Any:
+def decode(obj: Any, unlink: bool, copy: bool = False, args: tuple | None = None, maps: list | None = None) -> Any:
     """Read back what :func:`encode` wrote: views of a private mapping of each segment, or with ``copy`` a
     copy (for segments their owner will rewrite: the data must not change under whoever keeps it);
     unlinking the segments if asked. Arrays kept back by :func:`encode` are taken from ``args`` (the task's
-    own arguments, on the side that sent them)."""
-    return _decode(obj, unlink, copy, args, {})
+    own arguments, on the side that sent them). The private mappings made are added to ``maps`` as
+    ``(segment name, mmap)`` pairs, if given."""
+    data: dict = {}
+    out = _decode(obj, unlink, copy, args, data)
+    if maps is not None:
+        maps.extend((name, d) for name, d in data.items() if isinstance(d, mmap.mmap))
+    return out
 
 
 def _decode(obj: Any, unlink: bool, copy: bool, args: tuple | None, data: dict) -> Any:
@@ -275,8 +354,8 @@ def _decode(obj: Any, unlink: bool, copy: bool, args: tuple | None, data: dict) 
     if isinstance(obj, tuple):
         return tuple(_decode(o, unlink, copy, args, data) for o in obj)
     if isinstance(obj, ArrowRef):
-        data = _read_segment(obj.name, obj.size, unlink, copy)
-        table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+        data[obj.name] = _read_segment(obj.name, obj.size, unlink, copy)
+        table = pa.ipc.open_stream(pa.py_buffer(data[obj.name])).read_all()
         if obj.table:
             return table
         return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
@@ -334,4 +413,4 @@ def unlink_quietly(name: str) -> None:
 
 
 
-__all__ = ["ArrowRef", "NumpyRef", "argument_arrays", "decode", "encode", "refs", "unlink_quietly"]
+__all__ = ["ArrowRef", "NumpyRef", "WrittenPages", "argument_arrays", "decode", "encode", "refs", "unlink_quietly"]

@@ -41,6 +41,11 @@ def stash_and_report(batch: pa.RecordBatch) -> tuple[int, int]:
     return int(prev.min()), int(prev.max())
 
 
+def value_range(batch: pa.RecordBatch) -> tuple[int, int]:
+    x = batch.column(0).to_numpy()
+    return int(x.min()), int(x.max())
+
+
 def fail_deep(n: int) -> None:
     raise ValueError(f"worker says no to {n}")
 
@@ -132,13 +137,17 @@ def test_process_pool_close_frees_workers_and_segments_even_with_unread_results(
 def test_process_pool_reuses_argument_segments_and_workers_keep_what_they_received():
     before_shm = segments()
     with ProcessPool(1) as pool:
-        first = pool.submit(stash_and_report, pa.record_batch({"x": np.full(50_000, 0)})).result()
+        first = pool.submit(value_range, pa.record_batch({"x": np.full(50_000, 0)})).result()
         kept = segments() - before_shm  # the argument segment, kept for the next task
-        results = [pool.submit(stash_and_report, pa.record_batch({"x": np.full(50_000, k)})).result()
+        results = [pool.submit(value_range, pa.record_batch({"x": np.full(50_000, k)})).result()
                    for k in range(1, 20)]
         assert len(kept) == 1 and segments() - before_shm == kept  # one segment, rewritten 19 times
-    assert first == (0, 0)
-    assert results == [(k - 1, k - 1) for k in range(1, 20)]  # the worker's earlier arguments are intact
+        assert first == (0, 0) and results == [(k, k) for k in range(1, 20)]
+        # A task that keeps its arguments (mixing with earlier batches): the segments it keeps are never
+        # rewritten, so what it kept stays intact.
+        results = [pool.submit(stash_and_report, pa.record_batch({"x": np.full(50_000, k)})).result()
+                   for k in range(20)]
+    assert results == [(0, 0)] + [(k - 1, k - 1) for k in range(1, 20)]
     assert segments() - before_shm == set()
 
 
@@ -148,9 +157,9 @@ def test_process_pool_keeps_no_more_spare_argument_bytes_than_its_cap(monkeypatc
     monkeypatch.setattr(pools, "_MAX_SPARE_BYTES", 300_000)
     before_shm = segments()
     with ProcessPool(1) as pool:
-        pool.submit(stash_and_report, pa.record_batch({"x": np.full(10_000, 1)})).result()  # 80 kB: kept
+        pool.submit(value_range, pa.record_batch({"x": np.full(10_000, 1)})).result()  # 80 kB: kept
         assert len(segments() - before_shm) == 1
-        pool.submit(stash_and_report, pa.record_batch({"x": np.full(100_000, 2)})).result()  # 800 kB: released
+        pool.submit(value_range, pa.record_batch({"x": np.full(100_000, 2)})).result()  # 800 kB: released
         assert len(segments() - before_shm) == 1
     assert segments() - before_shm == set()
 

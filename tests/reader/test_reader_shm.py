@@ -107,3 +107,61 @@ def test_a_result_names_the_argument_arrays_it_returns_unchanged():
     assert np.array_equal(got["label"], np.arange(10) + 1) and np.array_equal(sent[0]["label"], np.arange(10))
     with pytest.raises(ValueError, match="needs the arguments"):
         shm.decode(shm.NumpyRef("x", 0, (), {}, (("image", (0, "image")),), ("image",)), unlink=False)
+
+
+def test_written_pages_tells_the_pages_a_process_wrote_in_its_private_mapping():
+    names: list[str] = []
+    encoded = shm.encode({"x": np.zeros(200_000, dtype=np.uint8)}, "lrdtest", names)
+    maps: list = []
+    got = shm.decode(encoded, unlink=True, maps=maps)
+    pages = shm.WrittenPages.open(maps)
+    if pages is None:
+        pytest.skip("no readable /proc/self/pagemap here")
+    x = got["x"]
+    assert int(x[::4096].sum()) == 0  # read every page: still the segment's own pages
+    x[150_000] = 1  # one write: that page becomes a private copy
+    address = x.ctypes.data
+    page = shm._PAGE
+    first_written = (address + 150_000) // page * page
+    assert not pages.written(address, first_written - address)
+    assert pages.written(address, x.nbytes) and pages.written(address + 150_000, 1)
+    assert not pages.written(first_written + page, address + x.nbytes - first_written - page)
+    assert pages.written(12345, 10)  # outside every mapping: counted as written (so it is sent)
+    pages.close()
+
+
+def _set_element(batch):
+    batch["x"][123_456] = -1
+    return batch
+
+
+def _reshape_in_place(batch):
+    batch["y"].shape = (2, 3)
+    return batch
+
+
+def _keep_all(batch):
+    return batch
+
+
+@pytest.mark.parametrize("pagemap", [True, False], ids=["mapped-args", "copied-args"])
+def test_a_task_result_leaves_out_exactly_the_arrays_it_did_not_change(monkeypatch, pagemap):
+    from loader import pools
+
+    monkeypatch.setattr(pools, "_pagemap", pagemap and pools._pagemap_readable())
+    monkeypatch.setattr(pools, "_worker_prefix", "lrdtest", raising=False)
+    sent = {"x": np.arange(200_000, dtype=np.int64), "y": np.arange(6.0)}
+    for fn, changed in [(_keep_all, set()), (_set_element, {"x"}), (_reshape_in_place, {"y"})]:
+        names: list[str] = []
+        reply = pools._process_call(fn, shm.encode((sent,), "lrdtest", names, allocate=None))
+        assert reply.busy == ()  # the task kept nothing: the segment could be reused
+        got = shm.decode(reply.value, unlink=True, args=(sent,))
+        for name in names:
+            shm.unlink_quietly(name)
+        assert {k for k in got if got[k] is not sent[k]} == changed, fn.__name__
+        assert np.array_equal(sent["x"], np.arange(200_000)) and sent["y"].shape == (6,)  # never written
+    assert got["y"].shape == (2, 3)
+    reply = pools._process_call(_set_element, shm.encode((sent,), "lrdtest", names))
+    assert shm.decode(reply.value, unlink=True, args=(sent,))["x"][123_456] == -1
+    for name in names:
+        shm.unlink_quietly(name)
