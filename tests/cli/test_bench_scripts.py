@@ -74,3 +74,31 @@ def test_bench_reader_child_reports_its_figures(bench_cache, mode):
     assert r["columns"] == bench_cache.columns
     assert r["vmhwm_mb"] > 0 and r["first_batch_s"] > 0 and r["cpu_s"] > 0
     assert r["rg_per_batch_mean"] >= 1
+
+
+@pytest.mark.parametrize("mode", ["raw", "process"])
+def test_bench_reader_child_runs_the_python_transform(bench_cache, mode):
+    proc = script("bench_reader.py", "--child", mode, "--url", bench_cache.version_path, "--iterations", 4,
+                  "--batch-size", 50, "--transform", "python:2")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["batches"] == 4 and r["rows"] == 200 and r["transform"] == "python:2"
+
+
+def test_python_transform_hashes_each_title_word():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from pytransform import BUCKETS, hash_title_words
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    import zlib
+
+    import numpy as np
+
+    titles = ["Ab cd", "", "EF"]
+    data = np.frombuffer("".join(titles).encode(), dtype=np.uint8)
+    offsets = np.cumsum([0] + [len(t.encode()) for t in titles])
+    out = hash_title_words({"title": data, "title.offsets": offsets}, rounds=3)
+    words = [w.encode() for t in titles for w in t.lower().split()]
+    assert out["title_ids"].tolist() == [zlib.crc32(w, 2) % BUCKETS for w in words]
+    assert out["title_ids.offsets"].tolist() == [0, 2, 2, 3]
