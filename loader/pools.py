@@ -38,22 +38,19 @@ from __future__ import annotations
 import glob
 import multiprocessing as mp
 import os
-import pickle
 import secrets
-import signal
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
 
 from .errors import ConfigError, WorkerError
-from .shm import WrittenPages, argument_arrays, decode, encode, new_segment, refs, unlink_quietly
+from .procworker import process_call, process_init
+from .shm import decode, encode, new_segment, refs, unlink_quietly
 
 POOL_KINDS = ("serial", "thread", "process")
 
@@ -218,7 +215,6 @@ class ThreadPool(Pool):
                 t.join()
 
 
-_worker_prefix = ""
 _MIN_SEGMENT = 64 << 10  # argument segments are at least this big, so small batches share sizes
 _MAX_SPARE = 8  # argument segments kept for reuse per pool (a few more than the tasks in flight)...
 _MAX_SPARE_BYTES = 128 << 20  # ...and bytes: shared memory is RAM
@@ -234,119 +230,6 @@ def _drop(segments: list) -> None:
         except BufferError:  # still viewed somewhere: unmapped when the view goes
             pass
 
-
-_PARENT_POLL = 0.5  # seconds between a worker's checks that its consumer is still alive
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process now holds the pid: ours is gone
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:  # no /proc (not Linux): the signal check has to do
-        return True
-
-
-def _watch_consumer(pid: int) -> None:
-    """End this worker when its consumer dies without closing the pool (SIGKILL, the OOM killer): a worker's
-    parent is the fork server, which outlives the consumer, so nothing else would stop it, and the
-    shared-memory segments in flight stay allocated until it exits (the resource tracker removes them then)."""
-    while _alive(pid):
-        time.sleep(_PARENT_POLL)
-    os._exit(1)
-
-
-def _process_init(prefix: str, consumer: int, initializer: Callable | None, initargs: tuple) -> None:
-    global _worker_prefix
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle
-    _worker_prefix = prefix
-    threading.Thread(target=_watch_consumer, args=(consumer,), name="larder-watch-consumer", daemon=True).start()
-    if initializer is not None:
-        initializer(*initargs)
-
-
-@dataclass(frozen=True)
-class _Reply:
-    """A worker's answer: the encoded result, and the argument segments the worker still maps (its task kept
-    some of their arrays), which the consumer must not rewrite."""
-
-    value: Any
-    busy: tuple[str, ...] = ()
-
-
-_pagemap: bool | None = None
-
-
-def _pagemap_readable() -> bool:
-    """Whether this process can read its page map (Linux), to tell written pages of a mapping (cached)."""
-    global _pagemap
-    if _pagemap is None:
-        probe = WrittenPages.open([])
-        _pagemap = probe is not None
-        if probe is not None:
-            probe.close()
-    return _pagemap
-
-
-def _process_call(fn: Callable, encoded_args: tuple) -> _Reply:
-    """Run in a worker: decode the arguments, call ``fn``, encode its result.
-
-    The arguments are private copy-on-write mappings of their segments (no copy; the task may write them)
-    where this process can read its page map, else copies. Argument arrays that come back unchanged in the
-    result (the very arrays, their pages never written, or equal to what was sent) are not sent back: the
-    consumer still holds them. Segments whose mapping the task kept alive are named in the reply, so the
-    consumer never rewrites them under the worker.
-    """
-    maps: list = []
-    pages = None
-    if _pagemap_readable():
-        args = decode(encoded_args, unlink=False, maps=maps)
-        pages = WrittenPages.open(maps)
-    else:
-        args = decode(encoded_args, unlink=False, copy=True)  # copied: the consumer reuses the segments
-    known = argument_arrays(args, encoded_args, pages)  # before the task can replace them
-    result = None
-    try:
-        try:
-            result = fn(*args)
-        except BaseException as e:
-            try:
-                pickle.loads(pickle.dumps(e))
-            except Exception:
-                text = "".join(traceback.format_exception(e))
-                raise WorkerError(f"{type(e).__name__}: {e}\n\nworker traceback:\n{text}") from None
-            raise
-        segments: list[str] = []
-        try:
-            value = encode(result, _worker_prefix, segments, known=known)
-        except BaseException:
-            for name in segments:
-                unlink_quietly(name)
-            raise
-    finally:
-        del args, known, result
-        if pages is not None:
-            pages.close()
-        busy = _unmap(maps)
-    return _Reply(value, busy)
-
-
-def _unmap(maps: list) -> tuple[str, ...]:
-    """Unmap the argument mappings nothing refers to any more; return the names of the others."""
-    busy = []
-    for name, m in maps:
-        try:
-            m.close()
-        except BufferError:  # the task kept some of its arguments: the mapping stays while they live
-            busy.append(name)
-    maps.clear()
-    return tuple(busy)
 
 
 class _ProcessHandle(Handle):
@@ -467,14 +350,14 @@ class ProcessPool(Pool):
                 self._executor = ProcessPoolExecutor(
                     self.workers,
                     mp_context=_mp_context(),
-                    initializer=_process_init,
+                    initializer=process_init,
                     initargs=(self._prefix, os.getpid(), *self._init),
                 )
             segments: list[str] = []
             lent: list[shared_memory.SharedMemory] = []
             try:
                 encoded = encode(args, self._prefix, segments, lambda size: self._lend(size, lent))
-                future = self._executor.submit(_process_call, fn, encoded)
+                future = self._executor.submit(process_call, fn, encoded)
             except BaseException:
                 _drop(lent)
                 raise

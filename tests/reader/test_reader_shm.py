@@ -146,14 +146,14 @@ def _keep_all(batch):
 
 @pytest.mark.parametrize("pagemap", [True, False], ids=["mapped-args", "copied-args"])
 def test_a_task_result_leaves_out_exactly_the_arrays_it_did_not_change(monkeypatch, pagemap):
-    from loader import pools
+    from loader import procworker
 
-    monkeypatch.setattr(pools, "_pagemap", pagemap and pools._pagemap_readable())
-    monkeypatch.setattr(pools, "_worker_prefix", "lrdtest", raising=False)
+    monkeypatch.setattr(procworker, "_pagemap", pagemap and procworker._pagemap_readable())
+    monkeypatch.setattr(procworker, "_worker_prefix", "lrdtest")
     sent = {"x": np.arange(200_000, dtype=np.int64), "y": np.arange(6.0)}
     for fn, changed in [(_keep_all, set()), (_set_element, {"x"}), (_reshape_in_place, {"y"})]:
         names: list[str] = []
-        reply = pools._process_call(fn, shm.encode((sent,), "lrdtest", names, allocate=None))
+        reply = procworker.process_call(fn, shm.encode((sent,), "lrdtest", names, allocate=None))
         assert reply.busy == ()  # the task kept nothing: the segment could be reused
         got = shm.decode(reply.value, unlink=True, args=(sent,))
         for name in names:
@@ -161,7 +161,7 @@ def test_a_task_result_leaves_out_exactly_the_arrays_it_did_not_change(monkeypat
         assert {k for k in got if got[k] is not sent[k]} == changed, fn.__name__
         assert np.array_equal(sent["x"], np.arange(200_000)) and sent["y"].shape == (6,)  # never written
     assert got["y"].shape == (2, 3)
-    reply = pools._process_call(_set_element, shm.encode((sent,), "lrdtest", names))
+    reply = procworker.process_call(_set_element, shm.encode((sent,), "lrdtest", names))
     assert shm.decode(reply.value, unlink=True, args=(sent,))["x"][123_456] == -1
     for name in names:
         shm.unlink_quietly(name)
