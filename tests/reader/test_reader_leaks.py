@@ -15,7 +15,7 @@ import time
 import pytest
 
 import loader
-from loader.errors import TransformError
+from loader.errors import TransformError, WorkerError
 from tests.reader.conftest import descendants
 
 
@@ -55,6 +55,26 @@ def test_exception_mid_iteration_stops_workers(mixed_cache, leak_probe):
         for _ in reader:
             got += 1
     assert got > 0 and reader._pipeline is None  # failed mid-epoch, and the reader closed itself
+
+
+def die_on_row_500(batch, rng):
+    """A worker that dies outright (a crash in native code, the OOM killer) on the batch holding row 500."""
+    if 500 in batch["id"]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return batch
+
+
+def test_a_worker_that_dies_is_an_error_and_leaves_nothing_behind(mixed_cache, leak_probe):
+    reader = loader.make_reader(mixed_cache, batch_size=10, pool="process", workers=2, transform=die_on_row_500,
+                                seed=3)
+    got = 0
+    t0 = time.monotonic()
+    with pytest.raises(WorkerError, match="worker process of the process pool died"):
+        for _ in reader:
+            got += 1
+    assert got < 100 and time.monotonic() - t0 < 60  # failed where the worker died, without hanging
+    with pytest.raises(WorkerError):  # the reader stays failed
+        next(reader)
 
 
 def test_garbage_collection_stops_workers(mixed_cache, leak_probe):
