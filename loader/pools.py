@@ -19,7 +19,7 @@ Three kinds, all starting nothing in their constructor (threads and processes st
   unchanged (the very objects, no page of theirs written: read from ``/proc/self/pagemap``) are not sent
   back, the consumer still holds them. A segment whose arrays the task kept is never reused, so whatever a
   worker keeps never changes. Where the page map cannot be read, workers copy their arguments out and
-  compare instead;
+  compare instead (also where a probe at start shows the page map does not tell written pages apart);
   :meth:`ProcessPool.close` stops the workers (after their current task, then by signal), reads back or
   unlinks every segment still outstanding, and removes any segment a killed worker left behind (names
   carry a per-pool prefix made of ``lrd``, the consumer's pid and a random tag).

@@ -11,15 +11,19 @@ and compared instead.
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import signal
+import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from .errors import WorkerError
 from .shm import WrittenPages, argument_arrays, decode, encode, unlink_quietly
@@ -75,14 +79,43 @@ _pagemap: bool | None = None
 
 
 def _pagemap_readable() -> bool:
-    """Whether this process can read its page map (Linux), to tell written pages of a mapping (cached)."""
+    """Whether this process's page map tells the written pages of a copy-on-write mapping (cached).
+
+    Checked on a two-page private mapping of a scratch file, one page read and one written: a platform
+    whose page map is missing, unreadable or reports other flags (an emulated kernel) gets copies instead.
+    """
     global _pagemap
     if _pagemap is None:
-        probe = WrittenPages.open([])
-        _pagemap = probe is not None
-        if probe is not None:
-            probe.close()
+        _pagemap = _probe_pagemap()
     return _pagemap
+
+
+def _probe_pagemap() -> bool:
+    page = mmap.PAGESIZE
+    try:
+        with tempfile.TemporaryFile() as f:
+            f.write(b"\1" * (2 * page))
+            f.flush()
+            m = mmap.mmap(f.fileno(), 2 * page, access=mmap.ACCESS_COPY)
+    except OSError:
+        return False
+    try:
+        view = np.frombuffer(m, dtype=np.uint8)
+        address = view.ctypes.data
+        read = int(view[0])  # page 0 read: still the file's page
+        view[page] = 2  # page 1 written: now a private copy
+        del view
+        pages = WrittenPages.open([("probe", m)])
+        if pages is None:
+            return False
+        try:
+            return read == 1 and not pages.written(address, page) and pages.written(address + page, page)
+        finally:
+            pages.close()
+    except (OSError, ValueError):
+        return False
+    finally:
+        m.close()
 
 
 def process_call(fn: Callable, encoded_args: tuple) -> _Reply:

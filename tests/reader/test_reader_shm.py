@@ -165,3 +165,15 @@ def test_a_task_result_leaves_out_exactly_the_arrays_it_did_not_change(monkeypat
     assert shm.decode(reply.value, unlink=True, args=(sent,))["x"][123_456] == -1
     for name in names:
         shm.unlink_quietly(name)
+
+
+def test_a_page_map_that_does_not_tell_written_pages_is_not_trusted(monkeypatch):
+    from loader import procworker
+
+    if shm.WrittenPages.open([]) is None:
+        pytest.skip("no readable /proc/self/pagemap here")
+    assert procworker._probe_pagemap()  # this kernel's page map tells read pages from written ones
+    monkeypatch.setattr(shm.WrittenPages, "written", lambda self, address, nbytes: False)  # e.g. all zeros
+    assert not procworker._probe_pagemap()  # such a platform gets copied arguments, compared after the task
+    monkeypatch.setattr(shm.WrittenPages, "open", classmethod(lambda cls, maps: None))  # no page map at all
+    assert not procworker._probe_pagemap()
