@@ -115,7 +115,10 @@ def _probe_pagemap() -> bool:
     except (OSError, ValueError):
         return False
     finally:
-        m.close()
+        try:
+            m.close()
+        except BufferError:  # a view outlived an error above: unmapped when it goes
+            pass
 
 
 def process_call(fn: Callable, encoded_args: tuple) -> _Reply:
