@@ -4,15 +4,16 @@
 ``multiprocessing.shared_memory`` segment as an Arrow IPC stream, and all the dicts of numpy arrays of a
 payload together into one segment of raw, 64-byte aligned buffers (``object`` arrays, e.g.
 ``strings="object"``, travel pickled beside it); tuples are walked, anything else passes through. A task's
-result names the argument arrays it returns unchanged instead of carrying them (:func:`argument_arrays`):
-the consumer still holds them. :func:`decode` maps the segment
-copy-on-write (on Linux, where segments are files under ``/dev/shm``): the Arrow and numpy data it returns
-are views of that private mapping, writable, and the mapping is released when the last of them is; on the
-consumer side the segment's name is unlinked at once, so nothing is left behind however long the data
-lives. Elsewhere, or with ``copy=True`` (a worker reading arguments in segments its pool reuses), the bytes
-are copied out once. :func:`encode` takes the segments from an ``allocate`` callable when given one (a
-pool's reused argument segments). Segment names start with a per-pool prefix, so a pool can remove what a
-killed worker left behind.
+result names the argument arrays it returns unchanged instead of carrying them (:func:`argument_arrays`,
+with :class:`WrittenPages` telling which pages of a mapping the task wrote): the consumer still holds them.
+
+:func:`decode` maps the segment copy-on-write (on Linux, where segments are files under ``/dev/shm``): the
+Arrow and numpy data it returns are views of that private mapping, writable, and the mapping is released
+when the last of them is; on the consumer side the segment's name is unlinked at once, so nothing is left
+behind however long the data lives. Elsewhere, or with ``copy=True`` (a worker that cannot read its page
+map, whose argument segments the pool reuses), the bytes are copied out once. :func:`encode` takes the
+segments from an ``allocate`` callable when given one (a pool's reused argument segments). Segment names
+start with a per-pool prefix, so a pool can remove what a killed worker left behind.
 """
 
 from __future__ import annotations
