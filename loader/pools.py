@@ -353,10 +353,9 @@ class ProcessPool(Pool):
                     initializer=process_init,
                     initargs=(self._prefix, os.getpid(), *self._init),
                 )
-            segments: list[str] = []
-            lent: list[shared_memory.SharedMemory] = []
+            lent: list[shared_memory.SharedMemory] = []  # the argument segments (their names are not needed)
             try:
-                encoded = encode(args, self._prefix, segments, lambda size: self._lend(size, lent))
+                encoded = encode(args, self._prefix, [], lambda size: self._lend(size, lent))
                 future = self._executor.submit(process_call, fn, encoded)
             except BaseException:
                 _drop(lent)

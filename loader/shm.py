@@ -76,8 +76,8 @@ def _segment(prefix: str, size: int, allocate: Allocate | None) -> shared_memory
 
 
 Known = dict
-"""``{id(array): (array, path, original)}``: arrays the receiver holds already (see :func:`argument_arrays`);
-``original()`` returns the array as it was sent."""
+"""``{id(array): (array, path, test)}``: arrays the receiver holds already (see :func:`argument_arrays`);
+``test(array)`` says whether the array is still as it was sent."""
 
 
 def encode(obj: Any, prefix: str, segments: list[str], allocate: Allocate | None = None,

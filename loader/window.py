@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from .convert import as_arrow
 from .plan import EpochPlan, window_permutation
-from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN, convert_batch, finish_batch, splittable, transform_batch
+from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN, convert_batch, splittable, transform_batch
 
 if TYPE_CHECKING:
     from .pipeline import Setup
@@ -235,13 +235,11 @@ def cut_and_finish(key: str, epoch: int, group: tuple, with_ids: bool,
         try:
             t0 = time.perf_counter()
             rows, _ = cut(spans, lo, hi, with_ids)
-            gathered = time.perf_counter() - t0
-            if transform:
-                out.append((*finish_batch(key, epoch, index, rows), gathered))
-            else:
-                t1 = time.perf_counter()
-                batch = convert_batch(key, rows)
-                out.append((batch, time.perf_counter() - t1, 0.0, gathered))
+            t1 = time.perf_counter()
+            batch = convert_batch(key, rows)
+            t2 = time.perf_counter()
+            batch, transform_s = transform_batch(key, epoch, index, batch) if transform else (batch, 0.0)
+            out.append((batch, t2 - t1, transform_s, t1 - t0))
         except Exception as e:  # the batches before it are delivered first, then this is raised
             out.append(e)
             break
