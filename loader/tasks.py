@@ -26,7 +26,7 @@ from .plan import sample_rows, transform_rng
 
 ROW_GROUP_COLUMN = "_row_group"
 ROW_COLUMN = "_row"
-_STREAM_BUFFER = 1 << 20  # read buffer per column of a streamed row group
+_STREAM_BUFFER = 256 << 10  # read buffer per column of a streamed row group (1 MiB: 20-40 MB more RSS, no faster)
 _MAX_IDLE_STREAMS = 16  # open row-group streams kept per process
 
 

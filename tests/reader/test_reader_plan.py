@@ -162,10 +162,21 @@ def test_extra_row_lands_in_last_batch():
     assert [p.batch_bounds for p in plans] == [(0, 2, 4), (0, 2, 4)]
 
 
+@pytest.mark.parametrize("groups", [8, 9, 20, 28, 211])
+def test_streamed_block_sized_row_groups_mix_at_least_8_per_window(groups):
+    # block-sized row groups (each far above a window's share of the budget): every window interleaves a
+    # slice of 8 or more row groups, the epoch's last windows too
+    window, piece = window_size_for(28_000, 128 << 20, shuffle_buffer=None, window_bytes=(256 << 20) // 6,
+                                    num_groups=groups)
+    assert piece is not None and window >= 8
+    plan = plan_epoch([28_000] * groups, seed=0, epoch=0, batch_size=100, window=window, max_piece_rows=piece)
+    assert min(len({p.group for p in w.pieces}) for w in plan.windows) >= 8
+
+
 def test_window_size_follows_buffer_or_budget():
     assert window_size_for(100, 1000, shuffle_buffer=450, window_bytes=10**9, num_groups=50) == (5, None)
     assert window_size_for(100, 1000, shuffle_buffer=None, window_bytes=8000, num_groups=50) == (8, None)
     assert window_size_for(100, 1000, shuffle_buffer=None, window_bytes=8000, num_groups=3) == (3, None)
     # row groups bigger than a window: one 25-row slice of each of 4 row groups per window (100 kB)
     assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=10**5, num_groups=4) == (4, 25)
-    assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=10**5, num_groups=50) == (8, 12)
+    assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=10**5, num_groups=50) == (10, 10)
