@@ -21,6 +21,10 @@ other, in one run of this script, on caches made by ``bench/gen_data.py`` (gener
 * ``raw warm`` / ``thread warm`` — (optional, ``--only ...,warm``) the same runs timed over batches
   ``N+1 .. 2N`` of one pass (the first N consumed untimed first): throughput once the process's memory is
   in use, apart from the first touch of fresh pages (see ``faults/krow``).
+* ``raw block`` / ``block`` — (optional, ``--only ...,block``) the raw scan and ``thread`` on the 4x rows
+  written in row groups of 120 MiB (generated on first use: 3.2 GB), the layout the Spark job writes (row
+  groups just under a 128 MiB HDFS block): each row group is far above a window's share of the memory
+  budget, so the reader streams it in slices, 10 row groups side by side.
 * ``thread 4x``— ``thread`` on the 4x dataset: peak RSS must not grow with the data.
 * ``first batch 10k`` — time from before ``make_reader`` (open included) to the first batch on a cache of
   10,000 one-row-group files.
@@ -68,6 +72,7 @@ CACHES = {  # name -> gen_data arguments
     "base": [],
     "base4x": ["--scale", "4"],
     "tiny": ["--rows", "10000", "--files", "10000", "--image-bytes", "64:256"],
+    "block": ["--scale", "4", "--row-group-mb", "120"],  # the Spark job's layout: row groups under a 128 MiB block
 }
 
 
@@ -290,11 +295,14 @@ def child(args) -> dict:
 # ------------------------------------------------------------------------------------------------ parent
 
 
-def ensure_caches(data: Path, rows: int) -> dict[str, str]:
-    """Generate the benchmark caches under ``data`` if they are missing; returns name -> dataset dir."""
+def ensure_caches(data: Path, rows: int, names=None) -> dict[str, str]:
+    """Generate the benchmark caches ``names`` (default: all but ``block``) under ``data`` if they are missing;
+    returns name -> dataset dir."""
     out = {}
     for name, extra in CACHES.items():
         target = data / name
+        if name not in (names or set(CACHES) - {"block"}):
+            continue
         if not (target / "CURRENT").exists():
             cmd = [sys.executable, str(REPO / "bench" / "gen_data.py"), "--out", str(data), "--name", name]
             if name != "tiny":
@@ -344,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None,
                    help="comma-separated subset of raw,thread,process,4x,first (default); also serial, decoded, "
                         "decoded-cold, torch, tf, warm (raw and thread timed over batches N+1..2N), py (raw, "
-                        "thread and process with a pure-Python transform)")
+                        "thread and process with a pure-Python transform), block (raw and thread on the 4x rows "
+                        "in row groups of 120 MiB, the Spark job's layout: streamed in slices)")
     p.add_argument("--repeat", type=int, default=3, help="trials per run, interleaved; the median is shown (default 3)")
     p.add_argument("--child", choices=["raw", "serial", "thread", "process", "torch", "tf"], help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
@@ -361,14 +370,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args)))
         return 0
 
-    caches = ensure_caches(Path(args.data), args.rows)
     wanted = set((args.only or "raw,thread,process,4x,first").split(","))
     if "warm" in wanted:
         wanted |= {"raw warm", "thread warm"}
     if "py" in wanted:
         wanted |= {"raw py", "thread py", "process py"}
+    if "block" in wanted:
+        wanted |= {"raw block"}
+    needed = {"base"} | ({"base4x"} if "4x" in wanted else set()) | ({"tiny"} if "first" in wanted else set()) | (
+        {"block"} if "block" in wanted else set())
+    caches = {**{n: "" for n in CACHES}, **ensure_caches(Path(args.data), args.rows, needed)}
     order = ("raw", "serial", "thread", "process", "decoded", "decoded-cold", "torch", "tf", "raw warm", "thread warm",
-             "raw py", "thread py", "process py", "4x", "first")
+             "raw py", "thread py", "process py", "raw block", "block", "4x", "first")
     only = [k for k in order if k in wanted]
     decoded_dir = str(Path(args.data) / "decoded")
     py = f"python:{args.py_rounds}"
@@ -386,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         "raw py": ("raw", caches["base"], ("--transform", py)),
         "thread py": ("thread", caches["base"], ("--transform", py)),
         "process py": ("process", caches["base"], ("--transform", py)),
+        "raw block": ("raw", caches["block"], ()),
+        "block": ("thread", caches["block"], ()),
         "4x": ("thread", caches["base4x"], ()),
         "first": ("thread", caches["tiny"], ("--first-only",)),
     }
@@ -405,19 +420,22 @@ def main(argv: list[str] | None = None) -> int:
             brief = {k: v for k, v in r.items() if k not in ("columns", "stats", "url")}
             print(f"trial {trial} {key}: {json.dumps(brief)}", flush=True)
     print_table({k: _median(v) for k, v in trials.items()}, args)
-    if "raw" in trials:  # trials are interleaved: each trial's ratio compares runs made close together
-        for key, runs in trials.items():
-            base = trials[_baseline(key, trials)]
-            if key not in ("raw", "raw warm", "raw py", "first") and all("error" not in r for r in runs + base):
-                per = [r["samples_per_s"] / b["samples_per_s"] for r, b in zip(runs, base, strict=False)]
-                print(f"ratio to raw per trial, {key}: {' '.join(f'{x:.2f}' for x in per)}")
+    for key, runs in trials.items():  # trials are interleaved: each trial's ratio compares runs made close together
+        base = trials.get(_baseline(key, trials))
+        if key.startswith("raw") or key == "first" or base is None:
+            continue
+        if all("error" not in r for r in runs + base):
+            per = [r["samples_per_s"] / b["samples_per_s"] for r, b in zip(runs, base, strict=False)]
+            print(f"ratio to raw per trial, {key}: {' '.join(f'{x:.2f}' for x in per)}")
     return 1 if any("error" in r for v in trials.values() for r in v) else 0
 
 
 def _baseline(key: str, runs: dict) -> str:
     """The raw run a run is compared with: warm runs with the warm raw scan, transformed runs with the scan
     that applies the same transform (when measured)."""
-    for suffix in (" warm", " py"):
+    for suffix in (" warm", " py", " block"):
+        if key == suffix.strip() and "raw" + suffix in runs:
+            return "raw" + suffix
         if key.endswith(suffix) and "raw" + suffix in runs:
             return "raw" + suffix
     return "raw"
@@ -459,6 +477,7 @@ def print_table(results: dict[str, dict], args) -> None:
               "raw warm": "raw, batches N+1..2N", "thread warm": "thread, batches N+1..2N",
               "raw py": "raw + Python transform", "thread py": "thread + Python tr.",
               "process py": "process + Python tr.",
+              "raw block": "raw, 120 MiB row groups", "block": "thread, 120 MiB rg",
               "4x": "make_reader thread 4x", "first": "first batch, 10k files"}
     for key, r in results.items():
         if "error" in r:
@@ -481,17 +500,15 @@ def print_table(results: dict[str, dict], args) -> None:
     if "first" in results and "error" not in results["first"]:
         print(f"first batch cache: {results['first']['files']} files, {results['first']['row_groups']} row groups")
     results = {k: r for k, r in results.items() if "error" not in r}
-    if "raw" in results:
-        base = results["raw"]["cpu_us_per_row"]
-        for key in ("serial", "thread", "process", "decoded", "decoded-cold", "thread warm", "thread py",
-                    "process py"):
-            if key in results:
-                name = _baseline(key, results)
-                base = results[name]["cpu_us_per_row"]
-                print(
-                    f"CPU per row {key} / {name}: {results[key]['cpu_us_per_row'] / base:.2f}x -> ratio ceiling on "
-                    f"{os.cpu_count()} fully used cores: {os.cpu_count() * base / results[key]['cpu_us_per_row']:.2f}"
-                )
+    for key in ("serial", "thread", "process", "decoded", "decoded-cold", "thread warm", "thread py",
+                "process py", "block"):
+        if key in results and _baseline(key, results) in results:
+            name = _baseline(key, results)
+            base = results[name]["cpu_us_per_row"]
+            print(
+                f"CPU per row {key} / {name}: {results[key]['cpu_us_per_row'] / base:.2f}x -> ratio ceiling on "
+                f"{os.cpu_count()} fully used cores: {os.cpu_count() * base / results[key]['cpu_us_per_row']:.2f}"
+            )
     if "thread" in results and "4x" in results:
         t, q = results["thread"], results["4x"]
         print(

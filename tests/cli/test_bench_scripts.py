@@ -102,3 +102,21 @@ def test_python_transform_hashes_each_title_word():
     words = [w.encode() for t in titles for w in t.lower().split()]
     assert out["title_ids"].tolist() == [zlib.crc32(w, 2) % BUCKETS for w in words]
     assert out["title_ids.offsets"].tolist() == [0, 2, 2, 3]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bench_ceiling_work_child_goes_through_whole_windows(bench_cache, threads):
+    proc = script("bench_ceiling.py", "--child", "work", "--url", bench_cache.version_path, "--threads", threads,
+                  "--window", 2, "--iterations", 3, "--batch-size", 50)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    sizes = bench_cache.row_group_sizes()  # whole windows of 2 row groups until 150 rows are covered
+    windows = [sum(sizes[i : i + 2]) for i in range(0, len(sizes), 2)]
+    want = next(sum(windows[: k + 1]) for k in range(len(windows)) if sum(windows[: k + 1]) >= 150)
+    assert r["rows"] == want and r["samples_per_s"] > 0 and r["cpu_us_per_row"] > 0
+
+
+def test_bench_ceiling_copy_child_reports_bandwidth():
+    proc = script("bench_ceiling.py", "--child", "copy", "--threads", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["gb_per_s"] > 0
