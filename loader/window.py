@@ -191,8 +191,10 @@ def distinct(spans, lo: int, hi: int) -> int:
     if len(spans) == 1 and spans[0].local is not None:
         w = spans[0]
         return int(np.count_nonzero(np.bincount(w.local[lo - w.first : hi - w.first])))
-    groups = [w.groups[max(lo, w.first) - w.first : min(hi, w.stop) - w.first] for w in spans]
-    return int(np.unique(groups[0] if len(groups) == 1 else np.concatenate(groups)).size)
+    seen: set = set()  # a set of a batch's ~100 ids: a few us, where np.unique costs several times that
+    for w in spans:
+        seen.update(w.groups[max(lo, w.first) - w.first : min(hi, w.stop) - w.first].tolist())
+    return len(seen)
 
 
 def cut_and_finish(key: str, epoch: int, group: tuple, with_ids: bool,

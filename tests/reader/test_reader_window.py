@@ -95,3 +95,14 @@ def test_batches_through_views_are_exact_and_deterministic(big_values_cache, poo
     assert any(r is not None for r in calls)  # the view path ran (in this process: the producer builds windows)
     reference = run("serial", 1)
     assert all(np.array_equal(a, b) for a, b in zip(got, reference, strict=True))
+
+
+def test_distinct_counts_the_row_groups_of_a_batch_across_windows():
+    table = pa.table({"x": np.arange(6)})
+    a = window.Window(table.slice(0, 4), None, 0, np.array([5, 5, 7, 9]), None)
+    b = window.Window(table.slice(4, 2), None, 4, np.array([9, 3]), None)
+    assert window.distinct((a, b), 1, 6) == 4  # 5, 7, 9 (in both windows), 3
+    assert window.distinct((a, b), 0, 2) == 1
+    assert window.distinct((a,), 2, 4) == 2
+    local = window.Window(table.slice(0, 4), None, 0, np.array([5, 5, 7, 9]), None, local=np.array([0, 0, 1, 2]))
+    assert window.distinct((local,), 0, 4) == 3
