@@ -19,7 +19,7 @@ rows' bytes straight from the pieces), in the thread pool's workers, so gathers 
 is never copied in shuffled order. Row groups larger than a window's share (the usual case for
 block-sized row groups and a small budget) are streamed: each is decoded once, front to back, by a
 ``ParquetFile.iter_batches`` stream kept open between tasks (opened without pre-buffering), and each window
-takes one slice from each of up to 8 such streams, so batches still mix row groups. Peak memory follows the
+takes one slice from each of up to 10 such streams, so batches still mix row groups. Peak memory follows the
 budget, never the dataset's size.
 """
 
