@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loader.convert import check_options, check_schema, pad, to_numpy
 from loader.errors import ConfigError
@@ -85,6 +87,20 @@ def test_chunked_table_and_empty_batch(messy):
 def test_pad_is_vectorised_scatter():
     out = pad(np.arange(6), np.array([3, 0, 2, 1]), pad_value=-1)
     assert out.tolist() == [[0, 1, 2], [-1, -1, -1], [3, 4, -1], [5, -1, -1]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(0, 40), max_size=30), inner=st.integers(0, 3), pad_value=st.integers(-5, 5))
+def test_pad_puts_each_row_at_the_front_of_its_row(lengths, inner, pad_value):
+    lengths = np.array(lengths, dtype=np.int64)
+    shape = (int(lengths.sum()),) + ((inner,) if inner else ())
+    values = np.arange(np.prod(shape), dtype=np.int32).reshape(shape) + 100
+    out = pad(values, lengths, pad_value=pad_value)
+    assert out.shape == (len(lengths), int(lengths.max()) if len(lengths) else 0) + shape[1:]
+    start = 0
+    for row, n in zip(out, lengths.tolist(), strict=True):
+        assert np.array_equal(row[:n], values[start : start + n]) and (row[n:] == pad_value).all()
+        start += n
 
 
 def test_bad_options_and_types_name_the_culprit():
