@@ -384,6 +384,25 @@ def _ragged2(name: str, values: np.ndarray, value_offsets: np.ndarray, offsets: 
     out[name + ".value_lengths"] = pad(item_lengths, lengths, 0)
 
 
+def to_padded(batch: dict[str, np.ndarray], pad_value: Any = 0) -> dict[str, np.ndarray]:
+    """The ``ragged="padded"`` form of a batch converted in the ``"offsets"`` form: exactly what
+    :func:`to_numpy` gives with ``ragged="padded"`` for the same rows (keys in the same order)."""
+    out: dict[str, np.ndarray] = {}
+    for key, values in batch.items():
+        if key.endswith(".value_offsets") or (key.endswith(".offsets") and key[:-8] in batch):
+            continue
+        offsets = batch.get(key + ".offsets")
+        if offsets is None:
+            out[key] = values
+            continue
+        inner = batch.get(key + ".value_offsets")
+        if inner is None:
+            _ragged(key, values, offsets, out, "padded", pad_value)
+        else:
+            _ragged2(key, values, inner, offsets, out, "padded", pad_value)
+    return out
+
+
 def pad(values: np.ndarray, lengths: np.ndarray, pad_value: Any = 0) -> np.ndarray:
     """Scatter flat ragged ``values`` into an ``(n, max(lengths), ...)`` array padded with ``pad_value``.
 
@@ -406,4 +425,34 @@ def pad(values: np.ndarray, lengths: np.ndarray, pad_value: Any = 0) -> np.ndarr
     return out
 
 
-__all__ = ["RAGGED_FORMS", "STRING_FORMS", "check_options", "check_schema", "pad", "to_numpy"]
+def split_batch(batch: dict[str, np.ndarray], bounds: list[int]) -> list[dict[str, np.ndarray]]:
+    """Split a converted batch (offsets forms) at row ``bounds`` into the batches a per-batch conversion gives.
+
+    Row-first arrays are sliced; ``col.offsets`` (rows -> values or items) and ``col.value_offsets`` (items ->
+    values) are sliced and rebased to 0, and the flat values cut where the offsets say.
+    """
+    out: list[dict[str, np.ndarray]] = [{} for _ in bounds[:-1]]
+    for key, values in batch.items():
+        if key.endswith(".value_offsets") or (key.endswith(".offsets") and key[:-8] in batch):
+            continue  # handled with their column
+        offsets = batch.get(key + ".offsets")
+        if offsets is None:  # row-first: fixed-width, masks, object arrays, fixed-size lists
+            for part, a, b in zip(out, bounds[:-1], bounds[1:], strict=True):
+                part[key] = values[a:b]
+            continue
+        inner = batch.get(key + ".value_offsets")
+        for part, a, b in zip(out, bounds[:-1], bounds[1:], strict=True):  # keys in to_numpy's order
+            rows = offsets[a : b + 1]
+            if inner is None:
+                part[key] = values[rows[0] : rows[-1]]
+                part[key + ".offsets"] = rows - rows[0]
+            else:
+                items = inner[rows[0] : rows[-1] + 1]
+                part[key] = values[items[0] : items[-1]]
+                part[key + ".offsets"] = rows - rows[0]
+                part[key + ".value_offsets"] = items - items[0]
+    return out
+
+
+__all__ = ["RAGGED_FORMS", "STRING_FORMS", "check_options", "check_schema", "pad", "split_batch", "to_numpy",
+           "to_padded"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .convert import as_arrow, to_numpy
+from .convert import as_arrow, split_batch, to_numpy, to_padded
 from .dataset import Dataset
 from .decoded import DecodedCache
 from .errors import CorruptFileError, RemoteError, TransformError
@@ -281,16 +281,19 @@ def finish_batch(key: str, epoch: int, index: int, table: pa.Table | pa.RecordBa
     return out, convert_s, transform_s
 
 
-def convert_batch(key: str, table: pa.Table | pa.RecordBatch) -> dict:
-    """Rows as the reader's numpy forms (its ``ragged`` / ``strings`` / ``masks`` options)."""
+def convert_batch(key: str, table: pa.Table | pa.RecordBatch, ragged: str | None = None) -> dict:
+    """Rows as the reader's numpy forms (its ``ragged`` / ``strings`` / ``masks`` options; ``ragged``
+    overrides the reader's)."""
     ctx = _CONTEXTS[key]
-    return to_numpy(table, ragged=ctx.ragged, strings=ctx.strings, masks=ctx.masks)
+    return to_numpy(table, ragged=ragged or ctx.ragged, strings=ctx.strings, masks=ctx.masks)
 
 
-def splittable(key: str) -> bool:
-    """True if batches converted together can be split into exactly the per-batch forms (the offsets forms;
-    padded columns depend on each batch's longest row)."""
-    return _CONTEXTS[key].ragged == "offsets"
+def convert_split(key: str, table: pa.Table | pa.RecordBatch, bounds: list[int]) -> list[dict]:
+    """Rows converted once, in the offsets form, and split at row ``bounds`` into exactly the batches a
+    per-batch conversion gives (padded afterwards, batch by batch, if the reader pads: a padded batch's width
+    is its own longest row)."""
+    parts = split_batch(convert_batch(key, table, ragged="offsets"), bounds)
+    return [to_padded(p) for p in parts] if _CONTEXTS[key].ragged == "padded" else parts
 
 
 def transform_batch(key: str, epoch: int, index: int, batch: dict) -> tuple[dict, float]:
@@ -364,5 +367,5 @@ def check_output(out, name: str) -> dict:
     return dict(out)
 
 
-__all__ = ["ROW_COLUMN", "ROW_GROUP_COLUMN", "ReadContext", "convert_batch", "finish_batch", "install", "read_piece",
-           "splittable", "takes_rng", "transform_batch", "transform_batches"]
+__all__ = ["ROW_COLUMN", "ROW_GROUP_COLUMN", "ReadContext", "convert_batch", "convert_split", "finish_batch", "install",
+           "read_piece", "takes_rng", "transform_batch", "transform_batches"]

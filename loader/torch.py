@@ -39,7 +39,7 @@ try:
 except ImportError as _e:  # pragma: no cover - depends on the environment
     raise ImportError("loader.torch needs PyTorch: pip install 'larder[torch]'") from _e
 
-from .convert import pad
+from .convert import to_padded
 from .errors import ConfigError, StateError
 from .reader import DEFAULT_MEMORY_BUDGET, make_reader
 
@@ -68,19 +68,7 @@ def to_torch(batch: dict[str, np.ndarray], ragged: str = "padded", pad_value: An
 
 def prepare(batch: dict[str, np.ndarray], ragged: str = "padded", pad_value: Any = 0) -> dict[str, Any]:
     """Everything :func:`to_torch` does except making tensors: padding, and strings to lists."""
-    batch = dict(batch)
-    if ragged == "padded":
-        for key in [k for k in batch if k.endswith(".offsets") and k[: -len(".offsets")] in batch]:
-            col = key[: -len(".offsets")]
-            lengths = np.diff(batch.pop(key))
-            values = batch[col]
-            inner = batch.pop(col + ".value_offsets", None)
-            if inner is not None:  # pad the items first, then the rows of items
-                item_lengths = np.diff(inner)
-                values = pad(values, item_lengths, pad_value)
-                batch[col + ".value_lengths"] = pad(item_lengths, lengths, 0)
-            batch[col] = pad(values, lengths, pad_value)
-            batch[col + ".lengths"] = lengths
+    batch = to_padded(batch, pad_value) if ragged == "padded" else dict(batch)
     for key, value in batch.items():
         if isinstance(value, np.ndarray) and value.dtype.kind == "O":  # str/bytes, or an array of them per row
             batch[key] = [v.tolist() if isinstance(v, np.ndarray) else v for v in value.tolist()]

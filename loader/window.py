@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from .convert import as_arrow
+from .convert import as_arrow, split_batch
 from .plan import EpochPlan, window_permutation
-from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN, convert_batch, splittable, transform_batch
+from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN, convert_batch, convert_split, transform_batch
 
 if TYPE_CHECKING:
     from .pipeline import Setup
@@ -211,15 +211,14 @@ def cut_and_finish(key: str, epoch: int, group: tuple, with_ids: bool,
     the list with its exception (raised by the consumer after the batches before it).
     """
     out: list = []
-    if len(group) > 1 and splittable(key):
+    if len(group) > 1:
         try:
             t0 = time.perf_counter()
             spans = tuple({id(w): w for _, ws, _, _ in group for w in ws}.values())
             first, last = group[0][2], group[-1][3]
             rows, _ = cut(spans, first, last, with_ids)
             t1 = time.perf_counter()
-            whole = convert_batch(key, rows)
-            parts = split_batch(whole, [lo - first for _, _, lo, _ in group] + [last - first])
+            parts = convert_split(key, rows, [lo - first for _, _, lo, _ in group] + [last - first])
             t2 = time.perf_counter()
         except Exception:  # noqa: BLE001 - redo batch by batch, so the failing batch is the one reported
             pass
@@ -245,34 +244,6 @@ def cut_and_finish(key: str, epoch: int, group: tuple, with_ids: bool,
         except Exception as e:  # the batches before it are delivered first, then this is raised
             out.append(e)
             break
-    return out
-
-
-def split_batch(batch: dict[str, np.ndarray], bounds: list[int]) -> list[dict[str, np.ndarray]]:
-    """Split a converted batch (offsets forms) at row ``bounds`` into the batches a per-batch conversion gives.
-
-    Row-first arrays are sliced; ``col.offsets`` (rows -> values or items) and ``col.value_offsets`` (items ->
-    values) are sliced and rebased to 0, and the flat values cut where the offsets say.
-    """
-    out: list[dict[str, np.ndarray]] = [{} for _ in bounds[:-1]]
-    for key, values in batch.items():
-        if key.endswith(".value_offsets") or (key.endswith(".offsets") and key[:-8] in batch):
-            continue  # handled with their column
-        offsets = batch.get(key + ".offsets")
-        if offsets is None:  # row-first: fixed-width, masks, object arrays, fixed-size lists
-            for part, a, b in zip(out, bounds[:-1], bounds[1:], strict=True):
-                part[key] = values[a:b]
-            continue
-        inner = batch.get(key + ".value_offsets")
-        for part, a, b in zip(out, bounds[:-1], bounds[1:], strict=True):
-            rows = offsets[a : b + 1]
-            part[key + ".offsets"] = rows - rows[0]
-            if inner is None:
-                part[key] = values[rows[0] : rows[-1]]
-            else:
-                items = inner[rows[0] : rows[-1] + 1]
-                part[key + ".value_offsets"] = items - items[0]
-                part[key] = values[items[0] : items[-1]]
     return out
 
 

@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loader.convert import to_numpy
-from loader.window import split_batch
 
 
 def _table(n: int, seed: int) -> pa.Table:
@@ -33,15 +32,23 @@ def _table(n: int, seed: int) -> pa.Table:
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 60), st.lists(st.integers(1, 25), min_size=1, max_size=5), st.integers(0, 10**6),
-       st.booleans(), st.sampled_from(["offsets", "object"]))
-def test_split_equals_per_batch_conversion(n_extra, sizes, seed, masks, strings):
+       st.booleans(), st.sampled_from(["offsets", "object"]), st.sampled_from(["offsets", "padded"]))
+def test_split_equals_per_batch_conversion(n_extra, sizes, seed, masks, strings, ragged):
+    from loader import tasks
+
     table = _table(sum(sizes) + n_extra, seed).slice(n_extra)  # an offset slice, like a window's gather
     bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-    whole = to_numpy(table, strings=strings, masks=masks)
-    parts = split_batch(whole, bounds)
+    tasks.install(tasks.ReadContext(key="split", dataset=None, columns=(), sizes=(), locations=(), seed=0, rank=0,
+                                    world_size=1, stream=False, stream_chunk_rows=1, local_files=True,
+                                    ragged=ragged, strings=strings, masks=masks, with_row_ids=False,
+                                    transform=None, transform_takes_rng=False))
+    try:
+        parts = tasks.convert_split("split", table, bounds)  # converted once (offsets form), split, padded
+    finally:
+        tasks.uninstall("split")
     for part, a, b in zip(parts, bounds[:-1], bounds[1:], strict=True):
-        alone = to_numpy(table.slice(a, b - a), strings=strings, masks=masks)
-        assert part.keys() == alone.keys()
+        alone = to_numpy(table.slice(a, b - a), strings=strings, masks=masks, ragged=ragged)
+        assert list(part.keys()) == list(alone.keys())
         for key, value in alone.items():
             got = part[key]
             assert got.dtype == value.dtype and got.shape == value.shape, key
@@ -54,19 +61,6 @@ def test_split_equals_per_batch_conversion(n_extra, sizes, seed, masks, strings)
         for key in p:
             if p[key].dtype != object:
                 assert not np.shares_memory(p[key], q[key]), key
-
-
-def test_padded_form_is_not_split_in_groups():
-    from loader import tasks
-
-    tasks.install(tasks.ReadContext(key="t", dataset=None, columns=(), sizes=(), locations=(), seed=0, rank=0,
-                                    world_size=1, stream=False, stream_chunk_rows=1, local_files=True,
-                                    ragged="padded", strings="offsets", masks=False, with_row_ids=False,
-                                    transform=None, transform_takes_rng=False))
-    try:
-        assert not tasks.splittable("t")
-    finally:
-        tasks.uninstall("t")
 
 
 @pytest.mark.parametrize("pool", ["thread"])
