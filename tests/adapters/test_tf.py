@@ -98,6 +98,35 @@ def test_padded_lists_of_strings_and_of_lists(adapter_data):
         assert got == rows["nested"].to_pylist()
 
 
+def test_strings_built_in_the_graph_equal_the_source(tmp_path):
+    """Default forms: string columns travel as bytes + offsets and become tf.string in the graph; struct fields,
+    large strings, null strings, null and empty lists and null items come out as before (nulls as b"")."""
+    import pyarrow as pa
+
+    n = 300
+    table = pa.table({
+        "id": pa.array(np.arange(n, dtype=np.int64)),
+        "big": pa.array([None if i % 13 == 0 else "큰" * (i % 7) for i in range(n)], pa.large_string()),
+        "words": pa.array([None if i % 17 == 0 else [None if j == 1 else f"w{i}-{j}" for j in range(i % 4)]
+                           for i in range(n)], pa.list_(pa.string())),
+        "st": pa.array([{"k": i, "name": None if i % 5 == 0 else "n" * (i % 3)} for i in range(n)]),
+    })
+    ds = loader.write_cache(table, tmp_path, "strings", row_group_bytes=2_000)
+    data = make_dataset(ds.version_path, batch_size=64, seed=1)
+    assert data.element_spec["big"] == tf.TensorSpec([None], tf.string)
+    assert data.element_spec["st.name"] == tf.TensorSpec([None], tf.string)
+    assert data.element_spec["words"] == tf.RaggedTensorSpec([None, None], tf.string, ragged_rank=1,
+                                                             row_splits_dtype=tf.int64)
+    seen = 0
+    for b in data:
+        rows = table.take(b["id"].numpy())
+        assert [v.decode() for v in b["big"].numpy()] == [v or "" for v in rows["big"].to_pylist()]
+        assert b["words"].to_list() == [[(w or "").encode() for w in r or []] for r in rows["words"].to_pylist()]
+        assert [v.decode() for v in b["st.name"].numpy()] == [(v["name"] or "") for v in rows["st"].to_pylist()]
+        seen += len(rows)
+    assert seen == n
+
+
 def test_each_iteration_is_a_fresh_reader(adapter_data):
     _, ds = adapter_data
     data = make_dataset(ds.version_path, batch_size=128, columns=["id"], seed=8)
