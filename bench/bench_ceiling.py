@@ -46,8 +46,8 @@ def _cpu() -> float:
 def work_child(url: str, rows_wanted: int, threads: int, window: int, batch_size: int) -> dict:
     """Read, check, decode, shuffle, gather, convert and split the windows holding ``rows_wanted`` rows."""
     import loader  # noqa: I001 - first, as a trainer would (its allocator setting precedes pyarrow)
-    from loader.convert import to_numpy
-    from loader.window import assemble, split_batch
+    from loader.convert import split_batch, to_numpy
+    from loader.window import assemble
 
     ds = loader.open_dataset(url)
     locations = ds.row_group_index()
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench_reader import ensure_caches  # noqa: PLC0415 - the script's own directory
 
-    url = ensure_caches(Path(args.data), 200_000)["base"]
+    url = ensure_caches(Path(args.data), 200_000, {"base"})["base"]
     me = str(Path(__file__).resolve())
     common = ["--url", url, "--iterations", str(args.iterations), "--batch-size", str(args.batch_size)]
     runs = {

@@ -295,13 +295,13 @@ def child(args) -> dict:
 # ------------------------------------------------------------------------------------------------ parent
 
 
-def ensure_caches(data: Path, rows: int, names=None) -> dict[str, str]:
-    """Generate the benchmark caches ``names`` (default: all but ``block``) under ``data`` if they are missing;
-    returns name -> dataset dir."""
+def ensure_caches(data: Path, rows: int, names) -> dict[str, str]:
+    """Generate the benchmark caches ``names`` (of :data:`CACHES`) under ``data`` if they are missing; returns
+    name -> dataset dir."""
     out = {}
     for name, extra in CACHES.items():
         target = data / name
-        if name not in (names or set(CACHES) - {"block"}):
+        if name not in names:
             continue
         if not (target / "CURRENT").exists():
             cmd = [sys.executable, str(REPO / "bench" / "gen_data.py"), "--out", str(data), "--name", name]
@@ -377,33 +377,31 @@ def main(argv: list[str] | None = None) -> int:
         wanted |= {"raw py", "thread py", "process py"}
     if "block" in wanted:
         wanted |= {"raw block"}
-    needed = {"base"} | ({"base4x"} if "4x" in wanted else set()) | ({"tiny"} if "first" in wanted else set()) | (
-        {"block"} if "block" in wanted else set())
-    caches = {**{n: "" for n in CACHES}, **ensure_caches(Path(args.data), args.rows, needed)}
     order = ("raw", "serial", "thread", "process", "decoded", "decoded-cold", "torch", "tf", "raw warm", "thread warm",
              "raw py", "thread py", "process py", "raw block", "block", "4x", "first")
     only = [k for k in order if k in wanted]
     decoded_dir = str(Path(args.data) / "decoded")
     py = f"python:{args.py_rounds}"
-    runs = {
-        "raw": ("raw", caches["base"], ()),
-        "serial": ("serial", caches["base"], ()),
-        "thread": ("thread", caches["base"], ()),
-        "process": ("process", caches["base"], ()),
-        "decoded": ("thread", caches["base"], ("--decoded-cache", decoded_dir)),
-        "decoded-cold": ("thread", caches["base"], ("--decoded-cache", decoded_dir + "-cold")),
-        "torch": ("torch", caches["base"], ()),
-        "tf": ("tf", caches["base"], ()),
-        "raw warm": ("raw", caches["base"], ("--warm", str(args.iterations))),
-        "thread warm": ("thread", caches["base"], ("--warm", str(args.iterations))),
-        "raw py": ("raw", caches["base"], ("--transform", py)),
-        "thread py": ("thread", caches["base"], ("--transform", py)),
-        "process py": ("process", caches["base"], ("--transform", py)),
-        "raw block": ("raw", caches["block"], ()),
-        "block": ("thread", caches["block"], ()),
-        "4x": ("thread", caches["base4x"], ()),
-        "first": ("thread", caches["tiny"], ("--first-only",)),
+    runs = {  # key -> (child mode, cache, extra child arguments)
+        "raw": ("raw", "base", ()),
+        "serial": ("serial", "base", ()),
+        "thread": ("thread", "base", ()),
+        "process": ("process", "base", ()),
+        "decoded": ("thread", "base", ("--decoded-cache", decoded_dir)),
+        "decoded-cold": ("thread", "base", ("--decoded-cache", decoded_dir + "-cold")),
+        "torch": ("torch", "base", ()),
+        "tf": ("tf", "base", ()),
+        "raw warm": ("raw", "base", ("--warm", str(args.iterations))),
+        "thread warm": ("thread", "base", ("--warm", str(args.iterations))),
+        "raw py": ("raw", "base", ("--transform", py)),
+        "thread py": ("thread", "base", ("--transform", py)),
+        "process py": ("process", "base", ("--transform", py)),
+        "raw block": ("raw", "block", ()),
+        "block": ("thread", "block", ()),
+        "4x": ("thread", "base4x", ()),
+        "first": ("thread", "tiny", ("--first-only",)),
     }
+    caches = ensure_caches(Path(args.data), args.rows, {runs[k][1] for k in only})  # only those the runs use
     trials: dict[str, list[dict]] = {k: [] for k in only}
     if "decoded" in only:  # fill the decoded cache: one untimed pass over every row group
         shutil.rmtree(decoded_dir, ignore_errors=True)
@@ -412,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         run_child("thread", caches["base"], fill, "--decoded-cache", decoded_dir, "--epoch-only")
     for trial in range(args.repeat):  # interleaved, so a busy moment hits every run alike
         for key in only:
-            mode, url, extra = runs[key]
+            mode, cache, extra = runs[key]
+            url = caches[cache]
             if key == "decoded-cold":
                 shutil.rmtree(decoded_dir + "-cold", ignore_errors=True)
             r = run_child(mode, url, args, *extra)

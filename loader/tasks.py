@@ -265,8 +265,10 @@ def close_streams(key: str) -> None:
         s.close()
 
 
-def finish_batch(key: str, epoch: int, index: int, table: pa.Table | pa.RecordBatch) -> tuple[dict, float, float]:
-    """Convert a cut batch (row-id columns included if kept) to numpy and apply the transform.
+def finish_batch(key: str, epoch: int, index: int, table: pa.Table | pa.RecordBatch,
+                 transform: bool = True) -> tuple[dict, float, float]:
+    """Convert a cut batch (row-id columns included if kept) to numpy and apply the transform (unless
+    ``transform`` is False: the reader runs it elsewhere, in a process pool).
 
     Returns ``(batch, convert_s, transform_s)``.
 
@@ -277,7 +279,7 @@ def finish_batch(key: str, epoch: int, index: int, table: pa.Table | pa.RecordBa
     t0 = time.perf_counter()
     batch = convert_batch(key, table)
     convert_s = time.perf_counter() - t0
-    out, transform_s = transform_batch(key, epoch, index, batch)
+    out, transform_s = transform_batch(key, epoch, index, batch) if transform else (batch, 0.0)
     return out, convert_s, transform_s
 
 

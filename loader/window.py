@@ -5,7 +5,7 @@ A shuffled window keeps its small columns contiguous and its large string / bina
 window's rows in the order of the window's permutation, gathered once: an Arrow ``take`` of the plain
 columns and, for viewed columns, one copy of the rows' bytes straight from the pieces. Thread workers cut
 and convert several consecutive batches at a time and split the result into exactly the per-batch forms
-(:func:`split_batch`). An unshuffled window is kept as read and cut in zero-copy slices.
+(:func:`loader.convert.split_batch`). An unshuffled window is kept as read and cut in zero-copy slices.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from .convert import as_arrow, split_batch
+from .convert import as_arrow
 from .plan import EpochPlan, window_permutation
-from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN, convert_batch, convert_split, transform_batch
+from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN, convert_split, finish_batch, transform_batch
 
 if TYPE_CHECKING:
     from .pipeline import Setup
@@ -236,15 +236,12 @@ def cut_and_finish(key: str, epoch: int, group: tuple, with_ids: bool,
         try:
             t0 = time.perf_counter()
             rows, _ = cut(spans, lo, hi, with_ids)
-            t1 = time.perf_counter()
-            batch = convert_batch(key, rows)
-            t2 = time.perf_counter()
-            batch, transform_s = transform_batch(key, epoch, index, batch) if transform else (batch, 0.0)
-            out.append((batch, t2 - t1, transform_s, t1 - t0))
+            gathered = time.perf_counter() - t0
+            out.append((*finish_batch(key, epoch, index, rows, transform), gathered))
         except Exception as e:  # the batches before it are delivered first, then this is raised
             out.append(e)
             break
     return out
 
 
-__all__ = ["Window", "assemble", "cut", "cut_and_finish", "distinct", "spans_of", "split_batch"]
+__all__ = ["Window", "assemble", "cut", "cut_and_finish", "distinct", "spans_of"]
