@@ -6,7 +6,10 @@ Subcommands:
   bytes, row-group size spread, version, who made it, the source (with its fingerprint) and the
   vocabularies, as ``key: value`` lines (or one JSON object).
 * ``head URL [-n 5] [--columns a,b] [--json]`` — the first rows in manifest order, long values truncated.
-* ``verify URL`` — recompute every data file's checksum and compare it with the manifest.
+* ``verify URL [-v] [--json]`` — check the manifest's totals and every data file as a reader would: size,
+  footer checksum and size, the footer's row groups (rows, bytes) against the manifest's, the whole-file
+  checksum and each column chunk's checksum (one streaming pass, nothing decoded). Prints ``BAD path:
+  reasons`` per bad file and exits 1, or an ``ok:`` summary line.
 * ``sync URL CACHE_DIR [--workers 4] [--no-progress]`` — copy a (remote) version into the local disk
   cache that ``open_dataset(url, cache_dir=CACHE_DIR)`` uses (:func:`loader.sync.sync`).
 
@@ -29,7 +32,7 @@ import pyarrow as pa
 from . import fs as lfs
 from .dataset import Dataset, open_dataset
 from .errors import ColumnNotFoundError, ConfigError, CorruptFileError, LarderError
-from .manifest import checksum_file
+from .manifest import MANIFEST_NAME, FileInfo, _checksum_with_ranges, chunk_range
 
 PROG = "larder"
 MAX_ITEMS = 8
@@ -228,34 +231,128 @@ def cmd_head(args) -> int:
 # ----------------------------------------------------------------------------------------------- verify
 
 
-def cmd_verify(args) -> int:
-    """Check every data file's size and checksum against the manifest; exit 1 naming the bad ones."""
-    ds = _open(args)
-    bad = []
-    for info in ds.files:
-        path, where = ds.file_path(info), ds.display(info)
-        try:
-            size = ds.fs.get_file_info(path).size
-            if size is None:
-                problem = "missing"
-            elif size != info.size:
-                problem = f"{size} bytes, the manifest says {info.size}"
-            else:
-                got = checksum_file(ds.fs, path)
-                problem = None if got == info.checksum else f"checksum {got}, the manifest says {info.checksum}"
+MAX_LISTED = 5  # failing column chunks named per file before "and N more"
+
+
+def _manifest_problems(ds: Dataset) -> list[str]:
+    """The manifest's totals against its file entries.
+
+    The parser already rejects a file entry whose ``num_rows`` is not the sum of its row groups, a bad path
+    or a path listed twice; the totals at the top of the JSON are not read by it, so they are checked here.
+    """
+    doc = json.loads(lfs.read_bytes(ds.fs, lfs.join(ds.version_path, MANIFEST_NAME)))
+    problems = []
+    for key, actual in (("num_rows", ds.num_rows), ("num_row_groups", ds.num_row_groups),
+                        ("total_bytes", ds.total_bytes)):
+        if key in doc and doc[key] != actual:
+            problems.append(f"{key} is {doc[key]!r}, its files add up to {actual}")
+    return problems
+
+
+def _file_problems(ds: Dataset, info: FileInfo) -> list[str]:
+    """Everything wrong with one data file, as a reader would find it (empty when it is good).
+
+    Checks, in one streaming pass over the file (reads of at most 8 MiB, nothing decoded): the size,
+    footer checksum and row groups (:meth:`Dataset._open_checked`, as every reader open does), each row
+    group's byte counts, the whole-file checksum and each column chunk's checksum from the manifest.
+    """
+    try:
+        f, metadata, where = ds._open_checked(info)
+    except CorruptFileError as e:
+        message = str(e)
+        prefix = f"{e.path}: "
+        message = message[len(prefix):] if e.path and message.startswith(prefix) else message
+        if message.startswith("row groups ") and message.endswith("disagree with the manifest"):
+            message += f"'s {[g.num_rows for g in info.row_groups]}"
+        return [message]
+    except (OSError, pa.ArrowException) as e:
+        return [f"cannot read ({e})"]
+    problems, chunk_problems, ranges = [], [], []
+    try:
+        try:  # the types the file's columns decode to (from its footer), against the manifest's
+            decoded = metadata.schema.to_arrow_schema()
+            problems += [f"column {f.name!r} decodes to {decoded.field(f.name).type}, the manifest says {f.type}"
+                         for f in ds.schema if decoded.get_field_index(f.name) < 0
+                         or decoded.field(f.name).type != f.type]
         except (OSError, pa.ArrowException) as e:
-            problem = f"cannot read ({e})"
-        if problem:
-            bad.append(where)
-            print(f"BAD {where}: {problem}")
-        elif args.verbose:
-            print(f"ok  {where}")
+            problems.append(f"cannot read the schema of its footer ({e})")
+        for i, group in enumerate(info.row_groups):
+            rg = metadata.row_group(i)
+            chunks = [rg.column(c) for c in range(rg.num_columns)]
+            compressed = sum(c.total_compressed_size for c in chunks)
+            if (group.compressed_bytes, group.uncompressed_bytes) != (compressed, rg.total_byte_size):
+                problems.append(
+                    f"row group {i} holds {compressed} compressed / {rg.total_byte_size} uncompressed bytes, "
+                    f"the manifest says {group.compressed_bytes} / {group.uncompressed_bytes}")
+            if not group.column_checksums:  # a manifest written before chunk checksums existed
+                continue
+            if len(group.column_checksums) != len(chunks):
+                problems.append(f"row group {i} has {len(chunks)} column chunks, the manifest "
+                                f"{len(group.column_checksums)} checksums")
+                continue
+            for c, chunk in enumerate(chunks):
+                start, length = chunk_range(chunk)
+                if start < 0 or length < 0 or start + length > info.size:
+                    chunk_problems.append(f"row group {i} column {chunk.path_in_schema} lies outside the file")
+                else:
+                    ranges.append((start, length, i, c))
+        f.seek(0)
+        checksum, read, sums = _checksum_with_ranges(f, ranges)
+    except (OSError, pa.ArrowException) as e:
+        return [*problems, f"cannot read ({e})"]
+    finally:
+        f.close()
+    if read != info.size:
+        problems.insert(0, f"read {read} bytes, the manifest says {info.size}")
+    if checksum != info.checksum:
+        problems.insert(0, f"checksum {checksum}, the manifest says {info.checksum}")
+    for _, _, i, c in ranges:
+        if f"{sums[(i, c)] & 0xFFFFFFFF:08x}" != info.row_groups[i].column_checksums[c]:
+            column = metadata.row_group(i).column(c).path_in_schema
+            chunk_problems.append(f"row group {i} column {column} fails its checksum")
+    if len(chunk_problems) > MAX_LISTED:
+        more = len(chunk_problems) - MAX_LISTED
+        chunk_problems = [*chunk_problems[:MAX_LISTED], f"and {more} more column chunks fail"]
+    return problems + chunk_problems
+
+
+def cmd_verify(args) -> int:
+    """Check the manifest and every data file against it as a reader would (sizes, footers, row groups,
+    whole-file and column-chunk checksums); exit 1 naming every bad file and why."""
+    ds = _open(args)
+    bad: list[dict[str, Any]] = []
+
+    def report(where: str, problems: list[str], listed: bool = True) -> None:
+        if problems:
+            bad.append({"path": where, "problems": problems})
+            if not args.json:
+                print(f"BAD {where}: {'; '.join(problems)}", flush=True)
+        elif listed and args.verbose and not args.json:
+            print(f"ok  {where}", flush=True)
+
+    manifest_path = lfs.display(ds.fs, lfs.join(ds.version_path, MANIFEST_NAME))
+    report(manifest_path, _manifest_problems(ds), listed=False)
+    for info in ds.files:
+        report(ds.display(info), _file_problems(ds, info))
+    what = f"{ds.name} {ds.version}"
+    summary = (f"{len(ds.files)} files, {ds.num_row_groups} row groups, {ds.num_rows} rows, "
+               f"{ds.total_bytes} bytes of {what}")
+    if args.json:
+        print(json.dumps({
+            "dataset": ds.name, "version": ds.version, "path": lfs.display(ds.fs, ds.version_path),
+            "files": len(ds.files), "row_groups": ds.num_row_groups, "rows": ds.num_rows,
+            "bytes": ds.total_bytes, "ok": not bad, "bad": bad,
+        }, indent=1, ensure_ascii=False))
     if bad:
+        files = [b["path"] for b in bad if b["path"] != manifest_path]
+        parts = ["the manifest"] if len(files) < len(bad) else []
+        parts += [f"{len(files)} of {len(ds.files)} files"] if files else []
         raise CorruptFileError(
-            f"{len(bad)} of {len(ds.files)} files of {ds.name} {ds.version} fail verification: {', '.join(bad)}",
-            bad[0],
+            f"{' and '.join(parts)} of {what} fail verification: {', '.join(b['path'] for b in bad)}",
+            bad[0]["path"],
         )
-    print(f"ok: {len(ds.files)} files, {ds.total_bytes} bytes of {ds.name} {ds.version} match the manifest")
+    if not args.json:
+        print(f"ok: {summary} match the manifest")
     return 0
 
 
@@ -299,8 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-n", type=int, default=5, help="rows to show (default 5)")
     sp.add_argument("--columns", help="comma-separated columns to show")
     sp.add_argument("--json", action="store_true", help="one JSON object per row")
-    sp = add("verify", cmd_verify, "check every data file against the manifest's checksums")
+    sp = add("verify", cmd_verify, "check the manifest and every data file as a reader would")
     sp.add_argument("-v", "--verbose", action="store_true", help="list good files too")
+    sp.add_argument("--json", action="store_true", help="print one JSON object (the bad files and why)")
     sp = add("sync", cmd_sync, "copy a (remote) cache into a local directory")
     sp.add_argument("cache_dir", help="local cache directory (the reader's cache_dir)")
     sp.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")

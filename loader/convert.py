@@ -4,10 +4,12 @@ The forms of a batch ``b`` (``dict[str, numpy.ndarray]``, every value has the ba
 except the flat ``values`` of ragged columns; every array is writable, and no two batches share memory
 when shuffling; arrays are zero-copy views of the batch's Arrow buffers where the layouts agree):
 
-* **Fixed-width columns** (integers, floats, bools, dates, timestamps, durations): a 1-D array of the
-  matching numpy dtype. Nulls become ``NaN`` in float columns and ``0`` / ``False`` / the epoch in the
-  others; ask ``masks=True`` to also get ``b[col + ".valid"]`` (bool, ``False`` where null) for every
-  nullable column, in every batch. Dictionary columns are decoded; decimals become ``float64``.
+* **Fixed-width columns** (integers, floats, bools, dates, timestamps, durations, times of day): a 1-D
+  array of the matching numpy dtype (``datetime64`` for dates and timestamps, in UTC; ``timedelta64`` for
+  durations and times of day, as the time since midnight). Nulls become ``NaN`` in float columns and
+  ``0`` / ``False`` / the epoch / midnight in the others; ask ``masks=True`` to also get
+  ``b[col + ".valid"]`` (bool, ``False`` where null) for every nullable column, in every batch. Dictionary
+  columns are decoded; decimals become ``float64``.
 * **Fixed-size lists** (``fixed_size_list<float32, 3>``, nested too): an ``(n, 3)`` (or higher-rank)
   array.
 * **Variable-length lists, strings and binaries**, ``ragged="offsets"`` (default): ``b[col]`` holds the
@@ -79,6 +81,26 @@ def check_schema(schema: pa.Schema, columns: list[str]) -> None:
         _check_type(name, schema.field(name).type)
 
 
+def check_keys(schema: pa.Schema, columns: list[str], *, ragged: str = "offsets", strings: str = "offsets",
+               masks: bool = False, reserved: tuple[str, ...] = ()) -> None:
+    """Fail early when two columns would write the same key of a batch (e.g. a column named ``"a.offsets"``
+    next to a string column ``a``, ``"s.x"`` next to a struct ``s`` with a field ``x``, or ``"b.valid"``
+    next to a nullable ``b`` with ``masks``), which would silently replace one's arrays with the other's.
+
+    Raises:
+        ConfigError: Names the key and the columns that both produce it.
+    """
+    owner = dict.fromkeys(reserved, "the reader's row ids")
+    for name in columns:
+        field = schema.field(name)
+        empty = pa.table({name: pa.array([], type=field.type)}, schema=pa.schema([field]))
+        for key in to_numpy(empty, ragged=ragged, strings=strings, masks=masks, writable=False):
+            if key in owner:
+                raise ConfigError(f"columns {owner[key]!r} and {name!r} both give the batch key {key!r}; "
+                                  "select one of them (columns=) or rename it")
+            owner[key] = name
+
+
 def _check_type(name: str, t: pa.DataType) -> None:
     if pat.is_dictionary(t):
         t = t.value_type
@@ -96,7 +118,9 @@ def _check_type(name: str, t: pa.DataType) -> None:
             ok = _is_fixed_width(inner) or _is_fixed_size_list_of_fixed(inner) or _is_binary_like(inner)
         if not ok:
             raise ConfigError(f"column {name!r}: {t} has no vectorised numpy form (more than two list levels)")
-    elif not (_is_fixed_width(t) or _is_binary_like(t) or pat.is_null(t)):
+    elif pat.is_null(t):
+        raise ConfigError(f"column {name!r} has type null (it holds no values); leave it out with columns=")
+    elif not (_is_fixed_width(t) or _is_binary_like(t)):
         raise ConfigError(f"column {name!r}: type {t} has no numpy form")
 
 
@@ -293,6 +317,8 @@ def _fixed(arr: pa.Array) -> np.ndarray:
         arr, t = arr.cast(pa.float64()), pa.float64()
     if pat.is_fixed_size_list(t):
         return _fixed_size_list(arr)
+    if pat.is_temporal(t):
+        return _temporal(arr)
     numeric = pat.is_integer(t) or pat.is_floating(t)
     if arr.null_count and (numeric or pat.is_boolean(t)):  # filled in numpy (pa.scalar imports pandas)
         invalid = ~_bools(arr.is_valid())
@@ -308,6 +334,30 @@ def _fixed(arr: pa.Array) -> np.ndarray:
     if pat.is_boolean(t):
         return _bools(arr)
     return arr.to_numpy(zero_copy_only=False)
+
+
+def _temporal_dtype(t: pa.DataType) -> np.dtype:
+    """The numpy type of an Arrow date, time, timestamp or duration type: ``datetime64`` for dates and
+    timestamps (UTC; a time zone is dropped), ``timedelta64`` for durations and times of day (time since
+    midnight), in the Arrow type's unit."""
+    if pat.is_date32(t):
+        return np.dtype("datetime64[D]")
+    if pat.is_date64(t):
+        return np.dtype("datetime64[ms]")
+    if pat.is_timestamp(t):
+        return np.dtype(f"datetime64[{t.unit}]")
+    return np.dtype(f"timedelta64[{t.unit}]")  # duration, time32, time64
+
+
+def _temporal(arr: pa.Array) -> np.ndarray:
+    """A date, time, timestamp or duration array as ``datetime64`` / ``timedelta64`` from its integer storage
+    (zero-copy for 64-bit types without nulls); nulls become 0 (the epoch, or midnight)."""
+    t = arr.type
+    ints = _numeric(arr.view(pa.int32() if t.bit_width == 32 else pa.int64()))
+    if arr.null_count:
+        ints = ints.copy()
+        ints[~_bools(arr.is_valid())] = 0
+    return ints.astype(np.int64, copy=False).view(_temporal_dtype(t))
 
 
 def _fixed_size_list(arr: pa.Array) -> np.ndarray:
@@ -366,7 +416,7 @@ def _ragged(name: str, values: np.ndarray, offsets: np.ndarray, out: dict, form:
         out[name + ".offsets"] = offsets
         return
     lengths = np.diff(offsets)
-    out[name] = pad(values, lengths, pad_value)
+    out[name] = pad(values, lengths, _fitting(pad_value, values.dtype, name))
     out[name + ".lengths"] = lengths
 
 
@@ -379,6 +429,7 @@ def _ragged2(name: str, values: np.ndarray, value_offsets: np.ndarray, offsets: 
         out[name + ".value_offsets"] = value_offsets
         return
     item_lengths, lengths = np.diff(value_offsets), np.diff(offsets)
+    pad_value = _fitting(pad_value, values.dtype, name)
     out[name] = pad(pad(values, item_lengths, pad_value), lengths, pad_value)
     out[name + ".lengths"] = lengths
     out[name + ".value_lengths"] = pad(item_lengths, lengths, 0)
@@ -401,6 +452,27 @@ def to_padded(batch: dict[str, np.ndarray], pad_value: Any = 0) -> dict[str, np.
         else:
             _ragged2(key, values, inner, offsets, out, "padded", pad_value)
     return out
+
+
+def _fitting(pad_value: Any, dtype: np.dtype, name: str) -> Any:
+    """``pad_value`` if the padded column's values can hold it exactly.
+
+    Raises:
+        ConfigError: They cannot (e.g. -1 for the ``uint8`` bytes of a string column); names the column.
+    """
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            given = np.array(pad_value)
+            fill = given.astype(dtype)
+            if dtype.kind in "fc":  # rounding is fine, overflow is not
+                fits = bool(np.all(np.isfinite(fill) | ~np.isfinite(given)))
+            else:
+                fits = dtype.kind in "OSUVmM" or bool(np.all(fill == given))
+    except (OverflowError, ValueError, TypeError) as e:
+        raise ConfigError(f"pad_value {pad_value!r} does not fit column {name!r} ({dtype} values)") from e
+    if not fits:
+        raise ConfigError(f"pad_value {pad_value!r} does not fit column {name!r} ({dtype} values)")
+    return pad_value
 
 
 def pad(values: np.ndarray, lengths: np.ndarray, pad_value: Any = 0) -> np.ndarray:
@@ -454,5 +526,5 @@ def split_batch(batch: dict[str, np.ndarray], bounds: list[int]) -> list[dict[st
     return out
 
 
-__all__ = ["RAGGED_FORMS", "STRING_FORMS", "check_options", "check_schema", "pad", "split_batch", "to_numpy",
-           "to_padded"]
+__all__ = ["RAGGED_FORMS", "STRING_FORMS", "check_keys", "check_options", "check_schema", "pad", "split_batch",
+           "to_numpy", "to_padded"]

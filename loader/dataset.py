@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from . import fs as lfs
 from .crc import crc32
 from .errors import CorruptFileError, DatasetNotFoundError, RemoteError
-from .manifest import MANIFEST_NAME, FileInfo, Manifest, chunk_range, crc32_hex, read_footer
+from .manifest import CURRENT_NAME, MANIFEST_NAME, FileInfo, Manifest, chunk_range, crc32_hex, read_footer
 from .publish import current_version, read_manifest
 
 
@@ -43,6 +43,7 @@ class Dataset:
     # A local copy of remote files (loader.cache), attached by open_dataset(cache_dir=...).
     file_cache: Any = field(default=None, repr=False)
     _leaves: dict = field(default_factory=dict, repr=False, compare=False)  # columns -> Parquet leaf indices
+    _types: dict = field(default_factory=dict, repr=False, compare=False)  # column names -> manifest types
 
     @property
     def schema(self) -> pa.Schema:
@@ -192,11 +193,11 @@ class Dataset:
                 names the file (and the row group and column).
         """
         if pf is None and info.row_groups[index].column_checksums:
-            return self._read_checked_chunks(info, index, columns)
+            return self.check_types(self._read_checked_chunks(info, index, columns), info, index)
         own = pf is None
         pf = pf or self.open_file(info)
         try:
-            return pf.read_row_group(index, columns=columns, use_threads=False)
+            return self.check_types(pf.read_row_group(index, columns=columns, use_threads=False), info, index)
         except RemoteError:
             raise  # the remote storage failed after retries: not a corrupt file
         except (OSError, pa.ArrowException) as e:
@@ -206,6 +207,30 @@ class Dataset:
             if own:
                 pf.close(force=True)
 
+
+    def check_types(self, data: pa.Table | pa.RecordBatch, info: FileInfo, index: int):
+        """Return ``data`` (decoded from row group ``index`` of ``info``) if its columns have the manifest's
+        types.
+
+        Raises:
+            CorruptFileError: A column decodes to another type than the manifest says (a file rewritten
+                with another schema, or a manifest that does not describe its files); names the file,
+                row group and column.
+        """
+        names = tuple(data.schema.names)
+        expected = self._types.get(names)
+        if expected is None:
+            schema = self.schema
+            expected = self._types[names] = [
+                schema.field(n).type if schema.get_field_index(n) >= 0 else None for n in names]
+        if data.schema.types != expected:
+            for name, got, want in zip(names, data.schema.types, expected, strict=True):
+                if got != want:
+                    where = self.display(info)
+                    raise CorruptFileError(
+                        f"{where}: row group {index} column {name!r} decodes to {got}, the manifest says "
+                        f"{want}", where)
+        return data
 
     def _leaf_columns(self, columns: list[str] | None, num_leaves: int) -> list[int]:
         """Indices of the Parquet leaf columns of ``columns`` (all leaves when unknown)."""
@@ -290,6 +315,11 @@ def _resolve_version(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
     except DatasetNotFoundError as e:
         if not lfs.exists(fs, path):
             raise DatasetNotFoundError(f"{lfs.display(fs, path)} does not exist") from e
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            raise DatasetNotFoundError(f"{lfs.display(fs, path)} is a file: open the dataset's directory (the "
+                                       "one holding CURRENT) or a version directory") from e
+        if lfs.exists(fs, lfs.join(path, CURRENT_NAME)):
+            raise  # CURRENT is there but unusable: its own message says why
         raise DatasetNotFoundError(
             f"{lfs.display(fs, path)} is neither a dataset (no CURRENT) nor a version (no {MANIFEST_NAME})"
         ) from e

@@ -124,6 +124,9 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
             return f.read()
     except FileNotFoundError as e:
         raise DatasetNotFoundError(f"{display(fs, path)} does not exist") from e
+    except NotADirectoryError as e:  # a path under a file (a data file given as the dataset)
+        raise DatasetNotFoundError(f"{display(fs, path)} does not exist (a parent is a file, not a "
+                                   "directory)") from e
 
 
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:

@@ -147,7 +147,9 @@ def mix(sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0
         seed: Seed of the draws.
         stop: ``"first"`` or ``"all"`` (see the module docstring).
         with_source: Add ``_source`` (the source's index) to each batch.
-        **reader_options: Passed to :func:`~loader.reader.make_reader` for sources given as URLs.
+        **reader_options: Passed to :func:`~loader.reader.make_reader` for sources given as URLs; the
+            source at index ``i`` is opened with ``seed + i`` (the mix's seed decides every shuffle, and one
+            dataset given twice yields two different streams). For other seeds, pass readers.
 
     Raises:
         ConfigError: No sources, weights of the wrong length, negative, not finite or all zero, or an
@@ -160,20 +162,21 @@ def mix(sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0
     if len(weights) != len(sources):
         raise ConfigError(f"mix got {len(weights)} weights for {len(sources)} sources")
     bad = [i for i, w in enumerate(weights) if not math.isfinite(w) or w < 0]
-    if bad or sum(weights) <= 0:
+    if bad or max(weights) <= 0:
         raise ConfigError(f"mix weights must be finite, non-negative and not all zero, got {weights}")
+    weights = [w / max(weights) for w in weights]  # relative to the largest: the sum cannot overflow
     if stop not in STOP_RULES:
         raise ConfigError(f"stop must be one of {STOP_RULES}, got {stop!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     readers, owned = [], []
     try:
-        for s in sources:
+        for i, s in enumerate(sources):
             if isinstance(s, (Reader, MixedReader)):
                 readers.append(s)
                 owned.append(False)
             elif isinstance(s, (str, os.PathLike)) or hasattr(s, "manifest"):
-                readers.append(make_reader(s, **reader_options))
+                readers.append(make_reader(s, seed=seed + i, **reader_options))
                 owned.append(True)
             else:
                 raise ConfigError(f"mix source {len(readers)} must be a reader or a URL, got {type(s).__name__}")

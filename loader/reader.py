@@ -41,7 +41,7 @@ import pyarrow.fs as pafs
 
 from . import fs as lfs
 from . import tasks
-from .convert import check_options, check_schema
+from .convert import check_keys, check_options, check_schema
 from .dataset import Dataset, open_dataset
 from .decoded import DecodedCache
 from .errors import ColumnNotFoundError, ConfigError, EmptyDatasetError, StateError
@@ -250,6 +250,8 @@ class Reader(Closeable):
             ds = open_dataset(url, **fs_options)
         self.dataset = ds
         self.columns = columns = _select_columns(ds, columns)
+        check_keys(ds.schema, columns, ragged=ragged, strings=strings, masks=masks,
+                   reserved=(tasks.ROW_GROUP_COLUMN, tasks.ROW_COLUMN) if with_row_ids else ())
         sizes = ds.row_group_sizes()
         _check_not_empty(ds, epoch_rows(sum(sizes), sample), rank, world_size, batch_size, drop_last, sample)
 
@@ -382,7 +384,10 @@ class Reader(Closeable):
             self.close()
             raise
         except BaseException:  # Ctrl-C, SystemExit: stop every worker, then let it through
-            self.close()
+            # Not closed: the next call restarts the pipeline at the position of the next undelivered batch
+            # (a notebook's training loop interrupted and run again continues where it stopped).
+            pipeline, self._pipeline = self._pipeline, None
+            pipeline.close()
             raise
         if self.stats.first_batch_seconds is None:
             self.stats.first_batch_seconds = time.perf_counter() - self._started_at
@@ -485,7 +490,8 @@ def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, 
         shuffle_buffer: Rows shuffled together (rounded to whole row groups); default from the budget.
         prefetch: Ready batches kept ahead of the consumer; default from the budget (2 to 32).
         transform: ``transform(batch)`` or ``transform(batch, rng)`` on each batch dict, run in the
-            workers; ``rng`` depends only on (seed, epoch, rank, world size, batch index).
+            workers; ``rng`` depends only on (seed, epoch, rank, world size, batch index). The RNG goes to
+            a second positional parameter without a default, or named ``rng``.
         rank: This trainer's rank in ``[0, world_size)``.
         world_size: Number of trainers sharing the epoch.
         drop_last: Only full batches (see :mod:`loader.plan` for the equal-batch-count rule).

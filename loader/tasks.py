@@ -90,18 +90,20 @@ def uninstall(key: str) -> None:
 
 
 def takes_rng(fn: Callable) -> bool:
-    """True if ``fn`` accepts a second positional argument (the RNG)."""
+    """True if ``fn`` takes the RNG: its second positional parameter has no default or is named ``rng``
+    (or it takes ``*args``). ``f(batch, eps=1e-6)`` keeps its ``eps``; ``f(batch, rng=None)`` gets the RNG."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return False
-    positional = 0
+    positional = []
     for p in sig.parameters.values():
         if p.kind == p.VAR_POSITIONAL:
             return True
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            positional += 1
-    return positional >= 2
+            positional.append(p)
+    return len(positional) >= 2 and (positional[1].default is inspect.Parameter.empty
+                                     or positional[1].name == "rng")
 
 
 def read_piece(key: str, epoch: int, group: int, start: int, stop: int,
@@ -236,7 +238,9 @@ def _read_streamed(ctx: ReadContext, epoch: int, group: int, info, local: int, r
         before = stream.decoded
         try:
             parts = stream.read(lo, hi, rows)
-        except RemoteError:
+            if parts:
+                ctx.dataset.check_types(parts[0], info, local)
+        except (RemoteError, CorruptFileError):
             raise
         except (OSError, pa.ArrowException) as e:
             where = ctx.dataset.display(info)
@@ -251,8 +255,10 @@ def _read_streamed(ctx: ReadContext, epoch: int, group: int, info, local: int, r
         _checkin(skey, None)
         raise
     _checkin(skey, stream)
-    schema = pa.schema([ctx.dataset.schema.field(c) for c in ctx.columns])
-    table = pa.Table.from_batches(parts, schema=schema) if parts else schema.empty_table()
+    if parts:  # their types were checked against the manifest's
+        table = pa.Table.from_batches(parts)
+    else:
+        table = pa.schema([ctx.dataset.schema.field(c) for c in ctx.columns]).empty_table()
     return table, decoded
 
 
@@ -355,6 +361,9 @@ def check_output(out, name: str) -> dict:
         raise TransformError(f"transform {name} must return a dict of columns, it returned {type(out).__name__}")
     lengths = {}
     for k, v in out.items():
+        if not isinstance(k, str):
+            raise TransformError(f"transform {name} returned a column keyed {k!r} ({type(k).__name__}); keys must "
+                                 "be column names (str)")
         try:
             lengths[k] = len(v)
         except TypeError as e:

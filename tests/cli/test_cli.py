@@ -253,3 +253,182 @@ def test_sync_usage_errors(published, tmp_path):
     assert proc.returncode == 2
     assert "--workers" in one_error_line(proc)
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------- verify: beyond file CRCs
+
+
+def edit_manifest(ds: loader.Dataset, edit) -> None:
+    """Rewrite the version's manifest JSON with ``edit(doc)`` applied (the data files stay as they are)."""
+    path = Path(ds.version_path) / "_manifest.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+def bad_lines(proc: subprocess.CompletedProcess) -> dict[str, str]:
+    """``BAD path: reasons`` lines of ``verify``, path -> reasons."""
+    return dict(line[4:].split(": ", 1) for line in proc.stdout.splitlines() if line.startswith("BAD "))
+
+
+def test_verify_json_and_summary_on_a_good_cache(published):
+    table, ds = published
+    proc = run("verify", Path(ds.version_path).parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"ok: {len(ds.files)} files, {ds.num_row_groups} row groups, {table.num_rows} rows, {ds.total_bytes} bytes "
+        f"of products {ds.version} match the manifest"
+    ]
+    proc = run("verify", ds.version_path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["ok"] is True and d["bad"] == []
+    assert (d["files"], d["row_groups"], d["rows"], d["bytes"]) == (
+        len(ds.files), ds.num_row_groups, table.num_rows, ds.total_bytes)
+
+
+def _shift_a_row(doc: dict) -> None:
+    """Move one row from file 1's first row group to file 2's: every total still adds up, but both files'
+    footers now disagree with the manifest."""
+    a, b = doc["files"][1], doc["files"][2]
+    a["row_groups"][0][0] -= 1
+    a["num_rows"] -= 1
+    b["row_groups"][0][0] += 1
+    b["num_rows"] += 1
+
+
+def _extra_group(doc: dict) -> None:
+    doc["files"][1]["row_groups"].append([0, 0, 0])  # a row group the file does not have (0 rows)
+
+
+def _empty_groups(doc: dict) -> None:
+    f = doc["files"][1]
+    f["row_groups"], f["num_rows"] = [], 0  # readers would silently skip this file's rows
+
+
+def _wrong_bytes(doc: dict) -> None:
+    doc["files"][1]["row_groups"][0][2] += 1000  # uncompressed bytes (the reader's memory estimate)
+
+
+def _wrong_footer(doc: dict) -> None:
+    doc["files"][1]["footer_checksum"] = "crc32:00000000"
+
+
+def _wrong_chunk_sum(doc: dict) -> None:
+    sums = doc["files"][1]["row_groups"][0][3]
+    sums[2] = f"{int(sums[2], 16) ^ 1:08x}"  # the title column's chunk
+
+
+@pytest.mark.parametrize(
+    "edit, bad_files, manifest_bad, reason",
+    [
+        (_shift_a_row, [1, 2], False, "row groups [{rows}] disagree with the manifest"),
+        (_extra_group, [1], True, "row groups [{rows}] disagree with the manifest"),
+        (_empty_groups, [1], True, "row groups [{rows}] disagree with the manifest"),
+        (_wrong_bytes, [1], False, "uncompressed bytes, the manifest says"),
+        (_wrong_footer, [1], False, "footer fails its checksum"),
+        (_wrong_chunk_sum, [1], False, "row group 0 column title fails its checksum"),
+    ],
+)
+def test_verify_checks_the_manifest_row_groups_against_the_files(cache, edit, bad_files, manifest_bad, reason):
+    before = {f.path: Path(cache.file_path(f)).read_bytes() for f in cache.files}
+    edit_manifest(cache, edit)
+    proc = run("verify", Path(cache.version_path).parent)
+    assert proc.returncode == 1, proc.stdout
+    assert "ok:" not in proc.stdout
+    bad = bad_lines(proc)
+    manifest = str(Path(cache.version_path) / "_manifest.json")
+    assert (manifest in bad) == manifest_bad, proc.stdout
+    for i in bad_files:
+        where = cache.file_path(cache.files[i])
+        assert reason.format(rows=cache.files[i].num_rows) in bad[where], proc.stdout
+        assert where in one_error_line(proc)
+    assert len(bad) == len(bad_files) + manifest_bad  # every bad file, and only those
+    if manifest_bad:
+        assert "its files add up to" in bad[manifest]
+    # the JSON form says the same
+    proc = run("verify", cache.version_path, "--json")
+    assert proc.returncode == 1
+    d = json.loads(proc.stdout)
+    assert d["ok"] is False
+    assert sorted(b["path"] for b in d["bad"]) == sorted(bad)
+    assert {f.path: Path(cache.file_path(f)).read_bytes() for f in cache.files} == before
+
+
+def test_verify_reports_a_manifest_rejected_at_open(cache):
+    def bad_rows(doc):
+        doc["files"][1]["num_rows"] += 1  # no longer the sum of its row groups: the parser refuses it
+
+    edit_manifest(cache, bad_rows)
+    proc = run("verify", Path(cache.version_path).parent)
+    assert proc.returncode == 1
+    assert "ok" not in proc.stdout
+    assert "_manifest.json" in one_error_line(proc)
+
+
+def _flip_in_chunk(ds: loader.Dataset, file_index: int, column: str) -> Path:
+    """Flip one byte in the middle of ``column``'s chunk in row group 0 of a file (footer untouched)."""
+    import pyarrow.parquet as pq
+
+    from loader.manifest import chunk_range
+
+    path = Path(ds.file_path(ds.files[file_index]))
+    rg = pq.ParquetFile(path).metadata.row_group(0)
+    chunk = next(rg.column(c) for c in range(rg.num_columns) if rg.column(c).path_in_schema == column)
+    start, length = chunk_range(chunk)
+    data = bytearray(path.read_bytes())
+    data[start + length // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_verify_names_the_column_chunk_of_a_flipped_byte(cache):
+    victims = [_flip_in_chunk(cache, 2, "title"), _flip_in_chunk(cache, 5, "ids.list.element")]
+    proc = run("verify", Path(cache.version_path).parent, "-v")
+    assert proc.returncode == 1
+    bad = bad_lines(proc)
+    assert sorted(bad) == sorted(map(str, victims))  # every bad file, not just the first
+    assert bad[str(victims[0])].startswith("checksum crc32:")
+    assert "row group 0 column title fails its checksum" in bad[str(victims[0])]
+    assert "row group 0 column ids.list.element fails its checksum" in bad[str(victims[1])]
+    assert "row group 0 column title" not in bad[str(victims[1])]
+    assert proc.stdout.count("ok  ") == len(cache.files) - 2
+    line = one_error_line(proc)
+    assert f"2 of {len(cache.files)} files" in line and all(str(v) in line for v in victims)
+
+
+def test_verify_streams_in_bounded_reads(published, tmp_path, monkeypatch, capsys):
+    """Chunk checksums are right when chunks straddle reads, and no read exceeds the read size."""
+    import shutil
+
+    import loader.cli
+    import loader.manifest
+
+    _, ds = published
+    copy = tmp_path / "copy"
+    shutil.copytree(ds.version_path, copy)
+    monkeypatch.setattr(loader.manifest, "_CHUNK", 777)
+    reads = []
+    real = pa.NativeFile.read
+
+    class Spy:
+        def __init__(self, f):
+            self._f = f
+
+        def read(self, n=None):
+            reads.append(n)
+            return real(self._f, n) if n is not None else real(self._f)
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+    real_open = loader.Dataset._open_checked
+    monkeypatch.setattr(loader.Dataset, "_open_checked",
+                        lambda self, info: (lambda f, m, w: (Spy(f), m, w))(*real_open(self, info)))
+    assert loader.cli.main(["verify", str(copy)]) == 0, capsys.readouterr()
+    assert reads and max(r for r in reads if r is not None) <= 777 and None not in reads
+    capsys.readouterr()
+    victim = _flip_in_chunk(loader.open_dataset(str(copy)), 1, "title")
+    assert loader.cli.main(["verify", str(copy)]) == 1
+    out = capsys.readouterr().out
+    assert f"BAD {victim}: checksum" in out and "column title fails its checksum" in out

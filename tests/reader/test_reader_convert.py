@@ -168,3 +168,22 @@ def test_a_null_string_with_bytes_behind_it_converts_to_an_empty_value():
         want = [v or "" for v in column.to_pylist()]
         got = [bytes(out["s"][a:b]).decode() for a, b in zip(out["s.offsets"][:-1], out["s.offsets"][1:], strict=True)]
         assert got == want, (column.type, got)
+
+
+@pytest.mark.parametrize("arr, dtype", [
+    (pa.array([1, None, 3], pa.date32()), "datetime64[D]"),
+    (pa.array([86_400_000, None, 0], pa.date64()), "datetime64[ms]"),
+    (pa.array([1, None, 3], pa.timestamp("s", tz="Europe/Paris")), "datetime64[s]"),
+    (pa.array([None, 5, 6], pa.timestamp("ns")), "datetime64[ns]"),
+    (pa.array([1, None, 3], pa.time32("s")), "timedelta64[s]"),
+    (pa.array([None, 1_000_000, 3], pa.time64("us")), "timedelta64[us]"),
+    (pa.array([5, None, -2], pa.duration("ms")), "timedelta64[ms]"),
+])
+@pytest.mark.parametrize("start", [0, 1])
+def test_temporal_columns_with_nulls_become_datetime64_or_timedelta64(arr, dtype, start):
+    arr = arr.slice(start)
+    out = to_numpy(pa.table({"t": arr}), masks=True)
+    assert out["t"].dtype == np.dtype(dtype)
+    storage = arr.view(pa.int32() if arr.type.bit_width == 32 else pa.int64()).to_pylist()
+    assert out["t"].astype(np.int64).tolist() == [0 if v is None else v for v in storage]  # nulls: epoch, midnight
+    assert out["t.valid"].tolist() == arr.is_valid().to_pylist()

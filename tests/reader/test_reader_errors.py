@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import loader
+import loader.convert
 from loader.errors import (
     ColumnNotFoundError,
     ConfigError,
@@ -203,3 +206,94 @@ def test_the_batches_before_a_failing_one_are_delivered_first(mixed_cache, pool)
             got.append(b["id"].copy())
     assert len(got) == 6 and all(np.array_equal(a, b) for a, b in zip(got, reference, strict=False))
     reader.close()
+
+
+def _retype_manifest(ds, column: str, new_type: pa.DataType) -> None:
+    """Make the manifest say ``column`` has ``new_type`` (its files keep the old one)."""
+    path = os.path.join(ds.version_path, "_manifest.json")
+    with open(path) as f:
+        doc = json.load(f)
+    schema = ds.schema.set(ds.schema.get_field_index(column), pa.field(column, new_type))
+    doc["schema"]["arrow_ipc_base64"] = base64.b64encode(schema.serialize().to_pybytes()).decode()
+    with open(path, "w") as f:
+        json.dump(doc, f)
+
+
+@pytest.mark.parametrize("memory_budget", [None, 20_000])  # whole row groups; streamed slices
+def test_a_manifest_that_misdescribes_a_column_type_is_refused_on_read(fresh_cache, memory_budget):
+    _retype_manifest(fresh_cache, "x", pa.float32())
+    reader = loader.make_reader(fresh_cache.version_path, columns=["id", "x"], batch_size=50, pool="serial",
+                                memory_budget=memory_budget)
+    assert (reader.max_piece_rows is not None) == (memory_budget is not None)
+    with pytest.raises(CorruptFileError, match=r"part-\d+\.parquet: row group \d+ column 'x' decodes to "
+                                               r"double, the manifest says float"):
+        next(reader)
+    reader.close()
+
+
+@pytest.mark.parametrize("table, match", [
+    (pa.table({"a": ["x", "yy"], "a.offsets": [0, 1]}), r"columns 'a' and 'a\.offsets' both give the batch key"),
+    (pa.table({"s": [{"x": 1}, {"x": 2}], "s.x": [5, 6]}), r"columns 's' and 's\.x' both give the batch key 's\.x"),
+    (pa.table({"b": [1, None], "b.valid": [7, 7]}), r"columns 'b' and 'b\.valid' both give the batch key"),
+])
+def test_columns_whose_batch_keys_collide_are_refused(tmp_path, table, match):
+    loader.write_cache(table, tmp_path, "c")
+    with pytest.raises(ConfigError, match=match):
+        loader.make_reader(str(tmp_path / "c"), masks=True)
+    other = [c for c in table.column_names if "." not in c]  # either column alone is fine
+    with loader.make_reader(str(tmp_path / "c"), columns=other, masks=True, with_row_ids=True) as r:
+        assert sorted(next(r)["_row"].tolist()) == [0, 1]
+
+
+def test_transform_with_keys_that_are_not_names(mixed_cache):
+    with pytest.raises(TransformError, match=r"returned a column keyed 0 \(int\)"):
+        with loader.make_reader(mixed_cache, batch_size=50, pool="serial", transform=keyed_by_int) as r:
+            next(r)
+
+
+def keyed_by_int(batch):
+    return {0: batch["id"]}
+
+
+def with_eps(batch, eps=1e-6):
+    batch["eps"] = np.full(len(batch["id"]), eps)
+    return batch
+
+
+def with_optional_rng(batch, rng=None):
+    batch["r"] = rng.random(len(batch["id"]))
+    return batch
+
+
+def test_the_rng_goes_only_to_a_parameter_that_wants_it(mixed_cache):
+    with loader.make_reader(mixed_cache, batch_size=50, pool="serial", transform=with_eps) as r:
+        assert set(next(r)["eps"].tolist()) == {1e-6}
+    with loader.make_reader(mixed_cache, batch_size=50, pool="serial", transform=with_optional_rng) as r:
+        assert next(r)["r"].std() > 0
+
+
+def test_pad_value_that_does_not_fit_names_the_column(mixed_cache):
+    with pytest.raises(ConfigError, match=r"pad_value -1 does not fit column 'title' \(uint8 values\)"):
+        loader.convert.to_numpy(pa.table({"title": ["ab", "c"]}), ragged="padded", pad_value=-1)
+    out = loader.convert.to_numpy(pa.table({"l": [[1, 2], [3]]}), ragged="padded", pad_value=-1)
+    assert out["l"].tolist() == [[1, 2], [3, -1]]
+
+
+def test_a_null_typed_column_is_refused_not_dropped(tmp_path):
+    ds = loader.write_cache(pa.table({"id": [1, 2]}), tmp_path, "n")
+    schema = pa.schema([ds.schema.field("id"), pa.field("n", pa.null())])
+    with pytest.raises(ConfigError, match=r"column 'n' has type null"):
+        loader.convert.check_schema(schema, ["id", "n"])
+
+
+def test_opening_a_file_or_a_bad_current_says_what_is_wrong(tmp_path, mixed_cache):
+    data_file = os.path.join(mixed_cache.version_path, mixed_cache.files[0].path)
+    with pytest.raises(loader.DatasetNotFoundError, match=r"part-\d+\.parquet is a file: open the dataset's"):
+        loader.open_dataset(data_file)
+    ds = loader.write_cache(make_table(10), tmp_path, "cur")
+    (tmp_path / "cur" / "CURRENT").write_text("../etc")
+    with pytest.raises(loader.DatasetNotFoundError, match=r"CURRENT names '\.\./etc', which is not a version"):
+        loader.open_dataset(str(tmp_path / "cur"))
+    with pytest.raises(loader.DatasetNotFoundError, match=r"CURRENT is a file"):
+        loader.open_dataset(str(tmp_path / "cur" / "CURRENT"))
+    assert ds.num_rows == 10

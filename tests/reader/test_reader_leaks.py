@@ -176,3 +176,35 @@ def test_workers_end_when_the_trainer_is_killed(tmp_path, mixed_cache):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def slow_copy(batch):
+    time.sleep(0.01)
+    return batch
+
+
+@pytest.mark.parametrize("pool", ["serial", "thread", "process"])
+def test_loop_interrupted_by_ctrl_c_continues_where_it_stopped(mixed_cache, pool):
+    """A notebook's loop stopped by Ctrl-C and run again yields the rest of the epoch, not an early end."""
+    with loader.make_reader(mixed_cache, batch_size=10, seed=3, pool="serial") as ref:
+        expected = [b["id"].tolist() for b in ref]
+    reader = loader.make_reader(mixed_cache, batch_size=10, seed=3, pool=pool, workers=2, transform=slow_copy)
+    got = []
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for b in reader:
+                if not got:  # the pools are up (process workers take a while to start)
+                    signal.setitimer(signal.ITIMER_REAL, 0.1)
+                got.append(b["id"].tolist())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert 0 < len(got) < len(expected)  # stopped mid-epoch
+    with reader:
+        got += [b["id"].tolist() for b in reader]
+    assert got == expected

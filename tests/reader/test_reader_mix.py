@@ -97,3 +97,26 @@ def test_zero_weight_source_is_never_drawn(mixed_cache, uneven_cache):
     with loader.mix(sources(mixed_cache, uneven_cache), weights=[0, 1], stop="all", with_source=True) as m:
         batches = list(m)
     assert m.counts == [0, m.readers[1].batches_per_epoch] and all(b["_source"][0] == 1 for b in batches)
+
+
+def test_huge_weights_do_not_overflow(mixed_cache, uneven_cache):
+    m = loader.mix(sources(mixed_cache, uneven_cache), weights=[1e308, 1e308])
+    with m:
+        assert m.weights == [0.5, 0.5]
+        assert sum(1 for _ in itertools.islice(m, 10)) == 10
+
+
+def test_urls_get_the_mix_seed_plus_their_index(mixed_cache):
+    def first_ids(**kw):
+        with loader.mix([mixed_cache, mixed_cache], batch_size=40, with_source=True, **kw) as m:
+            got = {}
+            for b in m:
+                got.setdefault(int(b["_source"][0]), b["id"].tolist())
+                if len(got) == 2:
+                    return got
+    a = first_ids(seed=0)
+    assert a[0] != a[1]  # the same dataset twice: two streams
+    b = first_ids(seed=5)
+    assert b[0] != a[0] and b[1] != a[1]  # the seed reaches the readers
+    with loader.make_reader(mixed_cache, batch_size=40, seed=6) as r:
+        assert next(r)["id"].tolist() == b[1]  # source 1 of seed 5: seed 6
