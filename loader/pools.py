@@ -232,6 +232,14 @@ def _drop(segments: list) -> None:
 
 
 
+def _broken(what: str, e: BaseException) -> WorkerError:
+    """The error for a process pool whose worker died (or never started)."""
+    return WorkerError(
+        f"{what}: {e} (its own error, if any, is printed above; workers import the main module: a script that "
+        "starts a process-pool reader at import time needs an `if __name__ == '__main__':` guard, and a "
+        "script read from stdin or typed in an interactive session cannot be imported: use a file)")
+
+
 class _ProcessHandle(Handle):
     def __init__(self, pool: ProcessPool, future: Future, lent: list[shared_memory.SharedMemory], args: tuple):
         self._pool, self._future, self._lent = pool, future, lent
@@ -247,11 +255,7 @@ class _ProcessHandle(Handle):
                 reply = self._future.result()
             except BrokenProcessPool as e:
                 self._release(reuse=False)
-                raise WorkerError(
-                    f"a worker process of the process pool died: {e} (its own error, if any, is printed above; "
-                    "a script that starts a process-pool reader at import time needs an "
-                    "`if __name__ == '__main__':` guard: workers import the main module)"
-                ) from e
+                raise _broken("a worker process of the process pool died", e) from e
             except BaseException:
                 self._release(reuse=False)  # the failed task may still map them: never rewritten
                 raise
@@ -357,6 +361,9 @@ class ProcessPool(Pool):
             try:
                 encoded = encode(args, self._prefix, [], lambda size: self._lend(size, lent))
                 future = self._executor.submit(process_call, fn, encoded)
+            except BrokenProcessPool as e:  # a worker died before this task (e.g. it could not start)
+                _drop(lent)
+                raise _broken("the process pool is broken", e) from e
             except BaseException:
                 _drop(lent)
                 raise

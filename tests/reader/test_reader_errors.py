@@ -6,6 +6,8 @@ import base64
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -297,3 +299,23 @@ def test_opening_a_file_or_a_bad_current_says_what_is_wrong(tmp_path, mixed_cach
     with pytest.raises(loader.DatasetNotFoundError, match=r"CURRENT is a file"):
         loader.open_dataset(str(tmp_path / "cur" / "CURRENT"))
     assert ds.num_rows == 10
+
+
+def test_process_pool_in_a_script_read_from_stdin_fails_clearly(mixed_cache):
+    """Workers import the main module; a script piped to ``python -`` has none to give: a WorkerError, no hang."""
+    script = (
+        "import loader\n"
+        "from tests.reader.test_reader_errors import not_a_dict\n"
+        f"r = loader.make_reader({mixed_cache.version_path!r}, pool='process', workers=1, transform=unequal)\n"
+        "try:\n"
+        "    next(r)\n"
+        "except loader.WorkerError as e:\n"
+        "    print('WorkerError:', e)\n"
+        "finally:\n"
+        "    r.close()\n"
+    ).replace("not_a_dict", "unequal")
+    proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120,
+                          cwd=os.getcwd())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("WorkerError: ")
+    assert "read from stdin" in proc.stdout
