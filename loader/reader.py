@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 import pickle
 import secrets
@@ -82,8 +83,13 @@ def _check_importable(transform: Callable) -> None:
             f"picklable callable object); {name!r} does not ({type(e).__name__}: {e}). Use pool='thread' "
             "or move it to module level."
         ) from e
-    main = sys.modules.get("__main__")
-    if getattr(transform, "__module__", None) == "__main__" and not getattr(main, "__file__", None):
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file and not os.path.isfile(main_file):  # e.g. "<stdin>": workers would fail to import it
+        raise ConfigError(
+            f"pool='process' cannot start workers from a main script that is not a file ({main_file!r}: workers "
+            "import the main module); run the script from a file (or use pool='thread')"
+        )
+    if getattr(transform, "__module__", None) == "__main__" and not main_file:
         raise ConfigError(
             f"pool='process' cannot import transform {name!r} from an interactive session's __main__; "
             "define it in a module (or use pool='thread')"
@@ -110,7 +116,7 @@ def _check_arguments(*, batch_size, seed, num_epochs, world_size, rank, pool, wo
     _check_int("shuffle_buffer", shuffle_buffer, 1, allow_none=True)
     _check_int("prefetch", prefetch, 1, allow_none=True)
     _check_int("memory_budget", memory_budget, 1, allow_none=True)
-    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, (int, float))
+    if sample is not None and (isinstance(sample, (bool, np.bool_)) or not isinstance(sample, numbers.Real)
                                or not 0 < sample <= 1 or math.isnan(sample)):
         raise ConfigError(f"sample must be a fraction in (0, 1], got {sample!r}")
     if transform is not None and not callable(transform):
@@ -237,6 +243,15 @@ class Reader(Closeable):
                          memory_budget=memory_budget, sample=sample, transform=transform, ragged=ragged,
                          strings=strings)
         _check_int("max_decoded_bytes", max_decoded_bytes, 0, allow_none=True)
+        for name, flag in (("shuffle", shuffle), ("drop_last", drop_last), ("masks", masks),
+                           ("with_row_ids", with_row_ids)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ConfigError(f"{name} must be True or False, got {flag!r}")
+        # Plain Python values (numpy scalars are accepted): the state and the plan stay JSON-able.
+        batch_size, seed, rank, world_size = int(batch_size), int(seed), int(rank), int(world_size)
+        shuffle, drop_last, masks, with_row_ids = bool(shuffle), bool(drop_last), bool(masks), bool(with_row_ids)
+        sample = None if sample is None else float(sample)
+        num_epochs = None if num_epochs is None else int(num_epochs)
         if fs_options and (isinstance(url, Dataset) or not lfs.is_remote(os.fspath(url))):
             raise ConfigError(
                 f"make_reader got unexpected keyword arguments {sorted(fs_options)} (extra keywords are options "

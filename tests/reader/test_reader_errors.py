@@ -55,6 +55,10 @@ def not_a_dict(batch):
     ({"world_size": 0}, ConfigError, "world_size"),
     ({"sample": 0.0}, ConfigError, r"sample must be a fraction in \(0, 1\]"),
     ({"sample": 1.5}, ConfigError, "sample"),
+    ({"sample": np.float32(2.0)}, ConfigError, "sample"),
+    ({"shuffle": "no"}, ConfigError, "shuffle must be True or False, got 'no'"),
+    ({"drop_last": "yes"}, ConfigError, "drop_last must be True or False"),
+    ({"masks": 1}, ConfigError, "masks must be True or False"),
     ({"pool": "gpu"}, ConfigError, "pool must be one of"),
     ({"seed": -1}, ConfigError, "seed"),
     ({"num_epochs": 0}, ConfigError, "num_epochs"),
@@ -302,20 +306,25 @@ def test_opening_a_file_or_a_bad_current_says_what_is_wrong(tmp_path, mixed_cach
 
 
 def test_process_pool_in_a_script_read_from_stdin_fails_clearly(mixed_cache):
-    """Workers import the main module; a script piped to ``python -`` has none to give: a WorkerError, no hang."""
+    """Workers import the main module; a script piped to ``python -`` has none to give: refused up front."""
     script = (
         "import loader\n"
-        "from tests.reader.test_reader_errors import not_a_dict\n"
-        f"r = loader.make_reader({mixed_cache.version_path!r}, pool='process', workers=1, transform=unequal)\n"
+        "from tests.reader.test_reader_errors import unequal\n"
         "try:\n"
-        "    next(r)\n"
-        "except loader.WorkerError as e:\n"
-        "    print('WorkerError:', e)\n"
-        "finally:\n"
-        "    r.close()\n"
-    ).replace("not_a_dict", "unequal")
+        f"    loader.make_reader({mixed_cache.version_path!r}, pool='process', transform=unequal)\n"
+        "except loader.ConfigError as e:\n"
+        "    print('ConfigError:', e)\n"
+    )
     proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120,
                           cwd=os.getcwd())
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("WorkerError: ")
-    assert "read from stdin" in proc.stdout
+    assert proc.stdout.startswith("ConfigError: pool='process' cannot start workers from a main script that is "
+                                  "not a file ('<stdin>'")
+
+
+def test_numpy_scalar_arguments_are_accepted_and_the_state_stays_json(mixed_cache):
+    kwargs = {"batch_size": np.int32(7), "seed": np.int64(3), "sample": np.float32(0.5), "shuffle": np.bool_(True)}
+    with loader.make_reader(mixed_cache, **kwargs) as r, \
+            loader.make_reader(mixed_cache, batch_size=7, seed=3, sample=0.5) as plain:
+        assert next(r)["id"].tolist() == next(plain)["id"].tolist()
+        assert json.loads(json.dumps(r.state_dict())) == plain.state_dict()
