@@ -9,7 +9,7 @@ when shuffling; arrays are zero-copy views of the batch's Arrow buffers where th
   durations and times of day, as the time since midnight). Nulls become ``NaN`` in float columns and
   ``0`` / ``False`` / the epoch / midnight in the others; ask ``masks=True`` to also get
   ``b[col + ".valid"]`` (bool, ``False`` where null) for every nullable column, in every batch. Dictionary
-  columns are decoded; decimals become ``float64``.
+  columns are decoded; decimals become ``float64`` (the nearest one up to 15 digits).
 * **Fixed-size lists** (``fixed_size_list<float32, 3>``, nested too): an ``(n, 3)`` (or higher-rank)
   array.
 * **Variable-length lists, strings and binaries**, ``ragged="offsets"`` (default): ``b[col]`` holds the
@@ -314,6 +314,8 @@ def _fixed(arr: pa.Array) -> np.ndarray:
     if pat.is_dictionary(t):
         arr, t = arr.dictionary_decode(), t.value_type
     if pat.is_decimal(t):
+        if t.bit_width == 128 and t.precision <= 15 and 0 <= t.scale <= 22:
+            return _decimal(arr)
         arr, t = arr.cast(pa.float64()), pa.float64()
     if pat.is_fixed_size_list(t):
         return _fixed_size_list(arr)
@@ -334,6 +336,18 @@ def _fixed(arr: pa.Array) -> np.ndarray:
     if pat.is_boolean(t):
         return _bools(arr)
     return arr.to_numpy(zero_copy_only=False)
+
+
+def _decimal(arr: pa.Array) -> np.ndarray:
+    """A ``decimal128`` array of at most 15 digits as ``float64``: the unscaled integer (the low 64 bits; exact
+    in a float64 below 2**53) divided by ``10**scale`` (exact too) in one correctly rounded division, where
+    Arrow's cast can be an ulp off (``9286.96`` became ``9286.960000000001``); nulls become NaN."""
+    t = arr.type
+    words = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=2 * len(arr), offset=16 * arr.offset)
+    values = words[0::2].astype(np.float64) / float(10**t.scale)
+    if arr.null_count:
+        values[~_bools(arr.is_valid())] = np.nan
+    return values
 
 
 def _temporal_dtype(t: pa.DataType) -> np.dtype:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import decimal
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -187,3 +189,17 @@ def test_temporal_columns_with_nulls_become_datetime64_or_timedelta64(arr, dtype
     storage = arr.view(pa.int32() if arr.type.bit_width == 32 else pa.int64()).to_pylist()
     assert out["t"].astype(np.int64).tolist() == [0 if v is None else v for v in storage]  # nulls: epoch, midnight
     assert out["t.valid"].tolist() == arr.is_valid().to_pylist()
+
+
+@pytest.mark.parametrize("precision, scale", [(15, 2), (9, 0), (12, 12), (18, 5), (38, 10)])
+def test_decimals_become_the_nearest_float64(precision, scale):
+    rng = np.random.default_rng(precision)
+    digits = min(precision, 17)
+    values = [decimal.Decimal(int(x)).scaleb(-scale) for x in rng.integers(-(10**digits) + 1, 10**digits, 2000)]
+    arr = pa.array([*values, None], pa.decimal128(precision, scale))
+    got = to_numpy(pa.table({"d": arr.slice(1)}))["d"]
+    expected = np.array([float(v) for v in values[1:]] + [np.nan])  # Python rounds a Decimal correctly
+    if precision <= 15:
+        assert np.array_equal(got, expected, equal_nan=True)
+    else:  # Arrow's cast: within an ulp
+        assert np.allclose(got, expected, rtol=2**-52, atol=0, equal_nan=True)
