@@ -93,7 +93,7 @@ def check_keys(schema: pa.Schema, columns: list[str], *, ragged: str = "offsets"
     owner = dict.fromkeys(reserved, "the reader's row ids")
     for name in columns:
         field = schema.field(name)
-        empty = pa.table({name: pa.array([], type=field.type)}, schema=pa.schema([field]))
+        empty = pa.RecordBatch.from_arrays([pa.nulls(0, field.type)], schema=pa.schema([field]))  # no pandas
         for key in to_numpy(empty, ragged=ragged, strings=strings, masks=masks, writable=False):
             if key in owner:
                 raise ConfigError(f"columns {owner[key]!r} and {name!r} both give the batch key {key!r}; "
@@ -183,7 +183,7 @@ def to_numpy(
         batch = batch.combine_chunks()
         columns = [c.chunk(0) if c.num_chunks == 1 else pa.concat_arrays(c.chunks) for c in batch.columns]
         if batch.num_rows == 0:
-            columns = [pa.array([], type=f.type) for f in batch.schema]
+            columns = [pa.nulls(0, f.type) for f in batch.schema]  # pa.array would import pandas
     else:
         columns = list(batch.columns)
     out: dict[str, np.ndarray] = {}
