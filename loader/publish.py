@@ -2,26 +2,29 @@
 
 Layout under ``<root>/<dataset>/``::
 
-    CURRENT                 one line: the live version's directory name; replaced atomically
-    v<UTC stamp>-<fp8>/     a published version; complete iff it holds _manifest.json
-    _staging-<id>/          a run in progress (readers never look here)
-    _staging-<id>.owner     who runs it: host, pid, start time (locked while the run lives)
+    CURRENT                     one line: the live version's directory name; replaced atomically
+    v<UTC stamp>-<fp8>/         a published version; complete iff it holds _manifest.json
+    _staging-<id>/              a run in progress (readers never look here)
+    _staging-<id>.owner         who runs it: host, pid, start time (locked while the run lives)
+    _staging-<id>.owner.new     an owner file being created, on local disk (not yet a claim)
 
 A run writes its Parquet files into the staging directory, then :meth:`Staging.commit` builds the
 manifest from the files' footers, writes it last, renames the directory to its version name, swaps
 ``CURRENT`` and prunes old versions. Any failure before the swap leaves the previous version live;
 a run that dies leaves a staging directory whose owner lock is free, and the next run removes it.
+
+Concurrent runs of one dataset are safe: see :func:`begin_staging` for how a staging directory is
+claimed without a cleaner mistaking it for a dead run, and :meth:`Staging.commit` for how two runs that
+publish at once get distinct version names and never prune each other's version before it is live.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
-import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -29,8 +32,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import fs as lfs
+from .claims import OWNER_SUFFIX, claim, clean_stale_staging, publish_lock, remove
 from .crc import crc32
-from .errors import DatasetNotFoundError, EmptyDatasetError, PublishError
+from .errors import ConfigError, DatasetNotFoundError, EmptyDatasetError, PublishError
 from .manifest import (
     CURRENT_NAME,
     FORMAT_VERSION,
@@ -42,8 +46,8 @@ from .manifest import (
     schema_fields,
 )
 
-OWNER_SUFFIX = ".owner"
-REMOTE_STALE_AFTER_S = 24 * 3600
+_CLAIM_ATTEMPTS = 5
+_NAME_ATTEMPTS = 20
 
 
 def _tool_version() -> str:
@@ -71,14 +75,16 @@ def current_version(fs: pafs.FileSystem, dataset_dir: str, retries: int = 5) -> 
     swap; a missing pointer is retried a few times before it counts as missing.
 
     Raises:
-        DatasetNotFoundError: There is no ``CURRENT`` file.
+        DatasetNotFoundError: There is no ``CURRENT`` file, or it does not name a version (not UTF-8
+            text, a path, a name that is not a version's).
     """
     path = lfs.join(dataset_dir, CURRENT_NAME)
     for attempt in range(retries + 1):
         try:
-            name = lfs.read_bytes(fs, path).decode("utf-8").strip()
+            raw = lfs.read_bytes(fs, path)
         except DatasetNotFoundError:
-            name = ""
+            raw = b""
+        name = _decode_current(fs, path, raw)
         if name:
             if "/" in name or name.startswith(".") or not name.startswith("v"):
                 raise DatasetNotFoundError(f"{lfs.display(fs, path)} names {name!r}, which is not a version")
@@ -86,6 +92,20 @@ def current_version(fs: pafs.FileSystem, dataset_dir: str, retries: int = 5) -> 
         if attempt < retries:
             time.sleep(0.05 * (attempt + 1))
     raise DatasetNotFoundError(f"no {CURRENT_NAME} in {lfs.display(fs, dataset_dir)}: nothing is published there")
+
+
+def _decode_current(fs: pafs.FileSystem, path: str, raw: bytes) -> str:
+    """The version name held by the bytes of ``CURRENT`` at ``path``.
+
+    Raises:
+        DatasetNotFoundError: The bytes are not UTF-8 text, so they name no version.
+    """
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise DatasetNotFoundError(
+            f"{lfs.display(fs, path)} holds {raw[:40]!r}, which is not UTF-8 text naming a version"
+        ) from e
 
 
 def read_manifest(fs: pafs.FileSystem, version_dir: str) -> Manifest:
@@ -103,78 +123,62 @@ def current_manifest(fs: pafs.FileSystem, dataset_dir: str) -> Manifest | None:
     return read_manifest(fs, lfs.join(dataset_dir, name))
 
 
-def _owner_alive(fs: pafs.FileSystem, owner_path: str) -> bool:
-    """Whether the run that owns a staging directory still lives."""
-    if isinstance(fs, pafs.LocalFileSystem):
-        import fcntl
-
-        try:
-            fd = os.open(owner_path, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # also drops the probe lock
-        return False
-    try:
-        owner = json.loads(lfs.read_bytes(fs, owner_path))
-    except (DatasetNotFoundError, ValueError):
-        return False
-    if owner.get("host") == socket.gethostname():
-        try:
-            os.kill(int(owner["pid"]), 0)
-            return True
-        except (OSError, KeyError, ValueError):
-            return False
-    return time.time() - float(owner.get("started", 0)) < REMOTE_STALE_AFTER_S
-
-
-def clean_stale_staging(fs: pafs.FileSystem, dataset_dir: str) -> list[str]:
-    """Remove staging directories (and owner files) of runs that are no longer alive."""
-    removed = []
-    entries = {e.base_name: e for e in lfs.listdir(fs, dataset_dir)}
-    for name, entry in entries.items():
-        if not name.startswith(STAGING_PREFIX) or name.endswith(OWNER_SUFFIX) or name.startswith("."):
-            continue
-        owner = lfs.join(dataset_dir, name + OWNER_SUFFIX)
-        if _owner_alive(fs, owner):
-            continue
-        if entry.type == pafs.FileType.Directory:
-            fs.delete_dir(entry.path)
-        if lfs.exists(fs, owner):
-            fs.delete_file(owner)
-        removed.append(name)
-    # Owner files whose staging directory never got created.
-    for name in entries:
-        if name.startswith(STAGING_PREFIX) and name.endswith(OWNER_SUFFIX):
-            stem = name[: -len(OWNER_SUFFIX)]
-            if stem not in entries and stem not in removed and not _owner_alive(fs, lfs.join(dataset_dir, name)):
-                fs.delete_file(lfs.join(dataset_dir, name))
-    return removed
-
-
 def prune_versions(fs: pafs.FileSystem, dataset_dir: str, keep: int) -> list[str]:
-    """Delete all but the newest ``keep`` versions, never the live one."""
+    """Delete all but the newest ``keep`` versions, never the live one nor any newer than it.
+
+    A version newer than the live one may belong to a concurrent run between its rename and its
+    ``CURRENT`` swap (on storage without locks), so it is left for a later run to prune.
+    """
     if keep < 1:
-        raise ValueError("keep_versions must be at least 1")
+        raise ConfigError(f"keep_versions must be at least 1, got {keep}")
     live = current_version(fs, dataset_dir, retries=0)
     versions = list_versions(fs, dataset_dir)
-    doomed = [v for v in versions[:-keep] if v != live]
-    for name in doomed:
-        fs.delete_dir(lfs.join(dataset_dir, name))
-    return doomed
+    doomed = [v for v in versions[:-keep] if v < live]
+    return [name for name in doomed if remove(fs, lfs.join(dataset_dir, name), directory=True)]
 
 
 def _utc_stamp(now: float) -> str:
     return _dt.datetime.fromtimestamp(now, _dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+def _stamp_time(version: str) -> float | None:
+    """The UTC time in a version name ``v<stamp>-<fp8>`` (None if it has no stamp)."""
+    try:
+        stamp = _dt.datetime.strptime(version[1:16], "%Y%m%dT%H%M%S")
+    except ValueError:
+        return None
+    return stamp.replace(tzinfo=_dt.timezone.utc).timestamp()
+
+
+def _next_version(fs: pafs.FileSystem, dataset_dir: str, fp8: str) -> tuple[str, float]:
+    """A version name that sorts after every existing version, and its time.
+
+    Names must sort in publish order, even for runs within one second, so a name is at least one
+    second after the newest one. Many publishes within a second therefore run ahead of the clock by
+    up to one second per publish; the clock catches up as soon as publishes are rarer.
+    """
+    now = time.time()
+    for existing in reversed(list_versions(fs, dataset_dir)):
+        last = _stamp_time(existing)
+        if last is not None:
+            now = max(now, last + 1)
+            break
+    return f"v{_utc_stamp(now)}-{fp8}", now
+
+
+def _version_tag(fingerprint: str | None, files: Iterable[FileInfo]) -> str:
+    """The 8 hex digits that end a version name: from the fingerprint, else the files' checksums."""
+    fp = fingerprint or f"{crc32(''.join(f.checksum for f in files).encode()) & 0xFFFFFFFF:08x}"
+    return "".join(c for c in fp.lower() if c in "0123456789abcdef")[:8].ljust(8, "0")
+
+
 @dataclass
 class Staging:
-    """A publish in progress. Create with :func:`begin_staging`."""
+    """A publish in progress. Create with :func:`begin_staging`.
+
+    Attributes:
+        manifest: After a successful :meth:`commit`, the manifest it published, as readers parse it.
+    """
 
     fs: pafs.FileSystem
     dataset_dir: str
@@ -182,6 +186,7 @@ class Staging:
     path: str
     _lock_fd: int | None = field(default=None, repr=False)
     finished: bool = False
+    manifest: Manifest | None = field(default=None, repr=False)
 
     @property
     def dataset(self) -> str:
@@ -217,6 +222,10 @@ class Staging:
     ) -> str:
         """Publish the staged files as the new live version.
 
+        The manifest is written last into the staging directory, which is then renamed to the version
+        name. If another run published that very name meanwhile (same second, same data), the next free
+        name is taken and the manifest rewritten; both publishes succeed.
+
         Args:
             source: What the data was made from (table, path, filter, columns, fingerprint...).
             created_by: The job and its configuration.
@@ -232,38 +241,79 @@ class Staging:
             arrow_schema: The schema; by default read from the first file's footer.
 
         Returns:
-            The published version's directory name.
+            The published version's directory name (its manifest is then in :attr:`manifest`).
 
         Raises:
             EmptyDatasetError: No rows were staged; nothing is published.
+            ConfigError: ``keep_versions`` is below 1; nothing is published.
             PublishError: A step failed; the previous version stays live.
         """
         if self.finished:
             raise PublishError(f"{self.name} was already committed or aborted")
+        if keep_versions < 1:
+            raise ConfigError(f"keep_versions must be at least 1, got {keep_versions}")
         fs = self.fs
         try:
-            if files is None:
-                files = [file_info_from_parquet(fs, lfs.join(self.path, rel), rel) for rel in self.parquet_files()]
-            files = tuple(files)
-            if not files or sum(f.num_rows for f in files) == 0:
-                raise EmptyDatasetError(
-                    f"nothing to publish for dataset {self.dataset!r}: the selection holds no rows"
-                )
-            if arrow_schema is None:
-                with fs.open_input_file(lfs.join(self.path, files[0].path)) as f:
-                    arrow_schema = pq.read_schema(f)
-            fp = fingerprint or f"{crc32(''.join(f.checksum for f in files).encode()) & 0xFFFFFFFF:08x}"
-            fp8 = "".join(c for c in fp.lower() if c in "0123456789abcdef")[:8].ljust(8, "0")
-            now = time.time()
-            existing = list_versions(fs, self.dataset_dir)
-            if existing:  # names must sort in publish order, even for runs within one second
-                last = _dt.datetime.strptime(existing[-1][1:16], "%Y%m%dT%H%M%S").replace(tzinfo=_dt.timezone.utc)
-                now = max(now, last.timestamp() + 1)
-            version = f"v{_utc_stamp(now)}-{fp8}"
-            src = dict(source or {})
-            if fingerprint is not None:
-                src.setdefault("fingerprint", fingerprint)
-            manifest = Manifest(
+            files = self._staged_files(files)
+            draft = self._drafter(
+                files, arrow_schema, fingerprint,
+                source=source, created_by=created_by, vocabularies=vocabularies, block_size=block_size,
+                row_group_target=row_group_target, extra=extra,
+            )  # fmt: skip
+            with publish_lock(fs, self.dataset_dir):
+                manifest = self._rename_into_place(draft, _version_tag(fingerprint, files))
+                lfs.write_bytes_atomic(fs, lfs.join(self.dataset_dir, CURRENT_NAME), (manifest.version + "\n").encode())
+                self.manifest = manifest
+                self._release()
+                self._prune(keep_versions)
+        except (EmptyDatasetError, PublishError):
+            self.abort()
+            raise
+        except BaseException as e:
+            self.abort()
+            if isinstance(e, (OSError, pa.ArrowException, ValueError)):
+                raise PublishError(
+                    f"publishing {lfs.display(fs, self.dataset_dir)} failed; the previous version stays live: {e}"
+                ) from e
+            raise
+        return manifest.version
+
+    def _staged_files(self, files: Iterable[FileInfo] | None) -> tuple[FileInfo, ...]:
+        """The file entries to publish, read from the staged footers unless given.
+
+        Raises:
+            EmptyDatasetError: They hold no rows.
+        """
+        if files is None:
+            files = [file_info_from_parquet(self.fs, lfs.join(self.path, rel), rel) for rel in self.parquet_files()]
+        files = tuple(files)
+        if not files or sum(f.num_rows for f in files) == 0:
+            raise EmptyDatasetError(f"nothing to publish for dataset {self.dataset!r}: the selection holds no rows")
+        return files
+
+    def _drafter(
+        self,
+        files: tuple[FileInfo, ...],
+        arrow_schema: pa.Schema | None,
+        fingerprint: str | None,
+        *,
+        source: dict | None,
+        created_by: dict | None,
+        vocabularies: dict[str, list] | None,
+        block_size: int,
+        row_group_target: int | None,
+        extra: dict | None,
+    ) -> Callable[[str, float], Manifest]:
+        """A function ``(version, time) -> Manifest`` for the staged files (the name is chosen late)."""
+        if arrow_schema is None:
+            with self.fs.open_input_file(lfs.join(self.path, files[0].path)) as f:
+                arrow_schema = pq.read_schema(f)
+        src = dict(source or {})
+        if fingerprint is not None:
+            src.setdefault("fingerprint", fingerprint)
+
+        def draft(version: str, now: float) -> Manifest:
+            return Manifest(
                 format_version=FORMAT_VERSION,
                 dataset=self.dataset,
                 version=version,
@@ -278,28 +328,44 @@ class Staging:
                 files=files,
                 extra=dict(extra or {}),
             )
-            text = manifest.to_json()
-            Manifest.from_json(text, where="new manifest")  # never publish what a reader would refuse
-            lfs.write_bytes_atomic(fs, lfs.join(self.path, MANIFEST_NAME), text.encode("utf-8"))
-            version_dir = lfs.join(self.dataset_dir, version)
-            fs.move(self.path, version_dir)
-            lfs.write_bytes_atomic(fs, lfs.join(self.dataset_dir, CURRENT_NAME), (version + "\n").encode())
-        except EmptyDatasetError:
-            self.abort()
-            raise
-        except BaseException as e:
-            self.abort()
-            if isinstance(e, (OSError, pa.ArrowException, ValueError)):
-                raise PublishError(
-                    f"publishing {lfs.display(fs, self.dataset_dir)} failed; the previous version stays live: {e}"
-                ) from e
-            raise
-        self._release()
+
+        return draft
+
+    def _write_manifest(self, manifest: Manifest) -> Manifest:
+        """Write ``manifest`` into the staging directory; return it as a reader will parse it."""
+        text = manifest.to_json()
+        parsed = Manifest.from_json(text, where="new manifest")  # never publish what a reader would refuse
+        lfs.write_bytes_atomic(self.fs, lfs.join(self.path, MANIFEST_NAME), text.encode("utf-8"))
+        return parsed
+
+    def _rename_into_place(self, draft: Callable[[str, float], Manifest], fp8: str) -> Manifest:
+        """Rename the staging directory to a fresh version name ``v<stamp>-<fp8>``; return its manifest.
+
+        Raises:
+            PublishError: Other runs took every name tried.
+        """
+        fs = self.fs
+        for _ in range(_NAME_ATTEMPTS):
+            version, now = _next_version(fs, self.dataset_dir, fp8)
+            manifest = self._write_manifest(draft(version, now))
+            target = lfs.join(self.dataset_dir, version)
+            try:
+                fs.move(self.path, target)
+                return manifest
+            except OSError:
+                if not (lfs.exists(fs, target) and lfs.exists(fs, self.path)):
+                    raise
+                # Another run published this very name since the versions were listed: take the next.
+        raise PublishError(
+            f"publishing {lfs.display(fs, self.dataset_dir)} failed; the previous version stays live: other "
+            f"runs published under each of the {_NAME_ATTEMPTS} version names this run chose"
+        )
+
+    def _prune(self, keep_versions: int) -> None:
         try:
-            prune_versions(fs, self.dataset_dir, keep_versions)
+            prune_versions(self.fs, self.dataset_dir, keep_versions)
         except OSError:
-            pass  # an old version in use elsewhere; the next run prunes it
-        return version
+            pass  # an old version in use elsewhere, or CURRENT swapped meanwhile; the next run prunes it
 
     def abort(self) -> None:
         """Remove the staging directory; the live version is untouched."""
@@ -312,6 +378,7 @@ class Staging:
             self._release()
 
     def _release(self) -> None:
+        """Give up the claim: remove the owner file while still holding its lock, then unlock."""
         self.finished = True
         owner = self.path + OWNER_SUFFIX
         try:
@@ -334,8 +401,9 @@ class Staging:
 def begin_staging(fs: pafs.FileSystem, root: str, name: str) -> Staging:
     """Start a publish of dataset ``name`` under ``root``: clean dead runs, claim a staging directory.
 
-    The staging directory itself is not created, so a writer that insists on a fresh directory (Spark)
-    can create it.
+    The claim is an owner file that is locked before it becomes visible (see the protocol above), so
+    a concurrent run's cleaner never takes it for a dead run's. The staging directory itself is not
+    created, so a writer that insists on a fresh directory (Spark) can create it.
 
     Raises:
         PublishError: The destination cannot be created or written.
@@ -346,16 +414,17 @@ def begin_staging(fs: pafs.FileSystem, root: str, name: str) -> Staging:
     try:
         fs.create_dir(dataset_dir, recursive=True)
         clean_stale_staging(fs, dataset_dir)
-        stage = f"{STAGING_PREFIX}{_utc_stamp(time.time())}-{uuid.uuid4().hex[:8]}"
-        path = lfs.join(dataset_dir, stage)
-        owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-        lfs.write_bytes(fs, path + OWNER_SUFFIX, json.dumps(owner).encode())
+        for _ in range(_CLAIM_ATTEMPTS):
+            stage = f"{STAGING_PREFIX}{_utc_stamp(time.time())}-{uuid.uuid4().hex[:8]}"
+            path = lfs.join(dataset_dir, stage)
+            claimed, lock_fd = claim(fs, path)
+            if claimed:
+                return Staging(fs=fs, dataset_dir=dataset_dir, name=stage, path=path, _lock_fd=lock_fd)
     except OSError as e:
         raise PublishError(f"cannot write to {lfs.display(fs, dataset_dir)}: {e}") from e
-    lock_fd = None
-    if isinstance(fs, pafs.LocalFileSystem):
-        import fcntl
+    raise PublishError(
+        f"cannot claim a staging directory in {lfs.display(fs, dataset_dir)}: the owner file was removed "
+        f"while being created, {_CLAIM_ATTEMPTS} times"
+    )
 
-        lock_fd = os.open(path + OWNER_SUFFIX, os.O_RDONLY)
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return Staging(fs=fs, dataset_dir=dataset_dir, name=stage, path=path, _lock_fd=lock_fd)
+

@@ -14,14 +14,15 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pyarrow.types as pat
 
 from . import fs as lfs
 from .convert import as_arrow
-from .dataset import Dataset, open_dataset
+from .dataset import Dataset
 from .encoding import Encoding, choose
 from .errors import ConfigError, EmptyDatasetError, SourceError
 from .manifest import file_info_from_bytes
-from .publish import begin_staging
+from .publish import Staging, begin_staging
 
 DEFAULT_BLOCK_SIZE = 128 << 20
 DEFAULT_FILL = 0.95
@@ -49,6 +50,54 @@ def _as_reader(data) -> tuple[pa.RecordBatchReader, dict]:
     raise ConfigError(
         f"write_cache: data must be a pyarrow Table, RecordBatchReader or Parquet path, not {type(data).__name__}"
     )
+
+
+def _check_writable(schema: pa.Schema) -> None:
+    """Refuse, before anything is written, columns that a cache cannot hold faithfully.
+
+    Raises:
+        ConfigError: A column (or a field nested in it) is a union, which Parquet cannot store, or of
+            the null type, which holds no values and which readers drop; or its type has no Parquet
+            form. The message names the column and its type.
+    """
+    for column in schema:
+        _check_type(column.name, column.type)
+        try:
+            pq.write_table(pa.schema([column]).empty_table(), pa.BufferOutputStream())
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise ConfigError(
+                f"write_cache: column {column.name!r} of type {column.type} cannot be stored in Parquet: {e}"
+            ) from e
+
+
+def _check_type(name: str, t: pa.DataType) -> None:
+    """Raise ConfigError for a union or null type in column ``name`` (at any nesting depth)."""
+    if pat.is_union(t):
+        raise ConfigError(
+            f"write_cache: column {name!r} has type {t}: union columns cannot be stored in Parquet; "
+            "split it into one column per member type"
+        )
+    if pat.is_null(t):
+        raise ConfigError(
+            f"write_cache: column {name!r} has type {t}: it holds no values and readers would drop it; "
+            "give it the type it stands for (e.g. pa.nulls(n, pa.int64())) or leave it out"
+        )
+    if pat.is_dictionary(t):
+        _check_type(name, t.value_type)
+    for i in range(t.num_fields):
+        _check_type(f"{name}.{t.field(i).name}", t.field(i).type)
+
+
+def _stored_schema(given: pa.Schema, stored: pa.Schema) -> pa.Schema:
+    """The schema for the manifest: the input's, except where Parquet stores a column as another type.
+
+    Parquet has no seconds unit and no date64 (``timestamp[s]`` and ``time32[s]`` come back in ms,
+    ``date64`` as ``date32``), so for those columns the manifest must say what the files hold, which is
+    what every reader gets. A column whose type Parquet keeps (equal types; pyarrow ignores list item
+    names, which Parquet renames to ``element``) keeps the input's field as the user wrote it.
+    """
+    fields = [g if g.type == s.type else s for g, s in zip(given, stored, strict=True)]
+    return pa.schema(fields, metadata=stored.metadata)
 
 
 def _rebatch(reader: pa.RecordBatchReader) -> Iterator[pa.Table]:
@@ -169,11 +218,14 @@ def write_cache(
         **fs_options: Options of the destination's filesystem.
 
     Returns:
-        The published version, opened.
+        The published version, opened from the manifest just committed. Its schema is the one the
+        Parquet files hold, which may differ from the input's where Parquet has no exact form
+        (``timestamp[s]`` and ``time32[s]`` are stored in ms, ``date64`` as ``date32``).
 
     Raises:
         EmptyDatasetError: ``data`` holds no rows; nothing is published.
-        ConfigError: An argument is out of range.
+        ConfigError: An argument is out of range, or a column is a union or of the null type, or has
+            no Parquet form (names the column and its type); nothing is published.
         PublishError: Writing or publishing failed; the previous version stays live.
     """
     if row_groups_per_file < 1:
@@ -184,6 +236,7 @@ def write_cache(
     if target <= 0:
         raise ConfigError(f"row_group_bytes must be positive, got {target}")
     reader, src = _as_reader(data)
+    _check_writable(reader.schema)
     if shuffle:
         table = reader.read_all()
         perm = np.random.default_rng(seed).permutation(table.num_rows)
@@ -207,6 +260,7 @@ def write_cache(
         bytes_per_row = _compressed_bytes_per_row(sample, encoding)
         index = 0
         files = []
+        stored_schema = schema
         while True:
             rows = max(1, int(_AIM * target / bytes_per_row))
             data_bytes, groups = _encode_file(chunks, rows, row_groups_per_file, schema, encoding, target)
@@ -215,6 +269,8 @@ def write_cache(
             relpath = f"part-{index:05d}.parquet"
             lfs.write_bytes(fs, lfs.join(staging.path, relpath), data_bytes)
             files.append(file_info_from_bytes(data_bytes, relpath))  # no read back from (remote) storage
+            if index == 0:
+                stored_schema = _stored_schema(schema, pq.read_schema(pa.BufferReader(data_bytes)))
             full = [(n, c) for n, c in groups if n > 1]
             if full:  # correct the estimate from what was really written
                 bytes_per_row = max(1.0, sum(c for _, c in full) / sum(n for n, _ in full))
@@ -230,10 +286,21 @@ def write_cache(
             keep_versions=keep_versions,
             fingerprint=fingerprint,
             files=files,
-            arrow_schema=schema,
+            arrow_schema=stored_schema,  # what the files hold, not the input's schema
         )
-    return open_dataset(lfs.join(staging.dataset_dir, version) if not lfs.is_remote(os.fspath(root))
-                        else _version_url(os.fspath(root), name, version), **fs_options)
+    return _published(staging, os.fspath(root), name, version, fs_options)
+
+
+def _published(staging: Staging, root: str, name: str, version: str, fs_options: dict) -> Dataset:
+    """The version a run just published, from the manifest it committed.
+
+    Not re-read from storage: by then a concurrent run may have pruned the version, which must not turn
+    a successful publish into an error.
+    """
+    version_path = lfs.join(staging.dataset_dir, version)
+    url = _version_url(root, name, version) if lfs.is_remote(root) else version_path
+    return Dataset(url=url, fs=staging.fs, version_path=version_path, manifest=staging.manifest,
+                   fs_options=fs_options)
 
 
 def _version_url(root: str, name: str, version: str) -> str:

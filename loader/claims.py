@@ -1,0 +1,207 @@
+"""Claims on staging directories: how concurrent runs and cleaners agree on which runs are alive.
+
+A run claims ``<dataset>/_staging-<id>`` with an owner file ``_staging-<id>.owner`` (:func:`claim`);
+:func:`clean_stale_staging` removes the debris of dead runs and never a live run's; :func:`publish_lock`
+serialises the publish step of runs on one local disk. :mod:`loader.publish` builds on these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import pyarrow.fs as pafs
+
+from . import fs as lfs
+from .errors import DatasetNotFoundError
+from .manifest import STAGING_PREFIX
+
+OWNER_SUFFIX = ".owner"
+PENDING_SUFFIX = ".owner.new"  # an owner file being written; renamed to OWNER_SUFFIX once locked
+PENDING_STALE_AFTER_S = 600  # a pending owner file this old was left by a run that died while creating it
+REMOTE_STALE_AFTER_S = 24 * 3600
+
+# How runs and cleaners agree on who is alive (local disk; flock locks die with their process):
+#
+# * An owner file is visible under its final name ``<stage>.owner`` only while its run holds an
+#   exclusive flock on it. The run creates ``<stage>.owner.new`` with O_CREAT|O_EXCL (so it never adopts
+#   a file that is not its own), locks it, writes its JSON, and only then renames it to ``<stage>.owner``
+#   (a rename keeps the inode, so the lock comes along). It creates ``<stage>/`` after that, and removes
+#   ``<stage>.owner`` only after ``<stage>/`` is gone (renamed to a version or deleted) and before it
+#   closes the lock.
+# * A cleaner therefore reads "``<stage>.owner`` missing" or "unlocked" as "the run is dead or done",
+#   and it never deletes an owner file it could not lock: a live run's owner file can neither vanish
+#   nor be replaced under it (names are unique and never reused), so the cleaner never deletes a live
+#   staging directory. A probe that finds the lock held (by the run, or by another cleaner's probe at
+#   that instant) counts as alive: cleaning is conservative, the next run retries.
+# * A ``.owner.new`` file is not yet a claim: the run holds it unlocked for only the instant between
+#   creating and locking it, so cleaners leave it alone until it is PENDING_STALE_AFTER_S old and
+#   unlocked (its run died in that instant). The run takes its lock with a blocking flock, so a probe
+#   that holds it for an instant delays the run instead of failing it; and if the file was removed
+#   anyway, the rename fails and the run claims a fresh name.
+#
+# Remote storage has no locks: liveness comes from the owner file's host, pid and start time. The file
+# is visible (empty or partial) while it is being written, so an owner file that does not parse counts
+# as a live run's until it is PENDING_STALE_AFTER_S old, never as a dead run's.
+
+
+
+def _flock_held(path: str) -> bool:
+    """Whether another open file holds a flock on ``path`` (False if ``path`` does not exist)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: held; anything else: cannot tell, so assume it is held
+        return True
+    finally:
+        os.close(fd)  # also drops the probe lock
+    return False
+
+
+def owner_alive(fs: pafs.FileSystem, owner_path: str) -> bool:
+    """Whether the run that owns a staging directory still lives (see the protocol above)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return _flock_held(owner_path)
+    try:
+        owner = json.loads(lfs.read_bytes(fs, owner_path))
+    except DatasetNotFoundError:
+        return False
+    except ValueError:  # being written right now, or garbage left long ago
+        return _younger_than(fs.get_file_info(owner_path), PENDING_STALE_AFTER_S)
+    if not isinstance(owner, dict):
+        return False
+    if owner.get("host") == socket.gethostname():
+        try:
+            os.kill(int(owner["pid"]), 0)
+            return True
+        except (OSError, KeyError, ValueError):
+            return False
+    return time.time() - float(owner.get("started", 0)) < REMOTE_STALE_AFTER_S
+
+
+def _younger_than(info: pafs.FileInfo, seconds: float) -> bool:
+    """Whether a file was modified less than ``seconds`` ago (True if its time is unknown)."""
+    if info.type == pafs.FileType.NotFound:
+        return False
+    return info.mtime is None or time.time() - info.mtime.timestamp() < seconds
+
+
+def _pending_stale(fs: pafs.FileSystem, entry: pafs.FileInfo) -> bool:
+    """Whether a pending owner file was left by a run that died while creating it."""
+    if _younger_than(entry, PENDING_STALE_AFTER_S):
+        return False
+    return not (isinstance(fs, pafs.LocalFileSystem) and _flock_held(entry.path))
+
+
+def remove(fs: pafs.FileSystem, path: str, *, directory: bool) -> bool:
+    """Delete a file or directory tree, best effort (a concurrent run may be removing it too)."""
+    try:
+        if directory:
+            fs.delete_dir(path)
+        else:
+            fs.delete_file(path)
+    except OSError:  # gone already, or not removable now: the next run retries
+        return False
+    return True
+
+
+def clean_stale_staging(fs: pafs.FileSystem, dataset_dir: str) -> list[str]:
+    """Remove staging directories (and owner files) of runs that are no longer alive.
+
+    Safe to run while other runs claim, fill and commit staging directories (see the protocol above).
+
+    Returns:
+        The names of the dead runs' staging directories whose debris was removed.
+    """
+    stems = set()
+    for entry in lfs.listdir(fs, dataset_dir):
+        name = entry.base_name
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        if name.endswith(PENDING_SUFFIX):
+            if _pending_stale(fs, entry):
+                remove(fs, entry.path, directory=False)
+        elif name.endswith(OWNER_SUFFIX):
+            stems.add(name[: -len(OWNER_SUFFIX)])
+        elif entry.type == pafs.FileType.Directory:
+            stems.add(name)
+    removed = []
+    for stem in sorted(stems):
+        owner = lfs.join(dataset_dir, stem + OWNER_SUFFIX)
+        if owner_alive(fs, owner):
+            continue
+        # The directory first: an owner file left alone is cleaned next time, never a live claim.
+        gone = remove(fs, lfs.join(dataset_dir, stem), directory=True)
+        if remove(fs, owner, directory=False) or gone:
+            removed.append(stem)
+    return removed
+
+
+@contextlib.contextmanager
+def publish_lock(fs: pafs.FileSystem, dataset_dir: str) -> Iterator[None]:
+    """Serialise the publish step (name, rename, ``CURRENT`` swap, prune) of runs on one local disk.
+
+    The lock is a flock on the dataset directory itself (no extra file in the layout). Where flock
+    is unavailable, and on remote storage, runs go unserialised: name collisions are still resolved
+    by :meth:`Staging.commit`, and pruning spares versions newer than the live one.
+    """
+    fd = None
+    if isinstance(fs, pafs.LocalFileSystem):
+        import fcntl
+
+        try:
+            fd = os.open(dataset_dir, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def claim(fs: pafs.FileSystem, path: str) -> tuple[bool, int | None]:
+    """Create the owner file of staging directory ``path``: ``(claimed, lock fd on local disk)``."""
+    owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}).encode()
+    if isinstance(fs, pafs.LocalFileSystem):
+        fd = _claim_local(path, owner)
+        return fd is not None, fd
+    lfs.write_bytes(fs, path + OWNER_SUFFIX, owner)  # half-written, it still counts as alive (see above)
+    return True, None
+
+
+def _claim_local(path: str, owner: bytes) -> int | None:
+    """Create, lock, fill and then expose ``<path>.owner``; the locked fd, or None if a cleaner took it."""
+    import fcntl
+
+    pending = path + PENDING_SUFFIX
+    fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: a cleaner's probe holds it for an instant at most
+        os.write(fd, owner)
+        os.rename(pending, path + OWNER_SUFFIX)  # the inode, and so the lock, moves with the name
+    except FileNotFoundError:  # removed as stale before it could be renamed: claim another name
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(pending)
+        raise
+    return fd
+
+
+__all__ = ["OWNER_SUFFIX", "PENDING_STALE_AFTER_S", "PENDING_SUFFIX", "REMOTE_STALE_AFTER_S", "claim",
+           "clean_stale_staging", "owner_alive", "publish_lock", "remove"]
