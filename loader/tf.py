@@ -32,6 +32,7 @@ Errors inside the reader (a corrupt file, a failing transform) reach the consume
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -249,12 +250,19 @@ def make_dataset(
     ragged: str = "ragged",
     strings: str = "string",
     output_signature: dict | None = None,
+    epoch: int = 0,
     **reader_kwargs,
 ):
     """A ``tf.data.Dataset`` of batches from a larder cache (``tf.data.Dataset.from_generator``).
 
-    Every iteration of the dataset (e.g. each epoch of ``model.fit``, or ``.repeat()``) opens a new reader
-    with the same arguments; pass ``num_epochs`` to the reader to read several epochs in one iteration.
+    Every iteration of the dataset (each epoch of ``model.fit``, each round of ``.repeat()``, each ``for``
+    loop over it) opens a new reader that reads the next epoch: the first iteration reads epoch ``epoch``,
+    the k-th (counting from 0, whether or not earlier ones were read to the end) epoch ``epoch + k``, so the
+    order changes every epoch and is the same as ``make_reader(..., num_epochs=...)``'s epochs for the same
+    ``seed``. With ``num_epochs=n`` one iteration reads n epochs and the k-th starts at epoch ``epoch + k * n``
+    (``num_epochs=None``: one endless iteration). ``dataset.set_epoch(e)`` on the returned dataset makes the
+    next iteration read epoch ``e`` (later ones continue from there), like ``DistributedSampler.set_epoch``;
+    datasets derived from it (``.repeat()``, ``.map()``...) share the counter but not the attribute.
 
     Args:
         url: Dataset directory, version directory or remote URL.
@@ -263,11 +271,13 @@ def make_dataset(
         strings: ``"string"`` (``tf.string``) or ``"bytes"`` (``uint8`` in the ``ragged`` form).
         output_signature: Override the signature derived from the manifest (needed when a ``transform``
             changes the columns; when omitted with a transform, it is taken from the first batch).
+        epoch: The epoch the first iteration reads (e.g. the epoch to resume training at).
         **reader_kwargs: Passed to :func:`loader.make_reader` (``columns``, ``shuffle``, ``seed``,
             ``num_epochs``, ``rank``, ``world_size``, ``transform``, ``pool``, ``cache_dir``...).
 
     Returns:
-        The ``tf.data.Dataset``.
+        The ``tf.data.Dataset``, with a ``set_epoch(epoch: int)`` method that sets the epoch of the next
+        iteration (raises :class:`~loader.errors.ConfigError` if ``epoch`` is not a non-negative integer).
 
     Raises:
         ConfigError: An argument is invalid (names it).
@@ -278,14 +288,17 @@ def make_dataset(
     from .reader import make_reader
 
     forms = _reader_forms(ragged, strings)
+    epochs = _EpochCounter(epoch, reader_kwargs.get("num_epochs", 1))
     kwargs = {**reader_kwargs, "batch_size": batch_size, **forms}
     ragged_form = ragged == "ragged"
     # Without a transform (which sees the batches) strings travel as bytes + offsets, not Python objects,
     # and become tf.string in the graph; the forms the signature describes stay the same.
     blob_strings = ragged_form and strings == "string" and reader_kwargs.get("transform") is None
 
-    def open_reader():
-        return make_reader(url, **{**kwargs, "strings": "offsets"} if blob_strings else kwargs)
+    def open_reader(num_epochs: int | None = epochs.span):
+        """A reader that stops before epoch ``num_epochs`` (it starts at epoch 0 until ``set_epoch``)."""
+        blob_form = {"strings": "offsets"} if blob_strings else {}
+        return make_reader(url, **{**kwargs, "num_epochs": num_epochs, **blob_form})
 
     if output_signature is None:
         output_signature = _derive_signature(kwargs, open_reader, ragged_form)
@@ -295,14 +308,55 @@ def make_dataset(
     blobs = _blob_keys(output_signature) if blob_strings else {}
 
     def generate() -> Iterator[dict[str, Any]]:
-        with open_reader() as reader:
+        first, end = epochs.take()
+        with open_reader(end) as reader:
+            reader.set_epoch(first)
             for batch in reader:
                 yield _to_parts(batch, splits, string_lists, ragged_form, blobs)
 
     parts = tf.data.Dataset.from_generator(generate, output_signature=_components(output_signature, blobs))
-    if not blobs and not any(isinstance(v, tf.RaggedTensorSpec) for v in output_signature.values()):
-        return parts
-    return parts.map(_assemble(output_signature, blobs))
+    if blobs or any(isinstance(v, tf.RaggedTensorSpec) for v in output_signature.values()):
+        parts = parts.map(_assemble(output_signature, blobs))
+    parts.set_epoch = epochs.set
+    return parts
+
+
+class _EpochCounter:
+    """The epochs of the successive iterations of one dataset: each takes the next ``span`` epochs.
+
+    Args:
+        epoch: The first epoch of the first iteration.
+        span: Epochs per iteration (the reader's ``num_epochs``; None: one endless iteration).
+
+    Raises:
+        ConfigError: ``epoch`` is not a non-negative integer, or ``span`` not a positive integer or None.
+    """
+
+    def __init__(self, epoch: int, span: int | None):
+        if span is not None and (isinstance(span, bool) or not isinstance(span, (int, np.integer)) or span <= 0):
+            raise ConfigError(f"num_epochs must be a positive integer or None, got {span!r}")
+        self._lock = threading.Lock()
+        self.span = None if span is None else int(span)
+        self.set(epoch)
+
+    def set(self, epoch: int) -> None:
+        """Make the next iteration start at ``epoch``.
+
+        Raises:
+            ConfigError: ``epoch`` is not a non-negative integer.
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ConfigError(f"epoch must be a non-negative integer, got {epoch!r}")
+        with self._lock:
+            self._next = int(epoch)
+
+    def take(self) -> tuple[int, int | None]:
+        """``(first epoch, num_epochs for the reader)`` of a new iteration; the next one starts after it."""
+        with self._lock:
+            first = self._next
+            if self.span is not None:
+                self._next += self.span
+            return first, None if self.span is None else first + self.span
 
 
 def _derive_signature(kwargs: dict, open_reader: Callable, ragged_form: bool) -> dict[str, Any]:

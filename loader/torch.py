@@ -19,9 +19,21 @@ DataLoader workers: each worker reads a disjoint shard. With ``num_workers = K``
 makes these shards disjoint, covering, and equal in batch count, so one pass yields every row exactly
 once. The shard is a function of ``K``: resuming needs the same ``num_workers``.
 
-Epochs follow ``DistributedSampler``: one pass over the loader is one epoch, and ``set_epoch(e)`` before the
-pass picks epoch ``e``'s order. :class:`LarderDataLoader` keeps a resumable ``state_dict()`` by taking each
-worker's reader state along with every batch it delivers.
+Epochs: one pass over the loader is one epoch. ``set_epoch(e)`` before a pass picks epoch ``e``'s order (as
+with ``DistributedSampler``); without it, each pass reads the epoch after the previous pass's, so the order
+changes every pass and is deterministic for a given ``seed``. :class:`LarderDataLoader` keeps this true with
+``persistent_workers=True``: its workers' dataset copies count their passes like the loader does, and when
+``set_epoch`` or ``load_state_dict`` asks for anything else the loader restarts its workers. (A plain
+``DataLoader`` cannot pass ``set_epoch`` to workers that are already running: with persistent workers each
+pass reads the next epoch of the copies the workers started with; with non-persistent workers the copies
+are made at every pass, so call ``set_epoch`` on the dataset before each pass.)
+
+Resume: :class:`LarderDataLoader` keeps a resumable ``state_dict()`` by taking each worker's reader state
+along with every batch it delivers. ``DataLoader`` takes batches from its workers round-robin, always
+starting a pass at worker 0; a resumed pass therefore rotates the shards, so that worker 0 reads the shard
+that was due next (the first one with the fewest batches delivered) and the batches come in exactly the
+order of an uninterrupted run. Passes after the resumed one are not rotated, like the uninterrupted run.
+Exact order needs ``DataLoader``'s default ``in_order=True``.
 """
 
 from __future__ import annotations
@@ -118,7 +130,7 @@ class LarderIterableDataset(IterableDataset):
         ragged: ``"padded"`` or ``"offsets"`` form of variable-length lists.
         strings: ``"list"`` (Python ``str``/``bytes``) or ``"tensor"`` (``uint8`` in the ``ragged`` form).
         pad_value: Fill value of padded lists.
-        epoch: The first epoch to read (see :meth:`set_epoch`).
+        epoch: The epoch of the first pass; later passes read the next epochs (see :meth:`set_epoch`).
         **reader_kwargs: Passed to :func:`loader.make_reader` (``columns``, ``shuffle``, ``seed``,
             ``transform``, ``workers``, ``pool``, ``drop_last``, ``cache_dir``...). ``num_epochs`` is not
             accepted: one pass is one epoch.
@@ -160,20 +172,34 @@ class LarderIterableDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.ragged, self.strings, self.pad_value = ragged, strings, pad_value
         self.reader_kwargs = reader_kwargs
-        self.epoch = 0
+        self._resume: dict[int, dict] | None = None
+        self.epoch = 0  # the epoch of the next pass
         self.set_epoch(epoch)
         # Set by LarderDataLoader: deliver the reader state with every batch, and numpy arrays that the
         # loader turns into tensors in the main process (pickling a few hundred KB through the worker queue
         # costs far less than torch's per-tensor shared-memory file descriptors).
         self.with_state = False
         self.defer_tensors = False
-        self._resume: dict[int, dict] | None = None
         self._reader = None
+        self._reading: tuple[int, int] | None = None  # (shard rank, epoch) of the live reader
 
     def set_epoch(self, epoch: int) -> None:
-        """Read epoch ``epoch`` on the next pass (call before each pass, as with ``DistributedSampler``)."""
+        """Read epoch ``epoch`` on the next pass (as with ``DistributedSampler``).
+
+        Each pass started from this object reads :attr:`epoch` and then advances it by one, so calling this
+        before every pass is optional in a process that iterates the dataset itself. A resume state loaded
+        with :meth:`load_state_dict` is dropped when ``epoch`` is not the state's epoch.
+
+        Args:
+            epoch: A non-negative integer.
+
+        Raises:
+            ConfigError: ``epoch`` is not a non-negative integer.
+        """
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ConfigError(f"epoch must be a non-negative integer, got {epoch!r}")
+        if epoch != self.epoch:
+            self._resume = None
         self.epoch = epoch
 
     def shard(self) -> tuple[int, int]:
@@ -183,21 +209,32 @@ class LarderIterableDataset(IterableDataset):
             return self.rank, self.world_size
         return self.rank * info.num_workers + info.id, self.world_size * info.num_workers
 
-    def make_reader(self, rank: int, world_size: int, resume: dict | None = None):
-        """The reader of one shard of the current epoch, positioned at its start (or at ``resume``)."""
+    def make_reader(self, rank: int, world_size: int, resume: dict | None = None, epoch: int | None = None):
+        """The reader of one shard of ``epoch`` (default :attr:`epoch`), positioned at its start (or at ``resume``).
+
+        Args:
+            rank: The shard's rank.
+            world_size: The number of shards.
+            resume: A reader state of this shard in ``epoch`` to continue from.
+            epoch: The epoch to read; default: :attr:`epoch`.
+
+        Returns:
+            A :class:`loader.reader.Reader` that stops at the end of ``epoch``.
+        """
+        epoch = self.epoch if epoch is None else epoch
         reader = make_reader(
             self.url,
             batch_size=self.batch_size,
             rank=rank,
             world_size=world_size,
-            num_epochs=self.epoch + 1,
+            num_epochs=epoch + 1,
             ragged="offsets",  # padded here, with pad_value
             strings="object" if self.strings == "list" else "offsets",
             **self.reader_kwargs,
         )
         try:
             if resume is None:
-                reader.set_epoch(self.epoch)  # a reader starts at epoch 0
+                reader.set_epoch(epoch)  # a reader starts at epoch 0
             else:
                 reader.load_state_dict(resume)
         except BaseException:
@@ -206,16 +243,31 @@ class LarderIterableDataset(IterableDataset):
         return reader
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        rank, world = self.shard()
-        # Taken now (not when the generator starts) so a DataLoader can clear it once workers have copies.
-        resume = (self._resume or {}).get(rank)
-        return self._batches(rank, world, resume, self.with_state, self.defer_tensors)
+        """Start a pass: epoch :attr:`epoch` (continued from a loaded state, if any), then advance :attr:`epoch`.
+
+        In a DataLoader worker the shard is the worker's, rotated on a resumed pass so that worker 0 reads
+        the shard that was due next (see the module docstring).
+        """
+        epoch, resume = self.epoch, self._resume
+        info = get_worker_info()
+        if info is None:
+            rank, world = self.shard()
+        else:
+            k = info.num_workers
+            first = rank_base = self.rank * k
+            if resume:
+                first = min(range(rank_base, rank_base + k), key=lambda r: _progress(resume.get(r), epoch))
+            rank, world = rank_base + (first - rank_base + info.id) % k, self.world_size * k
+        # Taken now (not when the generator starts); this object's next pass is the next epoch, from its
+        # start: a persistent DataLoader worker keeps its copy of the dataset and counts its passes this way.
+        self.epoch, self._resume = epoch + 1, None
+        return self._batches(rank, world, epoch, (resume or {}).get(rank), self.with_state, self.defer_tensors)
 
     def _batches(
-        self, rank: int, world: int, resume: dict | None, with_state: bool, defer_tensors: bool
+        self, rank: int, world: int, epoch: int, resume: dict | None, with_state: bool, defer_tensors: bool
     ) -> Iterator[dict[str, Any]]:
-        reader = self.make_reader(rank, world, resume)
-        self._reader = reader
+        reader = self.make_reader(rank, world, resume, epoch)
+        self._reader, self._reading = reader, (rank, epoch)
         try:
             for batch in reader:
                 out = prepare(batch, self.ragged, self.pad_value)
@@ -225,7 +277,7 @@ class LarderIterableDataset(IterableDataset):
                     out[STATE_KEY] = (rank, reader.state_dict())
                 yield out
         finally:
-            self._reader = None
+            self._reader = self._reading = None
             reader.close()
 
     def state_dict(self) -> dict:
@@ -234,9 +286,10 @@ class LarderIterableDataset(IterableDataset):
         Raises:
             StateError: No pass is in progress in this process.
         """
-        if self._reader is None:
+        if self._reader is None or self._reading is None:
             raise StateError("no pass in progress: state_dict() needs a running iteration (or LarderDataLoader)")
-        return {"epoch": self.epoch, "readers": {self.shard()[0]: self._reader.state_dict()}}
+        rank, epoch = self._reading
+        return {"epoch": epoch, "readers": {rank: self._reader.state_dict()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume the next pass from a state of :meth:`state_dict` or :meth:`LarderDataLoader.state_dict`.
@@ -252,13 +305,28 @@ class LarderIterableDataset(IterableDataset):
         self._resume = readers
 
 
+def _progress(state: dict | None, epoch: int) -> tuple[int, int]:
+    """How far a shard's reader state is into pass ``epoch``, comparable between shards (no state: not started;
+    a reader past its last batch is at the next epoch's start, after every batch of ``epoch``)."""
+    if state is None:
+        return (0, 0)
+    try:
+        return (int(state["epoch"]) - epoch, int(state["batch"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise StateError(f"not a larder reader state: {e!r}") from e
+
+
 class LarderDataLoader(DataLoader):
     """A ``DataLoader`` over a :class:`LarderIterableDataset` with ``set_epoch`` and exact resume.
 
-    ``state_dict()`` records, per worker shard, the reader state after the last batch this loader handed
-    out; ``load_state_dict()`` makes the next pass continue from there. Resume needs the same
-    ``num_workers``, ``rank`` and ``world_size``, and ``persistent_workers=False`` (workers must be
-    started after the state is loaded).
+    One pass is one epoch: the epoch given by ``set_epoch``, else the one after the previous pass's.
+    ``state_dict()`` records the epoch and, per worker shard, the reader state after the last batch this loader
+    handed out; ``load_state_dict()`` makes the next pass continue from there, in the order of an uninterrupted
+    run (see the module docstring). Resume needs the same ``num_workers``, ``rank`` and ``world_size``.
+
+    ``persistent_workers=True`` works with both: the workers' dataset copies advance one epoch per pass as the
+    loader does, and a pass that needs anything else (``set_epoch`` to another epoch, a loaded state) restarts
+    the workers first.
     """
 
     def __init__(self, dataset: LarderIterableDataset, **kwargs):
@@ -276,12 +344,15 @@ class LarderDataLoader(DataLoader):
         dataset.with_state = True
         dataset.defer_tensors = True
         self._pin = pin
+        self._pass: object | None = None  # token of the pass in progress (None between passes)
+        self._pass_epoch = dataset.epoch
         self._states: dict[int, dict] = {}
+        self._workers_next: int | None = None  # the epoch live persistent workers read on their next pass
 
     def set_epoch(self, epoch: int) -> None:
-        """Read epoch ``epoch`` on the next pass."""
+        """Read epoch ``epoch`` on the next pass (see :meth:`LarderIterableDataset.set_epoch`)."""
         self.dataset.set_epoch(epoch)
-        self._states = {}
+        self._pass = None
 
     def __len__(self) -> int:
         """Batches in one pass (all workers together); opens the manifest, reads no data."""
@@ -295,38 +366,62 @@ class LarderDataLoader(DataLoader):
 
     def __iter__(self):
         ds: LarderIterableDataset = self.dataset
-        if ds._resume is not None and self.persistent_workers and self.num_workers > 0:
-            raise StateError("load_state_dict() needs persistent_workers=False")
-        self._states = {k: v for k, v in (ds._resume or {}).items()}
+        epoch, resume = ds.epoch, ds._resume
+        if self.persistent_workers and self._iterator is not None and (
+            resume is not None or epoch != self._workers_next
+        ):
+            # The live workers' copies would read epoch self._workers_next from its start: start new workers,
+            # which copy the dataset as it is now.
+            self._iterator._shutdown_workers()
+            self._iterator = None
         it = super().__iter__()  # workers get their copy of the dataset (and its resume states) here
-        ds._resume = None
-        return self._track(it)
+        # This process's copy moves on as the workers' copies do (with num_workers=0 its __iter__ already did).
+        ds.epoch, ds._resume = epoch + 1, None
+        self._workers_next = epoch + 1
+        token = self._pass = object()
+        self._pass_epoch, self._states = epoch, dict(resume or {})
+        return self._track(it, token)
 
-    def _track(self, it) -> Iterator[dict[str, Any]]:
+    def _track(self, it, token: object) -> Iterator[dict[str, Any]]:
         for batch in it:
             rank, state = batch.pop(STATE_KEY)
-            self._states[rank] = state
+            if self._pass is token:
+                self._states[rank] = state
             batch = as_tensors(batch)
             if self._pin:
                 batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             yield batch
+        if self._pass is token:  # the pass is complete: the next batch is the next pass's first
+            self._pass = None
 
     def state_dict(self) -> dict:
-        """Where the current (or last) pass stands: epoch, worker layout and each shard's reader state."""
+        """Where the next batch comes from: epoch, worker layout and each shard's reader state.
+
+        During a pass (or after a pass left unfinished): that pass's epoch and the reader states after the last
+        batch handed out. Between passes: the start of the next pass (or the state loaded for it).
+        """
         ds: LarderIterableDataset = self.dataset
+        if self._pass is None:
+            epoch, readers = ds.epoch, dict(ds._resume or {})
+        else:
+            epoch, readers = self._pass_epoch, dict(self._states)
         return {
-            "epoch": ds.epoch,
+            "epoch": epoch,
             "rank": ds.rank,
             "world_size": ds.world_size,
             "num_workers": self.num_workers,
-            "readers": dict(self._states),
+            "readers": readers,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue the next pass where ``state`` was taken.
+        """Continue the next pass where ``state`` was taken (each shard's reader state is checked here).
+
+        Args:
+            state: A dict of :meth:`state_dict` (it survives a JSON round trip).
 
         Raises:
-            StateError: The state is malformed or was taken with another worker layout.
+            StateError: The state is malformed, was taken with another worker layout, or a reader state
+                does not fit this dataset (another version, other settings).
         """
         ds: LarderIterableDataset = self.dataset
         try:
@@ -338,7 +433,22 @@ class LarderDataLoader(DataLoader):
                 f"state was taken with rank/world_size/num_workers {layout}, this loader has "
                 f"{(ds.rank, ds.world_size, self.num_workers)}: shards differ, resume needs the same layout"
             )
+        k = max(1, self.num_workers)
+        shards = range(ds.rank * k, ds.rank * k + k)
         ds.load_state_dict(state)
+        self._pass = None
+        for rank, reader_state in ds._resume.items():  # fail here, not in a worker halfway through the pass
+            if rank not in shards or _progress(reader_state, ds.epoch)[0] not in (0, 1):
+                ds._resume = None
+                raise StateError(f"state has a reader state for shard {rank} at epoch {reader_state.get('epoch')!r}; "
+                                 f"this loader's shards are {list(shards)}, the state's epoch {ds.epoch}")
+            try:
+                ds.make_reader(rank, ds.world_size * k, reader_state, ds.epoch).close()
+            except BaseException:
+                ds._resume = None
+                raise
+        if all(_progress(ds._resume.get(r), ds.epoch)[0] > 0 for r in shards):
+            ds.set_epoch(ds.epoch + 1)  # taken after the last batch of an epoch: the next pass is the next epoch
 
 
 def make_dataloader(
@@ -350,6 +460,7 @@ def make_dataloader(
     prefetch_factor: int | None = None,
     multiprocessing_context=None,
     timeout: float = 0,
+    persistent_workers: bool = False,
     **dataset_kwargs,
 ) -> LarderDataLoader:
     """A ``DataLoader`` of tensor batches from a larder cache.
@@ -363,7 +474,8 @@ def make_dataloader(
             reads, shuffles and converts in the background, so ``num_workers=0`` is usually fastest (on the
             2-core dev machine 2 workers cost ~2.5x the CPU per row: every batch is pickled through a pipe);
             use workers for heavy per-batch Python, or the reader's ``transform`` with ``pool="process"``.
-        pin_memory, prefetch_factor, timeout: As for ``DataLoader``.
+        pin_memory, prefetch_factor, timeout, persistent_workers: As for ``DataLoader``
+            (``persistent_workers`` keeps epochs and resume right; see :class:`LarderDataLoader`).
         multiprocessing_context: As for ``DataLoader`` (default: torch's, ``fork`` on Linux). Pass
             ``"forkserver"`` when the process has threads that make ``fork`` unsafe (TensorFlow imported, a
             Spark gateway, a running reader): a worker forked from such a process can crash. forkserver and
@@ -372,7 +484,7 @@ def make_dataloader(
             ``strings``, ``epoch``, and the reader's ``columns``, ``shuffle``, ``seed``, ``transform``...).
 
     Returns:
-        A :class:`LarderDataLoader`; call ``set_epoch(e)`` before each pass.
+        A :class:`LarderDataLoader`; each pass is the next epoch, or the one given by ``set_epoch(e)``.
     """
     if num_workers > 0 and dataset_kwargs.get("pool") == "process":
         warnings.warn("pool='process' inside DataLoader workers is not allowed; using pool='thread'", stacklevel=2)
@@ -388,6 +500,7 @@ def make_dataloader(
         prefetch_factor=prefetch_factor,
         multiprocessing_context=multiprocessing_context,
         timeout=timeout,
+        persistent_workers=persistent_workers,
     )
 
 

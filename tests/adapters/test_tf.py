@@ -127,12 +127,39 @@ def test_strings_built_in_the_graph_equal_the_source(tmp_path):
     assert seen == n
 
 
-def test_each_iteration_is_a_fresh_reader(adapter_data):
-    _, ds = adapter_data
-    data = make_dataset(ds.version_path, batch_size=128, columns=["id"], seed=8)
-    first = [b["id"].numpy().tolist() for b in data]
-    again = [b["id"].numpy().tolist() for b in data.repeat(2)]
-    assert again == first + first
+def reader_epochs(url, num_epochs: int, **kwargs) -> list[list[list[int]]]:
+    """Ids per batch of ``make_reader``'s own epochs ``0 .. num_epochs - 1``."""
+    with loader.make_reader(url, num_epochs=num_epochs, **kwargs) as reader:
+        batches = [b["id"].tolist() for b in reader]
+        per_epoch = reader.batches_per_epoch
+    return [batches[e * per_epoch : (e + 1) * per_epoch] for e in range(num_epochs)]
+
+
+def id_lists(data) -> list[list[int]]:
+    return [b["id"].numpy().tolist() for b in data]
+
+
+def test_each_iteration_reads_the_next_epoch(adapter_data):
+    """Each iteration (a Keras epoch, a round of ``.repeat()``) is the next epoch of ``make_reader``, not
+    epoch 0 again; ``set_epoch`` and ``epoch=`` pick the epoch of the next iteration."""
+    table, ds = adapter_data
+    kwargs = dict(batch_size=128, columns=["id"], seed=8)
+    epochs = reader_epochs(ds.version_path, 4, **kwargs)
+    assert epochs[0] != epochs[1]
+    repeated = id_lists(make_dataset(ds.version_path, **kwargs).repeat(2))
+    assert repeated == epochs[0] + epochs[1]
+    for e in (0, 1):
+        assert sorted(sum(epochs[e], [])) == list(range(table.num_rows))  # each round a permutation
+    data = make_dataset(ds.version_path, **kwargs)
+    assert [id_lists(data), id_lists(data)] == epochs[:2]
+    data.set_epoch(0)
+    assert id_lists(data) == epochs[0]
+    assert id_lists(data.repeat(2)) == epochs[1] + epochs[2]  # derived datasets share the counter
+    assert id_lists(make_dataset(ds.version_path, epoch=3, **kwargs)) == epochs[3]
+    two = make_dataset(ds.version_path, num_epochs=2, **kwargs)  # two epochs per iteration: 0-1, then 2-3
+    assert [id_lists(two), id_lists(two)] == [epochs[0] + epochs[1], epochs[2] + epochs[3]]
+    with pytest.raises(ConfigError, match="epoch"):
+        data.set_epoch(-1)
 
 
 def test_transform_columns_give_the_signature(adapter_data):

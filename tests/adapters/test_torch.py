@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 import loader  # noqa: E402
 from loader.errors import ConfigError, StateError  # noqa: E402
-from loader.torch import LarderIterableDataset, make_dataloader  # noqa: E402
+from loader.torch import LarderDataLoader, LarderIterableDataset, make_dataloader  # noqa: E402
 
 # A worker that hangs fails the test instead of hanging CI.
 TIMEOUT = 120
@@ -20,6 +20,21 @@ WORKERS = {"timeout": TIMEOUT, "multiprocessing_context": "forkserver"}
 
 def ids_of(batches) -> np.ndarray:
     return np.concatenate([b["id"].numpy() for b in batches])
+
+
+def reader_epoch(url, epoch: int, num_workers: int = 0, **kwargs) -> list[list[int]]:
+    """Ids per batch of ``epoch`` as a DataLoader delivers them: the plain readers of the worker shards
+    (``make_reader``'s own epoch ``epoch``), taken round-robin from worker 0 as long as each has batches."""
+    k = max(1, num_workers)
+    shards = []
+    for w in range(k):
+        with loader.make_reader(url, rank=w, world_size=k, num_epochs=epoch + 1, **kwargs) as reader:
+            shards.append([b["id"].tolist() for i, b in enumerate(reader) if i >= epoch * reader.batches_per_epoch])
+    return [shard[i] for i in range(max(map(len, shards))) for shard in shards if i < len(shard)]
+
+
+def id_lists(batches) -> list[list[int]]:
+    return [b["id"].tolist() for b in batches]
 
 
 def check_rows(batch: dict, table) -> None:
@@ -99,21 +114,68 @@ def test_set_epoch_reorders_deterministically(adapter_data):
     assert plain == orders[0] + orders[1]
 
 
-def test_resume_with_workers_yields_the_rest_exactly(adapter_data):
+def test_resume_with_workers_keeps_the_order(adapter_data):
+    """Stopped after 5 batches (worker 1 is due next, and has one batch more left than worker 0), the resumed
+    pass yields exactly the batches the uninterrupted run yields next, in its order (``reader_epoch``, checked
+    against uninterrupted passes in ``test_persistent_workers_read_the_epoch_asked_for``), and the pass after it
+    is the uninterrupted run's next epoch."""
     table, ds = adapter_data
-    kwargs = dict(batch_size=30, num_workers=2, seed=4, **WORKERS)
-    full = [tuple(b["id"].tolist()) for b in make_dataloader(ds.version_path, **kwargs)]
-    dl = make_dataloader(ds.version_path, **kwargs)
+    kwargs = dict(batch_size=30, seed=4, columns=["id"])
+    epochs = [reader_epoch(ds.version_path, e, 2, **kwargs) for e in (0, 1)]
+    assert epochs[0] != epochs[1]
+    dl = make_dataloader(ds.version_path, num_workers=2, **kwargs, **WORKERS)
     it = iter(dl)
-    head = [tuple(next(it)["id"].tolist()) for _ in range(5)]
+    head = [next(it)["id"].tolist() for _ in range(5)]
     state = dl.state_dict()
     del it
-    resumed = make_dataloader(ds.version_path, **kwargs)
+    resumed = make_dataloader(ds.version_path, num_workers=2, **kwargs, **WORKERS)
     resumed.load_state_dict(state)
-    tail = [tuple(b["id"].tolist()) for b in resumed]
-    assert head == full[:5]
-    assert sorted(head + tail) == sorted(full)  # the same batches, each once
+    tail = id_lists(resumed)
+    assert head + tail == epochs[0]
     assert sum(len(b) for b in head + tail) == table.num_rows
+    assert id_lists(resumed) == epochs[1]  # no rotation left over: the next pass is the next epoch, in order
+
+
+def test_state_after_the_last_batch_resumes_at_the_next_epoch(adapter_data):
+    _, ds = adapter_data
+    dl = make_dataloader(ds.version_path, batch_size=100, seed=6, columns=["id"])
+    for _ in dl:
+        state = dl.state_dict()  # taken after the last batch, before the pass ends
+    assert dl.state_dict() == {**state, "epoch": 1, "readers": {}}
+    resumed = make_dataloader(ds.version_path, batch_size=100, seed=6, columns=["id"])
+    resumed.load_state_dict(state)
+    assert id_lists(resumed) == reader_epoch(ds.version_path, 1, batch_size=100, seed=6, columns=["id"])
+
+
+def test_persistent_workers_read_the_epoch_asked_for(adapter_data):
+    """Persistent workers keep their dataset copy: each pass must still read its own epoch, not epoch 0's
+    order again; ``set_epoch`` out of sequence and ``load_state_dict`` restart them, and the workers that ran
+    a resumed (rotated) pass read the next epoch unrotated."""
+    _, ds = adapter_data
+    kwargs = dict(batch_size=40, seed=7, columns=["id"])
+    epochs = {e: reader_epoch(ds.version_path, e, 2, **kwargs) for e in (0, 1, 2)}
+    dl = LarderDataLoader(LarderIterableDataset(ds.version_path, **kwargs), num_workers=2, persistent_workers=True,
+                          **WORKERS)
+    orders, states = [], []
+    for epoch in (0, 1, None, 0):  # None: no set_epoch, the pass after the previous one
+        if epoch is not None:
+            dl.set_epoch(epoch)
+        orders.append([])
+        for b in dl:
+            orders[-1].append(b["id"].tolist())
+            states.append(dl.state_dict())
+    assert orders == [epochs[0], epochs[1], epochs[2], epochs[0]]
+    dl.load_state_dict(states[len(epochs[0]) + 2])  # after 3 batches of epoch 1: worker 1 is due next
+    assert id_lists(dl) == epochs[1][3:]
+    assert id_lists(dl) == epochs[2]
+
+
+def test_plain_dataloader_with_persistent_workers_advances_the_epoch(adapter_data):
+    _, ds = adapter_data
+    kwargs = dict(batch_size=40, seed=7, columns=["id"])
+    dataset = LarderIterableDataset(ds.version_path, **kwargs)
+    dl = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, persistent_workers=True, **WORKERS)
+    assert [id_lists(dl), id_lists(dl)] == [reader_epoch(ds.version_path, e, 2, **kwargs) for e in (0, 1)]
 
 
 def test_resume_in_process_is_exact(adapter_data):
@@ -221,9 +283,8 @@ def test_state_from_another_layout_or_version_is_refused(adapter_data, tmp_path)
         make_dataloader(ds.version_path, batch_size=30, num_workers=1).load_state_dict(state)
     other = loader.write_cache(table.slice(0, 300), tmp_path, "adapt", row_group_bytes=4_000)
     moved = make_dataloader(other.version_path, batch_size=30, num_workers=2, **WORKERS)
-    moved.load_state_dict(state)
-    with pytest.raises(StateError, match="version"):
-        next(iter(moved))
+    with pytest.raises(StateError, match="version"):  # checked on load, not halfway through a pass
+        moved.load_state_dict(state)
     # nothing lost: the original cache still reads in full
     assert sorted(ids_of(list(make_dataloader(ds.version_path, batch_size=30))).tolist()) == list(
         range(table.num_rows)
