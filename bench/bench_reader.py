@@ -25,6 +25,10 @@ other, in one run of this script, on caches made by ``bench/gen_data.py`` (gener
   written in row groups of 120 MiB (generated on first use: 3.2 GB), the layout the Spark job writes (row
   groups just under a 128 MiB HDFS block): each row group is far above a window's share of the memory
   budget, so the reader streams it in slices, 10 row groups side by side.
+* ``small`` / ``small whole`` — (optional, ``--only ...,small``) ``thread`` with ``memory_budget=128 MiB``
+  (what each of 2 DataLoader workers gets): a window's share holds 5 whole row groups, so the reader
+  interleaves slices of 10 to keep every batch mixing 8 or more; ``small whole`` is the same with whole row
+  groups (``loader.reader.MIN_MIX = 1``), what the reader did before.
 * ``thread 4x``— ``thread`` on the 4x dataset: peak RSS must not grow with the data.
 * ``first batch 10k`` — time from before ``make_reader`` (open included) to the first batch on a cache of
   10,000 one-row-group files.
@@ -235,6 +239,12 @@ def child(args) -> dict:
             kwargs = {"pool": args.mode, "workers": args.workers} if args.workers else {"pool": args.mode}
             if args.decoded_cache:
                 kwargs["decoded_cache_dir"] = args.decoded_cache
+            if args.memory_budget:
+                kwargs["memory_budget"] = args.memory_budget
+            if args.min_mix is not None:  # what the reader did before it interleaved slices to keep mixing
+                import loader.reader
+
+                loader.reader.MIN_MIX = args.min_mix
             if transform is not None:
                 kwargs["transform"] = transform
             with make_reader(
@@ -353,13 +363,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated subset of raw,thread,process,4x,first (default); also serial, decoded, "
                         "decoded-cold, torch, tf, warm (raw and thread timed over batches N+1..2N), py (raw, "
                         "thread and process with a pure-Python transform), block (raw and thread on the 4x rows "
-                        "in row groups of 120 MiB, the Spark job's layout: streamed in slices)")
+                        "in row groups of 120 MiB, the Spark job's layout: streamed in slices), small (thread "
+                        "with memory_budget=128 MiB: slices of 10 row groups to keep mixing 8, against whole row "
+                        "groups)")
     p.add_argument("--repeat", type=int, default=3, help="trials per run, interleaved; the median is shown (default 3)")
     p.add_argument("--child", choices=["raw", "serial", "thread", "process", "torch", "tf"], help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--first-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--decoded-cache", default=None, help=argparse.SUPPRESS)
     p.add_argument("--epoch-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--memory-budget", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--min-mix", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--warm", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--transform", default="none", help=argparse.SUPPRESS)
     p.add_argument("--py-rounds", type=int, default=1,
@@ -377,8 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         wanted |= {"raw py", "thread py", "process py"}
     if "block" in wanted:
         wanted |= {"raw block"}
+    if "small" in wanted:
+        wanted |= {"raw", "small", "small whole"}
     order = ("raw", "serial", "thread", "process", "decoded", "decoded-cold", "torch", "tf", "raw warm", "thread warm",
-             "raw py", "thread py", "process py", "raw block", "block", "4x", "first")
+             "raw py", "thread py", "process py", "raw block", "block", "small", "small whole", "4x", "first")
     only = [k for k in order if k in wanted]
     decoded_dir = str(Path(args.data) / "decoded")
     py = f"python:{args.py_rounds}"
@@ -398,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         "process py": ("process", "base", ("--transform", py)),
         "raw block": ("raw", "block", ()),
         "block": ("thread", "block", ()),
+        "small": ("thread", "base", ("--memory-budget", str(128 << 20))),
+        "small whole": ("thread", "base", ("--memory-budget", str(128 << 20), "--min-mix", "1")),
         "4x": ("thread", "base4x", ()),
         "first": ("thread", "tiny", ("--first-only",)),
     }
@@ -477,6 +495,7 @@ def print_table(results: dict[str, dict], args) -> None:
               "raw py": "raw + Python transform", "thread py": "thread + Python tr.",
               "process py": "process + Python tr.",
               "raw block": "raw, 120 MiB row groups", "block": "thread, 120 MiB rg",
+              "small": "thread, 128 MiB budget", "small whole": "128 MiB, whole groups",
               "4x": "make_reader thread 4x", "first": "first batch, 10k files"}
     for key, r in results.items():
         if "error" in r:

@@ -47,10 +47,10 @@ _TAG_SAMPLE = 0x736D
 _TAG_ROWS = 0x7277
 _TAG_WINDOW = 0x7769
 _TAG_TRANSFORM = 0x7466
-# Row groups streamed side by side when row groups are too big for a window: balanced runs of at most 10
-# hold at least 8 whenever there are 8 or more (28 row groups: 10 + 9 + 9, where at most 8 gave 7 + 7 + 7 + 7),
-# so every batch of a block-sized cache mixes 8 or more row groups. More streams do not cost memory: the
-# window's bytes are fixed and its slices get shorter.
+# Row groups streamed side by side when row groups are too big for a window: windows of 10 slices, over runs
+# of 8 or more row groups whenever there are 8 or more (28 row groups: 10 + 9 + 9; 14: one run of 14, not
+# 7 + 7; see split_pieces), so every batch of a block-sized cache mixes 8 or more row groups. More streams do
+# not cost memory: the window's bytes are fixed and its slices get shorter.
 _STREAMS = 10
 
 
@@ -200,11 +200,15 @@ def pieces_in_range(order: np.ndarray, counts: np.ndarray, lo: int, hi: int) -> 
     return [Piece(*t) for t in zip(order[first:last][keep].tolist(), a[keep].tolist(), b[keep].tolist(), strict=True)]
 
 
-def balanced_bounds(n: int, most: int) -> list[int]:
+def balanced_bounds(n: int, most: int, least: int = 1) -> list[int]:
     """Cut ``n`` items into the fewest consecutive runs of at most ``most`` items, of sizes differing by at
     most one (larger runs first); returns the ``k + 1`` run bounds. 21 items in runs of at most 10 are
-    7 + 7 + 7, not 10 + 10 + 1: no run is left with a handful of items."""
+    7 + 7 + 7, not 10 + 10 + 1: no run is left with a handful of items. With ``least``, runs hold at least
+    that many items whenever ``n`` does, even if that takes runs longer than ``most``: 14 items with
+    ``most=10, least=8`` are one run of 14 (7 + 7 would fall short), 23 items 12 + 11."""
     runs = max(1, math.ceil(n / max(1, most)))
+    if runs > 1 and n // runs < least:
+        runs = max(1, n // least)
     small, extra = divmod(n, runs)
     return [i * small + min(i, extra) for i in range(runs + 1)]
 
@@ -212,17 +216,18 @@ def balanced_bounds(n: int, most: int) -> list[int]:
 def split_pieces(pieces: list[Piece], max_rows: int | None, interleave: int = 1) -> list[Piece]:
     """Cut pieces longer than ``max_rows`` into slices of at most ``max_rows`` rows.
 
-    With ``interleave > 1``, the pieces are grouped into balanced runs of at most ``interleave`` (see
-    :func:`balanced_bounds`) and the slices of each run are dealt round-robin (slice 0 of each, then slice 1
-    of each...), so a window of consecutive slices mixes that many row groups, the dataset's last run too,
-    and each row group is still read front to back.
+    With ``interleave > 1``, the pieces are grouped into balanced runs of about ``interleave`` (at most
+    ``interleave``, unless that would leave a run under four fifths of it; see :func:`balanced_bounds`) and
+    the slices of each run are dealt round-robin (slice 0 of each, then slice 1 of each...), so a window of
+    ``interleave`` consecutive slices mixes at least four fifths as many row groups (8 of 10), the dataset's
+    last run too, and each row group is still read front to back.
     """
     if not max_rows:
         return list(pieces)
     sliced = [[Piece(p.group, a, min(p.stop, a + max_rows)) for a in range(p.start, p.stop, max_rows)]
               for p in pieces]
     out = []
-    bounds = balanced_bounds(len(sliced), interleave)
+    bounds = balanced_bounds(len(sliced), interleave, least=interleave - interleave // 5)
     for i, j in itertools.pairwise(bounds):
         block = sliced[i:j]
         for k in range(max((len(b) for b in block), default=0)):
@@ -329,7 +334,8 @@ class Planner:
 
 
 def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_buffer: int | None,
-                    window_bytes: int, num_groups: int, max_window: int = 64) -> tuple[int, int | None]:
+                    window_bytes: int, num_groups: int, max_window: int = 64,
+                    min_mix: int = 1) -> tuple[int, int | None]:
     """Choose ``(window, max_piece_rows)`` from a shuffle buffer (rows) or a byte budget for one window.
 
     Args:
@@ -340,6 +346,9 @@ def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_
         num_groups: Row groups in the dataset (a window never needs more).
         max_window: Cap on pieces per window without a shuffle buffer (bounds the time to the first
             batch on caches of many tiny files).
+        min_mix: Row groups a window should mix (at most ``num_groups``) without a shuffle buffer: when
+            fewer whole row groups fit in ``window_bytes``, windows interleave slices instead, as for
+            row groups larger than the window.
 
     Returns:
         Pieces per window, and the longest piece in rows (``None``: whole row groups). When a row group
@@ -347,7 +356,8 @@ def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_
         (each streamed front to back), so memory stays within the share and batches still mix.
     """
     bytes_per_row = max(1.0, mean_group_bytes / max(1.0, mean_group_rows))
-    if mean_group_bytes > window_bytes:  # a row group alone exceeds the window's share: interleave slices
+    whole = int(window_bytes // max(1.0, mean_group_bytes))  # whole row groups that fit in a window
+    if whole < 1 or (shuffle_buffer is None and whole < min(min_mix, num_groups, _STREAMS)):  # interleave slices
         window = max(1, min(_STREAMS, num_groups))
         if shuffle_buffer is not None:
             window = max(1, min(window, shuffle_buffer))
@@ -355,5 +365,5 @@ def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_
     if shuffle_buffer is not None:
         window = math.ceil(shuffle_buffer / max(1.0, mean_group_rows))
     else:
-        window = min(max_window, int(window_bytes // max(1.0, mean_group_bytes)))
+        window = min(max_window, whole)
     return max(1, min(window, max(1, num_groups))), None

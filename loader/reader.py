@@ -96,6 +96,10 @@ def _check_importable(transform: Callable) -> None:
         )
 
 
+MIN_MIX = 8
+"""Row groups a shuffled window mixes at least (when the dataset has that many), whatever the budget."""
+
+
 def _check_arguments(*, batch_size, seed, num_epochs, world_size, rank, pool, workers, shuffle_buffer, prefetch,
                      memory_budget, sample, transform, ragged, strings) -> None:
     """Validate every argument that needs no I/O.
@@ -277,6 +281,10 @@ class Reader(Closeable):
         window, max_piece_rows = window_size_for(
             group_rows, group_bytes, shuffle_buffer=shuffle_buffer, window_bytes=budget // 6,
             num_groups=len(sizes),
+            # Shuffled batches mix 8 row groups or more: with a budget too small for 8 whole ones, windows
+            # interleave slices (slower to decode, but the shuffle keeps its quality). The decoded cache
+            # holds whole row groups only: with it, windows stay whole.
+            min_mix=MIN_MIX if shuffle and decoded_cache_dir is None else 1,
         )
         if workers is None:
             workers = 1 if pool == "serial" else min(8, os.cpu_count() or 1)

@@ -325,3 +325,21 @@ def test_set_epoch_starts_that_epoch(mixed_cache):
         assert same_batches(list(reader), full[8:])
     with pytest.raises(loader.ConfigError, match="epoch"):
         reader.set_epoch(-1)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_small_budget_still_mixes_8_row_groups_per_batch(mixed_cache, pool):
+    # 20 row groups of ~2.5 kB decoded: a 60 kB budget leaves a window 10 kB, 4 whole row groups; the reader
+    # interleaves slices of 10 instead, and every row still comes once
+    budget = 60_000
+    whole = (budget // 6) // (sum(g.uncompressed_bytes for f in mixed_cache.files for g in f.row_groups)
+                              / mixed_cache.num_row_groups)
+    assert whole < 8
+    reader = loader.make_reader(mixed_cache, batch_size=50, memory_budget=budget, with_row_ids=True, pool=pool)
+    batches = read_all(reader)
+    assert reader.max_piece_rows is not None and reader.window == 10
+    assert min(len(np.unique(b["_row_group"])) for b in batches) >= 8
+    assert sorted(ids_of(batches).tolist()) == list(range(1000))
+    unshuffled = loader.make_reader(mixed_cache, batch_size=50, memory_budget=budget, shuffle=False)
+    assert unshuffled.max_piece_rows is None  # no shuffle: nothing to mix, whole row groups
+    unshuffled.close()

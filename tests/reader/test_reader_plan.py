@@ -162,7 +162,18 @@ def test_extra_row_lands_in_last_batch():
     assert [p.batch_bounds for p in plans] == [(0, 2, 4), (0, 2, 4)]
 
 
-@pytest.mark.parametrize("groups", [8, 9, 20, 28, 211])
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 500), most=st.integers(1, 70), least=st.integers(1, 70))
+def test_balanced_bounds_keep_runs_of_at_least_least_items(n, most, least):
+    runs = np.diff(balanced_bounds(n, most, least))
+    assert sum(runs) == n and runs.max() - runs.min() <= 1
+    if n >= least:
+        assert runs.min() >= least
+    if n // max(1, -(-n // most)) >= least:  # the fewest runs of at most ``most`` already hold ``least``
+        assert runs.max() <= most
+
+
+@pytest.mark.parametrize("groups", [8, 9, 11, 13, 14, 15, 16, 20, 21, 23, 28, 31, 211])
 def test_streamed_block_sized_row_groups_mix_at_least_8_per_window(groups):
     # block-sized row groups (each far above a window's share of the budget): every window interleaves a
     # slice of 8 or more row groups, the epoch's last windows too
@@ -180,3 +191,19 @@ def test_window_size_follows_buffer_or_budget():
     # row groups bigger than a window: one 25-row slice of each of 4 row groups per window (100 kB)
     assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=10**5, num_groups=4) == (4, 25)
     assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=10**5, num_groups=50) == (10, 10)
+
+
+def test_a_small_budget_interleaves_slices_to_keep_mixing_8_row_groups():
+    # 5 whole row groups fit: with min_mix 8, slices of 10 row groups instead, within the same bytes
+    window, piece = window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=5 * 10**6, num_groups=50,
+                                    min_mix=8)
+    assert (window, piece) == (10, 500)
+    assert window * piece * (10**6 / 1000) <= 5 * 10**6
+    assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=5 * 10**6, num_groups=50) == (5, None)
+    # enough for 8 whole ones, or only 6 row groups in all, or a shuffle buffer asked for: whole row groups
+    assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=8 * 10**6, num_groups=50,
+                           min_mix=8) == (8, None)
+    assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=6 * 10**6, num_groups=6,
+                           min_mix=8) == (6, None)
+    assert window_size_for(1000, 10**6, shuffle_buffer=3000, window_bytes=5 * 10**6, num_groups=50,
+                           min_mix=8) == (3, None)
