@@ -18,11 +18,21 @@ How it stays safe:
   only then is the file renamed into place. Readers only open final names.
 * **Corruption is re-fetched.** On first use in a process, a copy is accepted if its ``.ok`` marker matches
   the file's inode, size and mtime (any rewrite changes mtime); otherwise its checksum is recomputed and a
-  mismatching copy is deleted and fetched again.
+  mismatching copy is deleted and fetched again. A copy that rots without changing size or mtime (bit rot, a
+  restore that keeps timestamps) passes the marker but fails the reader's footer or column-chunk checksum:
+  the reader then calls :meth:`FileCache.discard` and reads a fresh copy, once (:class:`~loader.dataset.Dataset`
+  does this). ``python -m loader sync`` ignores markers and re-checksums every cached copy (``verify=True``).
 * **Eviction (``max_cache_bytes``) is LRU by access time** (set on every use) and never removes a file in
-  use — every file handed to a reader, and every prefetched file not yet consumed, is held with a shared
-  ``flock`` (the ``pin_files`` most recent per process stay pinned) and eviction only takes files it can lock
-  exclusively — nor a file without a remote copy (its version's ``_manifest.json`` must still exist remotely).
+  use — every file handed to a reader, every prefetched file not yet consumed, and a fresh download from the
+  moment it gets its final name, is held with a shared ``flock`` (the ``pin_files`` most recent per process
+  stay pinned) and eviction only takes files it can lock exclusively — nor a file without a remote copy (its
+  version's ``_manifest.json`` must still exist remotely, checked with the reader's own filesystem and its
+  options, answers remembered for a minute). A file that vanishes anyway (evicted by another process between
+  two steps) is fetched again, never an error. The cap is enforced when a file is downloaded; files a closed
+  reader leaves behind are evicted by the next download into the cache (or call :meth:`FileCache.trim`).
+* **Local disk trouble is typed.** A full, read-only or unwritable ``cache_dir`` raises :class:`CacheError`
+  (a :class:`~loader.errors.LarderError` and an ``OSError`` with the original ``errno``) naming the cache
+  directory and the file; the partial download is removed.
 * **Ahead of the reader.** :meth:`FileCache.prefetch` downloads files in the reader's order with
   ``io_threads`` parallel threads (started on first use, never in the constructor); the first
   :meth:`FileCache.get` without a prefetch order prefetches the rest of the version in manifest order.
@@ -45,51 +55,28 @@ from typing import TYPE_CHECKING
 import pyarrow.fs as pafs
 
 from . import fs as lfs
-from .errors import ConfigError
-from .manifest import MANIFEST_NAME, FileInfo
-from .remote import RetryPolicy, download, file_checksum
+from .cache_disk import (
+    _LOCAL_ERRNOS,
+    META_DIR,
+    SOURCE_NAME,
+    CacheError,
+    Evictor,
+    _Flock,
+    _hidden,
+    _marker_matches,
+    _remove_quietly,
+)
+from .errors import ConfigError, LarderError
+from .manifest import FileInfo, crc32_hex
+from .remote import RetryPolicy, _crc_of_fd, download
 
 if TYPE_CHECKING:
     from .dataset import Dataset
 
 log = logging.getLogger("loader.cache")
-META_DIR = ".larder"
-SOURCE_NAME = ".larder-source.json"
 
 
-def _hidden(path: str, suffix: str) -> str:
-    head, base = os.path.split(path)
-    return os.path.join(head, f".{base}.{suffix}")
-
-
-class _Flock:
-    """An ``flock`` on a file, held while the context is open."""
-
-    def __init__(self, path: str, exclusive: bool = True, blocking: bool = True, create: bool = True):
-        self.path, self.mode = path, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        self.blocking, self.create = blocking, create
-        self.fd: int | None = None
-
-    def __enter__(self) -> _Flock | None:
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT if self.create else os.O_RDONLY, 0o666)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(self.fd, self.mode | (0 if self.blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            return None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # releases the lock
-            self.fd = None
-
-
-class FileCache:
+class FileCache(Evictor):
     """Copies a remote version's data files to local disk as they are used, and ahead of use.
 
     Args:
@@ -99,7 +86,8 @@ class FileCache:
         io_threads: Parallel downloads for prefetching.
         pin_files: Files per process kept pinned (safe from eviction) after they were last handed out.
         auto_prefetch: Prefetch the rest of a version in manifest order when no order was given.
-        retry: Retries of a whole download whose stream failed.
+        retry: Retries of a whole download whose stream failed (default 3 attempts: the filesystem's own
+            calls already retry each request, see :class:`loader.remote.RetryPolicy`).
     """
 
     def __init__(self, cache_dir: str | os.PathLike, *, max_cache_bytes: int | None = None, io_threads: int = 8,
@@ -113,7 +101,7 @@ class FileCache:
         self.io_threads = io_threads
         self.pin_files = pin_files
         self.auto_prefetch = auto_prefetch
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or RetryPolicy(attempts=3)
         self._reset()
 
     def _reset(self) -> None:
@@ -129,6 +117,7 @@ class FileCache:
         self._verified: dict[str, tuple[int, int, int]] = {}
         self._known: dict[tuple[str, str], Dataset] = {}
         self._prefetched_versions: set[tuple[str, str]] = set()
+        self._remote_answers: dict[str, tuple[float, bool]] = {}  # version dir -> (when, has a remote copy)
         self.fetched_bytes = 0
         self.fetched_files = 0
 
@@ -154,48 +143,63 @@ class FileCache:
         """Where ``info`` of ``ds`` is cached."""
         return os.path.join(self.cache_dir, ds.name, ds.version, *info.path.split("/"))
 
-    def _usable(self, path: str, info: FileInfo) -> bool:
-        """Whether a complete, verified copy is at ``path``."""
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return False
-        if st.st_size != info.size:
-            return False
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if self._verified.get(path) == key:
-            return True
-        marker = _hidden(path, "ok")
-        try:
-            with open(marker, encoding="utf-8") as f:
-                doc = json.load(f)
-            if tuple(doc["key"]) == key and doc["checksum"] == info.checksum:
-                self._verified[path] = key
-                return True
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        if file_checksum(path) != info.checksum:
-            log.warning("%s: cached copy fails its checksum; fetching it again", path)
-            return False
-        self._mark_verified(path, info)
-        return True
+    def _open_verified(self, path: str, info: FileInfo, recheck: bool = False) -> int | None:
+        """A descriptor holding a shared ``flock`` on a complete, verified copy at ``path``, or None.
 
-    def _mark_verified(self, path: str, info: FileInfo) -> None:
-        st = os.stat(path)
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
-        tmp = _hidden(path, f"ok.{os.getpid()}.{threading.get_ident()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"key": list(key), "checksum": info.checksum}, f)
-        os.replace(tmp, _hidden(path, "ok"))
+        The lock is taken before anything is checked, so the copy cannot be evicted meanwhile; a copy that
+        vanished or was replaced between the open and the lock counts as absent (it is fetched again).
+        ``recheck`` recomputes the checksum even when the ``.ok`` marker vouches for the copy.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            st = os.fstat(fd)
+            try:
+                same = os.stat(path).st_ino == st.st_ino
+            except FileNotFoundError:
+                same = False
+            if not same or st.st_size != info.size:
+                os.close(fd)
+                return None
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if not recheck and (self._verified.get(path) == key or _marker_matches(path, key, info.checksum)):
+                self._verified[path] = key
+                return fd
+            if crc32_hex(_crc_of_fd(fd)[0]) != info.checksum:
+                log.warning("%s: cached copy fails its checksum; fetching it again", path)
+                os.close(fd)
+                return None
+            self._mark_verified(path, info, key)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _mark_verified(self, path: str, info: FileInfo, key: tuple[int, int, int]) -> None:
         self._verified[path] = key
+        tmp = _hidden(path, f"ok.{os.getpid()}.{threading.get_ident()}")
+        try:  # only an optimisation (the next process skips the checksum): a full disk must not fail a read
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"key": list(key), "checksum": info.checksum}, f)
+            os.replace(tmp, _hidden(path, "ok"))
+        except OSError as e:
+            log.info("%s: cannot write its verification marker (%s)", path, e)
+            _remove_quietly(tmp)
 
     # ----------------------------------------------------------------- public
     def get(self, ds: Dataset, info: FileInfo) -> tuple[pafs.FileSystem, str]:
         """A verified local copy of ``info`` (fetched now if needed), pinned against eviction.
 
+        A background prefetch of the file that failed (an outage since over) is forgotten: the file is
+        fetched again here, with fresh retries.
+
         Raises:
             RemoteError: The remote file cannot be read (after retries).
             CorruptFileError: The remote file does not match the manifest.
+            CacheError: The cache directory cannot hold the file (full, read-only).
         """
         self._check_fork()
         path = self.local_path(ds, info)
@@ -207,11 +211,16 @@ class FileCache:
             rest = [f for f in ds.files if f.path != info.path]
             self.prefetch(ds, rest)
         if future is not None:
-            future.result()  # re-raises a download error here, with its traceback
-        while True:
-            self._ensure(ds, info, path)
-            if self._pin(path):
-                break
+            try:
+                future.result()
+            except Exception as e:  # fetched again below; a permanent failure is raised there, fresh
+                log.info("%s: prefetch failed (%s); fetching it again", path, type(e).__name__)
+        if not self._still_held(path):
+            while True:
+                _, fd = self._ensure(ds, info, path)
+                if fd is not None:
+                    self._hold(path, fd)
+                    break
         self._touch(path)
         with self._lock:
             if self._ahead.pop(path, None) is not None:
@@ -232,12 +241,43 @@ class FileCache:
             self._queue.reverse()  # pop() from the end keeps the order
         self._pump()
 
-    def fetch(self, ds: Dataset, info: FileInfo, progress=None) -> int:
-        """Make sure ``info`` is cached (without pinning it); returns the bytes downloaded."""
+    def fetch(self, ds: Dataset, info: FileInfo, progress=None, verify: bool = False) -> int:
+        """Make sure ``info`` is cached (without pinning it); returns the bytes downloaded.
+
+        ``verify`` recomputes the checksum of a cached copy even when its ``.ok`` marker vouches for it.
+        """
         self._check_fork()
         with self._lock:
             self._known[(ds.name, ds.version)] = ds
-        return self._ensure(ds, info, self.local_path(ds, info), progress=progress)
+        got, fd = self._ensure(ds, info, self.local_path(ds, info), progress=progress, recheck=verify)
+        if fd is not None:
+            os.close(fd)
+        return got
+
+    def discard(self, ds: Dataset, info: FileInfo) -> None:
+        """Drop the cached copy of ``info`` and its marker: it failed a check while being read (rot that kept
+        its size and mtime). The next :meth:`get` fetches it again from the remote storage, the master copy.
+
+        A copy another process already replaced with a fresh download is left alone.
+        """
+        self._check_fork()
+        path = self.local_path(ds, info)
+        with self._lock:
+            fd = self._pins.pop(path, None)
+            self._ahead.pop(path, None)
+            verified = self._verified.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+        with _Flock(_hidden(path, "lock")) as held:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return
+            if held is not None and verified is not None and (st.st_ino, st.st_size, st.st_mtime_ns) != verified:
+                return  # not the copy that failed: someone fetched a fresh one meanwhile
+            log.warning("%s: cached copy fails a check while being read; dropping it to fetch it again", path)
+            _remove_quietly(path)
+            _remove_quietly(_hidden(path, "ok"))
 
     def wait(self) -> None:
         """Block until the prefetches in flight have finished (files held back by the budget are not waited for).
@@ -267,6 +307,15 @@ class FileCache:
             self._futures.clear()
             self._ahead.clear()
 
+    def __del__(self):
+        try:  # an abandoned cache (its reader gone) must not keep its pins: they block eviction
+            if self._pid == os.getpid():
+                for fd in self._pins.values():
+                    os.close(fd)
+                self._pins.clear()
+        except Exception:  # interpreter shutdown, or a half-built object
+            pass
+
     def __enter__(self) -> FileCache:
         return self
 
@@ -274,26 +323,52 @@ class FileCache:
         self.close()
 
     # ----------------------------------------------------------------- downloading
-    def _ensure(self, ds: Dataset, info: FileInfo, path: str, progress=None, blocking: bool = True) -> int:
-        if self._usable(path, info):
-            return 0
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with _Flock(_hidden(path, "lock"), blocking=blocking) as held:
-            if held is None or self._usable(path, info):  # someone else fetches it, or did
-                return 0
-            if os.path.exists(path):
-                os.remove(path)  # a bad copy (wrong size or checksum)
-            self._write_source(ds)
-            self._make_room(info.size)
-            part = _hidden(path, "part")
-            got = download(ds.fs, ds.file_path(info), part, size=info.size, checksum=info.checksum,
-                           where=ds.display(info), progress=progress, policy=self.retry)
-            os.replace(part, path)
-            self._mark_verified(path, info)
+    def _ensure(self, ds: Dataset, info: FileInfo, path: str, progress=None, blocking: bool = True,
+                recheck: bool = False) -> tuple[int, int | None]:
+        """Make sure a verified copy is at ``path``; returns ``(bytes downloaded, fd)``, where ``fd`` holds a
+        shared ``flock`` on the copy (None only when ``blocking`` is False and another fetcher holds the file).
+
+        Raises:
+            CacheError: The cache directory cannot hold the file; its partial download is removed.
+        """
+        fd = self._open_verified(path, info, recheck)
+        if fd is not None:
+            return 0, fd
+        part = _hidden(path, "part")
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with _Flock(_hidden(path, "lock"), blocking=blocking) as held:
+                if held is None:  # someone else fetches it
+                    return 0, None
+                fd = self._open_verified(path, info, recheck)
+                if fd is not None:  # someone else fetched it (or it was good after all)
+                    return 0, fd
+                _remove_quietly(path)  # a bad copy (wrong size or checksum)
+                self._write_source(ds)
+                self._make_room(info.size)
+                got = download(ds.fs, ds.file_path(info), part, size=info.size, checksum=info.checksum,
+                               where=ds.display(info), progress=progress, policy=self.retry)
+                # Locked before it gets its final name: no evictor can take it before it is handed out.
+                fd = os.open(part, os.O_RDONLY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    os.replace(part, path)
+                    st = os.fstat(fd)
+                    self._mark_verified(path, info, (st.st_ino, st.st_size, st.st_mtime_ns))
+                except BaseException:
+                    os.close(fd)
+                    raise
+        except OSError as e:
+            if isinstance(e, LarderError) or e.errno not in _LOCAL_ERRNOS:
+                raise
+            _remove_quietly(part)
+            raise CacheError(
+                f"cache_dir {self.cache_dir} cannot hold {path} ({os.strerror(e.errno)}: {e.filename or path}); "
+                "free space, or use a writable cache_dir", path, e.errno) from e
         with self._lock:
             self.fetched_bytes += got
             self.fetched_files += 1
-        return got
+        return got, fd
 
     def _write_source(self, ds: Dataset) -> None:
         target = os.path.join(self.cache_dir, ds.name, ds.version, SOURCE_NAME)
@@ -301,7 +376,8 @@ class FileCache:
             return
         tmp = f"{target}.{os.getpid()}.{threading.get_ident()}"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"url": lfs.display(ds.fs, ds.version_path), "dataset": ds.name, "version": ds.version}, f)
+            json.dump({"url": lfs.display(ds.fs, ds.version_path), "path": ds.version_path, "dataset": ds.name,
+                       "version": ds.version}, f)
         os.replace(tmp, target)
 
     def _pump(self, *_ignored) -> None:
@@ -332,11 +408,17 @@ class FileCache:
                     self._ahead[path] = info.size
                 self._inflight += 1
                 self._futures[path] = future
-                future.add_done_callback(self._finished)
+                future.add_done_callback(lambda f, p=path: self._finished(p, f))
 
-    def _finished(self, _future: Future) -> None:
+    def _finished(self, path: str, future: Future) -> None:
         with self._lock:
             self._inflight -= 1
+            if not future.cancelled() and future.exception() is not None and self._futures.get(path) is future:
+                # Forget a failed prefetch: get() fetches the file again instead of re-raising a stale error.
+                del self._futures[path]
+                self._ahead.pop(path, None)
+                log.info("%s: prefetch failed (%s); it is fetched again when it is read", path,
+                         type(future.exception()).__name__)
         self._pump()
 
     def _release_used(self) -> None:
@@ -355,35 +437,36 @@ class FileCache:
                     os.close(fd)
 
     def _prefetch_one(self, ds: Dataset, info: FileInfo, path: str) -> None:
-        self._ensure(ds, info, path, blocking=False)
-        if not self._usable(path, info):  # another process holds the download lock: wait for it
-            self._ensure(ds, info, path)
+        _, fd = self._ensure(ds, info, path, blocking=False)
+        if fd is None:  # another process holds the download lock: wait for it
+            _, fd = self._ensure(ds, info, path)
         with self._lock:
             wanted = path in self._ahead
-        if wanted:
-            self._pin(path)
+        if wanted and fd is not None:
+            self._hold(path, fd)
             with self._lock:
                 self._done_at[path] = time.time_ns()
+        elif fd is not None:
+            os.close(fd)
 
     # ----------------------------------------------------------------- pins, recency, eviction
-    def _pin(self, path: str) -> bool:
-        """Hold a shared lock on ``path``; False if it vanished (evicted) meanwhile."""
+    def _still_held(self, path: str) -> bool:
+        """Whether this process pins a verified copy that is still the file at ``path`` (then nothing to do)."""
         with self._lock:
-            if path in self._pins:
-                self._pins.move_to_end(path)
-                return True
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        try:
-            alive = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            alive = False
-        if not alive:
-            os.close(fd)
-            return False
+            fd, key = self._pins.get(path), self._verified.get(path)
+            if fd is None or key is None:
+                return False
+            try:
+                st = os.fstat(fd)
+                if (st.st_ino, st.st_size, st.st_mtime_ns) != key or os.stat(path).st_ino != st.st_ino:
+                    return False
+            except FileNotFoundError:
+                return False
+            self._pins.move_to_end(path)
+            return True
+
+    def _hold(self, path: str, fd: int) -> None:
+        """Keep ``fd`` (a shared ``flock`` on ``path``) as this process's pin of ``path``."""
         with self._lock:
             old = self._pins.pop(path, None)
             if old is not None:
@@ -392,7 +475,6 @@ class FileCache:
             pinned = [p for p in self._pins if p not in self._ahead]
             for victim in pinned[: max(0, len(pinned) - self.pin_files)]:
                 os.close(self._pins.pop(victim))
-        return True
 
     def _touch(self, path: str) -> None:
         try:
@@ -400,65 +482,6 @@ class FileCache:
             os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))  # atime = recency; mtime unchanged
         except OSError:
             pass
-
-    def _has_remote_copy(self, version_dir: str, answers: dict[str, bool]) -> bool:
-        """Whether the version of a cached file still exists remotely (its manifest is there)."""
-        if version_dir in answers:
-            return answers[version_dir]
-        answer = False
-        try:
-            with open(os.path.join(version_dir, SOURCE_NAME), encoding="utf-8") as f:
-                source = json.load(f)
-            ds = self._known.get((source["dataset"], source["version"]))
-            if ds is not None:
-                fs, remote = ds.fs, ds.version_path
-            else:
-                fs, remote = lfs.resolve(source["url"])
-            answer = lfs.is_file(fs, lfs.join(remote, MANIFEST_NAME))
-        except Exception as e:  # unknown or unreachable: it may be the only copy, so keep it
-            log.info("%s: cannot confirm a remote copy (%s); not evicting it", version_dir, type(e).__name__)
-        answers[version_dir] = answer
-        return answer
-
-    def _make_room(self, incoming: int) -> None:
-        if self.max_cache_bytes is None:
-            return
-        meta = os.path.join(self.cache_dir, META_DIR)
-        os.makedirs(meta, exist_ok=True)
-        with _Flock(os.path.join(meta, "evict.lock")):
-            files = []
-            for dirpath, dirnames, names in os.walk(self.cache_dir):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                for name in names:
-                    if not name.startswith("."):
-                        st = os.stat(os.path.join(dirpath, name))
-                        files.append((st.st_atime_ns, st.st_size, os.path.join(dirpath, name), dirpath))
-            total = sum(size for _, size, _, _ in files)
-            answers: dict[str, bool] = {}
-            for _, size, path, dirpath in sorted(files):
-                if total + incoming <= self.max_cache_bytes:
-                    return
-                with self._lock:
-                    if path in self._pins:
-                        continue
-                rel = os.path.relpath(dirpath, self.cache_dir).split(os.sep)
-                if len(rel) < 2 or not self._has_remote_copy(os.path.join(self.cache_dir, *rel[:2]), answers):
-                    continue
-                with _Flock(path, exclusive=True, blocking=False, create=False) as held:
-                    if held is None:
-                        continue  # in use by another process (or already gone)
-                    os.remove(path)
-                    for suffix in ("ok",):
-                        try:
-                            os.remove(_hidden(path, suffix))
-                        except FileNotFoundError:
-                            pass
-                total -= size
-                log.info("evicted %s (%d bytes)", path, size)
-            if total + incoming > self.max_cache_bytes:
-                log.warning("cache %s holds %d bytes in use; exceeding max_cache_bytes=%d",
-                            self.cache_dir, total, self.max_cache_bytes)
-
 
 def attach_cache(ds: Dataset, cache_dir: str | os.PathLike, *, max_cache_bytes: int | None = None,
                  force: bool = False, **options) -> FileCache | None:
@@ -473,4 +496,4 @@ def attach_cache(ds: Dataset, cache_dir: str | os.PathLike, *, max_cache_bytes: 
     return cache
 
 
-__all__ = ["FileCache", "attach_cache"]
+__all__ = ["META_DIR", "CacheError", "FileCache", "attach_cache"]

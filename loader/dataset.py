@@ -132,7 +132,7 @@ class Dataset:
             CorruptFileError: The file is missing, truncated, resized, or its footer or metadata
                 disagree with the manifest.
         """
-        f, metadata, where = self._open_checked(info)
+        f, metadata, where = self._from_fresh_copy(info, lambda: self._open_checked(info))
         try:
             try:
                 return pq.ParquetFile(f, metadata=metadata, page_checksum_verification=True, **parquet_options)
@@ -193,7 +193,8 @@ class Dataset:
                 names the file (and the row group and column).
         """
         if pf is None and info.row_groups[index].column_checksums:
-            return self.check_types(self._read_checked_chunks(info, index, columns), info, index)
+            table = self._from_fresh_copy(info, lambda: self._read_checked_chunks(info, index, columns))
+            return self.check_types(table, info, index)
         own = pf is None
         pf = pf or self.open_file(info)
         try:
@@ -202,11 +203,35 @@ class Dataset:
             raise  # the remote storage failed after retries: not a corrupt file
         except (OSError, pa.ArrowException) as e:
             where = self.display(info)
+            if self.file_cache is not None:  # ``pf`` reads the cached copy: drop it, the next read fetches it again
+                self.file_cache.discard(self, info)
             raise CorruptFileError(f"{where}: row group {index} cannot be read ({e})", where) from e
         finally:
             if own:
                 pf.close(force=True)
 
+    # A hook for the local file cache (loader.cache): a cached copy that fails a check is dropped and, where
+    # the read can be repeated, read once more from a fresh copy of the remote file (the master copy).
+    def _cached_copy_failed(self, info: FileInfo, error: CorruptFileError) -> bool:
+        """Tell the file cache that its copy of ``info`` failed ``error``; True if a copy was dropped."""
+        cache_dir = getattr(self.file_cache, "cache_dir", None)
+        if cache_dir is None or not str(error.path or "").startswith(os.path.join(cache_dir, "")):
+            return False  # no cache, or the remote file itself is at fault
+        self.file_cache.discard(self, info)
+        return True
+
+    def _from_fresh_copy(self, info: FileInfo, read):
+        """``read()``; if it fails on a cached copy, drop that copy and ``read()`` once more from a fresh one."""
+        try:
+            return read()
+        except CorruptFileError as e:
+            if not self._cached_copy_failed(info, e):
+                raise
+        try:
+            return read()
+        except CorruptFileError as e:
+            where = self.display(info)
+            raise CorruptFileError(f"{where}: a fresh copy from the remote storage fails too: {e}", where) from e
 
     def check_types(self, data: pa.Table | pa.RecordBatch, info: FileInfo, index: int):
         """Return ``data`` (decoded from row group ``index`` of ``info``) if its columns have the manifest's

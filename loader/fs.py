@@ -136,18 +136,16 @@ def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 
 
 def replace_file(fs: pafs.FileSystem, src: str, dst: str) -> None:
-    """Move ``src`` over ``dst``: atomic on local disk (rename), delete-then-rename where the
-    filesystem refuses to overwrite (HDFS); readers of ``dst`` retry briefly in that window."""
+    """Move ``src`` over ``dst`` atomically: readers of ``dst`` see the old file or the new one, never none.
+
+    Local disk uses ``os.replace``; other filesystems use ``fs.move``, which replaces a file by pyarrow's
+    contract (on HDFS, :mod:`loader.webhdfs` sends ``RENAME`` with ``renameoptions=OVERWRITE``, Hadoop's atomic
+    rename2, and retries it safely). ``dst`` is never deleted first: a failure leaves it as it was.
+    """
     if isinstance(fs, pafs.LocalFileSystem):
         os.replace(src, dst)
         return
-    try:
-        fs.move(src, dst)
-    except OSError:
-        if not is_file(fs, dst):
-            raise
-        fs.delete_file(dst)
-        fs.move(src, dst)
+    fs.move(src, dst)
 
 
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:

@@ -262,7 +262,7 @@ class Staging:
             )  # fmt: skip
             with publish_lock(fs, self.dataset_dir):
                 manifest = self._rename_into_place(draft, _version_tag(fingerprint, files))
-                lfs.write_bytes_atomic(fs, lfs.join(self.dataset_dir, CURRENT_NAME), (manifest.version + "\n").encode())
+                self._swap_current(manifest.version)
                 self.manifest = manifest
                 self._release()
                 self._prune(keep_versions)
@@ -360,6 +360,35 @@ class Staging:
             f"publishing {lfs.display(fs, self.dataset_dir)} failed; the previous version stays live: other "
             f"runs published under each of the {_NAME_ATTEMPTS} version names this run chose"
         )
+
+    def _swap_current(self, version: str) -> None:
+        """Point ``CURRENT`` at ``version`` with one atomic replace (``CURRENT`` is never absent).
+
+        A failed replace may still have landed (its reply lost), so ``CURRENT`` is read back to tell the
+        truth: it names ``version`` (published after all), or still the previous version, or it cannot be
+        read (the error then says that either may be live).
+
+        Raises:
+            PublishError: ``CURRENT`` does not name ``version``; says which version is live, if known.
+        """
+        fs, where = self.fs, lfs.display(self.fs, self.dataset_dir)
+        try:
+            lfs.write_bytes_atomic(fs, lfs.join(self.dataset_dir, CURRENT_NAME), (version + "\n").encode())
+            return
+        except OSError as e:
+            error = e
+        try:
+            live = current_version(fs, self.dataset_dir, retries=2)
+        except OSError as e:
+            raise PublishError(
+                f"publishing {where} failed while replacing {CURRENT_NAME} ({error}); whether it names the previous "
+                f"version or the new {version} could not be checked ({e})"
+            ) from error
+        if live == version:
+            return  # the replace landed; only its answer was lost
+        raise PublishError(
+            f"publishing {where} failed; the previous version stays live ({CURRENT_NAME} names {live}): {error}"
+        ) from error
 
     def _prune(self, keep_versions: int) -> None:
         try:

@@ -48,6 +48,9 @@ _TRANSIENT_NAMES = frozenset(
         "ShortReadError",
     }
 )
+# Java exceptions in a WebHDFS error answer that mean "try again shortly": a name node in standby during an
+# HA failover, or one in safe mode (Hadoop's own clients retry these with backoff).
+_TRANSIENT_REMOTE_EXCEPTIONS = frozenset({"StandbyException", "RetriableException", "SafeModeException"})
 _SECRET_PARAMS = re.compile(r"(?i)\b(delegation|token|password|passwd|secret|signature|sig)=([^&\s'\"<>]+)")
 _USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)([^/@\s:]+):([^/@\s]+)@")
 
@@ -60,12 +63,20 @@ class ShortReadError(OSError):
 class RetryPolicy:
     """Bounded exponential backoff: ``attempts`` tries, waiting ``base_delay × 2^k`` (at most ``max_delay``).
 
-    Deterministic (no jitter), so tests and benchmarks behave the same every run.
+    The default waits 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 4 s, about 10 s in all, before it gives up: long
+    enough to ride out a typical name-node failover or a brief outage, short enough that a dead service
+    fails a job quickly. Raise ``attempts`` (``-o retries=N``) for slower failovers. Deterministic (no
+    jitter), so tests and benchmarks behave the same every run.
     """
 
-    attempts: int = 5
+    attempts: int = 8
     base_delay: float = 0.1
-    max_delay: float = 2.0
+    max_delay: float = 4.0
+
+    @property
+    def budget(self) -> float:
+        """Seconds spent waiting between attempts when every attempt fails."""
+        return sum(self.delay(k) for k in range(1, self.attempts))
 
     def __post_init__(self):
         if self.attempts < 1 or self.base_delay < 0 or self.max_delay < 0:
@@ -121,8 +132,11 @@ class RedactingFilter(logging.Filter):
 
 
 def is_transient(error: BaseException) -> bool:
-    """True for failures worth retrying: resets, drops mid-read, timeouts, 5xx answers."""
+    """True for failures worth retrying: resets, drops mid-read, timeouts, 5xx answers, and a remote
+    ``StandbyException`` / ``RetriableException`` / ``SafeModeException`` (name-node failover, safe mode)."""
     if isinstance(error, (ConnectionError, TimeoutError, ShortReadError)):
+        return True
+    if getattr(error, "exception", None) in _TRANSIENT_REMOTE_EXCEPTIONS:  # hdfs.HdfsError's Java class name
         return True
     return any(cls.__name__ in _TRANSIENT_NAMES for cls in type(error).__mro__)
 
@@ -161,11 +175,23 @@ def call_with_retries(
             if on_retry is not None:
                 on_retry(e)
             if failures >= policy.attempts:
-                raise RemoteError(
-                    f"{what}: failed after {failures} attempts; last cause: {type(e).__name__}: {redact(e)}"
-                ) from redacted_cause(e, redact)
-            log.info("%s: transient failure %d/%d (%s), retrying", what, failures, policy.attempts, type(e).__name__)
-            sleep(policy.delay(failures))
+                error = RemoteError(
+                    f"{what}: failed after {failures} attempts; last cause: {_name(e)}: {redact(e)}")
+                cause = redacted_cause(e, redact)
+            else:
+                error = None
+                log.info("%s: transient failure %d/%d (%s), retrying", what, failures, policy.attempts, _name(e))
+        if error is not None:
+            # Raised outside the except block, so the original exception (whose text may hold a token) is
+            # neither the __cause__ nor the __context__ of the error: only its redacted copy is reachable.
+            raise error from cause
+        sleep(policy.delay(failures))
+
+
+def _name(error: BaseException) -> str:
+    """The class name of ``error``, with the remote Java exception's name when it carries one."""
+    remote = getattr(error, "exception", None)
+    return f"{type(error).__name__} ({remote})" if isinstance(remote, str) and remote else type(error).__name__
 
 
 def _crc_of_file(path: str) -> tuple[int, int]:
@@ -177,9 +203,43 @@ def _crc_of_file(path: str) -> tuple[int, int]:
     return crc, total
 
 
+def _crc_of_fd(fd: int) -> tuple[int, int]:
+    """CRC-32 and length of the file open at ``fd``, read with positional reads (the offset is untouched)."""
+    crc, total = 0, 0
+    while chunk := os.pread(fd, _CHUNK, total):
+        crc = crc32(chunk, crc)
+        total += len(chunk)
+    return crc, total
+
+
 def file_checksum(path: str) -> str:
     """The manifest-style checksum (``crc32:<hex>``) of a local file."""
     return crc32_hex(_crc_of_file(path)[0])
+
+
+def _drop_if_empty(path: str) -> None:
+    try:
+        if os.path.getsize(path) == 0:
+            os.remove(path)
+    except OSError:
+        pass
+
+
+def _check_remote_size(fs: pafs.FileSystem, path: str, size: int, where: str) -> None:
+    """Raise :class:`CorruptFileError` if the remote file's size is not the manifest's ``size``.
+
+    A transfer that ends early is retried only when the file really is as long as the manifest says (the
+    connection dropped); a file that is shorter on the remote storage is permanently corrupt.
+    """
+    try:
+        actual = fs.get_file_info(path).size
+    except OSError:  # cannot tell now: treat the short read as an interrupted transfer
+        return
+    if actual is not None and actual != size:
+        raise CorruptFileError(
+            f"{where}: the remote file holds {actual} bytes, the manifest says {size} (truncated or replaced)",
+            where,
+        )
 
 
 def download(
@@ -233,6 +293,7 @@ def download(
             while have < size:
                 chunk = src.read(min(_CHUNK, size - have))
                 if not chunk:
+                    _check_remote_size(fs, path, size, where)  # a short file is corrupt, not a drop
                     raise ShortReadError(f"{where}: ended at byte {have} of {size}")
                 out.write(chunk)
                 crc = crc32(chunk, crc)
@@ -242,9 +303,14 @@ def download(
                     progress(len(chunk))
 
     try:
-        call_with_retries(copy_rest, what=f"reading {where}", policy=policy)
+        try:
+            call_with_retries(copy_rest, what=f"reading {where}", policy=policy)
+        except BaseException:
+            _drop_if_empty(dest)  # a partial download is kept to be resumed, an empty one is litter
+            raise
     except FileNotFoundError as e:
-        raise RemoteError(f"{where}: listed in the manifest but missing on the remote storage") from e
+        raise RemoteError(f"{where}: listed in the manifest but missing on the remote storage (deleted, e.g. "
+                          "its version was pruned?)") from e
     actual = crc32_hex(crc)
     if have != size or actual != checksum:
         os.remove(dest)

@@ -3,6 +3,11 @@
 The copy is the same cache :func:`loader.open_dataset` uses with ``cache_dir=``, so a synced node starts
 training at local-disk speed. Files already cached and verified are skipped, and a file interrupted halfway
 is resumed from its partial download, so running ``sync`` again after an interruption finishes the job.
+
+Every copy already in the cache is checksummed again (its ``.ok`` marker is not trusted): ``sync`` is the
+command that makes a node's cache good, and a copy that rotted on disk without changing its size or mtime
+would pass the marker. That costs one local read of the cached bytes; ``verify=False`` (``-o verify=false``)
+trusts the markers instead.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ class SyncSummary:
 
 
 def sync(url: str, cache_dir: str | os.PathLike, *, workers: int | str = 8, progress: bool = True,
-         **fs_options) -> SyncSummary:
+         verify: bool | str = True, **fs_options) -> SyncSummary:
     """Copy every data file of the version at ``url`` into ``cache_dir``, verified against the manifest.
 
     Args:
@@ -56,6 +61,7 @@ def sync(url: str, cache_dir: str | os.PathLike, *, workers: int | str = 8, prog
         cache_dir: The local cache directory (layout of :mod:`loader.cache`).
         workers: Parallel downloads.
         progress: Show a tqdm progress bar with bytes and rate (if tqdm is installed).
+        verify: Recompute the checksum of every copy already cached (a bad one is fetched again).
         **fs_options: Options of the URL's filesystem (user, token...).
 
     Returns:
@@ -71,6 +77,8 @@ def sync(url: str, cache_dir: str | os.PathLike, *, workers: int | str = 8, prog
         raise ConfigError(f"workers must be an integer, got {workers!r}") from e
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
+    if isinstance(verify, str):
+        verify = verify.strip().lower() not in ("0", "false", "no", "off")
     ds = open_dataset(url, **fs_options)
     cache = FileCache(cache_dir, io_threads=workers, auto_prefetch=False)
     bar = _progress_bar(ds.total_bytes, f"{ds.name} {ds.version}") if progress else None
@@ -86,7 +94,7 @@ def sync(url: str, cache_dir: str | os.PathLike, *, workers: int | str = 8, prog
     futures: dict = {}
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="larder-sync") as pool:
-            futures = {pool.submit(cache.fetch, ds, info, advance): info for info in ds.files}
+            futures = {pool.submit(cache.fetch, ds, info, advance, verify): info for info in ds.files}
             for future in as_completed(futures):
                 got = future.result()  # the first failure is raised here; the rest are cancelled
                 info = futures[future]

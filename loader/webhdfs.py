@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import configparser
 import getpass
-import io
 import logging
 import os
 import posixpath
@@ -41,7 +40,8 @@ from hdfs import HdfsError, InsecureClient, TokenClient
 
 from . import fs as lfs
 from .errors import ConfigError, RemoteError
-from .remote import RedactingFilter, Redactor, RetryPolicy, ShortReadError, call_with_retries, redacted_cause
+from .remote import RedactingFilter, Redactor, RetryPolicy, call_with_retries, redacted_cause
+from .webhdfs_streams import _RemoteFile, _Upload
 
 DEFAULT_HTTP_PORT = 9870
 _READ_CHUNK = 1 << 20
@@ -193,7 +193,9 @@ class WebHdfsHandler(pafs.FileSystemHandler):
         try:
             return call_with_retries(fn, what=what, policy=self.config.retry, redact=self.redact, on_retry=on_retry)
         except HdfsError as e:
-            raise self._translate(e, what) from redacted_cause(e, self.redact)
+            error, cause = self._translate(e, what), redacted_cause(e, self.redact)
+        # Raised outside the except block: the HdfsError (its text may hold a token) is not even the context.
+        raise error from cause
 
     def _translate(self, e: HdfsError, what: str) -> OSError:
         kind = getattr(e, "exception", None) or ""
@@ -284,17 +286,66 @@ class WebHdfsHandler(pafs.FileSystemHandler):
 
     def move(self, src, dest):
         """pyarrow semantics on HDFS: a file replaces a file atomically (``RENAME`` with
-        ``renameoptions=OVERWRITE``, Hadoop's rename2); a directory replaces only an empty directory."""
+        ``renameoptions=OVERWRITE``, Hadoop's rename2); a directory replaces only an empty directory.
+
+        Safe to retry: after a failure that may have happened after the name node applied the rename (a
+        timeout, a 5xx from a gateway, a dropped reply), the source and destination are looked at before
+        trying again; if the source is gone and the destination is the source's inode (same ``fileId``), the
+        rename landed and the move succeeds. A blind retry would find no source, and fail after succeeding.
+
+        Raises:
+            FileNotFoundError: ``src`` does not exist.
+            FileExistsError: ``dest`` is a non-empty directory.
+            RemoteError: The rename failed; its message says when the outcome could not be checked.
+        """
         src_status = self._status(src)
         if src_status is None:
             raise FileNotFoundError(f"{self.display_url(src)} does not exist")
         dst_status = self._status(dest)
-        if dst_status is None:
-            self._call("RENAME", src, lambda: self.client.rename(src, dest))
-            return
-        if dst_status["type"] == "DIRECTORY" and dst_status.get("childrenNum", 0):
+        if dst_status is not None and dst_status["type"] == "DIRECTORY" and dst_status.get("childrenNum", 0):
             raise FileExistsError(f"cannot move onto non-empty directory {self.display_url(dest)}")
-        self._call("RENAME", src, lambda: self.client._rename(src, destination=dest, renameoptions="OVERWRITE"))
+        overwrite = dst_status is not None
+        ambiguous = False  # a transient failure: the name node may have applied the rename anyway
+
+        def rename():
+            if ambiguous and self._rename_landed(src, dest, src_status):
+                return
+            if overwrite:
+                self.client._rename(src, destination=dest, renameoptions="OVERWRITE")
+            else:
+                self.client.rename(src, dest)
+
+        def failed(_error):
+            nonlocal ambiguous
+            ambiguous = True
+
+        try:
+            self._call("RENAME", src, rename, on_retry=failed)
+            return
+        except OSError as e:
+            if not ambiguous:
+                raise
+            error = e
+        try:
+            if self._rename_landed(src, dest, src_status):
+                return
+        except OSError as e:
+            raise RemoteError(f"RENAME {self.display_url(src)} to {self.display_url(dest)}: outcome unknown: the "
+                              f"rename failed ambiguously ({error}) and checking whether it landed failed too "
+                              f"({e})") from error
+        raise error
+
+    def _rename_landed(self, src: str, dest: str, src_status: dict) -> bool:
+        """Whether a rename of ``src`` (whose status before the rename was ``src_status``) to ``dest`` landed."""
+        if self._status(src) is not None:
+            return False
+        after = self._status(dest)
+        if after is None or after["type"] != src_status["type"]:
+            return False
+        if src_status.get("fileId") is not None and after.get("fileId") is not None:
+            return after["fileId"] == src_status["fileId"]  # HDFS keeps a file's inode id across a rename
+        keys = ("length", "modificationTime") if src_status["type"] == "FILE" else ("modificationTime",)
+        return all(after.get(k) == src_status.get(k) for k in keys)
 
     def copy_file(self, src, dest):
         with self.open_input_stream(src) as f_in, self.open_output_stream(dest, None) as f_out:
@@ -332,133 +383,6 @@ def _install_log_filter(redact: Redactor) -> None:
     _filters.add(id(redact))
     for name in ("urllib3.connectionpool", "hdfs.client", "requests"):
         logging.getLogger(name).addFilter(RedactingFilter(redact))
-
-
-class _RemoteFile(io.RawIOBase):
-    """A remote file read with ``OPEN offset/length``; drops and 5xx are retried from the byte reached.
-
-    ``sequential`` streams one response from the current offset to the end (downloads); otherwise every
-    read is one bounded ranged request (Parquet footers and column chunks), so nothing extra is fetched.
-    """
-
-    def __init__(self, handler: WebHdfsHandler, path: str, sequential: bool):
-        super().__init__()
-        self.h, self.path, self.sequential = handler, path, sequential
-        self.pos = 0
-        self._size: int | None = None
-        self._resp = None
-        self._resp_pos = -1
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def size(self) -> int:
-        if self._size is None:
-            status = self.h._status(self.path)
-            if status is None or status["type"] != "FILE":
-                raise FileNotFoundError(f"{self.h.display_url(self.path)} is not a file")
-            self._size = int(status["length"])
-        return self._size
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.pos, 2: self.size() if whence == 2 else 0}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def _drop(self, *_):
-        if self._resp is not None:
-            self._resp.close()
-        self._resp, self._resp_pos = None, -1
-
-    def _read_some(self, n: int) -> bytes:
-        """Up to ``n`` bytes at ``pos``: b"" only at end of file."""
-        client = self.h.client
-        if self.sequential:
-            if self._resp is None or self._resp_pos != self.pos:
-                self._drop()
-                if self._size is not None and self.pos >= self._size:
-                    return b""
-                self._resp = client._open(self.path, offset=self.pos)
-                self._resp_pos = self.pos
-            data = self._resp.raw.read(n)
-            if not data and (self._size is None or self.pos < self._size):
-                self._drop()
-                # An empty read at a known end is EOF; verify an unknown end before believing it.
-                if self.pos < self.size():
-                    raise ShortReadError(f"{self.h.display_url(self.path)}: stream ended at byte {self.pos}")
-            self._resp_pos += len(data)
-            return data
-        resp = client._open(self.path, offset=self.pos, length=n)
-        try:
-            data = resp.raw.read(n)
-            expected = int(resp.headers.get("Content-Length", len(data)))
-            if not data and expected:  # dropped before any byte; partial data counts as progress
-                raise ShortReadError(f"{self.h.display_url(self.path)}: got 0 of {expected} bytes")
-            return data
-        finally:
-            resp.close()
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = max(0, self.size() - self.pos)
-        parts, want = [], n
-        while want > 0:
-            data = self.h._call("OPEN", self.path, lambda w=want: self._read_some(min(w, 8 << 20)), self._drop)
-            if not data:
-                break
-            parts.append(data)
-            self.pos += len(data)
-            want -= len(data)
-        return b"".join(parts)
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self._drop()
-        super().close()
-
-
-class _Upload(io.RawIOBase):
-    """Bytes written are spooled locally, then sent with a two-step ``CREATE`` (or ``APPEND``) on close,
-    retried as a whole on transient failures."""
-
-    def __init__(self, handler: WebHdfsHandler, path: str, append: bool):
-        super().__init__()
-        import tempfile
-
-        self.h, self.path, self.append = handler, path, append
-        self._spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        return self._spool.write(data)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            def send():
-                self._spool.seek(0)
-                self.h.client.write(self.path, data=self._spool, overwrite=not self.append, append=self.append)
-
-            self.h._call("APPEND" if self.append else "CREATE", self.path, send)
-        finally:
-            self._spool.close()
-            super().close()
 
 
 def make_filesystem(url: str, *, user: str | None = None, token: str | None = None, kerberos: bool | str = False,

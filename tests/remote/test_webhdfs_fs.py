@@ -177,3 +177,13 @@ def test_import_loader_needs_no_optional_remote_dependency():
             "bad = [m for m in ('hdfs', 'requests', 'tqdm', 'loader.webhdfs') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_file_of_a_pruned_version_says_it_is_gone(server, remote_table):
+    import shutil
+
+    ds = loader.write_cache(remote_table, server.url("/caches"), "pruned", row_group_bytes=3_000)
+    opened = loader.open_dataset(server.url("/caches/pruned"), retry=FAST_RETRY)
+    shutil.rmtree(server.local(f"/caches/pruned/{ds.version}"))  # another run pruned it
+    with pytest.raises(OSError, match="does not exist .*pruned"):
+        opened.read_row_group(opened.files[0], 0)

@@ -100,3 +100,23 @@ def test_fault_switches_and_log(server):
     assert dropped
     assert server.count(op="GETFILESTATUS") == 3
     assert server.count(op="OPEN", node="datanode") == 1
+
+
+def test_failover_answers_and_lost_replies(server):
+    _put_file(server, "/proto/g", b"y" * 10)
+    url = f"{server.http_url}{V1}/proto/g"
+    server.fail_next(1, status=403, op="GETFILESTATUS", exception="StandbyException")
+    first = requests.get(url, params={"op": "GETFILESTATUS"})
+    assert first.status_code == 403 and first.json()["RemoteException"]["exception"] == "StandbyException"
+    assert first.json()["RemoteException"]["javaClassName"] == "org.apache.hadoop.ipc.StandbyException"
+    server.lose_reply_next(1, op="RENAME", status=504)  # applied, then a gateway's timeout answer
+    lost = requests.put(url, params={"op": "RENAME", "destination": "/proto/h"})
+    assert lost.status_code == 504
+    assert server.status("/proto/h")["length"] == 10  # the rename did happen
+    server.lose_reply_next(1, op="RENAME", status=0)  # applied, then the connection closes unanswered
+    try:
+        requests.put(f"{server.http_url}{V1}/proto/h", params={"op": "RENAME", "destination": "/proto/g"})
+        answered = True
+    except requests.exceptions.ConnectionError:
+        answered = False
+    assert not answered and server.status("/proto/g")["length"] == 10

@@ -31,7 +31,7 @@ class RemoteException(Exception):
 class Rule:
     """An injected fault: applies to requests matching ``op``/``path``/``node`` ``count`` times (None: always)."""
 
-    kind: str  # "error", "drop" or "slow"
+    kind: str  # "error", "drop", "slow" or "lose" (perform the operation, then lose its answer)
     count: int | None
     op: str | None = None
     path: str | None = None
@@ -39,6 +39,7 @@ class Rule:
     status: int = 503
     after_bytes: int = 0
     seconds: float = 0.0
+    exception: str = "IOException"  # the Java exception of an error answer
 
     def matches(self, node: str, op: str, path: str) -> bool:
         return (
@@ -80,3 +81,69 @@ class Link:
             delay = self._next - now
         if delay > 0:
             time.sleep(delay)
+
+
+class FaultSwitches:
+    """The fault and log switches of :class:`tests.remote.webhdfs_server.WebHdfs` (which holds ``_rules``,
+    ``_lock`` and ``log``)."""
+
+    _rules: list[Rule]
+    _lock: threading.Lock
+    log: list[Record]
+
+    def fail_next(self, count: int = 1, status: int = 503, op: str | None = None, path: str | None = None,
+                  node: str | None = None, exception: str = "IOException") -> None:
+        """Answer the next ``count`` matching requests with ``status`` and a ``RemoteException`` of ``exception``
+        (e.g. ``status=403, exception="StandbyException"``: a name node in standby during a failover)."""
+        with self._lock:
+            self._rules.append(Rule("error", count, op, path, node, status, exception=exception))
+
+    def fail_always(self, status: int = 503, op: str | None = None, path: str | None = None,
+                    node: str | None = None, exception: str = "IOException") -> None:
+        """Answer every matching request with ``status`` until :meth:`clear_faults`."""
+        with self._lock:
+            self._rules.append(Rule("error", None, op, path, node, status, exception=exception))
+
+    def lose_reply_next(self, count: int = 1, op: str | None = None, path: str | None = None,
+                        node: str | None = None, status: int = 504, seconds: float = 0.0) -> None:
+        """Apply the next ``count`` matching operations but lose their answers: wait ``seconds`` (past a client's
+        timeout, say), then answer ``status`` as a gateway that gave up would, or with ``status=0`` close the
+        connection without an answer."""
+        with self._lock:
+            self._rules.append(Rule("lose", count, op, path, node, status, seconds=seconds))
+
+    def drop_next(self, count: int = 1, after_bytes: int = 0, path: str | None = None) -> None:
+        """Close the connection of the next ``count`` data-node OPENs after ``after_bytes`` body bytes."""
+        with self._lock:
+            self._rules.append(Rule("drop", count, "OPEN", path, "datanode", after_bytes=after_bytes))
+
+    def slow_next(self, count: int = 1, seconds: float = 1.0, op: str | None = None, path: str | None = None,
+                  node: str | None = None) -> None:
+        """Hold the next ``count`` matching requests for ``seconds`` before answering (client timeouts)."""
+        with self._lock:
+            self._rules.append(Rule("slow", count, op, path, node, seconds=seconds))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self.log.clear()
+
+    def count(self, op: str | None = None, path: str | None = None, node: str | None = None) -> int:
+        """How many logged requests match (``path`` is a substring)."""
+        with self._lock:
+            return sum(1 for r in self.log if (op is None or r.op == op) and (path is None or path in r.path)
+                       and (node is None or r.node == node))
+
+    def _take_rule(self, kind: str, node: str, op: str, path: str) -> Rule | None:
+        with self._lock:
+            for rule in self._rules:
+                if rule.kind == kind and rule.matches(node, op, path):
+                    if rule.count is not None:
+                        rule.count -= 1
+                        if rule.count <= 0:
+                            self._rules.remove(rule)
+                    return rule
+        return None

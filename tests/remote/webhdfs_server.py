@@ -11,7 +11,10 @@ GETFILECHECKSUM, GETFILEBLOCKLOCATIONS, GETHOMEDIRECTORY, GETSERVERDEFAULTS, CRE
 Switches for tests and benchmarks: ``latency`` (seconds before every answer), ``bandwidth`` (bytes/s for
 data-node bodies, shared by all connections like one network link), :meth:`WebHdfs.drop_next` (close the
 connection after N body bytes), :meth:`WebHdfs.slow_next` (answer late), :meth:`WebHdfs.fail_next` /
-:meth:`WebHdfs.fail_always` (error answers) and a request log (:attr:`WebHdfs.log`, :meth:`WebHdfs.count`).
+:meth:`WebHdfs.fail_always` (error answers, any Hadoop exception: ``StandbyException`` and ``RetriableException``
+come with HTTP 403 as a name node in standby or safe mode sends them), :meth:`WebHdfs.lose_reply_next` (the
+operation is applied, its answer lost: a gateway's 504, a reply after the client's timeout, or a dropped
+connection) and a request log (:attr:`WebHdfs.log`, :meth:`WebHdfs.count`).
 ``token`` makes every request need ``delegation=<token>``; extra name nodes in standby answer
 ``StandbyException`` (HA).
 """
@@ -19,6 +22,7 @@ connection after N body bytes), :meth:`WebHdfs.slow_next` (answer late), :meth:`
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -30,7 +34,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from tests.remote.webhdfs_faults import JAVA_CLASSES, Link, Record, RemoteException, Rule
+from tests.remote.webhdfs_faults import JAVA_CLASSES, FaultSwitches, Link, Record, RemoteException, Rule
 
 PREFIX = "/webhdfs/v1"
 
@@ -57,7 +61,7 @@ class _Server(ThreadingHTTPServer):
 
 
 @dataclass
-class WebHdfs:
+class WebHdfs(FaultSwitches):
     """The server: a store directory, one data node, one active name node and optional standbys.
 
     Use as a context manager or call :meth:`start` / :meth:`stop`.
@@ -142,54 +146,6 @@ class WebHdfs:
     @bandwidth.setter
     def bandwidth(self, rate: float | None) -> None:
         self._link.rate = rate
-
-    def fail_next(self, count: int = 1, status: int = 503, op: str | None = None, path: str | None = None,
-                  node: str | None = None) -> None:
-        """Answer the next ``count`` matching requests with ``status``."""
-        with self._lock:
-            self._rules.append(Rule("error", count, op, path, node, status))
-
-    def fail_always(self, status: int = 503, op: str | None = None, path: str | None = None,
-                    node: str | None = None) -> None:
-        """Answer every matching request with ``status`` until :meth:`clear_faults`."""
-        with self._lock:
-            self._rules.append(Rule("error", None, op, path, node, status))
-
-    def drop_next(self, count: int = 1, after_bytes: int = 0, path: str | None = None) -> None:
-        """Close the connection of the next ``count`` data-node OPENs after ``after_bytes`` body bytes."""
-        with self._lock:
-            self._rules.append(Rule("drop", count, "OPEN", path, "datanode", after_bytes=after_bytes))
-
-    def slow_next(self, count: int = 1, seconds: float = 1.0, op: str | None = None, path: str | None = None,
-                  node: str | None = None) -> None:
-        """Hold the next ``count`` matching requests for ``seconds`` before answering (client timeouts)."""
-        with self._lock:
-            self._rules.append(Rule("slow", count, op, path, node, seconds=seconds))
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._rules.clear()
-
-    def clear_log(self) -> None:
-        with self._lock:
-            self.log.clear()
-
-    def count(self, op: str | None = None, path: str | None = None, node: str | None = None) -> int:
-        """How many logged requests match (``path`` is a substring)."""
-        with self._lock:
-            return sum(1 for r in self.log if (op is None or r.op == op) and (path is None or path in r.path)
-                       and (node is None or r.node == node))
-
-    def _take_rule(self, kind: str, node: str, op: str, path: str) -> Rule | None:
-        with self._lock:
-            for rule in self._rules:
-                if rule.kind == kind and rule.matches(node, op, path):
-                    if rule.count is not None:
-                        rule.count -= 1
-                        if rule.count <= 0:
-                            self._rules.remove(rule)
-                    return rule
-        return None
 
     # ----------------------------------------------------------------- file system model
     def status(self, path: str, suffix: str = "") -> dict:
@@ -294,7 +250,10 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(slow.seconds)
             rule = st._take_rule("error", self.role, op, path)
             if rule is not None:
-                raise RemoteException(rule.status, "IOException", f"injected fault {rule.status} on {op}")
+                raise RemoteException(rule.status, rule.exception, f"injected fault {rule.status} on {op}")
+            lost = st._take_rule("lose", self.role, op, path)
+            if lost is not None:
+                return self._lose_reply(method, op, path, params, record, lost)
             if self.role == "datanode":
                 self._datanode(method, op, path, params, record)
             else:
@@ -306,6 +265,25 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(e.status, body, record)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _lose_reply(self, method: str, op: str, path: str, params: dict, record: Record, rule: Rule) -> None:
+        """Apply the operation with its answer going nowhere, then answer as ``rule`` says (or not at all)."""
+        real, self.wfile = self.wfile, io.BytesIO()
+        try:
+            if self.role == "datanode":
+                self._datanode(method, op, path, params, record)
+            else:
+                self._namenode(method, op, path, params, record)
+        except RemoteException:
+            pass  # the operation failed; its answer is lost all the same
+        finally:
+            self.wfile = real
+        if rule.seconds:
+            time.sleep(rule.seconds)
+        if rule.status:
+            raise RemoteException(rule.status, "IOException", f"injected: the answer to {op} was lost")
+        self.close_connection = True  # no answer at all: the client sees the connection close
+        record.status = 0
 
     def _authorize(self, params: dict) -> None:
         token = self.server_state.token
