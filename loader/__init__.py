@@ -7,6 +7,7 @@ errors in :mod:`loader.errors`.
 from . import _alloc  # noqa: F401, I001 - first, before pyarrow loads: see loader/_alloc.py
 from .dataset import Dataset, open_dataset
 from .errors import (
+    CacheError,
     ColumnNotFoundError,
     ConfigError,
     CorruptFileError,
@@ -27,6 +28,7 @@ from .reader import Reader, make_reader
 from .writer import write_cache
 
 __all__ = [
+    "CacheError",
     "ColumnNotFoundError",
     "ConfigError",
     "CorruptFileError",

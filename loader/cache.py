@@ -59,14 +59,13 @@ from .cache_disk import (
     _LOCAL_ERRNOS,
     META_DIR,
     SOURCE_NAME,
-    CacheError,
     Evictor,
     _Flock,
     _hidden,
     _marker_matches,
     _remove_quietly,
 )
-from .errors import ConfigError, LarderError
+from .errors import CacheError, ConfigError, LarderError
 from .manifest import FileInfo, crc32_hex
 from .remote import RetryPolicy, _crc_of_fd, download
 

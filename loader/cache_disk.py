@@ -1,4 +1,4 @@
-"""The on-disk side of :mod:`loader.cache`: names, ``flock`` locks, the :class:`CacheError`, and eviction.
+"""The on-disk side of :mod:`loader.cache`: names, ``flock`` locks, and eviction.
 
 Eviction (:class:`Evictor`, mixed into :class:`loader.cache.FileCache`) is least-recently-used by access
 time, under one node-wide lock (``<cache_dir>/.larder/evict.lock``). It never takes a file this process pins,
@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 from . import fs as lfs
-from .errors import LarderError
 from .manifest import MANIFEST_NAME
 
 log = logging.getLogger("loader.cache")
@@ -28,25 +27,6 @@ SOURCE_NAME = ".larder-source.json"
 ANSWER_TTL = 60.0  # seconds a "does this version still exist remotely?" answer is trusted
 # errno values that mean the local cache directory cannot take the file (not a remote failure).
 _LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
-
-
-class CacheError(LarderError, OSError):
-    """The local cache directory cannot hold a file (full, read-only, no permission).
-
-    Attributes:
-        path: The local file at fault. ``errno`` is the original error number (``ENOSPC``, ``EROFS``...).
-    """
-
-    def __init__(self, message: str, path: str | None = None, errno_: int | None = None):
-        super().__init__(message)
-        self.path = path
-        self.errno = errno_
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-    def __reduce__(self):  # keep the path and errno when pickled across a process pool
-        return (type(self), (str(self), self.path, self.errno))
 
 
 def _remove_quietly(path: str) -> None:

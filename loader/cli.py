@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from . import fs as lfs
 from .dataset import Dataset, open_dataset
-from .errors import ColumnNotFoundError, ConfigError, CorruptFileError, LarderError
+from .errors import ColumnNotFoundError, ConfigError, CorruptFileError, LarderError, RemoteError
 from .manifest import MANIFEST_NAME, FileInfo, _checksum_with_ranges, chunk_range
 
 PROG = "larder"
@@ -265,6 +265,8 @@ def _file_problems(ds: Dataset, info: FileInfo) -> list[str]:
         if message.startswith("row groups ") and message.endswith("disagree with the manifest"):
             message += f"'s {[g.num_rows for g in info.row_groups]}"
         return [message]
+    except RemoteError:
+        raise  # the storage failed, not the file: the caller says it could not be checked
     except (OSError, pa.ArrowException) as e:
         return [f"cannot read ({e})"]
     problems, chunk_problems, ranges = [], [], []
@@ -298,6 +300,8 @@ def _file_problems(ds: Dataset, info: FileInfo) -> list[str]:
                     ranges.append((start, length, i, c))
         f.seek(0)
         checksum, read, sums = _checksum_with_ranges(f, ranges)
+    except RemoteError:
+        raise
     except (OSError, pa.ArrowException) as e:
         return [*problems, f"cannot read ({e})"]
     finally:
@@ -332,8 +336,14 @@ def cmd_verify(args) -> int:
 
     manifest_path = lfs.display(ds.fs, lfs.join(ds.version_path, MANIFEST_NAME))
     report(manifest_path, _manifest_problems(ds), listed=False)
+    unchecked: list[dict[str, str]] = []  # files the remote storage would not give (an outage is no verdict)
     for info in ds.files:
-        report(ds.display(info), _file_problems(ds, info))
+        try:
+            report(ds.display(info), _file_problems(ds, info))
+        except RemoteError as e:
+            unchecked.append({"path": ds.display(info), "error": str(e)})
+            if not args.json:
+                print(f"UNCHECKED {ds.display(info)}: could not be read from the remote storage ({e})", flush=True)
     what = f"{ds.name} {ds.version}"
     summary = (f"{len(ds.files)} files, {ds.num_row_groups} row groups, {ds.num_rows} rows, "
                f"{ds.total_bytes} bytes of {what}")
@@ -341,16 +351,20 @@ def cmd_verify(args) -> int:
         print(json.dumps({
             "dataset": ds.name, "version": ds.version, "path": lfs.display(ds.fs, ds.version_path),
             "files": len(ds.files), "row_groups": ds.num_row_groups, "rows": ds.num_rows,
-            "bytes": ds.total_bytes, "ok": not bad, "bad": bad,
+            "bytes": ds.total_bytes, "ok": not bad and not unchecked, "bad": bad, "unchecked": unchecked,
         }, indent=1, ensure_ascii=False))
     if bad:
         files = [b["path"] for b in bad if b["path"] != manifest_path]
         parts = ["the manifest"] if len(files) < len(bad) else []
         parts += [f"{len(files)} of {len(ds.files)} files"] if files else []
+        also = f" ({len(unchecked)} more could not be checked)" if unchecked else ""
         raise CorruptFileError(
-            f"{' and '.join(parts)} of {what} fail verification: {', '.join(b['path'] for b in bad)}",
+            f"{' and '.join(parts)} of {what} fail verification{also}: {', '.join(b['path'] for b in bad)}",
             bad[0]["path"],
         )
+    if unchecked:
+        raise RemoteError(f"{len(unchecked)} of {len(ds.files)} files of {what} could not be checked (the remote "
+                          f"storage failed; none failed a check): {', '.join(u['path'] for u in unchecked)}")
     if not args.json:
         print(f"ok: {summary} match the manifest")
     return 0

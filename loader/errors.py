@@ -73,6 +73,25 @@ class RemoteError(LarderError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
+class CacheError(LarderError, OSError):
+    """The local cache directory cannot hold a file (full, read-only, no permission).
+
+    Attributes:
+        path: The local file at fault. ``errno`` is the original error number (``ENOSPC``, ``EROFS``...).
+    """
+
+    def __init__(self, message: str, path: str | None = None, errno_: int | None = None):
+        super().__init__(message)
+        self.path = path
+        self.errno = errno_
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self):  # keep the path and errno when pickled across a process pool
+        return (type(self), (str(self), self.path, self.errno))
+
+
 class PublishError(LarderError, OSError):
     """A version could not be published; the previous version stays live."""
 

@@ -261,6 +261,7 @@ class Reader(Closeable):
                 f"make_reader got unexpected keyword arguments {sorted(fs_options)} (extra keywords are options "
                 "of a remote URL's filesystem)"
             )
+        self._owns_dataset = not isinstance(url, Dataset)
         if isinstance(url, Dataset):
             ds = url
         elif cache_dir is not None:
@@ -471,11 +472,15 @@ class Reader(Closeable):
     # --- lifetime -------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the background thread and every worker; idempotent."""
+        """Stop the background thread and every worker, and the downloads ahead into a local file cache the
+        reader opened (``cache_dir=``); idempotent."""
         self._closed = True
         pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:
             pipeline.close()
+        cache = getattr(getattr(self, "dataset", None), "file_cache", None)
+        if cache is not None and getattr(self, "_owns_dataset", False):
+            cache.close()  # reusable: a restarted reader (load_state_dict) downloads again
 
 
 def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, seed: int = 0,

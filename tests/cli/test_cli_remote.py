@@ -47,3 +47,19 @@ def test_wrong_token_is_one_line_without_secrets(secret_cache):
     line = one_error_line(proc)
     assert "permission denied" in line or "403" in line or "401" in line
     assert wrong not in proc.stdout + proc.stderr and TOKEN not in proc.stdout + proc.stderr
+
+
+def test_verify_during_an_outage_says_unchecked_not_bad(secret_cache, token_server):  # noqa: F811
+    _, ds, url = secret_cache
+    token_server.fail_always(status=503, op="OPEN", node="datanode", path=".parquet")
+    try:
+        proc = run_with_token("verify", url, "-o", "retries=2")
+    finally:
+        token_server.clear_faults()
+    assert proc.returncode == 1
+    assert "BAD " not in proc.stdout
+    assert sum(line.startswith("UNCHECKED ") for line in proc.stdout.splitlines()) == len(ds.files)
+    assert f"{len(ds.files)} of {len(ds.files)} files of secret" in one_error_line(proc)
+    assert "could not be checked" in one_error_line(proc) and TOKEN not in proc.stdout + proc.stderr
+    healthy = run_with_token("verify", url)
+    assert healthy.returncode == 0, healthy.stderr
