@@ -3,8 +3,14 @@
 A conf is a YAML mapping with the sections ``name``, ``source``, ``transforms``, ``output`` and ``spark``
 (see ``conf/demo.yaml``). Everything but ``name`` and the source has a default, so a ten-line conf is
 enough. ``--set a.b=c`` overrides any key by its dotted path (list items by index: ``transforms.0.column``);
-the value is parsed as YAML, so ``--set source.columns=[a,b]`` and ``--set output.shuffle=false`` work;
-``--set spark.conf.spark.executor.memory=4g`` sets the Spark key ``spark.executor.memory``.
+the value is parsed as YAML, so ``--set source.columns=[a,b]`` and ``--set output.shuffle=false`` work,
+except for string keys, which take the text as given (``--set source.where=title LIKE '%: %'``;
+``null`` or ``~`` unsets an optional one); ``--set spark.conf.spark.executor.memory=4g`` sets the Spark
+key ``spark.executor.memory``.
+
+Partition values (``source.partitions``) are strings: in the YAML file and in ``--set`` they keep the
+scalar's source text, so ``hour: 07`` is ``"07"`` and ``country: NO`` is ``"NO"`` (YAML would make them
+7 and false); a mapping built in Python must give strings.
 
 Every error names the key at fault; an unknown key also names the closest valid one.
 """
@@ -42,6 +48,11 @@ READERS = ("auto", "spark")
 
 class Size(int):
     """A byte count; YAML may write it as ``134217728``, ``"128MiB"``, ``"128m"`` or ``"1.5 GB"``."""
+
+
+class Text(str):
+    """A string that must be given as one (a partition value): numbers and booleans are refused, since
+    their source text is lost (``07`` -> 7, ``NO`` -> false); :func:`load` keeps the text instead."""
 
 
 def parse_size(value: Any, key: str) -> int:
@@ -95,7 +106,7 @@ class SourceConfig:
     path: str | None = None
     format: str = "parquet"
     where: str | None = None
-    partitions: dict[str, Any] = field(default_factory=dict)
+    partitions: dict[str, Text | tuple[Text, ...]] = field(default_factory=dict)
     columns: tuple[str, ...] | None = None
     sample: float = 1.0
     seed: int = 0
@@ -226,6 +237,9 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
+        if len(args) > 1:  # ``Text | tuple[Text, ...]``: a list picks the tuple
+            listy = isinstance(value, (list, tuple))
+            args = [a for a in args if (typing.get_origin(a) is tuple) == listy] or args
         return _convert(value, args[0], key)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
@@ -239,7 +253,14 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     if origin is dict or hint is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {str(k): v for k, v in value.items()}
+        item = typing.get_args(hint)[1] if typing.get_args(hint) else Any
+        return {str(k): _convert(v, item, f"{key}.{k}") for k, v in value.items()}
+    if hint is Text:
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{key}: expected a string, got {value!r} ({type(value).__name__}); quote it in YAML, e.g. '07'"
+            )
+        return str(value)
     if hint is Any:
         return value
     if hint is bool:
@@ -285,47 +306,6 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**values)
 
 
-def apply_override(raw: dict, assignment: str) -> None:
-    """Apply one ``dotted.key=value`` override to the raw conf mapping (value parsed as YAML).
-
-    Raises:
-        ConfigError: The assignment is malformed or walks into a non-mapping.
-    """
-    import yaml
-
-    key, sep, text = assignment.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. output.block_size=8MiB")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({e})") from e
-    parts = key.split(".")
-    if parts[:2] == ["spark", "conf"] and len(parts) > 2:  # Spark's own keys are dotted: one map key
-        parts = parts[:2] + [".".join(parts[2:])]
-    node: Any = raw
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        where = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {key}: {where!r} is not an index of a {len(node)}-item list")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-        else:
-            raise ConfigError(f"--set {key}: {'.'.join(parts[:i])!r} is not a mapping")
-
-
 def from_dict(raw: Mapping, overrides: Iterable[str] = ()) -> JobConfig:
     """Build and validate a :class:`JobConfig` from a mapping plus ``--set`` overrides.
 
@@ -333,6 +313,8 @@ def from_dict(raw: Mapping, overrides: Iterable[str] = ()) -> JobConfig:
         ConfigError: A key is unknown, missing, of the wrong type, or a value is out of range.
     """
     import copy
+
+    from .overrides import apply_override
 
     raw = copy.deepcopy(dict(raw or {}))
     for assignment in overrides:
@@ -352,7 +334,12 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = ()) -> JobConfig:
 
     try:
         with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            text = f.read()
+        raw = yaml.safe_load(text)
+        if isinstance(raw, dict):
+            from .overrides import keep_partition_text
+
+            keep_partition_text(text, raw)
     except FileNotFoundError as e:
         raise ConfigError(f"conf file {os.fspath(path)} does not exist") from e
     except yaml.YAMLError as e:
@@ -422,3 +409,19 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError(f"output.block_size: {o.block_size} bytes is below the 64KiB minimum")
     if o.page_size is not None and o.page_size > 64 << 20:
         raise ConfigError(f"output.page_size: {o.page_size} bytes is too large (at most 64MiB)")
+    check_page_size(o.page_size, o.block_size)
+    for key, seed in (("output.seed", o.seed), ("source.seed", s.seed)):
+        if not 0 <= seed < 1 << 63:
+            raise ConfigError(f"{key}: must be a non-negative integer below 2**63, got {seed}")
+
+
+def check_page_size(page_size: int | None, block_size: int | None, block_from: str = "output.block_size") -> None:
+    """Refuse a page larger than the block (a row group could never be cut under it).
+
+    Raises:
+        ConfigError: Naming both keys.
+    """
+    if page_size is not None and block_size is not None and page_size > block_size:
+        raise ConfigError(
+            f"output.page_size: {format_size(page_size)} is larger than {block_from} {format_size(block_size)}"
+        )

@@ -17,7 +17,9 @@ Spark as before). It accepts a selection only when all of this holds:
 * every selected column is in every file with exactly the Arrow type Spark hands ``mapInArrow`` (list
   item names and nullability aside), or is a Hive partition column of a string, integer or date type
   (its value comes from the file's ``column=value`` directory); timestamps are left to Spark (their
-  Arrow form depends on the session time zone);
+  Arrow form depends on the session time zone), and so are the date columns of a file that Spark reads
+  with a calendar rebase (:func:`rebase_mode`: written by Spark < 3 or with LEGACY rebase, or without
+  Spark's metadata while the session's ``datetimeRebaseModeInRead`` is not CORRECTED);
 * fewer than :data:`etl.layout.LONG_SAFE_ROWS` rows.
 
 Rows are laid out as :func:`etl.layout.assign_files` lays them out: a global index ``g`` in source order
@@ -174,6 +176,64 @@ def _has_timestamp(data_type) -> bool:
     return isinstance(data_type, (TimestampType, TimestampNTZType))
 
 
+def _has_date(data_type) -> bool:
+    from pyspark.sql.types import ArrayType, DateType
+
+    if isinstance(data_type, ArrayType):
+        return _has_date(data_type.elementType)
+    return isinstance(data_type, DateType) or _has_timestamp(data_type)
+
+
+GREGORIAN_START = datetime.date(1582, 10, 15)  # the calendars (and every rebase) agree from this day on
+
+
+def _before_gregorian(meta: pq.FileMetaData, columns: list[str]) -> str | None:
+    """The first of ``columns`` whose footer statistics do not prove every value is from
+    :data:`GREGORIAN_START` on (no statistics count as "may be earlier"), or None."""
+    wanted = set(columns)
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        for j in range(rg.num_columns):
+            chunk = rg.column(j)
+            name = chunk.path_in_schema.split(".")[0]
+            if name not in wanted:
+                continue
+            stats = chunk.statistics
+            try:
+                ok = stats is None and chunk.num_values == 0 or (
+                    stats is not None and (stats.null_count == chunk.num_values or (
+                        stats.has_min_max and isinstance(stats.min, datetime.date)
+                        and stats.min >= GREGORIAN_START)))
+            except (ValueError, OverflowError):  # a day before year 1 has no datetime.date
+                ok = False
+            if not ok:
+                return name
+    return None
+
+
+REBASE_READ_KEYS = ("spark.sql.parquet.datetimeRebaseModeInRead", "spark.sql.legacy.parquet.datetimeRebaseModeInRead")
+
+
+def rebase_mode(metadata: dict | None, session_mode: str) -> tuple[str, str]:
+    """How Spark reads the dates of a Parquet file (``DataSourceUtils.datetimeRebaseSpec``), and why.
+
+    A file written by Spark 3+ records its version and, when written with the LEGACY (Julian calendar)
+    rebase, ``org.apache.spark.legacyDateTime``; Spark before 3.0 always wrote Julian dates. A file
+    without Spark's version (Hive, pyarrow...) is read with the session's
+    ``spark.sql.parquet.datetimeRebaseModeInRead``. pyarrow never rebases: it reads a file as Spark does
+    only when the answer is CORRECTED.
+    """
+    meta = metadata or {}
+    version = meta.get(b"org.apache.spark.version")
+    if version is not None:
+        if version.decode(errors="replace") < "3.0.0":
+            return "LEGACY", f"written by Spark {version.decode(errors='replace')} (Julian calendar dates)"
+        if b"org.apache.spark.legacyDateTime" in meta:
+            return "LEGACY", "written with Spark's LEGACY datetime rebase (org.apache.spark.legacyDateTime)"
+        return "CORRECTED", "written by Spark 3+"
+    return session_mode, f"no Spark version in the file: spark.sql.parquet.datetimeRebaseModeInRead={session_mode}"
+
+
 def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfig, vocabularies: dict[str, list[str]],
          partition_columns: list[str], total: int, input_files: list[str] | None = None
          ) -> tuple[DirectPlan | None, str]:
@@ -217,6 +277,9 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
         if not any(check(t) for check in _PARTITION_TYPES):
             return None, f"partition column {name!r} is {t}"
     file_columns = tuple(c for c in selection if c not in partition_types)
+    dated = [c for c in file_columns if _has_date(source_df.schema[c].dataType)]
+    session_mode = next((str(spark.conf.get(k, None)).upper() for k in REBASE_READ_KEYS
+                         if spark.conf.get(k, None)), "CORRECTED")
     pieces: list[Piece] = []
     offset = compressed = 0
     for path in paths:
@@ -225,6 +288,12 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
                 meta, file_schema = pf.metadata, pf.schema_arrow
         except (OSError, pa.ArrowException) as e:
             return None, f"{path} is not a readable Parquet file ({e})"
+        if dated:
+            mode, why = rebase_mode(meta.metadata, session_mode)
+            early = _before_gregorian(meta, dated)
+            if mode != "CORRECTED" and early:  # Spark would rebase (or refuse) these dates, pyarrow would not
+                return None, f"{path}: date column {early!r} may hold dates before 1582-10-15, which Spark " \
+                             f"reads with {mode} rebase ({why})"
         for c in file_columns:
             i = file_schema.get_field_index(c)
             if i < 0:

@@ -33,7 +33,13 @@ def guarded(body: Callable[[], str], verbose: bool = False) -> int:
         if verbose:
             traceback.print_exc()
         first = (str(e).strip().splitlines() or [""])[0]
-        print(f"larder: error: unexpected {type(e).__name__}: {first}", file=sys.stderr)
+        from .failures import failure_text, python_error, spark_error
+
+        text = failure_text(e)  # the root cause Spark or a Python task reported, if any
+        py = python_error(text)
+        cause = spark_error(text) or (py[0] if py else None)
+        detail = f"{first} ({cause})" if cause and cause not in first else first
+        print(f"larder: error: unexpected {type(e).__name__}: {detail}", file=sys.stderr)
         return EXIT_INTERNAL
     print(summary, flush=True)
     return EXIT_OK

@@ -3,9 +3,10 @@
 The fingerprint is a SHA-256 over (a) every input file of the selection after partition pruning —
 path, length and modification time, as the Hadoop filesystem reports them on the driver (through the
 JVM gateway; one directory listing per directory, not one call per file) — and (b) everything in the
-job conf that changes the output (source, columns, transforms, output layout), so editing the conf also
-triggers a rebuild. A source that is not file based (a view over JDBC, say) has no files to fingerprint;
-such a run always rebuilds.
+job conf that changes the output (source, columns, transforms, output layout) with the content hash of
+each ``vocabulary`` file, so editing the conf or a vocabulary file in place also triggers a rebuild.
+A source that is not file based (a view over JDBC, say) has no files to fingerprint; such a run always
+rebuilds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import posixpath
 from collections import defaultdict
 from dataclasses import asdict
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
+
+from loader import fs as lfs
+from loader.errors import LarderError
 
 from .config import JobConfig
 
@@ -25,8 +30,30 @@ if TYPE_CHECKING:
 FINGERPRINT_VERSION = "larder-etl-1"
 
 
+def hadoop_path(jvm, uri: str):
+    """The Hadoop ``Path`` of a URI string as ``df.inputFiles()`` gives it (Spark 4: URI-encoded, so a
+    space is ``%20`` and a Hive-escaped ``%3A`` in a partition directory is ``%253A``). ``Path(String)``
+    would take the escapes literally; ``Path(java.net.URI)`` decodes them. A string that is not a valid
+    URI (an unencoded path from an older Spark) is taken as a plain path."""
+    try:
+        return jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(uri))
+    except Exception:  # py4j error: URISyntaxException
+        return jvm.org.apache.hadoop.fs.Path(uri)
+
+
+def file_name(uri: str) -> str:
+    """The decoded last path segment of a file URI (what Hadoop's ``Path.getName()`` returns)."""
+    parsed = urlparse(uri)
+    return unquote(posixpath.basename(parsed.path)) if parsed.scheme else posixpath.basename(uri)
+
+
 def file_statuses(spark: SparkSession, files: list[str]) -> list[tuple[str, int, int]]:
-    """``(path, length, modification time ms)`` of each file, listed per parent directory."""
+    """``(path, length, modification time ms)`` of each file, listed per parent directory.
+
+    ``files`` are URI strings as ``df.inputFiles()`` returns them; names are matched in decoded form
+    (``Path.getName()`` against the URI's unquoted last segment), so spaces and Hive-escaped partition
+    values (``hour=10%3A00``) match.
+    """
     jvm = spark._jvm
     conf = spark._jsc.hadoopConfiguration()
     by_dir: dict[str, set[str]] = defaultdict(set)
@@ -34,14 +61,13 @@ def file_statuses(spark: SparkSession, files: list[str]) -> list[tuple[str, int,
         by_dir[posixpath.dirname(f)].add(f)
     out = []
     for directory, wanted in sorted(by_dir.items()):
-        path = jvm.org.apache.hadoop.fs.Path(directory)
+        path = hadoop_path(jvm, directory)
         hfs = path.getFileSystem(conf)
         found = {}
         for status in hfs.listStatus(path):
-            name = status.getPath().toString()
-            found[name] = (int(status.getLen()), int(status.getModificationTime()))
+            found[status.getPath().getName()] = (int(status.getLen()), int(status.getModificationTime()))
         for f in sorted(wanted):
-            length, mtime = found.get(f) or _single_status(hfs, jvm.org.apache.hadoop.fs.Path(f))
+            length, mtime = found.get(file_name(f)) or _single_status(hfs, hadoop_path(jvm, f))
             out.append((f, length, mtime))
     return out
 
@@ -54,19 +80,36 @@ def _single_status(hfs, path) -> tuple[int, int]:
 def partitions_of(files: list[str]) -> list[str]:
     """The distinct ``k=v/...`` partition directories the files live in (Hive layout)."""
     parts = set()
-    for f in files:
-        pieces = [p for p in posixpath.dirname(f).split("/") if "=" in p]
+    for f in files:  # URI-decoded once: the directory names as on disk (Hive's own %XX escapes kept)
+        pieces = [p for p in posixpath.dirname(unquote(f)).split("/") if "=" in p]
         if pieces:
             parts.add("/".join(pieces))
     return sorted(parts)
 
 
+def file_digest(url: str) -> str | None:
+    """SHA-256 of a file's content (a vocabulary file), or None when it cannot be read (the transform
+    then reports it, naming the key)."""
+    try:
+        fs, path = lfs.resolve(url)
+        return hashlib.sha256(lfs.read_bytes(fs, path)).hexdigest()
+    except (OSError, LarderError):
+        return None
+
+
 def conf_digest(cfg: JobConfig, block_size: int) -> dict:
-    """The parts of the conf that change the output."""
+    """The parts of the conf that change the output, with the content of the vocabulary files it names
+    (editing a file in place changes the ids, so it must trigger a rebuild)."""
+    transforms = []
+    for t in cfg.transforms:
+        entry = asdict(t)
+        if t.vocabulary:
+            entry["vocabulary_sha256"] = file_digest(t.vocabulary)
+        transforms.append(entry)
     return {
         "name": cfg.name,
         "source": asdict(cfg.source),
-        "transforms": [asdict(t) for t in cfg.transforms],
+        "transforms": transforms,
         "output": {k: v for k, v in asdict(cfg.output).items() if k not in ("root", "keep_versions")},
         "block_size": block_size,
     }

@@ -25,7 +25,8 @@ from loader.manifest import Manifest
 from loader.publish import begin_staging, current_manifest
 
 from . import direct
-from .config import DEFAULT_BLOCK_SIZE, JobConfig, format_size
+from .config import DEFAULT_BLOCK_SIZE, JobConfig, check_page_size, format_size
+from .failures import as_larder_error
 from .fingerprint import source_fingerprint
 from .layout import LAYOUT_SETTINGS, partition_counts, scan_counts
 from .sizing import PriorSizing, SizedWriter, destination_block_size, temporary_conf
@@ -160,9 +161,30 @@ def run(
         SourceError: Unknown table, partition, column, filter or unsupported type.
         EmptyDatasetError: The selection holds no rows; nothing is published.
         ConfigError: A transform is misconfigured.
-        TransformError: A user transform failed.
+        TransformError: A user transform failed (also on the executors: the transform and the Python
+            exception line are named, :mod:`etl.failures`).
+        SourceError: Reading the source failed on the executors (Spark's error class and message).
         PublishError: The destination cannot be written; the previous version stays live.
     """
+    try:
+        return _run(cfg, spark, force=force, log=log, conf_path=conf_path)
+    except LarderError:
+        raise
+    except Exception as e:  # a Spark task failure: the innermost Spark or Python error, typed
+        mapped = as_larder_error(e, cfg.source.table or str(cfg.source.path), cfg.transforms)
+        if mapped is None:
+            raise
+        raise mapped.with_traceback(None) from e
+
+
+def _run(
+    cfg: JobConfig,
+    spark: SparkSession | None,
+    *,
+    force: bool,
+    log: Callable[[str], None],
+    conf_path: str | None,
+) -> RunResult:
     started = time.time()
     phases: dict[str, float] = {}
     mark = [started]
@@ -186,6 +208,7 @@ def run(
 
     source = load_source(spark, cfg.source)
     block, block_from = destination_block_size(spark, dataset_uri, cfg.output.block_size, DEFAULT_BLOCK_SIZE)
+    check_page_size(cfg.output.page_size, block, f"the block size ({block_from})")
     input_files = sorted(source.df.inputFiles())  # listed once: the fingerprint and the pyarrow read use them
     fingerprint, snapshot = source_fingerprint(spark, source.df, cfg, block, input_files)
     previous = _previous(fs, dataset_dir, log)

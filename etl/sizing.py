@@ -8,9 +8,15 @@ file exactly ``rows_per_file = fill × block / bytes_per_row`` rows (one row gro
 to the block size itself (a ceiling, not the target) and ``parquet.page.size`` to 128 KiB, or smaller
 for small blocks (:func:`default_page_size`: the open pages parquet-mr counts must stay a small share of
 the block); read the footers back. If a file did not fit one row group under the block (a group over
-it, or more than a block in all so parquet-mr cut a tail group), rewrite with the bytes per row actually
-measured. A row larger than a whole block is warned about and kept (its row group is that
-one row). Spark settings changed for the write are restored in ``finally``.
+it, or more than a block in all so the writer cut it into several groups), rewrite with the bytes per
+row of the worst such file plus a 2% margin (:func:`next_bytes_per_row`; not compounded across attempts,
+so skewed row sizes converge instead of shrinking files to a few rows). Files cut into groups that are
+each under the block are kept when few (at most 10%) or when a rewrite would fill less
+(:func:`keep_cut_files`); a group of several rows over the block is always rewritten (at most 3 writes; the
+last one with a compounded estimate, :func:`last_bytes_per_row`, so that it fits).
+A row larger than a whole block is warned about and kept (its row group is that one row). Timestamps are
+written as INT64 microseconds by both writers (:data:`SPARK_WRITE_SETTINGS`). Spark settings changed
+for the write are restored in ``finally``.
 
 With ``writer="arrow"`` (:mod:`etl.arrow_write`) the pilot and the sample are encoded by pyarrow in the
 driver's memory with the data's settings, each file is encoded as one row group (cut into several rather
@@ -36,10 +42,11 @@ import pyarrow.parquet as pq
 from etl.checksums import file_infos_on_executors
 from loader import encoding
 from loader import fs as lfs
-from loader.manifest import FileInfo, Manifest, row_group_sizes
+from loader.manifest import FileInfo, row_group_sizes
 
 from . import arrow_write, direct
 from .layout import FILE_COLUMN, LAYOUT_SETTINGS, ORDER_COLUMN, assign_files
+from .prior import REUSE_TOLERANCE, PriorSizing  # noqa: F401 - PriorSizing is part of this module's API
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -53,8 +60,18 @@ MAX_SAMPLE_BYTES = 8 << 20  # compression per row settles well before a 128 MiB 
 MAX_ATTEMPTS = 3
 ARROW_BATCH_ROWS = 10_000  # rows per Arrow batch between the JVM and the Python workers (PySpark's default)
 ARROW_BATCH_BYTES = 8 << 20
-REUSE_TOLERANCE = 0.02  # a previous version's bytes/row is reused while the pilot and input agree this well
+RETRY_MARGIN = 0.02  # the next attempt aims at the worst misfit's bytes per row plus this
+MAX_CUT_SHARE = 0.1  # an attempt whose misfits were cut into groups under the block is kept up to this share
 _KEY = "__larder_sample_key"
+# parquet-mr's timestamps as the arrow writer stores them: INT64 microseconds (UTC-adjusted for
+# ``timestamp``, local for ``timestamp_ntz``), not INT96 (nanoseconds that wrap outside 1677-2262 when
+# read as Arrow ``timestamp[ns]``), and dates and timestamps in the proleptic Gregorian calendar that
+# pyarrow assumes (never a session's LEGACY rebase).
+SPARK_WRITE_SETTINGS = {
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.parquet.datetimeRebaseModeInWrite": "CORRECTED",
+    "spark.sql.parquet.int96RebaseModeInWrite": "CORRECTED",
+}
 _HDFS_SCHEMES = ("hdfs", "webhdfs", "swebhdfs", "viewfs")
 
 
@@ -92,57 +109,6 @@ class SizingResult:
             "row_groups": len(sizes),
             "files": len(self.files),
         }
-
-
-@dataclass(frozen=True)
-class PriorSizing:
-    """The bytes per row measured in the files of a published version, and what it was measured under.
-
-    Attributes:
-        version: The version the figure comes from.
-        key: :meth:`SizedWriter.sizing_key` of that run (schema and Parquet settings).
-        bytes_per_row: Compressed row-group bytes per row of its full files (the remainder file left
-            out): the shuffled write of the whole selection, the best sample there is.
-        pilot_bytes_per_row: That run's pilot figure (first rows, same settings).
-        input_bytes_per_row: That run's input file bytes per selected row, if the source had files.
-    """
-
-    version: str
-    key: str
-    bytes_per_row: float
-    pilot_bytes_per_row: float
-    input_bytes_per_row: float | None
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest | None) -> PriorSizing | None:
-        """The prior of a published version, or None when its manifest does not record one."""
-        sizing = (manifest.extra or {}).get("sizing") if manifest is not None else None
-        if not isinstance(sizing, dict) or not sizing.get("key") or not sizing.get("pilot_bytes_per_row"):
-            return None
-        files = sorted(manifest.files, key=lambda f: f.num_rows, reverse=True)
-        full = files[:-1] if len(files) > 1 else files
-        rows = sum(f.num_rows for f in full)
-        if not rows:
-            return None
-        nbytes = sum(g.compressed_bytes for f in full for g in f.row_groups)
-        return cls(
-            version=manifest.version, key=str(sizing["key"]), bytes_per_row=nbytes / rows,
-            pilot_bytes_per_row=float(sizing["pilot_bytes_per_row"]),
-            input_bytes_per_row=sizing.get("input_bytes_per_row"),
-        )  # fmt: skip
-
-    def applies(self, key: str, pilot: float, input_bytes_per_row: float | None) -> bool:
-        """Whether the selection still looks like the one measured: same schema and Parquet settings, the
-        pilot within :data:`REUSE_TOLERANCE`, and so are the input bytes per row when both are known."""
-
-        def close(a: float, b: float) -> bool:
-            return abs(a - b) <= REUSE_TOLERANCE * max(a, b)
-
-        if key != self.key or not close(pilot, self.pilot_bytes_per_row):
-            return False
-        if input_bytes_per_row is None or self.input_bytes_per_row is None:
-            return input_bytes_per_row is None and self.input_bytes_per_row is None
-        return close(float(input_bytes_per_row), float(self.input_bytes_per_row))
 
 
 @contextlib.contextmanager
@@ -219,6 +185,43 @@ def too_big(files: list[list[tuple[int, int]]], block: int) -> list[tuple[int, i
         if rows > 1 and (splittable_over or (nbytes > block and not any(c > block for _, c in groups))):
             bad.append((rows, nbytes))
     return bad
+
+
+def next_bytes_per_row(bpr: float, bad: list[tuple[int, int]], measured: float) -> float:
+    """The estimate of the next attempt: the bytes per row of the worst file that did not fit, plus
+    :data:`RETRY_MARGIN` (never below this attempt's estimate or the measured average).
+
+    Not compounded: every attempt starts from what a file actually held, so with skewed rows the
+    attempts converge on the file size the spread of the data allows instead of multiplying the
+    estimate by the same ratio again (which shrank files to a few rows).
+    """
+    worst = max(c / max(1, r) for r, c in bad)
+    return max(bpr, measured, worst) * (1 + RETRY_MARGIN)
+
+
+def last_bytes_per_row(bpr: float, over: list[tuple[int, int]], measured: float) -> float:
+    """The estimate of the last attempt when groups of several rows still came out over the block: this
+    attempt's estimate times the worst misfit's excess over the average (compounded, so files shrink
+    enough that the last write fits, as :func:`next_bytes_per_row` alone may not with skewed rows)."""
+    worst = max(c / max(1, r) for r, c in over)
+    return max(measured, bpr) * max(1 + RETRY_MARGIN, worst / max(measured, 1.0))
+
+
+def keep_cut_files(per_file: list[list[tuple[int, int]]], block: int, shrink: float) -> bool:
+    """Whether an attempt whose misfits were all cut into row groups under the block is kept.
+
+    Every row group is under the block either way (on HDFS parquet-mr also aligns groups to blocks);
+    the question is only which fills more. Kept when at most :data:`MAX_CUT_SHARE` of the files were cut,
+    or when the median fill of the groups written is at least that of the rewrite, predicted by shrinking
+    every file by ``shrink`` (the ratio of the two estimates). With a few rows much larger than the rest
+    (a row a good share of the block), files with fewer rows mostly hold none of them and fill little.
+    """
+    cut = sum(1 for f in per_file if sum(c for _, c in f) > block)
+    if cut <= MAX_CUT_SHARE * len(per_file):
+        return True
+    now = statistics.median(c for f in per_file for _, c in f)
+    rewritten = statistics.median(min(block, sum(c for _, c in f) * shrink) for f in per_file)
+    return now >= rewritten
 
 
 class SizedWriter:
@@ -298,7 +301,8 @@ class SizedWriter:
         writer = df.write.mode("overwrite").format("parquet")
         for key, value in self._options(max_records).items():
             writer = writer.option(key, value)
-        writer.save(uri)
+        with temporary_conf(self.spark, SPARK_WRITE_SETTINGS):
+            writer.save(uri)
 
     def _with_key(self, df: DataFrame) -> DataFrame:
         from pyspark.sql import functions as F
@@ -418,17 +422,29 @@ class SizedWriter:
                 groups = [g for f in per_file for g in f]
                 rows, nbytes = sum(r for r, _ in groups), sum(c for _, c in groups)
                 bad = too_big(per_file, self.block_size)
+                over = [(sum(r for r, _ in f), sum(c for _, c in f)) for f in per_file
+                        if any(c > self.block_size and r > 1 for r, c in f)]  # a group must be rewritten
                 single = [g for g in groups if g[0] == 1 and g[1] > self.block_size]
                 history.append({"attempt": attempt, "rows_per_file": rows_per_file, "bytes_per_row": round(bpr, 2),
-                                "files_too_big": len(bad), "write_seconds": round(written - started, 2),
+                                "files_too_big": len(bad), "groups_over_block": len(over),
+                                "write_seconds": round(written - started, 2),
                                 "verify_seconds": round(time.time() - written, 2)})  # fmt: skip
-                if not bad or attempt == MAX_ATTEMPTS:
+                following = next_bytes_per_row(bpr, over or bad, nbytes / max(1, rows)) if bad else bpr
+                if over and attempt == MAX_ATTEMPTS - 1:  # the last write must fit: compound the estimate
+                    following = max(following, last_bytes_per_row(bpr, over, nbytes / max(1, rows)))
+                keep = bool(bad) and not over and keep_cut_files(per_file, self.block_size, bpr / following)
+                if not bad or keep or attempt == MAX_ATTEMPTS:
                     if single:
                         self.log(f"warning: {len(single)} rows are larger than the block; each is its own row group")
+                    if over:  # parquet-mr cuts a row group only after a row: rows near half a block defeat it
+                        self.log(f"warning: {len(over)} files still hold a row group of several rows over the "
+                                 f"block after {attempt} writes (rows of very uneven size); writer 'arrow' cuts "
+                                 "row groups by bytes")
+                    if keep:
+                        self.log(f"{len(bad)} of {len(per_file)} files held more than a block and were cut into "
+                                 "row groups under it; kept (a rewrite with fewer rows per file would fill less)")
                     break
-                measured = nbytes / max(1, rows)
-                worst = max(c / r for r, c in bad)
-                bpr = max(measured, bpr) * max(1.02, worst / max(measured, 1.0))
+                bpr = following
                 self.log(f"{len(bad)} files did not fit one row group under the block; rewriting at {bpr:.1f} B/row")
         if infos is None:
             self._tidy()

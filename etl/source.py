@@ -13,6 +13,7 @@ column; cast or flatten them in a ``kind: python`` transform, or leave the colum
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -92,19 +93,29 @@ def _open_table(spark: SparkSession, table: str) -> tuple[DataFrame, list[str]]:
     return spark.table(table), parts
 
 
+_HIVE_ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def unescape_path_name(text: str) -> str:
+    """Undo Hive's partition-path escaping (``FileUtils.unescapePathName``: ``%XX`` -> the character), as
+    ``SHOW PARTITIONS`` prints the directory names: ``hour=2026-11-23 10%3A00`` holds ``10:00``."""
+    return _HIVE_ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
 def _existing_partitions(spark: SparkSession, table: str) -> list[dict[str, str]]:
     rows = spark.sql(f"SHOW PARTITIONS {table}").collect()
     out = []
     for row in rows:
         spec = {}
-        for piece in row[0].split("/"):
+        for piece in row[0].split("/"):  # '/' inside a value is escaped (%2F), so this split is safe
             key, _, value = piece.partition("=")
-            spec[key] = value
+            spec[unescape_path_name(key)] = unescape_path_name(value)
         out.append(spec)
     return out
 
 
-def _partition_filter(spark: SparkSession, table: str, parts: list[str], wanted: dict[str, Any]) -> Column:
+def _partition_filter(spark: SparkSession, table: str, parts: list[str],
+                      wanted: dict[str, str | tuple[str, ...]]) -> Column:
     from pyspark.sql import functions as F
 
     for key in wanted:
@@ -114,7 +125,7 @@ def _partition_filter(spark: SparkSession, table: str, parts: list[str], wanted:
     existing = _existing_partitions(spark, table)
     condition = None
     for key, value in wanted.items():
-        values = [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        values = list(value) if isinstance(value, (list, tuple)) else [value]  # strings (etl.config)
         present = {p.get(key) for p in existing}
         for v in values:
             if v not in present:

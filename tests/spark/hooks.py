@@ -25,3 +25,16 @@ def add_map(df):
     from pyspark.sql import functions as F
 
     return df.withColumn("m", F.create_map(F.lit("k"), F.col("price")))
+
+
+def fail_some(df, every: int = 997):
+    """A hook whose UDF raises on some rows (only when the rows are computed, on the executors)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    def double(x):
+        if x % every == every - 1:
+            raise ValueError(f"bad row id={x}")
+        return x * 2
+
+    return df.withColumn("id2", F.udf(double, T.LongType())("product_id"))

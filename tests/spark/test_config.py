@@ -107,3 +107,27 @@ def test_shipped_confs_validate():
     assert demo.source.table and demo.transforms[0].output == "label"
     assert cluster.output.root.startswith("hdfs://") and cluster.spark.metastore_dir is None
     assert cluster.source.columns == demo.source.columns[:6]
+
+
+def test_partition_values_and_string_keys_keep_their_text(tmp_path):
+    cfg = from_dict(MINIMAL, ["source.partitions.hour=07", "source.partitions.country=NO",
+                              "source.where=title LIKE '%: %'", "source.partitions.v=[1.10, 08]"])  # fmt: skip
+    assert cfg.source.partitions == {"hour": "07", "country": "NO", "v": ("1.10", "08")}
+    assert cfg.source.where == "title LIKE '%: %'"
+    path = tmp_path / "c.yaml"
+    path.write_text("name: shop\nsource:\n  table: demo.shopping_products\n"
+                    "  partitions: {hour: 07, country: NO, dt: 2026-11-23, l: [1.10, '08']}\n")
+    assert load(path).source.partitions == {"hour": "07", "country": "NO", "dt": "2026-11-23", "l": ("1.10", "08")}
+    with pytest.raises(ConfigError, match=r"source.partitions.hour: expected a string, got 7 .*quote"):
+        from_dict({"name": "shop", "source": {"table": "a.b", "partitions": {"hour": 7}}})
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [({"seed": -1}, r"output.seed: must be a non-negative"),
+     ({"page_size": "1MiB", "block_size": "512KiB"},
+      r"output.page_size: 1MiB is larger than output.block_size 512KiB")],
+)  # fmt: skip
+def test_seed_and_page_size_are_checked_up_front(output, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict({**MINIMAL, "output": output})
