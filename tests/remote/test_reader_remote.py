@@ -30,13 +30,17 @@ def test_two_epochs_read_each_remote_file_once_and_every_row_once_per_epoch(serv
 def test_closing_a_reader_stops_its_downloads_ahead(server, remote_cache, tmp_path):
     import threading
 
+    def io_threads() -> set:
+        return {t for t in threading.enumerate() if t.name.startswith("larder-io") and t.is_alive()}
+
+    before = io_threads()  # other tests' caches may still have theirs
     server.slow_next(count=1000, seconds=0.2, op="OPEN", node="datanode")  # downloads ahead stay in flight
     try:
         reader = loader.make_reader(server.url("/caches/demo"), batch_size=64, cache_dir=tmp_path, retry=FAST_RETRY)
         next(reader)
-        assert any(t.name.startswith("larder-io") for t in threading.enumerate())
+        assert io_threads() - before
         reader.close()
-        assert not any(t.name.startswith("larder-io") and t.is_alive() for t in threading.enumerate())
+        assert not io_threads() - before
         assert not list(tmp_path.rglob("*.part"))
         with reader:  # still usable: restarted from the next batch
             reader.load_state_dict(reader.state_dict())
