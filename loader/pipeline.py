@@ -407,16 +407,20 @@ class Pipeline:
         if thread is threading.current_thread():
             self._closed_from_producer = True
             return  # the producer closes the pool as it leaves
-        if thread is not None:
-            while thread.is_alive():
-                try:  # unblock a producer waiting on a full queue
-                    while True:
-                        self._queue.get_nowait()
-                except queue.Empty:
-                    pass
-                thread.join(0.1)
-        elif self._inline:
-            self._gen.close()
-        self._close_pools()
-        if self._on_close is not None:
-            self._on_close()
+        try:
+            if thread is not None:
+                while thread.is_alive():
+                    try:  # unblock a producer waiting on a full queue
+                        while True:
+                            self._queue.get_nowait()
+                    except queue.Empty:
+                        pass
+                    thread.join(0.1)
+            elif self._inline:
+                self._gen.close()
+        finally:  # even when interrupted (a second Ctrl-C): no pool, worker or segment is left behind
+            try:
+                self._close_pools()
+            finally:
+                if self._on_close is not None:
+                    self._on_close()

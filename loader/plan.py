@@ -224,14 +224,23 @@ def split_pieces(pieces: list[Piece], max_rows: int | None, interleave: int = 1)
     """
     if not max_rows:
         return list(pieces)
-    sliced = [[Piece(p.group, a, min(p.stop, a + max_rows)) for a in range(p.start, p.stop, max_rows)]
-              for p in pieces]
+    if interleave <= 1:
+        return [Piece(p.group, a, min(p.stop, a + max_rows)) for p in pieces for a in range(p.start, p.stop, max_rows)]
     out = []
-    bounds = balanced_bounds(len(sliced), interleave, least=interleave - interleave // 5)
+    bounds = balanced_bounds(len(pieces), interleave, least=interleave - interleave // 5)
     for i, j in itertools.pairwise(bounds):
-        block = sliced[i:j]
-        for k in range(max((len(b) for b in block), default=0)):
-            out.extend(b[k] for b in block if k < len(b))
+        run = pieces[i:j]
+        # Every piece of a run is cut into the same number of near-equal slices (as many as its longest
+        # piece needs), so each round deals a share of every row group: no round of a few-row remnants
+        # (235 rows in slices of 116 from the front left 3-row tails), and shorter pieces (a shard's
+        # boundary) last every round too. A slice never exceeds ``max_rows``.
+        # At least 4 slices of every piece per interleave width (40 pieces for 10): the epoch's windows of
+        # at most ``interleave`` pieces, balanced by make_windows, then hold 8 or more pieces each (22 pieces
+        # in windows of at most 10 would be 8 + 7 + 7).
+        k = max(max(math.ceil(p.rows / max_rows) for p in run), math.ceil(4 * interleave / len(run)))
+        cuts = [np.linspace(p.start, p.stop, k + 1).round().astype(np.int64).tolist() for p in run]
+        for r in range(k):
+            out.extend(Piece(p.group, c[r], c[r + 1]) for p, c in zip(run, cuts, strict=True) if c[r + 1] > c[r])
     return out
 
 
@@ -343,7 +352,7 @@ def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_
         mean_group_bytes: Mean decoded bytes per row group.
         shuffle_buffer: Rows to shuffle together, if the user asked for a size.
         window_bytes: Bytes one window may take when decoded.
-        num_groups: Row groups in the dataset (a window never needs more).
+        num_groups: Row groups in the dataset, or in one rank's share of it (a window never needs more).
         max_window: Cap on pieces per window without a shuffle buffer (bounds the time to the first
             batch on caches of many tiny files).
         min_mix: Row groups a window should mix (at most ``num_groups``) without a shuffle buffer: when
@@ -357,7 +366,9 @@ def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_
     """
     bytes_per_row = max(1.0, mean_group_bytes / max(1.0, mean_group_rows))
     whole = int(window_bytes // max(1.0, mean_group_bytes))  # whole row groups that fit in a window
-    if whole < 1 or (shuffle_buffer is None and whole < min(min_mix, num_groups, _STREAMS)):  # interleave slices
+    # Windows are balanced (make_windows): 11 row groups in windows of at most 10 are 6 + 5.
+    balanced = num_groups // max(1, math.ceil(num_groups / max(1, min(whole, max_window))))
+    if whole < 1 or (shuffle_buffer is None and balanced < min(min_mix, num_groups, _STREAMS)):  # interleave slices
         window = max(1, min(_STREAMS, num_groups))
         if shuffle_buffer is not None:
             window = max(1, min(window, shuffle_buffer))

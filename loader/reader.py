@@ -281,7 +281,7 @@ class Reader(Closeable):
         group_rows = sum(sizes) / max(1, len(sizes))
         window, max_piece_rows = window_size_for(
             group_rows, group_bytes, shuffle_buffer=shuffle_buffer, window_bytes=budget // 6,
-            num_groups=len(sizes),
+            num_groups=math.ceil(len(sizes) / world_size),  # a rank's share
             # Shuffled batches mix 8 row groups or more: with a budget too small for 8 whole ones, windows
             # interleave slices (slower to decode, but the shuffle keeps its quality). The decoded cache
             # holds whole row groups only: with it, windows stay whole.
@@ -400,6 +400,13 @@ class Reader(Closeable):
                                       on_close=lambda: tasks.uninstall(key), transform_pool=apart)
         try:
             epoch, index, rows, distinct, batch = self._pipeline.next()
+            if self.stats.first_batch_seconds is None:
+                self.stats.first_batch_seconds = time.perf_counter() - self._started_at
+            self.stats.batches += 1
+            self.stats.rows += rows
+            self.stats.add_mixed(distinct)
+            # Last: an interruption before this line leaves the position at this batch, which comes again.
+            self._position = (epoch, index + 1) if index + 1 < self.batches_per_epoch else (epoch + 1, 0)
         except StopIteration:
             self.close()
             raise
@@ -410,15 +417,12 @@ class Reader(Closeable):
         except BaseException:  # Ctrl-C, SystemExit: stop every worker, then let it through
             # Not closed: the next call restarts the pipeline at the position of the next undelivered batch
             # (a notebook's training loop interrupted and run again continues where it stopped).
-            pipeline, self._pipeline = self._pipeline, None
-            pipeline.close()
+            pipeline = self._pipeline
+            try:
+                pipeline.close()  # interrupt-safe: its pools are closed even if a second Ctrl-C lands here
+            finally:
+                self._pipeline = None
             raise
-        if self.stats.first_batch_seconds is None:
-            self.stats.first_batch_seconds = time.perf_counter() - self._started_at
-        self.stats.batches += 1
-        self.stats.rows += rows
-        self.stats.add_mixed(distinct)
-        self._position = (epoch, index + 1) if index + 1 < self.batches_per_epoch else (epoch + 1, 0)
         return batch
 
     def print_stats(self, file=None) -> None:

@@ -64,7 +64,7 @@ def _check_writable(schema: pa.Schema) -> None:
         _check_type(column.name, column.type)
         try:
             pq.write_table(pa.schema([column]).empty_table(), pa.BufferOutputStream())
-        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        except (pa.ArrowException, OSError) as e:  # e.g. a decimal of negative scale: an OSError from Arrow
             raise ConfigError(
                 f"write_cache: column {column.name!r} of type {column.type} cannot be stored in Parquet: {e}"
             ) from e

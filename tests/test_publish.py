@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import os
 import shutil
 import subprocess
@@ -288,6 +289,7 @@ def test_manifest_schema_is_the_schema_parquet_stores(tmp_path):
         (pa.nulls(2), r"column 'bad'.*null"),
         (pa.array([{"x": None}, {"x": None}], pa.struct([("x", pa.null())])), r"column 'bad\.x'.*null"),
         (pa.array([(1, 2, 3), (4, 5, 6)], pa.month_day_nano_interval()), r"column 'bad'.*month_day_nano"),
+        (pa.array([decimal.Decimal("1E+2"), None], pa.decimal128(20, -2)), r"column 'bad'.*decimal128\(20, -2\)"),
     ],
 )
 def test_unsupported_column_types_are_refused_up_front(tmp_path, column, match):

@@ -16,7 +16,7 @@ import pytest
 
 import loader
 from loader.errors import TransformError, WorkerError
-from tests.reader.conftest import descendants
+from tests.reader.conftest import descendants, unchanged
 
 
 def explode_late(batch, rng):
@@ -208,3 +208,59 @@ def test_loop_interrupted_by_ctrl_c_continues_where_it_stopped(mixed_cache, pool
     with reader:
         got += [b["id"].tolist() for b in reader]
     assert got == expected
+
+
+@pytest.mark.parametrize("pool", ["serial", "thread"])
+def test_ctrl_c_after_a_batch_left_the_pipeline_does_not_lose_it(mixed_cache, pool, monkeypatch):
+    from loader.pipeline import ReaderStats
+
+    with loader.make_reader(mixed_cache, batch_size=50, seed=2, pool="serial") as ref:
+        expected = [b["id"].tolist() for b in ref]
+    real, calls = ReaderStats.add_mixed, []
+
+    def add_mixed_interrupted_once(self, distinct):
+        calls.append(distinct)
+        if len(calls) == 3:  # the third batch is out of the pipeline, not yet delivered
+            raise KeyboardInterrupt
+        real(self, distinct)
+
+    monkeypatch.setattr(ReaderStats, "add_mixed", add_mixed_interrupted_once)
+    got = []
+    with loader.make_reader(mixed_cache, batch_size=50, seed=2, pool=pool, workers=2) as reader:
+        with pytest.raises(KeyboardInterrupt):
+            for b in reader:
+                got.append(b["id"].tolist())
+        got += [b["id"].tolist() for b in reader]
+    assert got == expected
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_a_second_ctrl_c_while_closing_leaves_no_worker(mixed_cache, pool, monkeypatch, leak_probe):
+    from loader.pipeline import Pipeline
+
+    reader = loader.make_reader(mixed_cache, batch_size=10, pool=pool, workers=2, num_epochs=None,
+                                transform=unchanged if pool == "process" else None)
+    next(reader)
+    real_join, interrupted = threading.Thread.join, []
+
+    def next_interrupted(self):
+        raise KeyboardInterrupt  # the first Ctrl-C, waiting for a batch
+
+    def join_interrupted_once(self, timeout=None):
+        if self.name == "larder-reader" and not interrupted:
+            interrupted.append(1)
+            raise KeyboardInterrupt  # the second, while the interrupted pipeline closes
+        return real_join(self, timeout)
+
+    with monkeypatch.context() as m:
+        m.setattr(Pipeline, "next", next_interrupted)
+        m.setattr(threading.Thread, "join", join_interrupted_once)
+        with pytest.raises(KeyboardInterrupt):
+            next(reader)
+    assert interrupted
+    reader.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(t.name.startswith("larder") and t.is_alive()
+                                              for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("larder") and t.is_alive()]

@@ -173,6 +173,22 @@ def test_balanced_bounds_keep_runs_of_at_least_least_items(n, most, least):
         assert runs.max() <= most
 
 
+@settings(max_examples=80, deadline=None)
+@given(sizes=st.lists(st.integers(100, 400), min_size=8, max_size=40), max_rows=st.integers(25, 300),
+       seed=st.integers(0, 3), world_size=st.integers(1, 3))
+def test_interleaved_windows_hold_8_row_groups(sizes, max_rows, seed, world_size):
+    # whatever the row groups' sizes and the slice length, every window of the streamed layout holds slices
+    # of 8 or more row groups when the rank's share has 8 or more (pieces of 16 rows or more: every piece is
+    # cut into at most 16 slices here, so each takes part in every round)
+    for rank in range(world_size):
+        kw = {"seed": seed, "epoch": 0, "rank": rank, "world_size": world_size, "batch_size": 7, "window": 10}
+        whole = [p for w in plan_epoch(sizes, max_piece_rows=None, **kw).windows for p in w.pieces]
+        plan = plan_epoch(sizes, max_piece_rows=max_rows, **kw)
+        assert all(p.rows <= max_rows for w in plan.windows for p in w.pieces)
+        if len(whole) >= 8 and min(p.rows for p in whole) >= 16:
+            assert min(len({p.group for p in w.pieces}) for w in plan.windows) >= 8
+
+
 @pytest.mark.parametrize("groups", [8, 9, 11, 13, 14, 15, 16, 20, 21, 23, 28, 31, 211])
 def test_streamed_block_sized_row_groups_mix_at_least_8_per_window(groups):
     # block-sized row groups (each far above a window's share of the budget): every window interleaves a
@@ -201,8 +217,14 @@ def test_a_small_budget_interleaves_slices_to_keep_mixing_8_row_groups():
     assert window * piece * (10**6 / 1000) <= 5 * 10**6
     assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=5 * 10**6, num_groups=50) == (5, None)
     # enough for 8 whole ones, or only 6 row groups in all, or a shuffle buffer asked for: whole row groups
-    assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=8 * 10**6, num_groups=50,
+    assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=8 * 10**6, num_groups=48,
                            min_mix=8) == (8, None)
+    # ... but not when the balanced windows would hold fewer: 50 row groups in windows of at most 8 are
+    # 8 + 7 * 6, and 11 in windows of at most 10 are 6 + 5
+    assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=8 * 10**6, num_groups=50,
+                           min_mix=8)[1] is not None
+    assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=10 * 10**6, num_groups=11,
+                           min_mix=8)[1] is not None
     assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=6 * 10**6, num_groups=6,
                            min_mix=8) == (6, None)
     assert window_size_for(1000, 10**6, shuffle_buffer=3000, window_bytes=5 * 10**6, num_groups=50,
