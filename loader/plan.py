@@ -227,6 +227,7 @@ def split_pieces(pieces: list[Piece], max_rows: int | None, interleave: int = 1)
     if interleave <= 1:
         return [Piece(p.group, a, min(p.stop, a + max_rows)) for p in pieces for a in range(p.start, p.stop, max_rows)]
     out = []
+    least_rounds = math.ceil(4 * interleave / max(1, len(pieces)))
     bounds = balanced_bounds(len(pieces), interleave, least=interleave - interleave // 5)
     for i, j in itertools.pairwise(bounds):
         run = pieces[i:j]
@@ -234,10 +235,10 @@ def split_pieces(pieces: list[Piece], max_rows: int | None, interleave: int = 1)
         # piece needs), so each round deals a share of every row group: no round of a few-row remnants
         # (235 rows in slices of 116 from the front left 3-row tails), and shorter pieces (a shard's
         # boundary) last every round too. A slice never exceeds ``max_rows``.
-        # At least 4 slices of every piece per interleave width (40 pieces for 10): the epoch's windows of
-        # at most ``interleave`` pieces, balanced by make_windows, then hold 8 or more pieces each (22 pieces
-        # in windows of at most 10 would be 8 + 7 + 7).
-        k = max(max(math.ceil(p.rows / max_rows) for p in run), math.ceil(4 * interleave / len(run)))
+        # At least 4 * interleave pieces in all (40 for 10): the windows of at most ``interleave`` pieces,
+        # balanced by make_windows, then hold 8 or more pieces each (22 pieces in windows of at most 10
+        # would be 8 + 7 + 7); any 8 consecutive pieces of a run of 8 or more are 8 row groups.
+        k = max(max(math.ceil(p.rows / max_rows) for p in run), least_rounds)
         cuts = [np.linspace(p.start, p.stop, k + 1).round().astype(np.int64).tolist() for p in run]
         for r in range(k):
             out.extend(Piece(p.group, c[r], c[r + 1]) for p, c in zip(run, cuts, strict=True) if c[r + 1] > c[r])
@@ -369,7 +370,9 @@ def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_
     # Windows are balanced (make_windows): 11 row groups in windows of at most 10 are 6 + 5.
     balanced = num_groups // max(1, math.ceil(num_groups / max(1, min(whole, max_window))))
     if whole < 1 or (shuffle_buffer is None and balanced < min(min_mix, num_groups, _STREAMS)):  # interleave slices
-        window = max(1, min(_STREAMS, num_groups))
+        # 10 pieces whenever there are 8 row groups or more (a window may then take two slices of a group):
+        # balanced windows of at most 10 pieces hold 8 or more once there are 40 (see split_pieces)
+        window = _STREAMS if num_groups >= 8 else max(1, num_groups)
         if shuffle_buffer is not None:
             window = max(1, min(window, shuffle_buffer))
         return window, max(1, int(window_bytes // bytes_per_row) // window)

@@ -281,7 +281,7 @@ class Reader(Closeable):
         group_rows = sum(sizes) / max(1, len(sizes))
         window, max_piece_rows = window_size_for(
             group_rows, group_bytes, shuffle_buffer=shuffle_buffer, window_bytes=budget // 6,
-            num_groups=math.ceil(len(sizes) / world_size),  # a rank's share
+            num_groups=math.ceil(len(sizes) / world_size) + (world_size > 1),  # a rank's share (+ a part)
             # Shuffled batches mix 8 row groups or more: with a budget too small for 8 whole ones, windows
             # interleave slices (slower to decode, but the shuffle keeps its quality). The decoded cache
             # holds whole row groups only: with it, windows stay whole.
