@@ -238,10 +238,12 @@ def split_pieces(pieces: list[Piece], max_rows: int | None, interleave: int = 1)
         # At least 4 * interleave pieces in all (40 for 10): the windows of at most ``interleave`` pieces,
         # balanced by make_windows, then hold 8 or more pieces each (22 pieces in windows of at most 10
         # would be 8 + 7 + 7); any 8 consecutive pieces of a run of 8 or more are 8 row groups.
+        # Slices of one piece are all ``ceil(rows / k)`` long but the last, so a row group's stream decodes
+        # exactly one slice at a time (a decoded chunk that straddled two slices would stay in memory).
         k = max(max(math.ceil(p.rows / max_rows) for p in run), least_rounds)
-        cuts = [np.linspace(p.start, p.stop, k + 1).round().astype(np.int64).tolist() for p in run]
+        cuts = [list(range(p.start, p.stop, max(1, math.ceil(p.rows / k)))) + [p.stop] for p in run]
         for r in range(k):
-            out.extend(Piece(p.group, c[r], c[r + 1]) for p, c in zip(run, cuts, strict=True) if c[r + 1] > c[r])
+            out.extend(Piece(p.group, c[r], c[r + 1]) for p, c in zip(run, cuts, strict=True) if r + 1 < len(c))
     return out
 
 

@@ -233,8 +233,9 @@ def _read_streamed(ctx: ReadContext, epoch: int, group: int, info, local: int, r
         if stream is not None and stream.pos > lo:  # an earlier slice is wanted again (resume): start over
             stream.close()
             stream = None
-        if stream is None:
-            stream = _GroupStream(ctx.dataset, info, local, list(ctx.columns), ctx.stream_chunk_rows)
+        if stream is None:  # decoding one slice at a time (the plan cuts a row group's slices alike)
+            chunk = ctx.stream_chunk_rows if rows is not None else max(1, min(65_536, stop - start))
+            stream = _GroupStream(ctx.dataset, info, local, list(ctx.columns), chunk)
         before = stream.decoded
         try:
             parts = stream.read(lo, hi, rows)

@@ -174,18 +174,18 @@ def test_balanced_bounds_keep_runs_of_at_least_least_items(n, most, least):
 
 
 @settings(max_examples=80, deadline=None)
-@given(sizes=st.lists(st.integers(100, 400), min_size=8, max_size=40), max_rows=st.integers(25, 300),
+@given(sizes=st.lists(st.integers(250, 400), min_size=8, max_size=40), max_rows=st.integers(25, 300),
        seed=st.integers(0, 3), world_size=st.integers(1, 3))
 def test_interleaved_windows_hold_8_row_groups(sizes, max_rows, seed, world_size):
     # whatever the row groups' sizes and the slice length, every window of the streamed layout holds slices
-    # of 8 or more row groups when the rank's share has 8 or more (pieces of 16 rows or more: every piece is
-    # cut into at most 16 slices here, so each takes part in every round)
+    # of 8 or more row groups when the rank's share has 8 or more (a run's pieces are cut into k <= 16 slices
+    # of ceil(rows / k) rows here: pieces of 241 rows or more get all k, so each takes part in every round)
     for rank in range(world_size):
         kw = {"seed": seed, "epoch": 0, "rank": rank, "world_size": world_size, "batch_size": 7, "window": 10}
         whole = [p for w in plan_epoch(sizes, max_piece_rows=None, **kw).windows for p in w.pieces]
         plan = plan_epoch(sizes, max_piece_rows=max_rows, **kw)
         assert all(p.rows <= max_rows for w in plan.windows for p in w.pieces)
-        if len(whole) >= 8 and min(p.rows for p in whole) >= 16:
+        if len(whole) >= 8 and min(p.rows for p in whole) >= 241:
             assert min(len({p.group for p in w.pieces}) for w in plan.windows) >= 8
 
 
