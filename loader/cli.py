@@ -214,7 +214,9 @@ def cmd_head(args) -> int:
     """Print the first rows."""
     if args.n < 0:
         raise UsageError(f"-n must be >= 0, got {args.n}")
-    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns is not None else None
+    if columns == []:
+        raise UsageError("--columns names no column")
     ds = _open(args)
     rows = first_rows(ds, args.n, columns).to_pylist()
     for i, row in enumerate(rows):

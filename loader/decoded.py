@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +53,8 @@ class DecodedCache:
 
     Attributes:
         root: The directory of this version and selection.
-        max_bytes: Most bytes this reader (each process separately) adds; None: no cap.
+        max_bytes: Most bytes this reader adds (its decoding threads share the count; a file is stored only
+            if it fits); None: no cap.
     """
 
     root: str
@@ -60,12 +63,43 @@ class DecodedCache:
     hits: int = field(default=0, compare=False)
     misses: int = field(default=0, compare=False)
     rejected: int = field(default=0, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     @classmethod
     def for_dataset(cls, directory: str | os.PathLike, dataset: str, version: str, schema: pa.Schema,
                     max_bytes: int | None = None) -> DecodedCache:
-        """The cache of ``dataset``/``version`` for the columns of ``schema`` under ``directory``."""
-        return cls(os.path.join(os.fspath(directory), dataset, version, columns_key(schema)), max_bytes)
+        """The cache of ``dataset``/``version`` for the columns of ``schema`` under ``directory`` (the
+        partial files of writers that died there are removed)."""
+        cache = cls(os.path.join(os.fspath(directory), dataset, version, columns_key(schema)), max_bytes)
+        cache.remove_stale_parts()
+        return cache
+
+    def remove_stale_parts(self) -> int:
+        """Remove the ``.part`` files of writers that are gone (a reader killed while storing); returns how
+        many. A part is named ``<file>.<pid>-<hex>.part``: its writer is gone when that process no longer
+        exists on this host, or, for a part without a pid (or of another host), after an hour."""
+        removed = 0
+        for dirpath, _, names in os.walk(self.root):
+            for name in names:
+                if not name.endswith(".part"):
+                    continue
+                path = os.path.join(dirpath, name)
+                pid = name[:-5].rsplit(".", 1)[-1].split("-", 1)[0]
+                try:
+                    young = time.time() - os.path.getmtime(path) < 3600
+                    if young and (not pid.isdigit() or _alive(int(pid))):  # its writer may still be at it
+                        continue
+                    os.unlink(path)
+                    removed += 1
+                except OSError:  # gone already, or not ours to remove
+                    continue
+        return removed
 
     def path(self, data_file: str, row_group: int) -> str:
         """Where a row group of a data file (its manifest-relative path) is cached."""
@@ -80,8 +114,14 @@ class DecodedCache:
             return table
         self.misses += 1
         table = decode()
-        if self.max_bytes is None or self.added < self.max_bytes:
-            self.added += self._store(path, table)
+        estimate = table.nbytes + 4096  # IPC framing; corrected once written
+        with self._lock:  # reserve first: concurrent workers never exceed the cap together
+            if self.max_bytes is not None and self.added + estimate > self.max_bytes:
+                return table
+            self.added += estimate
+        written = self._store(path, table)
+        with self._lock:
+            self.added += written - estimate
         return table
 
     def _load(self, path: str) -> pa.Table | None:
@@ -120,7 +160,7 @@ class DecodedCache:
         """Write ``table`` under ``path`` (temporary name, then rename); bytes written, 0 if it failed.
 
         The IPC bytes go straight to the file; their CRC-32 is taken from the written file (page cache)."""
-        tmp = f"{path}.{uuid.uuid4().hex[:8]}.part"
+        tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part"
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with pa.OSFile(tmp, "wb") as sink:
@@ -142,6 +182,17 @@ class DecodedCache:
                 pass
             return 0
         return length + _TRAILER.size
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 __all__ = ["MAGIC", "DecodedCache", "columns_key"]

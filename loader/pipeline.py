@@ -71,6 +71,7 @@ class ReaderStats:
     mixed_min: int | None = None
     mixed_max: int | None = None
     _mixed_sum: int = field(default=0, repr=False)
+    _transformed: int = field(default=0, repr=False)  # batches whose transform time is in transform_seconds
 
     def add_mixed(self, distinct: int) -> None:
         """Record the distinct row groups of one delivered batch."""
@@ -117,6 +118,9 @@ class Setup:
         batches_per_task: Batches cut and finished by one task when ``cut_in_pool``.
         transform_apart: Run the user transform as a task of its own on the pipeline's transform pool (a
             process pool: pure-Python transforms in parallel), everything else on the main pool's threads.
+        has_transform: The reader has a user transform: tasks then hold as many batches as its measured
+            cost allows in about :data:`TASK_SECONDS` (one until it is measured), so a slow transform
+            neither holds back the next batches nor the pool's close.
         with_row_ids: Add ``_row_group`` / ``_row`` columns to batches.
         on_epoch: Called with each epoch's plan before its first read (e.g. to prefetch remote files).
     """
@@ -132,8 +136,24 @@ class Setup:
     cut_in_pool: bool = False
     batches_per_task: int = 1
     transform_apart: bool = False
+    has_transform: bool = False
     with_row_ids: bool = False
     on_epoch: Callable[[EpochPlan], None] | None = None
+
+
+TASK_SECONDS = 0.05
+"""A task that transforms several batches runs about this long at most."""
+
+
+def _task_size(setup: Setup, stats: ReaderStats) -> int:
+    """Batches in the next task: ``setup.batches_per_task``, fewer for a transform that is slow (or not yet
+    measured), down to one."""
+    if not setup.has_transform:
+        return setup.batches_per_task
+    if not stats._transformed:
+        return 1
+    per_batch = stats.transform_seconds / stats._transformed
+    return max(1, min(setup.batches_per_task, int(TASK_SECONDS / max(per_batch, 1e-9))))
 
 
 def _ahead(pool: Pool, tasks: Iterator[tuple], ahead: int, stats: ReaderStats, urgent: bool = False,
@@ -221,7 +241,7 @@ def _batch_tasks(setup: Setup, pool: Pool, epoch: int, batch: int, stats: Reader
             t0 = time.perf_counter()
             if setup.cut_in_pool:  # up to batches_per_task batches whose rows are buffered: one task
                 group, metas = [], []
-                limit = setup.batches_per_task if started else 1  # the very first batch alone: it comes sooner
+                limit = _task_size(setup, stats) if started else 1  # the very first batch alone: it comes sooner
                 started = True
                 while len(group) < limit and batch < plan.num_batches and end >= bounds[batch + 1]:
                     lo, hi = bounds[batch], bounds[batch + 1]
@@ -256,20 +276,21 @@ def produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats
         return
     tasks = (((tuple(b[:4] for b in group), error), transform_batches, setup.key,
               tuple((e, index) for e, index, *_ in group), tuple(b[4] for b in group))
-             for group, error in _groups(batches, setup.batches_per_task))
+             for group, error in _groups(batches, lambda: _task_size(setup, stats)))
     for (metas, error), results in _ahead(transform_pool, tasks, setup.batches_ahead, stats):
         for (e, index, n, mixed), item in zip(metas, results, strict=False):
             if isinstance(item, BaseException):
                 raise item
             out, transform_s = item
             stats.transform_seconds += transform_s
+            stats._transformed += 1
             yield e, index, n, mixed, out
         if error is not None:
             raise error
 
 
-def _groups(batches: Iterator[tuple], size: int) -> Iterator[tuple[list, BaseException | None]]:
-    """Consecutive batches in groups of ``size`` (the first alone: it comes sooner). An error raised while a
+def _groups(batches: Iterator[tuple], size: Callable[[], int]) -> Iterator[tuple[list, BaseException | None]]:
+    """Consecutive batches in groups of ``size()`` (the first alone: it comes sooner). An error raised while a
     group is gathered ends the stream as data: ``(batches before it, error)``, so they are delivered first."""
     limit = 1
     while True:
@@ -285,7 +306,7 @@ def _groups(batches: Iterator[tuple], size: int) -> Iterator[tuple[list, BaseExc
             yield group, e
             return
         yield group, None
-        limit = size
+        limit = size()
 
 
 def _produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStats) -> Iterator[tuple]:
@@ -302,6 +323,7 @@ def _produce(setup: Setup, pool: Pool, epoch: int, batch: int, stats: ReaderStat
                 out, convert_s, transform_s, gather_s = item
                 stats.convert_seconds += convert_s
                 stats.transform_seconds += transform_s
+                stats._transformed += bool(setup.has_transform and not setup.transform_apart)
                 stats.gather_seconds += gather_s
                 yield e, index, n, distinct, out
         else:
@@ -409,6 +431,11 @@ class Pipeline:
             return  # the producer closes the pool as it leaves
         try:
             if thread is not None:
+                # The thread pool first: its queued tasks are dropped and only running ones are waited for (a
+                # slow transform's queued batches would otherwise run first); the producer then ends at once.
+                # (A process pool's replies may be in the producer's hands: it closes after the producer.)
+                if self._pool.kind == "thread":
+                    self._pool.close()
                 while thread.is_alive():
                     try:  # unblock a producer waiting on a full queue
                         while True:

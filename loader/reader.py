@@ -335,6 +335,7 @@ class Reader(Closeable):
             cut_in_pool=pool != "serial",
             batches_per_task=max(1, min(16, prefetch // 4)) if pool != "serial" else 1,
             transform_apart=pool == "process" and transform is not None,
+            has_transform=transform is not None,
             with_row_ids=with_row_ids,
             on_epoch=_PrefetchHint(ds, self._ctx.locations) if getattr(ds, "file_cache", None) else None,
         )

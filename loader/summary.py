@@ -60,9 +60,13 @@ def summarize(url: str, *, batches: int = 50, batch_size: int = 100, pool: str =
 
 
 def _rows(batch: dict) -> int:
-    """Rows in a batch: the length of any column that is not an offsets/lengths companion."""
+    """Rows in a batch (offsets form): one less than a ragged column's row offsets, else the length of a
+    row-first column (a ragged column's own key holds its flat values, not one entry per row)."""
     for key, value in batch.items():
-        if not key.endswith((".offsets", ".lengths", ".mask")):
+        if key.endswith(".offsets") and key[: -len(".offsets")] in batch:
+            return len(value) - 1
+    for key, value in batch.items():
+        if not key.endswith((".value_offsets", ".lengths", ".value_lengths")) and key + ".offsets" not in batch:
             return len(value)
     return 0
 
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--pool", default="thread", choices=["serial", "thread", "process"])
     args = p.parse_args(argv)
+    if args.batches < 1 or args.batch_size < 1:
+        p.error("--batches and --batch-size must be at least 1")
     try:
         print(summarize(args.url, batches=args.batches, batch_size=args.batch_size, pool=args.pool))
     except LarderError as e:

@@ -375,8 +375,8 @@ def _derive_signature(kwargs: dict, open_reader: Callable, ragged_form: bool) ->
             return signature_of(first, ragged_form)
         fields = [probe.dataset.schema.field(c) for c in probe.columns]
         string_lists = _string_lists(probe.dataset.schema)
-    if kwargs.get("with_row_ids"):  # appended by the reader like Table.append_column does (nullable int64)
-        fields += [pa.field(ROW_GROUP_COLUMN, pa.int64()), pa.field(ROW_COLUMN, pa.int64())]
+    if kwargs.get("with_row_ids"):  # appended by the reader as never-null int64 (no mask)
+        fields += [pa.field(name, pa.int64(), nullable=False) for name in (ROW_GROUP_COLUMN, ROW_COLUMN)]
     empty = to_numpy(
         pa.schema(fields).empty_table(), ragged=kwargs["ragged"], strings=kwargs["strings"],
         masks=bool(kwargs.get("masks")),

@@ -172,8 +172,12 @@ def cut(spans, lo: int, hi: int, with_ids: bool) -> tuple[pa.RecordBatch | pa.Ta
         rows = pa.concat_tables([p if isinstance(p, pa.Table) else pa.Table.from_batches([p]) for p in parts])
         group = np.concatenate(groups)
     if with_ids:
-        rows = rows.append_column(ROW_GROUP_COLUMN, as_arrow(group))
-        rows = rows.append_column(ROW_COLUMN, as_arrow(np.concatenate(ids) if len(ids) > 1 else ids[0]))
+        ids = np.concatenate(ids) if len(ids) > 1 else ids[0]
+        never_null = {"nullable": False}  # no ``.valid`` mask for them
+        rows = rows.append_column(pa.field(ROW_GROUP_COLUMN, pa.int64(), **never_null),
+                                  as_arrow(group.astype(np.int64, copy=False)))
+        rows = rows.append_column(pa.field(ROW_COLUMN, pa.int64(), **never_null),
+                                  as_arrow(ids.astype(np.int64, copy=False)))
     return rows, group
 
 

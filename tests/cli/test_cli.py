@@ -432,3 +432,22 @@ def test_verify_streams_in_bounded_reads(published, tmp_path, monkeypatch, capsy
     assert loader.cli.main(["verify", str(copy)]) == 1
     out = capsys.readouterr().out
     assert f"BAD {victim}: checksum" in out and "column title fails its checksum" in out
+
+
+def test_summary_counts_rows_whatever_the_first_column(tmp_path):
+    from loader.summary import summarize
+
+    table = pa.table({"title": ["abcdefgh" * (i % 5) for i in range(1000)], "tags": [[1, 2]] * 1000,
+                      "id": np.arange(1000)})
+    loader.write_cache(table, tmp_path, "strfirst", row_group_bytes=5000)
+    text = summarize(str(tmp_path / "strfirst"), batches=5, batch_size=100, pool="serial")
+    assert "read         5 batches of 100 (500 rows)" in text
+    proc = subprocess.run([sys.executable, "-m", "loader.summary", str(tmp_path / "strfirst"), "--batches", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--batches and --batch-size must be at least 1" in proc.stderr
+
+
+def test_head_with_an_empty_column_list_is_a_usage_error(published):
+    _, ds = published
+    proc = run("head", ds.version_path, "--columns", "")
+    assert proc.returncode == 2 and "--columns names no column" in one_error_line(proc)

@@ -81,7 +81,7 @@ def test_cap_and_unwritable_directory(mixed_cache, tmp_path):
     _, cache = _batches(mixed_cache, pool="serial", decoded_cache_dir=tmp_path / "none", max_decoded_bytes=0)
     assert cache.added == 0 and not glob.glob(str(tmp_path / "none" / "**" / "*.arrow"), recursive=True)
     _, cache = _batches(mixed_cache, pool="serial", decoded_cache_dir=tmp_path / "capped", max_decoded_bytes=1)
-    assert len(glob.glob(str(tmp_path / "capped" / "**" / "*.arrow"), recursive=True)) == 1  # stops past the cap
+    assert not glob.glob(str(tmp_path / "capped" / "**" / "*.arrow"), recursive=True)  # no file fits in 1 byte
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     reference, _ = _batches(mixed_cache, pool="serial")
@@ -99,3 +99,32 @@ def test_cache_paths_follow_dataset_version_and_selection(tmp_path):
     assert c.path("part-00000.parquet", 3).endswith("part-00000.parquet.rg3.arrow")
     other = DecodedCache.for_dataset(tmp_path, "shop", "v1", pa.schema([pa.field("a", pa.int32())]))
     assert other.root != c.root
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_the_cap_holds_with_concurrent_workers(mixed_cache, tmp_path, pool):
+    _, full = _batches(mixed_cache, pool="serial", decoded_cache_dir=tmp_path / "full")
+    sizes = sorted(os.path.getsize(f) for f in glob.glob(str(tmp_path / "full" / "**" / "*.arrow"), recursive=True))
+    cap = sum(sizes[:3]) + 3 * 4096  # room for about 3 row groups
+    for trial in range(3):  # the decoding threads race for the last bytes
+        capped = tmp_path / f"capped{trial}"
+        _, cache = _batches(mixed_cache, pool=pool, workers=2, decoded_cache_dir=capped, max_decoded_bytes=cap)
+        stored = sum(os.path.getsize(f) for f in glob.glob(str(capped / "**" / "*.arrow"), recursive=True))
+        assert 0 < stored <= cap and cache.added == stored
+
+
+def test_partial_files_of_dead_writers_are_removed(mixed_cache, tmp_path):
+    import subprocess
+    import sys
+
+    cache = DecodedCache.for_dataset(tmp_path, mixed_cache.name, mixed_cache.version, mixed_cache.schema)
+    os.makedirs(cache.root)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = os.path.join(cache.root, f"part-00000.parquet.rg0.arrow.{dead.stdout.strip()}-abcd1234.part")
+    mine = os.path.join(cache.root, f"part-00001.parquet.rg0.arrow.{os.getpid()}-abcd1234.part")  # being written
+    old = os.path.join(cache.root, "part-00002.parquet.rg0.arrow.abcd1234.part")  # an older name, an hour old
+    for path in (gone, mine, old):
+        open(path, "wb").close()
+    os.utime(old, (0, 0))
+    DecodedCache.for_dataset(tmp_path, mixed_cache.name, mixed_cache.version, mixed_cache.schema)
+    assert sorted(os.listdir(cache.root)) == [os.path.basename(mine)]

@@ -328,3 +328,9 @@ def test_numpy_scalar_arguments_are_accepted_and_the_state_stays_json(mixed_cach
             loader.make_reader(mixed_cache, batch_size=7, seed=3, sample=0.5) as plain:
         assert next(r)["id"].tolist() == next(plain)["id"].tolist()
         assert json.loads(json.dumps(r.state_dict())) == plain.state_dict()
+
+
+def test_row_ids_get_no_mask(mixed_cache):
+    with loader.make_reader(mixed_cache, columns=["id"], masks=True, with_row_ids=True, batch_size=10) as r:
+        assert sorted(next(r)) == ["_row", "_row_group", "id"] + (["id.valid"] if mixed_cache.schema.field(
+            "id").nullable else [])

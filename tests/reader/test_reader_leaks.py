@@ -247,7 +247,7 @@ def test_a_second_ctrl_c_while_closing_leaves_no_worker(mixed_cache, pool, monke
         raise KeyboardInterrupt  # the first Ctrl-C, waiting for a batch
 
     def join_interrupted_once(self, timeout=None):
-        if self.name == "larder-reader" and not interrupted:
+        if self.name.startswith("larder") and not interrupted:  # a worker or the producer
             interrupted.append(1)
             raise KeyboardInterrupt  # the second, while the interrupted pipeline closes
         return real_join(self, timeout)
@@ -264,3 +264,31 @@ def test_a_second_ctrl_c_while_closing_leaves_no_worker(mixed_cache, pool, monke
                                               for t in threading.enumerate()):
         time.sleep(0.05)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("larder") and t.is_alive()]
+
+
+CALLS: list = []
+
+
+def slow_recorded(batch):
+    CALLS.append(len(batch["id"]))
+    time.sleep(0.2)
+    return batch
+
+
+def test_a_slow_transform_runs_one_batch_per_task_and_close_drops_queued_ones(mixed_cache):
+    from loader.pipeline import ReaderStats, Setup, _task_size
+
+    setup = Setup(key="k", plan=None, seed=0, shuffle=True, num_epochs=1, pieces_ahead=1, batches_ahead=4,
+                  prefetch=32, batches_per_task=8, has_transform=True)
+    stats = ReaderStats()
+    assert _task_size(setup, stats) == 1  # not measured yet
+    stats.transform_seconds, stats._transformed = 0.4, 2  # 0.2 s a batch
+    assert _task_size(setup, stats) == 1
+    stats.transform_seconds = 0.0002  # 0.1 ms a batch
+    assert _task_size(setup, stats) == 8
+    CALLS.clear()
+    reader = loader.make_reader(mixed_cache, batch_size=10, pool="thread", workers=2, transform=slow_recorded,
+                                num_epochs=None)
+    next(reader), next(reader)
+    reader.close()
+    assert len(CALLS) <= 2 + 2 * 2  # the delivered ones, and at most a batch per worker in flight per wait
