@@ -57,7 +57,7 @@ def _check_writable(schema: pa.Schema) -> None:
 
     Raises:
         ConfigError: A column (or a field nested in it) is a union, which Parquet cannot store, or of
-            the null type, which holds no values and which readers drop; or its type has no Parquet
+            the null type, which holds no values (readers refuse it); or its type has no Parquet
             form. The message names the column and its type.
     """
     for column in schema:
@@ -79,7 +79,7 @@ def _check_type(name: str, t: pa.DataType) -> None:
         )
     if pat.is_null(t):
         raise ConfigError(
-            f"write_cache: column {name!r} has type {t}: it holds no values and readers would drop it; "
+            f"write_cache: column {name!r} has type {t}: it holds no values (readers refuse it); "
             "give it the type it stands for (e.g. pa.nulls(n, pa.int64())) or leave it out"
         )
     if pat.is_dictionary(t):
