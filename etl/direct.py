@@ -47,6 +47,7 @@ from loader.errors import SourceError
 
 from .arrow_write import SliceWriter
 from .layout import FILE_COLUMN, LONG_SAFE_ROWS, ORDER_COLUMN, affine_permutation
+from .source import unescape_path_name
 from .transforms import NULL_ID
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ def _partition_values(path: str, names: list[str]) -> dict[str, str | None] | No
     for segment in os.path.dirname(path).split("/"):
         key, eq, value = segment.partition("=")
         if eq and key in names:
-            value = unquote(value)
+            value = unescape_path_name(value)
             found[key] = None if value == HIVE_NULL_PARTITION else value
     return found if set(found) == set(names) else None
 

@@ -33,11 +33,9 @@ def guarded(body: Callable[[], str], verbose: bool = False) -> int:
         if verbose:
             traceback.print_exc()
         first = (str(e).strip().splitlines() or [""])[0]
-        from .failures import failure_text, python_error, spark_error
+        from .failures import root_cause
 
-        text = failure_text(e)  # the root cause Spark or a Python task reported, if any
-        py = python_error(text)
-        cause = spark_error(text) or (py[0] if py else None)
+        cause = root_cause(e)  # what Spark or a Python task reported, if anything
         detail = f"{first} ({cause})" if cause and cause not in first else first
         print(f"larder: error: unexpected {type(e).__name__}: {detail}", file=sys.stderr)
         return EXIT_INTERNAL

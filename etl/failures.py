@@ -55,6 +55,14 @@ def failure_text(e: BaseException) -> str:
     return "\n".join(parts)
 
 
+def root_cause(e: BaseException) -> str | None:
+    """The one line that says what failed underneath ``e``: Spark's innermost error class and message, else
+    the Python exception line of a task, else None."""
+    text = failure_text(e)
+    py = python_error(text)
+    return spark_error(text) or (py[0] if py else None)
+
+
 def spark_error(text: str) -> str | None:
     """The innermost ``[ERROR_CLASS] message`` in ``text`` (SQLSTATE left out), or None."""
     found = [m for m in _CLASS_RE.finditer(text) if m.group(2).strip()]

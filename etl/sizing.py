@@ -46,7 +46,7 @@ from loader.manifest import FileInfo, row_group_sizes
 
 from . import arrow_write, direct
 from .layout import FILE_COLUMN, LAYOUT_SETTINGS, ORDER_COLUMN, assign_files
-from .prior import REUSE_TOLERANCE, PriorSizing  # noqa: F401 - PriorSizing is part of this module's API
+from .prior import PriorSizing
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -181,10 +181,14 @@ def too_big(files: list[list[tuple[int, int]]], block: int) -> list[tuple[int, i
     bad = []
     for groups in files:
         rows, nbytes = sum(r for r, _ in groups), sum(c for _, c in groups)
-        splittable_over = any(c > block and r > 1 for r, c in groups)
-        if rows > 1 and (splittable_over or (nbytes > block and not any(c > block for _, c in groups))):
+        if rows > 1 and (group_over_block(groups, block) or (nbytes > block and not any(c > block for _, c in groups))):
             bad.append((rows, nbytes))
     return bad
+
+
+def group_over_block(groups: list[tuple[int, int]], block: int) -> bool:
+    """Whether a file holds a row group of several rows over the block (which a rewrite must fix)."""
+    return any(c > block and r > 1 for r, c in groups)
 
 
 def next_bytes_per_row(bpr: float, bad: list[tuple[int, int]], measured: float) -> float:
@@ -421,17 +425,18 @@ class SizedWriter:
                     per_file = [_footer_groups(self.fs, p) for p in _parquet_files(self.fs, self.path)]
                 groups = [g for f in per_file for g in f]
                 rows, nbytes = sum(r for r, _ in groups), sum(c for _, c in groups)
+                measured = nbytes / max(1, rows)
                 bad = too_big(per_file, self.block_size)
                 over = [(sum(r for r, _ in f), sum(c for _, c in f)) for f in per_file
-                        if any(c > self.block_size and r > 1 for r, c in f)]  # a group must be rewritten
+                        if group_over_block(f, self.block_size)]
                 single = [g for g in groups if g[0] == 1 and g[1] > self.block_size]
                 history.append({"attempt": attempt, "rows_per_file": rows_per_file, "bytes_per_row": round(bpr, 2),
                                 "files_too_big": len(bad), "groups_over_block": len(over),
                                 "write_seconds": round(written - started, 2),
                                 "verify_seconds": round(time.time() - written, 2)})  # fmt: skip
-                following = next_bytes_per_row(bpr, over or bad, nbytes / max(1, rows)) if bad else bpr
+                following = next_bytes_per_row(bpr, over or bad, measured) if bad else bpr
                 if over and attempt == MAX_ATTEMPTS - 1:  # the last write must fit: compound the estimate
-                    following = max(following, last_bytes_per_row(bpr, over, nbytes / max(1, rows)))
+                    following = max(following, last_bytes_per_row(bpr, over, measured))
                 keep = bool(bad) and not over and keep_cut_files(per_file, self.block_size, bpr / following)
                 if not bad or keep or attempt == MAX_ATTEMPTS:
                     if single:

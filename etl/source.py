@@ -13,9 +13,9 @@ column; cast or flatten them in a ``kind: python`` transform, or leave the colum
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from loader.errors import SourceError
 
@@ -93,13 +93,12 @@ def _open_table(spark: SparkSession, table: str) -> tuple[DataFrame, list[str]]:
     return spark.table(table), parts
 
 
-_HIVE_ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
 
 
 def unescape_path_name(text: str) -> str:
     """Undo Hive's partition-path escaping (``FileUtils.unescapePathName``: ``%XX`` -> the character), as
     ``SHOW PARTITIONS`` prints the directory names: ``hour=2026-11-23 10%3A00`` holds ``10:00``."""
-    return _HIVE_ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), text)
+    return unquote(text)  # Hive escapes ASCII characters only, so this is exactly its inverse
 
 
 def _existing_partitions(spark: SparkSession, table: str) -> list[dict[str, str]]:

@@ -66,8 +66,8 @@ from .cache_disk import (
     _remove_quietly,
 )
 from .errors import CacheError, ConfigError, LarderError
-from .manifest import FileInfo, crc32_hex
-from .remote import RetryPolicy, _crc_of_fd, download
+from .manifest import FileInfo
+from .remote import RetryPolicy, download, fd_checksum
 
 if TYPE_CHECKING:
     from .dataset import Dataset
@@ -167,7 +167,7 @@ class FileCache(Evictor):
             if not recheck and (self._verified.get(path) == key or _marker_matches(path, key, info.checksum)):
                 self._verified[path] = key
                 return fd
-            if crc32_hex(_crc_of_fd(fd)[0]) != info.checksum:
+            if fd_checksum(fd) != info.checksum:
                 log.warning("%s: cached copy fails its checksum; fetching it again", path)
                 os.close(fd)
                 return None

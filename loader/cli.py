@@ -32,7 +32,7 @@ import pyarrow as pa
 from . import fs as lfs
 from .dataset import Dataset, open_dataset
 from .errors import ColumnNotFoundError, ConfigError, CorruptFileError, LarderError, RemoteError
-from .manifest import MANIFEST_NAME, FileInfo, _checksum_with_ranges, chunk_range
+from .manifest import MANIFEST_NAME, FileInfo, _checksum_with_ranges, chunk_inside, chunk_range
 
 PROG = "larder"
 MAX_ITEMS = 8
@@ -263,10 +263,7 @@ def _file_problems(ds: Dataset, info: FileInfo) -> list[str]:
     except CorruptFileError as e:
         message = str(e)
         prefix = f"{e.path}: "
-        message = message[len(prefix):] if e.path and message.startswith(prefix) else message
-        if message.startswith("row groups ") and message.endswith("disagree with the manifest"):
-            message += f"'s {[g.num_rows for g in info.row_groups]}"
-        return [message]
+        return [message[len(prefix):] if e.path and message.startswith(prefix) else message]
     except RemoteError:
         raise  # the storage failed, not the file: the caller says it could not be checked
     except (OSError, pa.ArrowException) as e:
@@ -296,7 +293,7 @@ def _file_problems(ds: Dataset, info: FileInfo) -> list[str]:
                 continue
             for c, chunk in enumerate(chunks):
                 start, length = chunk_range(chunk)
-                if start < 0 or length < 0 or start + length > info.size:
+                if not chunk_inside(start, length, info.size):
                     chunk_problems.append(f"row group {i} column {chunk.path_in_schema} lies outside the file")
                 else:
                     ranges.append((start, length, i, c))

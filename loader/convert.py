@@ -82,7 +82,7 @@ def check_schema(schema: pa.Schema, columns: list[str]) -> None:
 
 
 def check_keys(schema: pa.Schema, columns: list[str], *, ragged: str = "offsets", strings: str = "offsets",
-               masks: bool = False, reserved: tuple[str, ...] = ()) -> None:
+               masks: bool = False) -> None:
     """Fail early when two columns would write the same key of a batch (e.g. a column named ``"a.offsets"``
     next to a string column ``a``, ``"s.x"`` next to a struct ``s`` with a field ``x``, or ``"b.valid"``
     next to a nullable ``b`` with ``masks``), which would silently replace one's arrays with the other's.
@@ -90,7 +90,7 @@ def check_keys(schema: pa.Schema, columns: list[str], *, ragged: str = "offsets"
     Raises:
         ConfigError: Names the key and the columns that both produce it.
     """
-    owner = dict.fromkeys(reserved, "the reader's row ids")
+    owner: dict[str, str] = {}
     for name in columns:
         field = schema.field(name)
         empty = pa.RecordBatch.from_arrays([pa.nulls(0, field.type)], schema=pa.schema([field]))  # no pandas
@@ -350,6 +350,7 @@ def _decimal(arr: pa.Array) -> np.ndarray:
     return values
 
 
+@functools.lru_cache(maxsize=128)
 def _temporal_dtype(t: pa.DataType) -> np.dtype:
     """The numpy type of an Arrow date, time, timestamp or duration type: ``datetime64`` for dates and
     timestamps (UTC; a time zone is dropped), ``timedelta64`` for durations and times of day (time since
@@ -469,24 +470,36 @@ def to_padded(batch: dict[str, np.ndarray], pad_value: Any = 0) -> dict[str, np.
 
 
 def _fitting(pad_value: Any, dtype: np.dtype, name: str) -> Any:
-    """``pad_value`` if the padded column's values can hold it exactly.
+    """``pad_value`` if the padded column's values can hold it exactly (checked once per value and dtype:
+    it runs for every padded column of every batch).
 
     Raises:
         ConfigError: They cannot (e.g. -1 for the ``uint8`` bytes of a string column); names the column.
     """
     try:
+        fits = _fits(type(pad_value), pad_value, dtype)
+    except TypeError:  # an unhashable fill (an array): checked every time
+        fits = _fits.__wrapped__(type(pad_value), pad_value, dtype)
+    if isinstance(fits, BaseException):
+        raise ConfigError(f"pad_value {pad_value!r} does not fit column {name!r} ({dtype} values)") from fits
+    if not fits:
+        raise ConfigError(f"pad_value {pad_value!r} does not fit column {name!r} ({dtype} values)")
+    return pad_value
+
+
+@functools.lru_cache(maxsize=256)
+def _fits(_kind: type, pad_value: Any, dtype: np.dtype) -> bool | BaseException:
+    """Whether ``dtype`` holds ``pad_value`` (the error that says it cannot, if converting it fails).
+    ``_kind`` keeps ``0``, ``0.0`` and ``False`` apart in the cache."""
+    try:
         with np.errstate(over="ignore", invalid="ignore"):
             given = np.array(pad_value)
             fill = given.astype(dtype)
             if dtype.kind in "fc":  # rounding is fine, overflow is not
-                fits = bool(np.all(np.isfinite(fill) | ~np.isfinite(given)))
-            else:
-                fits = dtype.kind in "OSUVmM" or bool(np.all(fill == given))
+                return bool(np.all(np.isfinite(fill) | ~np.isfinite(given)))
+            return dtype.kind in "OSUVmM" or bool(np.all(fill == given))
     except (OverflowError, ValueError, TypeError) as e:
-        raise ConfigError(f"pad_value {pad_value!r} does not fit column {name!r} ({dtype} values)") from e
-    if not fits:
-        raise ConfigError(f"pad_value {pad_value!r} does not fit column {name!r} ({dtype} values)")
-    return pad_value
+        return e
 
 
 def pad(values: np.ndarray, lengths: np.ndarray, pad_value: Any = 0) -> np.ndarray:

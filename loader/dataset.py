@@ -20,7 +20,16 @@ import pyarrow.parquet as pq
 from . import fs as lfs
 from .crc import crc32
 from .errors import CorruptFileError, DatasetNotFoundError, RemoteError
-from .manifest import CURRENT_NAME, MANIFEST_NAME, FileInfo, Manifest, chunk_range, crc32_hex, read_footer
+from .manifest import (
+    CURRENT_NAME,
+    MANIFEST_NAME,
+    FileInfo,
+    Manifest,
+    chunk_inside,
+    chunk_range,
+    crc32_hex,
+    read_footer,
+)
 from .publish import current_version, read_manifest
 
 
@@ -168,7 +177,8 @@ class Dataset:
                 raise CorruptFileError(f"{where}: cannot decode Parquet footer ({e})", where) from e
             groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
             if groups != [g.num_rows for g in info.row_groups]:
-                raise CorruptFileError(f"{where}: row groups {groups} disagree with the manifest", where)
+                raise CorruptFileError(f"{where}: row groups {groups} disagree with the manifest's "
+                                       f"{[g.num_rows for g in info.row_groups]}", where)
             return f, metadata, where
         except BaseException:
             f.close()
@@ -294,7 +304,7 @@ class Dataset:
             for c in self._leaf_columns(columns, rg.num_columns):
                 chunk = rg.column(c)
                 start, length = chunk_range(chunk)
-                if start < 0 or start + length > info.size:
+                if not chunk_inside(start, length, info.size):
                     raise CorruptFileError(f"{where}: row group {index} column {chunk.path_in_schema} lies "
                                            "outside the file", where)
                 f.seek(start)

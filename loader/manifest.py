@@ -445,10 +445,16 @@ def chunk_layout(f, size: int, where: str) -> tuple[bytes, int, list[tuple[int, 
         rg = meta.row_group(i)
         for c in range(rg.num_columns):
             start, length = chunk_range(rg.column(c))
-            if start < 0 or length < 0 or start + length > size:
+            if not chunk_inside(start, length, size):
                 raise CorruptFileError(f"{where}: row group {i} column {c} lies outside the file", where)
             ranges.append((start, length, i, c))
     return footer, footer_size, ranges
+
+
+def chunk_inside(start: int, length: int, size: int) -> bool:
+    """Whether a column chunk's byte range lies inside a file of ``size`` bytes (a footer saying otherwise is
+    corrupt)."""
+    return start >= 0 and length >= 0 and start + length <= size
 
 
 def row_group_sizes(meta: pq.FileMetaData) -> list[tuple[int, int]]:

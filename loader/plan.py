@@ -370,7 +370,8 @@ def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_
     bytes_per_row = max(1.0, mean_group_bytes / max(1.0, mean_group_rows))
     whole = int(window_bytes // max(1.0, mean_group_bytes))  # whole row groups that fit in a window
     # Windows are balanced (make_windows): 11 row groups in windows of at most 10 are 6 + 5.
-    balanced = num_groups // max(1, math.ceil(num_groups / max(1, min(whole, max_window))))
+    runs = balanced_bounds(num_groups, max(1, min(whole, max_window)))
+    balanced = runs[-1] - runs[-2]  # the smallest window
     if whole < 1 or (shuffle_buffer is None and balanced < min(min_mix, num_groups, _STREAMS)):  # interleave slices
         # 10 pieces whenever there are 8 row groups or more (a window may then take two slices of a group):
         # balanced windows of at most 10 pieces hold 8 or more once there are 40 (see split_pieces)

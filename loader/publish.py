@@ -20,11 +20,12 @@ publish at once get distinct version names and never prune each other's version 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -255,13 +256,13 @@ class Staging:
         fs = self.fs
         try:
             files = self._staged_files(files)
-            draft = self._drafter(
+            template = self._template(
                 files, arrow_schema, fingerprint,
                 source=source, created_by=created_by, vocabularies=vocabularies, block_size=block_size,
                 row_group_target=row_group_target, extra=extra,
             )  # fmt: skip
             with publish_lock(fs, self.dataset_dir):
-                manifest = self._rename_into_place(draft, _version_tag(fingerprint, files))
+                manifest = self._rename_into_place(template, _version_tag(fingerprint, files))
                 self._swap_current(manifest.version)
                 self.manifest = manifest
                 self._release()
@@ -291,7 +292,7 @@ class Staging:
             raise EmptyDatasetError(f"nothing to publish for dataset {self.dataset!r}: the selection holds no rows")
         return files
 
-    def _drafter(
+    def _template(
         self,
         files: tuple[FileInfo, ...],
         arrow_schema: pa.Schema | None,
@@ -303,8 +304,9 @@ class Staging:
         block_size: int,
         row_group_target: int | None,
         extra: dict | None,
-    ) -> Callable[[str, float], Manifest]:
-        """A function ``(version, time) -> Manifest`` for the staged files (the name is chosen late)."""
+    ) -> Manifest:
+        """The manifest of the staged files but for its ``version`` and ``created_at`` (chosen late, by
+        :meth:`_rename_into_place`)."""
         if arrow_schema is None:
             with self.fs.open_input_file(lfs.join(self.path, files[0].path)) as f:
                 arrow_schema = pq.read_schema(f)
@@ -312,24 +314,21 @@ class Staging:
         if fingerprint is not None:
             src.setdefault("fingerprint", fingerprint)
 
-        def draft(version: str, now: float) -> Manifest:
-            return Manifest(
-                format_version=FORMAT_VERSION,
-                dataset=self.dataset,
-                version=version,
-                created_at=_dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat().replace("+00:00", "Z"),
-                created_by={"tool": _tool_version(), **(created_by or {})},
-                source=src,
-                schema_fields=schema_fields(arrow_schema),
-                arrow_schema=arrow_schema,
-                vocabularies=dict(vocabularies or {}),
-                block_size=int(block_size),
-                row_group_target=int(row_group_target or int(0.95 * block_size)),
-                files=files,
-                extra=dict(extra or {}),
-            )
-
-        return draft
+        return Manifest(
+            format_version=FORMAT_VERSION,
+            dataset=self.dataset,
+            version="",
+            created_at="",
+            created_by={"tool": _tool_version(), **(created_by or {})},
+            source=src,
+            schema_fields=schema_fields(arrow_schema),
+            arrow_schema=arrow_schema,
+            vocabularies=dict(vocabularies or {}),
+            block_size=int(block_size),
+            row_group_target=int(row_group_target or int(0.95 * block_size)),
+            files=files,
+            extra=dict(extra or {}),
+        )
 
     def _write_manifest(self, manifest: Manifest) -> Manifest:
         """Write ``manifest`` into the staging directory; return it as a reader will parse it."""
@@ -338,7 +337,7 @@ class Staging:
         lfs.write_bytes_atomic(self.fs, lfs.join(self.path, MANIFEST_NAME), text.encode("utf-8"))
         return parsed
 
-    def _rename_into_place(self, draft: Callable[[str, float], Manifest], fp8: str) -> Manifest:
+    def _rename_into_place(self, template: Manifest, fp8: str) -> Manifest:
         """Rename the staging directory to a fresh version name ``v<stamp>-<fp8>``; return its manifest.
 
         Raises:
@@ -347,7 +346,8 @@ class Staging:
         fs = self.fs
         for _ in range(_NAME_ATTEMPTS):
             version, now = _next_version(fs, self.dataset_dir, fp8)
-            manifest = self._write_manifest(draft(version, now))
+            created_at = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat().replace("+00:00", "Z")
+            manifest = self._write_manifest(dataclasses.replace(template, version=version, created_at=created_at))
             target = lfs.join(self.dataset_dir, version)
             try:
                 fs.move(self.path, target)
@@ -409,12 +409,7 @@ class Staging:
     def _release(self) -> None:
         """Give up the claim: remove the owner file while still holding its lock, then unlock."""
         self.finished = True
-        owner = self.path + OWNER_SUFFIX
-        try:
-            if lfs.exists(self.fs, owner):
-                self.fs.delete_file(owner)
-        except OSError:
-            pass
+        remove(self.fs, self.path + OWNER_SUFFIX, directory=False)  # gone already is fine
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -270,8 +270,7 @@ class Reader(Closeable):
             ds = open_dataset(url, **fs_options)
         self.dataset = ds
         self.columns = columns = _select_columns(ds, columns)
-        check_keys(ds.schema, columns, ragged=ragged, strings=strings, masks=masks,
-                   reserved=(tasks.ROW_GROUP_COLUMN, tasks.ROW_COLUMN) if with_row_ids else ())
+        check_keys(ds.schema, columns, ragged=ragged, strings=strings, masks=masks)  # row-id names refused above
         sizes = ds.row_group_sizes()
         _check_not_empty(ds, epoch_rows(sum(sizes), sample), rank, world_size, batch_size, drop_last, sample)
 
@@ -311,7 +310,7 @@ class Reader(Closeable):
             rank=rank,
             world_size=world_size,
             stream=max_piece_rows is not None,
-            stream_chunk_rows=max(1, min(65_536, max_piece_rows or 1)),
+            stream_chunk_rows=max(1, min(tasks.MAX_CHUNK_ROWS, max_piece_rows or 1)),
             local_files=isinstance(ds.fs, pafs.LocalFileSystem) or getattr(ds, "file_cache", None) is not None,
             ragged=ragged,
             strings=strings,

@@ -195,12 +195,9 @@ def _name(error: BaseException) -> str:
 
 
 def _crc_of_file(path: str) -> tuple[int, int]:
-    crc, total = 0, 0
+    """CRC-32 and length of the file at ``path``."""
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            crc = crc32(chunk, crc)
-            total += len(chunk)
-    return crc, total
+        return _crc_of_fd(f.fileno())
 
 
 def _crc_of_fd(fd: int) -> tuple[int, int]:
@@ -212,9 +209,9 @@ def _crc_of_fd(fd: int) -> tuple[int, int]:
     return crc, total
 
 
-def file_checksum(path: str) -> str:
-    """The manifest-style checksum (``crc32:<hex>``) of a local file."""
-    return crc32_hex(_crc_of_file(path)[0])
+def fd_checksum(fd: int) -> str:
+    """The manifest-style checksum (``crc32:<hex>``) of the file open at ``fd``."""
+    return crc32_hex(_crc_of_fd(fd)[0])
 
 
 def _drop_if_empty(path: str) -> None:

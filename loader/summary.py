@@ -38,19 +38,18 @@ def summarize(url: str, *, batches: int = 50, batch_size: int = 100, pool: str =
         shown = ", ".join(map(str, vocab[:3])) + (", ..." if len(vocab) > 3 else "")
         lines.append(f"vocabulary   {column}: {len(vocab)} values ({shown})")
     t0 = time.perf_counter()
-    rows = got = 0
+    got = 0
     first = None
     with make_reader(ds, batch_size=batch_size, shuffle=True, seed=0, num_epochs=None, pool=pool) as reader:
         for batch in reader:
             if first is None:
                 first = time.perf_counter() - t0
                 keys = ", ".join(f"{k}{list(v.shape)}" for k, v in batch.items())
-            rows += _rows(batch)
             got += 1
             if got >= batches:
                 break
         elapsed = time.perf_counter() - t0
-        mixed = reader.stats.mixed_row_groups_per_batch
+        rows, mixed = reader.stats.rows, reader.stats.mixed_row_groups_per_batch  # the reader counts rows
     lines.append(f"first batch  {first:.3f} s: {keys}")
     lines.append(
         f"read         {got} batches of {batch_size} ({rows:,} rows) in {elapsed:.2f} s = "
@@ -58,17 +57,6 @@ def summarize(url: str, *, batches: int = 50, batch_size: int = 100, pool: str =
     )
     return "\n".join(lines)
 
-
-def _rows(batch: dict) -> int:
-    """Rows in a batch (offsets form): one less than a ragged column's row offsets, else the length of a
-    row-first column (a ragged column's own key holds its flat values, not one entry per row)."""
-    for key, value in batch.items():
-        if key.endswith(".offsets") and key[: -len(".offsets")] in batch:
-            return len(value) - 1
-    for key, value in batch.items():
-        if not key.endswith((".value_offsets", ".lengths", ".value_lengths")) and key + ".offsets" not in batch:
-            return len(value)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

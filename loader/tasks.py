@@ -26,6 +26,10 @@ from .plan import sample_rows, transform_rng
 
 ROW_GROUP_COLUMN = "_row_group"
 ROW_COLUMN = "_row"
+ROW_ID_FIELDS = (pa.field(ROW_GROUP_COLUMN, pa.int64(), nullable=False),
+                 pa.field(ROW_COLUMN, pa.int64(), nullable=False))
+"""The row-id columns ``with_row_ids`` adds: never null, so no ``.valid`` mask."""
+MAX_CHUNK_ROWS = 65_536  # rows a row group's stream decodes at a time, at most
 _STREAM_BUFFER = 256 << 10  # read buffer per column of a streamed row group (1 MiB: 20-40 MB more RSS, no faster)
 _MAX_IDLE_STREAMS = 16  # open row-group streams kept per process
 
@@ -169,6 +173,7 @@ class _GroupStream:
         self.pos = 0  # row of the row group at the start of ``pending``
         self.pending: pa.RecordBatch | None = None
         self.decoded = 0
+        self.checked = False  # decoded types checked against the manifest
 
     def read(self, lo: int, hi: int, rows: np.ndarray | None) -> list[pa.RecordBatch]:
         """Rows ``[lo, hi)`` of the row group (only ``rows`` among them, if given); needs ``pos <= lo``."""
@@ -234,13 +239,14 @@ def _read_streamed(ctx: ReadContext, epoch: int, group: int, info, local: int, r
             stream.close()
             stream = None
         if stream is None:  # decoding one slice at a time (the plan cuts a row group's slices alike)
-            chunk = ctx.stream_chunk_rows if rows is not None else max(1, min(65_536, stop - start))
+            chunk = ctx.stream_chunk_rows if rows is not None else max(1, min(MAX_CHUNK_ROWS, stop - start))
             stream = _GroupStream(ctx.dataset, info, local, list(ctx.columns), chunk)
         before = stream.decoded
         try:
             parts = stream.read(lo, hi, rows)
-            if parts:
+            if parts and not stream.checked:  # one stream, one schema: its first slice is checked
                 ctx.dataset.check_types(parts[0], info, local)
+                stream.checked = True
         except (RemoteError, CorruptFileError):
             raise
         except (OSError, pa.ArrowException) as e:
@@ -379,5 +385,6 @@ def check_output(out, name: str) -> dict:
     return dict(out)
 
 
-__all__ = ["ROW_COLUMN", "ROW_GROUP_COLUMN", "ReadContext", "convert_batch", "convert_split", "finish_batch", "install",
-           "read_piece", "takes_rng", "transform_batch", "transform_batches"]
+__all__ = ["MAX_CHUNK_ROWS", "ROW_COLUMN", "ROW_GROUP_COLUMN", "ROW_ID_FIELDS", "ReadContext", "convert_batch",
+           "convert_split", "finish_batch", "install", "read_piece", "takes_rng", "transform_batch",
+           "transform_batches"]

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from .convert import pad, to_numpy
+from .convert import _offsets, pad, to_numpy
 from .errors import ConfigError
-from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN
+from .tasks import ROW_ID_FIELDS
 
 RAGGED_FORMS = ("ragged", "padded")
 STRING_FORMS = ("string", "bytes")
@@ -232,7 +232,7 @@ def _to_parts(batch: dict[str, np.ndarray], splits: dict[str, int], string_lists
             flat = [x for v in arr if v is not None for x in v.tolist()]
             if ragged_form:
                 out[key] = _string_array(flat)
-                out[f"{key}{_SPLITS}0"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+                out[f"{key}{_SPLITS}0"] = _offsets(lengths)
             else:
                 out[key] = pad(np.array([b"" if x is None else x for x in flat], dtype=object), lengths, b"")
                 out[key + ".lengths"] = lengths
@@ -376,7 +376,7 @@ def _derive_signature(kwargs: dict, open_reader: Callable, ragged_form: bool) ->
         fields = [probe.dataset.schema.field(c) for c in probe.columns]
         string_lists = _string_lists(probe.dataset.schema)
     if kwargs.get("with_row_ids"):  # appended by the reader as never-null int64 (no mask)
-        fields += [pa.field(name, pa.int64(), nullable=False) for name in (ROW_GROUP_COLUMN, ROW_COLUMN)]
+        fields += list(ROW_ID_FIELDS)
     empty = to_numpy(
         pa.schema(fields).empty_table(), ragged=kwargs["ragged"], strings=kwargs["strings"],
         masks=bool(kwargs.get("masks")),

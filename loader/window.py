@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from .convert import as_arrow
 from .plan import EpochPlan, window_permutation
-from .tasks import ROW_COLUMN, ROW_GROUP_COLUMN, convert_split, finish_batch, transform_batch
+from .tasks import ROW_ID_FIELDS, convert_split, finish_batch, transform_batch
 
 if TYPE_CHECKING:
     from .pipeline import Setup
@@ -173,11 +173,8 @@ def cut(spans, lo: int, hi: int, with_ids: bool) -> tuple[pa.RecordBatch | pa.Ta
         group = np.concatenate(groups)
     if with_ids:
         ids = np.concatenate(ids) if len(ids) > 1 else ids[0]
-        never_null = {"nullable": False}  # no ``.valid`` mask for them
-        rows = rows.append_column(pa.field(ROW_GROUP_COLUMN, pa.int64(), **never_null),
-                                  as_arrow(group.astype(np.int64, copy=False)))
-        rows = rows.append_column(pa.field(ROW_COLUMN, pa.int64(), **never_null),
-                                  as_arrow(ids.astype(np.int64, copy=False)))
+        group_field, row_field = ROW_ID_FIELDS  # int64 both, like the window's groups and ids
+        rows = rows.append_column(group_field, as_arrow(group)).append_column(row_field, as_arrow(ids))
     return rows, group
 
 

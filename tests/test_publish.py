@@ -17,15 +17,12 @@ import pytest
 
 import loader
 from loader import claims, publish
-
-
-def _read_all(ds: loader.Dataset) -> pa.Table:
-    return pa.concat_tables(ds.read_row_group(f, i) for f in ds.files for i in range(len(f.row_groups)))
+from tests.conftest import read_all
 
 
 def test_write_cache_round_trip_and_row_group_target(tmp_path, table):
     ds = loader.write_cache(table, tmp_path, "demo", row_group_bytes=4_000)
-    assert _read_all(ds).equals(table)
+    assert read_all(ds).equals(table)
     sizes = [g.compressed_bytes for f in ds.files for g in f.row_groups]
     assert max(sizes[:-1]) <= 4_000 * 1.1  # the estimate is corrected from each written file
     assert np.median(sizes[:-1]) >= 4_000 * 0.8
@@ -37,7 +34,7 @@ def test_write_cache_from_parquet_path_and_stream(tmp_path, table):
     a = loader.write_cache(str(tmp_path / "src.parquet"), tmp_path / "out", "a")
     b = loader.write_cache(table.to_reader(max_chunksize=77), tmp_path / "out", "b", row_groups_per_file=3,
                            row_group_bytes=3_000)
-    assert _read_all(a).equals(table) and _read_all(b).equals(table)
+    assert read_all(a).equals(table) and read_all(b).equals(table)
     assert a.source["kind"] == "parquet" and max(len(f.row_groups) for f in b.files) == 3
 
 
@@ -67,7 +64,7 @@ def test_failure_mid_write_keeps_previous_version(tmp_path, table):
     with pytest.raises(RuntimeError, match="source died"):
         loader.write_cache(broken, tmp_path, "d", row_group_bytes=2_000)
     ds = loader.open_dataset(tmp_path / "d")
-    assert ds.version == first.version and _read_all(ds).equals(table)
+    assert ds.version == first.version and read_all(ds).equals(table)
     assert not [n for n in os.listdir(tmp_path / "d") if n.startswith("_staging")]
 
 
@@ -162,7 +159,7 @@ def test_cleaner_between_creating_and_locking_the_owner_file_spares_the_claim(tm
     assert not [n for n in os.listdir(dataset_dir) if n.startswith("_staging")]
 
 
-def test_cleaner_probing_the_owner_lock_at_that_instant_delays_the_claim(tmp_path, monkeypatch):
+def test_cleaner_probing_the_owner_lock_at_that_instant_does_not_break_the_claim(tmp_path, monkeypatch):
     import fcntl
     import threading
 
@@ -276,7 +273,7 @@ def test_manifest_schema_is_the_schema_parquet_stores(tmp_path):
         assert pq.read_schema(os.path.join(ds.version_path, f.path)) == ds.schema
     assert loader.open_dataset(tmp_path / "d").schema == ds.schema
     assert ds.schema.field("ts").type == pa.timestamp("ms") and ds.schema.field("day").type == pa.date32()
-    assert _read_all(ds).equals(src.cast(ds.schema))  # the same instants, in the stored units
+    assert read_all(ds).equals(src.cast(ds.schema))  # the same instants, in the stored units
 
 
 # --- columns a cache cannot hold ---

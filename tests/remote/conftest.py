@@ -4,6 +4,7 @@ one with a delegation token, and a small cache published to it with ``write_cach
 from __future__ import annotations
 
 import traceback
+from collections import Counter
 
 import pytest
 
@@ -62,9 +63,9 @@ def remote_cache(server, remote_table) -> loader.Dataset:
                               retry=FAST_RETRY)
 
 
-def read_all(ds: loader.Dataset, columns=None):
-    """Every row group of ``ds`` through ``Dataset.read_row_group`` (the reader's door), concatenated."""
-    import pyarrow as pa
 
-    parts = [ds.read_row_group(f, i, columns) for f in ds.files for i in range(len(f.row_groups))]
-    return pa.concat_tables(parts)
+
+def data_opens(server) -> Counter:
+    """Data-node OPENs per data file name (what really moved file bytes)."""
+    return Counter(r.path.rsplit("/", 1)[-1] for r in server.log
+                   if r.node == "datanode" and r.op == "OPEN" and r.path.endswith(".parquet"))

@@ -19,8 +19,8 @@ import pytest
 import loader
 from loader.cache import FileCache, attach_cache
 from loader.manifest import crc32_hex
-from tests.conftest import make_table
-from tests.remote.conftest import FAST_RETRY, read_all
+from tests.conftest import make_table, read_all
+from tests.remote.conftest import FAST_RETRY, data_opens
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,22 +36,18 @@ def _cached_bytes(root) -> int:
     return total
 
 
-def _data_opens(server) -> Counter:
-    """Data-node OPENs per data file (what really moved file bytes)."""
-    return Counter(r.path.rsplit("/", 1)[-1] for r in server.log
-                   if r.node == "datanode" and r.op == "OPEN" and r.path.endswith(".parquet"))
 
 
 def test_epoch_one_reads_each_file_once_and_epoch_two_reads_none(server, remote_cache, remote_table, tmp_path):
     ds = loader.open_dataset(server.url("/caches/demo"), cache_dir=tmp_path, retry=FAST_RETRY)
     assert read_all(ds).equals(remote_table)
-    assert _data_opens(server) == Counter({f.path: 1 for f in ds.files})
+    assert data_opens(server) == Counter({f.path: 1 for f in ds.files})
     for f in ds.files:  # keyed by dataset version
         assert os.path.getsize(tmp_path / "demo" / ds.version / f.path) == f.size
     server.clear_log()
     again = loader.open_dataset(server.url("/caches/demo"), cache_dir=tmp_path)  # a new process would do this
     assert read_all(again).equals(remote_table)
-    assert _data_opens(server) == Counter()
+    assert data_opens(server) == Counter()
     assert server.count(node="datanode", path=".parquet") == 0
 
 
@@ -67,7 +63,7 @@ def test_files_are_downloaded_ahead_in_the_given_order(server, remote_cache, tmp
     assert fetched == [f.path for f in order]
     server.clear_log()
     read_all(ds)
-    assert _data_opens(server) == Counter()
+    assert data_opens(server) == Counter()
     cache.close()
 
 
@@ -84,7 +80,7 @@ def test_capped_cache_over_two_epochs_yields_every_row_and_evicts(server, remote
             ids.append(np.asarray(batch["id"]))
             assert _cached_bytes(tmp_path) <= bound
     assert Counter(np.concatenate(ids).tolist()) == Counter({i: 2 for i in remote_table.column("id").to_pylist()})
-    assert sum(_data_opens(server).values()) > len(remote_cache.files)  # evicted files came back in epoch 2
+    assert sum(data_opens(server).values()) > len(remote_cache.files)  # evicted files came back in epoch 2
 
 
 def test_corrupt_or_truncated_cached_file_is_fetched_again(server, remote_cache, remote_table, tmp_path):
@@ -102,7 +98,7 @@ def test_corrupt_or_truncated_cached_file_is_fetched_again(server, remote_cache,
     server.clear_log()
     fresh = loader.open_dataset(server.url("/caches/demo"), cache_dir=tmp_path)
     assert read_all(fresh).equals(remote_table)
-    assert _data_opens(server) == Counter({bad.path: 1, short.path: 1})
+    assert data_opens(server) == Counter({bad.path: 1, short.path: 1})
 
 
 def test_remote_file_not_matching_manifest_is_reported_and_not_cached(server, remote_table, tmp_path):
@@ -149,7 +145,7 @@ def test_two_processes_share_one_cache_without_double_downloads(server, remote_c
     assert [p.returncode for p in procs] == [0, 0], outs
     expected = str(int(remote_table.column("id").to_numpy().sum()))
     assert [o.strip() for o, _ in outs] == [expected, expected]
-    assert _data_opens(server) == Counter({f.path: 1 for f in remote_cache.files})
+    assert data_opens(server) == Counter({f.path: 1 for f in remote_cache.files})
 
 
 def test_lock_of_a_killed_process_does_not_block_and_partial_download_resumes(server, remote_cache, tmp_path):

@@ -13,13 +13,8 @@ import pytest
 import loader
 import loader.cache as cache_module
 from loader.cache import CacheError, FileCache
-from tests.conftest import make_table
-from tests.remote.conftest import FAST_RETRY, TOKEN, read_all
-
-
-def _data_opens(server) -> Counter:
-    return Counter(r.path.rsplit("/", 1)[-1] for r in server.log
-                   if r.node == "datanode" and r.op == "OPEN" and r.path.endswith(".parquet"))
+from tests.conftest import make_table, read_all
+from tests.remote.conftest import FAST_RETRY, TOKEN, data_opens
 
 
 def _rot(path: str, offset: int) -> None:
@@ -57,10 +52,10 @@ def test_rotten_cached_copy_with_same_size_and_mtime_is_fetched_again(server, re
     server.clear_log()
     fresh = loader.open_dataset(server.url("/caches/demo"), cache_dir=tmp_path)
     assert read_all(fresh).equals(remote_table)
-    assert _data_opens(server) == Counter({victim.path: 1})
+    assert data_opens(server) == Counter({victim.path: 1})
     server.clear_log()
     again = loader.open_dataset(server.url("/caches/demo"), cache_dir=tmp_path)
-    assert read_all(again).equals(remote_table) and _data_opens(server) == Counter()
+    assert read_all(again).equals(remote_table) and data_opens(server) == Counter()
 
 
 def test_copy_failing_again_after_a_fresh_fetch_names_the_remote_file(server, remote_cache, tmp_path, monkeypatch):
@@ -78,7 +73,7 @@ def test_copy_failing_again_after_a_fresh_fetch_names_the_remote_file(server, re
     with pytest.raises(loader.CorruptFileError, match="fresh copy") as err:
         ds.read_row_group(victim, 0)
     assert err.value.path == ds.display(victim) and ds.display(victim) in str(err.value)
-    assert _data_opens(server) == Counter({victim.path: 2})  # fetched again once, not more
+    assert data_opens(server) == Counter({victim.path: 2})  # fetched again once, not more
 
 
 def test_sync_rechecks_cached_copies(server, remote_cache, tmp_path):
@@ -151,7 +146,7 @@ def test_truncated_remote_file_is_corrupt_at_once_not_retried(server, remote_tab
     with pytest.raises(loader.CorruptFileError, match="truncated") as err:
         cached.read_row_group(victim, 0)
     assert err.value.path == cached.display(victim)
-    assert _data_opens(server) == Counter({victim.path: 1})  # a complete transfer of a short file: no retry
+    assert data_opens(server) == Counter({victim.path: 1})  # a complete transfer of a short file: no retry
 
 
 def test_old_versions_are_evicted_when_the_url_needs_a_token(token_server, tmp_path):

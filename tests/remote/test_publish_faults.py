@@ -9,8 +9,8 @@ import pytest
 
 import loader
 from loader.remote import RetryPolicy
-from tests.conftest import make_table
-from tests.remote.conftest import FAST_RETRY, TOKEN, read_all
+from tests.conftest import make_table, read_all
+from tests.remote.conftest import FAST_RETRY, TOKEN
 
 
 def _names(server, dataset: str) -> list[str]:
@@ -96,7 +96,7 @@ def test_failover_and_safe_mode_answers_are_retried(server, remote_cache, remote
         ds.read_row_group(ds.files[0], 0)  # bounded: a name node that never recovers fails the read
 
 
-def test_default_retry_budget_rides_out_a_failover_of_several_seconds():
+def test_default_retry_budget_is_5_to_30_seconds():
     policy = RetryPolicy()
     assert 5.0 <= policy.budget <= 30.0
 

@@ -13,8 +13,8 @@ import time
 import pytest
 
 import loader
-from tests.conftest import make_table
-from tests.remote.conftest import FAST_RETRY, read_all
+from tests.conftest import make_table, read_all
+from tests.remote.conftest import FAST_RETRY
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,7 +69,7 @@ _KILLED = textwrap.dedent(
     """
     import sys
     import loader
-    from tests.conftest import make_table
+    from tests.conftest import make_table, read_all
     print("start", flush=True)
     loader.write_cache(make_table(3000, seed=9), sys.argv[1], "killed", row_group_bytes=2_000)
     """

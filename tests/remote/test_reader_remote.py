@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import loader
-from tests.remote.conftest import FAST_RETRY
+from tests.remote.conftest import FAST_RETRY, data_opens
 
 
 @pytest.mark.parametrize("pool", ["serial", "thread", "process"])
@@ -22,9 +22,7 @@ def test_two_epochs_read_each_remote_file_once_and_every_row_once_per_epoch(serv
             ids.append(np.asarray(batch["id"]))
     counts = Counter(np.concatenate(ids).tolist())
     assert counts == Counter({i: 2 for i in remote_table.column("id").to_pylist()})
-    data_opens = Counter(r.path.rsplit("/", 1)[-1] for r in server.log
-                         if r.node == "datanode" and r.op == "OPEN" and r.path.endswith(".parquet"))
-    assert data_opens == Counter({f.path: 1 for f in remote_cache.files})
+    assert data_opens(server) == Counter({f.path: 1 for f in remote_cache.files})
 
 
 def test_closing_a_reader_stops_its_downloads_ahead(server, remote_cache, tmp_path):

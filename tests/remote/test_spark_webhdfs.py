@@ -19,8 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import loader
-from tests.conftest import make_table
-from tests.remote.conftest import read_all
+from tests.conftest import make_table, read_all
 from tests.remote.webhdfs_server import WebHdfs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

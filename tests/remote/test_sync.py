@@ -7,7 +7,7 @@ import os
 import loader
 from loader.cli import main
 from loader.sync import sync
-from tests.remote.conftest import read_all
+from tests.conftest import read_all
 
 
 def test_sync_fills_the_cache_the_reader_then_uses(server, remote_cache, remote_table, tmp_path, capsys):

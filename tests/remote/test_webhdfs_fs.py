@@ -16,8 +16,8 @@ import loader
 from loader import fs as lfs
 from loader.remote import RetryPolicy
 from loader.webhdfs import webhdfs_address
-from tests.conftest import make_table
-from tests.remote.conftest import FAST_RETRY, TOKEN, read_all
+from tests.conftest import make_table, read_all
+from tests.remote.conftest import FAST_RETRY, TOKEN
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -67,6 +67,10 @@ def demo_table(spark) -> str:
     return DEMO_TABLE
 
 
+def quiet(_message: str) -> None:
+    """A job log that says nothing."""
+
+
 def job_conf(root, name="shop", **sections):
     """A job conf over the demo table writing under ``root`` (sections override the defaults)."""
     raw = {

@@ -14,14 +14,10 @@ import loader
 from etl.job import run
 from jobs.materialize import main as materialize_main
 from loader.errors import ConfigError, EmptyDatasetError, PublishError, SourceError, TransformError
-from tests.spark.conftest import job_conf
+from tests.spark.conftest import job_conf, quiet
 
 pytestmark = pytest.mark.slow
 NAME = "shop"
-
-
-def quiet(_message: str) -> None:
-    pass
 
 
 def snapshot(root) -> tuple[str, list[str]]:

@@ -11,14 +11,10 @@ import loader
 from etl.job import run
 from loader import fs as lfs
 from loader.publish import list_versions
-from tests.spark.conftest import DEMO_COLUMNS, job_conf
+from tests.spark.conftest import DEMO_COLUMNS, job_conf, quiet
 
 pytestmark = pytest.mark.slow
 WHERE = "dt >= '2026-11-22'"
-
-
-def quiet(_message: str) -> None:
-    pass
 
 
 def rows_by_key(spark, table: str, where: str) -> dict[int, dict]:

@@ -66,7 +66,7 @@ def test_row_groups_just_under_the_block(spark, sources, tmp_path, kind, writer)
     assert ds.manifest.extra["fill"]["median"] == pytest.approx(statistics.median(fills), abs=1e-3)
 
 
-def test_underestimate_is_rewritten_with_the_measured_figure(spark, sources, tmp_path):
+def test_underestimate_ends_with_every_group_under_the_block(spark, sources, tmp_path):
     """Unshuffled, key-ordered rows growing with the key: the later files are wider than the sample's
     average and do not fit the block. Either the job rewrites at the worst file's bytes per row, or it
     keeps the files cut into row groups under the block when a rewrite would fill less (logged); every

@@ -20,12 +20,10 @@ from etl.fingerprint import conf_digest, source_fingerprint
 from etl.job import run
 from etl.source import load_source
 from loader.errors import SourceError, TransformError
+from tests.conftest import read_all
+from tests.spark.conftest import job_conf, quiet
 
 pytestmark = pytest.mark.slow
-
-
-def quiet(_message: str) -> None:
-    pass
 
 
 def conf(root, name, source, **sections):
@@ -34,11 +32,6 @@ def conf(root, name, source, **sections):
         "name": name, "source": source, "output": output,
         "spark": {"master": None, "warehouse_dir": None, "metastore_dir": None}, **sections,
     })  # fmt: skip
-
-
-def read_all(path) -> pa.Table:
-    ds = loader.open_dataset(path)
-    return pa.concat_tables([ds.read_row_group(f, g) for f in ds.files for g in range(len(f.row_groups))])
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +58,10 @@ def test_escaped_partitions_and_paths_with_spaces_are_listed_and_selected(spark,
         source = load_source(spark, cfg.source)
         fp, snapshot = source_fingerprint(spark, source.df, cfg, 1 << 20)
         assert fp and snapshot["files"] >= 1 and source.df.count() == want
-    assert "hour=2026-11-23 10%3A00" in snapshot["partitions"] or "hour=a%2Fb%25c" in snapshot["partitions"]
+    assert "hour=a%2Fb%25c" in snapshot["partitions"]  # the last selection's
     # end to end: the pyarrow read takes the escaped value from the directory name, unescaped
     result = run(conf(tmp_path / "out", "events", {"table": escaped_table}), spark, log=quiet)
-    table = read_all(os.path.join(tmp_path / "out", "events"))
+    table = read_all(loader.open_dataset(os.path.join(tmp_path / "out", "events")))
     assert result.rows == 18 and sorted(set(table.column("hour").to_pylist())) == ["07", "2026-11-23 10:00", "a/b%c"]
 
 
@@ -93,7 +86,7 @@ def test_legacy_rebased_dates_are_read_by_spark_and_timestamps_are_int64_for_bot
     for writer in ("arrow", "spark"):
         run(conf(tmp_path, writer, {"path": src}, output={"writer": writer}), spark, log=quiet)
         ds = loader.open_dataset(tmp_path / writer)
-        table = read_all(tmp_path / writer)
+        table = read_all(loader.open_dataset(tmp_path / writer))
         schemas[writer] = table.schema
         columns = (table.column(c).to_pylist() for c in ("id", "d", "ts"))
         got = {i: (str(d), ts.replace(tzinfo=None).isoformat(sep=" ")) for i, d, ts in zip(*columns, strict=True)}
@@ -111,12 +104,8 @@ def test_data_errors_on_the_executors_name_the_file_column_or_transform(spark, d
     pq.write_table(pa.table({"id": pa.array(range(5, 10), pa.int64())}), mixed / "b.parquet")
     with pytest.raises(SourceError, match=r"\[FAILED_READ_FILE.*\].*\.parquet.*\[?id"):
         run(conf(tmp_path, "mixed", {"path": str(mixed)}), spark, log=quiet)
-    cfg = from_dict({
-        "name": "udf", "source": {"table": demo_table, "columns": ["product_id", "category"]},
-        "transforms": [{"kind": "python", "function": "tests.spark.hooks:fail_some"}],
-        "output": {"root": str(tmp_path), "block_size": "256KiB"},
-        "spark": {"master": None, "warehouse_dir": None, "metastore_dir": None},
-    })  # fmt: skip
+    cfg = job_conf(tmp_path, "udf", source={"columns": ["product_id", "category"]},
+                   transforms=[{"kind": "python", "function": "tests.spark.hooks:fail_some"}])
     with pytest.raises(TransformError, match=r"transforms.0 \(tests.spark.hooks:fail_some\).*ValueError: bad row id="):
         run(cfg, spark, log=quiet)
     assert not os.path.exists(tmp_path / "udf" / "CURRENT") and not os.path.exists(tmp_path / "mixed" / "CURRENT")
