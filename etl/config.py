@@ -8,9 +8,11 @@ except for string keys, which take the text as given (``--set source.where=title
 ``null`` or ``~`` unsets an optional one); ``--set spark.conf.spark.executor.memory=4g`` sets the Spark
 key ``spark.executor.memory``.
 
-Partition values (``source.partitions``) are strings: in the YAML file and in ``--set`` they keep the
-scalar's source text, so ``hour: 07`` is ``"07"`` and ``country: NO`` is ``"NO"`` (YAML would make them
-7 and false); a mapping built in Python must give strings.
+Values are read by the type annotated on their key below (:mod:`etl.overrides`), in the YAML file and in
+``--set``: every string key (names, columns, paths, partition values...) keeps the scalar's source text, so
+``hour: 07`` is ``"07"`` and ``country: NO`` is ``"NO"`` (YAML would make them 7 and false), and an integer
+key reads ``010`` as 10 (YAML 1.1 would read octal 8). Partition values must be strings: a mapping built in
+Python must give strings.
 
 Every error names the key at fault; an unknown key also names the closest valid one.
 """
@@ -332,14 +334,12 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = ()) -> JobConfig:
     """
     import yaml
 
+    from .overrides import conf_from_yaml
+
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        raw = yaml.safe_load(text)
-        if isinstance(raw, dict):
-            from .overrides import keep_partition_text
-
-            keep_partition_text(text, raw)
+        raw = conf_from_yaml(text)  # every value read by its key's type: string keys keep their text
     except FileNotFoundError as e:
         raise ConfigError(f"conf file {os.fspath(path)} does not exist") from e
     except yaml.YAMLError as e:

@@ -1,28 +1,47 @@
-"""``--set key=value`` overrides, and YAML scalars kept as their source text where a key wants text.
+"""``--set key=value`` overrides, and YAML values read by the type of the conf key that receives them.
 
-A string key given with ``--set`` takes the text as given (``--set source.where=title LIKE '%: %'``
-would not even parse as YAML); ``null`` or ``~`` unsets an optional one. Partition values
-(``source.partitions``), in the conf file and in ``--set``, keep the YAML scalar's source text: ``07``
-is ``"07"``, ``NO`` is ``"NO"``, ``1.10`` is ``"1.10"``. Every other value is parsed as YAML.
+What a value becomes follows the type hints of the conf dataclasses (:mod:`etl.config`), never a list of
+key paths, so a string field added there needs nothing here:
+
+* a ``str`` key (``name``, ``source.where``, ``source.columns`` items, ``transforms.0.column``, partition
+  values...) keeps the YAML scalar's source text, in the conf file and in ``--set``: ``07`` is ``"07"``,
+  ``NO`` is ``"NO"``, ``1.10`` is ``"1.10"``, ``2026-11-23`` is ``"2026-11-23"``; a null (``~``, ``null``,
+  nothing) stays None. With ``--set``, a key whose whole value is one string takes the text as given, not
+  parsed as YAML at all (``--set source.where=title LIKE '%: %'`` would not even parse); ``null`` or ``~``
+  unsets an optional one;
+* an ``int`` key (and a byte size) reads a plain run of decimal digits as a decimal integer: ``010`` is 10,
+  not YAML 1.1's octal 8; a ``float`` key also takes ``1e-3``;
+* lists, mappings and conf sections are read item by item with the item's type;
+* anything else (``bool``, ``Any``: the ``args`` of a python transform, ``spark.conf`` values, unknown keys)
+  is parsed as YAML.
+
+A value of the wrong type is not refused here: :func:`etl.config.from_dict` refuses it with a message that
+names the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any
 
 from loader.errors import ConfigError
 
-from .config import JobConfig, Text
+from .config import JobConfig, Size, Text
+
+_DECIMAL_RE = re.compile(r"^[-+]?[0-9][0-9_]*$")
+_FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?$")
+_TEXT = (str, Text)
 
 
 def apply_override(raw: dict, assignment: str) -> None:
-    """Apply one ``dotted.key=value`` override to the raw conf mapping (value parsed as YAML).
+    """Apply one ``dotted.key=value`` override to the raw conf mapping (value read by the key's type).
 
     Raises:
-        ConfigError: The assignment is malformed or walks into a non-mapping.
+        ConfigError: The assignment is malformed, its value is not valid YAML, or it walks into a
+            non-mapping.
     """
     import yaml
 
@@ -33,16 +52,8 @@ def apply_override(raw: dict, assignment: str) -> None:
     parts = key.split(".")
     if parts[:2] == ["spark", "conf"] and len(parts) > 2:  # Spark's own keys are dotted: one map key
         parts = parts[:2] + [".".join(parts[2:])]
-    hint = _hint_at(parts)
     try:
-        if parts[:2] == ["source", "partitions"]:  # the values' source text, never YAML-typed
-            value = _plain_text(yaml.compose(text)) if text.strip() else ""
-        elif hint in (str, Text):  # a string key takes the text as given
-            value = text
-        elif hint == str | None:
-            value = None if text.strip() in ("null", "~") else text
-        else:
-            value = yaml.safe_load(text) if text.strip() else ""
+        value = value_from_text(text, _hint_at(parts))
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({e})") from e
     node: Any = raw
@@ -67,13 +78,54 @@ def apply_override(raw: dict, assignment: str) -> None:
             raise ConfigError(f"--set {key}: {'.'.join(parts[:i])!r} is not a mapping")
 
 
+def value_from_text(text: str, hint: Any) -> Any:
+    """The value of ``--set key=text`` for a key annotated ``hint`` (None: unknown, parsed as YAML).
+
+    Raises:
+        yaml.YAMLError: The text is not valid YAML (for a key that is not a single string).
+    """
+    import yaml
+
+    optional, bare = _optional(hint)
+    if bare in _TEXT:  # a string key takes the text as given
+        return None if optional and text.strip() in ("null", "~") else text
+    if not text.strip():
+        return ""
+    return _from_node(yaml.compose(text), hint)
+
+
+def conf_from_yaml(text: str, hint: Any = JobConfig) -> Any:
+    """Parse a YAML document as plain data, each value read by the type of its key in ``hint``.
+
+    Args:
+        text: The YAML text (a conf file).
+        hint: The type of the document (default: the job conf).
+
+    Returns:
+        Plain dicts, lists and scalars for :func:`etl.config.from_dict` (None for an empty document).
+
+    Raises:
+        yaml.YAMLError: The text is not one valid YAML document.
+    """
+    import yaml
+
+    return _from_node(yaml.compose(text), hint)
+
+
+def _optional(hint: Any) -> tuple[bool, Any]:
+    """``(whether hint admits None, hint without None)``; a union of several types is returned whole."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        return optional, args[0] if len(args) == 1 else typing.Union[tuple(args)]  # noqa: UP007
+    return False, hint
+
+
 def _hint_at(parts: list[str]) -> Any:
     """The annotated type of the conf key at the dotted path ``parts`` (None if there is none)."""
     hint: Any = JobConfig
     for part in parts:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-            hint = args[0]
+        hint = _optional(hint)[1]
         if dataclasses.is_dataclass(hint):
             hint = typing.get_type_hints(hint).get(part)
         elif typing.get_origin(hint) is tuple and part.isdigit():
@@ -85,29 +137,72 @@ def _hint_at(parts: list[str]) -> Any:
     return hint
 
 
-def _plain_text(node: Any) -> Any:
-    """A composed YAML node as plain data whose scalars keep their source text (``07`` stays ``"07"``,
-    ``NO`` stays ``"NO"``); a null stays None."""
+def _from_node(node: Any, hint: Any) -> Any:
+    """A composed YAML node as plain data, its scalars read by the type ``hint`` (see the module docstring)."""
     import yaml
 
-    if node is None:
+    if node is None or _is_null(node):
         return None
-    if isinstance(node, yaml.SequenceNode):
-        return [_plain_text(n) for n in node.value]
-    if isinstance(node, yaml.MappingNode):
-        return {_plain_text(k): _plain_text(v) for k, v in node.value}
-    return None if node.tag == "tag:yaml.org,2002:null" else node.value
+    hint = _optional(hint)[1]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # ``Text | tuple[Text, ...]``: a list: the tuple
+        listy = isinstance(node, yaml.SequenceNode)
+        args = typing.get_args(hint)
+        hint = next((a for a in args if (typing.get_origin(a) is tuple) == listy), args[0])
+    origin = typing.get_origin(hint)
+    if isinstance(node, yaml.MappingNode) and (dataclasses.is_dataclass(hint) or hint is dict or origin is dict):
+        _flatten(node)  # YAML merge keys (``<<: *defaults``)
+        fields = typing.get_type_hints(hint) if dataclasses.is_dataclass(hint) else None
+        item = typing.get_args(hint)[1] if fields is None and typing.get_args(hint) else Any
+        out = {}
+        for k, v in node.value:
+            key = _key(k)
+            out[key] = _from_node(v, item if fields is None else fields.get(key))
+        return out
+    if isinstance(node, yaml.SequenceNode) and origin is tuple:
+        item = typing.get_args(hint)[0]
+        return [_from_node(n, item) for n in node.value]
+    if isinstance(node, yaml.ScalarNode):
+        plain = node.style is None  # not quoted, not a block scalar
+        if hint in _TEXT:
+            return node.value
+        if hint in (int, Size, float) and plain and _DECIMAL_RE.match(node.value):
+            number = int(node.value.replace("_", ""))
+            return float(number) if hint is float else number
+        if hint is float and plain and _FLOAT_RE.match(node.value):
+            return float(node.value.replace("_", ""))
+    return _construct(node)
 
 
-def keep_partition_text(text: str, raw: dict) -> None:
-    """Replace ``raw['source']['partitions']`` with the same mapping built from the YAML source text."""
+def _is_null(node: Any) -> bool:
     import yaml
 
-    root = yaml.compose(text)
-    if not isinstance(root, yaml.MappingNode) or not isinstance(raw.get("source"), dict):
-        return
-    for k, source in root.value:
-        if k.value == "source" and isinstance(source, yaml.MappingNode):
-            for k2, parts in source.value:
-                if k2.value == "partitions" and isinstance(parts, yaml.MappingNode):
-                    raw["source"]["partitions"] = _plain_text(parts)
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _key(node: Any) -> Any:
+    """A mapping key: its source text when it is a scalar (keys name fields, partitions, Spark settings)."""
+    import yaml
+
+    return node.value if isinstance(node, yaml.ScalarNode) and not _is_null(node) else _construct(node)
+
+
+def _construct(node: Any) -> Any:
+    """A node as ``yaml.safe_load`` would build it."""
+    import yaml
+
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _flatten(node: Any) -> None:
+    """Resolve the merge keys of a mapping node in place, as ``yaml.safe_load`` does."""
+    import yaml
+
+    loader = yaml.SafeLoader("")
+    try:
+        loader.flatten_mapping(node)
+    finally:
+        loader.dispose()

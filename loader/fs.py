@@ -6,6 +6,9 @@ pair. Local paths use :class:`pyarrow.fs.LocalFileSystem`; schemes registered wi
 filesystem; any other scheme goes to pyarrow (``s3://``, ``gs://``...) and then to fsspec if it is
 installed. Everything else in larder (manifest, publish, reader, cache) speaks only this interface,
 through the few helpers below.
+
+Options reach a filesystem factory (and :func:`loader.sync.sync`) as Python values or as the strings of
+``python -m loader ... -o key=value``; :func:`parse_bool` reads a yes/no option the same way for all of them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
@@ -29,6 +33,35 @@ _SCHEMES: dict[str, FsFactory] = {}
 # Modules that register schemes on import; imported lazily so optional dependencies stay optional.
 _LAZY_SCHEMES = {"webhdfs": "loader.webhdfs", "hdfs": "loader.webhdfs", "swebhdfs": "loader.webhdfs"}
 _lock = threading.Lock()
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def parse_bool(value: object, option: str) -> bool:
+    """Read a yes/no option given as a bool or as text (``-o verify=off``, ``-o kerberos=yes``).
+
+    Args:
+        value: ``True``/``False`` (a numpy bool too), the integers 1 and 0, or one of the strings
+            ``1``/``0``, ``true``/``false``, ``yes``/``no``, ``on``/``off`` (any case, surrounding blanks ignored).
+        option: The option's name, for the error message.
+
+    Returns:
+        The option's truth value.
+
+    Raises:
+        ConfigError: Any other value (naming the option and the value).
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ConfigError(f"option {option} must be one of 1/0, true/false, yes/no, on/off, got {value!r}")
 
 
 def register_scheme(scheme: str, factory: FsFactory) -> None:

@@ -47,7 +47,7 @@ from .dataset import Dataset, open_dataset
 from .decoded import DecodedCache
 from .errors import ColumnNotFoundError, ConfigError, EmptyDatasetError, StateError
 from .pipeline import Pipeline, ReaderStats, Setup
-from .plan import EpochPlan, Planner, epoch_rows, num_batches, window_size_for
+from .plan import MIN_MIX, EpochPlan, Planner, epoch_rows, num_batches, window_size_for
 from .pools import POOL_KINDS, make_pool
 from .state import check_state, make_state
 
@@ -96,10 +96,6 @@ def _check_importable(transform: Callable) -> None:
         )
 
 
-MIN_MIX = 8
-"""Row groups a shuffled window mixes at least (when the dataset has that many), whatever the budget."""
-
-
 def _check_arguments(*, batch_size, seed, num_epochs, world_size, rank, pool, workers, shuffle_buffer, prefetch,
                      memory_budget, sample, transform, ragged, strings) -> None:
     """Validate every argument that needs no I/O.
@@ -107,19 +103,19 @@ def _check_arguments(*, batch_size, seed, num_epochs, world_size, rank, pool, wo
     Raises:
         ConfigError: An argument is out of range (named with its value).
     """
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seed", seed, 0)
-    _check_int("num_epochs", num_epochs, 1, allow_none=True)
-    _check_int("world_size", world_size, 1)
-    _check_int("rank", rank, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("seed", seed, 0)
+    check_int("num_epochs", num_epochs, 1, allow_none=True)
+    check_int("world_size", world_size, 1)
+    check_int("rank", rank, 0)
     if rank >= world_size:
         raise ConfigError(f"rank {rank} is outside [0, {world_size}) for world_size {world_size}")
     if pool not in POOL_KINDS:
         raise ConfigError(f"pool must be one of {POOL_KINDS}, got {pool!r}")
-    _check_int("workers", workers, 1, allow_none=True)
-    _check_int("shuffle_buffer", shuffle_buffer, 1, allow_none=True)
-    _check_int("prefetch", prefetch, 1, allow_none=True)
-    _check_int("memory_budget", memory_budget, 1, allow_none=True)
+    check_int("workers", workers, 1, allow_none=True)
+    check_int("shuffle_buffer", shuffle_buffer, 1, allow_none=True)
+    check_int("prefetch", prefetch, 1, allow_none=True)
+    check_int("memory_budget", memory_budget, 1, allow_none=True)
     if sample is not None and (isinstance(sample, (bool, np.bool_)) or not isinstance(sample, numbers.Real)
                                or not 0 < sample <= 1 or math.isnan(sample)):
         raise ConfigError(f"sample must be a fraction in (0, 1], got {sample!r}")
@@ -181,7 +177,13 @@ def _check_not_empty(ds: Dataset, total: int, rank: int, world_size: int, batch_
         )
 
 
-def _check_int(name: str, value, minimum: int, *, allow_none: bool = False) -> None:
+def check_int(name: str, value, minimum: int, *, allow_none: bool = False) -> None:
+    """Refuse ``value`` unless it is an integer (numpy's too, not a bool) of at least ``minimum`` (or None
+    with ``allow_none``): the one check of every integer argument of the reader and its adapters.
+
+    Raises:
+        ConfigError: Naming the argument and the value.
+    """
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
@@ -246,7 +248,7 @@ class Reader(Closeable):
                          pool=pool, workers=workers, shuffle_buffer=shuffle_buffer, prefetch=prefetch,
                          memory_budget=memory_budget, sample=sample, transform=transform, ragged=ragged,
                          strings=strings)
-        _check_int("max_decoded_bytes", max_decoded_bytes, 0, allow_none=True)
+        check_int("max_decoded_bytes", max_decoded_bytes, 0, allow_none=True)
         for name, flag in (("shuffle", shuffle), ("drop_last", drop_last), ("masks", masks),
                            ("with_row_ids", with_row_ids)):
             if not isinstance(flag, (bool, np.bool_)):
@@ -469,7 +471,7 @@ class Reader(Closeable):
         Raises:
             ConfigError: ``epoch`` is not a non-negative integer.
         """
-        _check_int("epoch", epoch, 0)
+        check_int("epoch", epoch, 0)
         self.load_state_dict(make_state(dataset=self.dataset.name, version=self.dataset.version,
                                         config=self._config(), epoch=epoch, batch=0))
 

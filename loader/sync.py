@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from .cache import FileCache
 from .dataset import open_dataset
 from .errors import ConfigError
+from .fs import parse_bool
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,15 @@ def sync(url: str, cache_dir: str | os.PathLike, *, workers: int | str = 8, prog
         cache_dir: The local cache directory (layout of :mod:`loader.cache`).
         workers: Parallel downloads.
         progress: Show a tqdm progress bar with bytes and rate (if tqdm is installed).
-        verify: Recompute the checksum of every copy already cached (a bad one is fetched again).
+        verify: Recompute the checksum of every copy already cached (a bad one is fetched again): a bool,
+            or ``1``/``0``, ``true``/``false``, ``yes``/``no``, ``on``/``off`` (:func:`loader.fs.parse_bool`).
         **fs_options: Options of the URL's filesystem (user, token...).
 
     Returns:
         A :class:`SyncSummary`.
 
     Raises:
+        ConfigError: ``workers`` is not a positive integer or ``verify`` not a yes/no value.
         RemoteError: A file could not be read after retries (files done so far stay cached).
         CorruptFileError: A remote file does not match its manifest.
     """
@@ -77,8 +80,7 @@ def sync(url: str, cache_dir: str | os.PathLike, *, workers: int | str = 8, prog
         raise ConfigError(f"workers must be an integer, got {workers!r}") from e
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
-    if isinstance(verify, str):
-        verify = verify.strip().lower() not in ("0", "false", "no", "off")
+    verify = parse_bool(verify, "verify")
     ds = open_dataset(url, **fs_options)
     cache = FileCache(cache_dir, io_threads=workers, auto_prefetch=False)
     bar = _progress_bar(ds.total_bytes, f"{ds.name} {ds.version}") if progress else None

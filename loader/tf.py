@@ -40,6 +40,7 @@ import numpy as np
 
 from .convert import _offsets, pad, to_numpy
 from .errors import ConfigError
+from .reader import check_int
 from .tasks import ROW_ID_FIELDS
 
 RAGGED_FORMS = ("ragged", "padded")
@@ -333,8 +334,7 @@ class _EpochCounter:
     """
 
     def __init__(self, epoch: int, span: int | None):
-        if span is not None and (isinstance(span, bool) or not isinstance(span, (int, np.integer)) or span <= 0):
-            raise ConfigError(f"num_epochs must be a positive integer or None, got {span!r}")
+        check_int("num_epochs", span, 1, allow_none=True)  # the reader's own checks and messages
         self._lock = threading.Lock()
         self.span = None if span is None else int(span)
         self.set(epoch)
@@ -345,8 +345,7 @@ class _EpochCounter:
         Raises:
             ConfigError: ``epoch`` is not a non-negative integer.
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ConfigError(f"epoch must be a non-negative integer, got {epoch!r}")
+        check_int("epoch", epoch, 0)  # as Reader.set_epoch
         with self._lock:
             self._next = int(epoch)
 

@@ -53,7 +53,7 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
 
 from .convert import to_padded
 from .errors import ConfigError, StateError
-from .reader import DEFAULT_MEMORY_BUDGET, make_reader
+from .reader import DEFAULT_MEMORY_BUDGET, check_int, make_reader
 
 RAGGED_FORMS = ("padded", "offsets")
 STRING_FORMS = ("list", "tensor")
@@ -159,17 +159,18 @@ class LarderIterableDataset(IterableDataset):
             raise ConfigError(f"strings must be one of {STRING_FORMS}, got {strings!r}")
         if "num_epochs" in reader_kwargs:
             raise ConfigError("num_epochs: one pass over a LarderIterableDataset is one epoch; use set_epoch()")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_int("batch_size", batch_size, 1)
         if (rank is None) != (world_size is None):
             raise ConfigError("give both rank and world_size, or neither")
         if rank is None:
             rank, world_size = _default_rank()
+        check_int("rank", rank, 0)
+        check_int("world_size", world_size, 1)
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is outside [0, world_size={world_size})")
         self.url = os.fspath(url)
-        self.batch_size = batch_size
-        self.rank, self.world_size = rank, world_size
+        self.batch_size = int(batch_size)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.ragged, self.strings, self.pad_value = ragged, strings, pad_value
         self.reader_kwargs = reader_kwargs
         self._resume: dict[int, dict] | None = None
@@ -196,8 +197,8 @@ class LarderIterableDataset(IterableDataset):
         Raises:
             ConfigError: ``epoch`` is not a non-negative integer.
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ConfigError(f"epoch must be a non-negative integer, got {epoch!r}")
+        check_int("epoch", epoch, 0)  # as Reader.set_epoch
+        epoch = int(epoch)
         if epoch != self.epoch:
             self._resume = None
         self.epoch = epoch

@@ -397,7 +397,8 @@ def make_filesystem(url: str, *, user: str | None = None, token: str | None = No
         url: The URL.
         user: Simple-auth user name (``user.name``).
         token: A delegation token (never shown anywhere).
-        kerberos: Authenticate with Kerberos/SPNEGO (needs ``requests-kerberos``).
+        kerberos: Authenticate with Kerberos/SPNEGO (needs ``requests-kerberos``); a bool or its text
+            (``1``/``0``, ``true``/``false``, ``yes``/``no``, ``on``/``off``, see :func:`loader.fs.parse_bool`).
         webhdfs_url: Explicit WebHDFS address(es), ``;``-separated for HA.
         namenodes: Name service -> WebHDFS address(es), for ``hdfs://`` URLs.
         timeout: Seconds to wait for a connection or for data.
@@ -415,8 +416,7 @@ def make_filesystem(url: str, *, user: str | None = None, token: str | None = No
             retry = RetryPolicy(attempts=int(retries))
     except ValueError as e:
         raise ConfigError(f"option timeout or retries of {urlsplit(url).scheme}:// is malformed: {e}") from e
-    if isinstance(kerberos, str):
-        kerberos = kerberos.strip().lower() in ("1", "true", "yes", "on")
+    kerberos = lfs.parse_bool(kerberos, "kerberos")
     parts = urlsplit(url)
     addresses, settings = webhdfs_address(url, webhdfs_url=webhdfs_url, namenodes=namenodes)
     if parts.password:  # a URL is printed, logged and stored in Dataset.url: it must not carry a secret

@@ -162,6 +162,39 @@ def test_each_iteration_reads_the_next_epoch(adapter_data):
         data.set_epoch(-1)
 
 
+def _error(call) -> str | None:
+    try:
+        call()
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("bad", [True, False, np.bool_(True), -1, np.int64(-2), 1.0, 2.5, "1", [1]], ids=repr)
+def test_epoch_arguments_are_checked_as_the_reader_checks_them(adapter_data, bad):
+    """``epoch=``, ``set_epoch`` and ``num_epochs=`` refuse what the reader refuses, with the same message."""
+    _, ds = adapter_data
+    with loader.make_reader(ds.version_path, columns=["id"]) as reader:
+        expected = _error(lambda: reader.set_epoch(bad))
+    assert expected is not None and expected.startswith("epoch ")
+    data = make_dataset(ds.version_path, columns=["id"])
+    assert _error(lambda: data.set_epoch(bad)) == expected
+    assert _error(lambda: make_dataset(ds.version_path, columns=["id"], epoch=bad)) == expected
+    expected = _error(lambda: loader.make_reader(ds.version_path, columns=["id"], num_epochs=bad))
+    assert expected is not None and expected.startswith("num_epochs ")
+    assert _error(lambda: make_dataset(ds.version_path, columns=["id"], num_epochs=bad)) == expected
+
+
+def test_numpy_integer_epochs_are_accepted_as_by_the_reader(adapter_data):
+    _, ds = adapter_data
+    kwargs = dict(batch_size=128, columns=["id"], seed=8)
+    epochs = reader_epochs(ds.version_path, 3, **kwargs)
+    data = make_dataset(ds.version_path, epoch=np.int64(1), num_epochs=np.int32(1), **kwargs)
+    assert id_lists(data) == epochs[1]
+    data.set_epoch(np.uint8(2))
+    assert id_lists(data) == epochs[2]
+
+
 def test_transform_columns_give_the_signature(adapter_data):
     table, ds = adapter_data
 

@@ -252,6 +252,39 @@ def test_bad_arguments_are_named(adapter_data, kwargs, match):
         make_dataloader(ds.version_path, **kwargs)
 
 
+def _error(call) -> str | None:
+    try:
+        call()
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("name", ["batch_size", "epoch", "rank", "world_size"])
+@pytest.mark.parametrize("bad", [True, np.bool_(False), -1, 2.0, "1"], ids=repr)
+def test_integer_arguments_are_checked_as_the_reader_checks_them(adapter_data, name, bad):
+    """The adapter refuses what ``make_reader`` / ``Reader.set_epoch`` refuse, with the same message."""
+    _, ds = adapter_data
+    kwargs = {"rank": 0, "world_size": 1, name: bad}
+    if name == "epoch":
+        with loader.make_reader(ds.version_path, columns=["id"]) as reader:
+            expected = _error(lambda: reader.set_epoch(bad))
+    else:
+        expected = _error(lambda: loader.make_reader(ds.version_path, columns=["id"], **kwargs))
+    assert expected is not None and expected.startswith(name + " ")
+    assert _error(lambda: LarderIterableDataset(ds.version_path, columns=["id"], **kwargs)) == expected
+
+
+def test_numpy_integer_arguments_are_accepted_as_by_the_reader(adapter_data):
+    _, ds = adapter_data
+    kwargs = dict(columns=["id"], seed=3)
+    expected = reader_epoch(ds.version_path, 1, batch_size=50, **kwargs)
+    data = LarderIterableDataset(ds.version_path, batch_size=np.int64(50), epoch=np.int32(1),
+                                 rank=np.int64(0), world_size=np.uint8(1), **kwargs)
+    assert id_lists(data) == expected
+    assert type(data.batch_size) is int and type(data.epoch) is int
+
+
 def test_bad_column_raises_from_the_worker(adapter_data):
     _, ds = adapter_data
     dl = make_dataloader(ds.version_path, num_workers=1, columns=["id", "colour"], **WORKERS)

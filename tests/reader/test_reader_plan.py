@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loader import plan as plan_module
 from loader.plan import (
+    MIN_MIX,
     balanced_bounds,
     batch_bounds,
     group_order,
@@ -207,6 +209,23 @@ def test_window_size_follows_buffer_or_budget():
     # row groups bigger than a window: one 25-row slice of each of 4 row groups per window (100 kB)
     assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=10**5, num_groups=4) == (4, 25)
     assert window_size_for(1000, 10**6, shuffle_buffer=None, window_bytes=10**5, num_groups=50) == (10, 10)
+
+
+def test_the_mixing_target_is_one_constant(monkeypatch):
+    """``MIN_MIX`` (8 row groups per batch) is the default window and the row-group count from which
+    ``window_size_for`` interleaves slices of ten row groups, and the reader passes it as ``min_mix``."""
+    import inspect
+
+    import loader.reader
+
+    assert MIN_MIX == 8
+    assert inspect.signature(plan_epoch).parameters["window"].default == MIN_MIX
+    assert loader.reader.MIN_MIX == MIN_MIX
+    # row groups bigger than the window: 6 row groups are fewer than MIN_MIX, so a window takes one slice of each
+    args = dict(shuffle_buffer=None, window_bytes=10**5, num_groups=6)
+    assert window_size_for(1000, 10**6, **args) == (6, 100 // 6)
+    monkeypatch.setattr(plan_module, "MIN_MIX", 6)  # the threshold follows the constant, no other literal
+    assert window_size_for(1000, 10**6, **args) == (10, 10)
 
 
 def test_a_small_budget_interleaves_slices_to_keep_mixing_8_row_groups():

@@ -37,3 +37,15 @@ def test_failed_sync_exits_non_zero_and_resumes(server, remote_cache, tmp_path, 
     assert summary.fetched_files == len(remote_cache.files) - len(done_before)
     assert summary.files == len(remote_cache.files) and summary.fetched_bytes > 0
     assert sync(server.url("/caches/demo"), tmp_path, progress=False).fetched_files == 0
+
+
+def test_verify_option_off_trusts_markers_and_a_bad_spelling_is_refused(server, remote_cache, tmp_path, capsys):
+    url = server.url("/caches/demo")
+    assert main(["sync", url, str(tmp_path), "--no-progress", "-o", "verify=OFF"]) == 0
+    server.clear_log()
+    assert main(["sync", url, str(tmp_path), "--no-progress", "-o", "verify=off"]) == 0
+    assert server.count(node="datanode", path=".parquet") == 0  # every copy trusted, none fetched again
+    capsys.readouterr()
+    assert main(["sync", url, str(tmp_path), "--no-progress", "-o", "verify=nope"]) == 1
+    assert "option verify must be one of 1/0, true/false, yes/no, on/off, got 'nope'" in capsys.readouterr().err
+    assert server.count(node="datanode", path=".parquet") == 0

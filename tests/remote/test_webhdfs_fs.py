@@ -172,6 +172,12 @@ def test_kerberos_without_requests_kerberos_names_the_extra(server):
         loader.open_dataset(server.url("/caches/demo"), kerberos="true")
 
 
+def test_kerberos_option_takes_yes_no_spellings_and_refuses_others(server, remote_cache):
+    assert loader.open_dataset(server.url("/caches/demo"), kerberos="Off").version == remote_cache.version
+    with pytest.raises(loader.ConfigError, match=r"option kerberos must be one of .*got 'maybe'"):
+        loader.open_dataset(server.url("/caches/demo"), kerberos="maybe")
+
+
 def test_import_loader_needs_no_optional_remote_dependency():
     code = ("import sys, loader, loader.cache, loader.sync, loader.remote; "
             "bad = [m for m in ('hdfs', 'requests', 'tqdm', 'loader.webhdfs') if m in sys.modules]; "

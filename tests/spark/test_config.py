@@ -131,3 +131,75 @@ def test_partition_values_and_string_keys_keep_their_text(tmp_path):
 def test_seed_and_page_size_are_checked_up_front(output, message):
     with pytest.raises(ConfigError, match=message):
         from_dict({**MINIMAL, "output": output})
+
+
+def test_every_string_key_keeps_its_text_by_its_type_not_its_path(tmp_path):
+    """Not only partition values: any key typed ``str`` (here columns, transform columns, names, paths)
+    keeps the YAML scalar's text, in ``--set`` and in the conf file; ``Any`` values stay YAML-typed."""
+    cfg = from_dict(MINIMAL, ["source.columns=[07, NO, 1.10]", "transforms=[{kind: index, column: NO, output: 010}]",
+                              "spark.conf.spark.sql.shuffle.partitions=08", "transforms.0.vocabulary=~"])
+    assert cfg.source.columns == ("07", "NO", "1.10")
+    assert (cfg.transforms[0].column, cfg.transforms[0].output, cfg.transforms[0].vocabulary) == ("NO", "010", None)
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "name: 007\n"
+        "source:\n  table: demo.shopping_products\n  columns: [07, on, 2026-11-23]\n  where: 2026-11-23\n"
+        "transforms:\n  - {kind: index, column: NO, output: 1.10}\n"
+        "output:\n  root: 2024\n"
+        "spark:\n  app_name: 1.10\n  master: ~\n  conf: {spark.sql.shuffle.partitions: 8, x.enabled: yes}\n"
+    )
+    cfg = load(path)
+    assert cfg.name == "007" and cfg.output.root == "2024" and cfg.spark.app_name == "1.10"
+    assert cfg.source.columns == ("07", "on", "2026-11-23") and cfg.source.where == "2026-11-23"
+    assert (cfg.transforms[0].column, cfg.transforms[0].output) == ("NO", "1.10")
+    assert cfg.spark.master is None
+    assert cfg.spark.conf == {"spark.sql.shuffle.partitions": 8, "x.enabled": True}
+
+
+def test_a_new_string_field_is_read_by_its_type():
+    """The rule comes from the type hints alone: a dataclass nobody listed gets the same treatment."""
+    from etl.overrides import conf_from_yaml, value_from_text
+
+    @dataclasses.dataclass(frozen=True)
+    class Extra:
+        label: str
+        tags: dict[str, str]
+        count: int = 0
+        rate: float = 0.0
+        flag: bool = False
+
+    data = conf_from_yaml("label: 07\ntags: {a: NO, 08: 1.10}\ncount: 010\nrate: 1e-3\nflag: on\n", Extra)
+    assert data == {"label": "07", "tags": {"a": "NO", "08": "1.10"}, "count": 10, "rate": 0.001, "flag": True}
+    assert value_from_text("title LIKE '%: %'", str) == "title LIKE '%: %'"
+    assert value_from_text("~", str | None) is None and value_from_text("~", str) == "~"
+    assert value_from_text("{a: 07}", dict[str, str]) == {"a": "07"}
+    assert value_from_text("010", int) == 10 and value_from_text("0x10", int) == 16
+
+
+def test_integer_keys_read_decimal_digits_as_decimal(tmp_path):
+    """YAML 1.1 reads ``010`` as octal 8; an int key means ten."""
+    cfg = from_dict(MINIMAL, ["output.seed=010", "source.seed=1_000", "output.keep_versions=04"])
+    assert (cfg.output.seed, cfg.source.seed, cfg.output.keep_versions) == (10, 1000, 4)
+    path = tmp_path / "c.yaml"
+    path.write_text("name: shop\nsource: {table: a.b, seed: 010, sample: 5e-1}\noutput: {keep_versions: 010}\n")
+    cfg = load(path)
+    assert (cfg.source.seed, cfg.source.sample, cfg.output.keep_versions) == (10, 0.5, 10)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "conf", "message"),
+    [
+        (["output.keep_versions=three"], "", r"^output.keep_versions: expected an integer, got 'three'$"),
+        (["output.keep_versions=2.5"], "", r"^output.keep_versions: expected an integer, got 2.5$"),
+        (["source.seed=true"], "", r"^source.seed: expected an integer, got True$"),
+        (["output.seed=[1]"], "", r"^output.seed: expected an integer, got \[1\]$"),
+        ([], "output: {keep_versions: '3'}\n", r"^output.keep_versions: expected an integer, got '3'$"),
+        ([], "output: {keep_versions: 0x}\n", r"^output.keep_versions: expected an integer, got '0x'$"),
+        ([], "output: {fill: high}\n", r"^output.fill: expected a number, got 'high'$"),
+    ],
+)
+def test_a_wrongly_typed_number_names_the_key(tmp_path, overrides, conf, message):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: shop\nsource: {table: a.b}\n" + conf)
+    with pytest.raises(ConfigError, match=message):
+        load(path, overrides)
