@@ -11,11 +11,15 @@ when shuffling; arrays are zero-copy views of the batch's Arrow buffers where th
   ``b[col + ".valid"]`` (bool, ``False`` where null) for every nullable column, in every batch. Dictionary
   columns are decoded; decimals become ``float64`` (the nearest one up to 15 digits).
 * **Fixed-size lists** (``fixed_size_list<float32, 3>``, nested too): an ``(n, 3)`` (or higher-rank)
-  array.
+  array; a null list is filled like a null value of its items (``NaN`` for floats, ``0`` / ``False`` / the
+  epoch otherwise). Fixed-size lists of strings or binaries are lists of strings (below) with 3 items in
+  every row (a null list: 3 empty strings, ``None`` in the ``strings="object"`` form, which is an
+  ``(n, 3)`` object array).
 * **Variable-length lists, strings and binaries**, ``ragged="offsets"`` (default): ``b[col]`` holds the
   flat values of all rows (list values in their numpy dtype; strings and binaries as ``uint8`` bytes,
   UTF-8 for strings) and ``b[col + ".offsets"]`` is an ``int64`` array of ``n + 1`` offsets starting at 0:
-  row ``i`` is ``b[col][offsets[i]:offsets[i + 1]]``. A null list or string is empty.
+  row ``i`` is ``b[col][offsets[i]:offsets[i + 1]]``. A null list or string is empty (a null fixed-size binary
+  is its width of zero bytes).
 * ``ragged="padded"``: ``b[col]`` is an ``(n, longest)`` array padded with ``pad_value`` (0) and
   ``b[col + ".lengths"]`` the ``int64`` lengths.
 * **Lists of strings / binaries / lists** (``list<string>`` tokens, ``list<list<int32>>``): two levels.
@@ -43,11 +47,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.types as pat
 
+from .convert_ragged import _ragged, _ragged2, pad, split_batch, to_padded
 from .errors import ConfigError
 
 RAGGED_FORMS = ("offsets", "padded")
 STRING_FORMS = ("offsets", "object")
-
 
 
 def as_arrow(values: np.ndarray) -> pa.Array:
@@ -108,7 +112,10 @@ def _check_type(name: str, t: pa.DataType) -> None:
         for i in range(t.num_fields):
             _check_type(f"{name}.{t.field(i).name}", t.field(i).type)
     elif pat.is_fixed_size_list(t):
-        _check_type(name, t.value_type)
+        inner = t.value_type.value_type if pat.is_dictionary(t.value_type) else t.value_type
+        if not (_is_fixed_width(inner) or _is_fixed_size_list_of_fixed(inner) or _is_binary_like(inner)):
+            raise ConfigError(f"column {name!r}: {t} has no numpy form (fixed-size lists of fixed-width values "
+                              "or of strings have one)")
     elif _is_list(t):
         inner = t.value_type.value_type if pat.is_dictionary(t.value_type) else t.value_type
         if _is_list(inner):
@@ -206,7 +213,8 @@ def _kind(t: pa.DataType) -> str:
     if pat.is_struct(t):
         return "struct"
     if pat.is_fixed_size_list(t):
-        return "fixed_size_list"
+        inner = t.value_type.value_type if pat.is_dictionary(t.value_type) else t.value_type
+        return "fixed_size_strings" if _is_binary_like(inner) else "fixed_size_list"
     if _is_list(t):
         return "list"
     if _is_binary_like(t):
@@ -232,6 +240,8 @@ def _convert(name, arr: pa.Array, nullable: bool, out: dict, ragged, strings, ma
             _convert(f"{name}.{t.field(i).name}", child, t.field(i).nullable, out, ragged, strings, masks, pad_value)
     elif kind == "fixed_size_list":
         out[name] = _fixed_size_list(arr)
+    elif kind == "fixed_size_strings":
+        _fixed_size_strings(name, arr, out, ragged, strings, pad_value)
     elif kind == "list":
         offsets = _list_offsets(arr)
         flat = arr.flatten()
@@ -241,7 +251,7 @@ def _convert(name, arr: pa.Array, nullable: bool, out: dict, ragged, strings, ma
         if inner in ("fixed", "fixed_size_list"):
             _ragged(name, _fixed(flat), offsets, out, ragged, pad_value)
         elif inner == "binary" and strings == "object":
-            out[name] = arr.to_numpy(zero_copy_only=False)  # per row: an object array of str/bytes
+            out[name] = _string_lists(arr, flat, offsets)
         else:  # two levels: list<string|binary> or list<list<fixed-width>>
             if inner == "binary":
                 values, value_offsets = _bytes(flat)
@@ -376,19 +386,60 @@ def _temporal(arr: pa.Array) -> np.ndarray:
 
 
 def _fixed_size_list(arr: pa.Array) -> np.ndarray:
+    """A fixed-size list of fixed-width values (nested too) as an ``(n, k, ...)`` array; a null list is filled
+    like a null value (NaN for floats, zero otherwise: 0, False, the epoch, midnight)."""
     t = arr.type
-    if arr.null_count:  # a null entry is all zeros (or NaN)
-        arr = pc.if_else(arr.is_valid(), arr, _zeros_like(t, len(arr)))
-    values = arr.flatten()
-    inner = _fixed(values) if not pat.is_fixed_size_list(values.type) else _fixed_size_list(values)
-    return inner.reshape((len(arr), t.list_size) + inner.shape[1:])
+    n, k = len(arr), t.list_size
+    if not arr.null_count:
+        inner = _fixed(arr.flatten())
+        return inner.reshape((n, k) + inner.shape[1:])
+    # flatten() drops null lists: convert all the values, then fill the null lists like a null value
+    inner = _fixed(arr.values.slice(arr.offset * k, n * k))
+    out = inner.reshape((n, k) + inner.shape[1:]).copy()  # _fixed may give a view of Arrow memory: not written
+    out[~_bools(arr.is_valid())] = np.nan if out.dtype.kind == "f" else np.zeros((), out.dtype)
+    return out
 
 
-def _zeros_like(t: pa.DataType, n: int) -> pa.Array:
-    if pat.is_fixed_size_list(t):
-        inner = _zeros_like(t.value_type, n * t.list_size)
-        return pa.FixedSizeListArray.from_arrays(inner, type=t)
-    return as_arrow(np.zeros(n)).cast(t)
+def _fixed_size_strings(name: str, arr: pa.Array, out: dict, ragged: str, strings: str, pad_value) -> None:
+    """``fixed_size_list<string|binary, k>``: a list of strings of k items in every row; a null list holds k
+    null strings (empty; None in the object form, an ``(n, k)`` array)."""
+    n, k = len(arr), arr.type.list_size
+    values = arr.values.slice(arr.offset * k, n * k)
+    if pat.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    hidden = np.repeat(~_bools(arr.is_valid()), k) if arr.null_count else None
+    if strings == "object":
+        objects = values.to_numpy(zero_copy_only=False)  # Arrow's converter: None where null
+        if hidden is not None:
+            objects[hidden] = None
+        out[name] = objects.reshape(n, k)
+        return
+    if hidden is not None and _valid(values)[hidden].any():  # strings behind a null list: nulls instead
+        if _needs_plain(values.type) and not pat.is_fixed_size_binary(values.type):  # views: no if_else kernel
+            values = values.cast(pa.large_binary())  # (as _bytes does)
+        keep = pa.Array.from_buffers(pa.bool_(), n * k, [None, pa.py_buffer(np.packbits(~hidden, bitorder="little"))])
+        values = pc.if_else(keep, values, pa.nulls(n * k, values.type))
+    flat, value_offsets = _bytes(values)
+    _ragged2(name, flat, value_offsets, np.arange(n + 1, dtype=np.int64) * k, out, ragged, pad_value)
+
+
+def _string_lists(arr: pa.Array, flat: pa.Array, offsets: np.ndarray) -> np.ndarray:
+    """A list of strings as an object array of one array of ``str``/``bytes`` per row (None for a null list or
+    string), by Arrow's converter; items it cannot convert (fixed-size binaries, views) are made plain first."""
+    if not _needs_plain(arr.type.value_type):
+        return arr.to_numpy(zero_copy_only=False)
+    text = getattr(pat, "is_string_view", lambda _: False)(flat.type)  # else fixed-size binary or binary view
+    flat = flat.cast(pa.large_string() if text else pa.large_binary())
+    rows = pa.LargeListArray.from_arrays(as_arrow(offsets), flat, mask=arr.is_null() if arr.null_count else None)
+    return rows.to_numpy(zero_copy_only=False)
+
+
+@functools.lru_cache(maxsize=128)
+def _needs_plain(t: pa.DataType) -> bool:
+    if pat.is_dictionary(t):
+        t = t.value_type
+    return _is_binary_like(t) and not (pat.is_string(t) or pat.is_large_string(t) or pat.is_binary(t)
+                                       or pat.is_large_binary(t))
 
 
 def _bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -423,134 +474,6 @@ def _bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     flat = flat[offsets[0] : offsets[-1]]
     offsets -= offsets[0]
     return flat, offsets
-
-
-def _ragged(name: str, values: np.ndarray, offsets: np.ndarray, out: dict, form: str, pad_value) -> None:
-    if form == "offsets":
-        out[name] = values
-        out[name + ".offsets"] = offsets
-        return
-    lengths = np.diff(offsets)
-    out[name] = pad(values, lengths, _fitting(pad_value, values.dtype, name))
-    out[name + ".lengths"] = lengths
-
-
-def _ragged2(name: str, values: np.ndarray, value_offsets: np.ndarray, offsets: np.ndarray, out: dict, form: str,
-             pad_value) -> None:
-    """Two-level ragged columns: rows of items (strings or lists) of values."""
-    if form == "offsets":
-        out[name] = values
-        out[name + ".offsets"] = offsets
-        out[name + ".value_offsets"] = value_offsets
-        return
-    item_lengths, lengths = np.diff(value_offsets), np.diff(offsets)
-    pad_value = _fitting(pad_value, values.dtype, name)
-    out[name] = pad(pad(values, item_lengths, pad_value), lengths, pad_value)
-    out[name + ".lengths"] = lengths
-    out[name + ".value_lengths"] = pad(item_lengths, lengths, 0)
-
-
-def to_padded(batch: dict[str, np.ndarray], pad_value: Any = 0) -> dict[str, np.ndarray]:
-    """The ``ragged="padded"`` form of a batch converted in the ``"offsets"`` form: exactly what
-    :func:`to_numpy` gives with ``ragged="padded"`` for the same rows (keys in the same order)."""
-    out: dict[str, np.ndarray] = {}
-    for key, values in batch.items():
-        if key.endswith(".value_offsets") or (key.endswith(".offsets") and key[:-8] in batch):
-            continue
-        offsets = batch.get(key + ".offsets")
-        if offsets is None:
-            out[key] = values
-            continue
-        inner = batch.get(key + ".value_offsets")
-        if inner is None:
-            _ragged(key, values, offsets, out, "padded", pad_value)
-        else:
-            _ragged2(key, values, inner, offsets, out, "padded", pad_value)
-    return out
-
-
-def _fitting(pad_value: Any, dtype: np.dtype, name: str) -> Any:
-    """``pad_value`` if the padded column's values can hold it exactly (checked once per value and dtype:
-    it runs for every padded column of every batch).
-
-    Raises:
-        ConfigError: They cannot (e.g. -1 for the ``uint8`` bytes of a string column); names the column.
-    """
-    try:
-        fits = _fits(type(pad_value), pad_value, dtype)
-    except TypeError:  # an unhashable fill (an array): checked every time
-        fits = _fits.__wrapped__(type(pad_value), pad_value, dtype)
-    if isinstance(fits, BaseException):
-        raise ConfigError(f"pad_value {pad_value!r} does not fit column {name!r} ({dtype} values)") from fits
-    if not fits:
-        raise ConfigError(f"pad_value {pad_value!r} does not fit column {name!r} ({dtype} values)")
-    return pad_value
-
-
-@functools.lru_cache(maxsize=256)
-def _fits(_kind: type, pad_value: Any, dtype: np.dtype) -> bool | BaseException:
-    """Whether ``dtype`` holds ``pad_value`` (the error that says it cannot, if converting it fails).
-    ``_kind`` keeps ``0``, ``0.0`` and ``False`` apart in the cache."""
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            given = np.array(pad_value)
-            fill = given.astype(dtype)
-            if dtype.kind in "fc":  # rounding is fine, overflow is not
-                return bool(np.all(np.isfinite(fill) | ~np.isfinite(given)))
-            return dtype.kind in "OSUVmM" or bool(np.all(fill == given))
-    except (OverflowError, ValueError, TypeError) as e:
-        return e
-
-
-def pad(values: np.ndarray, lengths: np.ndarray, pad_value: Any = 0) -> np.ndarray:
-    """Scatter flat ragged ``values`` into an ``(n, max(lengths), ...)`` array padded with ``pad_value``.
-
-    Args:
-        values: The flat values of all rows (first axis).
-        lengths: Values per row.
-        pad_value: Fill for the padding.
-
-    Returns:
-        The padded array.
-    """
-    n = len(lengths)
-    longest = int(lengths.max()) if n else 0
-    out = np.full((n, longest) + values.shape[1:], pad_value, dtype=values.dtype)
-    if len(values):
-        # A boolean mask of the filled cells, assigned in row-major order: one pass, no index arrays. Indexing
-        # out[rows, cols] with a row and a column index per value cost 22x more on image bytes (100 rows of
-        # 2-6 KB: 5.0 ms against 0.22 ms) and 2x more on short lists (wordpiece ids: 16 against 8 us).
-        out[np.arange(longest) < lengths[:, None]] = values
-    return out
-
-
-def split_batch(batch: dict[str, np.ndarray], bounds: list[int]) -> list[dict[str, np.ndarray]]:
-    """Split a converted batch (offsets forms) at row ``bounds`` into the batches a per-batch conversion gives.
-
-    Row-first arrays are sliced; ``col.offsets`` (rows -> values or items) and ``col.value_offsets`` (items ->
-    values) are sliced and rebased to 0, and the flat values cut where the offsets say.
-    """
-    out: list[dict[str, np.ndarray]] = [{} for _ in bounds[:-1]]
-    for key, values in batch.items():
-        if key.endswith(".value_offsets") or (key.endswith(".offsets") and key[:-8] in batch):
-            continue  # handled with their column
-        offsets = batch.get(key + ".offsets")
-        if offsets is None:  # row-first: fixed-width, masks, object arrays, fixed-size lists
-            for part, a, b in zip(out, bounds[:-1], bounds[1:], strict=True):
-                part[key] = values[a:b]
-            continue
-        inner = batch.get(key + ".value_offsets")
-        for part, a, b in zip(out, bounds[:-1], bounds[1:], strict=True):  # keys in to_numpy's order
-            rows = offsets[a : b + 1]
-            if inner is None:
-                part[key] = values[rows[0] : rows[-1]]
-                part[key + ".offsets"] = rows - rows[0]
-            else:
-                items = inner[rows[0] : rows[-1] + 1]
-                part[key] = values[items[0] : items[-1]]
-                part[key + ".offsets"] = rows - rows[0]
-                part[key + ".value_offsets"] = items - items[0]
-    return out
 
 
 __all__ = ["RAGGED_FORMS", "STRING_FORMS", "check_keys", "check_options", "check_schema", "pad", "split_batch",

@@ -7,11 +7,14 @@ Each element is one reader batch, a dict of tensors:
 * fixed-width columns: ``tf.Tensor`` of shape ``[None]`` (fixed-size lists ``[None, k, ...]``);
 * variable-length lists, ``ragged="ragged"`` (default): a ``tf.RaggedTensor`` ``[None, None]`` built from
   the reader's values + offsets (row splits) without a per-row loop; lists of lists a rank-2 ragged
-  ``[None, None, None]``. ``ragged="padded"``: dense ``[None, None(, None)]`` plus ``col + ".lengths"``
-  (and ``col + ".value_lengths"`` for lists of lists);
+  ``[None, None, None]``; lists of fixed-size lists keep their fixed dimensions (``[None, None, k]``).
+  ``ragged="padded"``: dense ``[None, None(, None)]`` plus ``col + ".lengths"`` (and
+  ``col + ".value_lengths"`` for lists of lists);
 * strings and binaries: ``tf.string`` ``[None]`` (``strings="string"``, default; nulls become ``b""``);
-  ``list<string>`` a ragged ``tf.string`` ``[None, None]`` (padded with ``b""`` plus ``.lengths`` when
-  ``ragged="padded"``); ``strings="bytes"``: ``uint8`` in the ``ragged`` form instead.
+  ``list<string>`` (dictionary-encoded or fixed-size binary items too) a ragged ``tf.string``
+  ``[None, None]`` (padded with ``b""`` plus ``.lengths`` when ``ragged="padded"``); a fixed-size list of
+  ``k`` strings a dense ``tf.string`` ``[None, k]``; ``strings="bytes"``: ``uint8`` in the ``ragged`` form
+  instead (a fixed-size list of strings like a list of strings).
 
 The generator behind ``from_generator`` yields dense parts only: a ragged column's flat values and row
 splits, and (default forms, no transform) a string column's bytes as one scalar string plus their offsets;
@@ -38,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .convert import _offsets, pad, to_numpy
+from .convert import _is_binary_like, _is_list, _offsets, pad, to_numpy
 from .errors import ConfigError
 from .reader import check_int
 from .tasks import ROW_ID_FIELDS
@@ -67,27 +70,33 @@ def _reader_forms(ragged: str, strings: str) -> dict[str, str]:
 
 
 def _string_lists(schema) -> set[str]:
-    """Batch keys of ``list<string|binary>`` columns (struct fields flattened as ``col.field``)."""
+    """Batch keys of the lists of strings or binaries (any list kind, items dictionary-encoded or not; struct
+    fields flattened as ``col.field``): the columns the reader gives as one object array of strings per row."""
     import pyarrow.types as pat
 
     out: set[str] = set()
 
     def walk(name: str, t) -> None:
+        if pat.is_dictionary(t):
+            t = t.value_type
         if pat.is_struct(t):
             for i in range(t.num_fields):
                 walk(f"{name}.{t.field(i).name}", t.field(i).type)
-        elif (pat.is_list(t) or pat.is_large_list(t)) and _is_binary_like(t.value_type):
-            out.add(name)
+        elif _is_list(t):
+            item = t.value_type.value_type if pat.is_dictionary(t.value_type) else t.value_type
+            if _is_binary_like(item):
+                out.add(name)
 
     for field in schema:
         walk(field.name, field.type)
     return out
 
 
-def _is_binary_like(t) -> bool:
-    import pyarrow.types as pat
-
-    return pat.is_string(t) or pat.is_large_string(t) or pat.is_binary(t) or pat.is_large_binary(t)
+def _is_string_list(spec) -> bool:
+    """Whether a ``tf.string`` spec is a list of strings per row (ragged, or padded ``[None, None]``), not a
+    fixed-size list of strings (``[None, k]``)."""
+    tf = _tf()
+    return isinstance(spec, tf.RaggedTensorSpec) or (spec.shape.rank == 2 and spec.shape[1] is None)
 
 
 def _splits(sample: dict[str, np.ndarray]) -> dict[str, int]:
@@ -120,16 +129,17 @@ def signature_of(
     tf = _tf()
     splits = _splits(sample) if ragged_form else {}
     if string_lists is None:
-        string_lists = {
-            k for k, v in sample.items() if v.dtype.kind == "O" and any(isinstance(x, np.ndarray) for x in v)
+        string_lists = {  # (a 2-D object array is a fixed-size list of strings)
+            k for k, v in sample.items()
+            if v.dtype.kind == "O" and v.ndim == 1 and any(isinstance(x, np.ndarray) for x in v)
         }
     spec: dict[str, Any] = {}
     for key, arr in sample.items():
         if _is_split_key(key, splits):
             continue
         if arr.dtype.kind in "OUS":
-            if key not in string_lists:
-                spec[key] = tf.TensorSpec([None], tf.string)
+            if key not in string_lists:  # strings, or fixed-size lists of them
+                spec[key] = tf.TensorSpec([None, *arr.shape[1:]], tf.string)
             elif ragged_form:
                 spec[key] = tf.RaggedTensorSpec([None, None], tf.string, ragged_rank=1, row_splits_dtype=tf.int64)
             else:  # padded with b"" by _to_parts, plus the items per row
@@ -137,11 +147,15 @@ def signature_of(
                 spec[key + ".lengths"] = tf.TensorSpec([None], tf.int64)
             continue
         dtype = tf.int64 if arr.dtype.kind in "mM" else tf.as_dtype(arr.dtype)
-        if key in splits:
+        if key in splits:  # the values' own dimensions (fixed-size lists) follow the ragged ones
             rank = splits[key]
-            spec[key] = tf.RaggedTensorSpec([None] * (rank + 1), dtype, ragged_rank=rank, row_splits_dtype=tf.int64)
-        elif key + ".lengths" in sample or key.endswith(".value_lengths"):
-            spec[key] = tf.TensorSpec([None] * arr.ndim, dtype)  # padded: widths vary per batch
+            spec[key] = tf.RaggedTensorSpec([None] * (rank + 1) + list(arr.shape[1:]), dtype, ragged_rank=rank,
+                                            row_splits_dtype=tf.int64)
+        elif key + ".lengths" in sample:  # padded: the padded widths vary per batch, fixed-size dims do not
+            levels = 2 if key + ".value_lengths" in sample else 1
+            spec[key] = tf.TensorSpec([None] * (levels + 1) + list(arr.shape[levels + 1 :]), dtype)
+        elif key.endswith(".value_lengths"):
+            spec[key] = tf.TensorSpec([None, None], dtype)
         else:
             spec[key] = tf.TensorSpec([None, *arr.shape[1:]], dtype)
     return spec
@@ -152,20 +166,31 @@ _BYTES = "::larder_byte_offsets"  # component key of a string column's byte offs
 
 
 def _string_array(values) -> np.ndarray:
-    """A column of ``str``/``bytes``/None as an array ``tf.data`` converts to ``tf.string`` (None -> b"")."""
+    """A column of ``str``/``bytes``/None (1-D, or ``(n, k)`` for fixed-size lists) as an array ``tf.data``
+    converts to ``tf.string`` (None -> b"")."""
+    shape = values.shape if isinstance(values, np.ndarray) else (len(values),)
     if not len(values):
-        return np.array([], dtype=np.bytes_)
-    return np.array([b"" if v is None else v for v in values], dtype=object)
+        return np.zeros(shape, dtype=np.bytes_)
+    flat = values.ravel() if isinstance(values, np.ndarray) else values
+    return np.array([b"" if v is None else v for v in flat], dtype=object).reshape(shape)
 
 
-def _blob_keys(signature: dict[str, Any]) -> dict[str, bool]:
-    """String columns of ``signature`` -> True for a list of strings per row (a ragged ``tf.string``)."""
+def _blob_keys(signature: dict[str, Any]) -> dict[str, str]:
+    """String columns of ``signature`` -> ``"list"`` for a list of strings per row (a ragged ``tf.string``),
+    ``"fixed"`` for a fixed-size list of strings (``[None, k]``), ``"string"`` for one string per row."""
     tf = _tf()
-    return {k: isinstance(v, tf.RaggedTensorSpec) for k, v in signature.items()
-            if v.dtype == tf.string and (v.shape.rank == 1 or isinstance(v, tf.RaggedTensorSpec))}
+    out = {}
+    for k, v in signature.items():
+        if v.dtype == tf.string and isinstance(v, tf.RaggedTensorSpec):
+            out[k] = "list"
+        elif v.dtype == tf.string and v.shape.rank == 1:
+            out[k] = "string"
+        elif v.dtype == tf.string and v.shape.rank == 2 and v.shape[1] is not None:
+            out[k] = "fixed"
+    return out
 
 
-def _components(signature: dict[str, Any], blobs: dict[str, bool]) -> dict[str, Any]:
+def _components(signature: dict[str, Any], blobs: dict[str, str]) -> dict[str, Any]:
     """The dense ``TensorSpec`` s the generator yields for ``signature``: a ragged column as its flat values
     plus one row-splits vector per ragged level, and a string column in ``blobs`` as one scalar string of all
     its bytes plus their offsets (:func:`_assemble` builds the real tensors in the graph)."""
@@ -175,7 +200,7 @@ def _components(signature: dict[str, Any], blobs: dict[str, bool]) -> dict[str, 
         if key in blobs:
             out[key] = tf.TensorSpec([], tf.string)
             out[f"{key}{_BYTES}"] = tf.TensorSpec([None], tf.int64)
-            if blobs[key]:
+            if blobs[key] == "list":
                 out[f"{key}{_SPLITS}0"] = tf.TensorSpec([None], tf.int64)
         elif isinstance(spec, tf.RaggedTensorSpec):
             rank = spec.ragged_rank
@@ -187,7 +212,7 @@ def _components(signature: dict[str, Any], blobs: dict[str, bool]) -> dict[str, 
     return out
 
 
-def _assemble(signature: dict[str, Any], blobs: dict[str, bool]) -> Callable[[dict], dict]:
+def _assemble(signature: dict[str, Any], blobs: dict[str, str]) -> Callable[[dict], dict]:
     """A ``Dataset.map`` function from :func:`_components` back to ``signature``: ragged tensors and strings
     are built in the graph, in C++ (through ``from_generator`` a ragged tensor costs about twice the time of
     its parts, and a ``tf.string`` tensor one Python object per string)."""
@@ -198,8 +223,10 @@ def _assemble(signature: dict[str, Any], blobs: dict[str, bool]) -> Callable[[di
         if k in blobs:
             at = parts[f"{k}{_BYTES}"]
             strings = tf.strings.substr(parts[k], at[:-1], at[1:] - at[:-1])
+            if blobs[k] == "fixed":
+                return tf.reshape(strings, [-1, signature[k].shape[1]])
             return tf.RaggedTensor.from_row_splits(strings, parts[f"{k}{_SPLITS}0"], validate=False) \
-                if blobs[k] else strings
+                if blobs[k] == "list" else strings
         if k in ranks:
             return tf.RaggedTensor.from_nested_row_splits(
                 parts[k], [parts[f"{k}{_SPLITS}{i}"] for i in range(ranks[k])], validate=False)
@@ -209,7 +236,7 @@ def _assemble(signature: dict[str, Any], blobs: dict[str, bool]) -> Callable[[di
 
 
 def _to_parts(batch: dict[str, np.ndarray], splits: dict[str, int], string_lists: set[str],
-              ragged_form: bool, blobs: dict[str, bool]) -> dict[str, Any]:
+              ragged_form: bool, blobs: dict[str, str]) -> dict[str, Any]:
     """A reader batch as the dense components of its ``tf.data`` element (see :func:`_components`)."""
     out: dict[str, Any] = {}
     for key, arr in batch.items():
@@ -221,7 +248,7 @@ def _to_parts(batch: dict[str, np.ndarray], splits: dict[str, int], string_lists
             out[key] = arr.tobytes()
             inner = batch.get(key + ".value_offsets")
             out[f"{key}{_BYTES}"] = batch[key + ".offsets"] if inner is None else inner
-            if inner is not None:
+            if blobs[key] == "list":
                 out[f"{key}{_SPLITS}0"] = batch[key + ".offsets"]
         elif key in splits:
             out[key] = arr
@@ -305,7 +332,7 @@ def make_dataset(
         output_signature = _derive_signature(kwargs, open_reader, ragged_form)
     splits = {k: v.ragged_rank for k, v in output_signature.items()
               if isinstance(v, tf.RaggedTensorSpec) and v.dtype != tf.string}
-    string_lists = {k for k, v in output_signature.items() if v.dtype == tf.string and v.shape.rank == 2}
+    string_lists = {k for k, v in output_signature.items() if v.dtype == tf.string and _is_string_list(v)}
     blobs = _blob_keys(output_signature) if blob_strings else {}
 
     def generate() -> Iterator[dict[str, Any]]:

@@ -253,3 +253,139 @@ def test_import_loader_imports_no_framework():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
+
+
+def nested_table(n: int = 120):
+    """Lists of 2-D points (``list<fixed_size_list<float32, 2>>``, null and empty lists), lists of lists of
+    3-vectors, dictionary-encoded tokens, lists of fixed-size hashes, and fixed-size pairs of strings (null pairs
+    and null items)."""
+    import pyarrow as pa
+
+    words = ["신발", "", "a b", "zz"]
+    return pa.table({
+        "id": pa.array(np.arange(n, dtype=np.int64)),
+        "pts": pa.array([None if i % 11 == 4 else [[i + 0.5, -j] for j in range(i % 4)] for i in range(n)],
+                        pa.list_(pa.list_(pa.float32(), 2))),
+        "tracks": pa.array([[[[i, j, k] for k in range((i + j) % 3)] for j in range(i % 3)] for i in range(n)],
+                           pa.list_(pa.list_(pa.list_(pa.int16(), 3)))),
+        "toks": pa.array([None if i % 13 == 2 else [words[(i + j) % 4] for j in range(i % 4)] for i in range(n)],
+                         pa.list_(pa.dictionary(pa.int32(), pa.string()))),
+        "hashes": pa.array([None if i % 9 == 5 else [bytes([i, j]) for j in range(i % 4)] for i in range(n)],
+                           pa.list_(pa.binary(2))),
+        "pair": pa.array([None if i % 5 == 1 else [words[i % 4] + str(i), None if i % 3 == 0 else "x"]
+                          for i in range(n)], pa.list_(pa.string(), 2)),
+        "cats": pa.array([None if i % 7 == 0 else [words[i % 4], words[(i + 1) % 4]] for i in range(n)],
+                         pa.list_(pa.dictionary(pa.int8(), pa.string()), 2)),
+    })
+
+
+@pytest.fixture(scope="module")
+def nested_data(tmp_path_factory):
+    table = nested_table()
+    ds = loader.write_cache(table, tmp_path_factory.mktemp("tf_nested"), "nested", row_group_bytes=1_500)
+    assert ds.num_row_groups >= 2
+    return table, ds
+
+
+def _bytes_rows(rows: list) -> list:
+    """``list<string|binary>`` Python rows as tf gives them: bytes, null items b"", null lists empty."""
+    return [[b"" if x is None else x.encode() if isinstance(x, str) else x for x in r or []] for r in rows]
+
+
+def _pairs(rows: list, k: int = 2) -> list:
+    """``fixed_size_list<string, k>`` Python rows as tf gives them: k bytes per row, nulls b""."""
+    return _bytes_rows([r if r is not None else [None] * k for r in rows])
+
+
+def _read(data, table, check) -> None:
+    seen = 0
+    for b in data:
+        check(b, table.take(b["id"].numpy()))
+        seen += len(b["id"])
+    assert seen == table.num_rows
+
+
+def test_lists_of_fixed_size_lists_keep_their_fixed_dimensions(nested_data):
+    """``list<fixed_size_list<float32, 2>>`` (lists of points) could not be iterated with ``ragged="ragged"``: the
+    spec said ``[None, None]`` while the values were ``(points, 2)``."""
+    table, ds = nested_data
+    data = make_dataset(ds.version_path, batch_size=32, columns=["id", "pts", "tracks"], seed=4)
+    assert data.element_spec["pts"] == tf.RaggedTensorSpec([None, None, 2], tf.float32, ragged_rank=1,
+                                                           row_splits_dtype=tf.int64)
+    assert data.element_spec["tracks"] == tf.RaggedTensorSpec([None, None, None, 3], tf.int16, ragged_rank=2,
+                                                              row_splits_dtype=tf.int64)
+
+    def check(b, rows):
+        assert b["pts"].to_list() == [r or [] for r in rows["pts"].to_pylist()]
+        assert b["tracks"].to_list() == rows["tracks"].to_pylist()
+
+    _read(data, table, check)
+    padded = make_dataset(ds.version_path, batch_size=32, columns=["id", "pts", "tracks"], ragged="padded")
+    assert padded.element_spec["pts"] == tf.TensorSpec([None, None, 2], tf.float32)
+    assert padded.element_spec["tracks"] == tf.TensorSpec([None, None, None, 3], tf.int16)
+
+    def check_padded(b, rows):
+        pts, n = b["pts"].numpy(), b["pts.lengths"].numpy()
+        assert [pts[i, : n[i]].tolist() for i in range(len(n))] == [r or [] for r in rows["pts"].to_pylist()]
+        tracks, items, lengths = b["tracks"].numpy(), b["tracks.lengths"].numpy(), b["tracks.value_lengths"].numpy()
+        assert [[tracks[i, j, : lengths[i, j]].tolist() for j in range(items[i])] for i in range(len(items))] == \
+            rows["tracks"].to_pylist()
+
+    _read(padded, table, check_padded)
+
+
+@pytest.mark.parametrize("ragged", ["ragged", "padded"])
+def test_lists_of_dictionary_strings_and_of_fixed_size_binaries_are_string_lists(nested_data, ragged):
+    """``list<dictionary<string>>`` got the spec of a string column and failed at iteration;
+    ``list<fixed_size_binary>`` too, and raised ArrowNotImplementedError in the padded form."""
+    table, ds = nested_data
+    data = make_dataset(ds.version_path, batch_size=32, columns=["id", "toks", "hashes"], ragged=ragged)
+    for name in ("toks", "hashes"):
+        want = tf.TensorSpec([None, None], tf.string) if ragged == "padded" else \
+            tf.RaggedTensorSpec([None, None], tf.string, ragged_rank=1, row_splits_dtype=tf.int64)
+        assert data.element_spec[name] == want
+
+    def check(b, rows):
+        for name in ("toks", "hashes"):
+            want = _bytes_rows(rows[name].to_pylist())
+            if ragged == "ragged":
+                assert b[name].to_list() == want, name
+            else:
+                got, n = b[name].numpy(), b[name + ".lengths"].numpy()
+                assert [list(got[i, : n[i]]) for i in range(len(n))] == want, name
+
+    _read(data, table, check)
+
+
+def keep_batch(batch):
+    return batch
+
+
+@pytest.mark.parametrize("ragged, transform", [("ragged", None), ("padded", None), ("ragged", keep_batch)])
+def test_fixed_size_lists_of_strings_are_dense_string_tensors(nested_data, ragged, transform):
+    """``fixed_size_list<string, 2>`` read nulls as "0" and failed with KeyError 'pair.offsets'; it is a dense
+    ``tf.string`` ``[None, 2]`` (nulls b"") in every form, also when the signature comes from a transform's batch."""
+    table, ds = nested_data
+    data = make_dataset(ds.version_path, batch_size=32, columns=["id", "pair", "cats"], ragged=ragged,
+                        transform=transform, masks=True)
+    for name in ("pair", "cats"):
+        assert data.element_spec[name] == tf.TensorSpec([None, 2], tf.string)
+
+    def check(b, rows):
+        for name in ("pair", "cats"):
+            assert b[name].numpy().tolist() == _pairs(rows[name].to_pylist()), name
+            assert b[name + ".valid"].numpy().tolist() == rows[name].is_valid().to_pylist()
+
+    _read(data, table, check)
+
+
+def test_fixed_size_lists_of_strings_as_bytes(nested_data):
+    table, ds = nested_data
+    data = make_dataset(ds.version_path, batch_size=32, columns=["id", "pair"], strings="bytes")
+    assert data.element_spec["pair"] == tf.RaggedTensorSpec([None, None, None], tf.uint8, ragged_rank=2,
+                                                            row_splits_dtype=tf.int64)
+
+    def check(b, rows):
+        assert [[bytes(x) for x in r] for r in b["pair"].to_list()] == _pairs(rows["pair"].to_pylist())
+
+    _read(data, table, check)
