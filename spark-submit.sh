@@ -8,6 +8,7 @@
 # (any other spark-submit option, repeatable). Defaults: --master local[*], quiet logs (conf/log4j2.properties;
 # LARDER_SPARK_VERBOSE=1 shows Spark's logs), SPARK_LOCAL_IP=127.0.0.1 for local and standalone masters.
 # etl/ and loader/ are shipped to executors as a --py-files zip built on the fly (removed on exit).
+# The job's stderr (error lines, progress) stays on stderr: see the relay below.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -82,8 +83,30 @@ if [ "${LARDER_SPARK_VERBOSE:-0}" != "1" ]; then
          --conf "spark.ui.showConsoleProgress=false")
 fi
 
+# spark-submit runs the driver's Python as a child of its JVM and merges the child's stderr into its own
+# stdout. The job's stderr (error lines, progress) comes back through a FIFO relayed to our stderr instead:
+# the job points its stderr at $LARDER_STDERR (etl/entry.py) when someone reads it. We hold a write end
+# open while spark-submit runs (so the relay waits for a driver that opens it late or never), then close
+# it: the relay ends once the driver has exited (at most 10 s later).
+relay=""
+if mkfifo "$tmp/stderr" 2>/dev/null; then
+  cat "$tmp/stderr" >&2 &
+  relay=$!
+  exec 4>"$tmp/stderr"  # returns once the relay has the FIFO open
+  export LARDER_STDERR="$tmp/stderr"
+fi
+
 set +e
 "$SPARK_HOME/bin/spark-submit" --master "$master" --py-files "$tmp/larder.zip" \
-  --conf "spark.pyspark.python=$PYSPARK_PYTHON" "${quiet[@]}" "${spark_args[@]}" "$script" "${job_args[@]}"
+  --conf "spark.pyspark.python=$PYSPARK_PYTHON" "${quiet[@]}" "${spark_args[@]}" "$script" "${job_args[@]}" 4>&-
 rc=$?
+if [ -n "$relay" ]; then
+  exec 4>&-
+  for _ in $(seq 100); do  # a driver outliving spark-submit (killed JVM) must not hold us for long
+    kill -0 "$relay" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill "$relay" 2>/dev/null || true
+  wait "$relay" 2>/dev/null || true
+fi
 exit $rc

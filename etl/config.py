@@ -330,25 +330,52 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = ()) -> JobConfig:
     """Load, override and validate a YAML job conf.
 
     Raises:
-        ConfigError: The file is missing or not YAML, or the conf is invalid (the message names the key).
+        ConfigError: The file is missing, a directory, unreadable, not UTF-8 text or not YAML, gives a key
+            twice, or the conf is invalid (the message names the file, and the key and its lines).
     """
     import yaml
 
     from .overrides import conf_from_yaml
 
+    shown = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        raw = conf_from_yaml(text)  # every value read by its key's type: string keys keep their text
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError as e:
-        raise ConfigError(f"conf file {os.fspath(path)} does not exist") from e
+        raise ConfigError(f"conf file {shown} does not exist") from e
+    except IsADirectoryError as e:
+        raise ConfigError(f"conf file {shown} is a directory, not a YAML file") from e
+    except OSError as e:
+        raise ConfigError(f"conf file {shown} cannot be read: {e.strerror or e}") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"conf file {shown} is not UTF-8 text: byte 0x{data[e.start]:02x} on line {line} ({e.reason})"
+        ) from e
+    try:
+        raw = conf_from_yaml(text)  # every value read by its key's type: string keys keep their text
     except yaml.YAMLError as e:
-        raise ConfigError(f"conf file {os.fspath(path)} is not valid YAML: {e}") from e
+        raise ConfigError(f"conf file {shown} is not valid YAML: {_yaml_problem(e)}") from e
+    except ConfigError as e:  # a key given twice
+        raise ConfigError(f"conf file {shown}: {e}") from e
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"conf file {os.fspath(path)}: expected a mapping at the top level")
+        raise ConfigError(f"conf file {shown}: expected a mapping at the top level")
     return from_dict(raw, overrides)
+
+
+def _yaml_problem(e: Exception) -> str:
+    """A YAML error on one line: where (line, column) and what, e.g. ``line 3, column 1: found character
+    '\\t' that cannot start any token (while scanning for the next token)``."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if mark is None or not problem:
+        return " ".join(str(e).split())
+    context = getattr(e, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
 
 
 def validate(cfg: JobConfig) -> None:

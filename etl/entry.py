@@ -1,11 +1,18 @@
-"""What every job entry point shares: exit codes and one-line error reporting.
+"""What every job entry point shares: exit codes, one-line error reporting and where that line goes.
 
 Exit codes: 0 done (or up to date); 1 the job failed on its input or destination (a :class:`LarderError`;
 the previous version stays live); 2 bad usage or conf (:class:`ConfigError`); 3 an unexpected error.
+
+Under ``spark-submit`` the driver's Python runs as a child of the JVM, which merges the child's stderr into
+its own stdout, so "one line on stderr" would land on stdout. ``./spark-submit.sh`` therefore relays a
+FIFO to its own stderr and names it in ``LARDER_STDERR``; :func:`stderr_to_launcher` points the driver's
+stderr (error lines, ``--verbose`` tracebacks, progress messages) at it.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import traceback
 from collections.abc import Callable
@@ -13,21 +20,53 @@ from collections.abc import Callable
 from loader.errors import ConfigError, LarderError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+STDERR_ENV = "LARDER_STDERR"
+
+
+def stderr_to_launcher(env: str = STDERR_ENV) -> bool:
+    """Point this process's stderr (file descriptor 2) at the FIFO the launcher names in ``$LARDER_STDERR``.
+
+    Does nothing (stderr stays as it is) when the variable is unset, names no FIFO, or nobody reads the FIFO
+    (a driver started elsewhere, e.g. in cluster deploy mode); the variable is consumed, so a second call
+    does nothing.
+
+    Returns:
+        Whether stderr now goes to the launcher.
+    """
+    path = os.environ.pop(env, None)
+    if not path:
+        return False
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            return False
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO when no one reads it: never blocks
+    except OSError:
+        return False
+    try:
+        os.set_blocking(fd, True)
+        sys.stderr.flush()
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+    return True
 
 
 def guarded(body: Callable[[], str], verbose: bool = False) -> int:
-    """Run ``body``; print its summary line on success, or ``larder: error: <one line>`` on failure.
+    """Run ``body``; print its summary line on success, or ``larder: error: <one line>`` on stderr on failure.
+
+    Stderr is first pointed at the launcher's (:func:`stderr_to_launcher`).
 
     Returns:
         The process exit code.
     """
+    stderr_to_launcher()
     try:
         summary = body()
     except ConfigError as e:
-        print(f"larder: error: {e}", file=sys.stderr)
+        print(f"larder: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     except LarderError as e:
-        print(f"larder: error: {e}", file=sys.stderr)
+        print(f"larder: error: {e}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     except Exception as e:  # one line for schedulers; --verbose adds the traceback
         if verbose:
@@ -37,7 +76,7 @@ def guarded(body: Callable[[], str], verbose: bool = False) -> int:
 
         cause = root_cause(e)  # what Spark or a Python task reported, if anything
         detail = f"{first} ({cause})" if cause and cause not in first else first
-        print(f"larder: error: unexpected {type(e).__name__}: {detail}", file=sys.stderr)
+        print(f"larder: error: unexpected {type(e).__name__}: {detail}", file=sys.stderr, flush=True)
         return EXIT_INTERNAL
     print(summary, flush=True)
     return EXIT_OK

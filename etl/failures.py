@@ -3,15 +3,24 @@
 A data error surfaces on the driver wrapped several times (``Py4JJavaError: An error occurred while
 calling o580.getResult``, ``PythonException: An exception was thrown from the Python worker:``...); the
 useful part is the innermost Spark error class and its message (``[FAILED_READ_FILE.PARQUET_COLUMN_DATA_TYPE_MISMATCH]
-... f006.parquet ... column [id]``) or, for Python code run by a task (a ``kind: python`` transform's UDF),
-the Python exception line (``ValueError: bad row id=996``). :func:`as_larder_error` digs them out and
-maps them to :class:`SourceError` (reading the source failed) or :class:`TransformError` (a user
-transform's code failed), so the job exits 1 with that line and the previous version stays live.
+... f006.parquet ... column [id]``) or, for Python code run by a task, the Python exception line
+(``ValueError: bad row id=996``, ``OSError: [Errno 28] ... No space left on device``); Spark's generic
+``[PYTHON_EXCEPTION]`` wrapper says nothing and is skipped.
+
+:func:`as_larder_error` digs them out and types them by whose code the task's Python traceback runs
+through: a ``kind: python`` transform's module (its UDFs) -> :class:`TransformError` naming the
+transform; larder's own task code (``etl/``, ``loader/``: the arrow writer's spill and encode tasks, the
+pyarrow read of :mod:`etl.direct`) -> :class:`PublishError` naming the destination (or
+:class:`SourceError` for a failed pyarrow read of the source); a Spark error class -> :class:`SourceError`
+(reading the source failed) or :class:`PublishError` (``TASK_WRITE_FAILED``). The job then exits 1 with
+that line and the previous version stays live.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import re
 from typing import TYPE_CHECKING
 
@@ -23,7 +32,17 @@ if TYPE_CHECKING:
 _CLASS_RE = re.compile(r"\[([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)\]\s*([^\n]*)")
 _SQLSTATE_RE = re.compile(r"\s*SQLSTATE: \w+\.?\s*$")
 _PY_EXC_RE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning)\b.*")
+_FRAME_RE = re.compile(r'^\s*File "([^"]+)", line \d+, in ')
 _MAX_CHAIN = 30
+# Spark's wrapper around any Python task failure: the Python exception line under it says what failed.
+_GENERIC_CLASSES = frozenset({"PYTHON_EXCEPTION"})
+# larder's modules that read the source on the executors (anything else of larder's there writes the cache).
+_READING_MODULES = frozenset({"etl/direct.py", "etl/source.py"})
+# OS errors of the destination's filesystem, whoever's code hit them.
+_DESTINATION_ERRNO_RE = re.compile(
+    r"errno (?:28|27|30|122)\b|No space left on device|Disk quota exceeded|Read-only file system|File too large",
+    re.IGNORECASE,
+)
 
 
 def _java_chain(throwable) -> list[str]:
@@ -56,16 +75,20 @@ def failure_text(e: BaseException) -> str:
 
 
 def root_cause(e: BaseException) -> str | None:
-    """The one line that says what failed underneath ``e``: Spark's innermost error class and message, else
-    the Python exception line of a task, else None."""
+    """The one line that says what failed underneath ``e``: Spark's innermost specific error class and
+    message, else the Python exception line of a task (what a ``[PYTHON_EXCEPTION]`` wraps), else None."""
     text = failure_text(e)
     py = python_error(text)
     return spark_error(text) or (py[0] if py else None)
 
 
 def spark_error(text: str) -> str | None:
-    """The innermost ``[ERROR_CLASS] message`` in ``text`` (SQLSTATE left out), or None."""
-    found = [m for m in _CLASS_RE.finditer(text) if m.group(2).strip()]
+    """The innermost ``[ERROR_CLASS] message`` in ``text`` (SQLSTATE left out), or None.
+
+    Spark's generic ``[PYTHON_EXCEPTION]`` (any Python task failure) does not count: the Python exception
+    line under it (:func:`python_error`) is what failed.
+    """
+    found = [m for m in _CLASS_RE.finditer(text) if m.group(2).strip() and m.group(1) not in _GENERIC_CLASSES]
     if not found:
         return None
     last = found[-1]
@@ -84,51 +107,120 @@ def python_error(text: str) -> tuple[str, str] | None:
     return None
 
 
-def _module_file(spec: str | None) -> str | None:
+def traceback_files(trace: str) -> list[str]:
+    """The source files of a Python traceback's frames, outermost first, with ``/`` separators."""
+    return [m.group(1).replace(os.sep, "/") for line in trace.splitlines() if (m := _FRAME_RE.match(line))]
+
+
+def _module_paths(spec: str | None) -> tuple[str | None, tuple[str, ...]]:
+    """The driver's file of the module of ``package.module:function``, and its paths relative to
+    ``sys.path`` (``package/module.py``, ``package/module/__init__.py``) as the executors may see it (a zip)."""
     if not spec:
-        return None
+        return None, ()
+    name = spec.partition(":")[0]
+    rel = name.replace(".", "/")
     try:
-        return getattr(importlib.import_module(spec.partition(":")[0]), "__file__", None)
+        file = getattr(importlib.import_module(name), "__file__", None)
     except Exception:  # the transform step reports an unimportable module itself
-        return None
+        file = None
+    return (file.replace(os.sep, "/") if file else None), (f"{rel}.py", f"{rel}/__init__.py")
+
+
+def _larder_modules() -> frozenset[str]:
+    """larder's own modules as ``etl/<name>.py`` and ``loader/<name>.py``."""
+    import loader
+
+    out = set()
+    for package in (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(loader.__file__))):
+        with contextlib.suppress(OSError):
+            out.update(f"{os.path.basename(package)}/{n}" for n in os.listdir(package) if n.endswith(".py"))
+    return frozenset(out)
+
+
+def _larder_module(file: str, modules: frozenset[str]) -> str | None:
+    """``etl/<name>.py`` when ``file`` (a traceback's, on the driver or in the shipped zip) is larder's."""
+    parts = file.rsplit("/", 2)
+    tail = "/".join(parts[-2:])
+    return tail if tail in modules else None
+
+
+def _in_module(file: str, driver_file: str | None, relative: tuple[str, ...]) -> bool:
+    if driver_file is not None and file == driver_file:
+        return True
+    if "/pyspark/" in file or "/py4j/" in file:  # a user module named like one of theirs (``worker``)
+        return False
+    return any(file == r or file.endswith("/" + r) for r in relative)
 
 
 def _python_transforms(transforms: tuple[TransformConfig, ...]) -> list[tuple[str, TransformConfig]]:
     return [(f"transforms.{i} ({t.function})", t) for i, t in enumerate(transforms) if t.kind == "python"]
 
 
-def as_larder_error(e: BaseException, source: str, transforms: tuple[TransformConfig, ...] = ()) -> LarderError | None:
+def _own_failure(module: str, line: str, source: str, destination: str | None) -> LarderError:
+    """The error of larder's own task code failing in ``module`` with the exception ``line``."""
+    if module in _READING_MODULES and not _DESTINATION_ERRNO_RE.search(line):
+        return SourceError(f"reading {source} with pyarrow failed on the executors: {line}")
+    where = destination or f"the cache of {source}"
+    return PublishError(f"writing {where} failed on the executors; the live version is unchanged: {line}")
+
+
+def as_larder_error(
+    e: BaseException,
+    source: str,
+    transforms: tuple[TransformConfig, ...] = (),
+    destination: str | None = None,
+) -> LarderError | None:
     """A typed error for a Spark failure raised while the job read, transformed or wrote the rows.
+
+    A Python task failure is blamed on a ``kind: python`` transform only when its traceback runs through
+    that transform's module (where its UDFs are defined); one that runs through larder's own modules is
+    larder's (the destination or the pyarrow read of the source), whatever transforms the conf has.
 
     Args:
         e: The exception the driver got.
         source: The source's name (table or path), for the message.
         transforms: The conf's transforms (to name the one whose code failed).
+        destination: The dataset directory as shown to users, for the message of a failed write (default:
+            "the cache of <source>").
 
     Returns:
         :class:`TransformError` when a Python task failed inside a ``kind: python`` transform's code (the
-        transform and the Python exception line named); :class:`SourceError` for a Spark error class
-        (the class and Spark's message, which names the file and column); None when ``e`` is neither.
+        transform and the Python exception line named; a traceback through neither larder's nor a known
+        transform's module, e.g. a UDF's value refused by PySpark, names every python transform);
+        :class:`PublishError` when larder's own task code failed writing the cache (the destination and the
+        Python exception line, e.g. ``OSError: [Errno 28] ... No space left on device``), or Spark's
+        ``TASK_WRITE_FAILED``; :class:`SourceError` for larder's pyarrow read of the source or a Spark
+        error class (the class and Spark's message, which names the file and column); None when ``e``
+        is none of these.
     """
     text = failure_text(e)
     py = python_error(text)
     if py is not None:
         line, trace = py
+        files = traceback_files(trace)
         hooks = _python_transforms(transforms)
-        named = [name for name, t in hooks if (f := _module_file(t.function)) and f in trace]
-        if not named and len(hooks) == 1:
-            named = [hooks[0][0]]
+        named = []
+        for name, t in hooks:
+            driver_file, relative = _module_paths(t.function)
+            if any(_in_module(f, driver_file, relative) for f in files):
+                named.append(name)
         if named:
             return TransformError(f"{', '.join(named)} failed on the executors: {line}")
+        modules = _larder_modules()
+        own = [m for f in files if (m := _larder_module(f, modules))]
+        if own:
+            return _own_failure(own[-1], line, source, destination)
         if hooks:
-            return TransformError(f"a python transform ({', '.join(n for n, _ in hooks)}) failed on the "
-                                  f"executors: {line}")
-        return None  # larder's own task code: not the user's data, left unexpected
+            return TransformError(
+                f"a python transform ({', '.join(n for n, _ in hooks)}) failed on the executors: {line}"
+            )
+        return None  # neither larder's nor a transform's code: left unexpected (the line is still shown)
     spark = spark_error(text)
     if spark is None:
         return None
     if spark.startswith("[TASK_WRITE_FAILED"):  # nothing more specific underneath: the destination
-        return PublishError(f"writing the cache of {source} failed; the live version is unchanged: {spark}")
+        where = destination or f"the cache of {source}"
+        return PublishError(f"writing {where} failed; the live version is unchanged: {spark}")
     if spark.startswith("[FAILED_READ_FILE"):
         return SourceError(f"reading {source} failed: {spark}")
     return SourceError(f"Spark failed on the rows of {source}: {spark}")

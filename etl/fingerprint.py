@@ -2,9 +2,14 @@
 
 The fingerprint is a SHA-256 over (a) every input file of the selection after partition pruning —
 path, length and modification time, as the Hadoop filesystem reports them on the driver (through the
-JVM gateway; one directory listing per directory, not one call per file) — and (b) everything in the
+JVM gateway; one directory listing per directory, not one call per file) — (b) everything in the
 job conf that changes the output (source, columns, transforms, output layout) with the content hash of
-each ``vocabulary`` file, so editing the conf or a vocabulary file in place also triggers a rebuild.
+each ``vocabulary`` file, so editing the conf or a vocabulary file in place also triggers a rebuild, and
+(c) the definition of the selection as Spark resolves it (:func:`selection_definition`): its schema
+(names, types, nullability) and the catalog definition of every table and view it reads (a view's SQL
+text, a table's format, SerDe, location and partition columns), so redefining a view, adding, dropping,
+renaming or widening a column, or recreating a table over the same files also rebuilds, while an
+unchanged table keeps its fingerprint across runs and sessions (no plan ids or timestamps go in).
 A source that is not file based (a view over JDBC, say) has no files to fingerprint; such a run always
 rebuilds.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from collections import defaultdict
 from dataclasses import asdict
 from typing import TYPE_CHECKING
@@ -27,7 +33,8 @@ from .config import JobConfig
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-FINGERPRINT_VERSION = "larder-etl-1"
+FINGERPRINT_VERSION = "larder-etl-2"  # -2: the selection's definition is in
+_EXPR_ID = re.compile(r"#\d+")
 
 
 def hadoop_path(jvm, uri: str):
@@ -115,13 +122,81 @@ def conf_digest(cfg: JobConfig, block_size: int) -> dict:
     }
 
 
+def _option(value) -> str | None:
+    """A Scala ``Option``'s value as text, or None."""
+    return str(value.get()) if value.isDefined() else None
+
+
+def _catalog_entry(table) -> dict:
+    """What of a ``CatalogTable`` decides the rows Spark reads from it: kind, provider, storage format,
+    location, partition and bucket columns, and a view's SQL text. Its schema is left out (the
+    selection's own schema is fingerprinted), and so are creation and access times, statistics and table
+    properties, which change without the data changing (``transient_lastDdlTime``, ``ANALYZE TABLE``)."""
+    storage = table.storage()
+    properties, it = [], storage.properties().iterator()
+    while it.hasNext():
+        pair = it.next()
+        properties.append([str(pair._1()), str(pair._2())])
+    return {
+        "table": str(table.identifier().unquotedString()),
+        "type": str(table.tableType().name()),
+        "provider": _option(table.provider()),
+        "location": _option(storage.locationUri()),
+        "input_format": _option(storage.inputFormat()),
+        "serde": _option(storage.serde()),
+        "storage_properties": sorted(properties),
+        "partition_columns": str(table.partitionColumnNames().mkString(",")),
+        "buckets": _option(table.bucketSpec()),
+        "view_text": _option(table.viewText()),
+    }
+
+
+def _catalog_tables(plan) -> list:
+    """The ``CatalogTable`` of every view and table in an analyzed plan (subqueries included)."""
+    found, stack = [], [plan]
+    while stack:
+        node = stack.pop()
+        kind = node.getClass().getSimpleName()
+        if kind == "View":
+            found.append(node.desc())
+        elif kind == "HiveTableRelation":
+            found.append(node.tableMeta())
+        elif kind == "LogicalRelation" and node.catalogTable().isDefined():
+            found.append(node.catalogTable().get())
+        for seq in (node.children(), node.subqueries()):
+            stack.extend(seq.apply(i) for i in range(seq.size()))
+    return found
+
+
+def selection_definition(df: DataFrame) -> dict:
+    """The definition of a selection as Spark resolves it, stable across runs and sessions.
+
+    Args:
+        df: The selection (filtered, projected, sampled).
+
+    Returns:
+        ``{"schema": [[name, type, nullable], ...], "catalog": [...]}``: the selection's schema, and
+        the catalog entry (:func:`_catalog_entry`) of every table and view its analyzed plan reads,
+        nested views and subqueries included. Should the plan not be walkable (a plan node from
+        another Spark), ``"plan"`` holds the analyzed plan's text with expression ids removed instead.
+    """
+    schema = [[f.name, f.dataType.jsonValue(), f.nullable] for f in df.schema.fields]
+    plan = df._jdf.queryExecution().analyzed()
+    try:
+        entries = {json.dumps(e, sort_keys=True) for e in map(_catalog_entry, _catalog_tables(plan))}
+        return {"schema": schema, "catalog": [json.loads(e) for e in sorted(entries)]}
+    except Exception:  # py4j: a plan or catalog class without these accessors
+        return {"schema": schema, "plan": _EXPR_ID.sub("", str(plan.toString()))}
+
+
 def source_fingerprint(spark: SparkSession, df: DataFrame, cfg: JobConfig, block_size: int,
                        files: list[str] | None = None) -> tuple[str | None, dict]:
-    """Fingerprint the selection's snapshot.
+    """Fingerprint the selection's snapshot: its input files, the conf and its definition.
 
     Args:
         spark: The session.
-        df: The validated selection (partition pruning is applied by ``inputFiles``).
+        df: The validated selection (partition pruning is applied by ``inputFiles``; its schema and
+            the tables and views it reads are fingerprinted by :func:`selection_definition`).
         cfg: The job conf.
         block_size: The resolved block size.
         files: ``sorted(df.inputFiles())`` if the caller has listed them already.
@@ -136,6 +211,8 @@ def source_fingerprint(spark: SparkSession, df: DataFrame, cfg: JobConfig, block
     statuses = file_statuses(spark, files)
     snapshot["bytes"] = sum(length for _, length, _ in statuses)
     snapshot["latest_mtime_ms"] = max(m for _, _, m in statuses)
-    doc = {"v": FINGERPRINT_VERSION, "files": statuses, "conf": conf_digest(cfg, block_size)}
+    definition = selection_definition(df)
+    snapshot["definition_sha256"] = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
+    doc = {"v": FINGERPRINT_VERSION, "files": statuses, "conf": conf_digest(cfg, block_size), "definition": definition}
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
     return digest, snapshot

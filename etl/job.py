@@ -21,17 +21,17 @@ import pyarrow.fs as pafs
 
 from loader import fs as lfs
 from loader.errors import ConfigError, EmptyDatasetError, LarderError, PublishError, SourceError
-from loader.manifest import Manifest
-from loader.publish import begin_staging, current_manifest
+from loader.publish import begin_staging
 
 from . import direct
 from .config import DEFAULT_BLOCK_SIZE, JobConfig, check_page_size, format_size
 from .failures import as_larder_error
 from .fingerprint import source_fingerprint
 from .layout import LAYOUT_SETTINGS, partition_counts, scan_counts
+from .prior import read_live
 from .sizing import PriorSizing, SizedWriter, destination_block_size, temporary_conf
 from .source import check_types, load_source
-from .transforms import apply_transforms, precountable_columns
+from .transforms import apply_transforms, base_vocabularies, check_transforms, precountable_columns
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -127,16 +127,6 @@ def choose_writer(configured: str, fs: pafs.FileSystem, log: Callable[[str], Non
     return "arrow"
 
 
-def _previous(fs: pafs.FileSystem, dataset_dir: str, log: Callable[[str], None]) -> Manifest | None:
-    try:
-        return current_manifest(fs, dataset_dir)
-    except LarderError as e:  # an unreadable live version must not block a fresh publish
-        log(f"warning: cannot read the live manifest ({e}); publishing without it")
-        return None
-    except OSError as e:
-        raise PublishError(f"cannot read {lfs.display(fs, dataset_dir)}: {e}") from e
-
-
 def run(
     cfg: JobConfig,
     spark: SparkSession | None = None,
@@ -150,7 +140,9 @@ def run(
     Args:
         cfg: A validated job conf.
         spark: A session (built from ``cfg.spark`` if None).
-        force: Publish even if the source fingerprint is unchanged.
+        force: Publish even if the source fingerprint is unchanged; also let a ``vocabulary`` file's
+            ids win over the live ones, and rebuild vocabularies when the live manifest is unreadable
+            (both warned about: label ids may change).
         log: Progress messages.
         conf_path: The conf file, recorded in the manifest.
 
@@ -160,7 +152,9 @@ def run(
     Raises:
         SourceError: Unknown table, partition, column, filter or unsupported type.
         EmptyDatasetError: The selection holds no rows; nothing is published.
-        ConfigError: A transform is misconfigured.
+        ConfigError: A transform is misconfigured, names a column the selection lacks, or its
+            vocabulary file contradicts the live ids (checked before the up-to-date exit).
+        LiveManifestError: The live manifest is unreadable and index ids depend on it (no ``force``).
         TransformError: A user transform failed (also on the executors: the transform and the Python
             exception line are named, :mod:`etl.failures`).
         SourceError: Reading the source failed on the executors (Spark's error class and message).
@@ -171,7 +165,12 @@ def run(
     except LarderError:
         raise
     except Exception as e:  # a Spark task failure: the innermost Spark or Python error, typed
-        mapped = as_larder_error(e, cfg.source.table or str(cfg.source.path), cfg.transforms)
+        try:
+            fs, root_path = lfs.resolve(cfg.output.root)
+            shown = lfs.display(fs, lfs.join(root_path, cfg.name))  # as errors show it: no secrets
+        except (LarderError, OSError, ValueError):
+            shown = None
+        mapped = as_larder_error(e, cfg.source.table or str(cfg.source.path), cfg.transforms, destination=shown)
         if mapped is None:
             raise
         raise mapped.with_traceback(None) from e
@@ -207,11 +206,14 @@ def _run(
     check_destination(fs, dataset_dir)
 
     source = load_source(spark, cfg.source)
+    check_transforms(source.df, cfg.transforms, source.name)  # before the up-to-date exit: a vanished column
     block, block_from = destination_block_size(spark, dataset_uri, cfg.output.block_size, DEFAULT_BLOCK_SIZE)
     check_page_size(cfg.output.page_size, block, f"the block size ({block_from})")
+    previous = read_live(fs, dataset_dir, cfg.transforms, force=force, log=log)
+    bases = base_vocabularies(cfg.transforms, previous.vocabularies if previous else None, force=force, log=log,
+                              live=previous.version if previous else None)  # fmt: skip
     input_files = sorted(source.df.inputFiles())  # listed once: the fingerprint and the pyarrow read use them
     fingerprint, snapshot = source_fingerprint(spark, source.df, cfg, block, input_files)
-    previous = _previous(fs, dataset_dir, log)
     phase("validate+fingerprint")
     if previous is not None and fingerprint and previous.source.get("fingerprint") == fingerprint and not force:
         return RunResult("up to date", shown, previous.version, previous.num_rows, seconds=time.time() - started)
@@ -222,7 +224,7 @@ def _run(
     columns = precountable_columns(source.df, cfg.transforms)
     counts, value_counts = scan_counts(source.df, columns) if columns is not None else ([], {})
     df, vocabularies = apply_transforms(
-        spark, source.df, cfg.transforms, previous.vocabularies if previous else None, log, value_counts
+        spark, source.df, cfg.transforms, previous.vocabularies if previous else None, log, value_counts, bases
     )
     check_types(df, "after transforms")
     if columns is None:

@@ -16,7 +16,8 @@ key paths, so a string field added there needs nothing here:
   is parsed as YAML.
 
 A value of the wrong type is not refused here: :func:`etl.config.from_dict` refuses it with a message that
-names the key.
+names the key. A key given twice in one mapping is refused here (:func:`check_unique_keys`), naming both
+lines: YAML itself would keep the last one silently.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def apply_override(raw: dict, assignment: str) -> None:
         value = value_from_text(text, _hint_at(parts))
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({e})") from e
+    except ConfigError as e:  # a key given twice in the value
+        raise ConfigError(f"--set {key}: {e}") from e
     node: Any = raw
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
@@ -83,6 +86,7 @@ def value_from_text(text: str, hint: Any) -> Any:
 
     Raises:
         yaml.YAMLError: The text is not valid YAML (for a key that is not a single string).
+        ConfigError: A mapping in the text gives a key twice.
     """
     import yaml
 
@@ -91,7 +95,9 @@ def value_from_text(text: str, hint: Any) -> Any:
         return None if optional and text.strip() in ("null", "~") else text
     if not text.strip():
         return ""
-    return _from_node(yaml.compose(text), hint)
+    node = yaml.compose(text)
+    check_unique_keys(node, lines=False)
+    return _from_node(node, hint)
 
 
 def conf_from_yaml(text: str, hint: Any = JobConfig) -> Any:
@@ -106,10 +112,54 @@ def conf_from_yaml(text: str, hint: Any = JobConfig) -> Any:
 
     Raises:
         yaml.YAMLError: The text is not one valid YAML document.
+        ConfigError: A mapping gives a key twice (YAML would keep the last silently); names the key's
+            dotted path and both lines.
     """
     import yaml
 
-    return _from_node(yaml.compose(text), hint)
+    node = yaml.compose(text)
+    check_unique_keys(node)
+    return _from_node(node, hint)
+
+
+def check_unique_keys(node: Any, path: str = "", lines: bool = True) -> None:
+    """Refuse a mapping anywhere under ``node`` (a composed YAML node) that gives a key twice.
+
+    A key a merge (``<<: *defaults``) brings in may be given again: that is how a merge is overridden.
+
+    Args:
+        node: The composed document (None for an empty one).
+        path: The dotted key path of ``node``, for the message.
+        lines: Name the lines of both occurrences (a file; not a one-line ``--set`` value).
+
+    Raises:
+        ConfigError: Naming the key's dotted path and the lines of both occurrences.
+    """
+    import yaml
+
+    seen_nodes: set[int] = set()
+    stack = [(node, path)]
+    while stack:
+        current, where = stack.pop()
+        if current is None or id(current) in seen_nodes:  # an alias: checked where its anchor is
+            continue
+        seen_nodes.add(id(current))
+        if isinstance(current, yaml.SequenceNode):
+            stack.extend((item, f"{where}.{i}" if where else str(i)) for i, item in enumerate(current.value))
+        elif isinstance(current, yaml.MappingNode):
+            first: dict[str, Any] = {}
+            for k, v in current.value:
+                if k.tag == "tag:yaml.org,2002:merge":
+                    stack.append((v, where))
+                    continue
+                name = k.value if isinstance(k, yaml.ScalarNode) else None
+                key = f"{where}.{name}" if where else str(name)
+                if name is not None and name in first:
+                    both = f" (lines {first[name].start_mark.line + 1} and {k.start_mark.line + 1})" if lines else ""
+                    raise ConfigError(f"key {key!r} is given twice{both}; YAML would keep the last one silently")
+                if name is not None:
+                    first[name] = k
+                stack.append((v, key))
 
 
 def _optional(hint: Any) -> tuple[bool, Any]:

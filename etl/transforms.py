@@ -3,16 +3,23 @@
 ``kind: index`` turns a string column into integer ids (``int32``) with a vocabulary stored in the
 manifest (``vocabularies[output]``, position = id).
 
-Vocabulary order (deterministic): values already known keep their ids — from the ``vocabulary`` file if
-one is given, else from the previous published version's manifest (``reuse_previous``, the default) — and
-values seen for the first time are appended by descending frequency, ties broken by value. A fresh
-vocabulary is therefore frequency ordered (id 0 is the most common value), and ids are stable across
-scheduled runs: a label never changes its id while the previous version is live. Null maps to ``-1``
-(never in the vocabulary); every non-null value of the selection is in the vocabulary, so there is no
-"unknown" id inside one version.
+Vocabulary order (deterministic): values already known keep their ids, and values seen for the first
+time are appended by descending frequency, ties broken by value. What is known (:func:`base_vocabulary`):
+the ``vocabulary`` file's entries in its order, then the values the previous published version appended
+after them, in their ids (``reuse_previous``, the default); without a file, the previous version's whole
+vocabulary. A fresh vocabulary is therefore frequency ordered (id 0 is the most common value), and ids
+are stable across scheduled runs: a label never changes its id while the previous version is live. A
+file that contradicts the live ids (reordered, or a new entry where the live version appended another
+value) is refused with :class:`ConfigError` unless the run is forced (``--force``: the file's ids win,
+the live version's other values follow in their order, and the changed ids are logged) or the transform
+sets ``reuse_previous: false``. Null maps to ``-1`` (never in the vocabulary); every non-null value of
+the selection is in the vocabulary, so there is no "unknown" id inside one version.
 
 ``kind: python`` calls a user function ``package.module:function`` as ``function(df, **args)``; it must
 return a DataFrame.
+
+:func:`check_transforms` checks what the transforms need of the selection (columns, types, functions)
+from its schema alone, so the job reports a vanished column before it decides the cache is up to date.
 """
 
 from __future__ import annotations
@@ -74,6 +81,88 @@ def read_vocabulary_file(url: str, where: str) -> list[str]:
     return values
 
 
+def base_vocabulary(
+    t: TransformConfig,
+    where: str,
+    previous: list | None,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] = lambda _m: None,
+    live: str | None = None,
+) -> list[str]:
+    """The values whose ids an index transform must keep, in id order.
+
+    Args:
+        t: The index transform.
+        where: Its conf key (``transforms.<i>``), for messages.
+        previous: The live version's vocabulary of the transform's output, if any.
+        force: Let the ``vocabulary`` file's ids win over conflicting live ids (with a warning).
+        log: Progress messages (the warning of a forced conflict).
+        live: The live version's name, for messages.
+
+    Returns:
+        Without a file: ``previous`` (``reuse_previous``) or nothing. With a file: its entries, then
+        the values ``previous`` appended after them, in their ids; when one of the file and
+        ``previous`` is a prefix of the other, the longer one (entries dropped from the file keep
+        their ids too).
+
+    Raises:
+        ConfigError: The file cannot be read, or it gives a live value another id (reordered, or a
+            new entry at an id the live version gave another value) and ``force`` is not set; names
+            the file, the key and the first values that would move.
+    """
+    prev = [str(v) for v in previous] if t.reuse_previous and isinstance(previous, list) else None
+    if not t.vocabulary:
+        return prev or []
+    pinned = read_vocabulary_file(t.vocabulary, where)
+    if prev is None:
+        return pinned
+    shared = min(len(prev), len(pinned))
+    if prev[:shared] == pinned[:shared]:
+        return prev if len(prev) >= len(pinned) else pinned
+    in_file = set(pinned)
+    merged = pinned + [v for v in prev if v not in in_file]
+    new_id = {v: i for i, v in enumerate(merged)}
+    moved = [f"{v!r} {i} -> {new_id[v]}" for i, v in enumerate(prev) if new_id[v] != i]
+    detail = ", ".join(moved[:5]) + (f" and {len(moved) - 5} more" if len(moved) > 5 else "")
+    output = t.output or t.column
+    what = (
+        f"{where}.vocabulary: {t.vocabulary} gives {len(moved)} value(s) of {output!r} other ids than the live "
+        f"version{' ' + live if live else ''} ({detail})"
+    )
+    if not force:
+        raise ConfigError(
+            f"{what}; nothing published, the live version is unchanged. Restore the file (keep its entries in "
+            f"order, add new values at the end), or publish the file's ids with --force or {where}.reuse_previous: "
+            "false (models trained on the live ids then read wrong labels)"
+        )
+    log(f"warning: {what}; --force: the file's ids win, these values change ids")
+    return merged
+
+
+def base_vocabularies(
+    transforms: tuple[TransformConfig, ...],
+    previous_vocabularies: Mapping[str, list] | None,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] = lambda _m: None,
+    live: str | None = None,
+) -> dict[int, list[str]]:
+    """:func:`base_vocabulary` of every index transform, by its position in ``transforms``.
+
+    Cheap (reads the vocabulary files only), so the job calls it before any Spark work.
+
+    Raises:
+        ConfigError: See :func:`base_vocabulary`.
+    """
+    previous = previous_vocabularies or {}
+    return {
+        i: base_vocabulary(t, f"transforms.{i}", previous.get(t.output or t.column), force=force, log=log, live=live)
+        for i, t in enumerate(transforms)
+        if t.kind == "index"
+    }
+
+
 def index_column(
     spark: SparkSession, df: DataFrame, column: str, output: str, vocabulary: list[str], drop_input: bool
 ) -> DataFrame:
@@ -108,6 +197,53 @@ def _resolve_function(spec: str, where: str) -> Callable:
     return fn
 
 
+def _check_index_column(t: TransformConfig, where: str, schema: Mapping, source: str | None) -> None:
+    """Raise :class:`ConfigError` unless ``schema`` (column -> Spark type) has ``t.column`` as a string."""
+    from pyspark.sql import types as T
+
+    if t.column not in schema:
+        found = f" in {source}" if source else ""
+        raise ConfigError(f"{where}.column: no column {t.column!r} to index{found} (columns: {', '.join(schema)})")
+    data_type = schema[t.column]
+    if not isinstance(data_type, T.StringType):
+        kind = data_type.simpleString()
+        raise ConfigError(f"{where}.column: {t.column!r} is {kind}; an index transform needs a string")
+
+
+def check_transforms(df: DataFrame, transforms: tuple[TransformConfig, ...], source: str | None = None) -> None:
+    """Check the transforms against the selection's schema, without running anything.
+
+    Index transforms are checked up to the first python transform (the columns a user function returns
+    are known only once it runs; :func:`apply_transforms` checks those); every python transform's
+    function must import.
+
+    Args:
+        df: The selection.
+        transforms: The conf's ``transforms``.
+        source: The table or path, for messages.
+
+    Raises:
+        ConfigError: An index transform names a column the selection lacks (a column dropped or renamed
+            in the table) or one that is not a string, or a function cannot be imported.
+    """
+    from pyspark.sql import types as T
+
+    schema = {f.name: f.dataType for f in df.schema.fields}
+    opaque = False
+    for i, t in enumerate(transforms):
+        where = f"transforms.{i}"
+        if t.kind != "index":
+            _resolve_function(t.function, where)
+            opaque = True
+        elif not opaque:
+            _check_index_column(t, where, schema, source)
+            output = t.output or t.column
+            if t.drop_input and output != t.column:
+                schema.pop(t.column)
+            schema.pop(output, None)
+            schema[output] = T.IntegerType()
+
+
 def precountable_columns(df: DataFrame, transforms: tuple[TransformConfig, ...]) -> list[str] | None:
     """The columns whose value counts can be taken on the selection itself, before any transform runs.
 
@@ -136,6 +272,7 @@ def apply_transforms(
     previous_vocabularies: Mapping[str, list] | None = None,
     log: Callable[[str], None] = lambda _m: None,
     value_counts: Mapping[str, Mapping[str, int]] | None = None,
+    bases: Mapping[int, list[str]] | None = None,
 ) -> tuple[DataFrame, dict[str, list[str]]]:
     """Apply the conf's transforms in order.
 
@@ -147,37 +284,29 @@ def apply_transforms(
         log: Progress messages.
         value_counts: Value counts of the selection's columns already taken (see
             :func:`precountable_columns`); used for a column until a transform replaces it.
+        bases: :func:`base_vocabularies` already computed (the job computes them before any Spark
+            work); by default computed here from ``previous_vocabularies``, unforced.
 
     Returns:
         The transformed DataFrame and the vocabularies, output column -> values.
 
     Raises:
-        ConfigError: A transform names a missing column, a non-string column, or an unknown function.
+        ConfigError: A transform names a missing column, a non-string column, or an unknown function,
+            or a vocabulary file contradicts the previous ids (:func:`base_vocabulary`).
         TransformError: A user function fails or does not return a DataFrame.
     """
     from pyspark.sql import DataFrame as SparkDataFrame
-    from pyspark.sql import types as T
 
+    if bases is None:
+        bases = base_vocabularies(transforms, previous_vocabularies, log=log)
     vocabularies: dict[str, list[str]] = {}
-    previous = previous_vocabularies or {}
     known = dict(value_counts or {})
     for i, t in enumerate(transforms):
         where = f"transforms.{i}"
         if t.kind == "index":
             output = t.output or t.column
-            if t.column not in df.columns:
-                raise ConfigError(f"{where}.column: no column {t.column!r} to index (columns: {', '.join(df.columns)})")
-            data_type = df.schema[t.column].dataType
-            if not isinstance(data_type, T.StringType):
-                raise ConfigError(
-                    f"{where}.column: {t.column!r} is {data_type.simpleString()}; an index transform needs a string"
-                )
-            if t.vocabulary:
-                base = read_vocabulary_file(t.vocabulary, where)
-            elif t.reuse_previous and isinstance(previous.get(output), list):
-                base = [str(v) for v in previous[output]]
-            else:
-                base = []
+            _check_index_column(t, where, {f.name: f.dataType for f in df.schema.fields}, None)
+            base = bases[i]
             if t.column in known:
                 counts = dict(known[t.column])
             else:

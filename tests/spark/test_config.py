@@ -203,3 +203,78 @@ def test_a_wrongly_typed_number_names_the_key(tmp_path, overrides, conf, message
     path.write_text("name: shop\nsource: {table: a.b}\n" + conf)
     with pytest.raises(ConfigError, match=message):
         load(path, overrides)
+
+
+HEAD = "name: shop\nsource: {table: a.b}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: a\nname: b\nsource: {table: a.b}\n", r": key 'name' is given twice \(lines 1 and 2\)"),
+        (HEAD + "output:\n  root: /a\noutput:\n  root: /b\n", r": key 'output' is given twice \(lines 3 and 5\)"),
+        (
+            HEAD + "output:\n  root: /a\n  fill: 0.9\n  root: /b\n",
+            r": key 'output.root' is given twice \(lines 4 and 6\)",
+        ),
+        (
+            HEAD + "transforms:\n  - {kind: index, column: a,\n     column: b}\n",
+            r": key 'transforms.0.column' is given twice \(lines 4 and 5\)",
+        ),
+        (
+            HEAD + "transforms:\n  - kind: python\n    function: m:f\n    args: {n: 1, n: 2}\n",
+            r": key 'transforms.0.args.n' is given twice \(lines 6 and 6\)",
+        ),
+        (
+            HEAD + "spark:\n  conf:\n    spark.x: 1\n    spark.x: 2\n",
+            r": key 'spark.conf.spark.x' is given twice \(lines 5 and 6\)",
+        ),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^conf file {path}{message}; YAML would keep the last one silently$"):
+        load(path)
+
+
+def test_a_merge_may_be_overridden_and_set_refuses_a_key_given_twice(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(HEAD + "defaults: &d {root: /a, fill: 0.9}\noutput:\n  <<: *d\n  root: /b\n")
+    from etl.overrides import conf_from_yaml
+
+    assert conf_from_yaml(path.read_text())["output"] == {"root": "/b", "fill": 0.9}
+    path.write_text(HEAD)
+    with pytest.raises(ConfigError, match=r"^--set spark.conf: key 'a' is given twice; YAML would keep the last"):
+        load(path, ["spark.conf={a: 1, a: 2}"])
+
+
+def test_unreadable_conf_files_are_conf_errors_naming_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=rf"^conf file {tmp_path} is a directory, not a YAML file$"):
+        load(tmp_path)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: shop\nsource: {table: a.b}\n# café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"^conf file {latin1} is not UTF-8 text: byte 0xe9 on line 3 "):
+        load(latin1)
+    tabs = tmp_path / "tabs.yaml"
+    tabs.write_text("name: a\nsource:\n\tpath: /x\n")
+    with pytest.raises(ConfigError) as info:
+        load(tabs)
+    assert str(info.value) == (
+        f"conf file {tabs} is not valid YAML: line 3, column 1: found character '\\t' that cannot start any token "
+        "(while scanning for the next token)"
+    )  # one line
+
+
+@pytest.mark.parametrize("case", ["directory", "latin1", "duplicate"])
+def test_conf_file_errors_exit_2_with_one_line(tmp_path, capsys, case):
+    from jobs.materialize import main
+
+    path = {"directory": tmp_path, "latin1": tmp_path / "c.yaml", "duplicate": tmp_path / "c.yaml"}[case]
+    if case == "latin1":
+        path.write_bytes("name: caf\xe9\nsource: {path: /x}\n".encode("latin-1"))
+    elif case == "duplicate":
+        path.write_text("name: a\nname: b\nsource: {path: /x}\n")
+    assert main(["--conf", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"larder: error: conf file {path}") and err.count("\n") == 1

@@ -1,0 +1,75 @@
+"""The job's error line is on stderr and its exit code is 2 for a bad conf, also through ``./spark-submit.sh``.
+
+spark-submit runs the driver's Python as a child of its JVM, which merges the child's stderr into its own
+stdout; the wrapper relays a FIFO (``$LARDER_STDERR``) to its stderr and the job points its stderr at it
+(:func:`etl.entry.stderr_to_launcher`). A conf error fails before any Spark session starts, so each case
+costs one JVM start.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SUBMIT = os.path.join(REPO, "spark-submit.sh")
+CHILD = (
+    "import sys\n"
+    "from etl.entry import stderr_to_launcher\n"
+    "print('relayed' if stderr_to_launcher() else 'kept', flush=True)\n"
+    "print('larder: error: to stderr', file=sys.stderr)\n"
+)
+
+
+def run_child(fifo: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LARDER_STDERR": fifo, "PYTHONPATH": REPO}
+    return subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_stderr_goes_to_the_fifo_the_launcher_reads(tmp_path):
+    fifo = str(tmp_path / "stderr")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the launcher's relay
+    try:
+        done = run_child(fifo)
+        relayed = os.read(reader, 65536).decode()
+    finally:
+        os.close(reader)
+    assert done.returncode == 0 and done.stdout == "relayed\n"
+    assert relayed == "larder: error: to stderr\n" and done.stderr == ""
+
+
+def test_stderr_stays_when_no_one_reads_the_fifo_or_it_is_no_fifo(tmp_path):
+    fifo = str(tmp_path / "stderr")
+    os.mkfifo(fifo)
+    plain = tmp_path / "plain"
+    plain.write_text("keep me")
+    for path in (fifo, str(plain), str(tmp_path / "missing")):
+        done = run_child(path)  # returns at once: never waits for a reader
+        assert (done.returncode, done.stdout, done.stderr) == (0, "kept\n", "larder: error: to stderr\n")
+    assert plain.read_text() == "keep me"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["missing", "directory", "duplicate-key", "no-conf-argument"])
+def test_conf_errors_through_spark_submit_are_one_line_on_stderr_with_exit_2(tmp_path, case):
+    conf = tmp_path / "conf.yaml"
+    expected = {
+        "missing": f"larder: error: conf file {conf} does not exist",
+        "directory": f"larder: error: conf file {tmp_path} is a directory, not a YAML file",
+        "duplicate-key": f"larder: error: conf file {conf}: key 'output' is given twice (lines 3 and 4); "
+        "YAML would keep the last one silently",
+        "no-conf-argument": "materialize: error: the following arguments are required: --conf",
+    }[case]
+    if case == "duplicate-key":
+        conf.write_text("name: shop\nsource: {path: /nowhere}\noutput: {root: /a}\noutput: {root: /b}\n")
+    args = {"directory": ["--conf", str(tmp_path)], "no-conf-argument": []}.get(case, ["--conf", str(conf)])
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    done = subprocess.run([SUBMIT, "jobs/materialize.py", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2, (done.stdout[-2000:], done.stderr[-2000:])
+    assert expected in done.stderr.splitlines(), done.stderr[-2000:]
+    assert "error" not in done.stdout
