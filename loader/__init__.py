@@ -1,11 +1,11 @@
 """larder's trainer-side reader: pyarrow + numpy only, never Spark.
 
-Public names: :func:`open_dataset`, :func:`write_cache`, :func:`make_reader`, :func:`mix`, and the
+Public names: :func:`open_dataset`, :func:`pin_version`, :func:`write_cache`, :func:`make_reader`, :func:`mix`, and the
 errors in :mod:`loader.errors`.
 """
 
 from . import _alloc  # noqa: F401, I001 - first, before pyarrow loads: see loader/_alloc.py
-from .dataset import Dataset, open_dataset
+from .dataset import Dataset, open_dataset, pin_version
 from .errors import (
     CacheError,
     ColumnNotFoundError,
@@ -49,5 +49,6 @@ __all__ = [
     "make_reader",
     "mix",
     "open_dataset",
+    "pin_version",
     "write_cache",
 ]

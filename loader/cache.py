@@ -19,9 +19,10 @@ How it stays safe:
 * **Corruption is re-fetched.** On first use in a process, a copy is accepted if its ``.ok`` marker matches
   the file's inode, size and mtime (any rewrite changes mtime); otherwise its checksum is recomputed and a
   mismatching copy is deleted and fetched again. A copy that rots without changing size or mtime (bit rot, a
-  restore that keeps timestamps) passes the marker but fails the reader's footer or column-chunk checksum:
-  the reader then calls :meth:`FileCache.discard` and reads a fresh copy, once (:class:`~loader.dataset.Dataset`
-  does this). ``python -m loader sync`` ignores markers and re-checksums every cached copy (``verify=True``).
+  restore that keeps timestamps) passes the marker but fails the reader's footer, chunk checksum or page CRC:
+  the reader then calls :meth:`FileCache.discard` and reads a fresh copy, once, on every read path (whole row
+  groups, pages, streamed slices: :meth:`loader.dataset.Dataset.with_fresh_copy`). ``python -m loader sync``
+  ignores markers and re-checksums every cached copy (``verify=True``).
 * **Eviction (``max_cache_bytes``) is LRU by access time** (set on every use) and never removes a file in
   use — every file handed to a reader, every prefetched file not yet consumed, and a fresh download from the
   moment it gets its final name, is held with a shared ``flock`` (the ``pin_files`` most recent per process
@@ -42,7 +43,6 @@ How it stays safe:
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -55,17 +55,9 @@ from typing import TYPE_CHECKING
 import pyarrow.fs as pafs
 
 from . import fs as lfs
-from .cache_disk import (
-    _LOCAL_ERRNOS,
-    META_DIR,
-    SOURCE_NAME,
-    Evictor,
-    _Flock,
-    _hidden,
-    _marker_matches,
-    _remove_quietly,
-)
+from .cache_disk import _LOCAL_ERRNOS, META_DIR, SOURCE_NAME, Evictor, _hidden, _marker_matches, _remove_quietly
 from .errors import CacheError, ConfigError, LarderError
+from .locks import Flock, lock_fd
 from .manifest import FileInfo
 from .remote import RetryPolicy, download, fd_checksum
 
@@ -75,13 +67,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("loader.cache")
 
 
-class FileCache(Evictor):
+class FileCache:
     """Copies a remote version's data files to local disk as they are used, and ahead of use.
 
     Args:
         cache_dir: The local cache directory (shared by all processes of a node).
         max_cache_bytes: Cap on the bytes of cached data files (None: no cap). A soft cap: files in use are
-            never evicted, so the cache may exceed it while they are held.
+            never evicted, so the cache may exceed it while they are held. Enforced by an
+            :class:`~loader.cache_disk.Evictor`, told which files this cache pins and which datasets it serves.
         io_threads: Parallel downloads for prefetching.
         pin_files: Files per process kept pinned (safe from eviction) after they were last handed out.
         auto_prefetch: Prefetch the rest of a version in manifest order when no order was given.
@@ -116,7 +109,7 @@ class FileCache(Evictor):
         self._verified: dict[str, tuple[int, int, int]] = {}
         self._known: dict[tuple[str, str], Dataset] = {}
         self._prefetched_versions: set[tuple[str, str]] = set()
-        self._remote_answers: dict[str, tuple[float, bool]] = {}  # version dir -> (when, has a remote copy)
+        self._evictor = Evictor(self.cache_dir, self.max_cache_bytes)
         self.fetched_bytes = 0
         self.fetched_files = 0
 
@@ -154,7 +147,7 @@ class FileCache(Evictor):
         except FileNotFoundError:
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            lock_fd(fd, exclusive=False)
             st = os.fstat(fd)
             try:
                 same = os.stat(path).st_ino == st.st_ino
@@ -267,7 +260,7 @@ class FileCache(Evictor):
             verified = self._verified.pop(path, None)
         if fd is not None:
             os.close(fd)
-        with _Flock(_hidden(path, "lock")) as held:
+        with Flock(_hidden(path, "lock")) as held:
             try:
                 st = os.stat(path)
             except FileNotFoundError:
@@ -336,7 +329,7 @@ class FileCache(Evictor):
         part = _hidden(path, "part")
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with _Flock(_hidden(path, "lock"), blocking=blocking) as held:
+            with Flock(_hidden(path, "lock"), blocking=blocking) as held:
                 if held is None:  # someone else fetches it
                     return 0, None
                 fd = self._open_verified(path, info, recheck)
@@ -344,13 +337,13 @@ class FileCache(Evictor):
                     return 0, fd
                 _remove_quietly(path)  # a bad copy (wrong size or checksum)
                 self._write_source(ds)
-                self._make_room(info.size)
+                self.trim(info.size)
                 got = download(ds.fs, ds.file_path(info), part, size=info.size, checksum=info.checksum,
                                where=ds.display(info), progress=progress, policy=self.retry)
                 # Locked before it gets its final name: no evictor can take it before it is handed out.
                 fd = os.open(part, os.O_RDONLY)
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    lock_fd(fd, exclusive=False)
                     os.replace(part, path)
                     st = os.fstat(fd)
                     self._mark_verified(path, info, (st.st_ino, st.st_size, st.st_mtime_ns))
@@ -481,6 +474,15 @@ class FileCache(Evictor):
             os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))  # atime = recency; mtime unchanged
         except OSError:
             pass
+
+    def trim(self, incoming: int = 0) -> None:
+        """Evict least recently used files not in use until the cache is within ``max_cache_bytes`` (with room
+        for ``incoming`` more bytes)."""
+        with self._lock:
+            datasets = list(self._known.values())
+        self._evictor.max_cache_bytes = self.max_cache_bytes
+        self._evictor.make_room(incoming, pinned=lambda path: path in self._pins, datasets=datasets)  # atomic `in`
+
 
 def attach_cache(ds: Dataset, cache_dir: str | os.PathLike, *, max_cache_bytes: int | None = None,
                  force: bool = False, **options) -> FileCache | None:

@@ -1,6 +1,6 @@
-"""The on-disk side of :mod:`loader.cache`: names, ``flock`` locks, and eviction.
+"""The on-disk side of :mod:`loader.cache`: names, markers, and eviction.
 
-Eviction (:class:`Evictor`, mixed into :class:`loader.cache.FileCache`) is least-recently-used by access
+Eviction (:class:`Evictor`, owned by :class:`loader.cache.FileCache`) is least-recently-used by access
 time, under one node-wide lock (``<cache_dir>/.larder/evict.lock``). It never takes a file this process pins,
 a file another process holds with a shared ``flock`` (it only removes what it can lock exclusively), nor a
 file whose version has no remote copy any more (it may be the only copy left).
@@ -9,17 +9,23 @@ file whose version has no remote copy any more (it may be the only copy left).
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
 from . import fs as lfs
+from .locks import Flock
 from .manifest import MANIFEST_NAME
+
+if TYPE_CHECKING:
+    from .dataset import Dataset
 
 log = logging.getLogger("loader.cache")
 META_DIR = ".larder"
@@ -46,95 +52,85 @@ def _marker_matches(path: str, key: tuple[int, int, int], checksum: str) -> bool
         return False
 
 
+def _nothing_pinned(path: str) -> bool:
+    return False
+
+
 def _hidden(path: str, suffix: str) -> str:
     head, base = os.path.split(path)
     return os.path.join(head, f".{base}.{suffix}")
 
 
-class _Flock:
-    """An ``flock`` on a file, held while the context is open."""
-
-    def __init__(self, path: str, exclusive: bool = True, blocking: bool = True, create: bool = True):
-        self.path, self.mode = path, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        self.blocking, self.create = blocking, create
-        self.fd: int | None = None
-
-    def __enter__(self) -> _Flock | None:
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT if self.create else os.O_RDONLY, 0o666)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(self.fd, self.mode | (0 if self.blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            return None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # releases the lock
-            self.fd = None
-
-
 class Evictor:
-    """Eviction for :class:`loader.cache.FileCache` (which provides the attributes used here)."""
+    """Least-recently-used eviction of the data files under ``cache_dir``, down to ``max_cache_bytes``.
 
-    cache_dir: str
-    max_cache_bytes: int | None
+    The whole interface of eviction: :class:`loader.cache.FileCache` makes one and calls :meth:`make_room`
+    before each download (and :meth:`trim` on demand), telling it which files it holds in use and which
+    datasets it serves. Eviction runs under one node-wide lock (``<cache_dir>/.larder/evict.lock``) and only
+    removes what it can lock exclusively, so a file another process holds with a shared ``flock`` stays.
 
-    def trim(self) -> None:
-        """Evict least recently used files not in use until the cache is within ``max_cache_bytes``."""
-        self._make_room(0)
+    Args:
+        cache_dir: The cache directory (``<cache_dir>/<dataset>/<version>/<relpath>``).
+        max_cache_bytes: Cap on the bytes of cached data files (None: evict nothing).
+        answer_ttl: Seconds a "does this version still exist remotely?" answer is trusted.
+    """
 
-    def _has_remote_copy(self, version_dir: str) -> bool:
+    def __init__(self, cache_dir: str, max_cache_bytes: int | None, *, answer_ttl: float = ANSWER_TTL):
+        self.cache_dir = cache_dir
+        self.max_cache_bytes = max_cache_bytes
+        self.answer_ttl = answer_ttl
+        self._lock = threading.Lock()
+        self._answers: dict[str, tuple[float, bool]] = {}  # version dir -> (when, has a remote copy)
+
+    def trim(self, *, pinned: Callable[[str], bool] = _nothing_pinned, datasets: Iterable[Dataset] = ()) -> None:
+        """Evict least recently used files not in use until the cache is within ``max_cache_bytes``.
+
+        Args:
+            pinned: True for a path its caller holds in use (never evicted).
+            datasets: The datasets the caller serves (see :meth:`has_remote_copy`).
+        """
+        self.make_room(0, pinned=pinned, datasets=datasets)
+
+    def has_remote_copy(self, version_dir: str, datasets: Iterable[Dataset] = ()) -> bool:
         """Whether the version of a cached file still exists remotely (its manifest is there).
 
-        Asked with the filesystem of a dataset this cache serves when it can address the version (so the
-        reader's options — token, name-node map, Kerberos — apply), else with the stored URL alone. Answers,
-        including "cannot tell", are remembered for ``ANSWER_TTL`` seconds, so a slow or failing check is not
-        repeated for every download.
+        Asked with the filesystem of one of ``datasets`` that addresses the version (so the reader's options
+        — token, name-node map, Kerberos — apply), else with the URL stored in the version's
+        ``.larder-source.json`` alone. Answers, including "cannot tell" (False), are remembered for
+        ``answer_ttl`` seconds, so a slow or failing check is not repeated for every download.
         """
         now = time.monotonic()
         with self._lock:
-            hit = self._remote_answers.get(version_dir)
-        if hit is not None and now - hit[0] < ANSWER_TTL:
+            hit = self._answers.get(version_dir)
+        if hit is not None and now - hit[0] < self.answer_ttl:
             return hit[1]
         answer = False
         try:
             with open(os.path.join(version_dir, SOURCE_NAME), encoding="utf-8") as f:
                 source = json.load(f)
-            fs, remote = self._remote_of(source)
+            fs, remote = _remote_of(source, list(datasets))
             answer = lfs.is_file(fs, lfs.join(remote, MANIFEST_NAME))
         except Exception as e:  # unknown or unreachable: it may be the only copy, so keep it
             log.info("%s: cannot confirm a remote copy (%s); not evicting it", version_dir, type(e).__name__)
         with self._lock:
-            self._remote_answers[version_dir] = (now, answer)
+            self._answers[version_dir] = (now, answer)
         return answer
 
-    def _remote_of(self, source: dict) -> tuple[pafs.FileSystem, str]:
-        """The filesystem and path of a cached version's remote copy, from its ``.larder-source.json``."""
-        with self._lock:
-            known = dict(self._known)
-        ds = known.get((source["dataset"], source["version"]))
-        if ds is not None:
-            return ds.fs, ds.version_path
-        url = source["url"]
-        path = source.get("path") or (urlsplit(url).path if lfs.is_remote(url) else url)
-        for other in known.values():  # the same filesystem (and options) as a dataset this cache serves
-            if lfs.display(other.fs, path) == url:
-                return other.fs, path
-        scheme = urlsplit(url).scheme.lower()
-        quick = {"retries": 2, "timeout": 10} if scheme in ("webhdfs", "swebhdfs", "hdfs") else {}
-        return lfs.resolve(url, **quick)
+    def make_room(self, incoming: int, *, pinned: Callable[[str], bool] = _nothing_pinned,
+                  datasets: Iterable[Dataset] = ()) -> None:
+        """Evict until ``incoming`` more bytes fit under ``max_cache_bytes`` (as far as files not in use allow).
 
-    def _make_room(self, incoming: int) -> None:
+        Args:
+            incoming: Bytes about to be written into the cache.
+            pinned: True for a path its caller holds in use (never evicted; asked just before each removal).
+            datasets: The datasets the caller serves (see :meth:`has_remote_copy`).
+        """
         if self.max_cache_bytes is None:
             return
+        datasets = list(datasets)
         meta = os.path.join(self.cache_dir, META_DIR)
         os.makedirs(meta, exist_ok=True)
-        with _Flock(os.path.join(meta, "evict.lock")):
+        with Flock(os.path.join(meta, "evict.lock")):
             files = []
             for dirpath, dirnames, names in os.walk(self.cache_dir):
                 dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -149,13 +145,12 @@ class Evictor:
             for _, size, path, dirpath in sorted(files):
                 if total + incoming <= self.max_cache_bytes:
                     return
-                with self._lock:
-                    if path in self._pins:
-                        continue
-                rel = os.path.relpath(dirpath, self.cache_dir).split(os.sep)
-                if len(rel) < 2 or not self._has_remote_copy(os.path.join(self.cache_dir, *rel[:2])):
+                if pinned(path):
                     continue
-                with _Flock(path, exclusive=True, blocking=False, create=False) as held:
+                rel = os.path.relpath(dirpath, self.cache_dir).split(os.sep)
+                if len(rel) < 2 or not self.has_remote_copy(os.path.join(self.cache_dir, *rel[:2]), datasets):
+                    continue
+                with Flock(path, exclusive=True, blocking=False, create=False) as held:
                     if held is None:
                         continue  # in use by another process (or already gone)
                     _remove_quietly(path)
@@ -165,3 +160,18 @@ class Evictor:
             if total + incoming > self.max_cache_bytes:
                 log.warning("cache %s holds %d bytes in use; exceeding max_cache_bytes=%d",
                             self.cache_dir, total, self.max_cache_bytes)
+
+
+def _remote_of(source: dict, datasets: list[Dataset]) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of a cached version's remote copy, from its ``.larder-source.json``."""
+    for ds in datasets:
+        if (ds.name, ds.version) == (source["dataset"], source["version"]):
+            return ds.fs, ds.version_path
+    url = source["url"]
+    path = source.get("path") or (urlsplit(url).path if lfs.is_remote(url) else url)
+    for other in datasets:  # the same filesystem (and options) as a dataset this cache serves
+        if lfs.display(other.fs, path) == url:
+            return other.fs, path
+    scheme = urlsplit(url).scheme.lower()
+    quick = {"retries": 2, "timeout": 10} if scheme in ("webhdfs", "swebhdfs", "hdfs") else {}
+    return lfs.resolve(url, **quick)

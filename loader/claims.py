@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 
 from . import fs as lfs
 from .errors import DatasetNotFoundError
+from .locks import Flock, held_elsewhere, lock_fd
 from .manifest import STAGING_PREFIX
 
 OWNER_SUFFIX = ".owner"
@@ -44,33 +45,16 @@ REMOTE_STALE_AFTER_S = 24 * 3600
 #   that holds it for an instant delays the run instead of failing it; and if the file was removed
 #   anyway, the rename fails and the run claims a fresh name.
 #
-# Remote storage has no locks: liveness comes from the owner file's host, pid and start time. The file
+# Remote storage has no locks: liveness comes from the owner file's host, pid and start time (on this
+# host, the pid must still be the run's process: same boot, same process start, see process_life). The file
 # is visible (empty or partial) while it is being written, so an owner file that does not parse counts
 # as a live run's until it is PENDING_STALE_AFTER_S old, never as a dead run's.
-
-
-
-def _flock_held(path: str) -> bool:
-    """Whether another open file holds a flock on ``path`` (False if ``path`` does not exist)."""
-    import fcntl
-
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # BlockingIOError: held; anything else: cannot tell, so assume it is held
-        return True
-    finally:
-        os.close(fd)  # also drops the probe lock
-    return False
 
 
 def owner_alive(fs: pafs.FileSystem, owner_path: str) -> bool:
     """Whether the run that owns a staging directory still lives (see the protocol above)."""
     if isinstance(fs, pafs.LocalFileSystem):
-        return _flock_held(owner_path)
+        return held_elsewhere(owner_path)
     try:
         owner = json.loads(lfs.read_bytes(fs, owner_path))
     except DatasetNotFoundError:
@@ -81,11 +65,47 @@ def owner_alive(fs: pafs.FileSystem, owner_path: str) -> bool:
         return False
     if owner.get("host") == socket.gethostname():
         try:
-            os.kill(int(owner["pid"]), 0)
-            return True
-        except (OSError, KeyError, ValueError):
+            pid = int(owner["pid"])
+        except (KeyError, TypeError, ValueError):
             return False
+        if not pid_alive(pid):
+            return False
+        # The pid is taken, but maybe by another process than the run's: a container restarted under the
+        # same host name gives its first processes the same pids. The run wrote its process's life.
+        life, now = owner.get("life"), process_life(pid)
+        return life is None or now is None or life == now
     return time.time() - float(owner.get("started", 0)) < REMOTE_STALE_AFTER_S
+
+
+def process_life(pid: int) -> str | None:
+    """What tells one life of process ``pid`` from a later process given the same pid: the kernel's boot id
+    and the process's start time in clock ticks since boot (Linux ``/proc``; None where unavailable)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]  # field 22, starttime
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{start}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host, whoever owns it.
+
+    ``os.kill(pid, 0)`` sends no signal: it fails with ``ProcessLookupError`` for a process that does not
+    exist, and with ``PermissionError`` for a live process of another user (a run started by a colleague on
+    a shared machine), which therefore counts as alive. Pids 0 and below name process groups, not a run.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # EPERM: it exists, but belongs to another user
+        return True
+    except (OSError, OverflowError):  # ESRCH: no such process (or a pid the kernel cannot hold)
+        return False
+    return True
 
 
 def _younger_than(info: pafs.FileInfo, seconds: float) -> bool:
@@ -99,7 +119,7 @@ def _pending_stale(fs: pafs.FileSystem, entry: pafs.FileInfo) -> bool:
     """Whether a pending owner file was left by a run that died while creating it."""
     if _younger_than(entry, PENDING_STALE_AFTER_S):
         return False
-    return not (isinstance(fs, pafs.LocalFileSystem) and _flock_held(entry.path))
+    return not (isinstance(fs, pafs.LocalFileSystem) and held_elsewhere(entry.path))
 
 
 def remove(fs: pafs.FileSystem, path: str, *, directory: bool) -> bool:
@@ -154,27 +174,19 @@ def publish_lock(fs: pafs.FileSystem, dataset_dir: str) -> Iterator[None]:
     is unavailable, and on remote storage, runs go unserialised: name collisions are still resolved
     by :meth:`Staging.commit`, and pruning spares versions newer than the live one.
     """
-    fd = None
-    if isinstance(fs, pafs.LocalFileSystem):
-        import fcntl
-
-        try:
-            fd = os.open(dataset_dir, os.O_RDONLY)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            if fd is not None:
-                os.close(fd)
-            fd = None
-    try:
+    with contextlib.ExitStack() as held:
+        if isinstance(fs, pafs.LocalFileSystem):
+            try:
+                held.enter_context(Flock(dataset_dir, create=False))
+            except OSError:  # no flock here, or the directory cannot be opened: unserialised, as remotely
+                pass
         yield
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def claim(fs: pafs.FileSystem, path: str) -> tuple[bool, int | None]:
     """Create the owner file of staging directory ``path``: ``(claimed, lock fd on local disk)``."""
-    owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}).encode()
+    owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "life": process_life(os.getpid()),
+                        "started": time.time()}).encode()
     if isinstance(fs, pafs.LocalFileSystem):
         fd = _claim_local(path, owner)
         return fd is not None, fd
@@ -184,12 +196,10 @@ def claim(fs: pafs.FileSystem, path: str) -> tuple[bool, int | None]:
 
 def _claim_local(path: str, owner: bytes) -> int | None:
     """Create, lock, fill and then expose ``<path>.owner``; the locked fd, or None if a cleaner took it."""
-    import fcntl
-
     pending = path + PENDING_SUFFIX
     fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: a cleaner's probe holds it for an instant at most
+        lock_fd(fd)  # blocking: a cleaner's probe holds it for an instant at most
         os.write(fd, owner)
         os.rename(pending, path + OWNER_SUFFIX)  # the inode, and so the lock, moves with the name
     except FileNotFoundError:  # removed as stale before it could be renamed: claim another name
@@ -204,4 +214,4 @@ def _claim_local(path: str, owner: bytes) -> int | None:
 
 
 __all__ = ["OWNER_SUFFIX", "PENDING_STALE_AFTER_S", "PENDING_SUFFIX", "REMOTE_STALE_AFTER_S", "claim",
-           "clean_stale_staging", "owner_alive", "publish_lock", "remove"]
+           "clean_stale_staging", "owner_alive", "pid_alive", "process_life", "publish_lock", "remove"]

@@ -6,6 +6,8 @@ Subcommands:
   bytes, row-group size spread, version, who made it, the source (with its fingerprint) and the
   vocabularies, as ``key: value`` lines (or one JSON object).
 * ``head URL [-n 5] [--columns a,b] [--json]`` — the first rows in manifest order, long values truncated.
+  ``--json`` (like ``inspect --json``) is strict JSON: a float NaN or infinity is the string ``"NaN"``,
+  ``"Infinity"`` or ``"-Infinity"`` (a null stays ``null``).
 * ``verify URL [-v] [--json]`` — check the manifest's totals and every data file as a reader would: size,
   footer checksum and size, the footer's row groups (rows, bytes) against the manifest's, the whole-file
   checksum and each column chunk's checksum (one streaming pass, nothing decoded). Prints ``BAD path:
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -152,11 +155,23 @@ def _inspect_text(d: dict[str, Any]) -> str:
 def cmd_inspect(args) -> int:
     """Print the dataset's description."""
     d = describe(_open(args))
-    print(json.dumps(d, indent=1, ensure_ascii=False) if args.json else _inspect_text(d))
+    print(json.dumps(_strict(d), indent=1, ensure_ascii=False, allow_nan=False) if args.json else _inspect_text(d))
     return 0
 
 
 # ------------------------------------------------------------------------------------------------- head
+
+
+def _strict(value: Any) -> Any:
+    """``value`` as strict JSON allows: float NaN and infinities become the strings ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"`` (kept apart from null, which stays ``null``), in dicts and lists too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _short(value: Any) -> Any:
@@ -174,7 +189,7 @@ def _short(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _short(v) for k, v in value.items()}
     if isinstance(value, float | int | bool) or value is None:
-        return value
+        return _strict(value)
     return str(value)
 
 
@@ -222,7 +237,7 @@ def cmd_head(args) -> int:
     for i, row in enumerate(rows):
         short = {k: _short(v) for k, v in row.items()}
         if args.json:
-            print(json.dumps(short, ensure_ascii=False))
+            print(json.dumps(short, ensure_ascii=False, allow_nan=False))
             continue
         print(f"[{i}]")
         for k, v in short.items():
@@ -404,11 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     sp = add("inspect", cmd_inspect, "columns, types, sizes, version and source of a cache")
-    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument("--json", action="store_true", help='print one JSON object (NaN/infinities as in head --json)')
     sp = add("head", cmd_head, "the first rows of a cache")
     sp.add_argument("-n", type=int, default=5, help="rows to show (default 5)")
     sp.add_argument("--columns", help="comma-separated columns to show")
-    sp.add_argument("--json", action="store_true", help="one JSON object per row")
+    sp.add_argument("--json", action="store_true",
+                    help='one JSON object per row (strict JSON: float NaN and infinities as the strings "NaN", '
+                         '"Infinity", "-Infinity")')
     sp = add("verify", cmd_verify, "check the manifest and every data file as a reader would")
     sp.add_argument("-v", "--verbose", action="store_true", help="list good files too")
     sp.add_argument("--json", action="store_true", help="print one JSON object (the bad files and why)")

@@ -3,14 +3,18 @@
 ``open_dataset`` reads one or two small files (``CURRENT`` and ``_manifest.json``); it never lists the
 version directory or touches a data file, so opening is constant time in the number of files.
 :meth:`Dataset.open_file` is the one door to a data file: it checks the size and footer checksum against
-the manifest and turns Parquet page-CRC failures into :class:`CorruptFileError` naming the file.
+the manifest and turns Parquet page-CRC failures into :class:`CorruptFileError` naming the file. A locally
+cached copy that fails any check is dropped and read once more from a fresh download, on every read path
+(:meth:`Dataset.with_fresh_copy`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +35,8 @@ from .manifest import (
     read_footer,
 )
 from .publish import current_version, read_manifest
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -135,21 +141,81 @@ class Dataset:
         """Open a data file after checking its size and footer against the manifest.
 
         ``parquet_options`` go to :class:`pyarrow.parquet.ParquetFile` (e.g. ``pre_buffer=False,
-        buffer_size=...`` to stream a huge row group instead of buffering it whole).
+        buffer_size=...`` to stream a huge row group instead of buffering it whole). A locally cached copy
+        that fails the checks is fetched again once (:meth:`with_fresh_copy`).
 
         Raises:
             CorruptFileError: The file is missing, truncated, resized, or its footer or metadata
                 disagree with the manifest.
         """
-        f, metadata, where = self._from_fresh_copy(info, lambda: self._open_checked(info))
+        return self.with_fresh_copy(info, lambda fresh: self.open_copy(info, **parquet_options)[0])
+
+    def open_copy(self, info: FileInfo, **parquet_options) -> tuple[pq.ParquetFile, str]:
+        """Open the copy of a data file that reads go to (the local cache's, or the file itself), checked as
+        :meth:`open_file` checks it but without fetching a bad cached copy again: for reads that
+        :meth:`with_fresh_copy` repeats as a whole.
+
+        Returns:
+            ``(file, printable name of the copy)``: errors of reads from the file name the copy.
+
+        Raises:
+            CorruptFileError: As :meth:`open_file`, naming the copy.
+        """
+        f, metadata, where = self._open_checked(info)
         try:
-            try:
-                return pq.ParquetFile(f, metadata=metadata, page_checksum_verification=True, **parquet_options)
-            except (OSError, pa.ArrowException) as e:
-                raise CorruptFileError(f"{where}: cannot decode Parquet footer ({e})", where) from e
+            return pq.ParquetFile(f, metadata=metadata, page_checksum_verification=True, **parquet_options), where
+        except (OSError, pa.ArrowException) as e:
+            f.close()
+            raise CorruptFileError(f"{where}: cannot decode Parquet footer ({e})", where) from e
         except BaseException:
             f.close()
             raise
+
+    def with_fresh_copy(self, info: FileInfo, read: Callable[[bool], T]) -> T:
+        """``read(False)``; if it fails on a locally cached copy, drop that copy and ``read(True)`` once.
+
+        The one rule for a cached copy that turns out bad while it is read (rot that kept its size and
+        mtime, so its verification marker still vouched for it; a truncation; an eviction race): the copy
+        is discarded (:meth:`loader.cache.FileCache.discard`) and the read repeated once on a fresh download
+        of the remote file, the master copy. Every read path goes through here: whole row groups checked
+        against their chunk checksums, pages checked by their CRCs, and streamed slices of a row group
+        (:mod:`loader.tasks`).
+
+        Args:
+            info: The data file.
+            read: Opens the file (:meth:`open_copy`, or a method that locates it) and reads it; raises
+                :class:`CorruptFileError` naming the copy it read. ``read(True)`` must open the file anew
+                (that open fetches the fresh copy); ``read(False)`` may go on with a file it already has open.
+
+        Raises:
+            CorruptFileError: The fresh copy fails too (names the remote file); or the failure was not a
+                cached copy's (no local cache, or the remote file itself does not match the manifest), raised
+                as it is.
+        """
+        try:
+            return read(False)
+        except CorruptFileError as e:
+            if not self._cached_copy_failed(info, e):
+                raise
+        try:
+            return read(True)
+        except CorruptFileError as e:
+            where = self.display(info)
+            raise CorruptFileError(f"{where}: a fresh copy from the remote storage fails too: {e}", where) from e
+
+    def _cached_copy_failed(self, info: FileInfo, error: CorruptFileError) -> bool:
+        """Tell the file cache that its copy of ``info`` failed ``error``; True if a copy was dropped."""
+        cache_dir = getattr(self.file_cache, "cache_dir", None)
+        if cache_dir is None or not str(error.path or "").startswith(os.path.join(cache_dir, "")):
+            return False  # no cache, or the remote file itself is at fault
+        self.file_cache.discard(self, info)
+        return True
+
+    def _copy_name(self, info: FileInfo) -> str:
+        """The printable name of the copy :meth:`open_file` opens: the cached copy's path, or the file's."""
+        if self.file_cache is not None:
+            return self.file_cache.local_path(self, info)
+        return self.display(info)
 
     def _open_checked(self, info: FileInfo) -> tuple[pa.NativeFile, pq.FileMetaData, str]:
         """Open a data file, check its size, footer checksum and row groups; returns ``(file, metadata,
@@ -196,52 +262,38 @@ class Dataset:
         Without ``pf``, when the manifest holds the row group's column-chunk checksums, the selected
         column chunks are read into memory once, checked against them (one fast CRC-32 pass), and decoded
         from memory without Parquet's slower per-page CRCs. Otherwise (or with ``pf``, a file from
-        :meth:`open_file`) the pages are decoded and checked with their page CRCs.
+        :meth:`open_file`) the pages are decoded and checked with their page CRCs. Either way a locally
+        cached copy that fails is fetched again once (:meth:`with_fresh_copy`; a failing ``pf`` is then
+        left as it is, and the row group read from a fresh copy opened here).
 
         Raises:
             CorruptFileError: The file fails a check, a column chunk fails its checksum or a page its CRC;
                 names the file (and the row group and column).
         """
         if pf is None and info.row_groups[index].column_checksums:
-            table = self._from_fresh_copy(info, lambda: self._read_checked_chunks(info, index, columns))
+            table = self.with_fresh_copy(info, lambda fresh: self._read_checked_chunks(info, index, columns))
             return self.check_types(table, info, index)
-        own = pf is None
-        pf = pf or self.open_file(info)
+
+        def read(fresh: bool) -> pa.Table:
+            if pf is not None and not fresh:
+                return self._read_pages(pf, self._copy_name(info), index, columns)
+            own, where = self.open_copy(info)
+            try:
+                return self._read_pages(own, where, index, columns)
+            finally:
+                own.close(force=True)
+
+        return self.check_types(self.with_fresh_copy(info, read), info, index)
+
+    @staticmethod
+    def _read_pages(pf: pq.ParquetFile, where: str, index: int, columns: list[str] | None) -> pa.Table:
+        """Decode row group ``index`` of ``pf`` (the copy named ``where``), checking its page CRCs."""
         try:
-            return self.check_types(pf.read_row_group(index, columns=columns, use_threads=False), info, index)
+            return pf.read_row_group(index, columns=columns, use_threads=False)
         except RemoteError:
             raise  # the remote storage failed after retries: not a corrupt file
         except (OSError, pa.ArrowException) as e:
-            where = self.display(info)
-            if self.file_cache is not None:  # ``pf`` reads the cached copy: drop it, the next read fetches it again
-                self.file_cache.discard(self, info)
             raise CorruptFileError(f"{where}: row group {index} cannot be read ({e})", where) from e
-        finally:
-            if own:
-                pf.close(force=True)
-
-    # A hook for the local file cache (loader.cache): a cached copy that fails a check is dropped and, where
-    # the read can be repeated, read once more from a fresh copy of the remote file (the master copy).
-    def _cached_copy_failed(self, info: FileInfo, error: CorruptFileError) -> bool:
-        """Tell the file cache that its copy of ``info`` failed ``error``; True if a copy was dropped."""
-        cache_dir = getattr(self.file_cache, "cache_dir", None)
-        if cache_dir is None or not str(error.path or "").startswith(os.path.join(cache_dir, "")):
-            return False  # no cache, or the remote file itself is at fault
-        self.file_cache.discard(self, info)
-        return True
-
-    def _from_fresh_copy(self, info: FileInfo, read):
-        """``read()``; if it fails on a cached copy, drop that copy and ``read()`` once more from a fresh one."""
-        try:
-            return read()
-        except CorruptFileError as e:
-            if not self._cached_copy_failed(info, e):
-                raise
-        try:
-            return read()
-        except CorruptFileError as e:
-            where = self.display(info)
-            raise CorruptFileError(f"{where}: a fresh copy from the remote storage fails too: {e}", where) from e
 
     def check_types(self, data: pa.Table | pa.RecordBatch, info: FileInfo, index: int):
         """Return ``data`` (decoded from row group ``index`` of ``info``) if its columns have the manifest's
@@ -348,9 +400,10 @@ def _resolve_version(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
     try:
         name = current_version(fs, path)
     except DatasetNotFoundError as e:
-        if not lfs.exists(fs, path):
+        kind = fs.get_file_info(path).type  # asked once: does it exist, and is it a file
+        if kind == pafs.FileType.NotFound:
             raise DatasetNotFoundError(f"{lfs.display(fs, path)} does not exist") from e
-        if fs.get_file_info(path).type == pafs.FileType.File:
+        if kind == pafs.FileType.File:
             raise DatasetNotFoundError(f"{lfs.display(fs, path)} is a file: open the dataset's directory (the "
                                        "one holding CURRENT) or a version directory") from e
         if lfs.exists(fs, lfs.join(path, CURRENT_NAME)):
@@ -406,4 +459,29 @@ def open_dataset(
     return ds
 
 
-__all__ = ["Dataset", "open_dataset", "read_manifest"]
+def pin_version(url: str | os.PathLike, **fs_options) -> str:
+    """``url`` narrowed to the version it names now: a dataset directory's ``CURRENT`` is followed once.
+
+    Readers opened later on the result (in another epoch, in a DataLoader worker) read that version even
+    after a newer one is published, as one :func:`loader.make_reader` does for all its epochs. A version
+    directory is returned as given; a URL keeps its scheme, address and query (options) and gains the
+    version's name in its path.
+
+    Raises:
+        DatasetNotFoundError, ManifestError: As :func:`open_dataset`.
+    """
+    text = os.fspath(url)
+    ds = open_dataset(text, **fs_options)
+    _, path = lfs.resolve(text, **fs_options)
+    path = path.rstrip("/") or "/"
+    if ds.version_path == path:
+        return text  # already a version
+    suffix = ds.version_path[len(path):]
+    assert ds.version_path.startswith(path) and suffix.startswith("/"), (path, ds.version_path)
+    if not lfs.is_remote(text):
+        return ds.version_path
+    parts = urlsplit(text)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix))
+
+
+__all__ = ["Dataset", "open_dataset", "pin_version", "read_manifest"]

@@ -84,7 +84,9 @@ def resolve(url: str | os.PathLike, **options) -> tuple[pafs.FileSystem, str]:
         **options: Passed to the scheme's factory (user name, token, name-node map...).
 
     Raises:
-        ConfigError: No filesystem is known for the URL's scheme.
+        ConfigError: No filesystem is known for the URL's scheme, its optional dependency is missing, or the
+            filesystem rejects the URL or the options (names the URL without secrets, and the scheme).
+        RemoteError: fsspec's filesystem for the scheme failed to connect (an ``OSError``).
     """
     text = os.fspath(url)
     parts = urlsplit(text)
@@ -108,9 +110,37 @@ def resolve(url: str | os.PathLike, **options) -> tuple[pafs.FileSystem, str]:
         try:
             import fsspec  # type: ignore[import-not-found]
         except ImportError:
-            raise ConfigError(f"no filesystem for {scheme}:// URLs ({arrow_error})") from arrow_error
-        fs_impl, path = fsspec.core.url_to_fs(text, **options)
+            error, cause = _no_filesystem(text, scheme, options, arrow_error, connect=False)
+            raise error from cause
+        try:
+            fs_impl, path = fsspec.core.url_to_fs(text, **options)
+        except (ImportError, ValueError, TypeError, OSError) as e:  # missing dependency, unknown scheme, bad option
+            error, cause = _no_filesystem(text, scheme, options, e)
+            raise error from cause
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs_impl)), path
+
+
+_SECRET_OPTION = ("key", "secret", "token", "pass", "credential", "sig")
+
+
+def _no_filesystem(url: str, scheme: str, options: dict, error: BaseException,
+                   connect: bool = True) -> tuple[Exception, Exception]:
+    """The error of a URL no filesystem opens, naming the URL and the cause without secrets (passwords in the URL,
+    ``token=``-style parameters, the values of options named like a key, secret or token): a :class:`ConfigError`,
+    or a :class:`RemoteError` for an ``OSError`` of fsspec's filesystem (``connect``: a failed connection); and
+    a secret-free stand-in of ``error`` to chain it to."""
+    from .errors import RemoteError
+    from .remote import Redactor, redacted_cause
+
+    redact = Redactor(str(v) for k, v in options.items()
+                      if isinstance(v, str) and any(w in k.lower() for w in _SECRET_OPTION))
+    if connect and isinstance(error, OSError):
+        out: Exception = RemoteError(f"cannot open {redact(url)} ({scheme}:// through fsspec): "
+                                     f"{type(error).__name__}: {redact(error)}")
+    else:
+        why = "a dependency is missing: " if isinstance(error, ImportError) else f"{type(error).__name__}: "
+        out = ConfigError(f"no filesystem for {scheme}:// URLs ({redact(url)}): {why}{redact(error)}")
+    return out, redacted_cause(error, redact)
 
 
 def display(fs: pafs.FileSystem, path: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -25,6 +25,23 @@ from .reader import Closeable, Reader, make_reader
 MIX_KIND = "larder.mix"
 _TAG_MIX = 0x6D78
 STOP_RULES = ("first", "all")
+
+
+def batch_rows(batch: Mapping) -> int:
+    """The number of rows of a batch in the reader's numpy forms (0 for an empty dict).
+
+    Read from the batch itself, not from the reader's plan: a transform may keep fewer rows than were
+    planned. A key is classified as :func:`loader.convert.split_batch` does: the flat values of a ragged column
+    (``col`` next to ``col.offsets``) and item offsets (``col.value_offsets``) do not count rows, a column's
+    ``col.offsets`` holds ``n + 1`` entries, and every other array (fixed width, masks, lengths, padded and
+    object arrays, fixed-size lists, row ids) holds one entry (``shape[0]``) per row.
+    """
+    for key, values in batch.items():
+        if key.endswith(".value_offsets") or key + ".offsets" in batch:
+            continue
+        n = len(values)
+        return n - 1 if key.endswith(".offsets") and key[: -len(".offsets")] in batch else n
+    return 0
 
 
 class MixedReader(Closeable):
@@ -75,8 +92,7 @@ class MixedReader(Closeable):
             self._step += 1
             self.counts[i] += 1
             if self.with_source:
-                n = len(next(iter(batch.values()))) if batch else 0
-                batch["_source"] = np.full(n, i, dtype=np.int32)
+                batch["_source"] = np.full(batch_rows(batch), i, dtype=np.int32)
             return batch
         self._done = True
         raise StopIteration
@@ -146,7 +162,8 @@ def mix(sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0
         weights: Relative weights (default: equal). Non-negative, not all zero.
         seed: Seed of the draws.
         stop: ``"first"`` or ``"all"`` (see the module docstring).
-        with_source: Add ``_source`` (the source's index) to each batch.
+        with_source: Add ``_source`` (the source's index, ``int32``), one entry per row of each batch (rows
+            counted by :func:`batch_rows`).
         **reader_options: Passed to :func:`~loader.reader.make_reader` for sources given as URLs; the
             source at index ``i`` is opened with ``seed + i`` (the mix's seed decides every shuffle, and one
             dataset given twice yields two different streams). For other seeds, pass readers.
@@ -188,4 +205,4 @@ def mix(sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0
     return MixedReader(readers, weights, seed, stop, with_source, owned)
 
 
-__all__ = ["MixedReader", "STOP_RULES", "mix"]
+__all__ = ["MixedReader", "STOP_RULES", "batch_rows", "mix"]

@@ -26,6 +26,7 @@ budget, never the dataset's size.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import numbers
 import os
@@ -320,6 +321,7 @@ class Reader(Closeable):
             with_row_ids=with_row_ids,
             transform=transform,
             transform_takes_rng=transform is not None and tasks.takes_rng(transform),
+            transform_rng_by_keyword=transform is not None and tasks.rng_by_keyword(transform),
             decoded=None if decoded_cache_dir is None else DecodedCache.for_dataset(
                 decoded_cache_dir, ds.manifest.dataset, ds.version,
                 pa.schema([ds.schema.field(c) for c in columns]), max_decoded_bytes),
@@ -487,6 +489,12 @@ class Reader(Closeable):
         cache = getattr(getattr(self, "dataset", None), "file_cache", None)
         if cache is not None and getattr(self, "_owns_dataset", False):
             cache.close()  # reusable: a restarted reader (load_state_dict) downloads again
+
+
+def fs_options_of(reader_kwargs: dict) -> dict:
+    """The filesystem options among keyword arguments meant for :func:`make_reader` (those it does not name)."""
+    named = inspect.signature(make_reader).parameters
+    return {k: v for k, v in reader_kwargs.items() if k not in named}
 
 
 def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, seed: int = 0,

@@ -47,7 +47,7 @@ class NumpyRef:
     """Numpy buffers in a segment: ``specs`` place each array; ``objects`` are the pickled object arrays;
     ``kept`` names arrays not sent because the receiver has them already (a task's result returning its
     argument's arrays unchanged), each by its place in the task's arguments; ``order`` is the dict's key
-    order when anything is kept."""
+    order when anything is kept or pickled (decoding puts the keys back in it)."""
 
     name: str
     size: int
@@ -115,7 +115,8 @@ def _finish(o: Any, name: str, size: int) -> Any:
     if isinstance(o, tuple):
         return tuple(_finish(x, name, size) for x in o)
     if isinstance(o, _Layout):
-        return NumpyRef(name, size, tuple(o.specs), o.objects, tuple(o.kept), tuple(o.order) if o.kept else ())
+        order = tuple(o.order) if o.kept or o.objects else ()  # else the specs are in the dict's order
+        return NumpyRef(name, size, tuple(o.specs), o.objects, tuple(o.kept), order)
     return o
 
 
@@ -370,9 +371,9 @@ def _decode(obj: Any, unlink: bool, copy: bool, args: tuple | None, data: dict) 
         for key, dtype, shape, start in obj.specs:
             out[key] = np.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=start).reshape(shape)
         out.update(obj.objects)
-        if obj.kept:
-            for key, path in obj.kept:
-                out[key] = _at(args, path)
+        for key, path in obj.kept:
+            out[key] = _at(args, path)
+        if obj.order:  # the sender's key order, whatever went as buffers, pickled or was kept
             out = {key: out[key] for key in obj.order}
         return out
     return obj

@@ -56,6 +56,7 @@ class ReadContext:
         with_row_ids: Keep the ``_row_group`` / ``_row`` columns in batches.
         transform: The user transform, or None.
         transform_takes_rng: Call it as ``transform(batch, rng)`` rather than ``transform(batch)``.
+        transform_rng_by_keyword: Pass that RNG as ``rng=rng`` (a keyword-only ``rng``).
         decoded: The local cache of decoded row groups (:mod:`loader.decoded`), or None.
     """
 
@@ -76,6 +77,7 @@ class ReadContext:
     with_row_ids: bool
     transform: Callable | None
     transform_takes_rng: bool
+    transform_rng_by_keyword: bool = False
     decoded: DecodedCache | None = None
 
 
@@ -94,12 +96,16 @@ def uninstall(key: str) -> None:
 
 
 def takes_rng(fn: Callable) -> bool:
-    """True if ``fn`` takes the RNG: its second positional parameter has no default or is named ``rng``
-    (or it takes ``*args``). ``f(batch, eps=1e-6)`` keeps its ``eps``; ``f(batch, rng=None)`` gets the RNG."""
+    """True if ``fn`` takes the RNG: it has a keyword-only parameter named ``rng`` (given by keyword, see
+    :func:`rng_by_keyword`), or its second positional parameter has no default or is named ``rng`` (or it takes
+    ``*args``). ``f(batch, eps=1e-6)`` keeps its ``eps``; ``f(batch, rng=None)`` and ``f(batch, *, rng)`` get
+    the RNG."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return False
+    if rng_by_keyword(fn, sig):
+        return True
     positional = []
     for p in sig.parameters.values():
         if p.kind == p.VAR_POSITIONAL:
@@ -108,6 +114,15 @@ def takes_rng(fn: Callable) -> bool:
             positional.append(p)
     return len(positional) >= 2 and (positional[1].default is inspect.Parameter.empty
                                      or positional[1].name == "rng")
+
+
+def rng_by_keyword(fn: Callable, sig: inspect.Signature | None = None) -> bool:
+    """True if ``fn`` (whose signature ``sig`` may be given) takes the RNG as ``rng=``: a keyword-only ``rng``."""
+    try:
+        rng = (sig or inspect.signature(fn)).parameters.get("rng")
+    except (TypeError, ValueError):
+        return False
+    return rng is not None and rng.kind == rng.KEYWORD_ONLY
 
 
 def read_piece(key: str, epoch: int, group: int, start: int, stop: int,
@@ -163,27 +178,36 @@ class _GroupStream:
     """A forward-only reader over one row group, kept open between the tasks that read its slices.
 
     It decodes ``chunk_rows`` at a time with ``iter_batches`` on a file opened without pre-buffering, so
-    a huge row group is decoded once, front to back, and never held whole in memory.
+    a huge row group is decoded once, front to back, and never held whole in memory. A new stream starts at
+    the row group's first row: :meth:`read` decodes and skips the rows before the slice it is asked for.
     """
 
     def __init__(self, ds: Dataset, info, local: int, columns: list[str], chunk_rows: int):
-        self.pf = ds.open_file(info, pre_buffer=False, buffer_size=_STREAM_BUFFER)
+        self.local = local
+        # The copy as it is (no fetch again here): _read_streamed repeats open and read as a whole.
+        self.pf, self.where = ds.open_copy(info, pre_buffer=False, buffer_size=_STREAM_BUFFER)
         self.chunks = self.pf.iter_batches(batch_size=chunk_rows, row_groups=[local], columns=columns,
                                            use_threads=False)
         self.pos = 0  # row of the row group at the start of ``pending``
         self.pending: pa.RecordBatch | None = None
-        self.decoded = 0
         self.checked = False  # decoded types checked against the manifest
 
-    def read(self, lo: int, hi: int, rows: np.ndarray | None) -> list[pa.RecordBatch]:
-        """Rows ``[lo, hi)`` of the row group (only ``rows`` among them, if given); needs ``pos <= lo``."""
-        parts = []
+    def read(self, lo: int, hi: int, rows: np.ndarray | None) -> tuple[list[pa.RecordBatch], int]:
+        """Rows ``[lo, hi)`` of the row group (only ``rows`` among them, if given); needs ``pos <= lo``.
+
+        Returns:
+            ``(parts, decoded)``: the rows, and how many rows were decoded to get them.
+
+        Raises:
+            CorruptFileError: A page fails its CRC or cannot be decoded; names the copy read.
+        """
+        parts, decoded = [], 0
         while self.pos < hi:
             if self.pending is None:
-                self.pending = next(self.chunks, None)
+                self.pending = self._next_chunk()
                 if self.pending is None:
                     break
-                self.decoded += self.pending.num_rows
+                decoded += self.pending.num_rows
             chunk, end = self.pending, self.pos + self.pending.num_rows
             a, b = max(lo, self.pos), min(hi, end)
             if a < b:
@@ -196,7 +220,15 @@ class _GroupStream:
                 self.pos, self.pending = end, None
             else:
                 self.pos, self.pending = hi, chunk.slice(hi - self.pos)
-        return parts
+        return parts, decoded
+
+    def _next_chunk(self) -> pa.RecordBatch | None:
+        try:
+            return next(self.chunks, None)
+        except (RemoteError, CorruptFileError):
+            raise  # the remote storage failed after retries (not a corrupt file), or already named
+        except (OSError, pa.ArrowException) as e:
+            raise CorruptFileError(f"{self.where}: row group {self.local} cannot be read ({e})", self.where) from e
 
     def close(self) -> None:
         self.pf.close(force=True)
@@ -230,29 +262,33 @@ def _checkin(skey: tuple, stream: _GroupStream | None) -> None:
 
 def _read_streamed(ctx: ReadContext, epoch: int, group: int, info, local: int, rows, start: int,
                    stop: int) -> tuple[pa.Table, int]:
-    """Read a slice of a huge row group from the row group's open stream (opened if needed)."""
+    """Read a slice of a huge row group from the row group's open stream (opened if needed).
+
+    A cached copy that fails mid-stream is fetched again once, as on every read path
+    (:meth:`~loader.dataset.Dataset.with_fresh_copy`): the stream restarts on the fresh copy and skips the
+    rows before the slice (slices delivered before were read from the bad copy's good pages, and the fresh
+    copy's bytes are the manifest's, so they are the same rows: none is lost or delivered twice).
+    """
     lo, hi = (int(rows[0]), int(rows[-1]) + 1) if rows is not None and len(rows) else (start, stop)
     skey = (ctx.key, epoch, group)
     stream = _checkout(skey)
-    try:
-        if stream is not None and stream.pos > lo:  # an earlier slice is wanted again (resume): start over
+
+    def read(fresh: bool) -> tuple[list[pa.RecordBatch], int]:
+        nonlocal stream
+        # A bad copy, or an earlier slice wanted again (resume): start over (a new stream skips to ``lo``).
+        if stream is not None and (fresh or stream.pos > lo):
             stream.close()
             stream = None
         if stream is None:  # decoding one slice at a time (the plan cuts a row group's slices alike)
             chunk = ctx.stream_chunk_rows if rows is not None else max(1, min(MAX_CHUNK_ROWS, stop - start))
             stream = _GroupStream(ctx.dataset, info, local, list(ctx.columns), chunk)
-        before = stream.decoded
-        try:
-            parts = stream.read(lo, hi, rows)
-            if parts and not stream.checked:  # one stream, one schema: its first slice is checked
-                ctx.dataset.check_types(parts[0], info, local)
-                stream.checked = True
-        except (RemoteError, CorruptFileError):
-            raise
-        except (OSError, pa.ArrowException) as e:
-            where = ctx.dataset.display(info)
-            raise CorruptFileError(f"{where}: row group {local} cannot be read ({e})", where) from e
-        decoded = stream.decoded - before
+        return stream.read(lo, hi, rows)
+
+    try:
+        parts, decoded = ctx.dataset.with_fresh_copy(info, read)
+        if parts and not stream.checked:  # one stream, one schema: its first slice is checked
+            ctx.dataset.check_types(parts[0], info, local)
+            stream.checked = True
         if stream.pos >= ctx.sizes[group]:
             stream.close()
             stream = None
@@ -324,7 +360,8 @@ def transform_batch(key: str, epoch: int, index: int, batch: dict) -> tuple[dict
     name = getattr(ctx.transform, "__qualname__", repr(ctx.transform))
     try:
         if ctx.transform_takes_rng:
-            out = ctx.transform(batch, transform_rng(ctx.seed, epoch, ctx.rank, ctx.world_size, index))
+            rng = transform_rng(ctx.seed, epoch, ctx.rank, ctx.world_size, index)
+            out = ctx.transform(batch, rng=rng) if ctx.transform_rng_by_keyword else ctx.transform(batch, rng)
         else:
             out = ctx.transform(batch)
     except Exception as e:
@@ -386,5 +423,5 @@ def check_output(out, name: str) -> dict:
 
 
 __all__ = ["MAX_CHUNK_ROWS", "ROW_COLUMN", "ROW_GROUP_COLUMN", "ROW_ID_FIELDS", "ReadContext", "convert_batch",
-           "convert_split", "finish_batch", "install", "read_piece", "takes_rng", "transform_batch",
+           "convert_split", "finish_batch", "install", "read_piece", "rng_by_keyword", "takes_rng", "transform_batch",
            "transform_batches"]

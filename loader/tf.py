@@ -293,7 +293,8 @@ def make_dataset(
     datasets derived from it (``.repeat()``, ``.map()``...) share the counter but not the attribute.
 
     Args:
-        url: Dataset directory, version directory or remote URL.
+        url: Dataset directory, version directory or remote URL. A dataset directory's ``CURRENT`` is
+            followed once, here: every iteration reads that version, even after a newer one is published.
         batch_size: Rows per batch.
         ragged: ``"ragged"`` (``tf.RaggedTensor``) or ``"padded"`` (dense + ``.lengths``).
         strings: ``"string"`` (``tf.string``) or ``"bytes"`` (``uint8`` in the ``ragged`` form).
@@ -313,7 +314,10 @@ def make_dataset(
         DatasetNotFoundError, ManifestError: The cache cannot be opened.
     """
     tf = _tf()
-    from .reader import make_reader
+    from .dataset import pin_version
+    from .reader import fs_options_of, make_reader
+
+    url = pin_version(url, **fs_options_of(reader_kwargs))  # one version for every iteration
 
     forms = _reader_forms(ragged, strings)
     epochs = _EpochCounter(epoch, reader_kwargs.get("num_epochs", 1))

@@ -52,8 +52,9 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
     raise ImportError("loader.torch needs PyTorch: pip install 'larder[torch]'") from _e
 
 from .convert import to_padded
+from .dataset import pin_version
 from .errors import ConfigError, StateError
-from .reader import DEFAULT_MEMORY_BUDGET, check_int, make_reader
+from .reader import DEFAULT_MEMORY_BUDGET, check_int, fs_options_of, make_reader
 
 RAGGED_FORMS = ("padded", "offsets")
 STRING_FORMS = ("list", "tensor")
@@ -103,9 +104,28 @@ def as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _passthrough(item):
-    """DataLoader ``collate_fn`` for ready batches (a module function so it pickles for spawn)."""
-    return item
+class _Collate:
+    """LarderDataLoader's ``collate_fn`` (a class: it pickles for spawn): ``(reader state, out, deferred)`` per
+    batch; ``out`` is ``fn(batch as tensors)``, or without ``fn`` the numpy batch (``deferred``: made tensors in
+    the main process, which is cheaper through the worker queue)."""
+
+    def __init__(self, fn=None):
+        self.fn = fn
+
+    def __call__(self, batch: dict) -> tuple:
+        state = batch.pop(STATE_KEY)
+        return (state, batch, True) if self.fn is None else (state, self.fn(as_tensors(batch)), False)
+
+
+def _pin(data):
+    """``data`` with its tensors pinned (in dicts, lists and tuples; other objects by their ``pin_memory()``)."""
+    if isinstance(data, dict):
+        return {k: _pin(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        items = [_pin(v) for v in data]
+        return type(data)(*items) if hasattr(data, "_fields") else type(data)(items)  # namedtuples too
+    pin = getattr(data, "pin_memory", None)
+    return pin() if callable(pin) and not isinstance(data, type) else data
 
 
 def _default_rank() -> tuple[int, int]:
@@ -123,7 +143,8 @@ class LarderIterableDataset(IterableDataset):
     reads its own shard (see the module docstring).
 
     Args:
-        url: Dataset directory, version directory or remote URL.
+        url: Dataset directory, version directory or remote URL. A dataset directory's ``CURRENT`` is
+            followed once, at construction: every pass and every worker reads that version.
         batch_size: Rows per batch (batches are made by the reader, not by the DataLoader).
         rank: This trainer's rank; default: ``torch.distributed``'s rank if initialised, else 0.
         world_size: Number of trainers; default: ``torch.distributed``'s world size, else 1.
@@ -168,7 +189,9 @@ class LarderIterableDataset(IterableDataset):
         check_int("world_size", world_size, 1)
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is outside [0, world_size={world_size})")
-        self.url = os.fspath(url)
+        # CURRENT followed once, here: every pass and every DataLoader worker reads this version, even
+        # after a newer one is published (as one make_reader does for all its epochs).
+        self.url = pin_version(url, **fs_options_of(reader_kwargs))
         self.batch_size = int(batch_size)
         self.rank, self.world_size = int(rank), int(world_size)
         self.ragged, self.strings, self.pad_value = ragged, strings, pad_value
@@ -328,15 +351,23 @@ class LarderDataLoader(DataLoader):
     ``persistent_workers=True`` works with both: the workers' dataset copies advance one epoch per pass as the
     loader does, and a pass that needs anything else (``set_epoch`` to another epoch, a loaded state) restarts
     the workers first.
+
+    ``collate_fn`` (optional; runs where DataLoader runs it, in the workers if any) gets each batch exactly as
+    the loader yields it without one: a ``dict`` of tensors (strings as lists), no internal keys, not yet
+    pinned. It may return anything; with ``pin_memory`` the tensors in its result are pinned (inside dicts,
+    lists, tuples, or objects with a ``pin_memory()`` method). State tracking does not depend on it.
     """
 
     def __init__(self, dataset: LarderIterableDataset, **kwargs):
         if not isinstance(dataset, LarderIterableDataset):
             raise ConfigError("LarderDataLoader needs a LarderIterableDataset")
         kwargs.setdefault("batch_size", None)
-        kwargs.setdefault("collate_fn", _passthrough)
         if kwargs["batch_size"] is not None:
             raise ConfigError("batch_size: larder makes the batches; set it on the dataset, not the DataLoader")
+        user_collate = kwargs.pop("collate_fn", None)
+        if user_collate is not None and not callable(user_collate):
+            raise ConfigError(f"collate_fn must be callable, got {type(user_collate).__name__}")
+        kwargs["collate_fn"] = _Collate(user_collate)
         pin = bool(kwargs.pop("pin_memory", False))  # pinned here, after the tensors are made
         if pin and not torch.accelerator.is_available():
             warnings.warn("pin_memory=True but no accelerator is available: not pinning", stacklevel=3)
@@ -383,15 +414,13 @@ class LarderDataLoader(DataLoader):
         self._pass_epoch, self._states = epoch, dict(resume or {})
         return self._track(it, token)
 
-    def _track(self, it, token: object) -> Iterator[dict[str, Any]]:
-        for batch in it:
-            rank, state = batch.pop(STATE_KEY)
+    def _track(self, it, token: object) -> Iterator[Any]:
+        for (rank, state), batch, deferred in it:
             if self._pass is token:
                 self._states[rank] = state
-            batch = as_tensors(batch)
-            if self._pin:
-                batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            yield batch
+            if deferred:
+                batch = as_tensors(batch)
+            yield _pin(batch) if self._pin else batch
         if self._pass is token:  # the pass is complete: the next batch is the next pass's first
             self._pass = None
 
@@ -462,12 +491,14 @@ def make_dataloader(
     multiprocessing_context=None,
     timeout: float = 0,
     persistent_workers: bool = False,
+    collate_fn=None,
     **dataset_kwargs,
 ) -> LarderDataLoader:
     """A ``DataLoader`` of tensor batches from a larder cache.
 
     Args:
-        url: Dataset directory, version directory or remote URL.
+        url: Dataset directory, version directory or remote URL. A dataset directory's ``CURRENT`` is
+            followed once, at construction: every pass and every worker reads that version.
         batch_size: Rows per batch.
         num_workers: DataLoader worker processes; each reads its own shard with its own reader, so the
             reader's ``memory_budget`` (default 256 MiB) is split between them unless given. Inside workers
@@ -481,6 +512,7 @@ def make_dataloader(
             ``"forkserver"`` when the process has threads that make ``fork`` unsafe (TensorFlow imported, a
             Spark gateway, a running reader): a worker forked from such a process can crash. forkserver and
             spawn need the usual ``if __name__ == "__main__":`` guard in the training script.
+        collate_fn: Called on each batch (a dict of tensors); may return anything (see :class:`LarderDataLoader`).
         **dataset_kwargs: Passed to :class:`LarderIterableDataset` (``rank``, ``world_size``, ``ragged``,
             ``strings``, ``epoch``, and the reader's ``columns``, ``shuffle``, ``seed``, ``transform``...).
 
@@ -502,6 +534,7 @@ def make_dataloader(
         multiprocessing_context=multiprocessing_context,
         timeout=timeout,
         persistent_workers=persistent_workers,
+        collate_fn=collate_fn,
     )
 
 

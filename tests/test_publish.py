@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import decimal
+import errno
+import fcntl
 import os
 import shutil
 import subprocess
@@ -16,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import loader
-from loader import claims, publish
+from loader import claims, locks, publish
 from tests.conftest import read_all
 
 
@@ -141,7 +143,7 @@ class _FcntlWithCleaner:
 
 def _begin_with(monkeypatch, fs, root: str, action) -> publish.Staging:
     with monkeypatch.context() as m:
-        m.setitem(sys.modules, "fcntl", _FcntlWithCleaner(action))
+        m.setattr(locks, "fcntl", _FcntlWithCleaner(action))  # every flock larder takes goes through loader.locks
         return publish.begin_staging(fs, root, "d")
 
 
@@ -193,6 +195,57 @@ def test_pending_owner_file_is_kept_while_young_and_cleaned_when_stale(tmp_path)
     os.utime(pending, (old, old))
     claims.clean_stale_staging(fs, str(dataset_dir))
     assert not pending.exists()
+
+
+# --- the one flock helper every claim and cache lock goes through (loader.locks) ---
+
+
+def test_flock_helper_sees_another_process_lock_until_that_process_dies(tmp_path):
+    path = str(tmp_path / "f.lock")
+    assert not locks.held_elsewhere(path)  # missing: nobody holds it
+    code = (f"import fcntl, os, sys; fd = os.open({path!r}, os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_SH); "
+            "print('locked', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        assert locks.held_elsewhere(path)
+        with locks.Flock(path, blocking=False) as held:
+            assert held is None  # exclusive: refused while a shared lock is held
+        with locks.Flock(path, exclusive=False, blocking=False) as held:
+            assert held is not None  # shared locks coexist
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not locks.held_elsewhere(path)  # a lock dies with its process
+    with locks.Flock(path, blocking=False, create=False) as held:
+        assert held is not None and locks.held_elsewhere(path)  # two descriptors conflict even in one process
+    assert not locks.held_elsewhere(path)
+
+
+class _FailingFcntl:
+    """``fcntl`` whose flock always fails (a filesystem without locks)."""
+
+    LOCK_EX, LOCK_SH, LOCK_NB = fcntl.LOCK_EX, fcntl.LOCK_SH, fcntl.LOCK_NB
+
+    @staticmethod
+    def flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+
+@pytest.mark.parametrize("no_locks", [None, _FailingFcntl()], ids=["no fcntl", "flock fails"])
+def test_without_working_flock_nothing_leaks_claims_count_as_held_and_publishing_goes_on(tmp_path, monkeypatch,
+                                                                                           no_locks):
+    monkeypatch.setattr(locks, "fcntl", no_locks)
+    path = str(tmp_path / "f.lock")
+    open_fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="[Nn]o locks|not available"):
+        with locks.Flock(path):
+            pass
+    assert len(os.listdir("/proc/self/fd")) == open_fds  # the descriptor it opened is closed again
+    assert locks.held_elsewhere(path)  # cannot tell: a cleaner keeps the claim
+    with claims.publish_lock(pafs.LocalFileSystem(), str(tmp_path)):  # unserialised, as on remote storage
+        pass
+    assert len(os.listdir("/proc/self/fd")) == open_fds
 
 
 # --- concurrent runs: same version name, pruning, the returned dataset ---

@@ -45,3 +45,20 @@ def adapter_data(tmp_path_factory) -> tuple[pa.Table, loader.Dataset]:
                             row_groups_per_file=2)
     assert ds.num_row_groups >= 8 and len(ds.files) >= 4
     return table, ds
+
+
+def tagged_table(tag: int, rows: int = 1200) -> pa.Table:
+    """Rows ``id`` 0.. with ``tag`` in every row: which version a batch came from."""
+    return pa.table({"id": pa.array(np.arange(rows, dtype=np.int64)),
+                     "tag": pa.array(np.full(rows, tag, dtype=np.int32))})
+
+
+@pytest.fixture
+def republished(tmp_path):
+    """``(dataset dir, publish)``: a cache of :func:`tagged_table` 1; ``publish(tag)`` publishes a new version
+    of it (tag 2, 3...) over the same directory, as the job does while trainers read."""
+    def publish(tag: int) -> None:
+        loader.write_cache(tagged_table(tag), tmp_path, "d", row_group_bytes=2_000)
+
+    publish(1)
+    return str(tmp_path / "d"), publish

@@ -389,3 +389,17 @@ def test_fixed_size_lists_of_strings_as_bytes(nested_data):
         assert [[bytes(x) for x in r] for r in b["pair"].to_list()] == _pairs(rows["pair"].to_pylist())
 
     _read(data, table, check)
+
+
+def test_every_iteration_reads_the_version_opened(republished):
+    """A new version published between (or during) iterations is not read: the dataset follows CURRENT once."""
+    url, publish = republished
+    data = make_dataset(url, batch_size=100, columns=["id", "tag"], seed=1)
+    tags = []
+    for i in range(3):
+        batches = list(data)
+        tags.append({int(t) for b in batches for t in b["tag"].numpy()})
+        assert sorted(int(x) for b in batches for x in b["id"].numpy()) == list(range(1200))
+        publish(i + 2)
+    assert tags == [{1}, {1}, {1}]
+    assert {int(t) for b in make_dataset(url, batch_size=100, columns=["tag"]) for t in b["tag"].numpy()} == {4}

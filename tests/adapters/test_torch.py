@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 import loader  # noqa: E402
 from loader.errors import ConfigError, StateError  # noqa: E402
-from loader.torch import LarderDataLoader, LarderIterableDataset, make_dataloader  # noqa: E402
+from loader.torch import STATE_KEY, LarderDataLoader, LarderIterableDataset, make_dataloader  # noqa: E402
 
 # A worker that hangs fails the test instead of hanging CI.
 TIMEOUT = 120
@@ -337,3 +339,75 @@ def test_more_shards_than_row_groups(adapter_data, tmp_path):
         seen += ids_of(batches).tolist()
     assert counts[0] == counts[1]
     assert sorted(seen) == list(range(40))
+
+
+def to_xy(batch):  # a user collate_fn returning a tuple (module level: it pickles for the forkserver workers)
+    assert STATE_KEY not in batch and isinstance(batch["id"], torch.Tensor), {k: type(v) for k, v in batch.items()}
+    return batch["id"], batch["label"]
+
+
+def seen_types(batch):
+    return {k: type(v).__name__ for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_collate_fn_gets_tensors_and_may_return_anything(adapter_data, num_workers):
+    """A user collate_fn sees the batch the loader yields without one (tensors, strings as lists, no internal
+    key) and its result comes out as is; the state still resumes exactly, in the uninterrupted order."""
+    table, ds = adapter_data
+    kwargs = dict(batch_size=30, seed=4, columns=["id", "title", "ids", "label"])
+
+    def loader_with(**kw):
+        return LarderDataLoader(LarderIterableDataset(ds.version_path, **kwargs), num_workers=num_workers,
+                                **kw, **(WORKERS if num_workers else {}))
+
+    plain = next(iter(loader_with()))
+    assert next(iter(loader_with(collate_fn=seen_types))) == seen_types(plain) == {
+        "id": "Tensor", "title": "list", "ids": "Tensor", "ids.lengths": "Tensor", "label": "Tensor"}
+    full = list(loader_with(collate_fn=to_xy))
+    assert all(isinstance(b, tuple) and len(b) == 2 for b in full)
+    assert sorted(torch.cat([x for x, _ in full]).tolist()) == list(range(table.num_rows))
+    assert all(torch.equal(y, x % 5) for x, y in full)
+    expected = reader_epoch(ds.version_path, 0, num_workers, batch_size=30, seed=4, columns=["id"])
+    assert [x.tolist() for x, _ in full] == expected
+    dl = loader_with(collate_fn=to_xy)
+    it = iter(dl)
+    head = [next(it)[0].tolist() for _ in range(5)]
+    state = json.loads(json.dumps(dl.state_dict()))
+    del it
+    resumed = loader_with(collate_fn=to_xy)
+    resumed.load_state_dict(state)
+    assert head + [x.tolist() for x, _ in resumed] == expected
+    assert [x.tolist() for x, _ in resumed] == reader_epoch(ds.version_path, 1, num_workers, batch_size=30, seed=4,
+                                                            columns=["id"])
+
+
+def test_make_dataloader_passes_collate_fn(adapter_data):
+    table, ds = adapter_data
+    batches = list(make_dataloader(ds.version_path, batch_size=100, columns=["id", "label"], collate_fn=to_xy))
+    assert sorted(torch.cat([x for x, _ in batches]).tolist()) == list(range(table.num_rows))
+
+
+def test_collate_fn_must_be_callable(adapter_data):
+    _, ds = adapter_data
+    with pytest.raises(ConfigError, match="collate_fn"):
+        make_dataloader(ds.version_path, collate_fn="id")
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_every_pass_and_worker_reads_the_version_opened(republished, num_workers):
+    """A version published during or between passes is not read: the dataset follows CURRENT once, and
+    workers that start after the publish read the same version as the others (no epoch of two halves)."""
+    url, publish = republished
+    loader_ = make_dataloader(url, batch_size=100, columns=["id", "tag"], seed=2, num_workers=num_workers,
+                              **(WORKERS if num_workers else {}))
+    for epoch in range(2):
+        ids, tags = [], set()
+        for i, b in enumerate(loader_):
+            ids += b["id"].tolist()
+            tags |= set(b["tag"].tolist())
+            if i == 0:
+                publish(2 * epoch + 2)  # mid-pass, before later batches (and, at epoch 0, workers) start
+        assert sorted(ids) == list(range(1200)) and tags == {1}
+    fresh = make_dataloader(url, batch_size=100, columns=["tag"])
+    assert {t for b in fresh for t in b["tag"].tolist()} == {4}

@@ -451,3 +451,80 @@ def test_head_with_an_empty_column_list_is_a_usage_error(published):
     _, ds = published
     proc = run("head", ds.version_path, "--columns", "")
     assert proc.returncode == 2 and "--columns names no column" in one_error_line(proc)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"not strict JSON: {name}")
+
+
+def test_head_and_inspect_json_are_strict_for_nan_and_infinities(tmp_path):
+    nan, inf = float("nan"), float("inf")
+    table = pa.table({
+        "id": [0, 1, 2, 3],
+        "score": pa.array([nan, inf, -inf, None], pa.float64()),
+        "f32": pa.array([nan, 1.5, inf, 2.5], pa.float32()),
+        "vec": pa.array([[nan, 1.0], [-inf], [], None], pa.list_(pa.float64())),
+        "st": pa.array([{"x": nan}, {"x": 0.5}, {"x": inf}, {"x": None}], pa.struct([("x", pa.float64())])),
+    })
+    ds = loader.write_cache(table, tmp_path, "nan", source={"kind": "test", "scale": inf, "bad": [nan]})
+    proc = run("head", ds.version_path, "-n", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line, parse_constant=_no_constant) for line in proc.stdout.splitlines()]
+    assert [r["score"] for r in rows] == ["NaN", "Infinity", "-Infinity", None]
+    assert [r["f32"] for r in rows] == ["NaN", 1.5, "Infinity", 2.5]
+    assert [r["vec"] for r in rows] == [["NaN", 1.0], ["-Infinity"], [], None]
+    assert [r["st"] for r in rows] == [{"x": "NaN"}, {"x": 0.5}, {"x": "Infinity"}, {"x": None}]
+    text = run("head", ds.version_path, "-n", "2")
+    assert text.returncode == 0 and "  score: NaN" in text.stdout and "  vec: [\"NaN\", 1.0]" in text.stdout
+    proc = run("inspect", ds.version_path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    source = json.loads(proc.stdout, parse_constant=_no_constant)["source"]
+    assert source["scale"] == "Infinity" and source["bad"] == ["NaN"]
+    assert '"NaN", "Infinity", "-Infinity"' in " ".join(run("head", "--help").stdout.split())
+
+
+def _register_fake_schemes():
+    """``lardermissing://`` (its module is not installed) and ``larderdown://`` (its host refuses connections)."""
+    fsspec = pytest.importorskip("fsspec")
+
+    class Unreachable(fsspec.AbstractFileSystem):
+        protocol = "larderdown"
+
+        def __init__(self, *args, **options):
+            raise ConnectionRefusedError(f"refused with token={options.get('token')} key {options.get('key')}")
+
+    fsspec.register_implementation("lardermissing", "larder_no_such_module.FileSystem", clobber=True,
+                                   errtxt="Install larder-no-such to access lardermissing://")
+    fsspec.register_implementation("larderdown", Unreachable, clobber=True)
+
+
+@pytest.mark.parametrize(("url", "options", "error", "words"), [
+    ("foo://x/y", {}, loader.ConfigError, ["foo://", "foo://x/y", "Protocol not known"]),
+    ("foo://user:pw9876@h/y?token=tk9876", {}, loader.ConfigError, ["foo://", "foo://user:***@h/y?token=***"]),
+    ("lardermissing://bucket/x", {}, loader.ConfigError, ["lardermissing://", "Install larder-no-such"]),
+    ("larderdown://h/x", {"token": "tk9876", "key": "pw9876"}, loader.RemoteError,
+     ["larderdown://", "larderdown://h/x", "ConnectionRefusedError", "token=***"]),
+])
+def test_url_without_a_filesystem_is_a_larder_error_naming_it(url, options, error, words, capsys):
+    """open_dataset raises a LarderError that is also the matching builtin, naming the URL and scheme without
+    secrets; the CLI prints one ``larder: error:`` line (exit 1)."""
+    from loader.cli import main
+
+    _register_fake_schemes()
+    with pytest.raises(error) as info:
+        loader.open_dataset(url, **options)
+    assert isinstance(info.value, ValueError if error is loader.ConfigError else OSError)
+    message = str(info.value)
+    assert all(w in message for w in words), message
+    assert "9876" not in message and "9876" not in str(info.value.__cause__)
+    argv = ["inspect", url, *[a for k, v in options.items() for a in ("-o", f"{k}={v}")]]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [f"larder: error: {message}"]
+
+
+@pytest.mark.parametrize("url", ["foo://x/y", "nosuchscheme://bucket/dir/data"])
+def test_cli_url_without_a_filesystem_prints_one_line(url):
+    proc = run("inspect", url)
+    assert proc.returncode == 1, proc.stderr
+    assert url in one_error_line(proc) and proc.stderr.count("\n") == 1

@@ -120,3 +120,43 @@ def test_urls_get_the_mix_seed_plus_their_index(mixed_cache):
     assert b[0] != a[0] and b[1] != a[1]  # the seed reaches the readers
     with loader.make_reader(mixed_cache, batch_size=40, seed=6) as r:
         assert next(r)["id"].tolist() == b[1]  # source 1 of seed 5: seed 6
+
+
+def _keep_even_ids(batch):  # a transform that keeps fewer rows than were planned
+    keep = batch["id"] % 2 == 0
+    return {"id": batch["id"][keep], "label": batch["label"][keep]}
+
+
+@pytest.mark.parametrize(("kw", "rows"), [
+    (dict(columns=["title", "label"]), lambda b: len(b["label"])),  # flat string bytes come first
+    (dict(columns=["ids", "id"]), lambda b: len(b["id"])),  # flat list values come first
+    (dict(columns=["title", "ids"]), lambda b: len(b["ids.offsets"]) - 1),  # only ragged columns
+    (dict(columns=["title", "ids"], ragged="padded"), lambda b: len(b["ids.lengths"])),
+    (dict(columns=["title", "ids"], strings="object", masks=True, with_row_ids=True), lambda b: len(b["_row"])),
+    (dict(columns=["id", "label"], transform=_keep_even_ids), lambda b: len(b["id"])),
+])
+def test_source_has_one_entry_per_row(mixed_cache, uneven_cache, kw, rows):
+    with loader.mix(sources(mixed_cache, uneven_cache, **kw), stop="all", with_source=True) as m:
+        batches = list(m)
+    assert len(batches) == sum(m.counts) > 0
+    for b in batches:
+        assert b["_source"].dtype == np.int32 and b["_source"].shape == (rows(b),)
+        assert len(set(b["_source"].tolist())) == 1
+    got = [sum(len(b["_source"]) for b in batches if b["_source"][0] == i) for i in range(2)]
+    if "transform" in kw:  # fewer rows than planned: the batch's own count, not the plan's
+        assert got == [(mixed_cache.num_rows + 1) // 2, (uneven_cache.num_rows + 1) // 2]
+    else:
+        assert got == [mixed_cache.num_rows, uneven_cache.num_rows]
+
+
+def test_batch_rows_counts_rows_in_every_form():
+    from loader.mix import batch_rows
+
+    offsets = np.array([0, 3, 3, 7], dtype=np.int64)
+    assert batch_rows({"t": np.zeros(7, np.uint8), "t.offsets": offsets}) == 3
+    assert batch_rows({"t": np.zeros(7, np.uint8), "t.offsets": offsets, "x": np.zeros(3)}) == 3
+    assert batch_rows({"tok": np.zeros(9, np.uint8), "tok.offsets": offsets,
+                       "tok.value_offsets": np.arange(8, dtype=np.int64)}) == 3
+    assert batch_rows({"p": np.zeros((3, 5)), "p.lengths": np.zeros(3)}) == 3
+    assert batch_rows({"s.offsets": np.zeros(4)}) == 4  # a struct field named "offsets" is row-first
+    assert batch_rows({}) == 0

@@ -261,3 +261,76 @@ def test_process_pool_runs_transforms_in_processes_and_reads_in_threads(mixed_ca
     pids = set(np.concatenate([b["pid"] for b in batches]).tolist())
     assert os.getpid() not in pids and pids <= workers
     assert np.array_equal(np.sort(np.concatenate([b["id"] for b in batches])), np.arange(1000))
+
+
+def keys_seen(batch: dict) -> dict:
+    """Records the key order the transform got, and adds an object column."""
+    batch["seen"] = np.array(["|".join(batch)] * len(batch["id"]), dtype=object)
+    return batch
+
+
+@pytest.mark.parametrize("transform", [None, keys_seen])
+def test_batch_keys_keep_their_order_in_every_pool(mixed_cache, transform):
+    import loader
+
+    kw = dict(batch_size=50, workers=2, num_epochs=1, strings="object", masks=True, transform=transform,
+              columns=["id", "title", "ids", "image", "x"])
+    keys, seen = {}, {}
+    for kind in POOLS:
+        with loader.make_reader(mixed_cache, pool=kind, **kw) as r:
+            batches = list(r)
+        keys[kind] = {tuple(b) for b in batches}
+        seen[kind] = {s for b in batches for s in b["seen"]} if transform else set()
+        assert np.array_equal(np.sort(np.concatenate([b["id"] for b in batches])), np.arange(1000))
+    assert len(keys["serial"]) == 1 and keys["thread"] == keys["process"] == keys["serial"], keys
+    order = next(iter(keys["serial"]))
+    assert order[:11] == ("id.valid", "id", "title.valid", "title", "ids.valid", "ids", "ids.offsets", "image.valid",
+                          "image", "x.valid", "x")
+    if transform:
+        assert order[-1] == "seen" and seen["thread"] == seen["process"] == seen["serial"] == {"|".join(order[:-1])}
+
+
+def noise_positional(batch: dict, rng) -> dict:
+    batch["noise"] = rng.random(len(batch["id"]))
+    return batch
+
+
+def noise_keyword_only(batch: dict, *, rng) -> dict:
+    batch["noise"] = rng.random(len(batch["id"]))
+    return batch
+
+
+def noise_keyword_only_default(batch: dict, eps: float = 0.0, *, rng=None) -> dict:
+    batch["noise"] = rng.random(len(batch["id"])) + eps
+    return batch
+
+
+def noise_args_and_keyword(batch: dict, *args, rng) -> dict:
+    assert args == ()
+    batch["noise"] = rng.random(len(batch["id"]))
+    return batch
+
+
+def keyword_only_option(batch: dict, *, scale=2) -> dict:  # no rng: called with the batch alone
+    batch["noise"] = np.full(len(batch["id"]), float(scale))
+    return batch
+
+
+def test_keyword_only_rng_is_given_the_rng_in_every_pool(mixed_cache):
+    """A transform's ``rng`` may be keyword-only: it gets the same RNG as a positional one, in every pool."""
+    import loader
+    from loader.tasks import takes_rng
+
+    def run(transform, pool):
+        with loader.make_reader(mixed_cache, batch_size=64, seed=3, num_epochs=2, pool=pool, workers=2,
+                                columns=["id"], transform=transform) as r:
+            return [(b["id"].tolist(), b["noise"].tolist()) for b in r]
+
+    expected = run(noise_positional, "serial")
+    assert len({tuple(n) for _, n in expected}) == len(expected)  # a different draw per batch
+    for transform in (noise_keyword_only, noise_keyword_only_default, noise_args_and_keyword):
+        assert takes_rng(transform)
+        for pool in POOLS:
+            assert run(transform, pool) == expected, (transform.__name__, pool)
+    assert not takes_rng(keyword_only_option)
+    assert all(n == [2.0] * len(n) for _, n in run(keyword_only_option, "process"))

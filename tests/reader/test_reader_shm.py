@@ -177,3 +177,28 @@ def test_a_page_map_that_does_not_tell_written_pages_is_not_trusted(monkeypatch)
     assert not procworker._probe_pagemap()  # such a platform gets copied arguments, compared after the task
     monkeypatch.setattr(shm.WrittenPages, "open", classmethod(lambda cls, maps: None))  # no page map at all
     assert not procworker._probe_pagemap()
+
+
+def test_key_order_survives_object_arrays_and_kept_arrays():
+    """Object arrays travel pickled beside the buffers: decoding still gives the sender's key order, also when
+    some arrays are kept back (a task's result naming its unchanged arguments)."""
+    batch = {"id": np.arange(4), "s": np.array(["a", "bc", "", "d"], dtype=object), "s.valid": np.ones(4, bool),
+             "li": np.arange(6, dtype=np.int32), "li.offsets": np.array([0, 1, 3, 3, 6]),
+             "t": np.array([b"x", b"", b"yz", b"w"], dtype=object)}
+    names: list[str] = []
+    encoded = shm.encode((batch,), "lrdtest", names)
+    args = shm.decode(encoded, unlink=False, copy=True)
+    assert list(args[0]) == list(batch)
+    assert all(np.array_equal(args[0][k], v) for k, v in batch.items())
+    known = shm.argument_arrays(args, encoded)
+    result = dict(args[0])
+    result["id"] = result["id"] * 2  # sent back; the other buffers are kept, the object arrays pickled
+    result["new"] = np.array(["n"] * 4, dtype=object)
+    result_names: list[str] = []
+    back = shm.encode(result, "lrdtest", result_names, known=known)
+    assert back.kept and back.objects
+    got = shm.decode(back, unlink=True, args=(batch,))
+    shm.decode(encoded, unlink=True)
+    assert list(got) == [*batch, "new"] and np.array_equal(got["id"], np.arange(4) * 2)
+    alone = {"o": np.array([None, 1], dtype=object), "x": np.arange(2)}  # nothing kept: the order still holds
+    assert list(shm.decode(shm.encode(alone, "lrdtest", []), unlink=True)) == ["o", "x"]

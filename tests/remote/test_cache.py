@@ -18,6 +18,7 @@ import pytest
 
 import loader
 from loader.cache import FileCache, attach_cache
+from loader.cache_disk import Evictor
 from loader.manifest import crc32_hex
 from tests.conftest import make_table, read_all
 from tests.remote.conftest import FAST_RETRY, data_opens
@@ -196,6 +197,26 @@ def test_eviction_keeps_files_in_use_and_files_without_remote_copy(server, tmp_p
     assert sum(os.path.getsize(other.local_path(new, f)) for f in cached_new) <= cap + in_use.size
     assert new.files[-1] in cached_new  # the newest survives, the least recently used went first
     user.close()
+
+
+def test_evictor_is_driven_by_its_own_interface_alone(server, remote_cache, tmp_path):
+    ds = loader.open_dataset(server.url("/caches/demo"))
+    filler = FileCache(tmp_path, auto_prefetch=False)  # fills the cache, then is gone
+    paths = [filler.local_path(ds, f) for f in ds.files]
+    for i, f in enumerate(ds.files):
+        filler.fetch(ds, f)
+        os.utime(paths[i], ns=(i * 10**9, os.stat(paths[i]).st_mtime_ns))  # files[0] least recently used
+    filler.close()
+    cap = ds.files[0].size + sum(f.size for f in ds.files[-3:])  # the pinned file and the three most recent
+    evictor = Evictor(str(tmp_path), cap)  # no FileCache behind it: its arguments are all it knows
+    server.clear_log()
+    evictor.make_room(0, pinned=lambda path: path == paths[0], datasets=[ds])
+    left = [i for i, p in enumerate(paths) if os.path.exists(p)]
+    assert left == [0, *range(len(paths) - 3, len(paths))]  # the least recently used went, but the pinned one
+    # Asked once whether the version still exists remotely (then remembered), with the dataset's filesystem.
+    assert server.count(op="GETFILESTATUS", path=f"/caches/demo/{ds.version}/_manifest.json") == 1
+    Evictor(str(tmp_path), 1).trim()  # the URL in the cache alone: everything not in use goes
+    assert not any(os.path.exists(p) for p in paths)
 
 
 def test_any_fsspec_filesystem_goes_through_the_same_cache(tmp_path):

@@ -99,7 +99,7 @@ class _EvictingOs:
     def replace(self, src, dst):
         os.replace(src, dst)
         if dst.endswith(".parquet"):
-            self.evictor._make_room(0)
+            self.evictor.trim()
 
 
 def test_file_evicted_by_another_process_right_after_its_download_is_never_an_error(server, remote_cache, tmp_path,

@@ -152,7 +152,7 @@ class WebHdfs(FaultSwitches):
         local = self.local(path)
         try:
             st = os.stat(local)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # a path under a file does not exist either
             raise RemoteException(404, "FileNotFoundException", f"File does not exist: {path}") from None
         is_dir = os.path.isdir(local)
         return {
