@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
+from .arguments import check_int
 from .convert import _is_binary_like, _is_list, _offsets, pad, to_numpy
 from .errors import ConfigError
-from .reader import check_int
 from .tasks import ROW_ID_FIELDS
 
 RAGGED_FORMS = ("ragged", "padded")

@@ -51,10 +51,11 @@ try:
 except ImportError as _e:  # pragma: no cover - depends on the environment
     raise ImportError("loader.torch needs PyTorch: pip install 'larder[torch]'") from _e
 
+from .arguments import check_int
 from .convert import to_padded
 from .dataset import pin_version
 from .errors import ConfigError, StateError
-from .reader import DEFAULT_MEMORY_BUDGET, check_int, fs_options_of, make_reader
+from .reader import DEFAULT_MEMORY_BUDGET, fs_options_of, make_reader
 
 RAGGED_FORMS = ("padded", "offsets")
 STRING_FORMS = ("list", "tensor")
