@@ -87,7 +87,7 @@ fi
 # stdout. The job's stderr (error lines, progress) comes back through a FIFO relayed to our stderr instead:
 # the job points its stderr at $LARDER_STDERR (etl/entry.py) when someone reads it. We hold a write end
 # open while spark-submit runs (so the relay waits for a driver that opens it late or never), then close
-# it: the relay ends once the driver has exited (at most 10 s later).
+# it: the relay ends once the driver has exited (at most 2 s later).
 relay=""
 if mkfifo "$tmp/stderr" 2>/dev/null; then
   cat "$tmp/stderr" >&2 &
@@ -102,7 +102,9 @@ set +e
 rc=$?
 if [ -n "$relay" ]; then
   exec 4>&-
-  for _ in $(seq 100); do  # a driver outliving spark-submit (killed JVM) must not hold us for long
+  # spark-submit waits for its driver, so the driver's lines are in the FIFO by now: the relay only drains
+  # them. A process the driver left behind that still holds the FIFO must not hold us: 2 s at most.
+  for _ in $(seq 20); do
     kill -0 "$relay" 2>/dev/null || break
     sleep 0.1
   done

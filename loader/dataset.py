@@ -459,17 +459,19 @@ def open_dataset(
     return ds
 
 
-def pin_version(url: str | os.PathLike, **fs_options) -> str:
+def pin_version(url: str | os.PathLike | Dataset, **fs_options) -> str | Dataset:
     """``url`` narrowed to the version it names now: a dataset directory's ``CURRENT`` is followed once.
 
     Readers opened later on the result (in another epoch, in a DataLoader worker) read that version even
     after a newer one is published, as one :func:`loader.make_reader` does for all its epochs. A version
     directory is returned as given; a URL keeps its scheme, address and query (options) and gains the
-    version's name in its path.
+    version's name in its path. An opened :class:`Dataset` is one version already: returned as it is.
 
     Raises:
         DatasetNotFoundError, ManifestError: As :func:`open_dataset`.
     """
+    if isinstance(url, Dataset):
+        return url
     text = os.fspath(url)
     ds = open_dataset(text, **fs_options)
     _, path = lfs.resolve(text, **fs_options)

@@ -106,7 +106,7 @@ def resolve(url: str | os.PathLike, **options) -> tuple[pafs.FileSystem, str]:
     try:
         fs, path = pafs.FileSystem.from_uri(text)
         return fs, path
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as arrow_error:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ImportError) as arrow_error:  # ImportError: via fsspec
         try:
             import fsspec  # type: ignore[import-not-found]
         except ImportError:

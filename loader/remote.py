@@ -51,7 +51,10 @@ _TRANSIENT_NAMES = frozenset(
 # Java exceptions in a WebHDFS error answer that mean "try again shortly": a name node in standby during an
 # HA failover, or one in safe mode (Hadoop's own clients retry these with backoff).
 _TRANSIENT_REMOTE_EXCEPTIONS = frozenset({"StandbyException", "RetriableException", "SafeModeException"})
-_SECRET_PARAMS = re.compile(r"(?i)\b(delegation|token|password|passwd|secret|signature|sig)=([^&\s'\"<>]+)")
+# A query parameter whose name holds one of these words (``token``, ``access_token``, ``api_key``, ``X-Amz-Signature``).
+_SECRET_PARAMS = re.compile(
+    r"(?i)(?<![\w.-])([\w.-]*(?:delegation|token|password|passwd|secret|signature|sig|key|credential)[\w.-]*)"
+    r"=([^&\s'\"<>]+)")
 _USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)([^/@\s:]+):([^/@\s]+)@")
 
 

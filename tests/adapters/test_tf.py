@@ -403,3 +403,14 @@ def test_every_iteration_reads_the_version_opened(republished):
         publish(i + 2)
     assert tags == [{1}, {1}, {1}]
     assert {int(t) for b in make_dataset(url, batch_size=100, columns=["tag"]) for t in b["tag"].numpy()} == {4}
+
+
+def test_an_opened_dataset_is_read_as_it_is(republished):
+    """``make_dataset`` takes a ``loader.Dataset`` (one version already), as ``make_reader`` does."""
+    url, publish = republished
+    ds = loader.open_dataset(url)
+    publish(2)
+    assert loader.pin_version(ds) is ds
+    data = make_dataset(ds, batch_size=100, columns=["id", "tag"])
+    assert sorted(int(x) for b in data for x in b["id"].numpy()) == list(range(1200))
+    assert {int(t) for b in data for t in b["tag"].numpy()} == {1}

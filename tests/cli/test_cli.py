@@ -502,6 +502,8 @@ def _register_fake_schemes():
     ("foo://x/y", {}, loader.ConfigError, ["foo://", "foo://x/y", "Protocol not known"]),
     ("foo://user:pw9876@h/y?token=tk9876", {}, loader.ConfigError, ["foo://", "foo://user:***@h/y?token=***"]),
     ("lardermissing://bucket/x", {}, loader.ConfigError, ["lardermissing://", "Install larder-no-such"]),
+    ("foo://h/y?access_token=tk9876&api_key=ak9876&X-Amz-Credential=cr9876&n=1", {}, loader.ConfigError,
+     ["foo://h/y?access_token=***&api_key=***&X-Amz-Credential=***&n=1"]),
     ("larderdown://h/x", {"token": "tk9876", "key": "pw9876"}, loader.RemoteError,
      ["larderdown://", "larderdown://h/x", "ConnectionRefusedError", "token=***"]),
 ])
@@ -521,6 +523,19 @@ def test_url_without_a_filesystem_is_a_larder_error_naming_it(url, options, erro
     assert main(argv) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.splitlines() == [f"larder: error: {message}"]
+
+
+def test_a_scheme_pyarrow_hands_to_a_missing_fsspec_package_is_a_config_error():
+    """pyarrow itself routes ``hf://`` to fsspec, whose missing package raises ImportError inside pyarrow."""
+    pytest.importorskip("fsspec")
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("huggingface_hub is installed: hf:// has a filesystem")
+    with pytest.raises(loader.ConfigError, match=r"no filesystem for hf:// URLs .*huggingface_hub"):
+        loader.open_dataset("hf://datasets/org/name")
 
 
 @pytest.mark.parametrize("url", ["foo://x/y", "nosuchscheme://bucket/dir/data"])
