@@ -106,7 +106,8 @@ def resolve(url: str | os.PathLike, **options) -> tuple[pafs.FileSystem, str]:
     try:
         fs, path = pafs.FileSystem.from_uri(text)
         return fs, path
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ImportError) as arrow_error:  # ImportError: via fsspec
+    # ImportError: pyarrow itself hands some schemes (hf://) to fsspec, whose package may be missing
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ImportError) as arrow_error:
         try:
             import fsspec  # type: ignore[import-not-found]
         except ImportError:
