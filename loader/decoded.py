@@ -16,9 +16,18 @@ machine share the files safely. Every read checks size, trailer and CRC-32 (``lo
 with zlib-ng); a file that fails is deleted and its row group decoded from the checked Parquet again, so a
 truncated or corrupt cache file never yields wrong rows.
 
-Space: decoded files take about the manifest's uncompressed bytes. ``max_bytes`` caps what one reader
-adds (new row groups are simply not cached past it); nothing is evicted automatically: remove the version
-directories you no longer train on (``DIR/<dataset>/<old version>``).
+Space: decoded files take about the manifest's uncompressed bytes. ``max_bytes`` caps the bytes the cache
+holds on disk for the dataset version, ``DIR/<dataset>/<version>/`` (every column selection together, written
+by any reader, pass, worker or process): a cache counts the files there when it is made, keeps the count up
+to date as it writes, and counts again before it stores a file (unless its last count is younger than
+:data:`RECOUNT_RATIO` times what that count took: counting costs at most about 5% of the time, even in a
+directory of very many files), seeing other processes' files and removals. A new row group is simply not
+cached once it would not fit. So readers made one after the other (the torch adapter makes one per pass,
+a restarted job another) never take the directory past the cap; writers running at the same time
+(DataLoader workers, several processes) may together go past it by the files the others were writing at
+that moment (about a row group each; more only in a directory so large that counts are spaced out).
+Nothing is evicted
+automatically: remove the version directories you no longer train on (``DIR/<dataset>/<old version>``).
 """
 
 from __future__ import annotations
@@ -46,6 +55,11 @@ def columns_key(schema: pa.Schema) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+RECOUNT_RATIO = 20
+"""A capped cache counts its version directory's bytes again before storing a file unless its last count is
+younger than this many times what that count took."""
+
+
 @dataclass
 class DecodedCache:
     """Decoded row groups of one dataset version and column selection (picklable: a process pool's
@@ -53,32 +67,81 @@ class DecodedCache:
 
     Attributes:
         root: The directory of this version and selection.
-        max_bytes: Most bytes this reader adds (its decoding threads share the count; a file is stored only
-            if it fits); None: no cap.
+        max_bytes: Most bytes the files under ``scope`` may take (every writer's, this one's decoding threads
+            included; a file is stored only if it fits); None: no cap.
+        scope: The directory whose bytes count against ``max_bytes``: the version's directory for
+            :meth:`for_dataset` (every column selection), ``root`` when None.
+        added: Bytes this cache wrote (in this process).
+        held: Bytes counted under ``scope``: at the last count, plus what this cache wrote or is writing since.
     """
 
     root: str
     max_bytes: int | None = None
+    scope: str | None = None
     added: int = field(default=0, compare=False)
+    held: int = field(default=0, compare=False)
     hits: int = field(default=0, compare=False)
     misses: int = field(default=0, compare=False)
     rejected: int = field(default=0, compare=False)
+    _writing: int = field(default=0, repr=False, compare=False)  # bytes reserved by this cache's stores under way
+    _counted_at: float | None = field(default=None, repr=False, compare=False)
+    _count_seconds: float = field(default=0.0, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_lock"}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _lock=threading.Lock())
+        self.__dict__.update(state, _lock=threading.Lock(), _writing=0)
 
     @classmethod
     def for_dataset(cls, directory: str | os.PathLike, dataset: str, version: str, schema: pa.Schema,
                     max_bytes: int | None = None) -> DecodedCache:
         """The cache of ``dataset``/``version`` for the columns of ``schema`` under ``directory`` (the
-        partial files of writers that died there are removed)."""
-        cache = cls(os.path.join(os.fspath(directory), dataset, version, columns_key(schema)), max_bytes)
+        partial files of writers that died there are removed; with a cap, the version's files are counted)."""
+        scope = os.path.join(os.fspath(directory), dataset, version)
+        cache = cls(os.path.join(scope, columns_key(schema)), max_bytes, scope)
         cache.remove_stale_parts()
+        if max_bytes is not None:
+            with cache._lock:
+                cache._count()
         return cache
+
+    def bytes_on_disk(self) -> int:
+        """Bytes of the files under ``scope`` (``root`` when None), other writers' partial files included and
+        this process's own left out (they are counted as reserved while being written)."""
+        mine = f".{os.getpid()}-"
+        total = 0
+        for dirpath, _, names in os.walk(self.scope or self.root):
+            for name in names:
+                if name.endswith(".part") and mine in name:
+                    continue
+                try:
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+                except OSError:  # removed meanwhile
+                    continue
+        return total
+
+    def _count(self) -> None:
+        """Count the bytes under ``scope`` again (with the lock held)."""
+        t0 = time.monotonic()
+        self.held = self.bytes_on_disk() + self._writing
+        self._counted_at = time.monotonic()
+        self._count_seconds = self._counted_at - t0
+
+    def _reserve(self, estimate: int) -> bool:
+        """Reserve room for a file of about ``estimate`` bytes; False when it would take ``scope`` past the cap."""
+        with self._lock:  # reserve first: concurrent threads never exceed the cap together
+            if self.max_bytes is not None:
+                if self._counted_at is None or (time.monotonic() - self._counted_at
+                                                >= RECOUNT_RATIO * self._count_seconds):
+                    self._count()
+                if self.held + estimate > self.max_bytes:
+                    return False
+            self.held += estimate
+            self.added += estimate
+            self._writing += estimate
+            return True
 
     def remove_stale_parts(self) -> int:
         """Remove the ``.part`` files of writers that are gone (a reader killed while storing); returns how
@@ -115,13 +178,16 @@ class DecodedCache:
         self.misses += 1
         table = decode()
         estimate = table.nbytes + 4096  # IPC framing; corrected once written
-        with self._lock:  # reserve first: concurrent workers never exceed the cap together
-            if self.max_bytes is not None and self.added + estimate > self.max_bytes:
-                return table
-            self.added += estimate
-        written = self._store(path, table)
-        with self._lock:
-            self.added += written - estimate
+        if not self._reserve(estimate):
+            return table
+        written = 0
+        try:
+            written = self._store(path, table)
+        finally:
+            with self._lock:
+                self._writing -= estimate
+                self.added += written - estimate
+                self.held += written - estimate
         return table
 
     def _load(self, path: str) -> pa.Table | None:
@@ -151,9 +217,12 @@ class DecodedCache:
         """A cached file failed its checks: remove it (the caller decodes the Parquet again)."""
         self.rejected += 1
         try:
+            size = os.path.getsize(path)
             os.unlink(path)
         except OSError:
-            pass
+            return None
+        with self._lock:
+            self.held -= size
         return None
 
     def _store(self, path: str, table: pa.Table) -> int:
@@ -195,4 +264,4 @@ def _alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["MAGIC", "DecodedCache", "columns_key"]
+__all__ = ["MAGIC", "RECOUNT_RATIO", "DecodedCache", "columns_key"]

@@ -387,3 +387,65 @@ def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_
     else:
         window = min(max_window, whole)
     return max(1, min(window, max(1, num_groups))), None
+
+
+_MAX_PREFETCH = 32  # a deeper ready queue only added memory whose first touch costs CPU (see loader.reader)
+
+
+def size_text(n: float) -> str:
+    """``n`` bytes for a message: ``41.9 MiB``, ``18.5 KiB``, ``900 bytes``."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n:.0f} bytes"
+
+
+@dataclass(frozen=True)
+class BatchDepths:
+    """How many finished batches a reader keeps, chosen from its memory budget (:func:`batch_depths`).
+
+    Attributes:
+        batch_bytes: Estimated bytes of one batch (the manifest's uncompressed bytes per row times its rows).
+        prefetch: Ready queue size, in batches.
+        batches_per_task: Batches cut and finished by one pool task.
+        batches_ahead: Finishing tasks in flight (each of ``batches_per_task`` batches).
+        over_budget: One batch alone is larger than the ready queue's share of the budget.
+    """
+
+    batch_bytes: float
+    prefetch: int
+    batches_per_task: int
+    batches_ahead: int
+    over_budget: bool
+
+    @property
+    def peak_batches(self) -> int:
+        """Most finished batches in memory at once: the queue, the tasks in flight, the one the producer is
+        handing over and the consumer's."""
+        return self.prefetch + self.batches_ahead * self.batches_per_task + 2
+
+    @property
+    def peak_batch_bytes(self) -> float:
+        """Estimated bytes of :attr:`peak_batches`."""
+        return self.peak_batches * self.batch_bytes
+
+
+def batch_depths(budget: int, batch_bytes: float, workers: int, pool: str,
+                 prefetch: int | None = None) -> BatchDepths:
+    """Size the ready queue and the finishing lookahead from the memory budget.
+
+    The ready queue gets an eighth of ``budget`` (``prefetch`` batches, 1 to 32, unless given) and the batches
+    being finished a quarter (``batches_ahead`` tasks of ``batches_per_task`` batches, at least one task, at
+    most ``max(4, 2 * workers)``); the rest goes to the reads and windows. A batch larger than the queue's
+    share is allowed (one ready, one task in flight) but flagged ``over_budget``.
+    """
+    batch_bytes = max(1.0, float(batch_bytes))
+    fit = int((budget // 8) // batch_bytes)  # batches in the ready queue's share
+    if prefetch is None:
+        prefetch = min(_MAX_PREFETCH, max(1, fit))
+    if pool == "serial":
+        per_task, ahead = 1, 1
+    else:
+        per_task = max(1, min(16, prefetch // 4))
+        ahead = max(1, min(max(4, 2 * workers), int((budget // 4) // (batch_bytes * per_task))))
+    return BatchDepths(batch_bytes, prefetch, per_task, ahead, fit < 1)

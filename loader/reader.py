@@ -12,8 +12,10 @@ windows' worth: the reads in flight (one window ahead), the window being assembl
 contiguous, its large string / binary columns kept as views over the pieces' own buffers, not copied), and
 the previous window while its last batches are cut; the ready queue holds up to an eighth of the budget in
 batches (at most 32: a deeper queue only added memory whose first touch costs CPU, bench: VmHWM 320 -> 284
-MB, CPU per row no higher), and thread workers have at most as many again in hand (tasks of up to a quarter
-of the queue).
+MB, CPU per row no higher), and the batches being finished up to a quarter of it (at most ``max(4, 2 *
+workers)`` tasks of up to a quarter of the queue each; :func:`batch_depths`). Both keep at least one batch:
+a batch larger than the queue's share is allowed but warned about, and the few such batches in hand
+(:attr:`BatchDepths.peak_batches`) then take memory beyond the budget.
 Each batch is gathered from its window once (an Arrow ``take``, and for viewed columns one copy of the
 rows' bytes straight from the pieces), in the thread pool's workers, so gathers run in parallel; the window
 is never copied in shuffled order. Row groups larger than a window's share (the usual case for
@@ -31,6 +33,7 @@ import math
 import os
 import secrets
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -46,12 +49,11 @@ from .dataset import Dataset, open_dataset
 from .decoded import DecodedCache
 from .errors import ConfigError, StateError
 from .pipeline import Pipeline, ReaderStats, Setup
-from .plan import MIN_MIX, EpochPlan, Planner, epoch_rows, num_batches, window_size_for
+from .plan import MIN_MIX, EpochPlan, Planner, batch_depths, epoch_rows, num_batches, size_text, window_size_for
 from .pools import make_pool
 from .state import check_state, make_state
 
 DEFAULT_MEMORY_BUDGET = 256 << 20
-_MAX_PREFETCH = 32
 
 
 @dataclass(frozen=True)
@@ -167,8 +169,19 @@ class Reader(Closeable):
         if workers is None:
             workers = 1 if pool == "serial" else min(8, os.cpu_count() or 1)
         row_bytes = max(1.0, group_bytes / max(1.0, group_rows))
-        if prefetch is None:
-            prefetch = int(min(_MAX_PREFETCH, max(2, (budget // 8) // (row_bytes * batch_size))))
+        depths = batch_depths(budget, row_bytes * batch_size, workers, pool, prefetch)
+        if depths.over_budget:
+            warnings.warn(
+                f"batch_size={batch_size} makes batches of about {size_text(depths.batch_bytes)} (estimated from "
+                f"the manifest), more than the ready queue's share (an eighth) of memory_budget={budget} "
+                f"({size_text(budget)}): the reader keeps only {depths.prefetch} ready and "
+                f"{depths.batches_ahead} being finished, but may still hold about "
+                f"{size_text(depths.peak_batch_bytes)} of finished batches "
+                f"({depths.peak_batches}) besides its reads and windows, past the budget; "
+                "raise memory_budget or lower batch_size",
+                UserWarning, stacklevel=3,
+            )
+        prefetch = depths.prefetch
 
         self.batch_size, self.shuffle, self.seed, self.num_epochs = batch_size, shuffle, seed, num_epochs
         self.rank, self.world_size, self.drop_last, self.sample = rank, world_size, drop_last, sample
@@ -208,10 +221,10 @@ class Reader(Closeable):
             shuffle=shuffle,
             num_epochs=num_epochs,
             pieces_ahead=max(workers, window) if pool != "serial" else 1,
-            batches_ahead=max(4, 2 * workers) if pool != "serial" else 1,
+            batches_ahead=depths.batches_ahead,
             prefetch=prefetch,
             cut_in_pool=pool != "serial",
-            batches_per_task=max(1, min(16, prefetch // 4)) if pool != "serial" else 1,
+            batches_per_task=depths.batches_per_task,
             transform_apart=pool == "process" and transform is not None,
             has_transform=transform is not None,
             with_row_ids=with_row_ids,
@@ -405,7 +418,7 @@ def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, 
             shuffles and conversions run on threads of this process; without a transform it reads as
             ``"thread"`` and starts no process) or ``"serial"`` (debugging).
         shuffle_buffer: Rows shuffled together (rounded to whole row groups); default from the budget.
-        prefetch: Ready batches kept ahead of the consumer; default from the budget (2 to 32).
+        prefetch: Ready batches kept ahead of the consumer; default from the budget (1 to 32).
         transform: ``transform(batch)`` or ``transform(batch, rng)`` on each batch dict, run in the
             workers; ``rng`` depends only on (seed, epoch, rank, world size, batch index). The RNG goes to
             a second positional parameter without a default, or named ``rng``.
@@ -414,7 +427,8 @@ def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, 
         drop_last: Only full batches (see :mod:`loader.plan` for the equal-batch-count rule).
         cache_dir: Local directory that keeps copies of remote files.
         sample: Fraction of rows per epoch in ``(0, 1]``, a different subset each epoch.
-        memory_budget: Bytes for in-flight reads, the shuffle window and the ready queue (256 MiB).
+        memory_budget: Bytes for in-flight reads, the shuffle windows and the finished batches (256 MiB); a
+            batch larger than an eighth of it warns (it is still read, counted past the budget).
         ragged: ``"offsets"`` or ``"padded"`` form of variable-length columns (:mod:`loader.convert`).
         strings: ``"offsets"`` (follow ``ragged``) or ``"object"`` arrays of str/bytes.
         masks: Add a ``col.valid`` mask for every nullable column.
@@ -422,7 +436,8 @@ def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, 
         decoded_cache_dir: Local directory keeping decoded row groups as checksummed Arrow IPC files
             (:mod:`loader.decoded`): epochs after the first, and later runs, map them instead of decoding
             Parquet. About the uncompressed size of the columns read; off by default.
-        max_decoded_bytes: Most bytes this reader adds to ``decoded_cache_dir`` (None: no cap).
+        max_decoded_bytes: Most bytes ``decoded_cache_dir`` holds for this dataset version, whoever wrote them
+            (every reader, pass, worker and process; :mod:`loader.decoded`); None: no cap.
         **fs_options: Options of the URL's filesystem.
 
     Raises:

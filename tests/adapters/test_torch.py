@@ -411,3 +411,31 @@ def test_every_pass_and_worker_reads_the_version_opened(republished, num_workers
         assert sorted(ids) == list(range(1200)) and tags == {1}
     fresh = make_dataloader(url, batch_size=100, columns=["tag"])
     assert {t for b in fresh for t in b["tag"].tolist()} == {4}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_max_decoded_bytes_caps_the_directory_over_epochs(adapter_data, tmp_path, num_workers):
+    """A new reader every pass (and one per worker) must not each add the cap: it bounds the directory."""
+    import os
+
+    table, ds = adapter_data
+
+    def on_disk(path) -> list[int]:
+        return [os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(path) for f in names]
+
+    list(make_dataloader(ds.version_path, batch_size=32, decoded_cache_dir=tmp_path / "full"))
+    sizes = sorted(on_disk(tmp_path / "full"))
+    assert len(sizes) == ds.num_row_groups
+    cap = sum(sizes[:3]) + 3 * 4096  # about 3 of the row groups
+    # Concurrent writers (the workers) may each overshoot by the file they are writing when the other counts.
+    slack = 0 if num_workers == 0 else 2 * num_workers * sizes[-1]
+    version_dir = tmp_path / "capped" / ds.name / ds.version
+    dl = make_dataloader(ds.version_path, batch_size=32, num_workers=num_workers, pad_value=-1,
+                         decoded_cache_dir=tmp_path / "capped", max_decoded_bytes=cap,
+                         **(WORKERS if num_workers else {}))
+    for epoch in range(4):
+        batches = list(dl)
+        assert sorted(ids_of(batches).tolist()) == list(range(table.num_rows))
+        for b in batches:
+            check_rows(b, table)
+        assert 0 < sum(on_disk(version_dir)) <= cap + slack, f"after epoch {epoch}"

@@ -128,3 +128,52 @@ def test_partial_files_of_dead_writers_are_removed(mixed_cache, tmp_path):
     os.utime(old, (0, 0))
     DecodedCache.for_dataset(tmp_path, mixed_cache.name, mixed_cache.version, mixed_cache.schema)
     assert sorted(os.listdir(cache.root)) == [os.path.basename(mine)]
+
+
+def _on_disk(path) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(path) for f in names)
+
+
+def _cap_of_three(mixed_cache, tmp_path):
+    """A cap with room for about 3 of mixed_cache's 20 cached row groups, and the largest file's size."""
+    _batches(mixed_cache, pool="serial", decoded_cache_dir=tmp_path / "full")
+    sizes = sorted(os.path.getsize(f) for f in glob.glob(str(tmp_path / "full" / "**" / "*.arrow"), recursive=True))
+    return sum(sizes[:3]) + 3 * 4096, sizes[-1]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_the_cap_bounds_the_directory_across_readers_in_sequence(mixed_cache, tmp_path, pool):
+    """A restarted job, or the torch adapter's new reader every pass: the cap is on the directory, not on
+    what one reader adds (each column selection counts against it too)."""
+    cap, _ = _cap_of_three(mixed_cache, tmp_path)
+    capped = tmp_path / "capped"
+    version_dir = capped / "demo" / mixed_cache.version
+    reference, _ = _batches(mixed_cache, pool="serial")
+    for i, columns in enumerate([None, None, ["id", "x"], None, ["id"]]):
+        got, _ = _batches(mixed_cache, pool=pool, workers=2, decoded_cache_dir=capped, max_decoded_bytes=cap,
+                          columns=columns)
+        if columns is None:
+            _same(got, reference)
+        assert 0 < _on_disk(version_dir) <= cap, f"after reader {i + 1}"
+
+
+def test_concurrent_caches_see_each_others_files(mixed_cache, tmp_path, monkeypatch):
+    """Two processes' caches made at the same time (both count an empty directory): each counts the directory
+    again before storing, so the second stores nothing once the first filled the cap."""
+    import loader.decoded as decoded
+
+    monkeypatch.setattr(decoded, "RECOUNT_RATIO", 0)  # count before every store, however fast the last count
+    cap, _ = _cap_of_three(mixed_cache, tmp_path)
+    schema = mixed_cache.schema
+    a = DecodedCache.for_dataset(tmp_path / "shared", "demo", mixed_cache.version, schema, cap)
+    b = DecodedCache.for_dataset(tmp_path / "shared", "demo", mixed_cache.version, schema, cap)
+    table = pa.table({"v": np.arange(400, dtype=np.int64)})  # ~3.2 KB + framing per file
+    for k in range(30):
+        a.get("part-a.parquet", k, lambda: table)
+    assert 0 < a.added <= cap and a.held == _on_disk(tmp_path / "shared")
+    for k in range(30):
+        b.get("part-b.parquet", k, lambda: table)
+    assert b.added == 0 and _on_disk(tmp_path / "shared") <= cap
+    os.unlink(a.path("part-a.parquet", 0))  # room again: seen at the next count
+    b.get("part-b.parquet", 99, lambda: table)
+    assert b.added > 0 and _on_disk(tmp_path / "shared") <= cap
