@@ -65,6 +65,11 @@ if TYPE_CHECKING:
     from .dataset import Dataset
 
 log = logging.getLogger("loader.cache")
+_NO_ROOM_RETRY = 0.1  # seconds before a prefetch that found no room under the cap tries again
+
+
+class _NoRoom(Exception):
+    """A prefetch cannot start: the cache is full of files in use (it waits; a demand fetch would not)."""
 
 
 class FileCache:
@@ -104,6 +109,8 @@ class FileCache:
         self._ahead: dict[str, int] = {}  # with a cap: prefetched (or in flight), not yet used: path -> size
         self._done_at: dict[str, int] = {}
         self._inflight = 0
+        self._no_room = False  # a prefetch found no room under the cap: probe one at a time
+        self._requeued: set[str] = set()  # put back in the queue for want of room (dropped once got)
         self._queue: list[tuple[Dataset, FileInfo]] = []
         self._pins: OrderedDict[str, int] = OrderedDict()  # path -> fd holding LOCK_SH
         self._verified: dict[str, tuple[int, int, int]] = {}
@@ -215,7 +222,11 @@ class FileCache:
                     break
         self._touch(path)
         with self._lock:
-            if self._ahead.pop(path, None) is not None:
+            no_room, self._no_room = self._no_room, False
+            if path in self._requeued:  # fetched on demand before its prefetch could start
+                self._requeued.discard(path)
+                self._queue = [(d, f) for d, f in self._queue if self.local_path(d, f) != path]
+            if self._ahead.pop(path, None) is not None or no_room:
                 self._pump()
         return pafs.LocalFileSystem(), path
 
@@ -316,11 +327,15 @@ class FileCache:
 
     # ----------------------------------------------------------------- downloading
     def _ensure(self, ds: Dataset, info: FileInfo, path: str, progress=None, blocking: bool = True,
-                recheck: bool = False) -> tuple[int, int | None]:
+                recheck: bool = False, strict: bool = False) -> tuple[int, int | None]:
         """Make sure a verified copy is at ``path``; returns ``(bytes downloaded, fd)``, where ``fd`` holds a
         shared ``flock`` on the copy (None only when ``blocking`` is False and another fetcher holds the file).
 
+        The download reserves its room first (:meth:`Evictor.make_room`, counting the downloads in flight of
+        every process); with ``strict`` (a prefetch) it is not started when the room cannot be made.
+
         Raises:
+            _NoRoom: With ``strict``, the cache cannot make room for the file now.
             CacheError: The cache directory cannot hold the file; its partial download is removed.
         """
         fd = self._open_verified(path, info, recheck)
@@ -337,19 +352,23 @@ class FileCache:
                     return 0, fd
                 _remove_quietly(path)  # a bad copy (wrong size or checksum)
                 self._write_source(ds)
-                self.trim(info.size)
-                got = download(ds.fs, ds.file_path(info), part, size=info.size, checksum=info.checksum,
-                               where=ds.display(info), progress=progress, policy=self.retry)
-                # Locked before it gets its final name: no evictor can take it before it is handed out.
-                fd = os.open(part, os.O_RDONLY)
+                if not self._make_room(info.size, path, strict) and strict:
+                    raise _NoRoom(path)
                 try:
-                    lock_fd(fd, exclusive=False)
-                    os.replace(part, path)
-                    st = os.fstat(fd)
-                    self._mark_verified(path, info, (st.st_ino, st.st_size, st.st_mtime_ns))
-                except BaseException:
-                    os.close(fd)
-                    raise
+                    got = download(ds.fs, ds.file_path(info), part, size=info.size, checksum=info.checksum,
+                                   where=ds.display(info), progress=progress, policy=self.retry)
+                    # Locked before it gets its final name: no evictor can take it before it is handed out.
+                    fd = os.open(part, os.O_RDONLY)
+                    try:
+                        lock_fd(fd, exclusive=False)
+                        os.replace(part, path)
+                        st = os.fstat(fd)
+                        self._mark_verified(path, info, (st.st_ino, st.st_size, st.st_mtime_ns))
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                finally:  # after the rename: an evictor meanwhile counts the file twice, never not at all
+                    self._evictor.release(path)
         except OSError as e:
             if isinstance(e, LarderError) or e.errno not in _LOCAL_ERRNOS:
                 raise
@@ -381,12 +400,13 @@ class FileCache:
             limit = None if self.max_cache_bytes is None else self.max_cache_bytes // 2
             if limit is not None:
                 self._release_used()
-            while self._queue and self._inflight < 2 * self.io_threads:
+            while self._queue and self._inflight < (1 if self._no_room else 2 * self.io_threads):
                 ds, info = self._queue[-1]
                 if limit is not None and self._ahead and sum(self._ahead.values()) + info.size > limit:
                     return
                 self._queue.pop()
                 path = self.local_path(ds, info)
+                self._requeued.discard(path)
                 if path in self._futures:
                     continue
                 if self._executor is None:
@@ -429,10 +449,24 @@ class FileCache:
                     os.close(fd)
 
     def _prefetch_one(self, ds: Dataset, info: FileInfo, path: str) -> None:
-        _, fd = self._ensure(ds, info, path, blocking=False)
-        if fd is None:  # another process holds the download lock: wait for it
-            _, fd = self._ensure(ds, info, path)
+        try:
+            _, fd = self._ensure(ds, info, path, blocking=False, strict=True)
+            if fd is None:  # another process holds the download lock: wait for it
+                _, fd = self._ensure(ds, info, path, strict=True)
+        except _NoRoom:
+            # The cap is full of files in use: put the file back in the queue and probe again a little later,
+            # one prefetch at a time, until a file is used (or fetched on demand by get()).
+            with self._lock:
+                self._no_room = True
+                self._ahead.pop(path, None)
+                self._futures.pop(path, None)
+                if self._executor is not None:  # not closed
+                    self._queue.append((ds, info))
+                    self._requeued.add(path)
+            time.sleep(_NO_ROOM_RETRY)
+            return
         with self._lock:
+            self._no_room = False
             wanted = path in self._ahead
         if wanted and fd is not None:
             self._hold(path, fd)
@@ -478,10 +512,14 @@ class FileCache:
     def trim(self, incoming: int = 0) -> None:
         """Evict least recently used files not in use until the cache is within ``max_cache_bytes`` (with room
         for ``incoming`` more bytes)."""
+        self._make_room(incoming)
+
+    def _make_room(self, incoming: int, reserve: str | None = None, strict: bool = False) -> bool:
         with self._lock:
             datasets = list(self._known.values())
         self._evictor.max_cache_bytes = self.max_cache_bytes
-        self._evictor.make_room(incoming, pinned=lambda path: path in self._pins, datasets=datasets)  # atomic `in`
+        return self._evictor.make_room(incoming, pinned=lambda path: path in self._pins,  # atomic `in`
+                                       datasets=datasets, reserve=reserve, strict=strict)
 
 
 def attach_cache(ds: Dataset, cache_dir: str | os.PathLike, *, max_cache_bytes: int | None = None,

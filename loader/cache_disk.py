@@ -81,6 +81,7 @@ class Evictor:
         self.answer_ttl = answer_ttl
         self._lock = threading.Lock()
         self._answers: dict[str, tuple[float, bool]] = {}  # version dir -> (when, has a remote copy)
+        self._warned = False  # the cache was forced over its cap (warned once, then logged at info level)
 
     def trim(self, *, pinned: Callable[[str], bool] = _nothing_pinned, datasets: Iterable[Dataset] = ()) -> None:
         """Evict least recently used files not in use until the cache is within ``max_cache_bytes``.
@@ -117,23 +118,35 @@ class Evictor:
         return answer
 
     def make_room(self, incoming: int, *, pinned: Callable[[str], bool] = _nothing_pinned,
-                  datasets: Iterable[Dataset] = ()) -> None:
+                  datasets: Iterable[Dataset] = (), reserve: str | None = None, strict: bool = False) -> bool:
         """Evict until ``incoming`` more bytes fit under ``max_cache_bytes`` (as far as files not in use allow).
+
+        Downloads in flight count as if complete: a download that reserved its room (``reserve``: a
+        ``.<name>.want`` sidecar holding its expected size, kept while its download lock is held) counts at
+        its expected size, any other ``.part`` file (a download abandoned by a killed process) at its size.
 
         Args:
             incoming: Bytes about to be written into the cache.
             pinned: True for a path its caller holds in use (never evicted; asked just before each removal).
             datasets: The datasets the caller serves (see :meth:`has_remote_copy`).
+            reserve: The final path of the download ``incoming`` is for (its caller holds its download lock):
+                its room is reserved (while the evict lock is held) so that other downloads count it.
+            strict: Reserve nothing when the room cannot be made (a prefetch, which can wait).
+
+        Returns:
+            Whether the cache fits ``incoming`` more bytes within the cap (always True without a cap).
         """
         if self.max_cache_bytes is None:
-            return
+            return True
         datasets = list(datasets)
         meta = os.path.join(self.cache_dir, META_DIR)
         os.makedirs(meta, exist_ok=True)
         with Flock(os.path.join(meta, "evict.lock")):
             files = []
+            in_flight = 0
             for dirpath, dirnames, names in os.walk(self.cache_dir):
                 dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                in_flight += _in_flight(dirpath, names, reserve)
                 for name in names:
                     if not name.startswith("."):
                         try:
@@ -143,8 +156,8 @@ class Evictor:
                         files.append((st.st_atime_ns, st.st_size, os.path.join(dirpath, name), dirpath))
             total = sum(size for _, size, _, _ in files)
             for _, size, path, dirpath in sorted(files):
-                if total + incoming <= self.max_cache_bytes:
-                    return
+                if total + in_flight + incoming <= self.max_cache_bytes:
+                    break
                 if pinned(path):
                     continue
                 rel = os.path.relpath(dirpath, self.cache_dir).split(os.sep)
@@ -157,9 +170,76 @@ class Evictor:
                     _remove_quietly(_hidden(path, "ok"))
                 total -= size
                 log.info("evicted %s (%d bytes)", path, size)
-            if total + incoming > self.max_cache_bytes:
-                log.warning("cache %s holds %d bytes in use; exceeding max_cache_bytes=%d",
-                            self.cache_dir, total, self.max_cache_bytes)
+            fits = total + in_flight + incoming <= self.max_cache_bytes
+            if fits or not strict:
+                if reserve is not None:
+                    _write_want(reserve, incoming)
+            if not fits and not strict:
+                self._over_cap(total, in_flight, incoming)
+            return fits
+
+    def release(self, path: str) -> None:
+        """Drop the room reservation of the download of ``path`` (done, or failed), under the evict lock: an
+        evictor that listed the directory before the download got its final name must still find it."""
+        want = _hidden(path, "want")
+        if self.max_cache_bytes is None and not os.path.exists(want):
+            return
+        with Flock(os.path.join(self.cache_dir, META_DIR, "evict.lock")):
+            _remove_quietly(want)
+
+    def _over_cap(self, total: int, in_flight: int, incoming: int) -> None:
+        """Report a cache forced over its cap by files in use: a warning the first time, then at info level."""
+        level = logging.INFO if self._warned else logging.WARNING
+        self._warned = True
+        log.log(level, "cache %s: %d bytes of files in use + %d bytes of downloads in flight + %d incoming = %d "
+                "bytes > max_cache_bytes=%d; exceeding the cap until files are released%s", self.cache_dir,
+                total, in_flight, incoming, total + in_flight + incoming, self.max_cache_bytes,
+                "" if level == logging.INFO else " (reported once per reader)")
+
+
+def _write_want(path: str, size: int) -> None:
+    """Record the expected size of the download of ``path`` (its ``.want`` sidecar)."""
+    try:
+        with open(_hidden(path, "want"), "w", encoding="utf-8") as f:
+            f.write(str(size))
+    except OSError as e:  # only accounting: the .part file still counts at its size
+        log.info("%s: cannot record its download size (%s)", path, e)
+
+
+def _in_flight(dirpath: str, names: list[str], exclude: str | None) -> int:
+    """Bytes of the downloads in flight in one directory: each ``.<name>.part`` whose download lock is held and
+    whose ``.<name>.want`` records its expected size counts at that size, any other ``.part`` at its size (a
+    reservation whose ``.part`` is not written yet counts too). ``exclude``: the caller's own download."""
+    bases = {n[1:-5] for n in names if n.startswith(".") and n.endswith(".part")}
+    bases |= {n[1:-5] for n in names if n.startswith(".") and n.endswith(".want")}
+    total = 0
+    for base in bases:
+        path = os.path.join(dirpath, base)
+        if path == exclude:
+            continue
+        try:
+            have = os.stat(_hidden(path, "part")).st_size
+        except OSError:
+            have = 0
+        want = 0
+        try:
+            with open(_hidden(path, "want"), encoding="utf-8") as f:
+                want = int(f.read() or 0)
+        except (OSError, ValueError):
+            pass
+        if want > have and _downloading(path):
+            have = want
+        total += have
+    return total
+
+
+def _downloading(path: str) -> bool:
+    """Whether someone holds the download lock of ``path`` (a download in progress)."""
+    try:
+        with Flock(_hidden(path, "lock"), exclusive=True, blocking=False, create=False) as held:
+            return held is None and os.path.exists(_hidden(path, "lock"))
+    except OSError:
+        return True
 
 
 def _remote_of(source: dict, datasets: list[Dataset]) -> tuple[pafs.FileSystem, str]:

@@ -36,9 +36,11 @@ pickled or the worker process died.
 from __future__ import annotations
 
 import glob
+import logging
 import multiprocessing as mp
 import os
 import secrets
+import signal
 import threading
 import time
 from collections import deque
@@ -50,7 +52,9 @@ from typing import Any
 
 from .errors import ConfigError, WorkerError
 from .procworker import process_call, process_init
-from .shm import decode, encode, new_segment, refs, unlink_quietly
+from .shm import decode, encode, new_segment, refs, sweep_orphans, unlink_quietly
+
+log = logging.getLogger("loader.pools")
 
 POOL_KINDS = ("serial", "thread", "process")
 
@@ -232,12 +236,30 @@ def _drop(segments: list) -> None:
 
 
 
-def _broken(what: str, e: BaseException) -> WorkerError:
-    """The error for a process pool whose worker died (or never started)."""
-    return WorkerError(
-        f"{what}: {e} (its own error, if any, is printed above; workers import the main module: a script that "
-        "starts a process-pool reader at import time needs an `if __name__ == '__main__':` guard, and a "
-        "script read from stdin or typed in an interactive session cannot be imported: use a file)")
+def _broken(what: str, e: BaseException, pool: ProcessPool | None = None) -> WorkerError:
+    """The error for a process pool whose worker died (or never started): names the dead workers (pid, exit
+    code or signal) when known, and gives the hint about importing the main module only when the pool broke
+    before any task completed (while its workers were starting)."""
+    dead = pool._dead_workers() if pool is not None else ""
+    text = f"{what}: {e}"
+    if dead:
+        text += f" ({dead})"
+    if pool is None or not pool._any_done:
+        text += (" (its own error, if any, is printed above; workers import the main module: a script that "
+                 "starts a process-pool reader at import time needs an `if __name__ == '__main__':` guard, and a "
+                 "script read from stdin or typed in an interactive session cannot be imported: use a file)")
+    else:
+        text += " (killed from outside, e.g. by the out-of-memory killer, or crashed: see above and the system log)"
+    return WorkerError(text)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 class _ProcessHandle(Handle):
@@ -255,7 +277,7 @@ class _ProcessHandle(Handle):
                 reply = self._future.result()
             except BrokenProcessPool as e:
                 self._release(reuse=False)
-                raise _broken("a worker process of the process pool died", e) from e
+                raise _broken("a worker process of the process pool died", e, self._pool) from e
             except BaseException:
                 self._release(reuse=False)  # the failed task may still map them: never rewritten
                 raise
@@ -339,6 +361,8 @@ class ProcessPool(Pool):
         self._executor: ProcessPoolExecutor | None = None
         self._handles: set[_ProcessHandle] = set()
         self._closed = False
+        self._workers_seen: dict[int, Any] = {}  # pid -> multiprocessing Process, of every worker started
+        self._any_done = False  # a task completed (so a broken pool is not a failure to start)
         self._lock = threading.Lock()
 
     @property
@@ -351,6 +375,9 @@ class ProcessPool(Pool):
             if self._closed:
                 raise RuntimeError("submit on a closed pool")
             if self._executor is None:
+                removed = sweep_orphans()  # what killed readers left (their resource tracker died with them)
+                if removed:
+                    log.info("removed %d shared-memory segments of killed readers", len(removed))
                 self._executor = ProcessPoolExecutor(
                     self.workers,
                     mp_context=_mp_context(),
@@ -363,10 +390,12 @@ class ProcessPool(Pool):
                 future = self._executor.submit(process_call, fn, encoded)
             except BrokenProcessPool as e:  # a worker died before this task (e.g. it could not start)
                 _drop(lent)
-                raise _broken("the process pool is broken", e) from e
+                raise _broken("the process pool is broken", e, self) from e
             except BaseException:
                 _drop(lent)
                 raise
+            future.add_done_callback(self._task_done)
+            self._workers_seen.update(getattr(self._executor, "_processes", None) or {})
             handle = _ProcessHandle(self, future, lent, args)
             self._handles.add(handle)
             return handle
@@ -397,6 +426,27 @@ class ProcessPool(Pool):
             lent.clear()
         _drop(drop)
 
+    def _task_done(self, future: Future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._any_done = True
+
+    def _dead_workers(self) -> str:
+        """Which workers died and how, e.g. ``worker pid 123 killed by signal 9 (SIGKILL)``: a worker the pool
+        terminated itself after the breakage (SIGTERM) is named only when no other worker died."""
+        executor = self._executor
+        procs = dict(self._workers_seen)
+        procs.update((getattr(executor, "_processes", None) or {}) if executor is not None else {})
+        ended = {}
+        for pid, p in procs.items():
+            try:
+                code = p.exitcode
+            except (AssertionError, ValueError):  # not ours to wait for, or closed
+                continue
+            if code is not None and code != 0:
+                ended[pid] = code
+        first = {pid: c for pid, c in ended.items() if c != -signal.SIGTERM} or ended
+        return "; ".join(f"worker pid {pid} {_exit_text(c)}" for pid, c in sorted(first.items()))
+
     def _forget(self, handle: _ProcessHandle) -> None:
         with self._lock:
             self._handles.discard(handle)
@@ -414,6 +464,7 @@ class ProcessPool(Pool):
         _drop(self._spare)
         if executor is None:
             return
+        self._workers_seen = {}  # their Process objects hold their sentinel fds
         for h in handles:
             h.cancel()
         procs = list((getattr(executor, "_processes", None) or {}).values())

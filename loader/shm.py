@@ -22,6 +22,7 @@ import functools
 import math
 import mmap
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
@@ -413,6 +414,39 @@ def unlink_quietly(name: str) -> None:
         pass
 
 
+# A process pool's segment names: ``lrd<owner pid>x<4 hex>_<creator pid>_<n>`` (hex; see ProcessPool).
+_OWN_NAME = re.compile(r"lrd([0-9a-f]+)x[0-9a-f]{4}_([0-9a-f]+)_[0-9a-f]+")
 
 
-__all__ = ["ArrowRef", "NumpyRef", "WrittenPages", "argument_arrays", "decode", "encode", "refs", "unlink_quietly"]
+def sweep_orphans() -> list[str]:
+    """Unlink the segments larder's process pools left behind in ``/dev/shm`` when their processes were killed
+    together (``kill -9`` of a process group, ``timeout -s KILL``): the resource tracker that would have
+    removed them died with them. Only names of larder's own pattern are touched, and only those whose owner
+    (the reader's process) and creator (it, or a worker) are both dead; a dead pid reused by a live process
+    keeps its segments (left, never wrongly removed). Returns the names removed (Linux; elsewhere none).
+    """
+    from .claims import pid_alive
+
+    try:
+        names = os.listdir(_SHM_DIR)
+    except OSError:  # no /dev/shm (not Linux)
+        return []
+    removed = []
+    alive: dict[int, bool] = {}
+    for name in names:
+        m = _OWN_NAME.fullmatch(name)
+        if m is None:
+            continue
+        pids = (int(m.group(1), 16), int(m.group(2), 16))
+        if any(alive.setdefault(pid, pid == os.getpid() or pid_alive(pid)) for pid in pids):
+            continue
+        try:  # not through the resource tracker: this process never registered it
+            os.unlink(os.path.join(_SHM_DIR, name))
+        except OSError:  # removed meanwhile, or not ours to remove (another user's sticky /dev/shm)
+            continue
+        removed.append(name)
+    return removed
+
+
+__all__ = ["ArrowRef", "NumpyRef", "WrittenPages", "argument_arrays", "decode", "encode", "refs", "sweep_orphans",
+           "unlink_quietly"]

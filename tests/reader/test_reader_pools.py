@@ -334,3 +334,28 @@ def test_keyword_only_rng_is_given_the_rng_in_every_pool(mixed_cache):
             assert run(transform, pool) == expected, (transform.__name__, pool)
     assert not takes_rng(keyword_only_option)
     assert all(n == [2.0] * len(n) for _, n in run(keyword_only_option, "process"))
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_killed_worker_is_named_with_its_signal_and_no_main_guard_hint():
+    import signal
+
+    pool = ProcessPool(2)
+    try:
+        assert pool.submit(nap, 0.0).result() == 0.0  # the pool started fine
+        handles = [pool.submit(nap, 0.5) for _ in range(4)]
+        time.sleep(0.2)
+        victim = pool.processes()[0].pid
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(WorkerError) as err:
+            for h in handles:
+                h.result()
+    finally:
+        pool.close()
+    text = str(err.value)
+    assert f"worker pid {victim} killed by signal 9 (SIGKILL)" in text
+    assert "__main__" not in text

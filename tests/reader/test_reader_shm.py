@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -202,3 +204,36 @@ def test_key_order_survives_object_arrays_and_kept_arrays():
     assert list(got) == [*batch, "new"] and np.array_equal(got["id"], np.arange(4) * 2)
     alone = {"o": np.array([None, 1], dtype=object), "x": np.arange(2)}  # nothing kept: the order still holds
     assert list(shm.decode(shm.encode(alone, "lrdtest", []), unlink=True)) == ["o", "x"]
+
+
+def test_a_process_pool_sweeps_segments_of_killed_readers_and_only_those():
+    from loader.pools import ProcessPool
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid is free (reuse within this test is vanishingly unlikely)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    names = {
+        "orphan": f"lrd{dead.pid:x}xab12_{dead.pid:x}_1",  # a reader and its resource tracker killed together
+        "live": f"lrd{live.pid:x}xab12_{live.pid:x}_1",  # a running reader's segment
+        "worker_alive": f"lrd{dead.pid:x}xab12_{live.pid:x}_2",  # its worker still runs: left for now
+        "other": f"psm_{dead.pid:x}_1",  # not larder's
+    }
+    try:
+        for name in names.values():
+            with open(f"/dev/shm/{name}", "wb") as f:
+                f.write(b"x" * 4096)
+        pool = ProcessPool(1)
+        try:
+            pool.submit(len, "abc").result()
+        finally:
+            pool.close()
+        left = {key for key, name in names.items() if os.path.exists(f"/dev/shm/{name}")}
+        assert left == {"live", "worker_alive", "other"}
+    finally:
+        live.kill()
+        live.wait()
+        for name in names.values():
+            try:
+                os.unlink(f"/dev/shm/{name}")
+            except FileNotFoundError:
+                pass
