@@ -2,9 +2,12 @@
 
 The fingerprint is a SHA-256 over (a) every input file of the selection after partition pruning —
 path, length and modification time, as the Hadoop filesystem reports them on the driver (through the
-JVM gateway; one directory listing per directory, not one call per file) — (b) everything in the
-job conf that changes the output (source, columns, transforms, output layout) with the content hash of
-each ``vocabulary`` file, so editing the conf or a vocabulary file in place also triggers a rebuild, and
+JVM gateway; one directory listing per directory, not one call per file); for a table Spark reads
+through Hive's own reader (``STORED AS TEXTFILE``...), whose ``inputFiles()`` is the table's directory,
+the files under the locations of the partitions the selection reads (:func:`fingerprint_inputs`) —
+(b) everything in the job conf that changes the output (source, columns, transforms, output layout)
+with the content hash of each ``vocabulary`` file, so editing the conf or a vocabulary file in place
+also triggers a rebuild, and
 (c) the definition of the selection as Spark resolves it (:func:`selection_definition`): its schema
 (names, types, nullability) and the catalog definition of every table and view it reads (a view's SQL
 text, a table's format, SerDe, location and partition columns), so redefining a view, adding, dropping,
@@ -59,29 +62,71 @@ def file_statuses(spark: SparkSession, files: list[str]) -> list[tuple[str, int,
 
     ``files`` are URI strings as ``df.inputFiles()`` returns them; names are matched in decoded form
     (``Path.getName()`` against the URI's unquoted last segment), so spaces and Hive-escaped partition
-    values (``hour=10%3A00``) match.
+    values (``hour=10%3A00``) match. An entry that is a directory (what ``inputFiles()`` gives for a table
+    Spark reads through Hive's own reader, or a partition location from :func:`fingerprint_inputs`) stands
+    for the files under it, listed recursively (:func:`files_under`).
     """
     jvm = spark._jvm
     conf = spark._jsc.hadoopConfiguration()
     by_dir: dict[str, set[str]] = defaultdict(set)
     for f in files:
-        by_dir[posixpath.dirname(f)].add(f)
+        by_dir[posixpath.dirname(f.rstrip("/"))].add(f)
     out = []
     for directory, wanted in sorted(by_dir.items()):
         path = hadoop_path(jvm, directory)
         hfs = path.getFileSystem(conf)
         found = {}
-        for status in hfs.listStatus(path):
-            found[status.getPath().getName()] = (int(status.getLen()), int(status.getModificationTime()))
+        try:
+            listing = hfs.listStatus(path)
+        except Exception:  # py4j: FileNotFoundException (a partition location that is gone)
+            listing = []
+        for status in listing:
+            found[status.getPath().getName()] = (int(status.getLen()), int(status.getModificationTime()),
+                                                 bool(status.isDirectory()))  # fmt: skip
         for f in sorted(wanted):
-            length, mtime = found.get(file_name(f)) or _single_status(hfs, hadoop_path(jvm, f))
-            out.append((f, length, mtime))
-    return out
+            entry = found.get(file_name(f.rstrip("/")))
+            if entry is None:
+                entry = _single_status(hfs, hadoop_path(jvm, f))
+                if entry is None:
+                    continue  # gone: it is not read either
+            length, mtime, is_dir = entry
+            if is_dir:
+                out.extend(files_under(hfs, hadoop_path(jvm, f)))
+            else:
+                out.append((f, length, mtime))
+    return list(dict.fromkeys(out))  # in listing order (the fingerprint hashes it), a file named twice once
 
 
-def _single_status(hfs, path) -> tuple[int, int]:
-    status = hfs.getFileStatus(path)
-    return int(status.getLen()), int(status.getModificationTime())
+def _hidden(name: str) -> bool:
+    return name.startswith(("_", "."))
+
+
+def files_under(hfs, path) -> list[tuple[str, int, int]]:
+    """``(URI, length, modification time ms)`` of every file under a directory, recursively, through
+    ``FileSystem.listFiles`` (statuses only). Files and directories whose name starts with ``_`` or
+    ``.`` (``_SUCCESS``, ``.hive-staging_*``, ``_temporary``) are skipped, as Hive and Spark skip them."""
+    base = hfs.makeQualified(path).toUri().getPath().rstrip("/")
+    out = []
+    it = hfs.listFiles(path, True)
+    while it.hasNext():
+        status = it.next()
+        file_path = status.getPath()
+        full = str(file_path.toUri().getPath())
+        rel = full[len(base) + 1 :] if full.startswith(base + "/") else str(file_path.getName())
+        if any(_hidden(piece) for piece in rel.split("/")):
+            continue
+        out.append((str(file_path.toUri().toString()), int(status.getLen()), int(status.getModificationTime())))
+    return sorted(out)
+
+
+def _single_status(hfs, path) -> tuple[int, int, bool] | None:
+    try:
+        status = hfs.getFileStatus(path)
+    except Exception:  # py4j: FileNotFoundException
+        if hfs.exists(path):
+            raise
+        return None
+    return int(status.getLen()), int(status.getModificationTime()), bool(status.isDirectory())
 
 
 def partitions_of(files: list[str]) -> list[str]:
@@ -168,6 +213,52 @@ def _catalog_tables(plan) -> list:
     return found
 
 
+def _plan_nodes(plan, kind: str) -> list:
+    """Every node of a plan whose class is ``kind``, subqueries included."""
+    found, stack = [], [plan]
+    while stack:
+        node = stack.pop()
+        if node.getClass().getSimpleName() == kind:
+            found.append(node)
+        for seq in (node.children(), node.subqueries()):
+            stack.extend(seq.apply(i) for i in range(seq.size()))
+    return found
+
+
+def fingerprint_inputs(spark: SparkSession, df: DataFrame, files: list[str]) -> list[str]:
+    """The entries to fingerprint: ``files`` (``df.inputFiles()``) with the location of every partitioned
+    table Spark reads through Hive's own reader (``HiveTableRelation``: ``STORED AS TEXTFILE``, or any
+    table Spark does not convert to its own reader) replaced by the locations of the partitions the
+    selection reads after pruning (``inputFiles()`` gives the table's location for such a table, whatever
+    the filter). Directories are expanded into their files by :func:`file_statuses`. Should the plan not
+    be walkable, ``files`` are kept as they are (the whole table then goes in: more rebuilds, never a
+    stale "up to date")."""
+    try:
+        relations = _plan_nodes(df._jdf.queryExecution().optimizedPlan(), "HiveTableRelation")
+        if not relations:
+            return files
+        catalog = spark._jsparkSession.sessionState().catalog()
+        replaced: set[str] = set()
+        partitions: list[str] = []
+        for relation in relations:
+            meta = relation.tableMeta()
+            if meta.partitionColumnNames().isEmpty():
+                continue  # the table's location is what is read
+            location = _option(meta.storage().locationUri())
+            if location is not None:
+                replaced.add(location)
+            pruned = relation.prunedPartitions()  # set by PruneHiveTablePartitions; unset: all of them
+            parts = pruned.get() if pruned.isDefined() else catalog.listPartitions(
+                meta.identifier(), spark._jvm.scala.Option.apply(None))  # fmt: skip
+            for i in range(parts.size()):
+                part_location = _option(parts.apply(i).storage().locationUri())
+                if part_location is not None:
+                    partitions.append(part_location)
+    except Exception:  # py4j: a plan or catalog class without these accessors
+        return files
+    return sorted({f for f in files if f not in replaced} | set(partitions))
+
+
 def selection_definition(df: DataFrame) -> dict:
     """The definition of a selection as Spark resolves it, stable across runs and sessions.
 
@@ -195,20 +286,24 @@ def source_fingerprint(spark: SparkSession, df: DataFrame, cfg: JobConfig, block
 
     Args:
         spark: The session.
-        df: The validated selection (partition pruning is applied by ``inputFiles``; its schema and
-            the tables and views it reads are fingerprinted by :func:`selection_definition`).
+        df: The validated selection (partition pruning is applied by ``inputFiles``, and for a table
+            read through Hive's reader by :func:`fingerprint_inputs`; its schema and the tables and
+            views it reads are fingerprinted by :func:`selection_definition`).
         cfg: The job conf.
         block_size: The resolved block size.
         files: ``sorted(df.inputFiles())`` if the caller has listed them already.
 
     Returns:
-        ``(fingerprint or None, snapshot summary)``; None when the source has no input files.
+        ``(fingerprint or None, snapshot summary)``; None when the source has no input files. The
+        summary counts the files fingerprinted (directories expanded).
     """
     files = sorted(df.inputFiles()) if files is None else files
-    snapshot = {"files": len(files), "partitions": partitions_of(files)}
     if not files:
+        return None, {"files": 0, "partitions": []}
+    statuses = file_statuses(spark, fingerprint_inputs(spark, df, files))
+    snapshot = {"files": len(statuses), "partitions": partitions_of([path for path, _, _ in statuses])}
+    if not statuses:
         return None, snapshot
-    statuses = file_statuses(spark, files)
     snapshot["bytes"] = sum(length for _, length, _ in statuses)
     snapshot["latest_mtime_ms"] = max(m for _, _, m in statuses)
     definition = selection_definition(df)
