@@ -17,7 +17,17 @@ log="$(mktemp)"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[spark,hdfs]' >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
 rm -f "$log"
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+export LARDER_PYTHON="${LARDER_PYTHON:-$VENV/bin/python}"  # spark-submit.sh runs the job with this venv
 ./spark-submit.sh jobs/make_demo_table.py --conf conf/demo.yaml --if-missing
 ./spark-submit.sh jobs/materialize.py --conf conf/demo.yaml "$@"
-root="$("$VENV/bin/python" -c 'import yaml; print(yaml.safe_load(open("conf/demo.yaml"))["output"]["root"])')"
-"$VENV/bin/python" -m loader.summary "$root/shopping_category"
+# The dataset the job just published: conf/demo.yaml with the same --set overrides (output.root, name...).
+dataset="$("$VENV/bin/python" - "$@" <<'PYEOF'
+import argparse, os, sys
+from etl.config import load
+p = argparse.ArgumentParser(add_help=False)
+p.add_argument("--set", action="append", default=[])
+cfg = load("conf/demo.yaml", p.parse_known_args(sys.argv[1:])[0].set)
+print(cfg.output.root.rstrip("/") + "/" + cfg.name)
+PYEOF
+)"
+"$VENV/bin/python" -m loader.summary "$dataset"

@@ -5,8 +5,9 @@
 #
 # Spark options may also follow the job script: --master URL, --deploy-mode MODE, --conf key=value (a
 # --conf whose value looks like key=value goes to Spark; --conf file.yaml goes to the job), --spark-opt X
-# (any other spark-submit option, repeatable). Defaults: --master local[*], quiet logs (conf/log4j2.properties;
-# LARDER_SPARK_VERBOSE=1 shows Spark's logs), SPARK_LOCAL_IP=127.0.0.1 for local and standalone masters.
+# (any other spark-submit option as one word, e.g. --spark-opt --archives=env.tar.gz#env; repeatable). In
+# cluster deploy mode the job's --conf file is shipped with --files. Defaults: --master local[*], quiet
+# logs (conf/log4j2.properties; LARDER_SPARK_VERBOSE=1 shows Spark's logs), SPARK_LOCAL_IP=127.0.0.1 for local and standalone masters.
 # etl/ and loader/ are shipped to executors as a --py-files zip built on the fly (removed on exit).
 # The job's stderr (error lines, progress) stays on stderr: see the relay below.
 set -euo pipefail
@@ -18,7 +19,7 @@ if [ -z "$PY" ]; then
   if [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"; else PY="$(command -v python3)"; fi
 fi
 PYSPARK_DIR="$("$PY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))' 2>/dev/null)" || {
-  echo "larder: error: pyspark is not installed for $PY (pip install 'larder[spark]')" >&2; exit 2; }
+  echo "larder: error: pyspark is not installed for $PY (pip install -e '.[spark]' in the larder checkout)" >&2; exit 2; }
 export SPARK_HOME="${SPARK_HOME:-$PYSPARK_DIR}"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$PY}"
@@ -27,6 +28,7 @@ spark_args=()
 job_args=()
 script=""
 master=""
+deploy_mode=""
 while [ $# -gt 0 ]; do
   arg="$1"
   if [ -z "$script" ]; then
@@ -34,6 +36,7 @@ while [ $# -gt 0 ]; do
       *.py) script="$arg" ;;
       --master) master="$2"; shift ;;
       --master=*) master="${arg#--master=}" ;;
+      --deploy-mode) deploy_mode="$2"; spark_args+=("$arg" "$2"); shift ;;
       --verbose|--supervise) spark_args+=("$arg") ;;
       --*=*) spark_args+=("$arg") ;;
       --*) spark_args+=("$arg" "$2"); shift ;;
@@ -43,7 +46,7 @@ while [ $# -gt 0 ]; do
     case "$arg" in
       --master) master="$2"; shift ;;
       --master=*) master="${arg#--master=}" ;;
-      --deploy-mode) spark_args+=("--deploy-mode" "$2"); shift ;;
+      --deploy-mode) deploy_mode="$2"; spark_args+=("--deploy-mode" "$2"); shift ;;
       --spark-opt) spark_args+=("$2"); shift ;;
       --conf)
         if [[ "${2:-}" =~ ^[A-Za-z0-9_.-]+= && ! "${2:-}" =~ \.ya?ml$ ]]; then spark_args+=("--conf" "$2");
@@ -58,6 +61,17 @@ if [ -z "$script" ]; then
   echo "usage: $0 [spark options] jobs/<job>.py [job options]" >&2; exit 2
 fi
 master="${master:-local[*]}"
+# In cluster deploy mode the driver runs in a cluster container without this checkout: ship the job's conf
+# file with --files (it lands in the driver's working directory) and name it there.
+if [ "$deploy_mode" = "cluster" ]; then
+  for i in "${!job_args[@]}"; do
+    if [ "${job_args[$i]}" = "--conf" ] && [ -f "${job_args[$((i + 1))]:-}" ]; then
+      conf_file="${job_args[$((i + 1))]}"
+      spark_args+=("--files" "$(cd "$(dirname "$conf_file")" && pwd)/$(basename "$conf_file")")
+      job_args[$((i + 1))]="$(basename "$conf_file")"
+    fi
+  done
+fi
 case "$master" in
   local*|spark://127.0.0.1*|spark://localhost*) export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}" ;;
 esac

@@ -123,7 +123,8 @@ def choose_writer(configured: str, fs: pafs.FileSystem, log: Callable[[str], Non
     if not local:
         raise ConfigError("output.writer: 'arrow' needs a local destination; use 'spark' for output.root on HDFS")
     if not has_pandas:
-        raise ConfigError("output.writer: 'arrow' needs pandas (PySpark's Arrow path): pip install 'larder[spark]'")
+        raise ConfigError("output.writer: 'arrow' needs pandas (PySpark's Arrow path): pip install -e '.[spark]' "
+                          "(in the larder checkout)")
     return "arrow"
 
 

@@ -1,7 +1,7 @@
 """CRC-32 (the zlib polynomial, as ``zlib.crc32`` and Spark SQL's ``crc32``) at memory speed when possible.
 
 Every checksum larder stores or checks goes through :func:`crc32`. With the optional ``zlib-ng`` package
-installed (``pip install 'larder[fast]'``) it runs zlib-ng's vectorised CRC-32 (PCLMULQDQ / ARMv8 CRC),
+installed (``pip install -e '.[fast]'`` in the checkout) it runs zlib-ng's vectorised CRC-32 (PCLMULQDQ / ARMv8 CRC),
 about 3x faster than the stdlib's on the development machine; otherwise the stdlib's ``zlib.crc32``. Both
 return identical values, so caches written with one are checked with the other. Both release the GIL on
 large buffers, so reader threads checksum in parallel.

@@ -99,7 +99,8 @@ def resolve(url: str | os.PathLike, **options) -> tuple[pafs.FileSystem, str]:
             importlib.import_module(_LAZY_SCHEMES[scheme])
         except ImportError as e:
             raise ConfigError(
-                f"{scheme}:// needs the optional dependency {e.name!r}: pip install 'larder[hdfs]'"
+                f"{scheme}:// needs the optional dependency {e.name!r}: pip install -e '.[hdfs]' (in the larder "
+                "checkout)"
             ) from e
     if scheme in _SCHEMES:
         return _SCHEMES[scheme](text, **options)

@@ -359,9 +359,14 @@ class Reader(Closeable):
         """Continue from the first batch of ``epoch`` (like ``DistributedSampler.set_epoch``).
 
         Raises:
-            ConfigError: ``epoch`` is not a non-negative integer.
+            ConfigError: ``epoch`` is not a non-negative integer, or not below ``num_epochs`` (the reader
+                would yield nothing: it reads epochs ``0 .. num_epochs - 1``).
         """
         check_int("epoch", epoch, 0)
+        if self.num_epochs is not None and epoch >= self.num_epochs:
+            raise ConfigError(
+                f"epoch {epoch} is past this reader's epochs 0..{self.num_epochs - 1} (num_epochs={self.num_epochs}: "
+                "it would yield nothing); make it with num_epochs=None, or one more than the last epoch to read")
         self.load_state_dict(make_state(dataset=self.dataset.name, version=self.dataset.version,
                                         config=self._config(), epoch=epoch, batch=0))
 

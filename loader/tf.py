@@ -54,7 +54,7 @@ def _tf():
     try:
         import tensorflow as tf
     except ImportError as e:
-        raise ImportError("loader.tf needs TensorFlow: pip install 'larder[tf]'") from e
+        raise ImportError("loader.tf needs TensorFlow: pip install -e '.[tf]' in the larder checkout") from e
     return tf
 
 

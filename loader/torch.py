@@ -49,7 +49,7 @@ try:
     import torch
     from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 except ImportError as _e:  # pragma: no cover - depends on the environment
-    raise ImportError("loader.torch needs PyTorch: pip install 'larder[torch]'") from _e
+    raise ImportError("loader.torch needs PyTorch: pip install -e '.[torch]' in the larder checkout") from _e
 
 from .arguments import check_int
 from .convert import to_padded

@@ -327,6 +327,19 @@ def test_set_epoch_starts_that_epoch(mixed_cache):
         reader.set_epoch(-1)
 
 
+def test_set_epoch_past_num_epochs_is_refused_not_an_empty_loop(mixed_cache):
+    """The usual ``for e in ...: reader.set_epoch(e)`` loop with the default num_epochs=1 would train on
+    nothing from epoch 1 on: refused, naming the epochs the reader reads; the reader stays where it was."""
+    full = read_all(loader.make_reader(mixed_cache, batch_size=300, seed=2, num_epochs=2))
+    with loader.make_reader(mixed_cache, batch_size=300, seed=2, num_epochs=2) as reader:
+        with pytest.raises(loader.ConfigError, match=r"epoch 2 is past this reader's epochs 0\.\.1 \(num_epochs=2"):
+            reader.set_epoch(2)
+        assert same_batches(list(reader), full)
+    with loader.make_reader(mixed_cache, batch_size=300, seed=2, num_epochs=None) as reader:
+        reader.set_epoch(5)  # endless: any epoch
+        assert reader.epoch == 5
+
+
 @pytest.mark.parametrize("pool", POOLS)
 def test_a_small_budget_still_mixes_8_row_groups_per_batch(mixed_cache, pool):
     # 20 row groups of ~2.5 kB decoded: a 60 kB budget leaves a window 10 kB, 4 whole row groups; the reader

@@ -73,3 +73,29 @@ def test_conf_errors_through_spark_submit_are_one_line_on_stderr_with_exit_2(tmp
     assert done.returncode == 2, (done.stdout[-2000:], done.stderr[-2000:])
     assert expected in done.stderr.splitlines(), done.stderr[-2000:]
     assert "error" not in done.stdout
+
+
+@pytest.mark.parametrize("mode", ["cluster", "client"])
+def test_cluster_deploy_mode_ships_the_conf_file(tmp_path, mode):
+    """In cluster mode the driver runs without this checkout: the wrapper passes the conf with --files and
+    names it by its base name; in client mode the path is passed as given. (A stand-in spark-submit prints
+    the command line it gets.)"""
+    fake = tmp_path / "spark" / "bin" / "spark-submit"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done\n")
+    fake.chmod(0o755)
+    conf = tmp_path / "confs" / "job.yaml"
+    conf.parent.mkdir()
+    conf.write_text("name: x\n")
+    proc = subprocess.run(
+        [SUBMIT, "--master", "yarn", "--deploy-mode", mode, "jobs/materialize.py", "--conf", str(conf), "--force"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**os.environ, "SPARK_HOME": str(tmp_path / "spark"), "LARDER_PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.splitlines()
+    script = args.index("jobs/materialize.py")
+    if mode == "cluster":
+        assert args[args.index("--files") + 1] == str(conf) and args.index("--files") < script
+        assert args[script + 1:] == ["--conf", "job.yaml", "--force"]
+    else:
+        assert "--files" not in args and args[script + 1:] == ["--conf", str(conf), "--force"]
