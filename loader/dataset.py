@@ -465,7 +465,8 @@ def pin_version(url: str | os.PathLike | Dataset, **fs_options) -> str | Dataset
     Readers opened later on the result (in another epoch, in a DataLoader worker) read that version even
     after a newer one is published, as one :func:`loader.make_reader` does for all its epochs. A version
     directory is returned as given; a remote URL keeps its scheme, address and query (options) and gains the
-    version's name in its path; a local path or ``file://`` URL becomes the version directory's path. An opened :class:`Dataset` is one version already: returned as it is.
+    version's name in its path; a local path or ``file://`` URL becomes the version directory's path. An
+    opened :class:`Dataset` is one version already: returned as it is.
 
     Raises:
         DatasetNotFoundError, ManifestError: As :func:`open_dataset`.
