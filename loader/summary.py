@@ -51,9 +51,11 @@ def summarize(url: str, *, batches: int = 50, batch_size: int = 100, pool: str =
         elapsed = time.perf_counter() - t0
         rows, mixed = reader.stats.rows, reader.stats.mixed_row_groups_per_batch  # the reader counts rows
     lines.append(f"first batch  {first:.3f} s: {keys}")
+    # A process pool runs only transforms; the summary has none, so its reader reads on threads.
+    shown = "thread pool: pool='process' runs only transforms" if pool == "process" else f"{pool} pool"
     lines.append(
         f"read         {got} batches of {batch_size} ({rows:,} rows) in {elapsed:.2f} s = "
-        f"{rows / elapsed:,.0f} samples/s ({pool} pool), {mixed:.1f} row groups mixed per batch"
+        f"{rows / elapsed:,.0f} samples/s ({shown}), {mixed:.1f} row groups mixed per batch"
     )
     return "\n".join(lines)
 

@@ -441,7 +441,9 @@ def test_summary_counts_rows_whatever_the_first_column(tmp_path):
                       "id": np.arange(1000)})
     loader.write_cache(table, tmp_path, "strfirst", row_group_bytes=5000)
     text = summarize(str(tmp_path / "strfirst"), batches=5, batch_size=100, pool="serial")
-    assert "read         5 batches of 100 (500 rows)" in text
+    assert "read         5 batches of 100 (500 rows)" in text and "(serial pool)" in text
+    text = summarize(str(tmp_path / "strfirst"), batches=2, batch_size=100, pool="process")
+    assert "(thread pool: pool='process' runs only transforms)" in text  # no transform: no process started
     proc = subprocess.run([sys.executable, "-m", "loader.summary", str(tmp_path / "strfirst"), "--batches", "0"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--batches and --batch-size must be at least 1" in proc.stderr
