@@ -11,6 +11,7 @@ stderr (error lines, ``--verbose`` tracebacks, progress messages) at it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 import sys
@@ -49,6 +50,17 @@ def stderr_to_launcher(env: str = STDERR_ENV) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one ``larder: error:`` line on stderr (exit code 2), like
+    every other error of a job (``--help`` still prints the full usage)."""
+
+    def error(self, message: str):  # noqa: D102 - argparse hook
+        sys.stderr.flush()
+        print(f"larder: error: {message} (usage: {self.format_usage().split(':', 1)[1].strip()})",
+              file=sys.stderr, flush=True)
+        sys.exit(EXIT_USAGE)
 
 
 def guarded(body: Callable[[], str], verbose: bool = False) -> int:

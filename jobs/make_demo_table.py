@@ -8,7 +8,6 @@ The table name and the session (warehouse, metastore) come from the conf's ``sou
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -16,13 +15,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from etl.config import load  # noqa: E402
-from etl.entry import guarded  # noqa: E402
+from etl.entry import OneLineParser, guarded  # noqa: E402
 from loader.errors import ConfigError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     """Create the table; returns the exit code (0 created or already there, 2 bad conf)."""
-    p = argparse.ArgumentParser(prog="make_demo_table", description="Create the larder demo Hive table.")
+    p = OneLineParser(prog="make_demo_table", description="Create the larder demo Hive table.")
     p.add_argument("--conf", default="conf/demo.yaml", help="job conf naming source.table and the session")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a conf key")
     p.add_argument("--rows", type=int, default=20_000, help="rows over all days")

@@ -15,12 +15,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from etl.config import load  # noqa: E402
-from etl.entry import guarded, stderr_to_launcher  # noqa: E402
+from etl.entry import OneLineParser, guarded, stderr_to_launcher  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The job's command line."""
-    p = argparse.ArgumentParser(prog="materialize", description="Materialize a table into a larder cache.")
+    p = OneLineParser(prog="materialize", description="Materialize a table into a larder cache.")
     p.add_argument("--conf", required=True, help="YAML job conf, e.g. conf/demo.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a conf key (dotted)")
     p.add_argument("--force", action="store_true",

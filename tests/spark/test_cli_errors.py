@@ -62,7 +62,8 @@ def test_conf_errors_through_spark_submit_are_one_line_on_stderr_with_exit_2(tmp
         "directory": f"larder: error: conf file {tmp_path} is a directory, not a YAML file",
         "duplicate-key": f"larder: error: conf file {conf}: key 'output' is given twice (lines 3 and 4); "
         "YAML would keep the last one silently",
-        "no-conf-argument": "materialize: error: the following arguments are required: --conf",
+        "no-conf-argument": "larder: error: the following arguments are required: --conf (usage: materialize [-h] "
+        "--conf CONF [--set KEY=VALUE] [--force] [--verbose])",
     }[case]
     if case == "duplicate-key":
         conf.write_text("name: shop\nsource: {path: /nowhere}\noutput: {root: /a}\noutput: {root: /b}\n")
@@ -99,3 +100,20 @@ def test_cluster_deploy_mode_ships_the_conf_file(tmp_path, mode):
         assert args[script + 1:] == ["--conf", "job.yaml", "--force"]
     else:
         assert "--files" not in args and args[script + 1:] == ["--conf", str(conf), "--force"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--conf", "x.yaml", "--bogus"], ["unrecognized arguments: --bogus", "usage: materialize"]),
+    ([], ["the following arguments are required: --conf"]),
+])
+def test_usage_errors_are_one_line_with_exit_2(argv, words, capsys):
+    sys.path.insert(0, REPO)
+    from jobs.materialize import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert out == "" and len(lines) == 1 and lines[0].startswith("larder: error: "), err
+    assert all(w in lines[0] for w in words), lines[0]
