@@ -39,6 +39,14 @@ def cache(tmp_path, table) -> loader.Dataset:
     return loader.write_cache(table, tmp_path / "cache", "demo", row_group_bytes=2_500)
 
 
+def published_in_parts(tmp_path_factory, table: pa.Table, name: str, row_group_bytes: int) -> loader.Dataset:
+    """``table`` published as dataset ``name`` in a fresh directory, in row groups of ``row_group_bytes``;
+    checks there are at least two (what tests of reads across row groups need)."""
+    ds = loader.write_cache(table, tmp_path_factory.mktemp(name), name, row_group_bytes=row_group_bytes)
+    assert ds.num_row_groups >= 2
+    return ds
+
+
 def read_all(ds: loader.Dataset, columns=None) -> pa.Table:
     """Every row group of ``ds`` through ``Dataset.read_row_group`` (the reader's door, checks included)."""
     return pa.concat_tables([ds.read_row_group(f, i, columns) for f in ds.files for i in range(len(f.row_groups))])

@@ -47,6 +47,15 @@ def adapter_data(tmp_path_factory) -> tuple[pa.Table, loader.Dataset]:
     return table, ds
 
 
+def config_error(call) -> str | None:
+    """The message of the ``ConfigError`` that ``call()`` raises (None if it raises none)."""
+    try:
+        call()
+    except loader.ConfigError as e:
+        return str(e)
+    return None
+
+
 def tagged_table(tag: int, rows: int = 1200) -> pa.Table:
     """Rows ``id`` 0.. with ``tag`` in every row: which version a batch came from."""
     return pa.table({"id": pa.array(np.arange(rows, dtype=np.int64)),

@@ -15,6 +15,8 @@ tf = pytest.importorskip("tensorflow")
 import loader  # noqa: E402
 from loader.errors import ColumnNotFoundError, ConfigError  # noqa: E402
 from loader.tf import make_dataset  # noqa: E402
+from tests.adapters.conftest import config_error  # noqa: E402
+from tests.conftest import published_in_parts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -162,27 +164,19 @@ def test_each_iteration_reads_the_next_epoch(adapter_data):
         data.set_epoch(-1)
 
 
-def _error(call) -> str | None:
-    try:
-        call()
-    except ConfigError as e:
-        return str(e)
-    return None
-
-
 @pytest.mark.parametrize("bad", [True, False, np.bool_(True), -1, np.int64(-2), 1.0, 2.5, "1", [1]], ids=repr)
 def test_epoch_arguments_are_checked_as_the_reader_checks_them(adapter_data, bad):
     """``epoch=``, ``set_epoch`` and ``num_epochs=`` refuse what the reader refuses, with the same message."""
     _, ds = adapter_data
     with loader.make_reader(ds.version_path, columns=["id"]) as reader:
-        expected = _error(lambda: reader.set_epoch(bad))
+        expected = config_error(lambda: reader.set_epoch(bad))
     assert expected is not None and expected.startswith("epoch ")
     data = make_dataset(ds.version_path, columns=["id"])
-    assert _error(lambda: data.set_epoch(bad)) == expected
-    assert _error(lambda: make_dataset(ds.version_path, columns=["id"], epoch=bad)) == expected
-    expected = _error(lambda: loader.make_reader(ds.version_path, columns=["id"], num_epochs=bad))
+    assert config_error(lambda: data.set_epoch(bad)) == expected
+    assert config_error(lambda: make_dataset(ds.version_path, columns=["id"], epoch=bad)) == expected
+    expected = config_error(lambda: loader.make_reader(ds.version_path, columns=["id"], num_epochs=bad))
     assert expected is not None and expected.startswith("num_epochs ")
-    assert _error(lambda: make_dataset(ds.version_path, columns=["id"], num_epochs=bad)) == expected
+    assert config_error(lambda: make_dataset(ds.version_path, columns=["id"], num_epochs=bad)) == expected
 
 
 def test_numpy_integer_epochs_are_accepted_as_by_the_reader(adapter_data):
@@ -282,9 +276,7 @@ def nested_table(n: int = 120):
 @pytest.fixture(scope="module")
 def nested_data(tmp_path_factory):
     table = nested_table()
-    ds = loader.write_cache(table, tmp_path_factory.mktemp("tf_nested"), "nested", row_group_bytes=1_500)
-    assert ds.num_row_groups >= 2
-    return table, ds
+    return table, published_in_parts(tmp_path_factory, table, "tf_nested", 1_500)
 
 
 def _bytes_rows(rows: list) -> list:

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 import loader  # noqa: E402
 from loader.errors import ConfigError, StateError  # noqa: E402
 from loader.torch import STATE_KEY, LarderDataLoader, LarderIterableDataset, make_dataloader  # noqa: E402
+from tests.adapters.conftest import config_error  # noqa: E402
 
 # A worker that hangs fails the test instead of hanging CI.
 TIMEOUT = 120
@@ -254,14 +255,6 @@ def test_bad_arguments_are_named(adapter_data, kwargs, match):
         make_dataloader(ds.version_path, **kwargs)
 
 
-def _error(call) -> str | None:
-    try:
-        call()
-    except ConfigError as e:
-        return str(e)
-    return None
-
-
 @pytest.mark.parametrize("name", ["batch_size", "epoch", "rank", "world_size"])
 @pytest.mark.parametrize("bad", [True, np.bool_(False), -1, 2.0, "1"], ids=repr)
 def test_integer_arguments_are_checked_as_the_reader_checks_them(adapter_data, name, bad):
@@ -270,11 +263,11 @@ def test_integer_arguments_are_checked_as_the_reader_checks_them(adapter_data, n
     kwargs = {"rank": 0, "world_size": 1, name: bad}
     if name == "epoch":
         with loader.make_reader(ds.version_path, columns=["id"]) as reader:
-            expected = _error(lambda: reader.set_epoch(bad))
+            expected = config_error(lambda: reader.set_epoch(bad))
     else:
-        expected = _error(lambda: loader.make_reader(ds.version_path, columns=["id"], **kwargs))
+        expected = config_error(lambda: loader.make_reader(ds.version_path, columns=["id"], **kwargs))
     assert expected is not None and expected.startswith(name + " ")
-    assert _error(lambda: LarderIterableDataset(ds.version_path, columns=["id"], **kwargs)) == expected
+    assert config_error(lambda: LarderIterableDataset(ds.version_path, columns=["id"], **kwargs)) == expected
 
 
 def test_numpy_integer_arguments_are_accepted_as_by_the_reader(adapter_data):

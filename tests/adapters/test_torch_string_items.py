@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import loader  # noqa: E402
 from loader.torch import make_dataloader  # noqa: E402
+from tests.conftest import published_in_parts  # noqa: E402
 
 
 def string_items_table(n: int = 90) -> pa.Table:
@@ -26,9 +26,7 @@ def string_items_table(n: int = 90) -> pa.Table:
 @pytest.fixture(scope="module")
 def string_items(tmp_path_factory):
     table = string_items_table()
-    ds = loader.write_cache(table, tmp_path_factory.mktemp("torch_items"), "items", row_group_bytes=1_000)
-    assert ds.num_row_groups >= 2
-    return table, ds
+    return table, published_in_parts(tmp_path_factory, table, "torch_items", 1_000)
 
 
 def test_default_string_lists(string_items):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import loader
 from loader.convert import check_options, check_schema, pad, to_numpy
 from loader.errors import ConfigError
+from tests.conftest import published_in_parts
 from tests.reader.conftest import POOLS, unchanged
 
 
@@ -295,9 +296,7 @@ def test_null_fixed_size_lists_are_filled_like_null_values(start):
 @pytest.fixture(scope="module")
 def fsl_null_cache(tmp_path_factory) -> tuple[loader.Dataset, pa.Table, dict]:
     table, rows = fsl_null_table()
-    ds = loader.write_cache(table, tmp_path_factory.mktemp("fsl_nulls"), "fsl", row_group_bytes=1_500)
-    assert ds.num_row_groups >= 2
-    return ds, table, rows
+    return published_in_parts(tmp_path_factory, table, "fsl_nulls", 1_500), table, rows
 
 
 def read_all(ds, **kwargs) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -396,9 +395,7 @@ def test_strings_behind_a_null_fixed_size_list_do_not_leak():
 
 @pytest.fixture(scope="module")
 def string_cache(tmp_path_factory) -> loader.Dataset:
-    ds = loader.write_cache(string_table(), tmp_path_factory.mktemp("fsl_strings"), "fsl", row_group_bytes=1_500)
-    assert ds.num_row_groups >= 2
-    return ds
+    return published_in_parts(tmp_path_factory, string_table(), "fsl_strings", 1_500)
 
 
 @pytest.mark.parametrize("pool", POOLS)
@@ -469,9 +466,7 @@ def test_lists_of_any_string_items_have_the_object_form(start):
 
 @pytest.fixture(scope="module")
 def list_cache(tmp_path_factory) -> loader.Dataset:
-    ds = loader.write_cache(list_table(), tmp_path_factory.mktemp("fsb_lists"), "lists", row_group_bytes=1_000)
-    assert ds.num_row_groups >= 2
-    return ds
+    return published_in_parts(tmp_path_factory, list_table(), "fsb_lists", 1_000)
 
 
 @pytest.mark.parametrize("pool", POOLS)
