@@ -43,8 +43,6 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-
 try:
     import torch
     from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -52,57 +50,15 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
     raise ImportError("loader.torch needs PyTorch: pip install -e '.[torch]' in the larder checkout") from _e
 
 from .arguments import check_int
-from .convert import to_padded
 from .dataset import pin_version
 from .errors import ConfigError, StateError
 from .reader import DEFAULT_MEMORY_BUDGET, fs_options_of, make_reader
+from .torch_convert import as_tensors, pin, prepare, to_torch
 
 RAGGED_FORMS = ("padded", "offsets")
 STRING_FORMS = ("list", "tensor")
 STATE_KEY = "_larder_state"
 MIN_WORKER_BUDGET = 64 << 20
-
-
-def to_torch(batch: dict[str, np.ndarray], ragged: str = "padded", pad_value: Any = 0) -> dict[str, Any]:
-    """Convert one reader batch (dict of numpy arrays, ragged columns as values + offsets) to tensors.
-
-    Args:
-        batch: A batch of :func:`loader.make_reader` with ``ragged="offsets"``.
-        ragged: ``"padded"``: each ``col`` + ``col.offsets`` pair becomes an ``(n, longest)`` tensor padded
-            with ``pad_value`` and ``col.lengths``; a two-level column (``col.value_offsets``: lists of
-            strings or of lists) becomes ``(n, most items, longest item)`` with ``col.lengths`` and
-            ``col.value_lengths`` (``(n, most items)``). ``"offsets"``: kept as values + offsets.
-        pad_value: Fill value of the padding.
-
-    String/object arrays become lists (a list of strings per row for ``list<string>``). Read-only arrays
-    (zero-copy views of Arrow memory) are copied, so the tensors are safe to modify.
-    """
-    return as_tensors(prepare(batch, ragged, pad_value))
-
-
-def prepare(batch: dict[str, np.ndarray], ragged: str = "padded", pad_value: Any = 0) -> dict[str, Any]:
-    """Everything :func:`to_torch` does except making tensors: padding, and strings to lists."""
-    batch = to_padded(batch, pad_value) if ragged == "padded" else dict(batch)
-    for key, value in batch.items():
-        if isinstance(value, np.ndarray) and value.dtype.kind == "O":  # str/bytes, or an array of them per row
-            batch[key] = [v.tolist() if isinstance(v, np.ndarray) else v for v in value.tolist()]
-        elif isinstance(value, np.ndarray) and value.dtype.kind in "US":
-            batch[key] = value.tolist()
-    return batch
-
-
-def as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
-    """Numpy arrays to tensors (zero-copy unless read-only or strided); anything else as is."""
-    out: dict[str, Any] = {}
-    for key, value in batch.items():
-        if isinstance(value, np.ndarray):
-            if value.dtype.kind in "mM":
-                value = value.view(np.int64)
-            if not value.flags.writeable or not value.flags.c_contiguous:
-                value = np.array(value, order="C")
-            value = torch.from_numpy(value)
-        out[key] = value
-    return out
 
 
 class _Collate:
@@ -116,17 +72,6 @@ class _Collate:
     def __call__(self, batch: dict) -> tuple:
         state = batch.pop(STATE_KEY)
         return (state, batch, True) if self.fn is None else (state, self.fn(as_tensors(batch)), False)
-
-
-def _pin(data):
-    """``data`` with its tensors pinned (in dicts, lists and tuples; other objects by their ``pin_memory()``)."""
-    if isinstance(data, dict):
-        return {k: _pin(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        items = [_pin(v) for v in data]
-        return type(data)(*items) if hasattr(data, "_fields") else type(data)(items)  # namedtuples too
-    pin = getattr(data, "pin_memory", None)
-    return pin() if callable(pin) and not isinstance(data, type) else data
 
 
 def _default_rank() -> tuple[int, int]:
@@ -421,7 +366,7 @@ class LarderDataLoader(DataLoader):
                 self._states[rank] = state
             if deferred:
                 batch = as_tensors(batch)
-            yield _pin(batch) if self._pin else batch
+            yield pin(batch) if self._pin else batch
         if self._pass is token:  # the pass is complete: the next batch is the next pass's first
             self._pass = None
 
