@@ -10,7 +10,8 @@ Each element is one reader batch, a dict of tensors:
   ``[None, None, None]``; lists of fixed-size lists keep their fixed dimensions (``[None, None, k]``).
   ``ragged="padded"``: dense ``[None, None(, None)]`` plus ``col + ".lengths"`` (and
   ``col + ".value_lengths"`` for lists of lists);
-* strings and binaries: ``tf.string`` ``[None]`` (``strings="string"``, default; nulls become ``b""``);
+* strings and binaries: ``tf.string`` ``[None]`` (``strings="string"``, default; nulls become ``b""``,
+  a null fixed-size binary its width of zero bytes as in the numpy batch);
   ``list<string>`` (dictionary-encoded or fixed-size binary items too) a ragged ``tf.string``
   ``[None, None]`` (padded with ``b""`` plus ``.lengths`` when ``ragged="padded"``); a fixed-size list of
   ``k`` strings a dense ``tf.string`` ``[None, k]``; ``strings="bytes"``: ``uint8`` in the ``ragged`` form

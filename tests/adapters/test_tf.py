@@ -406,3 +406,17 @@ def test_an_opened_dataset_is_read_as_it_is(republished):
     data = make_dataset(ds, batch_size=100, columns=["id", "tag"])
     assert sorted(int(x) for b in data for x in b["id"].numpy()) == list(range(1200))
     assert {int(t) for b in data for t in b["tag"].numpy()} == {1}
+
+
+def test_null_fixed_size_binary_is_its_width_of_zero_bytes_and_null_string_empty(tmp_path):
+    """A null ``binary(2)`` reaches tf as two zero bytes (its form in the numpy batch), a null string as b""."""
+    import pyarrow as pa
+
+    table = pa.table({"id": pa.array([0, 1, 2], pa.int64()),
+                      "f": pa.array([b"ab", None, b"\0c"], pa.binary(2)),
+                      "s": pa.array(["x", None, ""])})
+    ds = loader.write_cache(table, str(tmp_path), "fsb")
+    (b,) = list(make_dataset(ds.version_path, batch_size=3, shuffle=False))
+    assert b["id"].numpy().tolist() == [0, 1, 2]
+    assert b["f"].numpy().tolist() == [b"ab", b"\0\0", b"\0c"]
+    assert b["s"].numpy().tolist() == [b"x", b"", b""]
