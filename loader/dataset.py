@@ -224,12 +224,18 @@ class Dataset:
         where = lfs.display(fs, path)
         try:
             f = fs.open_input_file(path)
+            try:
+                size = f.size()  # a lazy filesystem (WebHDFS) looks the file up only here
+            except BaseException:
+                f.close()
+                raise
+        except RemoteError:
+            raise  # a denial or an outage of the storage, not a fault of the file: it names the file already
         except FileNotFoundError as e:
             raise CorruptFileError(f"{where}: data file listed in the manifest is missing", where) from e
         except (OSError, pa.ArrowException) as e:
             raise CorruptFileError(f"{where}: cannot open ({e})", where) from e
         try:
-            size = f.size()
             if size != info.size:
                 raise CorruptFileError(
                     f"{where}: {size} bytes, the manifest says {info.size} (truncated or replaced)", where

@@ -140,7 +140,8 @@ class Manifest:
 
         Raises:
             UnsupportedFormatError: The format or format version is unknown.
-            ManifestError: A key is missing or malformed, or a file path leaves the version directory.
+            ManifestError: A key is missing or malformed, a file path leaves the version directory, or the
+                dataset or version name is not a single path component (local caches use them as directories).
         """
         try:
             doc = json.loads(text)
@@ -166,8 +167,8 @@ class Manifest:
                 files = tuple(_file_from_doc_checked(f, i, where) for i, f in enumerate(docs))
             manifest = cls(
                 format_version=version,
-                dataset=_get(doc, "dataset", str, where),
-                version=_get(doc, "version", str, where),
+                dataset=_component(doc, "dataset", where),
+                version=_component(doc, "version", where),
                 created_at=_get(doc, "created_at", str, where),
                 created_by=_get(doc, "created_by", dict, where),
                 source=_get(doc, "source", dict, where),
@@ -195,6 +196,15 @@ def _get(doc: dict, key: str, kind: type, where: str):
     value = doc[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ManifestError(f"{where}: key {key!r} should be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _component(doc: dict, key: str, where: str) -> str:
+    """``doc[key]`` if it names one directory (local caches keep files in ``<dir>/<dataset>/<version>/``)."""
+    value = _get(doc, key, str, where)
+    if value in ("", ".", "..") or any(c in value for c in "/\\\0"):
+        raise ManifestError(f"{where}: key {key!r} is {value!r}, which is not a single path component "
+                            "(not empty, '.' or '..'; no '/', '\\' or NUL)")
     return value
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import logging
 import os
 import time
 import uuid
@@ -47,6 +48,7 @@ from .manifest import (
     schema_fields,
 )
 
+log = logging.getLogger(__name__)
 _CLAIM_ATTEMPTS = 5
 _NAME_ATTEMPTS = 20
 
@@ -267,16 +269,18 @@ class Staging:
                 self.manifest = manifest
                 self._release()
                 self._prune(keep_versions)
-        except (EmptyDatasetError, PublishError):
-            self.abort()
+        except (EmptyDatasetError, PublishError) as e:
+            self._abort_after(e)
             raise
         except BaseException as e:
-            self.abort()
-            if isinstance(e, (OSError, pa.ArrowException, ValueError)):
-                raise PublishError(
-                    f"publishing {lfs.display(fs, self.dataset_dir)} failed; the previous version stays live: {e}"
-                ) from e
-            raise
+            if not isinstance(e, (OSError, pa.ArrowException, ValueError)):
+                self._abort_after(e)
+                raise
+            error = PublishError(
+                f"publishing {lfs.display(fs, self.dataset_dir)} failed; the previous version stays live: {e}"
+            )
+            self._abort_after(error)
+            raise error from e
         return manifest.version
 
     def _staged_files(self, files: Iterable[FileInfo] | None) -> tuple[FileInfo, ...]:
@@ -396,6 +400,17 @@ class Staging:
         except OSError:
             pass  # an old version in use elsewhere, or CURRENT swapped meanwhile; the next run prunes it
 
+    def _abort_after(self, error: BaseException) -> None:
+        """:meth:`abort` after ``error``; a clean-up that fails too is logged and noted on ``error``, never raised
+        in its place (the next run removes what is left)."""
+        try:
+            self.abort()
+        except Exception as e:
+            note = (f"cleaning up the staging directory {lfs.display(self.fs, self.path)} failed too, the next run "
+                    f"removes it: {type(e).__name__}: {e}")
+            log.warning("%s", note)
+            error.__notes__ = [*getattr(error, "__notes__", ()), note]  # add_note(), also on Python 3.10
+
     def abort(self) -> None:
         """Remove the staging directory; the live version is untouched."""
         if self.finished:
@@ -430,10 +445,11 @@ def begin_staging(fs: pafs.FileSystem, root: str, name: str) -> Staging:
     created, so a writer that insists on a fresh directory (Spark) can create it.
 
     Raises:
-        PublishError: The destination cannot be created or written.
+        PublishError: ``name`` is not a plain directory name, or the destination cannot be created or written.
     """
-    if not name or "/" in name or name.startswith((".", "_")):
-        raise PublishError(f"dataset name {name!r} must be a plain directory name")
+    if not name or name.startswith((".", "_")) or any(c in name for c in "/\\\0#?"):
+        raise PublishError(f"dataset name {name!r} must be a plain directory name: not starting with '.' or '_', "
+                           "without '/', '\\', NUL, '#' or '?' (a URL would cut the name at '#' or '?')")
     dataset_dir = lfs.join(root, name)
     try:
         fs.create_dir(dataset_dir, recursive=True)

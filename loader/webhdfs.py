@@ -29,6 +29,7 @@ import getpass
 import logging
 import os
 import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -101,6 +102,12 @@ def _config_file_entry(host: str) -> dict[str, str]:
     return {}
 
 
+def _netloc(host: str, port: int | None) -> str:
+    """``host:port`` (``host`` alone without a port), an IPv6 literal in brackets."""
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host
+
+
 def webhdfs_address(url: str, *, webhdfs_url: str | None = None, namenodes: Mapping[str, str] | None = None
                     ) -> tuple[str, dict[str, str]]:
     """The WebHDFS base address(es) of a ``webhdfs://``/``swebhdfs://``/``hdfs://`` URL.
@@ -117,7 +124,7 @@ def webhdfs_address(url: str, *, webhdfs_url: str | None = None, namenodes: Mapp
         if not host:
             raise ConfigError(f"{scheme}:// URL needs a host: {scheme}://host:port/path")
         http = "https" if scheme == "swebhdfs" else "http"
-        return f"{http}://{host}:{parts.port or DEFAULT_HTTP_PORT}", {}
+        return f"{http}://{_netloc(host, parts.port or DEFAULT_HTTP_PORT)}", {}
     if namenodes and host in namenodes:
         return namenodes[host], {}
     env = _parse_env_map(os.environ.get("LARDER_WEBHDFS", ""))
@@ -128,7 +135,7 @@ def webhdfs_address(url: str, *, webhdfs_url: str | None = None, namenodes: Mapp
         return entry.pop("url"), entry
     if not host:
         raise ConfigError("hdfs:/// URL without a name node: configure one (see loader.webhdfs)")
-    return f"http://{host}:{DEFAULT_HTTP_PORT}", {}
+    return f"http://{_netloc(host, DEFAULT_HTTP_PORT)}", {}
 
 
 def _read_token_file(path: str) -> str:
@@ -168,8 +175,8 @@ class WebHdfsHandler(pafs.FileSystemHandler):
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.hooks["response"].append(_raise_on_5xx)
-            if cfg.token:
-                _install_log_filter(self.redact)
+            # Always: a secure name node puts a token of its own in its redirects, even without token= here.
+            _install_log_filter(self.redact if cfg.token else _PARAMS_ONLY)
             if cfg.kerberos:
                 try:
                     from hdfs.ext.kerberos import KerberosClient
@@ -209,7 +216,24 @@ class WebHdfsHandler(pafs.FileSystemHandler):
         return RemoteError(f"{what}: {kind or 'error'}: {message}")
 
     def _status(self, path: str) -> dict | None:
-        return self._call("GETFILESTATUS", path, lambda: self.client.status(path, strict=False))
+        """The path's ``FileStatus``, or None if the name node says it does not exist.
+
+        Only a ``FileNotFoundException`` means absent: a denial (``AccessControlException``, an expired
+        ``InvalidToken``) or any other refusal raises (HdfsCLI's ``strict=False`` would return None for them).
+
+        Raises:
+            RemoteError: The status could not be had (names the path; a denial says so, without the token).
+        """
+
+        def status():
+            try:
+                return self.client.status(path)
+            except HdfsError as e:
+                if getattr(e, "exception", None) == "FileNotFoundException":
+                    return None
+                raise
+
+        return self._call("GETFILESTATUS", path, status)
 
     # ----------------------------------------------------------------- FileSystemHandler
     def get_type_name(self) -> str:
@@ -288,6 +312,10 @@ class WebHdfsHandler(pafs.FileSystemHandler):
         """pyarrow semantics on HDFS: a file replaces a file atomically (``RENAME`` with
         ``renameoptions=OVERWRITE``, Hadoop's rename2); a directory replaces only an empty directory.
 
+        A destination that did not exist is renamed to with ``renameoptions=NONE`` (rename2 again), which
+        fails if the destination appeared meanwhile: a plain ``RENAME`` would move the source *into* a
+        directory another run created there since it was looked at.
+
         Safe to retry: after a failure that may have happened after the name node applied the rename (a
         timeout, a 5xx from a gateway, a dropped reply), the source and destination are looked at before
         trying again; if the source is gone and the destination is the source's inode (same ``fileId``), the
@@ -295,7 +323,7 @@ class WebHdfsHandler(pafs.FileSystemHandler):
 
         Raises:
             FileNotFoundError: ``src`` does not exist.
-            FileExistsError: ``dest`` is a non-empty directory.
+            FileExistsError: ``dest`` is a non-empty directory, or appeared since it was looked at.
             RemoteError: The rename failed; its message says when the outcome could not be checked.
         """
         src_status = self._status(src)
@@ -310,10 +338,7 @@ class WebHdfsHandler(pafs.FileSystemHandler):
         def rename():
             if ambiguous and self._rename_landed(src, dest, src_status):
                 return
-            if overwrite:
-                self.client._rename(src, destination=dest, renameoptions="OVERWRITE")
-            else:
-                self.client.rename(src, dest)
+            self.client._rename(src, destination=dest, renameoptions="OVERWRITE" if overwrite else "NONE")
 
         def failed(_error):
             nonlocal ambiguous
@@ -374,10 +399,12 @@ def _raise_on_5xx(response, *args, **kwargs):
 
 
 _filters: set[int] = set()
+_PARAMS_ONLY = Redactor()  # no secret of ours to redact: ``delegation=``-style parameters only
 
 
 def _install_log_filter(redact: Redactor) -> None:
-    """Redact this token from urllib3's and HdfsCLI's log records (urllib3 logs request URLs at DEBUG)."""
+    """Redact this token and ``delegation=``-style parameters from urllib3's and HdfsCLI's log records (urllib3
+    logs request URLs, the data nodes' redirect targets included, at DEBUG)."""
     if id(redact) in _filters:
         return
     _filters.add(id(redact))
@@ -406,7 +433,8 @@ def make_filesystem(url: str, *, user: str | None = None, token: str | None = No
         retry: The full retry policy.
 
     Raises:
-        ConfigError: An unknown or malformed option, or no usable address.
+        ConfigError: An unknown or malformed option, no usable address, or a URL holding a query or
+            fragment (``?``, ``#``) or a password.
     """
     if unknown:
         raise ConfigError(f"unknown option(s) for {urlsplit(url).scheme}:// URLs: {sorted(unknown)}")
@@ -418,6 +446,13 @@ def make_filesystem(url: str, *, user: str | None = None, token: str | None = No
         raise ConfigError(f"option timeout or retries of {urlsplit(url).scheme}:// is malformed: {e}") from e
     kerberos = lfs.parse_bool(kerberos, "kerberos")
     parts = urlsplit(url)
+    if "?" in url or "#" in url:  # urlsplit cuts them off: another path, or an option silently ignored
+        head = urlsplit(re.split(r"[?#]", url, maxsplit=1)[0])  # what comes after may be a secret
+        shown = f"{head.netloc.rpartition('@')[2]}{head.path}" if head.path else ""  # a cut authority: no part of it
+        raise ConfigError(f"{parts.scheme}:// URL {parts.scheme}://{shown}... must not hold '?' or '#' (a query or "
+                          "fragment): pass options as keyword arguments (token=..., user=..., webhdfs_url=...) or "
+                          "with -o key=value on the command line; HDFS paths holding these characters cannot be "
+                          "named in a URL")
     addresses, settings = webhdfs_address(url, webhdfs_url=webhdfs_url, namenodes=namenodes)
     if parts.password:  # a URL is printed, logged and stored in Dataset.url: it must not carry a secret
         raise ConfigError(f"{parts.scheme}:// URL must not hold a password or token; pass token=... or set "
@@ -425,9 +460,7 @@ def make_filesystem(url: str, *, user: str | None = None, token: str | None = No
     token = token or os.environ.get("LARDER_HDFS_TOKEN") or (
         _read_token_file(settings["token_file"]) if "token_file" in settings else None)
     user = user or parts.username or settings.get("user") or os.environ.get("HADOOP_USER_NAME") or getpass.getuser()
-    authority = parts.hostname or ""
-    if parts.port:
-        authority += f":{parts.port}"
+    authority = _netloc(parts.hostname or "", parts.port)
     config = WebHdfsConfig(urls=addresses, scheme=parts.scheme.lower(), authority=authority, user=user, token=token,
                            kerberos=kerberos, timeout=timeout, retry=retry or RetryPolicy())
     return pafs.PyFileSystem(WebHdfsHandler(config)), parts.path or "/"

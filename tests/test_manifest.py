@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import zlib
 
@@ -289,3 +290,20 @@ def test_one_bad_entry_among_many_is_named(cache, damage, needle):
     _edit_manifest(cache, lambda doc: damage(doc["files"][3]))
     with pytest.raises(ManifestError, match=needle):
         loader.open_dataset(cache.version_path)
+
+
+@pytest.mark.parametrize("key", ["dataset", "version"])
+@pytest.mark.parametrize("bad", ["../outside", ".", "..", "a/b", "a\\b", "nul\x00", ""])
+def test_dataset_and_version_must_be_single_path_components(cache, key, bad):
+    _edit_manifest(cache, lambda d: d.update({key: bad}))  # both name directories of local caches
+    message = f"key '{key}' is {bad!r}, which is not a single path component"
+    with pytest.raises(loader.ManifestError, match=re.escape(message)) as err:
+        loader.open_dataset(cache.version_path)
+    assert _manifest_path(cache) in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["a\\b", "nul\x00", "team#1", "what?"])
+def test_write_cache_refuses_names_a_manifest_or_a_url_cannot_hold(tmp_path, table, name):
+    with pytest.raises(loader.PublishError, match="plain directory name"):
+        loader.write_cache(table, tmp_path, name)
+    assert os.listdir(tmp_path) == []

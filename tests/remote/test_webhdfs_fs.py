@@ -191,5 +191,6 @@ def test_file_of_a_pruned_version_says_it_is_gone(server, remote_table):
     ds = loader.write_cache(remote_table, server.url("/caches"), "pruned", row_group_bytes=3_000)
     opened = loader.open_dataset(server.url("/caches/pruned"), retry=FAST_RETRY)
     shutil.rmtree(server.local(f"/caches/pruned/{ds.version}"))  # another run pruned it
-    with pytest.raises(OSError, match="does not exist .*pruned"):
+    with pytest.raises(loader.CorruptFileError, match="data file listed in the manifest is missing") as err:
         opened.read_row_group(opened.files[0], 0)
+    assert "pruned" in str(err.value.__cause__)  # the cause says what probably happened

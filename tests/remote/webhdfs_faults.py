@@ -12,6 +12,7 @@ JAVA_CLASSES = {
     "FileAlreadyExistsException": "org.apache.hadoop.fs.FileAlreadyExistsException",
     "StandbyException": "org.apache.hadoop.ipc.StandbyException",
     "SecurityException": "java.lang.SecurityException",
+    "AccessControlException": "org.apache.hadoop.security.AccessControlException",
     "InvalidToken": "org.apache.hadoop.security.token.SecretManager$InvalidToken",
     "IOException": "java.io.IOException",
     "UnsupportedOperationException": "java.lang.UnsupportedOperationException",

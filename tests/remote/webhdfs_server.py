@@ -6,7 +6,8 @@ data-node port, which streams or receives the bytes (two-step ``CREATE``; ``OPEN
 ``length``). Errors are JSON ``RemoteException`` bodies with Hadoop's status codes; ``FileStatus`` carries a
 ``blockSize``. Supported ops: OPEN, GETFILESTATUS, LISTSTATUS, LISTSTATUS_BATCH, GETCONTENTSUMMARY,
 GETFILECHECKSUM, GETFILEBLOCKLOCATIONS, GETHOMEDIRECTORY, GETSERVERDEFAULTS, CREATE, APPEND, MKDIRS, RENAME (with
-``renameoptions=OVERWRITE``, Hadoop's rename2), DELETE, SETPERMISSION, SETOWNER, SETTIMES, SETREPLICATION.
+``renameoptions=NONE`` or ``OVERWRITE``, Hadoop's rename2: it fails on an existing destination, or replaces a
+file or an empty directory), DELETE, SETPERMISSION, SETOWNER, SETTIMES, SETREPLICATION.
 
 Switches for tests and benchmarks: ``latency`` (seconds before every answer), ``bandwidth`` (bytes/s for
 data-node bodies, shared by all connections like one network link), :meth:`WebHdfs.drop_next` (close the
@@ -15,8 +16,12 @@ connection after N body bytes), :meth:`WebHdfs.slow_next` (answer late), :meth:`
 come with HTTP 403 as a name node in standby or safe mode sends them), :meth:`WebHdfs.lose_reply_next` (the
 operation is applied, its answer lost: a gateway's 504, a reply after the client's timeout, or a dropped
 connection) and a request log (:attr:`WebHdfs.log`, :meth:`WebHdfs.count`).
-``token`` makes every request need ``delegation=<token>``; extra name nodes in standby answer
-``StandbyException`` (HA).
+``token`` makes every request need ``delegation=<token>``; ``redirect_token`` is the token a secure name node
+mints for the data node and puts in its redirects (as Hadoop's ``NamenodeWebHdfsMethods.redirectURI`` does when
+security is on), which the data node then requires; extra name nodes in standby answer ``StandbyException`` (HA).
+
+Request paths are percent-decoded once, as a name node decodes them: HDFS names are literal, so a file created
+as ``a%2541`` in the URL is named ``a%41``.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class WebHdfs(FaultSwitches):
     root: str
     block_size: int = 128 << 20
     token: str | None = None
+    redirect_token: str | None = None
     standby_namenodes: int = 0
     latency: float = 0.0
     chunk: int = 64 << 10
@@ -134,8 +140,8 @@ class WebHdfs(FaultSwitches):
         return f"webhdfs://127.0.0.1:{self.port}/{path.lstrip('/')}"
 
     def local(self, path: str) -> str:
-        """The backing file of an HDFS path."""
-        clean = os.path.normpath("/" + unquote(path).lstrip("/"))
+        """The backing file of an HDFS path (decoded already: its ``%`` signs are literal)."""
+        clean = os.path.normpath("/" + path.lstrip("/"))
         return os.path.join(self.root, clean.lstrip("/"))
 
     # ----------------------------------------------------------------- switches
@@ -286,7 +292,8 @@ class _Handler(BaseHTTPRequestHandler):
         record.status = 0
 
     def _authorize(self, params: dict) -> None:
-        token = self.server_state.token
+        st = self.server_state
+        token = st.redirect_token if self.role == "datanode" and st.redirect_token else st.token
         if token is None:
             return
         given = params.get("delegation")
@@ -337,6 +344,8 @@ class _Handler(BaseHTTPRequestHandler):
         st = self.server_state
         query = {k: v for k, v in params.items() if k not in ("noredirect",)}
         query["namenoderpcaddress"] = f"127.0.0.1:{st.port}"
+        if st.redirect_token:
+            query["delegation"] = st.redirect_token
         location = f"{st._address(st.datanode)}{PREFIX}{quote(path)}?{urlencode(query)}"
         self._drain()
         if params.get("noredirect", "false").lower() == "true":
@@ -391,7 +400,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not dst or not dst.startswith("/"):
                 raise RemoteException(400, "IllegalArgumentException", f"Invalid value for destination: {dst}")
             options = params.get("renameoptions")
-            if options is None:
+            if not options:  # Hadoop's default, an empty option set: FileSystem.rename
                 return self._json(200, {"boolean": st.rename(path, dst, None)}, record)
             st.rename(path, dst, "OVERWRITE" in options.upper())
             return self._send(200, b"", record)
