@@ -13,7 +13,8 @@ How it stays safe:
 
 * **Downloaded once.** A file is fetched under an exclusive ``flock`` on its lock file; whoever gets the lock
   second finds the verified copy and fetches nothing. ``flock`` locks die with their process, so a crashed
-  process never leaves a lock that blocks; its partial ``.part`` file is resumed by the next downloader.
+  process never leaves a lock that blocks; its partial ``.part`` file is resumed by the next downloader (unless
+  evicted first, see below).
 * **No partial reads.** Bytes go to ``.part``; size and the manifest's ``crc32`` are checked while streaming;
   only then is the file renamed into place. Readers only open final names.
 * **Corruption is re-fetched.** On first use in a process, a copy is accepted if its ``.ok`` marker matches
@@ -26,11 +27,13 @@ How it stays safe:
 * **Eviction (``max_cache_bytes``) is LRU by access time** (set on every use) and never removes a file in
   use — every file handed to a reader, every prefetched file not yet consumed, and a fresh download from the
   moment it gets its final name, is held with a shared ``flock`` (the ``pin_files`` most recent per process
-  stay pinned) and eviction only takes files it can lock exclusively — nor a file without a remote copy (its
-  version's ``_manifest.json`` must still exist remotely, checked with the reader's own filesystem and its
-  options, answers remembered for a minute). A file that vanishes anyway (evicted by another process between
-  two steps) is fetched again, never an error. The cap is enforced when a file is downloaded; files a closed
-  reader leaves behind are evicted by the next download into the cache (or call :meth:`FileCache.trim`).
+  stay pinned) and eviction only takes files it can lock exclusively. A ``.part`` whose download lock is free
+  (its process died) counts as cached, not in flight, and goes first; files whose version has no remote copy
+  (``_manifest.json`` gone remotely, e.g. pruned by ``keep_versions``, or unconfirmed) go last, with a warning
+  naming the version: they may be the only copy left, but the cap wins. A file that vanishes anyway (evicted
+  by another process between two steps) is fetched again, never an error. The cap is enforced when a file is
+  downloaded; files a closed reader leaves behind are evicted by the next download into the cache (or call
+  :meth:`FileCache.trim`).
 * **Local disk trouble is typed.** A full, read-only or unwritable ``cache_dir`` raises :class:`CacheError`
   (a :class:`~loader.errors.LarderError` and an ``OSError`` with the original ``errno``) naming the cache
   directory and the file; the partial download is removed.
@@ -510,8 +513,9 @@ class FileCache:
             pass
 
     def trim(self, incoming: int = 0) -> None:
-        """Evict least recently used files not in use until the cache is within ``max_cache_bytes`` (with room
-        for ``incoming`` more bytes)."""
+        """Evict files not in use until the cache is within ``max_cache_bytes`` (with room for ``incoming`` more
+        bytes): abandoned partial downloads first, then least recently used files, those of versions without a
+        remote copy last."""
         self._make_room(incoming)
 
     def _make_room(self, incoming: int, reserve: str | None = None, strict: bool = False) -> bool:
