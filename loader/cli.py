@@ -5,9 +5,11 @@ Subcommands:
 * ``inspect URL [--json]`` — columns with their Arrow types and nullability, rows, files, row groups,
   bytes, row-group size spread, version, who made it, the source (with its fingerprint) and the
   vocabularies, as ``key: value`` lines (or one JSON object).
-* ``head URL [-n 5] [--columns a,b] [--json]`` — the first rows in manifest order, long values truncated.
-  ``--json`` (like ``inspect --json``) is strict JSON: a float NaN or infinity is the string ``"NaN"``,
-  ``"Infinity"`` or ``"-Infinity"`` (a null stays ``null``).
+* ``head URL [-n 5] [--columns a,b] [--json]`` — the first rows in manifest order, long values truncated:
+  strings quoted and escaped as JSON strings (invalid UTF-8 bytes as ``\\xff``), nulls as ``null``, dates,
+  times, timestamps and durations in full (:mod:`loader.cli_values`). ``--json`` (like ``inspect --json``) is
+  strict JSON: a float NaN or infinity is the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (a null
+  stays ``null``).
 * ``verify URL [-v] [--json]`` — check the manifest's totals and every data file as a reader would: size,
   footer checksum and size, the footer's row groups (rows, bytes) against the manifest's, the whole-file
   checksum and each column chunk's checksum (one streaming pass, nothing decoded). Prints ``BAD path:
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -33,14 +34,12 @@ import numpy as np
 import pyarrow as pa
 
 from . import fs as lfs
+from .cli_values import cells, short, strict, text
 from .dataset import Dataset, open_dataset
 from .errors import ColumnNotFoundError, ConfigError, CorruptFileError, LarderError, RemoteError
 from .manifest import MANIFEST_NAME, FileInfo, _checksum_with_ranges, chunk_inside, chunk_range
 
 PROG = "larder"
-MAX_ITEMS = 8
-MAX_CHARS = 60
-MAX_BYTES = 16
 VOCAB_PREVIEW = 5
 MAX_KEY_DEPTH = 3
 
@@ -155,42 +154,11 @@ def _inspect_text(d: dict[str, Any]) -> str:
 def cmd_inspect(args) -> int:
     """Print the dataset's description."""
     d = describe(_open(args))
-    print(json.dumps(_strict(d), indent=1, ensure_ascii=False, allow_nan=False) if args.json else _inspect_text(d))
+    print(json.dumps(strict(d), indent=1, ensure_ascii=False, allow_nan=False) if args.json else _inspect_text(d))
     return 0
 
 
 # ------------------------------------------------------------------------------------------------- head
-
-
-def _strict(value: Any) -> Any:
-    """``value`` as strict JSON allows: float NaN and infinities become the strings ``"NaN"``, ``"Infinity"`` and
-    ``"-Infinity"`` (kept apart from null, which stays ``null``), in dicts and lists too."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict(v) for v in value]
-    return value
-
-
-def _short(value: Any) -> Any:
-    """A display form of one cell: long strings, bytes and lists cut with a note of what was left out."""
-    if isinstance(value, bytes):
-        head = value[:MAX_BYTES].hex()
-        return f"<{len(value)} bytes: {head}{'...' if len(value) > MAX_BYTES else ''}>"
-    if isinstance(value, str):
-        return value if len(value) <= MAX_CHARS else f"{value[:MAX_CHARS]}... ({len(value)} chars)"
-    if isinstance(value, list):
-        items = [_short(v) for v in value[:MAX_ITEMS]]
-        if len(value) > MAX_ITEMS:
-            items.append(f"... +{len(value) - MAX_ITEMS} more ({len(value)} items)")
-        return items
-    if isinstance(value, dict):
-        return {k: _short(v) for k, v in value.items()}
-    if isinstance(value, float | int | bool) or value is None:
-        return _strict(value)
-    return str(value)
 
 
 def first_rows(ds: Dataset, n: int, columns: list[str] | None) -> pa.Table:
@@ -233,15 +201,14 @@ def cmd_head(args) -> int:
     if columns == []:
         raise UsageError("--columns names no column")
     ds = _open(args)
-    rows = first_rows(ds, args.n, columns).to_pylist()
-    for i, row in enumerate(rows):
-        short = {k: _short(v) for k, v in row.items()}
+    for i, row in enumerate(cells(first_rows(ds, args.n, columns))):
+        shown = {k: short(v) for k, v in row.items()}
         if args.json:
-            print(json.dumps(short, ensure_ascii=False, allow_nan=False))
+            print(json.dumps(strict(shown), ensure_ascii=False, allow_nan=False))
             continue
         print(f"[{i}]")
-        for k, v in short.items():
-            print(f"  {k}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}")
+        for k, v in shown.items():
+            print(f"  {k}: {text(v)}")
     return 0
 
 

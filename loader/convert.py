@@ -33,7 +33,10 @@ when shuffling; arrays are zero-copy views of the batch's Arrow buffers where th
   names the column).
 * ``strings="object"``: string and binary columns become 1-D ``object`` arrays of ``str`` / ``bytes``
   (``None`` where null) instead: convenient for small batches and printing; made by Arrow's converter,
-  but the result is one Python object per row. ``strings="offsets"`` (default) follows ``ragged``.
+  but the result is one Python object per row (a string that is not UTF-8 raises a ``ConfigError`` naming
+  the column). ``strings="offsets"`` (default) follows ``ragged``.
+* **String / binary views** (``string_view``, nested too) have the forms of plain strings / binaries (the
+  reader reads them plain: :func:`loader.convert_types.plain_type`).
 * **Structs**: flattened to ``b["col.field"]`` with the rules above.
 """
 
@@ -48,10 +51,18 @@ import pyarrow.compute as pc
 import pyarrow.types as pat
 
 from .convert_ragged import _ragged, _ragged2, pad, split_batch, to_padded
+from .convert_types import (  # the type checks are importable from here too
+    RAGGED_FORMS,
+    STRING_FORMS,
+    _is_binary_like,
+    _is_list,
+    _is_view,
+    _needs_plain,
+    check_options,
+    check_schema,
+    plain_type,
+)
 from .errors import ConfigError
-
-RAGGED_FORMS = ("offsets", "padded")
-STRING_FORMS = ("offsets", "object")
 
 
 def as_arrow(values: np.ndarray) -> pa.Array:
@@ -63,106 +74,64 @@ def as_arrow(values: np.ndarray) -> pa.Array:
     values = np.ascontiguousarray(values)
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
-def check_options(ragged: str, strings: str) -> None:
-    """Validate the conversion options.
-
-    Raises:
-        ConfigError: An option has an unknown value (names the option).
-    """
-    if ragged not in RAGGED_FORMS:
-        raise ConfigError(f"ragged must be one of {RAGGED_FORMS}, got {ragged!r}")
-    if strings not in STRING_FORMS:
-        raise ConfigError(f"strings must be one of {STRING_FORMS}, got {strings!r}")
-
-
-def check_schema(schema: pa.Schema, columns: list[str]) -> None:
-    """Fail early on columns that have no numpy form.
-
-    Raises:
-        ConfigError: A column's type cannot be converted (names the column and type).
-    """
-    for name in columns:
-        _check_type(name, schema.field(name).type)
+_STRUCTURE = (".offsets", ".value_offsets", ".lengths", ".value_lengths")
+"""Suffixes of the keys that give another key's ragged structure (read by name when batches are split, padded
+or handed to an adapter)."""
 
 
 def check_keys(schema: pa.Schema, columns: list[str], *, ragged: str = "offsets", strings: str = "offsets",
-               masks: bool = False) -> None:
+               masks: bool = False, with_row_ids: bool = False) -> None:
     """Fail early when two columns would write the same key of a batch (e.g. a column named ``"a.offsets"``
     next to a string column ``a``, ``"s.x"`` next to a struct ``s`` with a field ``x``, or ``"b.valid"``
-    next to a nullable ``b`` with ``masks``), which would silently replace one's arrays with the other's.
+    next to a nullable ``b`` with ``masks``), which would silently replace one's arrays with the other's;
+    or when a key is another column's key plus ``.offsets``, ``.value_offsets``, ``.lengths`` or
+    ``.value_lengths`` (a column ``"x.offsets"`` next to an integer ``x``), which would be taken for the
+    structure of that column's values (struct fields count as columns here; with ``with_row_ids``, so do
+    ``_row_group`` and ``_row``).
 
     Raises:
         ConfigError: Names the key and the columns that both produce it.
     """
-    owner: dict[str, str] = {}
-    for name in columns:
-        field = schema.field(name)
-        empty = pa.RecordBatch.from_arrays([pa.nulls(0, field.type)], schema=pa.schema([field]))  # no pandas
-        for key in to_numpy(empty, ragged=ragged, strings=strings, masks=masks, writable=False):
-            if key in owner:
-                raise ConfigError(f"columns {owner[key]!r} and {name!r} both give the batch key {key!r}; "
-                                  "select one of them (columns=) or rename it")
-            owner[key] = name
+    owner: dict[str, tuple[str, str]] = {}  # batch key -> (column, the column or struct field it comes from)
+    units = [(n, schema.field(n)) for n in columns]
+    if with_row_ids:
+        from .tasks import ROW_ID_FIELDS  # here: tasks imports this module
+
+        units += [(f.name, f) for f in ROW_ID_FIELDS]
+    for column, field in units:
+        for unit, keys in _unit_keys(column, field, ragged, strings, masks):
+            for key in keys:
+                if key in owner and owner[key][0] != column:
+                    raise ConfigError(f"columns {owner[key][0]!r} and {column!r} both give the batch key {key!r}; "
+                                      "select one of them (columns=) or rename it")
+                if key in owner:
+                    raise ConfigError(f"column {column!r} gives the batch key {key!r} twice (from {owner[key][1]!r} "
+                                      f"and {unit!r}); rename one of its fields")
+                owner[key] = (column, unit)
+    for key, (column, unit) in owner.items():
+        for suffix in _STRUCTURE:
+            base = owner.get(key[: -len(suffix)]) if key.endswith(suffix) else None
+            if base is not None and base[1] != unit:
+                fix = "rename one of its fields" if base[0] == column else "select one of them (columns=) or rename it"
+                raise ConfigError(f"column {_who(column, unit)} gives the batch key {key!r}, which would be read as "
+                                  f"the {suffix[1:]} of column {_who(*base)}; {fix}")
 
 
-def _check_type(name: str, t: pa.DataType) -> None:
-    if pat.is_dictionary(t):
-        t = t.value_type
+def _who(column: str, unit: str) -> str:
+    return repr(column) if unit == column else f"{column!r} (its field {unit!r})"
+
+
+def _unit_keys(name: str, field: pa.Field, ragged: str, strings: str, masks: bool):
+    """``(column or struct field, its batch keys)`` of a column, struct fields one by one."""
+    t = field.type.value_type if pat.is_dictionary(field.type) else field.type
     if pat.is_struct(t):
-        for i in range(t.num_fields):
-            _check_type(f"{name}.{t.field(i).name}", t.field(i).type)
-    elif pat.is_fixed_size_list(t):
-        inner = t.value_type.value_type if pat.is_dictionary(t.value_type) else t.value_type
-        if not (_is_fixed_width(inner) or _is_fixed_size_list_of_fixed(inner) or _is_binary_like(inner)):
-            raise ConfigError(f"column {name!r}: {t} has no numpy form (fixed-size lists of fixed-width values "
-                              "or of strings have one)")
-    elif _is_list(t):
-        inner = t.value_type.value_type if pat.is_dictionary(t.value_type) else t.value_type
-        if _is_list(inner):
-            inner = inner.value_type
-            ok = _is_fixed_width(inner) or _is_fixed_size_list_of_fixed(inner)
-        else:
-            ok = _is_fixed_width(inner) or _is_fixed_size_list_of_fixed(inner) or _is_binary_like(inner)
-        if not ok:
-            raise ConfigError(f"column {name!r}: {t} has no vectorised numpy form (more than two list levels)")
-    elif pat.is_null(t):
-        raise ConfigError(f"column {name!r} has type null (it holds no values); leave it out with columns=")
-    elif not (_is_fixed_width(t) or _is_binary_like(t)):
-        raise ConfigError(f"column {name!r}: type {t} has no numpy form")
-
-
-def _is_list(t: pa.DataType) -> bool:
-    return pat.is_list(t) or pat.is_large_list(t) or getattr(pat, "is_list_view", lambda _: False)(t) or getattr(
-        pat, "is_large_list_view", lambda _: False
-    )(t)
-
-
-def _is_binary_like(t: pa.DataType) -> bool:
-    return (
-        pat.is_string(t)
-        or pat.is_large_string(t)
-        or pat.is_binary(t)
-        or pat.is_large_binary(t)
-        or pat.is_fixed_size_binary(t)
-        or getattr(pat, "is_string_view", lambda _: False)(t)
-        or getattr(pat, "is_binary_view", lambda _: False)(t)
-    )
-
-
-def _is_fixed_width(t: pa.DataType) -> bool:
-    if pat.is_dictionary(t):
-        return _is_fixed_width(t.value_type)
-    return (
-        pat.is_integer(t)
-        or pat.is_floating(t)
-        or pat.is_boolean(t)
-        or pat.is_temporal(t)
-        or pat.is_decimal(t)
-    )
-
-
-def _is_fixed_size_list_of_fixed(t: pa.DataType) -> bool:
-    return pat.is_fixed_size_list(t) and (_is_fixed_width(t.value_type) or _is_fixed_size_list_of_fixed(t.value_type))
+        if masks and field.nullable:
+            yield name, [name + ".valid"]
+        for child in t:
+            yield from _unit_keys(f"{name}.{child.name}", child, ragged, strings, masks)
+        return
+    empty = pa.RecordBatch.from_arrays([pa.nulls(0, field.type)], schema=pa.schema([field.with_name(name)]))
+    yield name, list(to_numpy(empty, ragged=ragged, strings=strings, masks=masks, writable=False))
 
 
 def to_numpy(
@@ -235,7 +204,8 @@ def _convert(name, arr: pa.Array, nullable: bool, out: dict, ragged, strings, ma
     if kind == "struct":
         for i in range(t.num_fields):
             child = arr.field(i)
-            if arr.null_count:  # a null struct makes every field null
+            if arr.null_count:  # a null struct makes every field null (views have no if_else kernel)
+                child = child if plain_type(child.type) is None else child.cast(plain_type(child.type))
                 child = pc.if_else(arr.is_valid(), child, pa.nulls(len(arr), child.type))
             _convert(f"{name}.{t.field(i).name}", child, t.field(i).nullable, out, ragged, strings, masks, pad_value)
     elif kind == "fixed_size_list":
@@ -251,7 +221,7 @@ def _convert(name, arr: pa.Array, nullable: bool, out: dict, ragged, strings, ma
         if inner in ("fixed", "fixed_size_list"):
             _ragged(name, _fixed(flat), offsets, out, ragged, pad_value)
         elif inner == "binary" and strings == "object":
-            out[name] = _string_lists(arr, flat, offsets)
+            out[name] = _string_lists(name, arr, flat, offsets)
         else:  # two levels: list<string|binary> or list<list<fixed-width>>
             if inner == "binary":
                 values, value_offsets = _bytes(flat)
@@ -260,7 +230,7 @@ def _convert(name, arr: pa.Array, nullable: bool, out: dict, ragged, strings, ma
             _ragged2(name, values, value_offsets, offsets, out, ragged, pad_value)
     elif kind == "binary":
         if strings == "object":
-            out[name] = arr.to_numpy(zero_copy_only=False)
+            out[name] = _objects(name, arr)
             return
         values, offsets = _bytes(arr)
         _ragged(name, values, offsets, out, ragged, pad_value)
@@ -274,10 +244,6 @@ def _list_offsets(arr: pa.Array) -> np.ndarray:
         offsets = _numeric(arr.offsets).astype(np.int64)
         return offsets - offsets[0]
     return _offsets(_lengths(pc.list_value_length(arr)))  # null lists may hide values: count what flatten keeps
-
-
-def _is_view(t: pa.DataType) -> bool:
-    return getattr(pat, "is_list_view", lambda _: False)(t) or getattr(pat, "is_large_list_view", lambda _: False)(t)
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -324,7 +290,7 @@ def _fixed(arr: pa.Array) -> np.ndarray:
     if pat.is_dictionary(t):
         arr, t = arr.dictionary_decode(), t.value_type
     if pat.is_decimal(t):
-        if t.bit_width == 128 and t.precision <= 15 and 0 <= t.scale <= 22:
+        if t.precision <= 15 and 0 <= t.scale <= 22:
             return _decimal(arr)
         arr, t = arr.cast(pa.float64()), pa.float64()
     if pat.is_fixed_size_list(t):
@@ -349,12 +315,17 @@ def _fixed(arr: pa.Array) -> np.ndarray:
 
 
 def _decimal(arr: pa.Array) -> np.ndarray:
-    """A ``decimal128`` array of at most 15 digits as ``float64``: the unscaled integer (the low 64 bits; exact
-    in a float64 below 2**53) divided by ``10**scale`` (exact too) in one correctly rounded division, where
-    Arrow's cast can be an ulp off (``9286.96`` became ``9286.960000000001``); nulls become NaN."""
+    """A decimal array (32 to 256 bits) of at most 15 digits as ``float64``: the unscaled integer (the low 32 or
+    64 bits; exact in a float64 below 2**53) divided by ``10**scale`` (exact too) in one correctly rounded
+    division, where Arrow's cast can be an ulp off (``9286.96`` became ``9286.960000000001``); nulls become NaN."""
     t = arr.type
-    words = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=2 * len(arr), offset=16 * arr.offset)
-    values = words[0::2].astype(np.float64) / float(10**t.scale)
+    if t.bit_width == 32:
+        low = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=len(arr), offset=4 * arr.offset)
+    else:  # little-endian words, the lowest first
+        words = t.bit_width // 64
+        low = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=words * len(arr), offset=8 * words * arr.offset)
+        low = low[0::words]
+    values = low.astype(np.float64) / float(10**t.scale)
     if arr.null_count:
         values[~_bools(arr.is_valid())] = np.nan
     return values
@@ -409,7 +380,7 @@ def _fixed_size_strings(name: str, arr: pa.Array, out: dict, ragged: str, string
         values = values.dictionary_decode()
     hidden = np.repeat(~_bools(arr.is_valid()), k) if arr.null_count else None
     if strings == "object":
-        objects = values.to_numpy(zero_copy_only=False)  # Arrow's converter: None where null
+        objects = _objects(name, values)  # Arrow's converter: None where null
         if hidden is not None:
             objects[hidden] = None
         out[name] = objects.reshape(n, k)
@@ -423,23 +394,35 @@ def _fixed_size_strings(name: str, arr: pa.Array, out: dict, ragged: str, string
     _ragged2(name, flat, value_offsets, np.arange(n + 1, dtype=np.int64) * k, out, ragged, pad_value)
 
 
-def _string_lists(arr: pa.Array, flat: pa.Array, offsets: np.ndarray) -> np.ndarray:
+def _string_lists(name: str, arr: pa.Array, flat: pa.Array, offsets: np.ndarray) -> np.ndarray:
     """A list of strings as an object array of one array of ``str``/``bytes`` per row (None for a null list or
     string), by Arrow's converter; items it cannot convert (fixed-size binaries, views) are made plain first."""
     if not _needs_plain(arr.type.value_type):
-        return arr.to_numpy(zero_copy_only=False)
+        return _objects(name, arr)
     text = getattr(pat, "is_string_view", lambda _: False)(flat.type)  # else fixed-size binary or binary view
     flat = flat.cast(pa.large_string() if text else pa.large_binary())
     rows = pa.LargeListArray.from_arrays(as_arrow(offsets), flat, mask=arr.is_null() if arr.null_count else None)
-    return rows.to_numpy(zero_copy_only=False)
+    return _objects(name, rows)
 
 
-@functools.lru_cache(maxsize=128)
-def _needs_plain(t: pa.DataType) -> bool:
-    if pat.is_dictionary(t):
-        t = t.value_type
-    return _is_binary_like(t) and not (pat.is_string(t) or pat.is_large_string(t) or pat.is_binary(t)
-                                       or pat.is_large_binary(t))
+def _objects(name: str, arr: pa.Array) -> np.ndarray:
+    """Arrow's conversion of strings or binaries (or lists of them) to an object array of ``str`` / ``bytes``.
+
+    Raises:
+        ConfigError: A string holds bytes that are not UTF-8 (no ``str`` has them); names the column and the
+            forms that give the raw bytes.
+    """
+    try:
+        return arr.to_numpy(zero_copy_only=False)
+    except (pa.ArrowException, UnicodeDecodeError) as e:
+        try:
+            arr.validate(full=True)  # only on this path: says which string is not UTF-8
+        except pa.ArrowInvalid as invalid:
+            raise ConfigError(
+                f"column {name!r} holds a string that is not valid UTF-8 ({invalid}), which strings=\"object\" "
+                "cannot give as str; strings=\"offsets\" gives its raw bytes (loader.torch: strings=\"tensor\", "
+                "loader.tf: strings=\"bytes\")") from e
+        raise
 
 
 def _bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -476,5 +459,5 @@ def _bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return flat, offsets
 
 
-__all__ = ["RAGGED_FORMS", "STRING_FORMS", "check_keys", "check_options", "check_schema", "pad", "split_batch",
-           "to_numpy", "to_padded"]
+__all__ = ["RAGGED_FORMS", "STRING_FORMS", "check_keys", "check_options", "check_schema", "pad", "plain_type",
+           "split_batch", "to_numpy", "to_padded"]

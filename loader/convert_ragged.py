@@ -44,7 +44,7 @@ def to_padded(batch: dict[str, np.ndarray], pad_value: Any = 0) -> dict[str, np.
     :func:`to_numpy` gives with ``ragged="padded"`` for the same rows (keys in the same order)."""
     out: dict[str, np.ndarray] = {}
     for key, values in batch.items():
-        if key.endswith(".value_offsets") or (key.endswith(".offsets") and key[:-8] in batch):
+        if _structure(key, batch):
             continue
         offsets = batch.get(key + ".offsets")
         if offsets is None:
@@ -56,6 +56,12 @@ def to_padded(batch: dict[str, np.ndarray], pad_value: Any = 0) -> dict[str, np.
         else:
             _ragged2(key, values, inner, offsets, out, "padded", pad_value)
     return out
+
+
+def _structure(key: str, batch: dict) -> bool:
+    """Whether ``key`` holds the offsets of another key of ``batch`` (``col.offsets``, ``col.value_offsets``;
+    :func:`loader.convert.check_keys` refuses columns whose own names look so)."""
+    return (key.endswith(".offsets") and key[:-8] in batch) or (key.endswith(".value_offsets") and key[:-14] in batch)
 
 
 def _fitting(pad_value: Any, dtype: np.dtype, name: str) -> Any:
@@ -121,7 +127,7 @@ def split_batch(batch: dict[str, np.ndarray], bounds: list[int]) -> list[dict[st
     """
     out: list[dict[str, np.ndarray]] = [{} for _ in bounds[:-1]]
     for key, values in batch.items():
-        if key.endswith(".value_offsets") or (key.endswith(".offsets") and key[:-8] in batch):
+        if _structure(key, batch):
             continue  # handled with their column
         offsets = batch.get(key + ".offsets")
         if offsets is None:  # row-first: fixed-width, masks, object arrays, fixed-size lists

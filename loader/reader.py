@@ -150,7 +150,8 @@ class Reader(Closeable):
             ds = open_dataset(url, **fs_options)
         self.dataset = ds
         self.columns = columns = select_columns(ds, columns)
-        check_keys(ds.schema, columns, ragged=ragged, strings=strings, masks=masks)  # row-id names refused above
+        check_keys(ds.schema, columns, ragged=ragged, strings=strings, masks=masks,  # row-id names refused above
+                   with_row_ids=with_row_ids)
         sizes = ds.row_group_sizes()
         check_not_empty(ds, epoch_rows(sum(sizes), sample), rank, world_size, batch_size, drop_last, sample)
 

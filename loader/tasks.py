@@ -13,12 +13,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from .convert import as_arrow, split_batch, to_numpy, to_padded
+from .convert import as_arrow, plain_type, split_batch, to_numpy, to_padded
 from .dataset import Dataset
 from .decoded import DecodedCache
 from .errors import CorruptFileError, RemoteError, TransformError
@@ -58,6 +58,9 @@ class ReadContext:
         transform_takes_rng: Call it as ``transform(batch, rng)`` rather than ``transform(batch)``.
         transform_rng_by_keyword: Pass that RNG as ``rng=rng`` (a keyword-only ``rng``).
         decoded: The local cache of decoded row groups (:mod:`loader.decoded`), or None.
+        plain: Set from the others: the columns holding string / binary views (nested too) -> the plain type
+            they are read as (:func:`loader.convert.plain_type`: Arrow's ``take`` has no kernel for views);
+            empty for most datasets.
     """
 
     key: str
@@ -79,6 +82,21 @@ class ReadContext:
     transform_takes_rng: bool
     transform_rng_by_keyword: bool = False
     decoded: DecodedCache | None = None
+    plain: dict[str, pa.DataType] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        types = {c: plain_type(self.dataset.schema.field(c).type) for c in self.columns}
+        object.__setattr__(self, "plain", {c: t for c, t in types.items() if t is not None})
+
+
+def made_plain(plain: dict[str, pa.DataType], data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    """``data`` (as decoded) with its view columns cast to their plain types (``plain``, from
+    :attr:`ReadContext.plain`): one cast per such column, before any row is gathered; nothing otherwise."""
+    for name, t in plain.items():
+        i = data.schema.get_field_index(name)
+        if i >= 0 and data.schema.field(i).type != t:
+            data = data.set_column(i, data.schema.field(i).with_type(t), data.column(i).cast(t))
+    return data
 
 
 _CONTEXTS: dict[str, ReadContext] = {}
@@ -150,7 +168,7 @@ def read_piece(key: str, epoch: int, group: int, start: int, stop: int,
         table, decoded = _read_streamed(ctx, epoch, group, info, local, rows, start, stop)
     else:
         if ctx.decoded is not None:  # decoded before, by this or an earlier process: no Parquet decode
-            table = ctx.decoded.get(info.path, local, lambda: _decode_group(ctx, info, local))
+            table = made_plain(ctx.plain, ctx.decoded.get(info.path, local, lambda: _decode_group(ctx, info, local)))
         else:
             table = _decode_group(ctx, info, local)
         decoded = table.num_rows
@@ -162,14 +180,14 @@ def read_piece(key: str, epoch: int, group: int, start: int, stop: int,
 
 
 def _decode_group(ctx: ReadContext, info, local: int) -> pa.Table:
-    """Read and decode one whole row group, checked against the manifest."""
+    """Read and decode one whole row group, checked against the manifest (views made plain)."""
     ds = ctx.dataset
     if info.row_groups[local].column_checksums:  # chunks checked against the manifest, decoded from memory
-        return ds.read_row_group(info, local, list(ctx.columns))
+        return made_plain(ctx.plain, ds.read_row_group(info, local, list(ctx.columns)))
     # Local files (or local copies) read faster without pre-buffering; remote ones want coalesced reads.
     pf = ds.open_file(info, pre_buffer=not ctx.local_files)
     try:
-        return ds.read_row_group(info, local, list(ctx.columns), pf)
+        return made_plain(ctx.plain, ds.read_row_group(info, local, list(ctx.columns), pf))
     finally:
         pf.close(force=True)
 
@@ -182,8 +200,11 @@ class _GroupStream:
     the row group's first row: :meth:`read` decodes and skips the rows before the slice it is asked for.
     """
 
-    def __init__(self, ds: Dataset, info, local: int, columns: list[str], chunk_rows: int):
+    def __init__(self, ds: Dataset, info, local: int, columns: list[str], chunk_rows: int,
+                 plain: dict[str, pa.DataType]):
         self.local = local
+        self.plain = plain  # view columns -> their plain types (ReadContext.plain)
+        self.decoded: pa.Schema | None = None  # the chunks' schema as decoded (before views are made plain)
         # The copy as it is (no fetch again here): _read_streamed repeats open and read as a whole.
         self.pf, self.where = ds.open_copy(info, pre_buffer=False, buffer_size=_STREAM_BUFFER)
         self.chunks = self.pf.iter_batches(batch_size=chunk_rows, row_groups=[local], columns=columns,
@@ -224,11 +245,15 @@ class _GroupStream:
 
     def _next_chunk(self) -> pa.RecordBatch | None:
         try:
-            return next(self.chunks, None)
+            chunk = next(self.chunks, None)
         except (RemoteError, CorruptFileError):
             raise  # the remote storage failed after retries (not a corrupt file), or already named
         except (OSError, pa.ArrowException) as e:
             raise CorruptFileError(f"{self.where}: row group {self.local} cannot be read ({e})", self.where) from e
+        if chunk is None:
+            return None
+        self.decoded = chunk.schema
+        return made_plain(self.plain, chunk)
 
     def close(self) -> None:
         self.pf.close(force=True)
@@ -281,13 +306,13 @@ def _read_streamed(ctx: ReadContext, epoch: int, group: int, info, local: int, r
             stream = None
         if stream is None:  # decoding one slice at a time (the plan cuts a row group's slices alike)
             chunk = ctx.stream_chunk_rows if rows is not None else max(1, min(MAX_CHUNK_ROWS, stop - start))
-            stream = _GroupStream(ctx.dataset, info, local, list(ctx.columns), chunk)
+            stream = _GroupStream(ctx.dataset, info, local, list(ctx.columns), chunk, ctx.plain)
         return stream.read(lo, hi, rows)
 
     try:
         parts, decoded = ctx.dataset.with_fresh_copy(info, read)
-        if parts and not stream.checked:  # one stream, one schema: its first slice is checked
-            ctx.dataset.check_types(parts[0], info, local)
+        if stream.decoded is not None and not stream.checked:  # one stream, one schema: checked once
+            ctx.dataset.check_types(stream.decoded.empty_table(), info, local)
             stream.checked = True
         if stream.pos >= ctx.sizes[group]:
             stream.close()
@@ -301,7 +326,7 @@ def _read_streamed(ctx: ReadContext, epoch: int, group: int, info, local: int, r
     if parts:  # their types were checked against the manifest's
         table = pa.Table.from_batches(parts)
     else:
-        table = pa.schema([ctx.dataset.schema.field(c) for c in ctx.columns]).empty_table()
+        table = made_plain(ctx.plain, pa.schema([ctx.dataset.schema.field(c) for c in ctx.columns]).empty_table())
     return table, decoded
 
 
@@ -414,8 +439,8 @@ def check_output(out, name: str) -> dict:
             raise TransformError(f"transform {name} returned column {k!r} without a length ({type(v).__name__})") from e
     # Ragged values (``col`` next to ``col.offsets``) are flat, offsets hold one entry more than rows, and
     # the item offsets of two-level columns (``col.value_offsets``) follow the items, not the rows.
-    rows = {k: n - 1 if k.endswith(".offsets") else n for k, n in lengths.items()
-            if k + ".offsets" not in out and not k.endswith(".value_offsets")}
+    rows = {k: n - 1 if k.endswith(".offsets") and k[:-8] in out else n for k, n in lengths.items()
+            if k + ".offsets" not in out and not (k.endswith(".value_offsets") and k[:-14] in out)}
     if len(set(rows.values())) > 1:
         shown = ", ".join(f"{k!r}: {n}" for k, n in rows.items())
         raise TransformError(f"transform {name} returned columns of unequal lengths (rows per column: {shown})")

@@ -93,6 +93,31 @@ def _string_lists(schema) -> set[str]:
     return out
 
 
+def _null_bytes(schema, columns) -> dict[str, bytes]:
+    """Batch keys of fixed-size binaries (alone, as the items of a list or fixed-size list, struct fields flattened as
+    ``col.field``) -> the form of their null, as in the numpy batch: their width of zero bytes (the reader's object
+    form, which the padded and transform paths convert, has None there)."""
+    import pyarrow.types as pat
+
+    out: dict[str, bytes] = {}
+
+    def walk(name: str, t) -> None:
+        if pat.is_dictionary(t):
+            t = t.value_type
+        if pat.is_struct(t):
+            for i in range(t.num_fields):
+                walk(f"{name}.{t.field(i).name}", t.field(i).type)
+            return
+        if _is_list(t) or pat.is_fixed_size_list(t):
+            t = t.value_type.value_type if pat.is_dictionary(t.value_type) else t.value_type
+        if pat.is_fixed_size_binary(t):
+            out[name] = bytes(t.byte_width)
+
+    for column in columns:
+        walk(column, schema.field(column).type)
+    return out
+
+
 def _is_string_list(spec) -> bool:
     """Whether a ``tf.string`` spec is a list of strings per row (ragged, or padded ``[None, None]``), not a
     fixed-size list of strings (``[None, k]``)."""
@@ -166,14 +191,14 @@ _SPLITS = "::larder_row_splits_"  # component key of a ragged column's row split
 _BYTES = "::larder_byte_offsets"  # component key of a string column's byte offsets into its one scalar string
 
 
-def _string_array(values) -> np.ndarray:
+def _string_array(values, null: bytes = b"") -> np.ndarray:
     """A column of ``str``/``bytes``/None (1-D, or ``(n, k)`` for fixed-size lists) as an array ``tf.data``
-    converts to ``tf.string`` (None -> b"")."""
+    converts to ``tf.string`` (None -> ``null``)."""
     shape = values.shape if isinstance(values, np.ndarray) else (len(values),)
     if not len(values):
         return np.zeros(shape, dtype=np.bytes_)
     flat = values.ravel() if isinstance(values, np.ndarray) else values
-    return np.array([b"" if v is None else v for v in flat], dtype=object).reshape(shape)
+    return np.array([null if v is None else v for v in flat], dtype=object).reshape(shape)
 
 
 def _blob_keys(signature: dict[str, Any]) -> dict[str, str]:
@@ -237,8 +262,10 @@ def _assemble(signature: dict[str, Any], blobs: dict[str, str]) -> Callable[[dic
 
 
 def _to_parts(batch: dict[str, np.ndarray], splits: dict[str, int], string_lists: set[str],
-              ragged_form: bool, blobs: dict[str, str]) -> dict[str, Any]:
-    """A reader batch as the dense components of its ``tf.data`` element (see :func:`_components`)."""
+              ragged_form: bool, blobs: dict[str, str], nulls: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """A reader batch as the dense components of its ``tf.data`` element (see :func:`_components`); ``nulls``
+    (:func:`_null_bytes`) gives the keys whose null string is not b""."""
+    nulls = nulls or {}
     out: dict[str, Any] = {}
     for key, arr in batch.items():
         if _is_split_key(key, splits) or _is_split_key(key, blobs):
@@ -260,13 +287,14 @@ def _to_parts(batch: dict[str, np.ndarray], splits: dict[str, int], string_lists
             lengths = np.array([0 if v is None else len(v) for v in arr], dtype=np.int64)
             flat = [x for v in arr if v is not None for x in v.tolist()]
             if ragged_form:
-                out[key] = _string_array(flat)
+                out[key] = _string_array(flat, nulls.get(key, b""))
                 out[f"{key}{_SPLITS}0"] = _offsets(lengths)
             else:
-                out[key] = pad(np.array([b"" if x is None else x for x in flat], dtype=object), lengths, b"")
+                null = nulls.get(key, b"")
+                out[key] = pad(np.array([null if x is None else x for x in flat], dtype=object), lengths, b"")
                 out[key + ".lengths"] = lengths
         elif arr.dtype.kind == "O":
-            out[key] = _string_array(arr)
+            out[key] = _string_array(arr, nulls.get(key, b""))
         else:
             out[key] = arr
     return out
@@ -344,8 +372,9 @@ def make_dataset(
         first, end = epochs.take()
         with open_reader(end) as reader:
             reader.set_epoch(first)
+            nulls = _null_bytes(reader.dataset.schema, reader.columns)
             for batch in reader:
-                yield _to_parts(batch, splits, string_lists, ragged_form, blobs)
+                yield _to_parts(batch, splits, string_lists, ragged_form, blobs, nulls)
 
     parts = tf.data.Dataset.from_generator(generate, output_signature=_components(output_signature, blobs))
     if blobs or any(isinstance(v, tf.RaggedTensorSpec) for v in output_signature.values()):

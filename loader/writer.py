@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pyarrow.types as pat
 
 from . import fs as lfs
-from .convert import as_arrow
+from .convert import as_arrow, plain_type
 from .dataset import Dataset
 from .encoding import Encoding, choose
 from .errors import ConfigError, EmptyDatasetError, SourceError
@@ -44,12 +44,48 @@ def _as_reader(data) -> tuple[pa.RecordBatchReader, dict]:
         fs, path = lfs.resolve(data)
         try:
             ds = pads.dataset(path, filesystem=fs, format="parquet")
-            return ds.scanner().to_reader(), {"kind": "parquet", "path": os.fspath(data)}
+            scan = ds.scanner().to_reader()
         except (OSError, pa.ArrowException) as e:
             raise SourceError(f"cannot read Parquet source {os.fspath(data)}: {e}") from e
+        batches = pa.RecordBatchReader.from_batches(scan.schema, _scanned(ds, scan, os.fspath(data)))
+        return batches, {"kind": "parquet", "path": os.fspath(data)}
     raise ConfigError(
         f"write_cache: data must be a pyarrow Table, RecordBatchReader or Parquet path, not {type(data).__name__}"
     )
+
+
+def _scanned(ds, scan: pa.RecordBatchReader, source: str) -> Iterator[pa.RecordBatch]:
+    """The batches of a Parquet source's scan.
+
+    Raises:
+        SourceError: The scan failed; names the file (and column) that does not fit the schema the dataset
+            took from its first file, when one does not, else the source.
+    """
+    try:
+        yield from scan
+    except (OSError, pa.ArrowException) as e:
+        raise SourceError(f"cannot read Parquet source {source}: {_misfit(ds) or e}") from e
+
+
+def _misfit(ds) -> str | None:
+    """The first file of a Parquet source whose columns cannot be read as the source's schema (read again, on
+    the error path only; only files whose column types differ are suspects), as a message naming it."""
+    import pyarrow.dataset as pads
+
+    for fragment in ds.get_fragments():
+        physical = fragment.physical_schema
+        differ = [f for f in ds.schema if physical.get_field_index(f.name) >= 0
+                  and physical.field(f.name).type != f.type]
+        if not differ:
+            continue
+        try:
+            for _ in pads.Scanner.from_fragment(fragment, schema=ds.schema).to_reader():
+                pass
+        except (OSError, pa.ArrowException) as e:
+            found = "; ".join(f"column {f.name!r} is {physical.field(f.name).type}, the source's schema (from its "
+                              f"first file) says {f.type}" for f in differ)
+            return f"{fragment.path}: {found} ({e})"
+    return None
 
 
 def _check_writable(schema: pa.Schema) -> None:
@@ -57,8 +93,8 @@ def _check_writable(schema: pa.Schema) -> None:
 
     Raises:
         ConfigError: A column (or a field nested in it) is a union, which Parquet cannot store, or of
-            the null type, which holds no values (readers refuse it); or its type has no Parquet
-            form. The message names the column and its type.
+            the null type, which holds no values (readers refuse it), or a dictionary of nested values or
+            views; or its type has no Parquet form. The message names the column and its type.
     """
     for column in schema:
         _check_type(column.name, column.type)
@@ -83,6 +119,14 @@ def _check_type(name: str, t: pa.DataType) -> None:
             "give it the type it stands for (e.g. pa.nulls(n, pa.int64())) or leave it out"
         )
     if pat.is_dictionary(t):
+        if t.value_type.num_fields or plain_type(t.value_type) is not None:
+            plain = plain_type(t.value_type)
+            advice = "decode it first (column.dictionary_decode())" if t.value_type.num_fields else \
+                f"cast its values first (column.cast(pa.dictionary(pa.{t.index_type}(), pa.{plain}())))"
+            raise ConfigError(
+                f"write_cache: column {name!r} has type {t}: Parquet stores no dictionary of {t.value_type} "
+                f"values; {advice}"
+            )
         _check_type(name, t.value_type)
     for i in range(t.num_fields):
         _check_type(f"{name}.{t.field(i).name}", t.field(i).type)
@@ -103,7 +147,50 @@ def _stored_schema(given: pa.Schema, stored: pa.Schema) -> pa.Schema:
 def _rebatch(reader: pa.RecordBatchReader) -> Iterator[pa.Table]:
     for batch in reader:
         if batch.num_rows:
-            yield pa.Table.from_batches([batch])
+            for i, column in enumerate(batch.columns):
+                if pat.is_dictionary(column.type) and column.dictionary.null_count:  # Parquet has no such form:
+                    column = column.dictionary_decode().dictionary_encode().cast(column.type)  # nulls as null indices
+                    batch = batch.set_column(i, batch.schema.field(i), column)
+            yield _storable(pa.Table.from_batches([batch]))
+
+
+def _storable(table: pa.Table) -> pa.Table:
+    """``table`` with its columns that hold a struct of string / binary views (nested too) cast to plain strings /
+    binaries: pyarrow's Parquet writer cannot write them beyond 1024 rows ("Slicing not implemented for
+    StringView"). The manifest then says what the files hold, as for the other types Parquet changes."""
+    for i, field in enumerate(table.schema):
+        plain = plain_type(field.type)
+        if plain is not None and _struct_of_views(field.type):
+            table = table.set_column(i, field.with_type(plain), table.column(i).cast(plain))
+    return table
+
+
+def _struct_of_views(t: pa.DataType) -> bool:
+    if pat.is_struct(t):
+        return plain_type(t) is not None
+    return any(_struct_of_views(t.field(i).type) for i in range(t.num_fields))
+
+
+def _shuffled(table: pa.Table, perm: np.ndarray) -> pa.Table:
+    """The rows of ``table`` in the order ``perm`` (views, which have no take kernel, taken in a plain form)."""
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        plain = plain_type(field.type)
+        columns.append(column.take(as_arrow(perm)) if plain is None else
+                       column.cast(plain).take(as_arrow(perm)).cast(field.type))
+    return pa.Table.from_arrays(columns, schema=table.schema)
+
+
+def _unwritable(table: pa.Table) -> ConfigError | None:
+    """After pyarrow failed to write ``table``: an error naming the first column it cannot write alone (None
+    if every column can be: then the failure was not a column's)."""
+    for field in table.schema:
+        try:
+            pq.write_table(table.select([field.name]), pa.BufferOutputStream())
+        except (pa.ArrowException, OSError) as e:
+            return ConfigError(f"write_cache: column {field.name!r} of type {field.type} cannot be stored in "
+                               f"Parquet: {e}")
+    return None
 
 
 def _compressed_bytes_per_row(table: pa.Table, encoding: Encoding) -> float:
@@ -159,10 +246,16 @@ def _encode_file(
         if pending is None:
             return None, []
         sink = pa.BufferOutputStream()
-        with pq.ParquetWriter(sink, schema, write_page_checksum=True, **options) as w:
-            for start in range(0, pending.num_rows, rows):
-                part = pending.slice(start, rows)
-                w.write_table(part, row_group_size=part.num_rows)
+        try:
+            with pq.ParquetWriter(sink, schema, write_page_checksum=True, **options) as w:
+                for start in range(0, pending.num_rows, rows):
+                    part = pending.slice(start, rows)
+                    w.write_table(part, row_group_size=part.num_rows)
+        except pa.ArrowException as e:
+            problem = _unwritable(pending)
+            if problem is None:
+                raise
+            raise problem from e
         buf = sink.getvalue()
         meta = pq.read_metadata(pa.BufferReader(buf))
         groups = []
@@ -220,12 +313,15 @@ def write_cache(
     Returns:
         The published version, opened from the manifest just committed. Its schema is the one the
         Parquet files hold, which may differ from the input's where Parquet has no exact form
-        (``timestamp[s]`` and ``time32[s]`` are stored in ms, ``date64`` as ``date32``).
+        (``timestamp[s]`` and ``time32[s]`` are stored in ms, ``date64`` as ``date32``; string / binary
+        views inside structs as large strings / binaries).
 
     Raises:
         EmptyDatasetError: ``data`` holds no rows; nothing is published.
-        ConfigError: An argument is out of range, or a column is a union or of the null type, or has
-            no Parquet form (names the column and its type); nothing is published.
+        ConfigError: An argument is out of range, or a column is a union or of the null type, a dictionary
+            of nested values or views, or has no Parquet form (names the column and its type); nothing is
+            published.
+        SourceError: A Parquet source cannot be read (names the file and column when its files disagree).
         PublishError: Writing or publishing failed; the previous version stays live.
     """
     if row_groups_per_file < 1:
@@ -240,9 +336,9 @@ def write_cache(
     if shuffle:
         table = reader.read_all()
         perm = np.random.default_rng(seed).permutation(table.num_rows)
-        reader = table.take(as_arrow(perm)).to_reader()
+        reader = _shuffled(table, perm).to_reader()
         src["shuffle_seed"] = seed
-    schema = reader.schema
+    schema = _storable(reader.schema.empty_table()).schema
     chunks = _Chunker(_rebatch(reader))
     fs, root_path = lfs.resolve(root, **fs_options)
     with begin_staging(fs, root_path, name) as staging:
@@ -256,8 +352,14 @@ def write_cache(
             if bigger is None or bigger.num_rows == sample.num_rows:
                 break
             sample = bigger
-        encoding = encoding or choose(sample, compression)
-        bytes_per_row = _compressed_bytes_per_row(sample, encoding)
+        try:
+            encoding = encoding or choose(sample, compression)
+            bytes_per_row = _compressed_bytes_per_row(sample, encoding)
+        except pa.ArrowException as e:
+            problem = _unwritable(sample)
+            if problem is None:
+                raise
+            raise problem from e
         index = 0
         files = []
         stored_schema = schema
