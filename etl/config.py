@@ -126,7 +126,7 @@ class TransformConfig:
     Attributes:
         kind: ``index`` or ``python``.
         column: Input column of ``index``.
-        output: Output column of ``index`` (default: ``column``, replaced).
+        output: Output column of ``index`` (default: ``column``, replaced); never another existing column.
         drop_input: With ``output`` set, drop the input column.
         vocabulary: Optional vocabulary file (JSON list or one value per line) whose ids are kept.
         reuse_previous: Keep the ids of the previous published version's vocabulary.
@@ -405,6 +405,8 @@ def validate(cfg: JobConfig) -> None:
             raise ConfigError(f"source.columns: {dupes[0]!r} is listed twice")
     if s.partitions and s.table is None:
         raise ConfigError("source.partitions: only a Hive table has partitions; use 'source.where' with a path")
+    # the columns known from the conf alone (source.columns, earlier index outputs), until a python transform
+    known: dict[str, str] | None = {c: "listed in source.columns" for c in s.columns or ()}
     for i, t in enumerate(cfg.transforms):
         where = f"transforms.{i}"
         if t.kind == "index":
@@ -412,7 +414,19 @@ def validate(cfg: JobConfig) -> None:
                 raise ConfigError(f"{where}.column: an index transform needs the column to index")
             if t.function is not None or t.args:
                 raise ConfigError(f"{where}: 'function' and 'args' belong to kind 'python', not 'index'")
+            output = t.output or t.column
+            if known is not None and output != t.column and output in known:
+                raise ConfigError(
+                    f"{where}.output: {output!r} would replace the column {output!r} ({known[output]}) with the "
+                    f"ids of {t.column!r} (its values would be lost); choose another output name, or leave "
+                    f"{where}.output out to replace {t.column!r} itself"
+                )
+            if known is not None:
+                if t.drop_input:
+                    known.pop(t.column, None)
+                known[output] = f"the output of {where}"
         elif t.kind == "python":
+            known = None  # a user function may add, drop or rename columns
             if not t.function or ":" not in t.function:
                 raise ConfigError(f"{where}.function: expected 'package.module:function', got {t.function!r}")
             if t.column or t.output or t.vocabulary:

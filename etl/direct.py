@@ -16,10 +16,13 @@ Spark as before). It accepts a selection only when all of this holds:
 * transforms are index transforms only (their vocabularies are already built by Spark's count);
 * every selected column is in every file with exactly the Arrow type Spark hands ``mapInArrow`` (list
   item names and nullability aside), or is a Hive partition column of a string, integer or date type
-  (its value comes from the file's ``column=value`` directory); timestamps are left to Spark (their
-  Arrow form depends on the session time zone), and so are the date columns of a file that Spark reads
-  with a calendar rebase (:func:`rebase_mode`: written by Spark < 3 or with LEGACY rebase, or without
-  Spark's metadata while the session's ``datetimeRebaseModeInRead`` is not CORRECTED);
+  (its value comes from the metastore: the spec of the partition whose location holds the file,
+  :func:`partition_locations`, as Spark takes it, whatever the directory is called); timestamps are left
+  to Spark (their Arrow form depends on the session time zone), and so are the date columns of a file
+  that Spark reads with a calendar rebase (:func:`rebase_mode`: written by Spark < 3 or with LEGACY
+  rebase, or without Spark's metadata while the session's ``datetimeRebaseModeInRead`` is not
+  CORRECTED), and Hive ``CHAR(n)``/``VARCHAR(n)`` columns (Spark pads a ``CHAR`` to ``n`` on read and
+  checks lengths; pyarrow would hand over the stored text);
 * fewer than :data:`etl.layout.LONG_SAFE_ROWS` rows.
 
 Rows are laid out as :func:`etl.layout.assign_files` lays them out: a global index ``g`` in source order
@@ -47,7 +50,6 @@ from loader.errors import SourceError
 
 from .arrow_write import SliceWriter
 from .layout import FILE_COLUMN, LONG_SAFE_ROWS, ORDER_COLUMN, affine_permutation
-from .source import unescape_path_name
 from .transforms import NULL_ID
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from .config import JobConfig
 
 HIVE_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+CHAR_VARCHAR_KEY = "__CHAR_VARCHAR_TYPE_STRING"  # field metadata Spark keeps for a Hive CHAR/VARCHAR column
 TASK_BYTES = 128 << 20  # compressed input bytes per stage-1 task (at least 2 tasks per core)
 BATCH_BYTES = 8 << 20  # decoded bytes per Arrow batch read
 
@@ -70,7 +73,7 @@ class Piece:
         rows: Rows in the row group (from the footer).
         offset: Global index of its first row (source order).
         batch_rows: Rows per Arrow batch when reading it.
-        partition: Values of the selected partition columns (from the file's directories).
+        partition: Values of the selected partition columns (from the metastore).
     """
 
     path: str
@@ -143,15 +146,44 @@ def _local_path(uri: str) -> str | None:
     return unquote(parsed.path)
 
 
-def _partition_values(path: str, names: list[str]) -> dict[str, str | None] | None:
-    """The ``name=value`` directory values of ``path`` for ``names`` (Hive escaping undone), or None."""
-    found: dict[str, str | None] = {}
-    for segment in os.path.dirname(path).split("/"):
-        key, eq, value = segment.partition("=")
-        if eq and key in names:
-            value = unescape_path_name(value)
-            found[key] = None if value == HIVE_NULL_PARTITION else value
-    return found if set(found) == set(names) else None
+def partition_locations(spark: SparkSession, table: str, names: list[str]
+                        ) -> dict[str, dict[str, str | None]]:
+    """Every partition of the Hive table ``table`` as the metastore holds it: its location (a local path,
+    or the URI when not local) -> the values of ``names`` (Hive's null partition as None).
+
+    Spark takes a partition's values from the metastore, never from its directory's name (a partition
+    added with ``LOCATION '.../p=old'`` holds the value it was added with).
+
+    Raises:
+        Py4JError: The catalog could not be asked (the caller declines the pyarrow read).
+    """
+    session = spark._jsparkSession.sessionState()
+    ident = session.sqlParser().parseTableIdentifier(table)
+    parts = session.catalog().listPartitions(ident, spark._jvm.scala.Option.apply(None))
+    found: dict[str, dict[str, str | None]] = {}
+    for i in range(parts.size()):
+        part = parts.apply(i)
+        uri = part.storage().locationUri()
+        if not uri.isDefined():
+            continue
+        location, spec = str(uri.get()), part.spec()
+        values = {name: str(spec.apply(name)) for name in names}
+        found[(_local_path(location) or location).rstrip("/") or "/"] = {
+            k: None if v == HIVE_NULL_PARTITION else v for k, v in values.items()}
+    return found
+
+
+def _partition_of(path: str, locations: dict[str, dict[str, str | None]]) -> dict[str, str | None] | None:
+    """The values of the partition whose location holds ``path`` (the nearest enclosing one), or None."""
+    directory = os.path.dirname(path)
+    while True:
+        values = locations.get(directory.rstrip("/") or "/")
+        if values is not None:
+            return values
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
 
 
 def _partition_array(value: str | None, t: pa.DataType, n: int) -> pa.Array:
@@ -196,8 +228,9 @@ def _before_gregorian(meta: pq.FileMetaData, columns: list[str]) -> str | None:
         rg = meta.row_group(g)
         for j in range(rg.num_columns):
             chunk = rg.column(j)
-            name = chunk.path_in_schema.split(".")[0]
-            if name not in wanted:
+            path = chunk.path_in_schema  # a column's leaves are 'name' or 'name.…' (a name may hold dots)
+            name = next((c for c in wanted if path == c or path.startswith(c + ".")), None)
+            if name is None:
                 continue
             stats = chunk.statistics
             try:
@@ -263,6 +296,10 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
     timestamps = [f.name for f in df.schema.fields if _has_timestamp(f.dataType)]
     if timestamps:
         return None, f"timestamp column {timestamps[0]!r} (its Arrow form follows the session time zone)"
+    padded = [f for f in source_df.schema.fields if CHAR_VARCHAR_KEY in (f.metadata or {})]
+    if padded:
+        return None, f"column {padded[0].name!r} is a Hive {padded[0].metadata[CHAR_VARCHAR_KEY]} (Spark pads or " \
+                     "checks its values on read)"
     uris = sorted(source_df.inputFiles()) if input_files is None else input_files
     if not uris:
         return None, "the source has no input files"
@@ -278,6 +315,14 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
         if not any(check(t) for check in _PARTITION_TYPES):
             return None, f"partition column {name!r} is {t}"
     file_columns = tuple(c for c in selection if c not in partition_types)
+    locations: dict[str, dict[str, str | None]] = {}
+    if partition_types:
+        try:
+            locations = partition_locations(spark, cfg.source.table, list(partition_types))
+        except Exception as e:  # py4j: a catalog without these accessors, or the metastore failing; its
+            # message may quote the metastore's connection settings, so only its kind is told
+            return None, f"the partitions of {cfg.source.table} could not be listed from the catalog " \
+                         f"({type(e).__name__})"
     dated = [c for c in file_columns if _has_date(source_df.schema[c].dataType)]
     session_mode = next((str(spark.conf.get(k, None)).upper() for k in REBASE_READ_KEYS
                          if spark.conf.get(k, None)), "CORRECTED")
@@ -302,9 +347,9 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
             if _normalize(file_schema.field(i).type) != _normalize(source_schema.field(c).type):
                 return None, f"{path}: column {c!r} is {file_schema.field(i).type}, Spark reads it as " \
                              f"{source_schema.field(c).type}"
-        values = _partition_values(path, list(partition_types))
+        values = _partition_of(path, locations) if partition_types else {}
         if values is None:
-            return None, f"{path} is not under a directory of each partition column"
+            return None, f"{path} is under no partition location of {cfg.source.table} in the catalog"
         for g in range(meta.num_row_groups):
             rg = meta.row_group(g)
             if not rg.num_rows:
@@ -351,7 +396,8 @@ def with_partitions(batch: pa.RecordBatch, piece: Piece, direct: DirectPlan) -> 
 def transform(batch: pa.RecordBatch, direct: DirectPlan) -> pa.RecordBatch:
     """The index transforms applied to ``batch`` as :func:`etl.transforms.index_column` applies them
     (null and unknown values -> ``-1``; ``output`` replaces ``column`` in place, or is appended after the
-    other columns), then cast to the Arrow schema Spark would hand over."""
+    other columns: it names no other column, :func:`etl.transforms.check_index_output`), then cast to the
+    Arrow schema Spark would hand over."""
     names, arrays = list(batch.schema.names), list(batch.columns)
     for step in direct.steps:
         values = arrays[names.index(step.column)]
@@ -360,7 +406,7 @@ def transform(batch: pa.RecordBatch, direct: DirectPlan) -> pa.RecordBatch:
         if step.output == step.column:
             arrays[names.index(step.column)] = ids
             continue
-        keep = [i for i, c in enumerate(names) if not (step.drop_input and c == step.column) and c != step.output]
+        keep = [i for i, c in enumerate(names) if not (step.drop_input and c == step.column)]
         names, arrays = [names[i] for i in keep] + [step.output], [arrays[i] for i in keep] + [ids]
     out = pa.RecordBatch.from_arrays(arrays, names=names)
     if out.schema.names == direct.schema.names:

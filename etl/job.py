@@ -225,7 +225,8 @@ def _run(
     columns = precountable_columns(source.df, cfg.transforms)
     counts, value_counts = scan_counts(source.df, columns) if columns is not None else ([], {})
     df, vocabularies = apply_transforms(
-        spark, source.df, cfg.transforms, previous.vocabularies if previous else None, log, value_counts, bases
+        spark, source.df, cfg.transforms, previous.vocabularies if previous else None, log, value_counts, bases,
+        source=source.name,
     )
     check_types(df, "after transforms")
     if columns is None:

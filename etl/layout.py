@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .source import quote_name
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -74,7 +76,8 @@ def scan_counts(df: DataFrame, columns: list[str]) -> tuple[list[int], dict[str,
         return partition_counts(df), {}
     names = [f"__larder_value_{i}" for i in range(len(columns))]
     projected = df.select(
-        F.spark_partition_id().alias(_PART), *(F.col(f"`{c}`").alias(n) for c, n in zip(columns, names, strict=True))
+        F.spark_partition_id().alias(_PART),
+        *(F.col(quote_name(c)).alias(n) for c, n in zip(columns, names, strict=True)),
     )
     grouped = projected.groupingSets([[_PART]] + [[n] for n in names], _PART, *names)
     flags = [F.grouping(c).alias(f"{c}_g") for c in [_PART, *names]]

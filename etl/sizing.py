@@ -19,9 +19,9 @@ written as INT64 microseconds by both writers (:data:`SPARK_WRITE_SETTINGS`). Sp
 for the write are restored in ``finally``.
 
 With ``writer="arrow"`` (:mod:`etl.arrow_write`) the pilot and the sample are encoded by pyarrow in the
-driver's memory with the data's settings, each file is encoded as one row group (cut into several rather
-than written over the block, which then counts as not fitting), and the manifest entries come from the
-encoded bytes instead of a read-back.
+driver's memory with the data's settings (the sample in row groups of a file's rows), each file is encoded
+as one row group (cut into several rather than written over the block, which then counts as not fitting),
+and the manifest entries come from the encoded bytes instead of a read-back.
 """
 
 from __future__ import annotations
@@ -331,12 +331,14 @@ class SizedWriter:
         assert self.page_size, "page size is resolved in write()"
         return arrow_write.EncodeOptions(self.encoding, self.page_size, self.block_size)
 
-    def _write_and_measure(self, df: DataFrame, uri: str, path: str, pilot: bool = False) -> tuple[int, int]:
+    def _write_and_measure(self, df: DataFrame, uri: str, path: str, pilot: bool = False,
+                           bytes_per_row: float | None = None) -> tuple[int, int]:
         """Write ``df`` as the data will be written and return its ``(rows, compressed bytes)``.
 
         The arrow writer encodes in the driver's memory instead (the rows are a small sample); the pilot
         also decides which columns get a dictionary and which are stored uncompressed
-        (:func:`etl.arrow_write.choose_encoding`).
+        (:func:`etl.arrow_write.choose_encoding`); given ``bytes_per_row``, in row groups of a file's rows
+        (:func:`etl.arrow_write.measure`).
         """
         if self.writer == "arrow":
             table = df.toArrow()
@@ -344,8 +346,7 @@ class SizedWriter:
                 self.encoding = arrow_write.choose_encoding(table, self._options_arrow()).columns
             if not table.num_rows:
                 return 0, 0
-            groups = arrow_write.group_bytes(arrow_write.encode(table, self._options_arrow()))
-            return table.num_rows, sum(c for _, c in groups)
+            return arrow_write.measure(table, self._options_arrow(), self.target, bytes_per_row)
         self._write(df, uri)
         rows, nbytes, _ = _measure(self.fs, path)
         return rows, nbytes
@@ -356,8 +357,9 @@ class SizedWriter:
         A pilot write of the first :data:`PILOT_ROWS` rows comes first. If the live version was made
         under the same :meth:`sizing_key` and its pilot and input bytes per row agree with this run's
         (:meth:`PriorSizing.applies`), the bytes per row measured in its files are reused. Otherwise a
-        shuffled sample of about one row group (at most :data:`MAX_SAMPLE_BYTES`) is written with the
-        same Parquet settings as the data.
+        shuffled sample of about one row group (at most :data:`MAX_SAMPLE_BYTES`, at least
+        :data:`MIN_SAMPLE_ROWS`) is written with the same Parquet settings as the data (by the arrow
+        writer in row groups of a file's rows).
         """
         base_uri, base = f"{self.uri}/{SAMPLE_DIR}", lfs.join(self.path, SAMPLE_DIR)
         key = self.sizing_key(df)
@@ -378,7 +380,8 @@ class SizedWriter:
             # task, orderBy would add a range-sampling pass), in random order when the output is shuffled.
             sample = self._with_key(sample).repartition(1)
             sample = (sample.sortWithinPartitions(_KEY) if self.shuffle else sample).drop(_KEY)
-            rows, nbytes = self._write_and_measure(sample, f"{base_uri}/sample", lfs.join(base, "sample"))
+            rows, nbytes = self._write_and_measure(sample, f"{base_uri}/sample", lfs.join(base, "sample"),
+                                                   bytes_per_row=pilot)
             estimate = max(1.0, nbytes / max(1, rows)) if rows else pilot
             self.log(f"bytes/row: pilot {pilot:.1f}, shuffled sample of {rows} rows {estimate:.1f}")
             return estimate, {**info, "estimate_from": "sample", "sample_rows": rows}

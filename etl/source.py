@@ -93,6 +93,10 @@ def _open_table(spark: SparkSession, table: str) -> tuple[DataFrame, list[str]]:
     return spark.table(table), parts
 
 
+def quote_name(name: str) -> str:
+    """``name`` as a Spark SQL identifier: in backticks, embedded backticks doubled, so that a dot (or a
+    backtick) in a column name is part of the name rather than a struct field path."""
+    return "`" + name.replace("`", "``") + "`"
 
 
 def unescape_path_name(text: str) -> str:
@@ -129,7 +133,7 @@ def _partition_filter(spark: SparkSession, table: str, parts: list[str],
         for v in values:
             if v not in present:
                 raise SourceError(f"source.partitions: {table} has no partition {key}={v}")
-        clause = F.col(key).cast("string").isin(values)
+        clause = F.col(quote_name(key)).cast("string").isin(values)
         condition = clause if condition is None else condition & clause
     return condition
 
@@ -170,7 +174,7 @@ def load_source(spark: SparkSession, cfg: SourceConfig) -> Source:
         for column in cfg.columns:
             if column not in all_columns:
                 raise SourceError(f"source.columns: {name} has no column {column!r}{_close(column, all_columns)}")
-        df = df.select(*[df[c] for c in cfg.columns])
+        df = df.select(*[df[quote_name(c)] for c in cfg.columns])
     check_types(df, f"source {name}")
     if cfg.sample < 1.0:
         df = df.sample(withReplacement=False, fraction=cfg.sample, seed=cfg.seed)

@@ -33,6 +33,7 @@ from loader import fs as lfs
 from loader.errors import ConfigError, LarderError, TransformError
 
 from .config import TransformConfig
+from .source import quote_name
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -169,19 +170,20 @@ def index_column(
     """Map ``column``'s strings to their position in ``vocabulary`` (null -> -1) as ``output`` (int32).
 
     The mapping is a broadcast join, so row order within partitions is kept. ``output`` replaces
-    ``column`` in place when they are equal; otherwise it is added after the last column.
+    ``column`` in place when they are equal; otherwise it is added after the last column (it must not
+    name another column of ``df``: :func:`check_index_output`).
     """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     schema = T.StructType([T.StructField(_VALUE, T.StringType(), False), T.StructField(_ID, T.IntegerType(), False)])
     vocab_df = spark.createDataFrame([(v, i) for i, v in enumerate(vocabulary)], schema)
-    joined = df.join(F.broadcast(vocab_df), df[column] == vocab_df[_VALUE], "left")
+    joined = df.join(F.broadcast(vocab_df), df[quote_name(column)] == vocab_df[_VALUE], "left")
     ids = F.coalesce(F.col(_ID), F.lit(NULL_ID)).cast("int").alias(output)
     if output == column:
-        cols = [ids if c == column else F.col(f"`{c}`") for c in df.columns]
+        cols = [ids if c == column else df[quote_name(c)] for c in df.columns]
     else:
-        cols = [F.col(f"`{c}`") for c in df.columns if not (drop_input and c == column) and c != output] + [ids]
+        cols = [df[quote_name(c)] for c in df.columns if not (drop_input and c == column)] + [ids]
     return joined.select(*cols)
 
 
@@ -198,7 +200,8 @@ def _resolve_function(spec: str, where: str) -> Callable:
 
 
 def _check_index_column(t: TransformConfig, where: str, schema: Mapping, source: str | None) -> None:
-    """Raise :class:`ConfigError` unless ``schema`` (column -> Spark type) has ``t.column`` as a string."""
+    """Raise :class:`ConfigError` unless ``schema`` (column -> Spark type) has ``t.column`` as a string and
+    ``t.output`` names no other of its columns (:func:`check_index_output`)."""
     from pyspark.sql import types as T
 
     if t.column not in schema:
@@ -208,6 +211,21 @@ def _check_index_column(t: TransformConfig, where: str, schema: Mapping, source:
     if not isinstance(data_type, T.StringType):
         kind = data_type.simpleString()
         raise ConfigError(f"{where}.column: {t.column!r} is {kind}; an index transform needs a string")
+    check_index_output(t, where, schema, source)
+
+
+def check_index_output(t: TransformConfig, where: str, columns, source: str | None = None) -> None:
+    """Raise :class:`ConfigError` if the index transform ``t``'s ``output`` names another of ``columns``
+    (it would silently replace that column's values by the ids); ``output`` equal to ``t.column``
+    (replace the indexed column itself) is allowed."""
+    output = t.output or t.column
+    if output != t.column and output in columns:
+        found = f" of the selection from {source}" if source else ""
+        raise ConfigError(
+            f"{where}.output: {output!r} would replace the column {output!r}{found} with the ids of "
+            f"{t.column!r} (its values would be lost); choose another output name, or leave {where}.output "
+            f"out to replace {t.column!r} itself"
+        )
 
 
 def check_transforms(df: DataFrame, transforms: tuple[TransformConfig, ...], source: str | None = None) -> None:
@@ -224,7 +242,8 @@ def check_transforms(df: DataFrame, transforms: tuple[TransformConfig, ...], sou
 
     Raises:
         ConfigError: An index transform names a column the selection lacks (a column dropped or renamed
-            in the table) or one that is not a string, or a function cannot be imported.
+            in the table) or one that is not a string, or its output names another column of the selection,
+            or a function cannot be imported.
     """
     from pyspark.sql import types as T
 
@@ -273,6 +292,7 @@ def apply_transforms(
     log: Callable[[str], None] = lambda _m: None,
     value_counts: Mapping[str, Mapping[str, int]] | None = None,
     bases: Mapping[int, list[str]] | None = None,
+    source: str | None = None,
 ) -> tuple[DataFrame, dict[str, list[str]]]:
     """Apply the conf's transforms in order.
 
@@ -286,13 +306,15 @@ def apply_transforms(
             :func:`precountable_columns`); used for a column until a transform replaces it.
         bases: :func:`base_vocabularies` already computed (the job computes them before any Spark
             work); by default computed here from ``previous_vocabularies``, unforced.
+        source: The table or path, for messages.
 
     Returns:
         The transformed DataFrame and the vocabularies, output column -> values.
 
     Raises:
-        ConfigError: A transform names a missing column, a non-string column, or an unknown function,
-            or a vocabulary file contradicts the previous ids (:func:`base_vocabulary`).
+        ConfigError: A transform names a missing column, a non-string column, or an unknown function, an
+            index output names another column, or a vocabulary file contradicts the previous ids
+            (:func:`base_vocabulary`).
         TransformError: A user function fails or does not return a DataFrame.
     """
     from pyspark.sql import DataFrame as SparkDataFrame
@@ -305,12 +327,13 @@ def apply_transforms(
         where = f"transforms.{i}"
         if t.kind == "index":
             output = t.output or t.column
-            _check_index_column(t, where, {f.name: f.dataType for f in df.schema.fields}, None)
+            _check_index_column(t, where, {f.name: f.dataType for f in df.schema.fields}, source)
             base = bases[i]
             if t.column in known:
                 counts = dict(known[t.column])
             else:
-                counts = {r[0]: r[1] for r in df.groupBy(t.column).count().collect() if r[0] is not None}
+                counts = {r[0]: r[1] for r in df.groupBy(df[quote_name(t.column)]).count().collect()
+                          if r[0] is not None}
             known.pop(output, None)
             vocab = extend_vocabulary(base, counts)
             log(f"index {t.column} -> {output}: {len(vocab)} values ({len(vocab) - len(base)} new)")
