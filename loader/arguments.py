@@ -77,6 +77,8 @@ def check_arguments(*, batch_size, seed, num_epochs, world_size, rank, pool, wor
         raise ConfigError(f"sample must be a fraction in (0, 1], got {sample!r}")
     if transform is not None and not callable(transform):
         raise ConfigError(f"transform must be callable, got {type(transform).__name__}")
+    if transform is not None:
+        tasks.rng_parameter(transform)  # refuses an ``rng`` parameter the RNG cannot reach
     if transform is not None and pool == "process":
         check_importable(transform)
     check_options(ragged, strings)
@@ -87,14 +89,21 @@ def select_columns(ds: Dataset, columns) -> list[str]:
 
     Raises:
         ColumnNotFoundError: A column is not in the schema (the available ones are listed).
-        ConfigError: No column, a column twice, a clash with the row-id columns, or a type without a
-            numpy form.
+        ConfigError: Not a name or a list of names, no column, a column twice, a clash with the row-id columns,
+            or a type without a numpy form.
     """
     if columns is None:
         columns = list(ds.columns)
     elif isinstance(columns, str):
         columns = [columns]
-    columns = list(columns)
+    kind = "columns must be a column name or a list of column names"
+    try:
+        columns = list(columns)
+    except TypeError as e:
+        raise ConfigError(f"{kind}, got {type(columns).__name__}") from e
+    for c in columns:
+        if not isinstance(c, str):
+            raise ConfigError(f"{kind}, got {type(c).__name__} {c!r} in {columns!r}")
     if not columns:
         raise ConfigError("columns must name at least one column")
     for c in columns:

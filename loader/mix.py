@@ -3,7 +3,7 @@
 At step ``i`` the source is drawn with ``default_rng([seed, i, …])`` among the sources still running,
 with probabilities proportional to their weights. The choice is a pure function of ``(seed, step,
 which sources are exhausted)``, so the mixed stream is deterministic and its state is the step number,
-the exhausted flags and the sources' own states.
+the exhausted flags and the sources' own states (plus the batches drawn from each source, for the stats).
 
 Stopping: ``stop="first"`` (default) ends the mix the first time a drawn source is exhausted, so the
 proportions hold to the end; ``stop="all"`` drops exhausted sources, renormalises the remaining weights
@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .arguments import check_int
 from .errors import ConfigError, StateError
 from .reader import Closeable, Reader, make_reader
 
@@ -44,13 +45,19 @@ def batch_rows(batch: Mapping) -> int:
     return 0
 
 
+def _count(value) -> bool:
+    """A non-negative integer as JSON gives it back (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 class MixedReader(Closeable):
     """An iterator of batches drawn from several readers; build it with :func:`mix`.
 
     Attributes:
         readers: The sources.
         weights: Their normalised weights.
-        counts: Batches drawn from each source so far.
+        counts: Batches drawn from each source so far (carried by :meth:`state_dict`; a state saved before
+            they were kept restarts them at zero).
     """
 
     def __init__(self, readers: Sequence[Reader], weights: Sequence[float], seed: int, stop: str,
@@ -98,7 +105,7 @@ class MixedReader(Closeable):
         raise StopIteration
 
     def state_dict(self) -> dict:
-        """The step, the exhausted sources, and every source's own state."""
+        """The step, the exhausted sources, the batches drawn from each, and every source's own state."""
         return {
             "kind": MIX_KIND,
             "seed": self.seed,
@@ -106,16 +113,31 @@ class MixedReader(Closeable):
             "weights": self.weights,
             "step": self._step,
             "exhausted": list(self._exhausted),
+            "counts": list(self.counts),
             "done": self._done,
             "sources": [r.state_dict() for r in self.readers],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume a mix from :meth:`state_dict`.
+        """Resume a mix from :meth:`state_dict`. The whole state, the sources' included, is checked before
+        anything is loaded: a refused state leaves the mix and its sources where they were.
 
         Raises:
-            StateError: Another kind of state, other seed/stop/weights or number of sources (key named),
-                or a source's state does not fit its reader.
+            StateError: Another kind of state, other seed/stop/weights or number of sources, a step, exhausted
+                flags, counts or done flag of the wrong form (key named), or a source's state does not fit its
+                reader.
+        """
+        step, exhausted, done, counts = self._check_state(state)
+        for reader, sub in zip(self.readers, state["sources"], strict=True):
+            reader.load_state_dict(sub)  # checked above: cannot fail
+        self._step, self._exhausted, self._done, self.counts = step, exhausted, done, counts
+
+    def _check_state(self, state) -> tuple[int, list[bool], bool, list[int]]:
+        """``(step, exhausted, done, counts)`` of a state of this mix, its sources' states checked too;
+        changes nothing.
+
+        Raises:
+            StateError: As :meth:`load_state_dict`.
         """
         if not isinstance(state, dict) or state.get("kind") != MIX_KIND:
             raise StateError(f"state key 'kind' must be {MIX_KIND!r}")
@@ -127,17 +149,31 @@ class MixedReader(Closeable):
             math.isclose(a, b) for a, b in zip(theirs, self.weights, strict=True)
         ):
             raise StateError(f"state key 'weights' is {theirs!r}, but this mix has {self.weights!r}")
+        n = len(self.readers)
         sources = state.get("sources")
-        if not isinstance(sources, list) or len(sources) != len(self.readers):
-            raise StateError(f"state key 'sources' must list {len(self.readers)} reader states")
+        if not isinstance(sources, list) or len(sources) != n:
+            raise StateError(f"state key 'sources' must list {n} reader states")
+        for key in ("step", "exhausted"):
+            if key not in state:
+                raise StateError(f"state key {key!r} is missing")
+        step = state.get("step")
+        if not _count(step):
+            raise StateError(f"state key 'step' must be a non-negative integer, got {step!r}")
+        exhausted = state.get("exhausted")
+        if not isinstance(exhausted, list) or len(exhausted) != n or not all(isinstance(x, bool) for x in exhausted):
+            raise StateError(f"state key 'exhausted' must list {n} booleans (one per source), got {exhausted!r}")
+        done = state.get("done", False)
+        if not isinstance(done, bool):
+            raise StateError(f"state key 'done' must be true or false, got {done!r}")
+        counts = state.get("counts", [0] * n)  # absent from states saved before counts were kept
+        if not isinstance(counts, list) or len(counts) != n or not all(map(_count, counts)):
+            raise StateError(f"state key 'counts' must list {n} non-negative integers, got {counts!r}")
         for i, (reader, sub) in enumerate(zip(self.readers, sources, strict=True)):
             try:
-                reader.load_state_dict(sub)
+                reader._check_state(sub)
             except StateError as e:
                 raise StateError(f"state key 'sources[{i}]': {e}") from e
-        self._step = int(state["step"])
-        self._exhausted = [bool(x) for x in state["exhausted"]]
-        self._done = bool(state.get("done", False))
+        return step, list(exhausted), done, list(counts)
 
     def print_stats(self, file=None) -> None:
         """Print each source's stats."""
@@ -184,8 +220,8 @@ def mix(sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0
     weights = [w / max(weights) for w in weights]  # relative to the largest: the sum cannot overflow
     if stop not in STOP_RULES:
         raise ConfigError(f"stop must be one of {STOP_RULES}, got {stop!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    check_int("seed", seed, 0)  # numpy integers too, as make_reader
+    seed = int(seed)
     readers, owned = [], []
     try:
         for i, s in enumerate(sources):

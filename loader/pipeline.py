@@ -49,7 +49,8 @@ class ReaderStats:
             producer cuts).
         gather_seconds: Workers gathering batches' rows from their windows (thread pools).
         producer_wait_seconds: Producer waiting for workers (I/O, decode or transform not ready).
-        consumer_wait_seconds: Consumer waiting for the ready queue (the trainer starved).
+        consumer_wait_seconds: Consumer waiting for the ready queue (the trainer starved); with the serial pool,
+            the consumer producing each batch itself.
         first_batch_seconds: From the first ``next`` to the first batch.
         mixed_min: Fewest distinct row groups in a batch.
         mixed_max: Most distinct row groups in a batch.
@@ -398,8 +399,12 @@ class Pipeline:
         Raises:
             Exception: Whatever a worker or the producer raised, with its original traceback.
         """
-        if self._inline:
-            return next(self._gen)
+        if self._inline:  # the consumer produces the batch itself: all that time is its wait
+            t0 = time.perf_counter()
+            try:
+                return next(self._gen)
+            finally:
+                self._stats.consumer_wait_seconds += time.perf_counter() - t0
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="larder-reader", daemon=True)
             self._thread.start()

@@ -127,6 +127,9 @@ class Reader(Closeable):
                          memory_budget=memory_budget, sample=sample, transform=transform, ragged=ragged,
                          strings=strings)
         check_int("max_decoded_bytes", max_decoded_bytes, 0, allow_none=True)
+        if decoded_cache_dir is not None and not isinstance(decoded_cache_dir, (str, os.PathLike)):
+            raise ConfigError(f"decoded_cache_dir must be a path (str or os.PathLike) or None, got "
+                              f"{type(decoded_cache_dir).__name__} {decoded_cache_dir!r}")
         for name, flag in (("shuffle", shuffle), ("drop_last", drop_last), ("masks", masks),
                            ("with_row_ids", with_row_ids)):
             if not isinstance(flag, (bool, np.bool_)):
@@ -192,6 +195,7 @@ class Reader(Closeable):
         self._sizes = sizes
         self._planner = Planner(tuple(sizes), seed, rank, world_size, batch_size, shuffle, sample, drop_last,
                                  window, max_piece_rows)
+        rng_given = None if transform is None else tasks.rng_parameter(transform)  # how the transform takes its RNG
         self._ctx = tasks.ReadContext(
             key=f"reader-{os.getpid()}-{secrets.token_hex(6)}",
             dataset=ds,
@@ -209,8 +213,8 @@ class Reader(Closeable):
             masks=masks,
             with_row_ids=with_row_ids,
             transform=transform,
-            transform_takes_rng=transform is not None and tasks.takes_rng(transform),
-            transform_rng_by_keyword=transform is not None and tasks.rng_by_keyword(transform),
+            transform_takes_rng=rng_given is not None,
+            transform_rng_by_keyword=rng_given == "keyword",
             decoded=None if decoded_cache_dir is None else DecodedCache.for_dataset(
                 decoded_cache_dir, ds.manifest.dataset, ds.version,
                 pa.schema([ds.schema.field(c) for c in columns]), max_decoded_bytes),
@@ -344,17 +348,24 @@ class Reader(Closeable):
             StateError: The state comes from another dataset or version, or from settings that give
                 other batches (the key is named), or the position is past the end of an epoch.
         """
-        epoch, batch = check_state(state, dataset=self.dataset.name, version=self.dataset.version,
-                                   config=self._config())
-        if batch > self.batches_per_epoch:
-            raise StateError(f"state key 'batch' is {batch}, but an epoch has {self.batches_per_epoch} batches")
-        if batch == self.batches_per_epoch:
-            epoch, batch = epoch + 1, 0
+        epoch, batch = self._check_state(state)
         if self._pipeline is not None:  # restart the pipeline at the new position
             self._pipeline.close()
             self._pipeline = None
         self._closed, self._error = False, None
         self._position = (epoch, batch)
+
+    def _check_state(self, state) -> tuple[int, int]:
+        """The position ``(epoch, batch)`` a state of this reader resumes at; changes nothing.
+
+        Raises:
+            StateError: As :meth:`load_state_dict`.
+        """
+        epoch, batch = check_state(state, dataset=self.dataset.name, version=self.dataset.version,
+                                   config=self._config())
+        if batch > self.batches_per_epoch:
+            raise StateError(f"state key 'batch' is {batch}, but an epoch has {self.batches_per_epoch} batches")
+        return (epoch + 1, 0) if batch == self.batches_per_epoch else (epoch, batch)
 
     def set_epoch(self, epoch: int) -> None:
         """Continue from the first batch of ``epoch`` (like ``DistributedSampler.set_epoch``).
@@ -427,7 +438,8 @@ def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, 
         prefetch: Ready batches kept ahead of the consumer; default from the budget (1 to 32).
         transform: ``transform(batch)`` or ``transform(batch, rng)`` on each batch dict, run in the
             workers; ``rng`` depends only on (seed, epoch, rank, world size, batch index). The RNG goes to
-            a second positional parameter without a default, or named ``rng``.
+            a second positional parameter without a default, or one named ``rng`` (by keyword unless it is
+            second; a positional-only ``rng`` after a parameter with a default is refused).
         rank: This trainer's rank in ``[0, world_size)``.
         world_size: Number of trainers sharing the epoch.
         drop_last: Only full batches (see :mod:`loader.plan` for the equal-batch-count rule).

@@ -21,7 +21,7 @@ import pyarrow as pa
 from .convert import as_arrow, plain_type, split_batch, to_numpy, to_padded
 from .dataset import Dataset
 from .decoded import DecodedCache
-from .errors import CorruptFileError, RemoteError, TransformError
+from .errors import ConfigError, CorruptFileError, RemoteError, TransformError
 from .plan import sample_rows, transform_rng
 
 ROW_GROUP_COLUMN = "_row_group"
@@ -56,7 +56,7 @@ class ReadContext:
         with_row_ids: Keep the ``_row_group`` / ``_row`` columns in batches.
         transform: The user transform, or None.
         transform_takes_rng: Call it as ``transform(batch, rng)`` rather than ``transform(batch)``.
-        transform_rng_by_keyword: Pass that RNG as ``rng=rng`` (a keyword-only ``rng``).
+        transform_rng_by_keyword: Pass that RNG as ``rng=rng`` (:func:`rng_parameter`).
         decoded: The local cache of decoded row groups (:mod:`loader.decoded`), or None.
         plain: Set from the others: the columns holding string / binary views (nested too) -> the plain type
             they are read as (:func:`loader.convert.plain_type`: Arrow's ``take`` has no kernel for views);
@@ -114,33 +114,61 @@ def uninstall(key: str) -> None:
 
 
 def takes_rng(fn: Callable) -> bool:
-    """True if ``fn`` takes the RNG: it has a keyword-only parameter named ``rng`` (given by keyword, see
-    :func:`rng_by_keyword`), or its second positional parameter has no default or is named ``rng`` (or it takes
-    ``*args``). ``f(batch, eps=1e-6)`` keeps its ``eps``; ``f(batch, rng=None)`` and ``f(batch, *, rng)`` get
-    the RNG."""
+    """True if ``fn`` takes the RNG (:func:`rng_parameter`): ``f(batch, eps=1e-6)`` keeps its ``eps``;
+    ``f(batch, rng)``, ``f(batch, rng=None)``, ``f(batch, eps=1e-6, rng=None)`` and ``f(batch, *, rng)`` get the RNG.
+
+    Raises:
+        ConfigError: As :func:`rng_parameter`.
+    """
+    return rng_parameter(fn) is not None
+
+
+def rng_by_keyword(fn: Callable) -> bool:
+    """True if ``fn`` takes the RNG as ``rng=`` (:func:`rng_parameter`).
+
+    Raises:
+        ConfigError: As :func:`rng_parameter`.
+    """
+    return rng_parameter(fn) == "keyword"
+
+
+def rng_parameter(fn: Callable) -> str | None:
+    """How a transform takes the RNG: ``"keyword"`` (``fn(batch, rng=rng)``), ``"positional"`` (``fn(batch, rng)``)
+    or None (``fn(batch)``).
+
+    A parameter named ``rng`` gets it wherever it is: second, by position; keyword-only or after other
+    parameters, by keyword (their defaults stay). Otherwise a second positional parameter without a default
+    gets it (``*args`` too, when the batch is the only positional parameter before it). A callable without a
+    signature is called with the batch alone.
+
+    Raises:
+        ConfigError: ``rng`` is positional-only after a parameter with a default: the RNG could not reach it
+            without overriding that default (names the transform and the parameters).
+    """
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
-        return False
-    if rng_by_keyword(fn, sig):
-        return True
-    positional = []
-    for p in sig.parameters.values():
-        if p.kind == p.VAR_POSITIONAL:
-            return True
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            positional.append(p)
-    return len(positional) >= 2 and (positional[1].default is inspect.Parameter.empty
-                                     or positional[1].name == "rng")
-
-
-def rng_by_keyword(fn: Callable, sig: inspect.Signature | None = None) -> bool:
-    """True if ``fn`` (whose signature ``sig`` may be given) takes the RNG as ``rng=``: a keyword-only ``rng``."""
-    try:
-        rng = (sig or inspect.signature(fn)).parameters.get("rng")
-    except (TypeError, ValueError):
-        return False
-    return rng is not None and rng.kind == rng.KEYWORD_ONLY
+        return None
+    params = list(sig.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    rng = sig.parameters.get("rng")
+    if rng is not None and rng.kind == rng.KEYWORD_ONLY:
+        return "keyword"
+    if rng is not None and rng in positional[1:]:
+        at = positional.index(rng)
+        if at == 1:
+            return "positional"
+        if rng.kind == rng.POSITIONAL_OR_KEYWORD:
+            return "keyword"
+        name = getattr(fn, "__qualname__", repr(fn))
+        before = ", ".join(repr(p.name) for p in positional[1:at])
+        raise ConfigError(
+            f"transform {name}: its parameter 'rng' is positional-only (before '/') and comes after {before}, so "
+            "the RNG cannot be passed to it without overriding those; make 'rng' the second parameter, or "
+            "remove the '/' (it is then given as rng=...)")
+    if len(positional) >= 2:
+        return "positional" if positional[1].default is inspect.Parameter.empty else None
+    return "positional" if any(p.kind == p.VAR_POSITIONAL for p in params) else None
 
 
 def read_piece(key: str, epoch: int, group: int, start: int, stop: int,
@@ -312,7 +340,7 @@ def _read_streamed(ctx: ReadContext, epoch: int, group: int, info, local: int, r
     try:
         parts, decoded = ctx.dataset.with_fresh_copy(info, read)
         if stream.decoded is not None and not stream.checked:  # one stream, one schema: checked once
-            ctx.dataset.check_types(stream.decoded.empty_table(), info, local)
+            ctx.dataset.check_types(empty_table(stream.decoded), info, local)
             stream.checked = True
         if stream.pos >= ctx.sizes[group]:
             stream.close()
@@ -326,8 +354,14 @@ def _read_streamed(ctx: ReadContext, epoch: int, group: int, info, local: int, r
     if parts:  # their types were checked against the manifest's
         table = pa.Table.from_batches(parts)
     else:
-        table = made_plain(ctx.plain, pa.schema([ctx.dataset.schema.field(c) for c in ctx.columns]).empty_table())
+        table = made_plain(ctx.plain, empty_table(pa.schema([ctx.dataset.schema.field(c) for c in ctx.columns])))
     return table, decoded
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    """A table of no rows of ``schema``, made without pandas (``Schema.empty_table`` imports it: +33 MiB and a
+    quarter of a second in the trainer's process)."""
+    return pa.Table.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
 
 
 def close_streams(key: str) -> None:
@@ -448,5 +482,5 @@ def check_output(out, name: str) -> dict:
 
 
 __all__ = ["MAX_CHUNK_ROWS", "ROW_COLUMN", "ROW_GROUP_COLUMN", "ROW_ID_FIELDS", "ReadContext", "convert_batch",
-           "convert_split", "finish_batch", "install", "read_piece", "rng_by_keyword", "takes_rng", "transform_batch",
-           "transform_batches"]
+           "convert_split", "finish_batch", "install", "read_piece", "rng_by_keyword", "rng_parameter", "takes_rng",
+           "transform_batch", "transform_batches"]

@@ -17,7 +17,9 @@ Batches come from :func:`loader.make_reader` already shuffled and batched, so th
 DataLoader workers: each worker reads a disjoint shard. With ``num_workers = K`` and the trainer's
 ``rank``/``world_size``, worker ``w`` reads as rank ``rank * K + w`` of ``world_size * K``; larder's plan
 makes these shards disjoint, covering, and equal in batch count, so one pass yields every row exactly
-once. The shard is a function of ``K``: resuming needs the same ``num_workers``.
+once. The shard is a function of ``K``: resuming needs the same ``num_workers``. With ``drop_last=True`` each
+worker, being a rank of its own, drops its own shard's remainder, so a pass yields fewer rows with workers than
+without (320 rows, ``world_size=2``, ``batch_size=16``: 288 rows with ``num_workers=3``, all 320 with none).
 
 Epochs: one pass over the loader is one epoch. ``set_epoch(e)`` before a pass picks epoch ``e``'s order (as
 with ``DistributedSampler``); without it, each pass reads the epoch after the previous pass's, so the order

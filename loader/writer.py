@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 import pyarrow.types as pat
 
 from . import fs as lfs
+from .arguments import check_int
 from .convert import as_arrow, plain_type
 from .dataset import Dataset
-from .encoding import Encoding, choose
+from .encoding import _CODECS, Encoding, choose
 from .errors import ConfigError, EmptyDatasetError, SourceError
 from .manifest import file_info_from_bytes
 from .publish import Staging, begin_staging
@@ -298,7 +299,8 @@ def write_cache(
         block_size: The storage block size recorded in the manifest.
         fill: Row-group target as a fraction of the block size, used when ``row_group_bytes`` is unset.
         row_groups_per_file: Row groups in each data file.
-        compression: Parquet codec of the columns it shrinks; columns it cannot shrink (image bytes) are
+        compression: Parquet codec of the columns it shrinks (``zstd``, ``snappy``, ``gzip``, ``lz4``,
+            ``brotli``, ``none``; any case); columns it cannot shrink (image bytes) are
             stored uncompressed, and only repetitive columns get a dictionary (:mod:`loader.encoding`).
         encoding: Per-column settings to use instead of choosing them from a sample (e.g.
             ``Encoding("zstd")``: pyarrow's defaults, a dictionary and the codec on every column).
@@ -324,6 +326,11 @@ def write_cache(
         SourceError: A Parquet source cannot be read (names the file and column when its files disagree).
         PublishError: Writing or publishing failed; the previous version stays live.
     """
+    if not isinstance(compression, str) or compression.lower() not in _CODECS:
+        raise ConfigError(f"compression must be one of {', '.join(_CODECS)} (any case), got {compression!r}")
+    check_int("block_size", block_size, 1)
+    check_int("seed", seed, 0)  # numpy integers too, as make_reader
+    seed = int(seed)
     if row_groups_per_file < 1:
         raise ConfigError("row_groups_per_file must be at least 1")
     if not 0 < fill <= 1:
