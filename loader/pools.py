@@ -25,6 +25,13 @@ Three kinds, all starting nothing in their constructor (threads and processes st
   carry a per-pool prefix made of ``lrd``, the consumer's pid and a random tag).
   Workers ignore SIGINT: Ctrl-C reaches the consumer, whose ``close`` stops them. A worker exits by itself
   when its consumer dies without closing the pool (SIGKILL, the OOM killer; checked twice a second).
+  Start cost: the fork server (started once per process, preloading larder's modules) forks each worker in
+  milliseconds, but every worker then imports the main module again (multiprocessing's preparation, which
+  lets transforms defined there unpickle; on Python 3.11 the fork server never preloads ``__main__``: it looks
+  for the key ``main_path``, the preparation data name it ``init_main_from_path``). A training script's own
+  imports are therefore paid by every worker of every pool: about 1 s with torch, 2.5-5 s with TensorFlow
+  on the 2-core VM (0.3 s for the first pool of a light script). The torch and tf adapters keep a process
+  pool's reader across passes so that this is paid once per run.
 
 Exceptions: a task's exception is re-raised by ``handle.result()`` in the consumer. Threads and the
 serial pool raise the original exception object with its original traceback; processes raise the original
@@ -319,7 +326,8 @@ _PRELOAD = "loader.tasks"  # imports pyarrow, numpy and the reader's tasks once,
 
 
 def _mp_context() -> mp.context.BaseContext:
-    """The forkserver context (preloading larder's worker modules, so workers start in milliseconds), or spawn."""
+    """The forkserver context (preloading larder's worker modules, so workers fork in milliseconds; each then
+    imports the main module, see the module docstring), or spawn."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")

@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -321,6 +322,18 @@ def make_dataset(
     next iteration read epoch ``e`` (later ones continue from there), like ``DistributedSampler.set_epoch``;
     datasets derived from it (``.repeat()``, ``.map()``...) share the counter but not the attribute.
 
+    With ``pool="process"`` the reader of an iteration read to its end reads on and is kept, with its worker
+    processes, for the next iteration when that one continues from there (``dataset.close()`` stops it): the
+    workers start once per run, not once per epoch (each imports the training script's imports: seconds with
+    TensorFlow).
+
+    Sharding: with ``world_size > 1`` larder reads this worker's shard, and the dataset's
+    ``tf.data.Options().experimental_distribute.auto_shard_policy`` is ``OFF``, so that
+    ``tf.distribute.MultiWorkerMirroredStrategy`` does not shard it again (its default policy would drop
+    ``world_size - 1`` of every ``world_size`` batches). Under that strategy pass ``rank`` (the task index) and
+    ``world_size`` (the number of workers); without them every worker reads all rows and TensorFlow's own
+    auto-sharding splits them.
+
     Args:
         url: Dataset directory, version directory or remote URL. A dataset directory's ``CURRENT`` is
             followed once, here: every iteration reads that version, even after a newer one is published.
@@ -335,7 +348,8 @@ def make_dataset(
 
     Returns:
         The ``tf.data.Dataset``, with a ``set_epoch(epoch: int)`` method that sets the epoch of the next
-        iteration (raises :class:`~loader.errors.ConfigError` if ``epoch`` is not a non-negative integer).
+        iteration (raises :class:`~loader.errors.ConfigError` if ``epoch`` is not a non-negative integer), and
+        ``close()``, which stops the reader kept between iterations (``pool="process"``; otherwise a no-op).
 
     Raises:
         ConfigError: An argument is invalid (names it).
@@ -349,6 +363,8 @@ def make_dataset(
     url = pin_version(url, **fs_options_of(reader_kwargs))  # one version for every iteration
 
     forms = _reader_forms(ragged, strings)
+    world_size = reader_kwargs.get("world_size", 1)
+    check_int("world_size", world_size, 1)  # as make_reader (also when no reader is opened here)
     epochs = _EpochCounter(epoch, reader_kwargs.get("num_epochs", 1))
     kwargs = {**reader_kwargs, "batch_size": batch_size, **forms}
     ragged_form = ragged == "ragged"
@@ -368,19 +384,70 @@ def make_dataset(
     string_lists = {k for k, v in output_signature.items() if v.dtype == tf.string and _is_string_list(v)}
     blobs = _blob_keys(output_signature) if blob_strings else {}
 
+    # A process pool's workers take seconds to start (each imports the training script's imports, e.g. TF): its
+    # reader reads on into the next epochs and is kept for the next iteration, if that one continues from there.
+    kept = _KeptReader() if reader_kwargs.get("pool") == "process" and epochs.span is not None else None
+
     def generate() -> Iterator[dict[str, Any]]:
         first, end = epochs.take()
-        with open_reader(end) as reader:
-            reader.set_epoch(first)
+        reader = None if kept is None else kept.take(first)
+        finished = False
+        try:
+            if reader is None:
+                reader = open_reader(end if kept is None else None)
+                reader.set_epoch(first)
             nulls = _null_bytes(reader.dataset.schema, reader.columns)
-            for batch in reader:
+            batches = reader if end is None else islice(reader, (end - first) * reader.batches_per_epoch)
+            for batch in batches:
                 yield _to_parts(batch, splits, string_lists, ragged_form, blobs, nulls)
+            finished = True
+        finally:
+            if reader is not None and not (finished and kept is not None and kept.put(reader)):
+                reader.close()
 
     parts = tf.data.Dataset.from_generator(generate, output_signature=_components(output_signature, blobs))
     if blobs or any(isinstance(v, tf.RaggedTensorSpec) for v in output_signature.values()):
         parts = parts.map(_assemble(output_signature, blobs))
+    if world_size > 1:  # sharded by larder: tf.distribute must not shard it again
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        parts = parts.with_options(options)
     parts.set_epoch = epochs.set
+    parts.close = kept.close if kept is not None else lambda: None
     return parts
+
+
+class _KeptReader:
+    """The reader of a finished iteration (``pool="process"``), kept for the iteration that continues after it; one
+    inherited through ``fork`` is left alone (its workers and threads are the parent's)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._item: tuple[int, Any] | None = None  # (pid, reader)
+
+    def take(self, epoch: int | None = None):
+        """The kept reader if it is at the start of ``epoch``; else None, after closing it."""
+        with self._lock:
+            item = self._item
+            if item is None or item[0] != os.getpid():
+                return None
+            self._item = None
+        if epoch is not None and item[1].epoch == epoch:
+            return item[1]
+        item[1].close()
+        return None
+
+    def put(self, reader) -> bool:
+        """Keep ``reader``; False (not kept) if another one is kept already."""
+        with self._lock:
+            if self._item is None:
+                self._item = (os.getpid(), reader)
+                return True
+        return False
+
+    def close(self) -> None:
+        """Close the kept reader and stop its workers; idempotent."""
+        self.take()
 
 
 class _EpochCounter:

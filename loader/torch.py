@@ -35,7 +35,16 @@ along with every batch it delivers. ``DataLoader`` takes batches from its worker
 starting a pass at worker 0; a resumed pass therefore rotates the shards, so that worker 0 reads the shard
 that was due next (the first one with the fewest batches delivered) and the batches come in exactly the
 order of an uninterrupted run. Passes after the resumed one are not rotated, like the uninterrupted run.
-Exact order needs ``DataLoader``'s default ``in_order=True``.
+Exact order needs ``DataLoader``'s default ``in_order=True``. A state taken after the last batch of epoch ``e``
+is the start of epoch ``e + 1`` (its ``"epoch"``), so ``load_state_dict(s)`` then ``set_epoch(s["epoch"])``
+resumes wherever ``s`` was taken. A state is refused (``StateError``) by a dataset of another rank or world size.
+
+DDP: every rank follows a dataset directory's ``CURRENT`` when its dataset is made; open a dataset that the
+job may republish with :func:`pin_version_across_ranks` so that every rank reads rank 0's version.
+
+``pool="process"`` (the reader's transform in worker processes; ``num_workers=0`` only): the workers start
+by importing the training script's imports (seconds with torch), so the dataset keeps the reader of a
+finished pass, with its workers, for the next pass when that is the next epoch; ``close()`` stops it.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 try:
@@ -55,7 +65,7 @@ from .arguments import check_int
 from .dataset import pin_version
 from .errors import ConfigError, StateError
 from .reader import DEFAULT_MEMORY_BUDGET, fs_options_of, make_reader
-from .torch_convert import as_tensors, pin, prepare, to_torch
+from .torch_convert import _default_rank, as_tensors, pin, pin_version_across_ranks, prepare, to_torch
 
 RAGGED_FORMS = ("padded", "offsets")
 STRING_FORMS = ("list", "tensor")
@@ -76,14 +86,6 @@ class _Collate:
         return (state, batch, True) if self.fn is None else (state, self.fn(as_tensors(batch)), False)
 
 
-def _default_rank() -> tuple[int, int]:
-    """``(rank, world_size)`` of an initialised ``torch.distributed`` group, else ``(0, 1)``."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class LarderIterableDataset(IterableDataset):
     """A larder cache as an ``IterableDataset`` yielding ready batches of tensors.
 
@@ -92,7 +94,10 @@ class LarderIterableDataset(IterableDataset):
 
     Args:
         url: Dataset directory, version directory or remote URL. A dataset directory's ``CURRENT`` is
-            followed once, at construction: every pass and every worker reads that version.
+            followed once, at construction: every pass and every worker reads that version. Under DDP pass
+            ``pin_version_across_ranks(url)`` when the job may publish a new version meanwhile: each rank
+            would otherwise follow ``CURRENT`` by itself, possibly to another version (different batch counts
+            hang the job).
         batch_size: Rows per batch (batches are made by the reader, not by the DataLoader).
         rank: This trainer's rank; default: ``torch.distributed``'s rank if initialised, else 0.
         world_size: Number of trainers; default: ``torch.distributed``'s world size, else 1.
@@ -154,13 +159,19 @@ class LarderIterableDataset(IterableDataset):
         self.defer_tensors = False
         self._reader = None
         self._reading: tuple[int, int] | None = None  # (shard rank, epoch) of the live reader
+        self._kept: tuple[int, Any] | None = None  # (pid, reader): pool="process", see _batches
+
+    def __getstate__(self) -> dict:
+        """Pickled (DataLoader workers under spawn/forkserver) without the live or kept reader."""
+        return {**self.__dict__, "_reader": None, "_reading": None, "_kept": None}
 
     def set_epoch(self, epoch: int) -> None:
         """Read epoch ``epoch`` on the next pass (as with ``DistributedSampler``).
 
         Each pass started from this object reads :attr:`epoch` and then advances it by one, so calling this
         before every pass is optional in a process that iterates the dataset itself. A resume state loaded
-        with :meth:`load_state_dict` is dropped when ``epoch`` is not the state's epoch.
+        with :meth:`load_state_dict` is kept when ``epoch`` is the state's ``"epoch"`` (also for a state taken
+        after the last batch of an epoch, which says the next epoch), and dropped otherwise.
 
         Args:
             epoch: A non-negative integer.
@@ -181,7 +192,8 @@ class LarderIterableDataset(IterableDataset):
             return self.rank, self.world_size
         return self.rank * info.num_workers + info.id, self.world_size * info.num_workers
 
-    def make_reader(self, rank: int, world_size: int, resume: dict | None = None, epoch: int | None = None):
+    def make_reader(self, rank: int, world_size: int, resume: dict | None = None, epoch: int | None = None,
+                    endless: bool = False):
         """The reader of one shard of ``epoch`` (default :attr:`epoch`), positioned at its start (or at ``resume``).
 
         Args:
@@ -189,9 +201,10 @@ class LarderIterableDataset(IterableDataset):
             world_size: The number of shards.
             resume: A reader state of this shard in ``epoch`` to continue from.
             epoch: The epoch to read; default: :attr:`epoch`.
+            endless: Read on into the following epochs (``num_epochs=None``) instead of stopping.
 
         Returns:
-            A :class:`loader.reader.Reader` that stops at the end of ``epoch``.
+            A :class:`loader.reader.Reader` that stops at the end of ``epoch`` (unless ``endless``).
         """
         epoch = self.epoch if epoch is None else epoch
         reader = make_reader(
@@ -199,7 +212,7 @@ class LarderIterableDataset(IterableDataset):
             batch_size=self.batch_size,
             rank=rank,
             world_size=world_size,
-            num_epochs=epoch + 1,
+            num_epochs=None if endless else epoch + 1,
             ragged="offsets",  # padded here, with pad_value
             strings="object" if self.strings == "list" else "offsets",
             **self.reader_kwargs,
@@ -220,12 +233,12 @@ class LarderIterableDataset(IterableDataset):
         In a DataLoader worker the shard is the worker's, rotated on a resumed pass so that worker 0 reads
         the shard that was due next (see the module docstring).
         """
-        epoch, resume = self.epoch, self._resume
         info = get_worker_info()
+        k = 1 if info is None else info.num_workers
+        epoch, resume = self._start(k)
         if info is None:
             rank, world = self.shard()
         else:
-            k = info.num_workers
             first = rank_base = self.rank * k
             if resume:
                 first = min(range(rank_base, rank_base + k), key=lambda r: _progress(resume.get(r), epoch))
@@ -235,25 +248,78 @@ class LarderIterableDataset(IterableDataset):
         self.epoch, self._resume = epoch + 1, None
         return self._batches(rank, world, epoch, (resume or {}).get(rank), self.with_state, self.defer_tensors)
 
+    def _start(self, k: int) -> tuple[int, dict[int, dict] | None]:
+        """``(epoch, resume states)`` of the next pass read by ``k`` shards per trainer: a loaded state whose every
+        shard is past its last batch (taken at the end of an epoch) is the next epoch's start.
+
+        Raises:
+            StateError: The loaded state has reader states of shards this pass does not read (another rank,
+                world size or number of workers): the pass would restart them instead of resuming.
+        """
+        epoch, resume = self.epoch, self._resume
+        if not resume:
+            return epoch, resume
+        shards = range(self.rank * k, self.rank * k + k)
+        if set(resume) - set(shards):
+            raise StateError(
+                f"the loaded state has reader states of shards {sorted(resume)}, but this pass reads shards "
+                f"{list(shards)} (rank {self.rank} of world_size {self.world_size}, {k} per trainer): it was taken "
+                "with another rank/world_size/num_workers; resume needs the same layout")
+        if _ended(resume, shards, epoch):
+            return epoch + 1, None
+        return epoch, resume
+
     def _batches(
         self, rank: int, world: int, epoch: int, resume: dict | None, with_state: bool, defer_tensors: bool
     ) -> Iterator[dict[str, Any]]:
-        reader = self.make_reader(rank, world, resume, epoch)
+        # A process pool's workers take seconds to start (each imports the training script's imports, e.g. torch):
+        # its reader reads on into the next epoch and is kept for the next pass, if that pass is the next epoch.
+        keep = self.reader_kwargs.get("pool") == "process"
+        reader = self._take_kept(rank, world, epoch, resume)
+        if reader is None:
+            reader = self.make_reader(rank, world, resume, epoch, endless=keep)
         self._reader, self._reading = reader, (rank, epoch)
+        finished = False
         try:
-            for batch in reader:
+            position = reader.state_dict()
+            left = reader.batches_per_epoch - position["batch"] if position["epoch"] == epoch else 0
+            for batch in islice(reader, left):
                 out = prepare(batch, self.ragged, self.pad_value)
                 if not defer_tensors:
                     out = as_tensors(out)
                 if with_state:
                     out[STATE_KEY] = (rank, reader.state_dict())
                 yield out
+            finished = True
         finally:
             self._reader = self._reading = None
+            if keep and finished and self._kept is None:
+                self._kept = (os.getpid(), reader)
+            else:
+                reader.close()
+
+    def _take_kept(self, rank: int, world: int, epoch: int, resume: dict | None):
+        """The kept reader if it reads shard ``rank`` of ``world`` from the start of ``epoch`` (no ``resume``), else
+        None (after closing it; one inherited through ``fork`` is left alone: its workers are the parent's)."""
+        pid, reader = self._kept or (None, None)
+        if pid != os.getpid():
+            return None
+        self._kept = None
+        if resume is None and (reader.rank, reader.world_size, reader.epoch) == (rank, world, epoch):
+            return reader
+        reader.close()
+        return None
+
+    def close(self) -> None:
+        """Close the reader kept between passes (``pool="process"``), stopping its workers; idempotent."""
+        pid, reader = self._kept or (None, None)
+        if pid == os.getpid():
+            self._kept = None
             reader.close()
 
     def state_dict(self) -> dict:
-        """The live reader's state (``num_workers=0`` only; use :class:`LarderDataLoader` for workers).
+        """The live reader's state (``num_workers=0`` only; use :class:`LarderDataLoader` for workers), with this
+        dataset's ``rank`` and ``world_size``; after the last batch of an epoch, the next epoch's start.
 
         Raises:
             StateError: No pass is in progress in this process.
@@ -261,18 +327,28 @@ class LarderIterableDataset(IterableDataset):
         if self._reader is None or self._reading is None:
             raise StateError("no pass in progress: state_dict() needs a running iteration (or LarderDataLoader)")
         rank, epoch = self._reading
-        return {"epoch": epoch, "readers": {rank: self._reader.state_dict()}}
+        readers = {rank: self._reader.state_dict()}
+        if _ended(readers, [rank], epoch):  # after the epoch's last batch: the next epoch's start
+            epoch, readers = epoch + 1, {}
+        return {"epoch": epoch, "rank": self.rank, "world_size": self.world_size, "readers": readers}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume the next pass from a state of :meth:`state_dict` or :meth:`LarderDataLoader.state_dict`.
 
         Raises:
-            StateError: The state is malformed.
+            StateError: The state is malformed, or was taken with another ``rank``/``world_size`` (checked here
+                when the state names them, else when the next pass starts, before its first batch).
         """
         try:
             epoch, readers = int(state["epoch"]), {int(k): v for k, v in state["readers"].items()}
+            layout = None
+            if "rank" in state or "world_size" in state:
+                layout = (int(state["rank"]), int(state["world_size"]))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StateError(f"not a larder torch state: {e!r}") from e
+        if layout is not None and layout != (self.rank, self.world_size):
+            raise StateError(f"state was taken with rank/world_size {layout}, this dataset has "
+                             f"{(self.rank, self.world_size)}: shards differ, resume needs the same layout")
         self.set_epoch(epoch)
         self._resume = readers
 
@@ -286,6 +362,11 @@ def _progress(state: dict | None, epoch: int) -> tuple[int, int]:
         return (int(state["epoch"]) - epoch, int(state["batch"]))
     except (KeyError, TypeError, ValueError) as e:
         raise StateError(f"not a larder reader state: {e!r}") from e
+
+
+def _ended(readers: dict, shards, epoch: int) -> bool:
+    """Whether the reader state of every shard in ``shards`` is past the last batch of ``epoch``."""
+    return bool(readers) and all(_progress(readers.get(r), epoch)[0] > 0 for r in shards)
 
 
 class LarderDataLoader(DataLoader):
@@ -346,7 +427,8 @@ class LarderDataLoader(DataLoader):
 
     def __iter__(self):
         ds: LarderIterableDataset = self.dataset
-        epoch, resume = ds.epoch, ds._resume
+        epoch, resume = ds._start(max(1, self.num_workers))  # a state at the end of an epoch: the next one
+        ds.epoch, ds._resume = epoch, resume
         if self.persistent_workers and self._iterator is not None and (
             resume is not None or epoch != self._workers_next
         ):
@@ -376,13 +458,17 @@ class LarderDataLoader(DataLoader):
         """Where the next batch comes from: epoch, worker layout and each shard's reader state.
 
         During a pass (or after a pass left unfinished): that pass's epoch and the reader states after the last
-        batch handed out. Between passes: the start of the next pass (or the state loaded for it).
+        batch handed out (after the epoch's last batch: the next epoch, no reader states). Between passes: the
+        start of the next pass (or the state loaded for it).
         """
         ds: LarderIterableDataset = self.dataset
         if self._pass is None:
             epoch, readers = ds.epoch, dict(ds._resume or {})
         else:
             epoch, readers = self._pass_epoch, dict(self._states)
+            k = max(1, self.num_workers)
+            if _ended(readers, range(ds.rank * k, ds.rank * k + k), epoch):  # after the epoch's last batch
+                epoch, readers = epoch + 1, {}
         return {
             "epoch": epoch,
             "rank": ds.rank,
@@ -425,8 +511,6 @@ class LarderDataLoader(DataLoader):
             except BaseException:
                 ds._resume = None
                 raise
-        if all(_progress(ds._resume.get(r), ds.epoch)[0] > 0 for r in shards):
-            ds.set_epoch(ds.epoch + 1)  # taken after the last batch of an epoch: the next pass is the next epoch
 
 
 def make_dataloader(
@@ -446,7 +530,8 @@ def make_dataloader(
 
     Args:
         url: Dataset directory, version directory or remote URL. A dataset directory's ``CURRENT`` is
-            followed once, at construction: every pass and every worker reads that version.
+            followed once, at construction: every pass and every worker reads that version (under DDP, see
+            :func:`pin_version_across_ranks`).
         batch_size: Rows per batch.
         num_workers: DataLoader worker processes; each reads its own shard with its own reader, so the
             reader's ``memory_budget`` (default 256 MiB) is split between them unless given. Inside workers
@@ -486,4 +571,5 @@ def make_dataloader(
     )
 
 
-__all__ = ["LarderDataLoader", "LarderIterableDataset", "as_tensors", "make_dataloader", "prepare", "to_torch"]
+__all__ = ["LarderDataLoader", "LarderIterableDataset", "as_tensors", "make_dataloader", "pin_version_across_ranks",
+           "prepare", "to_torch"]
