@@ -254,9 +254,12 @@ def _file_problems(ds: Dataset, info: FileInfo) -> list[str]:
     try:
         try:  # the types the file's columns decode to (from its footer), against the manifest's
             decoded = metadata.schema.to_arrow_schema()
-            problems += [f"column {f.name!r} decodes to {decoded.field(f.name).type}, the manifest says {f.type}"
-                         for f in ds.schema if decoded.get_field_index(f.name) < 0
-                         or decoded.field(f.name).type != f.type]
+            for col in ds.schema:
+                if decoded.get_field_index(col.name) < 0:
+                    problems.append(f"column {col.name!r} of the manifest is not in the file")
+                elif decoded.field(col.name).type != col.type:
+                    problems.append(f"column {col.name!r} decodes to {decoded.field(col.name).type}, the manifest "
+                                    f"says {col.type}")
         except (OSError, pa.ArrowException) as e:
             problems.append(f"cannot read the schema of its footer ({e})")
         for i, group in enumerate(info.row_groups):

@@ -59,6 +59,8 @@ class Dataset:
     file_cache: Any = field(default=None, repr=False)
     _leaves: dict = field(default_factory=dict, repr=False, compare=False)  # columns -> Parquet leaf indices
     _types: dict = field(default_factory=dict, repr=False, compare=False)  # column names -> manifest types
+    _empty_checked: bool = field(default=False, repr=False, compare=False)  # check_empty_files passed
+    _regular: set = field(default_factory=set, repr=False, compare=False)  # local paths seen to be regular files
 
     @property
     def schema(self) -> pa.Schema:
@@ -217,11 +219,36 @@ class Dataset:
             return self.file_cache.local_path(self, info)
         return self.display(info)
 
-    def _open_checked(self, info: FileInfo) -> tuple[pa.NativeFile, pq.FileMetaData, str]:
-        """Open a data file, check its size, footer checksum and row groups; returns ``(file, metadata,
-        printable name)``."""
-        fs, path = self._locate(info)
+    def check_empty_files(self) -> None:
+        """Check the footers of the data files whose manifest row count is 0 (once per dataset object).
+
+        A reader plans no read of a row group of 0 rows, so it would never open such a file, and rows that the
+        file does hold would be skipped without a word. Such files are rare: this costs nothing otherwise. The
+        files are read where they are (not copied to a local file cache): size and footer only.
+
+        Raises:
+            CorruptFileError: As :meth:`open_file` (the file holds rows: its row groups disagree with the
+                manifest's).
+        """
+        if self._empty_checked:
+            return
+        for info in self.files:
+            if info.num_rows == 0:
+                self._open_checked(info, (self.fs, self.file_path(info)))[0].close()
+        self._empty_checked = True
+
+    def _open_checked(self, info: FileInfo,
+                      located: tuple[pafs.FileSystem, str] | None = None) -> tuple[pa.NativeFile, pq.FileMetaData, str]:
+        """Open a data file (the copy reads go to, or ``located``: filesystem and path), check its size, footer
+        checksum and row groups; returns ``(file, metadata, printable name)``."""
+        fs, path = located or self._locate(info)
         where = lfs.display(fs, path)
+        if path not in self._regular:  # one stat per file (not per row group): opening a FIFO would block forever
+            kind = lfs.irregular_kind(fs, path)
+            if kind is not None:
+                raise CorruptFileError(f"{where}: data file listed in the manifest is {kind}, not a regular file",
+                                       where)
+            self._regular.add(path)
         try:
             f = fs.open_input_file(path)
             try:
@@ -278,18 +305,19 @@ class Dataset:
         """
         if pf is None and info.row_groups[index].column_checksums:
             table = self.with_fresh_copy(info, lambda fresh: self._read_checked_chunks(info, index, columns))
-            return self.check_types(table, info, index)
+            return self.check_types(table, info, index, columns)
 
         def read(fresh: bool) -> pa.Table:
             if pf is not None and not fresh:
-                return self._read_pages(pf, self._copy_name(info), index, columns)
+                where = self._copy_name(info)
+                return check_rows(self._read_pages(pf, where, index, columns), info, index, where)
             own, where = self.open_copy(info)
             try:
-                return self._read_pages(own, where, index, columns)
+                return check_rows(self._read_pages(own, where, index, columns), info, index, where)
             finally:
                 own.close(force=True)
 
-        return self.check_types(self.with_fresh_copy(info, read), info, index)
+        return self.check_types(self.with_fresh_copy(info, read), info, index, columns)
 
     @staticmethod
     def _read_pages(pf: pq.ParquetFile, where: str, index: int, columns: list[str] | None) -> pa.Table:
@@ -301,16 +329,19 @@ class Dataset:
         except (OSError, pa.ArrowException) as e:
             raise CorruptFileError(f"{where}: row group {index} cannot be read ({e})", where) from e
 
-    def check_types(self, data: pa.Table | pa.RecordBatch, info: FileInfo, index: int):
-        """Return ``data`` (decoded from row group ``index`` of ``info``) if its columns have the manifest's
-        types.
+    def check_types(self, data: pa.Table | pa.RecordBatch, info: FileInfo, index: int,
+                    columns: list[str] | tuple[str, ...] | None = None):
+        """Return ``data`` (decoded from row group ``index`` of ``info``) if it holds the ``columns`` asked for
+        (all the manifest's when None) and they have the manifest's types.
 
         Raises:
             CorruptFileError: A column decodes to another type than the manifest says (a file rewritten
-                with another schema, or a manifest that does not describe its files); names the file,
-                row group and column.
+                with another schema, or a manifest that does not describe its files), or is not in the file
+                (Parquet ignores a name it does not find); names the file, row group and column.
         """
         names = tuple(data.schema.names)
+        if len(names) != len(self.columns if columns is None else columns):
+            self.check_columns(names, info, columns)
         expected = self._types.get(names)
         if expected is None:
             schema = self.schema
@@ -324,6 +355,19 @@ class Dataset:
                         f"{where}: row group {index} column {name!r} decodes to {got}, the manifest says "
                         f"{want}", where)
         return data
+
+    def check_columns(self, names, info: FileInfo, columns: list[str] | tuple[str, ...] | None) -> None:
+        """Check that the columns a file holds (or decoded from it), ``names``, include all of ``columns`` (all
+        the manifest's when None).
+
+        Raises:
+            CorruptFileError: A column is missing; names the file and the column.
+        """
+        missing = [c for c in (self.columns if columns is None else columns) if c not in set(names)]
+        if missing:
+            where = self.display(info)
+            raise CorruptFileError(f"{where}: column {missing[0]!r} of the manifest is not in the file (the manifest "
+                                   "does not describe its files)", where)
 
     def _leaf_columns(self, columns: list[str] | None, num_leaves: int) -> list[int]:
         """Indices of the Parquet leaf columns of ``columns`` (all leaves when unknown)."""
@@ -371,7 +415,7 @@ class Dataset:
                     raise CorruptFileError(
                         f"{where}: row group {index} column {chunk.path_in_schema} fails its checksum", where)
             pf = pq.ParquetFile(pa.BufferReader(buf), metadata=metadata, pre_buffer=False)
-            return pf.read_row_group(index, columns=columns, use_threads=False)
+            return check_rows(pf.read_row_group(index, columns=columns, use_threads=False), info, index, where)
         except RemoteError:
             raise  # the remote storage failed after retries: not a corrupt file
         except CorruptFileError:
@@ -380,6 +424,23 @@ class Dataset:
             raise CorruptFileError(f"{where}: row group {index} cannot be read ({e})", where) from e
         finally:
             f.close()
+
+
+def check_rows(data: T, info: FileInfo, index: int, where: str, rows: int | None = None, first: int = 0) -> T:
+    """Return ``data`` (decoded from row group ``index`` of ``info``, read from the copy named ``where``) if it
+    holds the rows it should: the manifest's count for the row group, or ``rows`` (a slice starting at row
+    ``first``). One integer comparison: a page that Parquet skips (one of unknown type) shortens a column
+    without any other error.
+
+    Raises:
+        CorruptFileError: Fewer or more rows; names the file and row group.
+    """
+    want = info.row_groups[index].num_rows if rows is None else rows
+    if data.num_rows != want:
+        what = "" if rows is None else f" (rows {first} to {first + rows})"
+        raise CorruptFileError(f"{where}: row group {index} decodes to {data.num_rows} rows{what}, the manifest "
+                               f"says {want} (a page is damaged or missing)", where)
+    return data
 
 
 def _leaf_count(t: pa.DataType) -> int:
@@ -399,13 +460,14 @@ def _resolve_version(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
     manifest_path = lfs.join(path, MANIFEST_NAME)
     try:
         return path, lfs.read_bytes(fs, manifest_path)
-    except DatasetNotFoundError:
-        pass
-    except IsADirectoryError as e:
-        raise DatasetNotFoundError(f"{lfs.display(fs, manifest_path)} is not a file") from e
+    except DatasetNotFoundError as e:
+        if not isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError)):
+            raise  # there, but not a file that can be read (a directory, a FIFO...): its message says why
     try:
         name = current_version(fs, path)
     except DatasetNotFoundError as e:
+        if e.__cause__ is not None and not isinstance(e.__cause__, FileNotFoundError):
+            raise  # CURRENT is there but unusable (a symlink loop, not UTF-8): its message says why
         kind = fs.get_file_info(path).type  # asked once: does it exist, and is it a file
         if kind == pafs.FileType.NotFound:
             raise DatasetNotFoundError(f"{lfs.display(fs, path)} does not exist") from e
@@ -422,6 +484,8 @@ def _resolve_version(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
     try:
         return version_dir, lfs.read_bytes(fs, manifest_path)
     except DatasetNotFoundError as e:
+        if not isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError)):
+            raise  # there, but not a file that can be read (a directory, a FIFO...): its message says why
         raise DatasetNotFoundError(
             f"CURRENT of {lfs.display(fs, path)} names {name!r}, but {lfs.display(fs, manifest_path)} is missing"
         ) from e
@@ -493,4 +557,4 @@ def pin_version(url: str | os.PathLike | Dataset, **fs_options) -> str | Dataset
     return urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix))
 
 
-__all__ = ["Dataset", "open_dataset", "pin_version", "read_manifest"]
+__all__ = ["Dataset", "check_rows", "open_dataset", "pin_version", "read_manifest"]

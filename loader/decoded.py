@@ -14,7 +14,10 @@ followed by a 16-byte trailer (``LRDC`` magic, CRC-32 of the IPC bytes, their le
 temporary name and renamed into place, so a reader never sees a partial file and concurrent readers of one
 machine share the files safely. Every read checks size, trailer and CRC-32 (``loader.crc``: memory speed
 with zlib-ng); a file that fails is deleted and its row group decoded from the checked Parquet again, so a
-truncated or corrupt cache file never yields wrong rows.
+truncated or corrupt cache file never yields wrong rows. Each file also records what it was decoded from (the
+Arrow schema's ``larder.source`` metadata: data file, its size and checksum in the manifest, row group, rows and
+columns; :func:`source_of`), and a file that does not match the row group asked for (swapped, copied or renamed
+from elsewhere) is rejected the same way.
 
 Space: decoded files take about the manifest's uncompressed bytes. ``max_bytes`` caps the bytes the cache
 holds on disk for the dataset version, ``DIR/<dataset>/<version>/`` (every column selection together, written
@@ -33,6 +36,7 @@ automatically: remove the version directories you no longer train on (``DIR/<dat
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 import threading
@@ -47,6 +51,21 @@ from .crc import crc32
 
 MAGIC = b"LRDC"
 _TRAILER = struct.Struct("<4sIQ")  # magic, CRC-32 of the IPC bytes, their length
+SOURCE_KEY = b"larder.source"
+"""Schema metadata key of a decoded file: what it was decoded from (:func:`source_of`)."""
+
+
+def source_of(info, row_group: int, columns) -> bytes:
+    """What a decoded row group comes from: data file (manifest-relative path, size, checksum), row group,
+    rows and columns, as the key :class:`DecodedCache` stores in and checks against each file.
+
+    Args:
+        info: The data file's :class:`loader.manifest.FileInfo`.
+        row_group: The row group's index in the file.
+        columns: The columns decoded.
+    """
+    return json.dumps([info.path, info.size, info.checksum, row_group, info.row_groups[row_group].num_rows,
+                       list(columns)]).encode()
 
 
 def columns_key(schema: pa.Schema) -> str:
@@ -168,10 +187,18 @@ class DecodedCache:
         """Where a row group of a data file (its manifest-relative path) is cached."""
         return os.path.join(self.root, f"{data_file}.rg{row_group}.arrow")
 
-    def get(self, data_file: str, row_group: int, decode: Callable[[], pa.Table]) -> pa.Table:
-        """The row group from the cache, or ``decode()``d (and cached, within the cap)."""
+    def get(self, data_file: str, row_group: int, decode: Callable[[], pa.Table], source: bytes = b"") -> pa.Table:
+        """The row group from the cache, or ``decode()``d (and cached, within the cap).
+
+        Args:
+            data_file: The data file's manifest-relative path.
+            row_group: The row group's index in the file.
+            decode: Decodes the row group from the checked Parquet.
+            source: What the row group is decoded from (:func:`source_of`): stored with the file, and a cached
+                file recording anything else is rejected (decoded again).
+        """
         path = self.path(data_file, row_group)
-        table = self._load(path)
+        table = self._load(path, source)
         if table is not None:
             self.hits += 1
             return table
@@ -182,7 +209,7 @@ class DecodedCache:
             return table
         written = 0
         try:
-            written = self._store(path, table)
+            written = self._store(path, table, source)
         finally:
             with self._lock:
                 self._writing -= estimate
@@ -190,28 +217,32 @@ class DecodedCache:
                 self.held += written - estimate
         return table
 
-    def _load(self, path: str) -> pa.Table | None:
+    def _load(self, path: str, source: bytes) -> pa.Table | None:
         try:
-            source = pa.memory_map(path)
+            mapped = pa.memory_map(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError:
             return self._reject(path)
         try:
-            size = source.size()
+            size = mapped.size()
             if size < _TRAILER.size:
                 return self._reject(path)
-            buf = source.read_buffer(size)  # zero-copy view of the mapping
+            buf = mapped.read_buffer(size)  # zero-copy view of the mapping
             magic, crc, length = _TRAILER.unpack(buf.slice(size - _TRAILER.size).to_pybytes())
             body = buf.slice(0, size - _TRAILER.size)
             if magic != MAGIC or length != body.size or crc32(body) & 0xFFFFFFFF != crc:
                 return self._reject(path)
             try:
-                return pa.ipc.open_file(body).read_all()
+                ipc = pa.ipc.open_file(body)
+                meta = dict(ipc.schema.metadata or {})
+                if meta.pop(SOURCE_KEY, None) != source:  # another row group's file (swapped, copied)
+                    return self._reject(path)
+                return ipc.read_all().replace_schema_metadata(meta or None)
             except (OSError, pa.ArrowException):
                 return self._reject(path)
         finally:
-            source.close()  # tables read from a mapping keep their region mapped
+            mapped.close()  # tables read from a mapping keep their region mapped
 
     def _reject(self, path: str) -> None:
         """A cached file failed its checks: remove it (the caller decodes the Parquet again)."""
@@ -225,11 +256,13 @@ class DecodedCache:
             self.held -= size
         return None
 
-    def _store(self, path: str, table: pa.Table) -> int:
-        """Write ``table`` under ``path`` (temporary name, then rename); bytes written, 0 if it failed.
+    def _store(self, path: str, table: pa.Table, source: bytes) -> int:
+        """Write ``table`` under ``path`` (temporary name, then rename), recording ``source``; bytes written, 0
+        if it failed.
 
         The IPC bytes go straight to the file; their CRC-32 is taken from the written file (page cache)."""
         tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part"
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_KEY: source})
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with pa.OSFile(tmp, "wb") as sink:
@@ -264,4 +297,4 @@ def _alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["MAGIC", "RECOUNT_RATIO", "DecodedCache", "columns_key"]
+__all__ = ["MAGIC", "RECOUNT_RATIO", "SOURCE_KEY", "DecodedCache", "columns_key", "source_of"]

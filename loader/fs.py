@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import posixpath
+import stat
 import threading
 import uuid
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .errors import ConfigError, DatasetNotFoundError
+from .errors import ConfigError, DatasetNotFoundError, LarderError
 
 FsFactory = Callable[..., "tuple[pafs.FileSystem, str]"]
 
@@ -182,16 +183,50 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     """Read a whole (small) file.
 
     Raises:
-        DatasetNotFoundError: The file does not exist.
+        DatasetNotFoundError: The file does not exist, or is not a regular file (a directory, a FIFO that would
+            block forever, a symlink loop...) or cannot be read; names it. Its ``__cause__`` is a
+            :class:`FileNotFoundError` / :class:`NotADirectoryError` only when the file does not exist.
+        RemoteError: Remote storage failed (as raised by its filesystem).
     """
+    check_regular_file(fs, path)
     try:
         with fs.open_input_stream(path) as f:
             return f.read()
+    except LarderError:
+        raise  # a remote storage's failure, named already
     except FileNotFoundError as e:
         raise DatasetNotFoundError(f"{display(fs, path)} does not exist") from e
     except NotADirectoryError as e:  # a path under a file (a data file given as the dataset)
         raise DatasetNotFoundError(f"{display(fs, path)} does not exist (a parent is a file, not a "
                                    "directory)") from e
+    except (OSError, pa.ArrowException) as e:  # a directory, a symlink loop, a name too long, a NUL byte...
+        raise DatasetNotFoundError(f"{display(fs, path)} cannot be read ({e})") from e
+
+
+def check_regular_file(fs: pafs.FileSystem, path: str) -> None:
+    """Raise if ``path`` on local disk is there but is no regular file (:func:`irregular_kind`).
+
+    Raises:
+        DatasetNotFoundError: ``path`` is a FIFO, a directory, a device or a socket (names it).
+    """
+    kind = irregular_kind(fs, path)
+    if kind is not None:
+        raise DatasetNotFoundError(f"{display(fs, path)} is {kind}, not a regular file")
+
+
+def irregular_kind(fs: pafs.FileSystem, path: str) -> str | None:
+    """What ``path`` is when it is on local disk and there, but no regular file (``"a FIFO"``, ``"a directory"``,
+    ``"not a regular file"``); None otherwise, and for any other filesystem. One ``stat``: opening a FIFO blocks
+    forever, where no signal reaches it. A missing file is left to the open that follows."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing, a loop, a NUL byte...: the open says which
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
 
 
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:

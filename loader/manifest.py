@@ -147,6 +147,8 @@ class Manifest:
             doc = json.loads(text)
         except (ValueError, UnicodeDecodeError) as e:
             raise ManifestError(f"{where}: not valid JSON ({e})") from e
+        except RecursionError as e:
+            raise ManifestError(f"{where}: JSON nested too deeply to be a manifest") from e
         if not isinstance(doc, dict):
             raise ManifestError(f"{where}: expected a JSON object")
         if doc.get("format") != FORMAT_NAME:
@@ -187,7 +189,20 @@ class Manifest:
         names = [f.path for f in files]
         if len(set(names)) != len(names):
             raise ManifestError(f"{where}: key 'files' lists a path twice")
+        if manifest.num_rows >= MAX_ROWS:
+            raise ManifestError(f"{where}: key 'files' counts {manifest.num_rows} rows in all, more than larder "
+                                f"reads (fewer than 2**53)")
         return manifest
+
+
+MAX_GROUP_ROWS = 2**31
+"""Rows a row group may hold, at most (excluded). A row group stays under a storage block (128 MiB to a few GiB), so
+even one byte a row is fewer rows; and Arrow's plain string, binary and list columns index their values with
+32-bit offsets, so a larger group could not be decoded as one table anyway."""
+MAX_ROWS = 2**53
+"""Rows a version may hold, at most (excluded): counts stay exact as float64 (sampling fractions, JSON readers of
+other languages) and every sum and plan of them fits an int64."""
+_MAX_BYTES = 2**63  # bytes of a row group: an int64
 
 
 def _get(doc: dict, key: str, kind: type, where: str):
@@ -280,6 +295,8 @@ def _files_fast(docs: list, where: str, first: int = 0) -> tuple[FileInfo, ...]:
         for g in entries:
             if type(g) is not list or not (type(g[0]) is int and type(g[1]) is int and type(g[2]) is int):
                 raise TypeError
+            if not (0 <= g[0] < MAX_GROUP_ROWS and 0 <= g[1] < _MAX_BYTES and 0 <= g[2] < _MAX_BYTES):
+                raise ValueError
             if len(g) == 4:
                 chunk_sums = tuple(g[3])
                 if not chunk_sums:
@@ -306,7 +323,8 @@ def _files_fast(docs: list, where: str, first: int = 0) -> tuple[FileInfo, ...]:
 def _file_from_doc_checked(doc: dict, index: int, where: str) -> FileInfo:
     here = f"{where} files[{index}]"
     path = check_relative_path(_get(doc, "path", str, here), here)
-    groups = tuple(_row_group_from_doc(g, here) for g in _get(doc, "row_groups", list, here))
+    groups = tuple(_row_group_from_doc(g, f"{here} row_groups[{j}]")
+                   for j, g in enumerate(_get(doc, "row_groups", list, here)))
     info = FileInfo(
         path=path,
         size=_get(doc, "size", int, here),
@@ -334,7 +352,12 @@ def _row_group_from_doc(entry: list, where: str) -> RowGroupInfo:
             [int(x, 16) for x in sums]
         except ValueError as e:
             raise ManifestError(f"{where}: row group column checksums should be 8-hex-digit strings") from e
-    return RowGroupInfo(int(entry[0]), int(entry[1]), int(entry[2]), sums)
+    for i, (name, most) in enumerate((("rows", MAX_GROUP_ROWS), ("compressed bytes", _MAX_BYTES),
+                                      ("uncompressed bytes", _MAX_BYTES))):
+        value = entry[i]
+        if type(value) is not int or not 0 <= value < most:  # not Infinity, NaN, 1.5, true or 2**70
+            raise ManifestError(f"{where}[{i}] ({name}) is {value!r}: expected an integer in [0, {most})")
+    return RowGroupInfo(entry[0], entry[1], entry[2], sums)
 
 
 def chunk_range(column) -> tuple[int, int]:

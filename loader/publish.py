@@ -71,6 +71,10 @@ def list_versions(fs: pafs.FileSystem, dataset_dir: str) -> list[str]:
     )
 
 
+MAX_VERSION_NAME = 255
+"""Longest version name (bytes) CURRENT may hold: a path component on every common filesystem (NAME_MAX)."""
+
+
 def current_version(fs: pafs.FileSystem, dataset_dir: str, retries: int = 5) -> str:
     """The live version's name from ``CURRENT``.
 
@@ -82,19 +86,25 @@ def current_version(fs: pafs.FileSystem, dataset_dir: str, retries: int = 5) -> 
             text, a path, a name that is not a version's).
     """
     path = lfs.join(dataset_dir, CURRENT_NAME)
+    missing = None
     for attempt in range(retries + 1):
         try:
             raw = lfs.read_bytes(fs, path)
-        except DatasetNotFoundError:
-            raw = b""
+        except DatasetNotFoundError as e:
+            if not isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError)):
+                raise  # there, but not a file that can be read (a directory, a FIFO...): its message says why
+            raw, missing = b"", e
         name = _decode_current(fs, path, raw)
         if name:
-            if "/" in name or name.startswith(".") or not name.startswith("v"):
-                raise DatasetNotFoundError(f"{lfs.display(fs, path)} names {name!r}, which is not a version")
+            if ("/" in name or name.startswith(".") or not name.startswith("v") or not name.isprintable()
+                    or len(name.encode()) > MAX_VERSION_NAME):  # a NUL byte, a name no filesystem holds
+                shown = repr(name) if len(name) <= 80 else f"{name[:60]!r}... ({len(name)} characters)"
+                raise DatasetNotFoundError(f"{lfs.display(fs, path)} names {shown}, which is not a version")
             return name
         if attempt < retries:
             time.sleep(0.05 * (attempt + 1))
-    raise DatasetNotFoundError(f"no {CURRENT_NAME} in {lfs.display(fs, dataset_dir)}: nothing is published there")
+    raise DatasetNotFoundError(
+        f"no {CURRENT_NAME} in {lfs.display(fs, dataset_dir)}: nothing is published there") from missing
 
 
 def _decode_current(fs: pafs.FileSystem, path: str, raw: bytes) -> str:

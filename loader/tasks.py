@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from .convert import as_arrow, plain_type, split_batch, to_numpy, to_padded
-from .dataset import Dataset
-from .decoded import DecodedCache
+from .dataset import Dataset, check_rows
+from .decoded import DecodedCache, source_of
 from .errors import ConfigError, CorruptFileError, RemoteError, TransformError
 from .plan import sample_rows, transform_rng
 
@@ -85,8 +85,11 @@ class ReadContext:
     plain: dict[str, pa.DataType] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Runs once per reader, in the process that plans it (not in process workers: they unpickle it)."""
         types = {c: plain_type(self.dataset.schema.field(c).type) for c in self.columns}
         object.__setattr__(self, "plain", {c: t for c, t in types.items() if t is not None})
+        if self.dataset is not None:  # no plan reads a file of 0 rows: check before the first epoch that it has none
+            self.dataset.check_empty_files()
 
 
 def made_plain(plain: dict[str, pa.DataType], data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
@@ -196,10 +199,13 @@ def read_piece(key: str, epoch: int, group: int, start: int, stop: int,
         table, decoded = _read_streamed(ctx, epoch, group, info, local, rows, start, stop)
     else:
         if ctx.decoded is not None:  # decoded before, by this or an earlier process: no Parquet decode
-            table = made_plain(ctx.plain, ctx.decoded.get(info.path, local, lambda: _decode_group(ctx, info, local)))
+            table = made_plain(ctx.plain, ctx.decoded.get(info.path, local, lambda: _decode_group(ctx, info, local),
+                                                          source_of(info, local, ctx.columns)))
         else:
             table = _decode_group(ctx, info, local)
         decoded = table.num_rows
+        if decoded != size:  # the manifest's count (a decoded-cache file too): one compare per row group
+            check_rows(table, info, local, ds.display(info))
         table = table.take(as_arrow(rows)) if rows is not None else table.slice(start, stop - start)
     ids = None
     if ctx.with_row_ids:
@@ -231,10 +237,16 @@ class _GroupStream:
     def __init__(self, ds: Dataset, info, local: int, columns: list[str], chunk_rows: int,
                  plain: dict[str, pa.DataType]):
         self.local = local
+        self.size = info.row_groups[local].num_rows  # the manifest's: the stream must end exactly there
         self.plain = plain  # view columns -> their plain types (ReadContext.plain)
         self.decoded: pa.Schema | None = None  # the chunks' schema as decoded (before views are made plain)
         # The copy as it is (no fetch again here): _read_streamed repeats open and read as a whole.
         self.pf, self.where = ds.open_copy(info, pre_buffer=False, buffer_size=_STREAM_BUFFER)
+        try:  # iter_batches ignores a column it does not find
+            ds.check_columns(self.pf.schema_arrow.names, info, columns)
+        except BaseException:
+            self.pf.close(force=True)
+            raise
         self.chunks = self.pf.iter_batches(batch_size=chunk_rows, row_groups=[local], columns=columns,
                                            use_threads=False)
         self.pos = 0  # row of the row group at the start of ``pending``
@@ -248,14 +260,15 @@ class _GroupStream:
             ``(parts, decoded)``: the rows, and how many rows were decoded to get them.
 
         Raises:
-            CorruptFileError: A page fails its CRC or cannot be decoded; names the copy read.
+            CorruptFileError: A page fails its CRC or cannot be decoded, or the row group decodes to fewer or
+                more rows than the manifest says (a page Parquet skips, of unknown type); names the copy read.
         """
         parts, decoded = [], 0
         while self.pos < hi:
             if self.pending is None:
                 self.pending = self._next_chunk()
-                if self.pending is None:
-                    break
+                if self.pending is None or self.pos + self.pending.num_rows > self.size:
+                    self._wrong_count(self.pos + (0 if self.pending is None else self.pending.num_rows))
                 decoded += self.pending.num_rows
             chunk, end = self.pending, self.pos + self.pending.num_rows
             a, b = max(lo, self.pos), min(hi, end)
@@ -269,7 +282,17 @@ class _GroupStream:
                 self.pos, self.pending = end, None
             else:
                 self.pos, self.pending = hi, chunk.slice(hi - self.pos)
+        if self.pos >= self.size and self.pending is None:  # the end: nothing may follow
+            extra = self._next_chunk()
+            if extra is not None and extra.num_rows:
+                self._wrong_count(self.pos + extra.num_rows, "at least ")
         return parts, decoded
+
+    def _wrong_count(self, got: int, prefix: str = "") -> None:
+        """Raise the error of a row group whose stream ends before or after the manifest's row count."""
+        ends = f"holds {prefix}{got}" if got > self.size else f"ends after {got}"
+        raise CorruptFileError(f"{self.where}: row group {self.local} {ends} rows, the manifest says {self.size} "
+                               "(a page is damaged or missing)", self.where)
 
     def _next_chunk(self) -> pa.RecordBatch | None:
         try:
@@ -340,7 +363,7 @@ def _read_streamed(ctx: ReadContext, epoch: int, group: int, info, local: int, r
     try:
         parts, decoded = ctx.dataset.with_fresh_copy(info, read)
         if stream.decoded is not None and not stream.checked:  # one stream, one schema: checked once
-            ctx.dataset.check_types(empty_table(stream.decoded), info, local)
+            ctx.dataset.check_types(empty_table(stream.decoded), info, local, ctx.columns)
             stream.checked = True
         if stream.pos >= ctx.sizes[group]:
             stream.close()
