@@ -52,24 +52,27 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator
-from itertools import islice
 from typing import Any
 
 try:
     import torch
-    from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+    from torch.utils.data import DataLoader
 except ImportError as _e:  # pragma: no cover - depends on the environment
     raise ImportError("loader.torch needs PyTorch: pip install -e '.[torch]' in the larder checkout") from _e
 
-from .arguments import check_int
-from .dataset import pin_version
 from .errors import ConfigError, StateError
-from .reader import DEFAULT_MEMORY_BUDGET, fs_options_of, make_reader
-from .torch_convert import _default_rank, as_tensors, pin, pin_version_across_ranks, prepare, to_torch
+from .reader import DEFAULT_MEMORY_BUDGET
+from .torch_convert import as_tensors, pin, prepare, to_torch
+from .torch_dataset import (  # noqa: F401 - RAGGED_FORMS, STRING_FORMS: importable from here as before
+    RAGGED_FORMS,
+    STATE_KEY,
+    STRING_FORMS,
+    LarderIterableDataset,
+    _ended,
+    _progress,
+)
+from .torch_ranks import pin_version_across_ranks
 
-RAGGED_FORMS = ("padded", "offsets")
-STRING_FORMS = ("list", "tensor")
-STATE_KEY = "_larder_state"
 MIN_WORKER_BUDGET = 64 << 20
 
 
@@ -84,289 +87,6 @@ class _Collate:
     def __call__(self, batch: dict) -> tuple:
         state = batch.pop(STATE_KEY)
         return (state, batch, True) if self.fn is None else (state, self.fn(as_tensors(batch)), False)
-
-
-class LarderIterableDataset(IterableDataset):
-    """A larder cache as an ``IterableDataset`` yielding ready batches of tensors.
-
-    Use with ``DataLoader(ds, batch_size=None)`` (or :func:`make_dataloader`); every DataLoader worker
-    reads its own shard (see the module docstring).
-
-    Args:
-        url: Dataset directory, version directory or remote URL. A dataset directory's ``CURRENT`` is
-            followed once, at construction: every pass and every worker reads that version. Under DDP pass
-            ``pin_version_across_ranks(url)`` when the job may publish a new version meanwhile: each rank
-            would otherwise follow ``CURRENT`` by itself, possibly to another version (different batch counts
-            hang the job).
-        batch_size: Rows per batch (batches are made by the reader, not by the DataLoader).
-        rank: This trainer's rank; default: ``torch.distributed``'s rank if initialised, else 0.
-        world_size: Number of trainers; default: ``torch.distributed``'s world size, else 1.
-        ragged: ``"padded"`` or ``"offsets"`` form of variable-length lists.
-        strings: ``"list"`` (Python ``str``/``bytes``) or ``"tensor"`` (``uint8`` in the ``ragged`` form).
-        pad_value: Fill value of padded lists.
-        epoch: The epoch of the first pass; later passes read the next epochs (see :meth:`set_epoch`).
-        **reader_kwargs: Passed to :func:`loader.make_reader` (``columns``, ``shuffle``, ``seed``,
-            ``transform``, ``workers``, ``pool``, ``drop_last``, ``cache_dir``...). ``num_epochs`` is not
-            accepted: one pass is one epoch.
-
-    Raises:
-        ConfigError: An argument is invalid (names it).
-    """
-
-    def __init__(
-        self,
-        url: str | os.PathLike,
-        *,
-        batch_size: int = 100,
-        rank: int | None = None,
-        world_size: int | None = None,
-        ragged: str = "padded",
-        strings: str = "list",
-        pad_value: Any = 0,
-        epoch: int = 0,
-        **reader_kwargs,
-    ):
-        super().__init__()
-        if ragged not in RAGGED_FORMS:
-            raise ConfigError(f"ragged must be one of {RAGGED_FORMS}, got {ragged!r}")
-        if strings not in STRING_FORMS:
-            raise ConfigError(f"strings must be one of {STRING_FORMS}, got {strings!r}")
-        if "num_epochs" in reader_kwargs:
-            raise ConfigError("num_epochs: one pass over a LarderIterableDataset is one epoch; use set_epoch()")
-        check_int("batch_size", batch_size, 1)
-        if (rank is None) != (world_size is None):
-            raise ConfigError("give both rank and world_size, or neither")
-        if rank is None:
-            rank, world_size = _default_rank()
-        check_int("rank", rank, 0)
-        check_int("world_size", world_size, 1)
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank {rank} is outside [0, world_size={world_size})")
-        # CURRENT followed once, here: every pass and every DataLoader worker reads this version, even
-        # after a newer one is published (as one make_reader does for all its epochs).
-        self.url = pin_version(url, **fs_options_of(reader_kwargs))
-        self.batch_size = int(batch_size)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.ragged, self.strings, self.pad_value = ragged, strings, pad_value
-        self.reader_kwargs = reader_kwargs
-        self._resume: dict[int, dict] | None = None
-        self.epoch = 0  # the epoch of the next pass
-        self.set_epoch(epoch)
-        # Set by LarderDataLoader: deliver the reader state with every batch, and numpy arrays that the
-        # loader turns into tensors in the main process (pickling a few hundred KB through the worker queue
-        # costs far less than torch's per-tensor shared-memory file descriptors).
-        self.with_state = False
-        self.defer_tensors = False
-        self._reader = None
-        self._reading: tuple[int, int] | None = None  # (shard rank, epoch) of the live reader
-        self._kept: tuple[int, Any] | None = None  # (pid, reader): pool="process", see _batches
-
-    def __getstate__(self) -> dict:
-        """Pickled (DataLoader workers under spawn/forkserver) without the live or kept reader."""
-        return {**self.__dict__, "_reader": None, "_reading": None, "_kept": None}
-
-    def set_epoch(self, epoch: int) -> None:
-        """Read epoch ``epoch`` on the next pass (as with ``DistributedSampler``).
-
-        Each pass started from this object reads :attr:`epoch` and then advances it by one, so calling this
-        before every pass is optional in a process that iterates the dataset itself. A resume state loaded
-        with :meth:`load_state_dict` is kept when ``epoch`` is the state's ``"epoch"`` (also for a state taken
-        after the last batch of an epoch, which says the next epoch), and dropped otherwise.
-
-        Args:
-            epoch: A non-negative integer.
-
-        Raises:
-            ConfigError: ``epoch`` is not a non-negative integer.
-        """
-        check_int("epoch", epoch, 0)  # as Reader.set_epoch
-        epoch = int(epoch)
-        if epoch != self.epoch:
-            self._resume = None
-        self.epoch = epoch
-
-    def shard(self) -> tuple[int, int]:
-        """``(rank, world_size)`` this process reads as: the trainer's rank composed with the worker id."""
-        info = get_worker_info()
-        if info is None:
-            return self.rank, self.world_size
-        return self.rank * info.num_workers + info.id, self.world_size * info.num_workers
-
-    def make_reader(self, rank: int, world_size: int, resume: dict | None = None, epoch: int | None = None,
-                    endless: bool = False):
-        """The reader of one shard of ``epoch`` (default :attr:`epoch`), positioned at its start (or at ``resume``).
-
-        Args:
-            rank: The shard's rank.
-            world_size: The number of shards.
-            resume: A reader state of this shard in ``epoch`` to continue from.
-            epoch: The epoch to read; default: :attr:`epoch`.
-            endless: Read on into the following epochs (``num_epochs=None``) instead of stopping.
-
-        Returns:
-            A :class:`loader.reader.Reader` that stops at the end of ``epoch`` (unless ``endless``).
-        """
-        epoch = self.epoch if epoch is None else epoch
-        reader = make_reader(
-            self.url,
-            batch_size=self.batch_size,
-            rank=rank,
-            world_size=world_size,
-            num_epochs=None if endless else epoch + 1,
-            ragged="offsets",  # padded here, with pad_value
-            strings="object" if self.strings == "list" else "offsets",
-            **self.reader_kwargs,
-        )
-        try:
-            if resume is None:
-                reader.set_epoch(epoch)  # a reader starts at epoch 0
-            else:
-                reader.load_state_dict(resume)
-        except BaseException:
-            reader.close()
-            raise
-        return reader
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Start a pass: epoch :attr:`epoch` (continued from a loaded state, if any), then advance :attr:`epoch`.
-
-        In a DataLoader worker the shard is the worker's, rotated on a resumed pass so that worker 0 reads
-        the shard that was due next (see the module docstring).
-        """
-        info = get_worker_info()
-        k = 1 if info is None else info.num_workers
-        epoch, resume = self._start(k)
-        if info is None:
-            rank, world = self.shard()
-        else:
-            first = rank_base = self.rank * k
-            if resume:
-                first = min(range(rank_base, rank_base + k), key=lambda r: _progress(resume.get(r), epoch))
-            rank, world = rank_base + (first - rank_base + info.id) % k, self.world_size * k
-        # Taken now (not when the generator starts); this object's next pass is the next epoch, from its
-        # start: a persistent DataLoader worker keeps its copy of the dataset and counts its passes this way.
-        self.epoch, self._resume = epoch + 1, None
-        return self._batches(rank, world, epoch, (resume or {}).get(rank), self.with_state, self.defer_tensors)
-
-    def _start(self, k: int) -> tuple[int, dict[int, dict] | None]:
-        """``(epoch, resume states)`` of the next pass read by ``k`` shards per trainer: a loaded state whose every
-        shard is past its last batch (taken at the end of an epoch) is the next epoch's start.
-
-        Raises:
-            StateError: The loaded state has reader states of shards this pass does not read (another rank,
-                world size or number of workers): the pass would restart them instead of resuming.
-        """
-        epoch, resume = self.epoch, self._resume
-        if not resume:
-            return epoch, resume
-        shards = range(self.rank * k, self.rank * k + k)
-        if set(resume) - set(shards):
-            raise StateError(
-                f"the loaded state has reader states of shards {sorted(resume)}, but this pass reads shards "
-                f"{list(shards)} (rank {self.rank} of world_size {self.world_size}, {k} per trainer): it was taken "
-                "with another rank/world_size/num_workers; resume needs the same layout")
-        if _ended(resume, shards, epoch):
-            return epoch + 1, None
-        return epoch, resume
-
-    def _batches(
-        self, rank: int, world: int, epoch: int, resume: dict | None, with_state: bool, defer_tensors: bool
-    ) -> Iterator[dict[str, Any]]:
-        # A process pool's workers take seconds to start (each imports the training script's imports, e.g. torch):
-        # its reader reads on into the next epoch and is kept for the next pass, if that pass is the next epoch.
-        keep = self.reader_kwargs.get("pool") == "process"
-        reader = self._take_kept(rank, world, epoch, resume)
-        if reader is None:
-            reader = self.make_reader(rank, world, resume, epoch, endless=keep)
-        self._reader, self._reading = reader, (rank, epoch)
-        finished = False
-        try:
-            position = reader.state_dict()
-            left = reader.batches_per_epoch - position["batch"] if position["epoch"] == epoch else 0
-            for batch in islice(reader, left):
-                out = prepare(batch, self.ragged, self.pad_value)
-                if not defer_tensors:
-                    out = as_tensors(out)
-                if with_state:
-                    out[STATE_KEY] = (rank, reader.state_dict())
-                yield out
-            finished = True
-        finally:
-            self._reader = self._reading = None
-            if keep and finished and self._kept is None:
-                self._kept = (os.getpid(), reader)
-            else:
-                reader.close()
-
-    def _take_kept(self, rank: int, world: int, epoch: int, resume: dict | None):
-        """The kept reader if it reads shard ``rank`` of ``world`` from the start of ``epoch`` (no ``resume``), else
-        None (after closing it; one inherited through ``fork`` is left alone: its workers are the parent's)."""
-        pid, reader = self._kept or (None, None)
-        if pid != os.getpid():
-            return None
-        self._kept = None
-        if resume is None and (reader.rank, reader.world_size, reader.epoch) == (rank, world, epoch):
-            return reader
-        reader.close()
-        return None
-
-    def close(self) -> None:
-        """Close the reader kept between passes (``pool="process"``), stopping its workers; idempotent."""
-        pid, reader = self._kept or (None, None)
-        if pid == os.getpid():
-            self._kept = None
-            reader.close()
-
-    def state_dict(self) -> dict:
-        """The live reader's state (``num_workers=0`` only; use :class:`LarderDataLoader` for workers), with this
-        dataset's ``rank`` and ``world_size``; after the last batch of an epoch, the next epoch's start.
-
-        Raises:
-            StateError: No pass is in progress in this process.
-        """
-        if self._reader is None or self._reading is None:
-            raise StateError("no pass in progress: state_dict() needs a running iteration (or LarderDataLoader)")
-        rank, epoch = self._reading
-        readers = {rank: self._reader.state_dict()}
-        if _ended(readers, [rank], epoch):  # after the epoch's last batch: the next epoch's start
-            epoch, readers = epoch + 1, {}
-        return {"epoch": epoch, "rank": self.rank, "world_size": self.world_size, "readers": readers}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Resume the next pass from a state of :meth:`state_dict` or :meth:`LarderDataLoader.state_dict`.
-
-        Raises:
-            StateError: The state is malformed, or was taken with another ``rank``/``world_size`` (checked here
-                when the state names them, else when the next pass starts, before its first batch).
-        """
-        try:
-            epoch, readers = int(state["epoch"]), {int(k): v for k, v in state["readers"].items()}
-            layout = None
-            if "rank" in state or "world_size" in state:
-                layout = (int(state["rank"]), int(state["world_size"]))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise StateError(f"not a larder torch state: {e!r}") from e
-        if layout is not None and layout != (self.rank, self.world_size):
-            raise StateError(f"state was taken with rank/world_size {layout}, this dataset has "
-                             f"{(self.rank, self.world_size)}: shards differ, resume needs the same layout")
-        self.set_epoch(epoch)
-        self._resume = readers
-
-
-def _progress(state: dict | None, epoch: int) -> tuple[int, int]:
-    """How far a shard's reader state is into pass ``epoch``, comparable between shards (no state: not started;
-    a reader past its last batch is at the next epoch's start, after every batch of ``epoch``)."""
-    if state is None:
-        return (0, 0)
-    try:
-        return (int(state["epoch"]) - epoch, int(state["batch"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise StateError(f"not a larder reader state: {e!r}") from e
-
-
-def _ended(readers: dict, shards, epoch: int) -> bool:
-    """Whether the reader state of every shard in ``shards`` is past the last batch of ``epoch``."""
-    return bool(readers) and all(_progress(readers.get(r), epoch)[0] > 0 for r in shards)
 
 
 class LarderDataLoader(DataLoader):

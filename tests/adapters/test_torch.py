@@ -432,3 +432,27 @@ def test_max_decoded_bytes_caps_the_directory_over_epochs(adapter_data, tmp_path
         for b in batches:
             check_rows(b, table)
         assert 0 < sum(on_disk(version_dir)) <= cap + slack, f"after epoch {epoch}"
+
+
+def test_pin_walks_nested_batches_and_pins_what_can_be_pinned():
+    """``pin`` (used with ``pin_memory=True``) recurses into dicts, lists and namedtuples and calls each leaf's
+    ``pin_memory()``; leaves without one are returned as they are."""
+    from collections import namedtuple
+
+    from loader.torch import pin
+
+    class Leaf:
+        def __init__(self, v):
+            self.v, self.pinned = v, False
+
+        def pin_memory(self):
+            out = Leaf(self.v)
+            out.pinned = True
+            return out
+
+    Pair = namedtuple("Pair", "a b")
+    out = pin({"x": Leaf(1), "y": [Leaf(2), (Leaf(3), "s")], "z": Pair(Leaf(4), 5), "t": int})
+    assert out["x"].pinned and out["x"].v == 1
+    assert out["y"][0].pinned and out["y"][1][0].pinned and out["y"][1][1] == "s"
+    assert isinstance(out["z"], Pair) and out["z"].a.pinned and out["z"].b == 5
+    assert out["t"] is int
