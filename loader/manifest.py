@@ -18,7 +18,6 @@ import base64
 import json
 import posixpath
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +28,13 @@ import pyarrow.parquet as pq
 from . import fs as lfs
 from .crc import crc32
 from .errors import CorruptFileError, ManifestError, UnsupportedFormatError
+from .parquet_footer import (  # chunk_inside, chunk_range, read_footer: re-exported (imported from loader.manifest)
+    chunk_inside,  # noqa: F401
+    chunk_layout,
+    chunk_range,  # noqa: F401
+    read_footer,  # noqa: F401
+    row_group_sizes,
+)
 
 FORMAT_NAME = "larder-cache"
 FORMAT_VERSION = 1
@@ -360,14 +366,6 @@ def _row_group_from_doc(entry: list, where: str) -> RowGroupInfo:
     return RowGroupInfo(entry[0], entry[1], entry[2], sums)
 
 
-def chunk_range(column) -> tuple[int, int]:
-    """``(offset, length)`` of a column chunk's bytes (``ColumnChunkMetaData``), dictionary page included."""
-    start = column.data_page_offset
-    if column.has_dictionary_page and column.dictionary_page_offset:
-        start = min(start, column.dictionary_page_offset)
-    return start, column.total_compressed_size
-
-
 def crc32_hex(value: int) -> str:
     """Format a CRC-32 as the manifest writes it."""
     return f"crc32:{value & 0xFFFFFFFF:08x}"
@@ -412,29 +410,6 @@ def checksum_file(fs: pafs.FileSystem, path: str) -> str:
         return checksum_stream(f)[0]
 
 
-def read_footer(f, size: int, where: str) -> tuple[bytes, int]:
-    """Read the Parquet footer (metadata + length + magic) from an open random-access file.
-
-    Returns:
-        ``(footer bytes, footer size)``.
-
-    Raises:
-        CorruptFileError: The file is too small or lacks the ``PAR1`` magic.
-    """
-    if size < 12:
-        raise CorruptFileError(f"{where}: {size} bytes is too small for a Parquet file", where)
-    f.seek(size - 8)
-    tail = f.read(8)
-    if len(tail) != 8 or tail[4:] != b"PAR1":
-        raise CorruptFileError(f"{where}: no Parquet footer magic (truncated or not Parquet)", where)
-    (meta_len,) = struct.unpack("<I", tail[:4])
-    footer_size = meta_len + 8
-    if footer_size + 4 > size:
-        raise CorruptFileError(f"{where}: footer length {meta_len} exceeds the file size {size}", where)
-    f.seek(size - footer_size)
-    return f.read(footer_size), footer_size
-
-
 def file_info_from_parquet(fs: pafs.FileSystem, path: str, relpath: str) -> FileInfo:
     """Build a :class:`FileInfo` for a written Parquet file from its footer and a full checksum.
 
@@ -460,44 +435,6 @@ def file_info_from_bytes(data: bytes | pa.Buffer, relpath: str) -> FileInfo:
         raise
     except (OSError, pa.ArrowException) as e:
         raise CorruptFileError(f"{relpath}: cannot read Parquet footer ({e})", relpath) from e
-
-
-def chunk_layout(f, size: int, where: str) -> tuple[bytes, int, list[tuple[int, int, int, int]]]:
-    """Read a Parquet file's footer (a small ranged read) and list its column chunks.
-
-    Returns:
-        ``(footer, footer_size, ranges)`` with ``(offset, length, row group, column)`` per column chunk.
-
-    Raises:
-        CorruptFileError: No valid footer, or a chunk lies outside the file.
-    """
-    footer, footer_size = read_footer(f, size, where)
-    meta = pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
-    ranges = []
-    for i in range(meta.num_row_groups):
-        rg = meta.row_group(i)
-        for c in range(rg.num_columns):
-            start, length = chunk_range(rg.column(c))
-            if not chunk_inside(start, length, size):
-                raise CorruptFileError(f"{where}: row group {i} column {c} lies outside the file", where)
-            ranges.append((start, length, i, c))
-    return footer, footer_size, ranges
-
-
-def chunk_inside(start: int, length: int, size: int) -> bool:
-    """Whether a column chunk's byte range lies inside a file of ``size`` bytes (a footer saying otherwise is
-    corrupt)."""
-    return start >= 0 and length >= 0 and start + length <= size
-
-
-def row_group_sizes(meta: pq.FileMetaData) -> list[tuple[int, int]]:
-    """``(rows, compressed bytes)`` of each row group (the manifest's measure of a row group against the
-    block: the sum of its column chunks' compressed sizes)."""
-    out = []
-    for i in range(meta.num_row_groups):
-        rg = meta.row_group(i)
-        out.append((rg.num_rows, sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))))
-    return out
 
 
 def assemble_file_info(
