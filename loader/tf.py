@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
@@ -286,10 +287,14 @@ def make_dataset(
 
     # A process pool's workers take seconds to start (each imports the training script's imports, e.g. TF): its
     # reader reads on into the next epochs and is kept for the next iteration, if that one continues from there.
+    # The generator goes into TF's global registry and is never freed: it reaches the kept reader through a weak
+    # reference, and the returned dataset owns it, so dropping the dataset stops the reader's workers.
     kept = _KeptReader() if reader_kwargs.get("pool") == "process" and epochs.span is not None else None
+    kept_ref = weakref.ref(kept) if kept is not None else (lambda: None)
 
     def generate() -> Iterator[dict[str, Any]]:
         first, end = epochs.take()
+        kept = kept_ref()
         reader = None if kept is None else kept.take(first)
         finished = False
         try:
@@ -313,7 +318,7 @@ def make_dataset(
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         parts = parts.with_options(options)
     parts.set_epoch = epochs.set
-    parts.close = kept.close if kept is not None else lambda: None
+    parts.close = kept.close if kept is not None else lambda: None  # (and the dataset owns ``kept``)
     return parts
 
 
@@ -348,6 +353,9 @@ class _KeptReader:
     def close(self) -> None:
         """Close the kept reader and stop its workers; idempotent."""
         self.take()
+
+    def __del__(self) -> None:  # the dataset that owns it was dropped without close()
+        self.close()
 
 
 class _EpochCounter:

@@ -42,7 +42,8 @@ resumes wherever ``s`` was taken. A state is refused (``StateError``) by a datas
 DDP: every rank follows a dataset directory's ``CURRENT`` when its dataset is made; open a dataset that the
 job may republish with :func:`pin_version_across_ranks` so that every rank reads rank 0's version.
 
-``pool="process"`` (the reader's transform in worker processes; ``num_workers=0`` only): the workers start
+``pool="process"`` (the reader's transform in worker processes; with ``num_workers=0`` only: a DataLoader worker may
+not start processes, so there it reads with the thread pool, with a warning): the workers start
 by importing the training script's imports (seconds with torch), so the dataset keeps the reader of a
 finished pass, with its workers, for the next pass when that is the next epoch; ``close()`` stops it.
 """

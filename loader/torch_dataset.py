@@ -4,6 +4,7 @@ per DataLoader worker, with its resume state (the sharding, epochs and resume ru
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
@@ -143,6 +144,10 @@ class LarderIterableDataset(IterableDataset):
             A :class:`loader.reader.Reader` that stops at the end of ``epoch`` (unless ``endless``).
         """
         epoch = self.epoch if epoch is None else epoch
+        kwargs = self.reader_kwargs
+        if kwargs.get("pool") == "process" and get_worker_info() is not None:  # daemonic: no child processes
+            warnings.warn("pool='process' inside DataLoader workers is not allowed; using pool='thread'", stacklevel=2)
+            kwargs = {**kwargs, "pool": "thread"}
         reader = make_reader(
             self.url,
             batch_size=self.batch_size,
@@ -151,7 +156,7 @@ class LarderIterableDataset(IterableDataset):
             num_epochs=None if endless else epoch + 1,
             ragged="offsets",  # padded here, with pad_value
             strings="object" if self.strings == "list" else "offsets",
-            **self.reader_kwargs,
+            **kwargs,
         )
         try:
             if resume is None:

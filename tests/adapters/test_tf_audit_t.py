@@ -99,3 +99,27 @@ def test_process_pool_reader_is_kept_across_iterations(adapter_data):
     assert id_lists(batches) == epochs[1]
     data.close()
     assert not any(os.path.exists(f"/proc/{pid}") for pid in {p for b in batches for p in b["pid"].numpy().tolist()})
+
+
+def test_a_dropped_process_pool_dataset_stops_its_kept_reader(adapter_data):
+    """TF keeps every ``from_generator`` generator in a global registry: the kept reader must not hang on it. A
+    dataset read to its end and dropped without ``close()`` stops its workers and frees its shared memory."""
+    import gc
+    import glob
+    import time
+
+    _, ds = adapter_data
+    before = set(glob.glob("/dev/shm/lrd*"))
+    pids: set[int] = set()
+    for _ in range(2):
+        data = make_dataset(ds.version_path, pool="process", batch_size=100, columns=["id"], seed=3,
+                            transform=worker_pid, workers=2)
+        pids |= {p for b in data for p in b["pid"].numpy().tolist()}  # read to its end: its reader is kept
+        del data
+        gc.collect()
+    assert pids and os.getpid() not in pids
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
+    assert set(glob.glob("/dev/shm/lrd*")) <= before

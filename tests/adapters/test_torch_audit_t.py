@@ -217,3 +217,16 @@ def test_pin_version_across_ranks_without_a_process_group_is_pin_version(republi
     assert pinned == loader.pin_version(url)
     publish(2)
     assert loader.torch.pin_version_across_ranks(url) != pinned == loader.pin_version(pinned)
+
+
+def test_process_pool_in_a_plain_dataloader_worker_reads_with_threads(adapter_data):
+    """A DataLoader worker is daemonic and may not start processes: ``pool="process"`` there reads with the thread
+    pool in the worker (as make_dataloader does) instead of failing with multiprocessing's AssertionError."""
+    table, ds = adapter_data
+    data = LarderIterableDataset(ds.version_path, batch_size=100, columns=["id"], seed=2, transform=worker_pid,
+                                 workers=2, pool="process")
+    batches = list(torch.utils.data.DataLoader(data, batch_size=None, num_workers=1))
+    ids = sorted(i for b in batches for i in b["id"].tolist())
+    assert ids == list(range(table.num_rows))
+    pids = {p for b in batches for p in b["pid"].tolist()}
+    assert len(pids) == 1 and os.getpid() not in pids  # the transform ran in the DataLoader worker itself
