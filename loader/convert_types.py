@@ -132,6 +132,18 @@ def plain_type(t: pa.DataType) -> pa.DataType | None:
     return pa.list_(item) if pat.is_list(t) else pa.large_list(item)  # a list view: no cast to another view
 
 
+def flat_fields(name: str, t: pa.DataType):
+    """``(batch key, type)`` of each value a column's batch holds apart: struct fields one by one as
+    ``col.field`` (nested too), dictionaries as their value type."""
+    if pat.is_dictionary(t):
+        t = t.value_type
+    if pat.is_struct(t):
+        for child in t:
+            yield from flat_fields(f"{name}.{child.name}", child.type)
+    else:
+        yield name, t
+
+
 @functools.lru_cache(maxsize=128)
 def _needs_plain(t: pa.DataType) -> bool:
     if pat.is_dictionary(t):
@@ -140,4 +152,4 @@ def _needs_plain(t: pa.DataType) -> bool:
                                        or pat.is_large_binary(t))
 
 
-__all__ = ["RAGGED_FORMS", "STRING_FORMS", "check_options", "check_schema", "plain_type"]
+__all__ = ["RAGGED_FORMS", "STRING_FORMS", "check_options", "check_schema", "flat_fields", "plain_type"]

@@ -46,7 +46,9 @@ import numpy as np
 
 from .arguments import check_int
 from .convert import _is_list, _offsets, pad
+from .convert_types import flat_fields
 from .errors import ConfigError
+from .kept import KeptReader
 from .tf_signature import _derive_signature, _is_split_key, _is_string_list, _tf, signature_of
 
 RAGGED_FORMS = ("ragged", "padded")
@@ -71,21 +73,12 @@ def _null_bytes(schema, columns) -> dict[str, bytes]:
     import pyarrow.types as pat
 
     out: dict[str, bytes] = {}
-
-    def walk(name: str, t) -> None:
-        if pat.is_dictionary(t):
-            t = t.value_type
-        if pat.is_struct(t):
-            for i in range(t.num_fields):
-                walk(f"{name}.{t.field(i).name}", t.field(i).type)
-            return
-        if _is_list(t) or pat.is_fixed_size_list(t):
-            t = t.value_type.value_type if pat.is_dictionary(t.value_type) else t.value_type
-        if pat.is_fixed_size_binary(t):
-            out[name] = bytes(t.byte_width)
-
     for column in columns:
-        walk(column, schema.field(column).type)
+        for key, t in flat_fields(column, schema.field(column).type):
+            if _is_list(t) or pat.is_fixed_size_list(t):
+                t = t.value_type.value_type if pat.is_dictionary(t.value_type) else t.value_type
+            if pat.is_fixed_size_binary(t):
+                out[key] = bytes(t.byte_width)
     return out
 
 
@@ -264,7 +257,7 @@ def make_dataset(
     url = pin_version(url, **fs_options_of(reader_kwargs))  # one version for every iteration
 
     forms = _reader_forms(ragged, strings)
-    world_size = reader_kwargs.get("world_size", 1)
+    rank, world_size = reader_kwargs.get("rank", 0), reader_kwargs.get("world_size", 1)
     check_int("world_size", world_size, 1)  # as make_reader (also when no reader is opened here)
     epochs = _EpochCounter(epoch, reader_kwargs.get("num_epochs", 1))
     kwargs = {**reader_kwargs, "batch_size": batch_size, **forms}
@@ -289,13 +282,13 @@ def make_dataset(
     # reader reads on into the next epochs and is kept for the next iteration, if that one continues from there.
     # The generator goes into TF's global registry and is never freed: it reaches the kept reader through a weak
     # reference, and the returned dataset owns it, so dropping the dataset stops the reader's workers.
-    kept = _KeptReader() if reader_kwargs.get("pool") == "process" and epochs.span is not None else None
+    kept = KeptReader() if reader_kwargs.get("pool") == "process" and epochs.span is not None else None
     kept_ref = weakref.ref(kept) if kept is not None else (lambda: None)
 
     def generate() -> Iterator[dict[str, Any]]:
         first, end = epochs.take()
         kept = kept_ref()
-        reader = None if kept is None else kept.take(first)
+        reader = None if kept is None else kept.take((rank, world_size, first))
         finished = False
         try:
             if reader is None:
@@ -320,42 +313,6 @@ def make_dataset(
     parts.set_epoch = epochs.set
     parts.close = kept.close if kept is not None else lambda: None  # (and the dataset owns ``kept``)
     return parts
-
-
-class _KeptReader:
-    """The reader of a finished iteration (``pool="process"``), kept for the iteration that continues after it; one
-    inherited through ``fork`` is left alone (its workers and threads are the parent's)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._item: tuple[int, Any] | None = None  # (pid, reader)
-
-    def take(self, epoch: int | None = None):
-        """The kept reader if it is at the start of ``epoch``; else None, after closing it."""
-        with self._lock:
-            item = self._item
-            if item is None or item[0] != os.getpid():
-                return None
-            self._item = None
-        if epoch is not None and item[1].epoch == epoch:
-            return item[1]
-        item[1].close()
-        return None
-
-    def put(self, reader) -> bool:
-        """Keep ``reader``; False (not kept) if another one is kept already."""
-        with self._lock:
-            if self._item is None:
-                self._item = (os.getpid(), reader)
-                return True
-        return False
-
-    def close(self) -> None:
-        """Close the kept reader and stop its workers; idempotent."""
-        self.take()
-
-    def __del__(self) -> None:  # the dataset that owns it was dropped without close()
-        self.close()
 
 
 class _EpochCounter:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .convert import _is_binary_like, _is_list, to_numpy
+from .convert_types import flat_fields
 from .errors import ConfigError
 from .tasks import ROW_ID_FIELDS
 
@@ -27,20 +28,12 @@ def _string_lists(schema) -> set[str]:
     import pyarrow.types as pat
 
     out: set[str] = set()
-
-    def walk(name: str, t) -> None:
-        if pat.is_dictionary(t):
-            t = t.value_type
-        if pat.is_struct(t):
-            for i in range(t.num_fields):
-                walk(f"{name}.{t.field(i).name}", t.field(i).type)
-        elif _is_list(t):
-            item = t.value_type.value_type if pat.is_dictionary(t.value_type) else t.value_type
-            if _is_binary_like(item):
-                out.add(name)
-
     for field in schema:
-        walk(field.name, field.type)
+        for key, t in flat_fields(field.name, field.type):
+            if _is_list(t):
+                item = t.value_type.value_type if pat.is_dictionary(t.value_type) else t.value_type
+                if _is_binary_like(item):
+                    out.add(key)
     return out
 
 

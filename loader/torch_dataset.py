@@ -14,6 +14,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .arguments import check_int
 from .dataset import pin_version
 from .errors import ConfigError, StateError
+from .kept import KeptReader
 from .reader import fs_options_of, make_reader
 from .torch_convert import as_tensors, prepare
 from .torch_ranks import _default_rank
@@ -96,11 +97,11 @@ class LarderIterableDataset(IterableDataset):
         self.defer_tensors = False
         self._reader = None
         self._reading: tuple[int, int] | None = None  # (shard rank, epoch) of the live reader
-        self._kept: tuple[int, Any] | None = None  # (pid, reader): pool="process", see _batches
+        self._kept = KeptReader()  # pool="process": see _batches
 
     def __getstate__(self) -> dict:
         """Pickled (DataLoader workers under spawn/forkserver) without the live or kept reader."""
-        return {**self.__dict__, "_reader": None, "_reading": None, "_kept": None}
+        return {**self.__dict__, "_reader": None, "_reading": None}
 
     def set_epoch(self, epoch: int) -> None:
         """Read epoch ``epoch`` on the next pass (as with ``DistributedSampler``).
@@ -216,7 +217,7 @@ class LarderIterableDataset(IterableDataset):
         # A process pool's workers take seconds to start (each imports the training script's imports, e.g. torch):
         # its reader reads on into the next epoch and is kept for the next pass, if that pass is the next epoch.
         keep = self.reader_kwargs.get("pool") == "process"
-        reader = self._take_kept(rank, world, epoch, resume)
+        reader = self._kept.take((rank, world, epoch) if resume is None else None)
         if reader is None:
             reader = self.make_reader(rank, world, resume, epoch, endless=keep)
         self._reader, self._reading = reader, (rank, epoch)
@@ -234,29 +235,12 @@ class LarderIterableDataset(IterableDataset):
             finished = True
         finally:
             self._reader = self._reading = None
-            if keep and finished and self._kept is None:
-                self._kept = (os.getpid(), reader)
-            else:
+            if not (keep and finished and self._kept.put(reader)):
                 reader.close()
-
-    def _take_kept(self, rank: int, world: int, epoch: int, resume: dict | None):
-        """The kept reader if it reads shard ``rank`` of ``world`` from the start of ``epoch`` (no ``resume``), else
-        None (after closing it; one inherited through ``fork`` is left alone: its workers are the parent's)."""
-        pid, reader = self._kept or (None, None)
-        if pid != os.getpid():
-            return None
-        self._kept = None
-        if resume is None and (reader.rank, reader.world_size, reader.epoch) == (rank, world, epoch):
-            return reader
-        reader.close()
-        return None
 
     def close(self) -> None:
         """Close the reader kept between passes (``pool="process"``), stopping its workers; idempotent."""
-        pid, reader = self._kept or (None, None)
-        if pid == os.getpid():
-            self._kept = None
-            reader.close()
+        self._kept.close()
 
     def state_dict(self) -> dict:
         """The live reader's state (``num_workers=0`` only; use :class:`LarderDataLoader` for workers), with this
