@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 import threading
 import time
@@ -219,6 +220,8 @@ class DecodedCache:
 
     def _load(self, path: str, source: bytes) -> pa.Table | None:
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO put there would block the open forever
+                return self._reject(path)
             mapped = pa.memory_map(path)
         except (FileNotFoundError, NotADirectoryError):
             return None

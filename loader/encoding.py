@@ -26,13 +26,13 @@ import pyarrow.parquet as pq
 
 DICTIONARY_MAX_DISTINCT = 0.5  # a column is dictionary-encoded when at most this share of its values is distinct
 INCOMPRESSIBLE = 0.9  # a column is stored uncompressed when the codec keeps more than this share of its bytes
-_CODECS = {"uncompressed": "none", "none": "none", "snappy": "snappy", "gzip": "gzip", "zstd": "zstd",
-           "lz4": "lz4", "lz4_raw": "lz4", "brotli": "brotli"}  # fmt: skip
+CODECS = {"uncompressed": "none", "none": "none", "snappy": "snappy", "gzip": "gzip", "zstd": "zstd",
+          "lz4": "lz4", "lz4_raw": "lz4", "brotli": "brotli"}  # fmt: skip
 
 
 def codec_name(compression: str) -> str:
     """pyarrow's name of a codec given by its pyarrow or Spark name (``uncompressed`` -> ``none``)."""
-    return _CODECS.get(compression.lower(), compression.lower())
+    return CODECS.get(compression.lower(), compression.lower())
 
 
 @dataclass(frozen=True)
@@ -129,5 +129,5 @@ def choose(sample: pa.Table, codec: str, **write_options) -> Encoding:
     return Encoding(codec_name(codec), dictionary, incompressible_columns(sample, codec, dictionary, **write_options))
 
 
-__all__ = ["DICTIONARY_MAX_DISTINCT", "INCOMPRESSIBLE", "Encoding", "choose", "codec_name", "dictionary_columns",
-           "incompressible_columns", "leaf_paths"]
+__all__ = ["CODECS", "DICTIONARY_MAX_DISTINCT", "INCOMPRESSIBLE", "Encoding", "choose", "codec_name",
+           "dictionary_columns", "incompressible_columns", "leaf_paths"]

@@ -20,7 +20,7 @@ from . import fs as lfs
 from .arguments import check_int
 from .convert import as_arrow, plain_type
 from .dataset import Dataset
-from .encoding import _CODECS, Encoding, choose
+from .encoding import CODECS, Encoding, choose
 from .errors import ConfigError, EmptyDatasetError, SourceError
 from .manifest import file_info_from_bytes
 from .publish import Staging, begin_staging
@@ -326,8 +326,8 @@ def write_cache(
         SourceError: A Parquet source cannot be read (names the file and column when its files disagree).
         PublishError: Writing or publishing failed; the previous version stays live.
     """
-    if not isinstance(compression, str) or compression.lower() not in _CODECS:
-        raise ConfigError(f"compression must be one of {', '.join(_CODECS)} (any case), got {compression!r}")
+    if not isinstance(compression, str) or compression.lower() not in CODECS:
+        raise ConfigError(f"compression must be one of {', '.join(CODECS)} (any case), got {compression!r}")
     check_int("block_size", block_size, 1)
     check_int("seed", seed, 0)  # numpy integers too, as make_reader
     seed = int(seed)

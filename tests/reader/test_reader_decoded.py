@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -177,3 +178,32 @@ def test_concurrent_caches_see_each_others_files(mixed_cache, tmp_path, monkeypa
     os.unlink(a.path("part-a.parquet", 0))  # room again: seen at the next count
     b.get("part-b.parquet", 99, lambda: table)
     assert b.added > 0 and _on_disk(tmp_path / "shared") <= cap
+
+
+def test_a_fifo_in_the_cache_is_rejected_not_opened(mixed_cache, tmp_path):
+    """A FIFO where a decoded file belongs would block the reader's open forever: it is removed and the row
+    group decoded again. (A guard thread opens the FIFO for writing after 20 s, so a regression fails the
+    test instead of hanging the suite.)"""
+    reference, _ = _batches(mixed_cache, pool="serial")
+    _batches(mixed_cache, pool="serial", decoded_cache_dir=tmp_path)
+    path = sorted(glob.glob(str(tmp_path / "demo" / mixed_cache.version / "*" / "*.arrow")))[0]
+    os.unlink(path)
+    os.mkfifo(path)
+    blocked = []
+    done = threading.Event()
+
+    def guard():
+        if not done.wait(20):
+            blocked.append(True)
+            with open(path, "wb"):  # releases a reader blocked in open(); it then reads nothing
+                pass
+
+    threading.Thread(target=guard, daemon=True).start()
+    try:
+        got, cache = _batches(mixed_cache, pool="serial", decoded_cache_dir=tmp_path)
+    finally:
+        done.set()
+    assert not blocked, "the reader blocked opening a FIFO in the decoded cache"
+    _same(got, reference)
+    assert cache.rejected == 1 and cache.misses == 1
+    assert os.path.isfile(path)  # written again as a regular decoded file
