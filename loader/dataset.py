@@ -35,7 +35,7 @@ from .manifest import (
     crc32_hex,
     read_footer,
 )
-from .publish import current_version, read_manifest
+from .publish import current_version, list_versions, read_manifest
 
 T = TypeVar("T")
 
@@ -376,6 +376,7 @@ def _resolve_version(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
             raise  # CURRENT is there but unusable: its own message says why
         raise DatasetNotFoundError(
             f"{lfs.display(fs, path)} is neither a dataset (no CURRENT) nor a version (no {MANIFEST_NAME})"
+            f"{_orphaned_versions(fs, path)}"
         ) from e
     version_dir = lfs.join(path, name)
     manifest_path = lfs.join(version_dir, MANIFEST_NAME)
@@ -387,6 +388,24 @@ def _resolve_version(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
         raise DatasetNotFoundError(
             f"CURRENT of {lfs.display(fs, path)} names {name!r}, but {lfs.display(fs, manifest_path)} is missing"
         ) from e
+
+
+def _orphaned_versions(fs: pafs.FileSystem, path: str) -> str:
+    """A hint when ``path`` holds complete versions but lost its ``CURRENT``: the newest one, and how to go on.
+    Local directories are listed; a remote one is not (an error path should not cost the name node a listing
+    and a status per version), and gets the advice without names."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return (f"; if it holds complete versions, its {CURRENT_NAME} is lost: open a version directly, or "
+                f"write a version's name into {lfs.display(fs, lfs.join(path, CURRENT_NAME))}")
+    try:
+        done = [v for v in list_versions(fs, path) if lfs.exists(fs, lfs.join(path, v, MANIFEST_NAME))]
+    except (OSError, pa.ArrowException, DatasetNotFoundError):  # cannot be listed: the message stands alone
+        return ""
+    if not done:
+        return ""
+    return (f"; it holds {len(done)} complete version(s), the newest {done[-1]!r}: open "
+            f"{lfs.display(fs, lfs.join(path, done[-1]))} directly, or write its name into "
+            f"{lfs.display(fs, lfs.join(path, CURRENT_NAME))} to make it live again")
 
 
 def open_dataset(

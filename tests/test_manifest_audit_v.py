@@ -86,8 +86,18 @@ def test_a_fifo_in_place_of_current_or_the_manifest_is_refused_not_waited_on(pub
 
 def test_a_missing_current_still_says_nothing_is_published(published):
     dataset_dir, _ = published
+    live = open(os.path.join(dataset_dir, "CURRENT")).read().strip()
     os.remove(os.path.join(dataset_dir, "CURRENT"))
-    with pytest.raises(DatasetNotFoundError, match=r"neither a dataset \(no CURRENT\) nor a version"):
+    with pytest.raises(DatasetNotFoundError, match=r"neither a dataset \(no CURRENT\) nor a version") as info:
+        loader.open_dataset(dataset_dir)
+    # the versions that lost their pointer are named, with the way back (here: the one that was live)
+    assert f"the newest '{live}'" in str(info.value) and "1 complete version(s)" in str(info.value)
+    with open(os.path.join(dataset_dir, "CURRENT"), "w") as f:
+        f.write(live)
+    assert loader.open_dataset(dataset_dir).version == live  # the advice works
+    os.remove(os.path.join(dataset_dir, "CURRENT"))
+    os.remove(os.path.join(dataset_dir, live, "_manifest.json"))  # an incomplete version is not offered
+    with pytest.raises(DatasetNotFoundError, match=r"nor a version \(no _manifest.json\)$"):
         loader.open_dataset(dataset_dir)
     shutil.rmtree(dataset_dir)
     with pytest.raises(DatasetNotFoundError, match=r"ds does not exist"):

@@ -36,8 +36,10 @@ def test_opening_what_is_no_dataset_asks_for_its_status_once(server, remote_cach
     path = {"missing": "/caches/nothing-here", "no dataset": "/caches",
             "data file": f"/caches/demo/{remote_cache.version}/{remote_cache.files[0].path}"}[kind]
     server.clear_log()
-    with pytest.raises(loader.DatasetNotFoundError, match=match):
+    with pytest.raises(loader.DatasetNotFoundError, match=match) as info:
         loader.open_dataset(server.url(path), retry=FAST_RETRY)
+    if kind == "no dataset":  # advice without a listing (local directories name their newest version)
+        assert "open a version directly, or write a version's name into" in str(info.value)
     asked = _asked(server)
     assert asked[("namenode", "GETFILESTATUS", path)] == 1, asked
     # CURRENT is read again a few times when missing (a swap may be in flight); everything else once
