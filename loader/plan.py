@@ -350,7 +350,8 @@ class Planner:
 
 def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_buffer: int | None,
                     window_bytes: int, num_groups: int, max_window: int = 64,
-                    min_mix: int = 1) -> tuple[int, int | None]:
+                    min_mix: int = 1, largest_group_bytes: float = 0.0,
+                    largest_row_bytes: float = 0.0) -> tuple[int, int | None]:
     """Choose ``(window, max_piece_rows)`` from a shuffle buffer (rows) or a byte budget for one window.
 
     Args:
@@ -364,24 +365,32 @@ def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_
         min_mix: Row groups a window should mix (at most ``num_groups``) without a shuffle buffer: when
             fewer whole row groups fit in ``window_bytes``, windows interleave slices instead, as for
             row groups larger than the window.
+        largest_group_bytes: Decoded bytes of the largest row group: one larger than ``window_bytes`` is
+            streamed in slices even when the mean fits (a skewed dataset), so no window holds it whole.
+        largest_row_bytes: Decoded bytes per row of the densest row group: slices are cut to fit it.
 
     Returns:
         Pieces per window, and the longest piece in rows (``None``: whole row groups). When a row group
         is larger than a window's share, windows interleave one slice from each of up to 10 row groups
-        (each streamed front to back), so memory stays within the share and batches still mix.
+        (each streamed front to back), so memory stays within the share and batches still mix. Rows so
+        large that the share holds fewer than 10 of them make windows of fewer slices (one row each): the
+        budget holds, and batches mix fewer row groups (the reader warns).
     """
     bytes_per_row = max(1.0, mean_group_bytes / max(1.0, mean_group_rows))
     whole = int(window_bytes // max(1.0, mean_group_bytes))  # whole row groups that fit in a window
     # Windows are balanced (make_windows): 11 row groups in windows of at most 10 are 6 + 5.
     runs = balanced_bounds(num_groups, max(1, min(whole, max_window)))
     balanced = runs[-1] - runs[-2]  # the smallest window
-    if whole < 1 or (shuffle_buffer is None and balanced < min(min_mix, num_groups, _STREAMS)):  # interleave slices
+    if (whole < 1 or largest_group_bytes > window_bytes
+            or (shuffle_buffer is None and balanced < min(min_mix, num_groups, _STREAMS))):  # interleave slices
         # 10 pieces whenever there are MIN_MIX (8) row groups or more (a window may then take two slices of a
         # group): balanced windows of at most 10 pieces hold 8 or more once there are 40 (see split_pieces)
         window = _STREAMS if num_groups >= MIN_MIX else max(1, num_groups)
         if shuffle_buffer is not None:
             window = max(1, min(window, shuffle_buffer))
-        return window, max(1, int(window_bytes // bytes_per_row) // window)
+        rows_fit = int(window_bytes // max(bytes_per_row, largest_row_bytes))  # rows a window's share holds
+        window = max(1, min(window, rows_fit))
+        return window, max(1, rows_fit // window)
     if shuffle_buffer is not None:
         window = math.ceil(shuffle_buffer / max(1.0, mean_group_rows))
     else:

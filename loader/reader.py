@@ -51,6 +51,7 @@ from .errors import ConfigError, StateError
 from .pipeline import Pipeline, ReaderStats, Setup
 from .plan import MIN_MIX, EpochPlan, Planner, batch_depths, epoch_rows, num_batches, size_text, window_size_for
 from .pools import make_pool
+from .sizes import decoded_scale, leaf_count, stream_overhead
 from .state import check_state, make_state
 
 DEFAULT_MEMORY_BUDGET = 256 << 20
@@ -160,16 +161,42 @@ class Reader(Closeable):
 
         budget = memory_budget or DEFAULT_MEMORY_BUDGET
         groups = [g for f in ds.files for g in f.row_groups]
-        group_bytes = sum(g.uncompressed_bytes for g in groups) / max(1, len(groups))
+        scale = decoded_scale(ds, columns)  # decoded bytes of the selection per manifest byte (loader.sizes)
+        group_bytes = sum(g.uncompressed_bytes for g in groups) / max(1, len(groups)) * scale
         group_rows = sum(sizes) / max(1, len(sizes))
+        num_groups = math.ceil(len(sizes) / world_size) + (world_size > 1)  # a rank's share (+ a part)
+        min_mix = MIN_MIX if shuffle and decoded_cache_dir is None else 1
         window, max_piece_rows = window_size_for(
             group_rows, group_bytes, shuffle_buffer=shuffle_buffer, window_bytes=budget // 6,
-            num_groups=math.ceil(len(sizes) / world_size) + (world_size > 1),  # a rank's share (+ a part)
+            num_groups=num_groups,
             # Shuffled batches mix 8 row groups or more: with a budget too small for 8 whole ones, windows
             # interleave slices (slower to decode, but the shuffle keeps its quality). The decoded cache
             # holds whole row groups only: with it, windows stay whole.
-            min_mix=MIN_MIX if shuffle and decoded_cache_dir is None else 1,
+            min_mix=min_mix,
+            largest_group_bytes=max((g.uncompressed_bytes for g in groups), default=0) * scale,
+            largest_row_bytes=max((g.uncompressed_bytes / g.num_rows for g in groups if g.num_rows), default=0) * scale,
         )
+        if shuffle and shuffle_buffer is None and window < min(min_mix, num_groups):
+            warnings.warn(
+                f"rows of about {size_text(group_bytes / max(1.0, group_rows))} (decoded, {', '.join(columns)}) "
+                f"are so large that a shuffle window's share of memory_budget={budget} ({size_text(budget // 6)}) "
+                f"holds only {window}: batches mix at most {window} row groups instead of "
+                f"{min(min_mix, num_groups)}; raise memory_budget for a better shuffle",
+                UserWarning, stacklevel=3,
+            )
+        leaves = leaf_count(pa.schema([ds.schema.field(c) for c in columns]))
+        stream_buffer = tasks.stream_buffer_for(budget // 6, window, leaves)
+        if max_piece_rows is not None:
+            overhead = window * stream_overhead(leaves, stream_buffer, group_bytes)
+            if overhead > budget / 2:
+                warnings.warn(
+                    f"memory_budget={budget} ({size_text(budget)}) is small for these row groups: the reader streams "
+                    f"slices of {window} of them at a time, and each stream holds a read buffer and a page for each "
+                    f"of its {leaves} Parquet columns, about {size_text(overhead)} in all, beyond the budget's "
+                    f"share for rows; raise memory_budget (to {size_text(2 * overhead)} or more) or select fewer "
+                    "columns",
+                    UserWarning, stacklevel=3,
+                )
         if workers is None:
             workers = 1 if pool == "serial" else min(8, os.cpu_count() or 1)
         row_bytes = max(1.0, group_bytes / max(1.0, group_rows))
@@ -207,6 +234,7 @@ class Reader(Closeable):
             world_size=world_size,
             stream=max_piece_rows is not None,
             stream_chunk_rows=max(1, min(tasks.MAX_CHUNK_ROWS, max_piece_rows or 1)),
+            stream_buffer=stream_buffer,
             local_files=isinstance(ds.fs, pafs.LocalFileSystem) or getattr(ds, "file_cache", None) is not None,
             ragged=ragged,
             strings=strings,
@@ -300,7 +328,7 @@ class Reader(Closeable):
             if self.stats.first_batch_seconds is None:
                 self.stats.first_batch_seconds = time.perf_counter() - self._started_at
             self.stats.batches += 1
-            self.stats.rows += rows
+            self.stats.rows += rows if self.transform is None else _batch_rows(batch)  # a transform may drop rows
             self.stats.add_mixed(distinct)
             # Last: an interruption before this line leaves the position at this batch, which comes again.
             self._position = (epoch, index + 1) if index + 1 < self.batches_per_epoch else (epoch + 1, 0)
@@ -400,6 +428,12 @@ def fs_options_of(reader_kwargs: dict) -> dict:
     """The filesystem options among keyword arguments meant for :func:`make_reader` (those it does not name)."""
     named = inspect.signature(make_reader).parameters
     return {k: v for k, v in reader_kwargs.items() if k not in named}
+
+
+def _batch_rows(batch: dict) -> int:
+    from .mix import batch_rows  # loader.mix imports this module
+
+    return batch_rows(batch)
 
 
 def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, seed: int = 0,

@@ -30,7 +30,16 @@ ROW_ID_FIELDS = (pa.field(ROW_GROUP_COLUMN, pa.int64(), nullable=False),
                  pa.field(ROW_COLUMN, pa.int64(), nullable=False))
 """The row-id columns ``with_row_ids`` adds: never null, so no ``.valid`` mask."""
 MAX_CHUNK_ROWS = 65_536  # rows a row group's stream decodes at a time, at most
-_STREAM_BUFFER = 256 << 10  # read buffer per column of a streamed row group (1 MiB: 20-40 MB more RSS, no faster)
+STREAM_BUFFER = 256 << 10  # read buffer per column of a streamed row group (1 MiB: 20-40 MB more RSS, no faster)
+_MIN_STREAM_BUFFER = 16 << 10
+
+
+def stream_buffer_for(window_bytes: int, streams: int, leaves: int) -> int:
+    """Read buffer per column of a stream: :data:`STREAM_BUFFER`, less on wide tables so that the buffers of
+    ``streams`` streams of ``leaves`` Parquet columns take at most a quarter of a window's share (240 columns
+    in 7 streams held 420 MiB of buffers at 256 KiB each), never under 16 KiB."""
+    fit = window_bytes // (4 * max(1, streams) * max(1, leaves))
+    return int(max(_MIN_STREAM_BUFFER, min(STREAM_BUFFER, fit)))
 _MAX_IDLE_STREAMS = 16  # open row-group streams kept per process
 
 
@@ -49,6 +58,7 @@ class ReadContext:
         world_size: Number of ranks.
         stream: Read pieces as slices of row-group streams instead of whole row groups (huge row groups).
         stream_chunk_rows: Rows decoded at a time by a stream.
+        stream_buffer: Read buffer per column of a stream (smaller for wide tables: :func:`stream_buffer_for`).
         local_files: Data files are read from local disk (directly or through a local file cache).
         ragged: Form of variable-length columns.
         strings: Form of string columns.
@@ -82,6 +92,7 @@ class ReadContext:
     transform_takes_rng: bool
     transform_rng_by_keyword: bool = False
     decoded: DecodedCache | None = None
+    stream_buffer: int = STREAM_BUFFER
     plain: dict[str, pa.DataType] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -235,13 +246,13 @@ class _GroupStream:
     """
 
     def __init__(self, ds: Dataset, info, local: int, columns: list[str], chunk_rows: int,
-                 plain: dict[str, pa.DataType]):
+                 plain: dict[str, pa.DataType], buffer_size: int = STREAM_BUFFER):
         self.local = local
         self.size = info.row_groups[local].num_rows  # the manifest's: the stream must end exactly there
         self.plain = plain  # view columns -> their plain types (ReadContext.plain)
         self.decoded: pa.Schema | None = None  # the chunks' schema as decoded (before views are made plain)
         # The copy as it is (no fetch again here): _read_streamed repeats open and read as a whole.
-        self.pf, self.where = ds.open_copy(info, pre_buffer=False, buffer_size=_STREAM_BUFFER)
+        self.pf, self.where = ds.open_copy(info, pre_buffer=False, buffer_size=buffer_size)
         try:  # iter_batches ignores a column it does not find
             ds.check_columns(self.pf.schema_arrow.names, info, columns)
         except BaseException:
@@ -357,7 +368,7 @@ def _read_streamed(ctx: ReadContext, epoch: int, group: int, info, local: int, r
             stream = None
         if stream is None:  # decoding one slice at a time (the plan cuts a row group's slices alike)
             chunk = ctx.stream_chunk_rows if rows is not None else max(1, min(MAX_CHUNK_ROWS, stop - start))
-            stream = _GroupStream(ctx.dataset, info, local, list(ctx.columns), chunk, ctx.plain)
+            stream = _GroupStream(ctx.dataset, info, local, list(ctx.columns), chunk, ctx.plain, ctx.stream_buffer)
         return stream.read(lo, hi, rows)
 
     try:
@@ -504,6 +515,6 @@ def check_output(out, name: str) -> dict:
     return dict(out)
 
 
-__all__ = ["MAX_CHUNK_ROWS", "ROW_COLUMN", "ROW_GROUP_COLUMN", "ROW_ID_FIELDS", "ReadContext", "convert_batch",
-           "convert_split", "finish_batch", "install", "read_piece", "rng_by_keyword", "rng_parameter", "takes_rng",
-           "transform_batch", "transform_batches"]
+__all__ = ["MAX_CHUNK_ROWS", "ROW_COLUMN", "ROW_GROUP_COLUMN", "ROW_ID_FIELDS", "STREAM_BUFFER", "ReadContext",
+           "convert_batch", "convert_split", "finish_batch", "install", "read_piece", "rng_by_keyword", "rng_parameter",
+           "stream_buffer_for", "takes_rng", "transform_batch", "transform_batches"]
