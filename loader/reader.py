@@ -5,7 +5,9 @@ every epoch before any I/O (:mod:`loader.plan`), and runs the pipeline of :mod:`
 serial, thread or process pool (:mod:`loader.pools`). Batches are dicts of numpy arrays in the forms of
 :mod:`loader.convert`. ``state_dict`` / ``load_state_dict`` resume exactly (:mod:`loader.state`).
 
-Memory: the decoded size of a row group is taken from the manifest (Parquet's uncompressed bytes).
+Memory: the decoded size of a row group is the manifest's (Parquet's uncompressed bytes) scaled by the
+decoded bytes per manifest byte measured on the first rows of the selected columns (:mod:`loader.sizes`:
+dictionary-encoded columns decode to many times their Parquet bytes, a few columns to a fraction of them).
 A sixth of ``memory_budget`` goes to one shuffle window, so a window holds ``budget / 6 / row_group_bytes``
 row groups (at most 64 unless ``shuffle_buffer`` asks for more). At the peak the reader holds about four
 windows' worth: the reads in flight (one window ahead), the window being assembled (its small columns made
@@ -51,7 +53,7 @@ from .errors import ConfigError, StateError
 from .pipeline import Pipeline, ReaderStats, Setup
 from .plan import MIN_MIX, EpochPlan, Planner, batch_depths, epoch_rows, num_batches, size_text, window_size_for
 from .pools import make_pool
-from .sizes import decoded_scale, leaf_count, stream_overhead
+from .sizes import decoded_scale, leaf_count, warn_about_windows
 from .state import check_state, make_state
 
 DEFAULT_MEMORY_BUDGET = 256 << 20
@@ -176,27 +178,11 @@ class Reader(Closeable):
             largest_group_bytes=max((g.uncompressed_bytes for g in groups), default=0) * scale,
             largest_row_bytes=max((g.uncompressed_bytes / g.num_rows for g in groups if g.num_rows), default=0) * scale,
         )
-        if shuffle and shuffle_buffer is None and window < min(min_mix, num_groups):
-            warnings.warn(
-                f"rows of about {size_text(group_bytes / max(1.0, group_rows))} (decoded, {', '.join(columns)}) "
-                f"are so large that a shuffle window's share of memory_budget={budget} ({size_text(budget // 6)}) "
-                f"holds only {window}: batches mix at most {window} row groups instead of "
-                f"{min(min_mix, num_groups)}; raise memory_budget for a better shuffle",
-                UserWarning, stacklevel=3,
-            )
         leaves = leaf_count(pa.schema([ds.schema.field(c) for c in columns]))
         stream_buffer = tasks.stream_buffer_for(budget // 6, window, leaves)
-        if max_piece_rows is not None:
-            overhead = window * stream_overhead(leaves, stream_buffer, group_bytes)
-            if overhead > budget / 2:
-                warnings.warn(
-                    f"memory_budget={budget} ({size_text(budget)}) is small for these row groups: the reader streams "
-                    f"slices of {window} of them at a time, and each stream holds a read buffer and a page for each "
-                    f"of its {leaves} Parquet columns, about {size_text(overhead)} in all, beyond the budget's "
-                    f"share for rows; raise memory_budget (to {size_text(2 * overhead)} or more) or select fewer "
-                    "columns",
-                    UserWarning, stacklevel=3,
-                )
+        warn_about_windows(window, max_piece_rows, budget=budget, mix=min(min_mix, num_groups) if shuffle and
+                           shuffle_buffer is None else 1, row_bytes=group_bytes / max(1.0, group_rows),
+                           columns=columns, leaves=leaves, stream_buffer=stream_buffer, group_bytes=group_bytes)
         if workers is None:
             workers = 1 if pool == "serial" else min(8, os.cpu_count() or 1)
         row_bytes = max(1.0, group_bytes / max(1.0, group_rows))
@@ -204,8 +190,8 @@ class Reader(Closeable):
         if depths.over_budget:
             warnings.warn(
                 f"batch_size={batch_size} makes batches of about {size_text(depths.batch_bytes)} (estimated from "
-                f"the manifest), more than the ready queue's share (an eighth) of memory_budget={budget} "
-                f"({size_text(budget)}): the reader keeps only {depths.prefetch} ready and "
+                f"the manifest and a decoded sample), more than the ready queue's share (an eighth) of "
+                f"memory_budget={budget} ({size_text(budget)}): the reader keeps only {depths.prefetch} ready and "
                 f"{depths.batches_ahead} being finished, but may still hold about "
                 f"{size_text(depths.peak_batch_bytes)} of finished batches "
                 f"({depths.peak_batches}) besides its reads and windows, past the budget; "

@@ -17,10 +17,13 @@ to the manifest's bytes (a scale of 1): the read of that row group reports the d
 
 from __future__ import annotations
 
+import warnings
+
 import pyarrow as pa
 
 from .dataset import Dataset
 from .errors import LarderError
+from .plan import size_text
 
 SAMPLE_ROWS = 1024
 """Rows decoded to measure the decoded size of a row (from the front of the first non-empty row group)."""
@@ -82,4 +85,26 @@ def stream_overhead(leaves: int, buffer_size: int, group_bytes: float) -> float:
     return leaves * buffer_size + min(leaves * PAGE_BYTES, group_bytes)
 
 
-__all__ = ["PAGE_BYTES", "SAMPLE_ROWS", "decoded_scale", "leaf_count", "stream_overhead"]
+def warn_about_windows(window: int, max_piece_rows: int | None, *, budget: int, mix: int, row_bytes: float,
+                       columns: list[str], leaves: int, stream_buffer: int, group_bytes: float) -> None:
+    """Warn when the budget cannot hold what the reader was asked for: rows so large that a window mixes fewer
+    than ``mix`` row groups, or streams whose buffers and pages alone take over half of ``budget``."""
+    if window < mix:
+        warnings.warn(
+            f"rows of about {size_text(row_bytes)} (decoded, {', '.join(columns)}) are so large that a shuffle "
+            f"window's share of memory_budget={budget} ({size_text(budget // 6)}) holds only {window}: batches "
+            f"mix at most {window} row groups instead of {mix}; raise memory_budget for a better shuffle",
+            UserWarning, stacklevel=4,
+        )
+    overhead = window * stream_overhead(leaves, stream_buffer, group_bytes)
+    if max_piece_rows is not None and overhead > budget / 2:
+        warnings.warn(
+            f"memory_budget={budget} ({size_text(budget)}) is small for these row groups: the reader streams "
+            f"slices of {window} of them at a time, and each stream holds a read buffer and a page for each of its "
+            f"{leaves} Parquet columns, about {size_text(overhead)} in all, beyond the budget's share for rows; "
+            f"raise memory_budget (to {size_text(2 * overhead)} or more) or select fewer columns",
+            UserWarning, stacklevel=4,
+        )
+
+
+__all__ = ["PAGE_BYTES", "SAMPLE_ROWS", "decoded_scale", "leaf_count", "stream_overhead", "warn_about_windows"]
