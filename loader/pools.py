@@ -11,10 +11,11 @@ Three kinds, all starting nothing in their constructor (threads and processes st
   where there is none; never ``fork``, which is unsafe in a process with threads): for pure-Python
   transforms. Arrow tables and record batches cross the process boundary as Arrow IPC streams written into
   ``multiprocessing.shared_memory`` segments, and the dicts of numpy arrays of one call or result as raw
-  buffers in one segment (only ``object`` arrays, e.g. ``strings="object"``, are pickled), in both
-  directions (:mod:`loader.shm`). Results are mapped copy-on-write into the consumer (no copy; their
-  segments unlinked at once). Arguments are written into segments the pool reuses once their task is over
-  (pages already in memory: no page faults on the consumer's side, which is the process pool's bottleneck).
+  buffers in one segment (only ``object`` arrays, e.g. ``strings="object"``, and ndarray subclasses such as
+  masked arrays are pickled), in both directions (:mod:`loader.shm`). Results are mapped copy-on-write into
+  the consumer (no copy; their segments unlinked at once). Arguments are written into segments the pool
+  reuses once their task is over (pages already in memory: no page faults on the consumer's side, which is
+  the process pool's bottleneck).
   A worker maps its arguments copy-on-write too (no copy; writable, private); arrays its task returns
   unchanged (the very objects, no page of theirs written: read from ``/proc/self/pagemap``) are not sent
   back, the consumer still holds them. A segment whose arrays the task kept is never reused, so whatever a
@@ -23,7 +24,8 @@ Three kinds, all starting nothing in their constructor (threads and processes st
   :meth:`ProcessPool.close` stops the workers (after their current task, then by signal), reads back or
   unlinks every segment still outstanding, and removes any segment a killed worker left behind (names
   carry a per-pool prefix made of ``lrd``, the consumer's pid and a random tag).
-  Workers ignore SIGINT: Ctrl-C reaches the consumer, whose ``close`` stops them. A worker exits by itself
+  Workers ignore SIGINT: Ctrl-C reaches the consumer, whose ``close`` stops them (a close interrupted by a
+  second Ctrl-C is finished by the next, or when the pool is dropped). A worker exits by itself
   when its consumer dies without closing the pool (SIGKILL, the OOM killer; checked twice a second).
   Start cost: the fork server (started once per process, preloading larder's modules) forks each worker in
   milliseconds, but every worker then imports the main module again (multiprocessing's preparation, which
@@ -42,14 +44,15 @@ pickled or the worker process died.
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
-import multiprocessing as mp
 import os
 import secrets
 import signal
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -58,7 +61,7 @@ from multiprocessing import shared_memory
 from typing import Any
 
 from .errors import ConfigError, WorkerError
-from .procworker import process_call, process_init
+from .procworker import mp_context, process_call, process_init
 from .shm import decode, encode, new_segment, refs, sweep_orphans, unlink_quietly
 
 log = logging.getLogger("loader.pools")
@@ -271,7 +274,8 @@ def _exit_text(code: int) -> str:
 
 class _ProcessHandle(Handle):
     def __init__(self, pool: ProcessPool, future: Future, lent: list[shared_memory.SharedMemory], args: tuple):
-        self._pool, self._future, self._lent = pool, future, lent
+        # The pool weakly: the handles an interrupted close keeps must not keep it from being collected.
+        self._pool, self._future, self._lent = weakref.ref(pool), future, lent
         self._args: tuple | None = args  # what the result may refer to (arrays returned unchanged)
         self._taken = False
 
@@ -284,7 +288,7 @@ class _ProcessHandle(Handle):
                 reply = self._future.result()
             except BrokenProcessPool as e:
                 self._release(reuse=False)
-                raise _broken("a worker process of the process pool died", e, self._pool) from e
+                raise _broken("a worker process of the process pool died", e, self._pool()) from e
             except BaseException:
                 self._release(reuse=False)  # the failed task may still map them: never rewritten
                 raise
@@ -292,7 +296,9 @@ class _ProcessHandle(Handle):
             return decode(reply.value, unlink=True, args=self._args)
         finally:
             self._args = None
-            self._pool._forget(self)
+            pool = self._pool()
+            if pool is not None:
+                pool._forget(self)
 
     def _release(self, reuse: bool = True, busy: tuple[str, ...] = ()) -> None:
         """The task is over (done, or cancelled before it ran): give its argument segments back to the pool
@@ -304,7 +310,11 @@ class _ProcessHandle(Handle):
             drop = [seg for seg in self._lent if not reuse or seg.name in busy]
             self._lent.clear()
             _drop(drop)
-            self._pool._give_back(keep)
+            pool = self._pool()
+            if pool is not None:
+                pool._give_back(keep)
+            else:  # collected: nothing to give them back to
+                _drop(keep)
 
     def discard(self) -> None:
         """Drop the result, unlinking its segments (used by ``close``)."""
@@ -322,22 +332,12 @@ class _ProcessHandle(Handle):
         return cancelled
 
 
-_PRELOAD = "loader.tasks"  # imports pyarrow, numpy and the reader's tasks once, in the fork server
-
-
-def _mp_context() -> mp.context.BaseContext:
-    """The forkserver context (preloading larder's worker modules, so workers fork in milliseconds; each then
-    imports the main module, see the module docstring), or spawn."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    current = list(getattr(server, "_preload_modules", ["__main__"]))
-    if _PRELOAD not in current:  # add to, never replace, what the application asked to preload
-        ctx.set_forkserver_preload([*current, _PRELOAD])
-    return ctx
+def _task_done(pool: weakref.ref, future: Future) -> None:
+    """Note that a task completed; weakly, so that a task still running (after an interrupted close) does
+    not keep its pool from being collected, which finishes the close."""
+    owner = pool()
+    if owner is not None and not future.cancelled() and future.exception() is None:
+        owner._any_done = True
 
 
 class ProcessPool(Pool):
@@ -371,6 +371,7 @@ class ProcessPool(Pool):
         self._closed = False
         self._workers_seen: dict[int, Any] = {}  # pid -> multiprocessing Process, of every worker started
         self._any_done = False  # a task completed (so a broken pool is not a failure to start)
+        self._stopping: list | None = None  # [executor, processes, handles, deadline] while a close is unfinished
         self._lock = threading.Lock()
 
     @property
@@ -388,7 +389,7 @@ class ProcessPool(Pool):
                     log.info("removed %d shared-memory segments of killed readers", len(removed))
                 self._executor = ProcessPoolExecutor(
                     self.workers,
-                    mp_context=_mp_context(),
+                    mp_context=mp_context(),
                     initializer=process_init,
                     initargs=(self._prefix, os.getpid(), *self._init),
                 )
@@ -402,7 +403,7 @@ class ProcessPool(Pool):
             except BaseException:
                 _drop(lent)
                 raise
-            future.add_done_callback(self._task_done)
+            future.add_done_callback(functools.partial(_task_done, weakref.ref(self)))
             self._workers_seen.update(getattr(self._executor, "_processes", None) or {})
             handle = _ProcessHandle(self, future, lent, args)
             self._handles.add(handle)
@@ -434,10 +435,6 @@ class ProcessPool(Pool):
             lent.clear()
         _drop(drop)
 
-    def _task_done(self, future: Future) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self._any_done = True
-
     def _dead_workers(self) -> str:
         """Which workers died and how, e.g. ``worker pid 123 killed by signal 9 (SIGKILL)``: a worker the pool
         terminated itself after the breakage (SIGTERM) is named only when no other worker died."""
@@ -465,19 +462,28 @@ class ProcessPool(Pool):
         return list((getattr(executor, "_processes", None) or {}).values()) if executor else []
 
     def close(self) -> None:
+        """Stop the workers (after their current task, for up to ``join_timeout`` seconds, then by signal), and
+        remove every segment; idempotent. A close interrupted (a second Ctrl-C) lets the KeyboardInterrupt
+        through and leaves its work to the next close, or to the pool's garbage collection: that one waits no
+        more, it terminates the workers still running."""
         with self._lock:
-            executor, self._executor = self._executor, None
-            handles, self._handles = list(self._handles), set()
             self._closed = True
+            if self._executor is not None:
+                executor, self._executor = self._executor, None
+                procs = list((getattr(executor, "_processes", None) or {}).values())
+                self._stopping = [executor, procs, list(self._handles), time.monotonic() + self._join_timeout]
+                self._handles = set()
+                self._workers_seen = {}  # their Process objects hold their sentinel fds
+            elif self._stopping is not None:  # resuming an interrupted close
+                self._stopping[3] = 0.0
+            stopping = self._stopping
         _drop(self._spare)
-        if executor is None:
+        if stopping is None:
             return
-        self._workers_seen = {}  # their Process objects hold their sentinel fds
+        executor, procs, handles, deadline = stopping
         for h in handles:
             h.cancel()
-        procs = list((getattr(executor, "_processes", None) or {}).values())
         executor.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + self._join_timeout
         for p in procs:
             p.join(max(0.0, deadline - time.monotonic()))
         for p in procs:
@@ -492,6 +498,11 @@ class ProcessPool(Pool):
             h.discard()
         for path in glob.glob(f"/dev/shm/{self._prefix}_*"):  # left by a killed worker (Linux)
             unlink_quietly(os.path.basename(path))
+        self._stopping = None
+
+    def __del__(self):
+        if getattr(self, "_stopping", None) is not None:  # a close was interrupted: finish it
+            self.close()
 
 
 def make_pool(kind: str, workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> Pool:

@@ -1,17 +1,18 @@
 """The worker side of the process pool (:class:`loader.pools.ProcessPool`): start-up, and running a task.
 
-:func:`process_init` sets a worker up (SIGINT ignored: Ctrl-C is the consumer's; a thread that ends the
-worker when its consumer dies). :func:`process_call` runs one task: it maps the task's argument segments
-copy-on-write (no copy; the task may write them privately), calls the function, and encodes its result into
-shared memory, leaving out the argument arrays the result returns unchanged (told by the page map: none of
-their pages written), which the consumer still holds. A segment whose arrays the task kept is named in the
-reply, and the consumer never rewrites it. Where the page map cannot be read, the arguments are copied out
-and compared instead.
+:func:`mp_context` is the multiprocessing context workers start in. :func:`process_init` sets a worker up
+(SIGINT ignored: Ctrl-C is the consumer's; a thread that ends the worker when its consumer dies).
+:func:`process_call` runs one task: it maps the task's argument segments copy-on-write (no copy; the task may
+write them privately), calls the function, and encodes its result into shared memory, leaving out the
+argument arrays the result returns unchanged (told by the page map: none of their pages written), which the
+consumer still holds. A segment whose arrays the task kept is named in the reply, and the consumer never
+rewrites it. Where the page map cannot be read, the arguments are copied out and compared instead.
 """
 
 from __future__ import annotations
 
 import mmap
+import multiprocessing as mp
 import os
 import pickle
 import signal
@@ -55,6 +56,24 @@ def _watch_consumer(pid: int) -> None:
     while _alive(pid):
         time.sleep(_PARENT_POLL)
     os._exit(1)
+
+
+_PRELOAD = "loader.tasks"  # imports pyarrow, numpy and the reader's tasks once, in the fork server
+
+
+def mp_context() -> mp.context.BaseContext:
+    """The forkserver context (preloading larder's worker modules, so workers fork in milliseconds; each then
+    imports the main module, see :mod:`loader.pools`), or spawn."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    current = list(getattr(server, "_preload_modules", ["__main__"]))
+    if _PRELOAD not in current:  # add to, never replace, what the application asked to preload
+        ctx.set_forkserver_preload([*current, _PRELOAD])
+    return ctx
 
 
 def process_init(prefix: str, consumer: int, initializer: Callable | None, initargs: tuple) -> None:
@@ -176,4 +195,4 @@ def _unmap(maps: list) -> tuple[str, ...]:
     return tuple(busy)
 
 
-__all__ = ["process_call", "process_init"]
+__all__ = ["mp_context", "process_call", "process_init"]

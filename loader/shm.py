@@ -3,7 +3,9 @@
 :func:`encode` moves every ``pyarrow.Table`` / ``RecordBatch`` of a payload into a
 ``multiprocessing.shared_memory`` segment as an Arrow IPC stream, and all the dicts of numpy arrays of a
 payload together into one segment of raw, 64-byte aligned buffers (``object`` arrays, e.g.
-``strings="object"``, travel pickled beside it); tuples are walked, anything else passes through. A task's
+``strings="object"``, and ndarray subclasses such as masked arrays travel pickled beside it; a dtype whose
+``str`` loses something, e.g. a structured one's fields, travels whole); tuples are walked, anything else
+passes through. A task's
 result names the argument arrays it returns unchanged instead of carrying them (:func:`argument_arrays`,
 with :class:`WrittenPages` telling which pages of a mapping the task wrote): the consumer still holds them.
 
@@ -45,14 +47,14 @@ class ArrowRef:
 
 @dataclass(frozen=True)
 class NumpyRef:
-    """Numpy buffers in a segment: ``specs`` place each array; ``objects`` are the pickled object arrays;
-    ``kept`` names arrays not sent because the receiver has them already (a task's result returning its
-    argument's arrays unchanged), each by its place in the task's arguments; ``order`` is the dict's key
-    order when anything is kept or pickled (decoding puts the keys back in it)."""
+    """Numpy buffers in a segment: ``specs`` place each array; ``objects`` are the pickled arrays (object
+    dtype, or an ndarray subclass); ``kept`` names arrays not sent because the receiver has them already (a
+    task's result returning its argument's arrays unchanged), each by its place in the task's arguments;
+    ``order`` is the dict's key order when anything is kept or pickled (decoding puts the keys back in it)."""
 
     name: str
     size: int
-    specs: tuple  # (key, dtype str, shape, offset)
+    specs: tuple  # (key, dtype: its str or, if that loses anything, itself; shape, offset)
     objects: dict
     kept: tuple = ()  # (key, path into the task's arguments)
     order: tuple = ()
@@ -144,7 +146,7 @@ def argument_arrays(args: tuple, encoded: tuple, pages: WrittenPages | None = No
 
     def untouched(value: np.ndarray, spec: tuple, address: int) -> bool:
         _, dtype, shape, _ = spec
-        return (value.ctypes.data == address and value.dtype.str == dtype and value.shape == tuple(shape)
+        return (value.ctypes.data == address and value.dtype == dtype and value.shape == tuple(shape)
                 and value.flags.c_contiguous and not pages.written(address, value.nbytes))
 
     def visit(value: np.ndarray, path: tuple, ref: NumpyRef, spec: tuple) -> None:
@@ -272,18 +274,33 @@ class _Layout:
 def _layout(obj: dict, known: Known | None, offset: int) -> _Layout:
     specs, objects, arrays, kept = [], {}, {}, []
     for key, value in obj.items():
-        if value.dtype.hasobject:
+        if value.dtype.hasobject or type(value) is not np.ndarray:  # a subclass (e.g. a mask) is more than buffers
             objects[key] = value
             continue
         path = _unchanged(value, known)
         if path is not None:
             kept.append((key, path))
             continue
-        value = np.ascontiguousarray(value)
+        if not value.flags.c_contiguous:  # (np.ascontiguousarray would also make a 0-d array 1-d)
+            value = np.ascontiguousarray(value)
         arrays[key] = value
-        specs.append((key, value.dtype.str, value.shape, offset))
+        specs.append((key, _dtype_spec(value.dtype), value.shape, offset))
         offset += -(-value.nbytes // _ALIGN) * _ALIGN
     return _Layout(specs, objects, kept, list(obj), arrays, offset)
+
+
+def _dtype_spec(dtype: np.dtype) -> str | np.dtype:
+    """``dtype.str`` (small to pickle) where it rebuilds ``dtype`` exactly, else the dtype itself: a structured
+    dtype's str is a plain void (``|V12``: no fields), as is a user dtype's (ml_dtypes' bfloat16), and a str never
+    carries metadata."""
+    text = dtype.str
+    if dtype.isbuiltin == 1:  # numpy's own native-order dtypes (no fields, no metadata): the common case
+        return text
+    try:
+        exact = dtype.metadata is None and np.dtype(text) == dtype
+    except TypeError:
+        exact = False
+    return text if exact else dtype
 
 
 def _write_numpy(layouts: list[_Layout], prefix: str, segments: list[str],
