@@ -17,7 +17,9 @@ Spark as before). It accepts a selection only when all of this holds:
 * every selected column is in every file with exactly the Arrow type Spark hands ``mapInArrow`` (list
   item names and nullability aside), or is a Hive partition column of a string, integer or date type
   (its value comes from the metastore: the spec of the partition whose location holds the file,
-  :func:`partition_locations`, as Spark takes it, whatever the directory is called); timestamps are left
+  :func:`partition_locations`, as Spark takes it, whatever the directory is called, and read as Spark
+  reads it, :func:`etl.source.partition_values`: ``day=2025-1-5`` is 2025-01-05, ``hour=07`` is 7; a value
+  Spark reads as null or refuses, such as ``hour=x7``, is left to Spark); timestamps are left
   to Spark (their Arrow form depends on the session time zone), and so are the date columns of a file
   that Spark reads with a calendar rebase (:func:`rebase_mode`: written by Spark < 3 or with LEGACY
   rebase, or without Spark's metadata while the session's ``datetimeRebaseModeInRead`` is not
@@ -50,14 +52,14 @@ from loader.errors import SourceError
 
 from .arrow_write import SliceWriter
 from .layout import FILE_COLUMN, LONG_SAFE_ROWS, ORDER_COLUMN, affine_permutation
-from .transforms import NULL_ID
+from .source import HIVE_NULL_PARTITION, partition_values
+from .transforms import NULL_ID, SHOWN_CHARS, SOURCE_CHANGED, unknown_value
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from .config import JobConfig
 
-HIVE_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 CHAR_VARCHAR_KEY = "__CHAR_VARCHAR_TYPE_STRING"  # field metadata Spark keeps for a Hive CHAR/VARCHAR column
 TASK_BYTES = 128 << 20  # compressed input bytes per stage-1 task (at least 2 tasks per core)
 BATCH_BYTES = 8 << 20  # decoded bytes per Arrow batch read
@@ -73,7 +75,8 @@ class Piece:
         rows: Rows in the row group (from the footer).
         offset: Global index of its first row (source order).
         batch_rows: Rows per Arrow batch when reading it.
-        partition: Values of the selected partition columns (from the metastore).
+        partition: Values of the selected partition columns (from the metastore, as Spark reads them: an
+            ``int``, a ``datetime.date`` or a ``str``; None for null).
     """
 
     path: str
@@ -81,7 +84,7 @@ class Piece:
     rows: int
     offset: int
     batch_rows: int
-    partition: tuple[tuple[str, str | None], ...] = ()
+    partition: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -186,16 +189,9 @@ def _partition_of(path: str, locations: dict[str, dict[str, str | None]]) -> dic
         directory = parent
 
 
-def _partition_array(value: str | None, t: pa.DataType, n: int) -> pa.Array:
-    if value is None:
-        return pa.nulls(n, t)
-    if pa.types.is_string(t):
-        scalar = pa.scalar(value, t)
-    elif pa.types.is_integer(t):
-        scalar = pa.scalar(int(value), t)
-    else:  # date32
-        scalar = pa.scalar(datetime.date.fromisoformat(value), t)
-    return pa.repeat(scalar, n)
+def _partition_array(value: object, t: pa.DataType, n: int) -> pa.Array:
+    """``n`` times a partition value as Spark reads it (:func:`etl.source.partition_values`)."""
+    return pa.nulls(n, t) if value is None else pa.repeat(pa.scalar(value, t), n)
 
 
 _PARTITION_TYPES = (pa.types.is_string, pa.types.is_integer, pa.types.is_date32)
@@ -316,6 +312,7 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
             return None, f"partition column {name!r} is {t}"
     file_columns = tuple(c for c in selection if c not in partition_types)
     locations: dict[str, dict[str, str | None]] = {}
+    typed: dict[str, dict[str, object]] = {}
     if partition_types:
         try:
             locations = partition_locations(spark, cfg.source.table, list(partition_types))
@@ -323,6 +320,8 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
             # message may quote the metastore's connection settings, so only its kind is told
             return None, f"the partitions of {cfg.source.table} could not be listed from the catalog " \
                          f"({type(e).__name__})"
+        typed = {c: partition_values(spark, [v[c] for v in locations.values()], source_df.schema[c].dataType)
+                 for c in partition_types}  # the texts as Spark reads them (hour=07 -> 7)
     dated = [c for c in file_columns if _has_date(source_df.schema[c].dataType)]
     session_mode = next((str(spark.conf.get(k, None)).upper() for k in REBASE_READ_KEYS
                          if spark.conf.get(k, None)), "CORRECTED")
@@ -350,6 +349,11 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
         values = _partition_of(path, locations) if partition_types else {}
         if values is None:
             return None, f"{path} is under no partition location of {cfg.source.table} in the catalog"
+        odd = next((c for c, text in values.items() if text is not None and typed[c][text] is None), None)
+        if odd is not None:
+            return None, f"{path}: Spark reads the partition value {odd}={values[odd]!r} of {cfg.source.table} " \
+                         f"as null or refuses it ({source_df.schema[odd].dataType.simpleString()})"
+        values = {c: None if text is None else typed[c][text] for c, text in values.items()}
         for g in range(meta.num_row_groups):
             rg = meta.row_group(g)
             if not rg.num_rows:
@@ -367,7 +371,10 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
         steps.append(IndexStep(t.column, output, tuple(vocabularies[output]), t.drop_input))
     direct = DirectPlan(tuple(pieces), file_columns, partition_types, selection, tuple(steps), schema, total,
                         compressed)
-    probe = transform(_first_rows(direct), direct)  # the column order and types the tasks will produce
+    try:
+        probe = transform(_first_rows(direct), direct)  # the column order and types the tasks will produce
+    except RuntimeError as e:  # a value the vocabulary lacks: the file changed since its values were counted
+        raise SourceError(str(e).removeprefix("larder: ")) from e
     if probe.schema.names != schema.names or [_normalize(f.type) for f in probe.schema] != [
             _normalize(f.type) for f in schema]:
         return None, f"pyarrow would produce {probe.schema}, Spark {schema}"
@@ -395,14 +402,23 @@ def with_partitions(batch: pa.RecordBatch, piece: Piece, direct: DirectPlan) -> 
 
 def transform(batch: pa.RecordBatch, direct: DirectPlan) -> pa.RecordBatch:
     """The index transforms applied to ``batch`` as :func:`etl.transforms.index_column` applies them
-    (null and unknown values -> ``-1``; ``output`` replaces ``column`` in place, or is appended after the
-    other columns: it names no other column, :func:`etl.transforms.check_index_output`), then cast to the
-    Arrow schema Spark would hand over."""
+    (null -> ``-1``; ``output`` replaces ``column`` in place, or is appended after the other columns: it
+    names no other column, :func:`etl.transforms.check_index_output`), then cast to the Arrow schema Spark
+    would hand over.
+
+    Raises:
+        RuntimeError: ``larder: the source changed while the job ran: ...``: a non-null value the vocabulary
+            lacks (:func:`etl.transforms.unknown_value`; :func:`spill` turns it into a :class:`SourceError`).
+    """
     names, arrays = list(batch.schema.names), list(batch.columns)
     for step in direct.steps:
         values = arrays[names.index(step.column)]
-        ids = pc.fill_null(pc.index_in(values, value_set=pa.array(step.vocabulary, values.type)), NULL_ID)
-        ids = ids.cast(pa.int32())
+        ids = pc.index_in(values, value_set=pa.array(step.vocabulary, values.type))
+        unknown = pc.and_(pc.is_null(ids), pc.is_valid(values))
+        if pc.any(unknown).as_py():
+            head, tail = unknown_value(step.column, step.output)
+            raise RuntimeError(f"larder: {head}{values.filter(unknown)[0].as_py()[:SHOWN_CHARS]!r}{tail}")
+        ids = pc.fill_null(ids, NULL_ID).cast(pa.int32())
         if step.output == step.column:
             arrays[names.index(step.column)] = ids
             continue
@@ -473,5 +489,6 @@ def spill(spark: SparkSession, direct: DirectPlan, slices: str, rows_per_file: i
     except Exception as e:  # a task's error arrives wrapped in Spark's; name the file it names
         said = [line.strip() for line in str(e).splitlines() if line.strip().startswith("RuntimeError: larder:")]
         if said:
-            raise SourceError(f"the source changed while the job ran: {said[-1].split('larder:', 1)[1].strip()}") from e
+            text = said[-1].split("larder:", 1)[1].strip()
+            raise SourceError(text if text.startswith(SOURCE_CHANGED) else f"{SOURCE_CHANGED}: {text}") from e
         raise

@@ -12,8 +12,10 @@ through: a ``kind: python`` transform's module (its UDFs) -> :class:`TransformEr
 transform; larder's own task code (``etl/``, ``loader/``: the arrow writer's spill and encode tasks, the
 pyarrow read of :mod:`etl.direct`) -> :class:`PublishError` naming the destination (or
 :class:`SourceError` for a failed pyarrow read of the source); a Spark error class -> :class:`SourceError`
-(reading the source failed) or :class:`PublishError` (``TASK_WRITE_FAILED``). The job then exits 1 with
-that line and the previous version stays live.
+(reading the source failed) or :class:`PublishError` (``TASK_WRITE_FAILED``); an index transform's
+check that every value is in its vocabulary (:func:`etl.transforms.index_column`) -> :class:`SourceError`
+saying the source changed while the job ran. The job then exits 1 with that line and the previous version
+stays live.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import re
 from typing import TYPE_CHECKING
 
 from loader.errors import LarderError, PublishError, SourceError, TransformError
+
+from .transforms import SOURCE_CHANGED
 
 if TYPE_CHECKING:
     from .config import TransformConfig
@@ -223,4 +227,6 @@ def as_larder_error(
         return PublishError(f"writing {where} failed; the live version is unchanged: {spark}")
     if spark.startswith("[FAILED_READ_FILE"):
         return SourceError(f"reading {source} failed: {spark}")
+    if spark.startswith(f"[USER_RAISED_EXCEPTION] {SOURCE_CHANGED}"):  # etl.transforms.index_column's check
+        return SourceError(f"source {source} changed while the job ran{spark.split(SOURCE_CHANGED, 1)[1]}")
     return SourceError(f"Spark failed on the rows of {source}: {spark}")

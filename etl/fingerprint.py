@@ -280,8 +280,39 @@ def selection_definition(df: DataFrame) -> dict:
         return {"schema": schema, "plan": _EXPR_ID.sub("", str(plan.toString()))}
 
 
+def input_statuses(spark: SparkSession, df: DataFrame, files: list[str]) -> list[tuple[str, int, int]]:
+    """``(path, length, modification time ms)`` of every file the selection reads (:func:`fingerprint_inputs`,
+    directories expanded by :func:`file_statuses`): the part of the fingerprint that says which bytes are read.
+
+    Args:
+        spark: The session.
+        df: The validated selection.
+        files: ``sorted(df.inputFiles())``.
+    """
+    return file_statuses(spark, fingerprint_inputs(spark, df, files)) if files else []
+
+
+def changed_inputs(before: list[tuple[str, int, int]], after: list[tuple[str, int, int]]) -> str | None:
+    """What differs between two :func:`input_statuses` of a selection (the first file that changed, was
+    removed or appeared, and how many differ), or None when they are the same."""
+    old, new = {p: (n, m) for p, n, m in before}, {p: (n, m) for p, n, m in after}
+    differ = sorted(p for p in old.keys() | new.keys() if old.get(p) != new.get(p))
+    if not differ:
+        return None
+    first = differ[0]
+    if first not in new:
+        what = f"{first} was removed"
+    elif first not in old:
+        what = f"{first} appeared"
+    else:
+        what = (f"{first} was rewritten ({old[first][0]} bytes modified at {old[first][1]} ms -> {new[first][0]} "
+                f"bytes modified at {new[first][1]} ms)")
+    return what + (f", and {len(differ) - 1} more input files differ" if len(differ) > 1 else "")
+
+
 def source_fingerprint(spark: SparkSession, df: DataFrame, cfg: JobConfig, block_size: int,
-                       files: list[str] | None = None) -> tuple[str | None, dict]:
+                       files: list[str] | None = None, statuses: list[tuple[str, int, int]] | None = None
+                       ) -> tuple[str | None, dict]:
     """Fingerprint the selection's snapshot: its input files, the conf and its definition.
 
     Args:
@@ -292,6 +323,8 @@ def source_fingerprint(spark: SparkSession, df: DataFrame, cfg: JobConfig, block
         cfg: The job conf.
         block_size: The resolved block size.
         files: ``sorted(df.inputFiles())`` if the caller has listed them already.
+        statuses: :func:`input_statuses` of ``files`` if the caller has taken them already (the job takes
+            them again after writing, :func:`changed_inputs`).
 
     Returns:
         ``(fingerprint or None, snapshot summary)``; None when the source has no input files. The
@@ -300,7 +333,7 @@ def source_fingerprint(spark: SparkSession, df: DataFrame, cfg: JobConfig, block
     files = sorted(df.inputFiles()) if files is None else files
     if not files:
         return None, {"files": 0, "partitions": []}
-    statuses = file_statuses(spark, fingerprint_inputs(spark, df, files))
+    statuses = input_statuses(spark, df, files) if statuses is None else statuses
     snapshot = {"files": len(statuses), "partitions": partitions_of([path for path, _, _ in statuses])}
     if not statuses:
         return None, snapshot

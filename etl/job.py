@@ -26,7 +26,7 @@ from loader.publish import begin_staging
 from . import direct
 from .config import DEFAULT_BLOCK_SIZE, JobConfig, check_page_size, format_size
 from .failures import as_larder_error
-from .fingerprint import source_fingerprint
+from .fingerprint import changed_inputs, input_statuses, source_fingerprint
 from .layout import LAYOUT_SETTINGS, partition_counts, scan_counts
 from .prior import read_live
 from .sizing import PriorSizing, SizedWriter, destination_block_size, temporary_conf
@@ -158,7 +158,10 @@ def run(
         LiveManifestError: The live manifest is unreadable and index ids depend on it (no ``force``).
         TransformError: A user transform failed (also on the executors: the transform and the Python
             exception line are named, :mod:`etl.failures`).
-        SourceError: Reading the source failed on the executors (Spark's error class and message).
+        SourceError: Reading the source failed on the executors (Spark's error class and message), or the
+            source changed while the job ran: fewer or more rows written than counted, a non-null value
+            its vocabulary lacks (:func:`etl.transforms.index_column`), or an input file's length or
+            modification time differs after the write (:func:`etl.fingerprint.changed_inputs`).
         PublishError: The destination cannot be written; the previous version stays live.
     """
     try:
@@ -214,7 +217,8 @@ def _run(
     bases = base_vocabularies(cfg.transforms, previous.vocabularies if previous else None, force=force, log=log,
                               live=previous.version if previous else None)  # fmt: skip
     input_files = sorted(source.df.inputFiles())  # listed once: the fingerprint and the pyarrow read use them
-    fingerprint, snapshot = source_fingerprint(spark, source.df, cfg, block, input_files)
+    statuses = input_statuses(spark, source.df, input_files)  # taken again after the write: unchanged?
+    fingerprint, snapshot = source_fingerprint(spark, source.df, cfg, block, input_files, statuses)
     phase("validate+fingerprint")
     if previous is not None and fingerprint and previous.source.get("fingerprint") == fingerprint and not force:
         return RunResult("up to date", shown, previous.version, previous.num_rows, seconds=time.time() - started)
@@ -264,6 +268,10 @@ def _run(
         written = sum(f.num_rows for f in sized.files)
         if written != count:
             raise SourceError(f"source {source.name} changed while the job ran: counted {count} rows, wrote {written}")
+        changed = changed_inputs(statuses, input_statuses(spark, source.df, input_files))
+        if changed:  # the rows written may mix old and new files: the fingerprint would describe neither
+            raise SourceError(f"source {source.name} changed while the job ran: {changed}; nothing published, the "
+                              "live version is unchanged")
         fill = sized.fill()
         version = staging.commit(
             source={**source.description, "fingerprint": fingerprint, "snapshot": snapshot},

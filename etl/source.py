@@ -93,6 +93,9 @@ def _open_table(spark: SparkSession, table: str) -> tuple[DataFrame, list[str]]:
     return spark.table(table), parts
 
 
+HIVE_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # the partition value Hive (and Spark) reads as null
+
+
 def quote_name(name: str) -> str:
     """``name`` as a Spark SQL identifier: in backticks, embedded backticks doubled, so that a dot (or a
     backtick) in a column name is part of the name rather than a struct field path."""
@@ -103,6 +106,34 @@ def unescape_path_name(text: str) -> str:
     """Undo Hive's partition-path escaping (``FileUtils.unescapePathName``: ``%XX`` -> the character), as
     ``SHOW PARTITIONS`` prints the directory names: ``hour=2026-11-23 10%3A00`` holds ``10:00``."""
     return unquote(text)  # Hive escapes ASCII characters only, so this is exactly its inverse
+
+
+def partition_values(spark: SparkSession, texts, data_type) -> dict[str, Any]:
+    """Spark's value of each partition value text for a partition column of ``data_type``: what Spark reads
+    for a partition whose metastore spec holds the text (``CatalogTablePartition.toRow``: ``CAST(text AS
+    type)`` as the session evaluates it, so ``hour=07`` is 7 and ``day=2025-1-5`` is 2025-01-05; Hive's
+    null partition is None). None too where that cast gives null or, in ANSI mode, fails.
+
+    The casts are evaluated on the driver over a local relation (no Spark job), all texts in one query.
+
+    Args:
+        spark: The session (its ANSI mode and time zone decide the casts).
+        texts: Partition value texts (unescaped, as the metastore holds them); None stands for null.
+        data_type: The column's Spark type.
+    """
+    from pyspark.sql import types as T
+
+    distinct = sorted({t for t in texts if t is not None and t != HIVE_NULL_PARTITION})
+    found: dict[str, Any] = {HIVE_NULL_PARTITION: None}
+    if isinstance(data_type, T.StringType) or not distinct:
+        return {**found, **{t: t for t in distinct}}
+    import pyarrow as pa
+
+    ansi = str(spark.conf.get("spark.sql.ansi.enabled")).lower() == "true"  # (a default given to get() wins)
+    cast = "try_cast" if ansi else "cast"  # try_cast: the ANSI cast, null where it fails
+    local = spark.createDataFrame(pa.table({"v": pa.array(distinct, pa.string())}))
+    rows = local.selectExpr("v", f"{cast}(v AS {data_type.simpleString()}) AS typed").collect()
+    return {**found, **{r["v"]: r["typed"] for r in rows}}
 
 
 def _existing_partitions(spark: SparkSession, table: str) -> list[dict[str, str]]:
@@ -117,8 +148,25 @@ def _existing_partitions(spark: SparkSession, table: str) -> list[dict[str, str]
     return out
 
 
-def _partition_filter(spark: SparkSession, table: str, parts: list[str],
+def _listed(values: list[str], most: int = 20) -> str:
+    shown = ", ".join(values[:most])
+    return shown + (f" and {len(values) - most} more" if len(values) > most else "")
+
+
+def _partition_filter(spark: SparkSession, df: DataFrame, table: str, parts: list[str],
                       wanted: dict[str, str | tuple[str, ...]]) -> Column:
+    """The filter selecting the ``wanted`` partitions, each value checked against ``SHOW PARTITIONS``.
+
+    A value selects the partitions whose stored text it is, or whose value as Spark reads it
+    (:func:`partition_values`) is the given text's: ``hour: "7"`` and ``hour: "07"`` both select the
+    partition stored as ``hour=07`` of an INT column. The filter compares those typed values (``IS NULL``
+    for a value Spark reads as null, such as Hive's null partition), so what the check accepts is what
+    the filter selects.
+
+    Raises:
+        SourceError: A key is not a partition column, or a value matches no partition (naming the table,
+            the column and the value, and listing the column's stored values).
+    """
     from pyspark.sql import functions as F
 
     for key in wanted:
@@ -129,11 +177,18 @@ def _partition_filter(spark: SparkSession, table: str, parts: list[str],
     condition = None
     for key, value in wanted.items():
         values = list(value) if isinstance(value, (list, tuple)) else [value]  # strings (etl.config)
-        present = {p.get(key) for p in existing}
+        stored = sorted({p[key] for p in existing if key in p})
+        typed = partition_values(spark, stored + values, df.schema[key].dataType)
+        present = {typed[s] for s in stored}
         for v in values:
-            if v not in present:
-                raise SourceError(f"source.partitions: {table} has no partition {key}={v}")
-        clause = F.col(quote_name(key)).cast("string").isin(values)
+            if v not in stored and (typed[v] is None or typed[v] not in present):
+                raise SourceError(f"source.partitions: {table} has no partition {key}={v} (its {key} values: "
+                                  f"{_listed(stored) or 'none'})")
+        column = F.col(quote_name(key))
+        known = list(dict.fromkeys(typed[v] for v in values if typed[v] is not None))
+        clause = column.isin(known) if known else None
+        if any(typed[v] is None for v in values):
+            clause = column.isNull() if clause is None else clause | column.isNull()
         condition = clause if condition is None else condition & clause
     return condition
 
@@ -161,7 +216,7 @@ def load_source(spark: SparkSession, cfg: SourceConfig) -> Source:
         description = {"kind": "path", "path": cfg.path, "format": cfg.format}
     all_columns = df.columns
     if cfg.partitions:
-        df = df.where(_partition_filter(spark, cfg.table, parts, cfg.partitions))
+        df = df.where(_partition_filter(spark, df, cfg.table, parts, cfg.partitions))
         description["partitions"] = {k: v for k, v in cfg.partitions.items()}
     if cfg.where:
         try:

@@ -13,7 +13,9 @@ file that contradicts the live ids (reordered, or a new entry where the live ver
 value) is refused with :class:`ConfigError` unless the run is forced (``--force``: the file's ids win,
 the live version's other values follow in their order, and the changed ids are logged) or the transform
 sets ``reuse_previous: false``. Null maps to ``-1`` (never in the vocabulary); every non-null value of
-the selection is in the vocabulary, so there is no "unknown" id inside one version.
+the selection is in the vocabulary, so there is no "unknown" id inside one version: a non-null value the
+vocabulary lacks when the rows are written (the source changed after its values were counted) fails the
+task that meets it (:func:`unknown_value`), and nothing is published.
 
 ``kind: python`` calls a user function ``package.module:function`` as ``function(df, **args)``; it must
 return a DataFrame.
@@ -39,7 +41,19 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 NULL_ID = -1
+SOURCE_CHANGED = "the source changed while the job ran"
 _VALUE, _ID = "__larder_vocab_value", "__larder_vocab_id"
+SHOWN_CHARS = 200  # of a value quoted in an error
+
+
+def unknown_value(column: str, output: str) -> tuple[str, str]:
+    """The error of a non-null value of ``column`` that the vocabulary of ``output`` lacks, as the text before
+    and after the quoted value: the vocabulary holds every value counted at the start of the run, so the rows
+    read later are not those counted."""
+    return (f"{SOURCE_CHANGED}: column {column!r} holds ",
+            f", which is not in the vocabulary of {output!r} counted from it at the start of the run (or a "
+            "python transform before the index is not deterministic); nothing published, the live version is "
+            "unchanged")
 
 
 def extend_vocabulary(base: list[str], counts: Mapping[str, int]) -> list[str]:
@@ -58,14 +72,15 @@ def extend_vocabulary(base: list[str], counts: Mapping[str, int]) -> list[str]:
 
 
 def read_vocabulary_file(url: str, where: str) -> list[str]:
-    """Read a vocabulary file: a JSON list, or one value per line.
+    """Read a vocabulary file: a JSON list, or one value per line (UTF-8; a leading byte order mark, as
+    some editors save it, is not part of the first value).
 
     Raises:
         ConfigError: The file is missing or malformed (names the key and the file).
     """
     try:
         fs, path = lfs.resolve(url)
-        text = lfs.read_bytes(fs, path).decode("utf-8")
+        text = lfs.read_bytes(fs, path).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError, LarderError) as e:
         raise ConfigError(f"{where}.vocabulary: cannot read {url}: {e}") from e
     if text.lstrip().startswith("["):
@@ -171,15 +186,21 @@ def index_column(
 
     The mapping is a broadcast join, so row order within partitions is kept. ``output`` replaces
     ``column`` in place when they are equal; otherwise it is added after the last column (it must not
-    name another column of ``df``: :func:`check_index_output`).
+    name another column of ``df``: :func:`check_index_output`). A non-null value that ``vocabulary`` lacks
+    fails the task that computes its row (Spark's ``raise_error``, :func:`unknown_value`): the vocabulary
+    holds every value counted, so such a value means the rows changed since (no extra pass over the rows).
     """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     schema = T.StructType([T.StructField(_VALUE, T.StringType(), False), T.StructField(_ID, T.IntegerType(), False)])
     vocab_df = spark.createDataFrame([(v, i) for i, v in enumerate(vocabulary)], schema)
-    joined = df.join(F.broadcast(vocab_df), df[quote_name(column)] == vocab_df[_VALUE], "left")
-    ids = F.coalesce(F.col(_ID), F.lit(NULL_ID)).cast("int").alias(output)
+    value = df[quote_name(column)]
+    joined = df.join(F.broadcast(vocab_df), value == vocab_df[_VALUE], "left")
+    head, tail = unknown_value(column, output)
+    unknown = F.raise_error(F.concat(F.lit(head + "'"), F.substring(value, 1, SHOWN_CHARS), F.lit("'" + tail)))
+    ids = F.when(F.col(_ID).isNull() & value.isNotNull(), unknown).otherwise(
+        F.coalesce(F.col(_ID), F.lit(NULL_ID))).cast("int").alias(output)
     if output == column:
         cols = [ids if c == column else df[quote_name(c)] for c in df.columns]
     else:
