@@ -58,6 +58,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import shared_memory
+from multiprocessing.connection import wait
 from typing import Any
 
 from .errors import ConfigError, WorkerError
@@ -445,7 +446,12 @@ class ProcessPool(Pool):
         for pid, p in procs.items():
             try:
                 code = p.exitcode
-            except (AssertionError, ValueError):  # not ours to wait for, or closed
+                if code is None and wait([p.sentinel], 0):  # ended, but the executor's thread is reaping it
+                    deadline = time.monotonic() + 0.5  # (its waitpid won; the code lands in p when it returns)
+                    while code is None and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                        code = p.exitcode
+            except (AssertionError, ValueError, OSError):  # not ours to wait for, or closed
                 continue
             if code is not None and code != 0:
                 ended[pid] = code
