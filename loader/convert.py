@@ -21,7 +21,8 @@ when shuffling; arrays are zero-copy views of the batch's Arrow buffers where th
   row ``i`` is ``b[col][offsets[i]:offsets[i + 1]]``. A null list or string is empty (a null fixed-size binary
   is its width of zero bytes).
 * ``ragged="padded"``: ``b[col]`` is an ``(n, longest)`` array padded with ``pad_value`` (0) and
-  ``b[col + ".lengths"]`` the ``int64`` lengths.
+  ``b[col + ".lengths"]`` the ``int64`` lengths. One long row pads every row of its batch to its length: a
+  batch whose padding takes more than 8x its values and over 16 MiB warns (once per column and process).
 * **Lists of strings / binaries / lists** (``list<string>`` tokens, ``list<list<int32>>``): two levels.
   ``ragged="offsets"``: ``b[col]`` the flat innermost values (bytes for strings),
   ``b[col + ".offsets"]`` (``n + 1``) the rows' offsets into the items, and ``b[col + ".value_offsets"]``
@@ -32,9 +33,9 @@ when shuffling; arrays are zero-copy views of the batch's Arrow buffers where th
   object array holding one array of ``str`` per row. Deeper nesting has no numpy form (a ``ConfigError``
   names the column).
 * ``strings="object"``: string and binary columns become 1-D ``object`` arrays of ``str`` / ``bytes``
-  (``None`` where null) instead: convenient for small batches and printing; made by Arrow's converter,
-  but the result is one Python object per row (a string that is not UTF-8 raises a ``ConfigError`` naming
-  the column). ``strings="offsets"`` (default) follows ``ragged``.
+  (``None`` where null) instead: convenient for small batches and printing, but the result is one Python
+  object per row (made without importing pandas, which Arrow's own converter would; a string that is not
+  UTF-8 raises a ``ConfigError`` naming the column). ``strings="offsets"`` (default) follows ``ragged``.
 * **String / binary views** (``string_view``, nested too) have the forms of plain strings / binaries (the
   reader reads them plain: :func:`loader.convert_types.plain_type`).
 * **Structs**: flattened to ``b["col.field"]`` with the rules above.
@@ -396,24 +397,30 @@ def _fixed_size_strings(name: str, arr: pa.Array, out: dict, ragged: str, string
 
 def _string_lists(name: str, arr: pa.Array, flat: pa.Array, offsets: np.ndarray) -> np.ndarray:
     """A list of strings as an object array of one array of ``str``/``bytes`` per row (None for a null list or
-    string), by Arrow's converter; items it cannot convert (fixed-size binaries, views) are made plain first."""
-    if not _needs_plain(arr.type.value_type):
-        return _objects(name, arr)
-    text = getattr(pat, "is_string_view", lambda _: False)(flat.type)  # else fixed-size binary or binary view
-    flat = flat.cast(pa.large_string() if text else pa.large_binary())
-    rows = pa.LargeListArray.from_arrays(as_arrow(offsets), flat, mask=arr.is_null() if arr.null_count else None)
-    return _objects(name, rows)
+    string): views of one object array of the items ``flat`` (``arr.flatten()``, rows at ``offsets``)."""
+    items = _objects(name, flat)
+    rows = np.fromiter((items[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)),
+                       dtype=object, count=len(arr))
+    if arr.null_count:
+        rows[~_bools(arr.is_valid())] = None
+    return rows
 
 
 def _objects(name: str, arr: pa.Array) -> np.ndarray:
-    """Arrow's conversion of strings or binaries (or lists of them) to an object array of ``str`` / ``bytes``.
+    """Strings or binaries (any layout: views, fixed-size, large) as a 1-D object array of ``str`` / ``bytes``,
+    None where null.
+
+    Made from ``to_pylist``, not Arrow's ``to_numpy``, whose converter imports pandas whenever it is installed
+    (+36 MB, and 0.3 s in ``make_reader``); that one is faster per string (10,000 short strings: 0.19 against
+    0.28 ms), a difference lost in a reader's batch (the same read of 1M strings in batches of 10,000 took as
+    long, 0.17-0.27 s, either way).
 
     Raises:
         ConfigError: A string holds bytes that are not UTF-8 (no ``str`` has them); names the column and the
             forms that give the raw bytes.
     """
     try:
-        return arr.to_numpy(zero_copy_only=False)
+        items = arr.to_pylist()
     except (pa.ArrowException, UnicodeDecodeError) as e:
         try:
             arr.validate(full=True)  # only on this path: says which string is not UTF-8
@@ -423,6 +430,7 @@ def _objects(name: str, arr: pa.Array) -> np.ndarray:
                 "cannot give as str; strings=\"offsets\" gives its raw bytes (loader.torch: strings=\"tensor\", "
                 "loader.tf: strings=\"bytes\")") from e
         raise
+    return np.fromiter(items, dtype=object, count=len(items))  # faster than np.array(items, dtype=object)
 
 
 def _bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -7,11 +7,29 @@ levels: rows of items of values), and the padded forms made from them.
 from __future__ import annotations
 
 import functools
+import math
+import threading
+import warnings
 from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError
+from .plan import size_text
+
+_WASTE_RATIO = 8
+"""A padded batch warns when its padded arrays take more than this many times the bytes of the column's values
+and more than :data:`_WASTE_BYTES`. Ordinary ragged data (lengths within a few times their mean: token ids cut
+at a maximum length, 2-6 KB images) pads to 1-3x its values; past 8x, seven eighths are padding, and the
+reader's ``memory_budget``, which counts values (the manifest's bytes per row), is off by as much."""
+_WASTE_BYTES = 16 << 20
+"""Half the ready queue's share of the default budget (an eighth of 256 MiB): a smaller padded batch costs little
+however wasteful (256 token lists with a long tail: 2 MiB), so small batches never warn."""
+_MASK_CELLS = 1 << 22
+"""Most cells :func:`pad` fills through one boolean mask (one byte a cell): larger arrays are filled in row blocks,
+so the mask adds at most 4 MiB to the padded array instead of another ``n x longest`` bytes."""
+_warned: set[str] = set()  # columns warned about in this process
+_warned_lock = threading.Lock()  # batches are padded in the reader's pool threads
 
 
 def _ragged(name: str, values: np.ndarray, offsets: np.ndarray, out: dict, form: str, pad_value) -> None:
@@ -20,7 +38,10 @@ def _ragged(name: str, values: np.ndarray, offsets: np.ndarray, out: dict, form:
         out[name + ".offsets"] = offsets
         return
     lengths = np.diff(offsets)
-    out[name] = pad(values, lengths, _fitting(pad_value, values.dtype, name))
+    pad_value = _fitting(pad_value, values.dtype, name)
+    longest = int(lengths.max()) if len(lengths) else 0
+    _check_waste(name, values, (len(lengths), longest))
+    out[name] = _pad(values, lengths, pad_value, longest)
     out[name + ".lengths"] = lengths
 
 
@@ -34,9 +55,35 @@ def _ragged2(name: str, values: np.ndarray, value_offsets: np.ndarray, offsets: 
         return
     item_lengths, lengths = np.diff(value_offsets), np.diff(offsets)
     pad_value = _fitting(pad_value, values.dtype, name)
-    out[name] = pad(pad(values, item_lengths, pad_value), lengths, pad_value)
+    most = int(lengths.max()) if len(lengths) else 0
+    longest = int(item_lengths.max()) if len(item_lengths) else 0
+    _check_waste(name, values, (len(lengths), most, longest), extra=len(lengths) * most * 8)  # + value_lengths
+    out[name] = _pad(_pad(values, item_lengths, pad_value, longest), lengths, pad_value, most)
     out[name + ".lengths"] = lengths
-    out[name + ".value_lengths"] = pad(item_lengths, lengths, 0)
+    out[name + ".value_lengths"] = _pad(item_lengths, lengths, 0, most)
+
+
+def _check_waste(name: str, values: np.ndarray, shape: tuple[int, ...], extra: int = 0) -> None:
+    """Warn (once per column and process) when padding ``values`` to ``shape`` (``(rows, longest)``, or
+    ``(rows, most items, longest item)``; + ``extra`` bytes of padded lengths) takes more than
+    :data:`_WASTE_RATIO` times their bytes and more than :data:`_WASTE_BYTES`: a batch with an outlier row,
+    which pads every row to its length. Checked before the arrays are made."""
+    padded = math.prod(shape + values.shape[1:]) * values.itemsize + extra
+    if padded <= _WASTE_BYTES or padded <= _WASTE_RATIO * values.nbytes:
+        return
+    with _warned_lock:
+        if name in _warned:
+            return
+        _warned.add(name)
+    longest = f"a row of {shape[1]} values" if len(shape) == 2 else \
+        f"a row of {shape[1]} items (and items of up to {shape[2]} values)"
+    warnings.warn(
+        f"ragged=\"padded\": column {name!r} has {longest}, so a batch of {shape[0]} rows pads to "
+        f"{size_text(padded)} for {size_text(values.nbytes)} of values ({padded / max(1, values.nbytes):.0f}x; "
+        "memory_budget counts the values, not the padding); read it with ragged=\"offsets\" (values + offsets), "
+        "or cap its lengths in a transform. Warned once per column.",
+        UserWarning, stacklevel=2,
+    )
 
 
 def to_padded(batch: dict[str, np.ndarray], pad_value: Any = 0) -> dict[str, np.ndarray]:
@@ -108,14 +155,28 @@ def pad(values: np.ndarray, lengths: np.ndarray, pad_value: Any = 0) -> np.ndarr
     Returns:
         The padded array.
     """
+    return _pad(values, lengths, pad_value, int(lengths.max()) if len(lengths) else 0)
+
+
+def _pad(values: np.ndarray, lengths: np.ndarray, pad_value: Any, longest: int) -> np.ndarray:
+    """:func:`pad` given ``longest`` (``lengths.max()``, 0 if no rows)."""
     n = len(lengths)
-    longest = int(lengths.max()) if n else 0
     out = np.full((n, longest) + values.shape[1:], pad_value, dtype=values.dtype)
-    if len(values):
-        # A boolean mask of the filled cells, assigned in row-major order: one pass, no index arrays. Indexing
-        # out[rows, cols] with a row and a column index per value cost 22x more on image bytes (100 rows of
-        # 2-6 KB: 5.0 ms against 0.22 ms) and 2x more on short lists (wordpiece ids: 16 against 8 us).
-        out[np.arange(longest) < lengths[:, None]] = values
+    if not len(values):
+        return out
+    # A boolean mask of the filled cells, assigned in row-major order: one pass, no index arrays. Indexing
+    # out[rows, cols] with a row and a column index per value cost 22x more on image bytes (100 rows of
+    # 2-6 KB: 5.0 ms against 0.22 ms) and 2x more on short lists (wordpiece ids: 16 against 8 us).
+    columns = np.arange(longest)
+    if n * longest <= _MASK_CELLS:
+        out[columns < lengths[:, None]] = values
+        return out
+    step, start = max(1, _MASK_CELLS // max(1, longest)), 0  # a mask of at most _MASK_CELLS at a time
+    for a in range(0, n, step):
+        part = lengths[a : a + step]
+        end = start + int(part.sum())
+        out[a : a + step][columns < part[:, None]] = values[start:end]
+        start = end
     return out
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .arguments import check_int
 from .errors import ConfigError, StateError
-from .reader import Closeable, Reader, make_reader
+from .reader import DEFAULT_MEMORY_BUDGET, Closeable, Reader, make_reader
 
 MIX_KIND = "larder.mix"
 _TAG_MIX = 0x6D78
@@ -203,10 +203,13 @@ def mix(sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0
         **reader_options: Passed to :func:`~loader.reader.make_reader` for sources given as URLs; the
             source at index ``i`` is opened with ``seed + i`` (the mix's seed decides every shuffle, and one
             dataset given twice yields two different streams). For other seeds, pass readers.
+            ``memory_budget`` (default 256 MiB) is the whole mix's: split evenly between the readers the mix
+            opens (each of ``k`` URL sources gets ``memory_budget // k``), so the mix's memory does not grow
+            with its number of sources. Readers passed in keep the budgets they were made with, on top of it.
 
     Raises:
-        ConfigError: No sources, weights of the wrong length, negative, not finite or all zero, or an
-            unknown stop rule.
+        ConfigError: No sources, weights of the wrong length, negative, not finite or all zero, an unknown
+            stop rule, or (with URL sources) a ``memory_budget`` that is not a positive integer.
     """
     sources = list(sources)
     if not sources:
@@ -222,6 +225,11 @@ def mix(sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0
         raise ConfigError(f"stop must be one of {STOP_RULES}, got {stop!r}")
     check_int("seed", seed, 0)  # numpy integers too, as make_reader
     seed = int(seed)
+    opened = sum(not isinstance(s, (Reader, MixedReader)) for s in sources)  # anything else is refused below
+    if opened:
+        budget = reader_options.get("memory_budget")
+        check_int("memory_budget", budget, 1, allow_none=True)
+        reader_options["memory_budget"] = max(1, int(budget or DEFAULT_MEMORY_BUDGET) // opened)
     readers, owned = [], []
     try:
         for i, s in enumerate(sources):

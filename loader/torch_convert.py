@@ -18,7 +18,8 @@ def to_torch(batch: dict[str, np.ndarray], ragged: str = "padded", pad_value: An
         ragged: ``"padded"``: each ``col`` + ``col.offsets`` pair becomes an ``(n, longest)`` tensor padded
             with ``pad_value`` and ``col.lengths``; a two-level column (``col.value_offsets``: lists of
             strings or of lists) becomes ``(n, most items, longest item)`` with ``col.lengths`` and
-            ``col.value_lengths`` (``(n, most items)``). ``"offsets"``: kept as values + offsets.
+            ``col.value_lengths`` (``(n, most items)``); a batch whose padding takes more than 8x its values
+            and over 16 MiB (an outlier row) warns, once per column. ``"offsets"``: kept as values + offsets.
         pad_value: Fill value of the padding.
 
     String/object arrays become lists (a list of strings per row for ``list<string>``). Read-only arrays
