@@ -7,8 +7,9 @@ decodes to many times it (an audit measured 1.7 MiB in the manifest against 22 M
 of a few columns decodes to a fraction of it. The reader sizes its windows, slices and ready queue from
 decoded bytes, so it measures the ratio once, when it is made: it decodes the first rows (at most
 :data:`SAMPLE_ROWS`) of the first non-empty row group with the selected columns, in a streamed read that
-fetches only the first pages, and scales every row group's manifest bytes by the decoded bytes per manifest
-byte found there (:func:`decoded_scale`).
+fetches only the footer and the first pages (from the dataset's storage: a remote dataset's local file cache
+is left alone, so the constructor starts no download), and scales every row group's manifest bytes by the
+decoded bytes per manifest byte found there (:func:`decoded_scale`).
 
 The ratio depends only on the data and the selection, so every rank, pool and worker count plans the same
 windows and the shuffle stays deterministic. A read that fails (a damaged or unreachable file) falls back
@@ -20,7 +21,9 @@ from __future__ import annotations
 import warnings
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from . import fs as lfs
 from .dataset import Dataset
 from .errors import LarderError
 from .plan import size_text
@@ -42,13 +45,15 @@ def decoded_scale(ds: Dataset, columns: list[str]) -> float:
         return 1.0
     group = groups[index]
     file_index, local = ds.row_group_index()[index]
+    # Straight from the dataset's storage, never through its local file cache: fetching a whole file there
+    # would start the cache's prefetch threads from the reader's constructor (and use the credentials of now).
+    path = ds.file_path(ds.files[file_index])
     try:
-        pf, _ = ds.open_copy(ds.files[file_index], pre_buffer=False, buffer_size=_SAMPLE_BUFFER)
-        try:
+        lfs.check_regular_file(ds.fs, path)  # a FIFO would block the open forever
+        with ds.fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=_SAMPLE_BUFFER)
             batch = next(pf.iter_batches(batch_size=min(SAMPLE_ROWS, group.num_rows), row_groups=[local],
                                          columns=list(columns), use_threads=False), None)
-        finally:
-            pf.close(force=True)
     except (LarderError, OSError, pa.ArrowException):  # reported by the read of that row group, if it persists
         return 1.0
     if batch is None or not batch.num_rows:
