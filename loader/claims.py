@@ -2,7 +2,9 @@
 
 A run claims ``<dataset>/_staging-<id>`` with an owner file ``_staging-<id>.owner`` (:func:`claim`);
 :func:`clean_stale_staging` removes the debris of dead runs and never a live run's; :func:`publish_lock`
-serialises the publish step of runs on one local disk. :mod:`loader.publish` builds on these.
+serialises the publish step of runs on one local disk. A version renamed into place carries its run's claim
+in a marker until ``CURRENT`` has named it (:func:`mark_publishing`, :func:`publish_state`), so a pruner tells a
+version still being published from one whose run died before it went live. :mod:`loader.publish` builds on these.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import socket
 import time
 from collections.abc import Iterator
@@ -19,12 +22,14 @@ import pyarrow.fs as pafs
 from . import fs as lfs
 from .errors import DatasetNotFoundError
 from .locks import Flock, held_elsewhere, lock_fd
-from .manifest import STAGING_PREFIX
+from .manifest import CURRENT_NAME, STAGING_PREFIX
 
 OWNER_SUFFIX = ".owner"
 PENDING_SUFFIX = ".owner.new"  # an owner file being written; renamed to OWNER_SUFFIX once locked
 PENDING_STALE_AFTER_S = 600  # a pending owner file this old was left by a run that died while creating it
 REMOTE_STALE_AFTER_S = 24 * 3600
+PUBLISHING_NAME = "_publishing"  # in a version directory not yet seen live: the staging name of its run
+PUBLISHED, PUBLISHING, ABANDONED = "published", "publishing", "abandoned"  # what publish_state() tells
 
 # How runs and cleaners agree on who is alive (local disk; flock locks die with their process):
 #
@@ -135,7 +140,8 @@ def remove(fs: pafs.FileSystem, path: str, *, directory: bool) -> bool:
 
 
 def clean_stale_staging(fs: pafs.FileSystem, dataset_dir: str) -> list[str]:
-    """Remove staging directories (and owner files) of runs that are no longer alive.
+    """Remove staging directories (and owner files) of runs that are no longer alive, and temporary ``CURRENT``
+    files older than :data:`PENDING_STALE_AFTER_S` (left by runs killed while swapping it).
 
     Safe to run while other runs claim, fill and commit staging directories (see the protocol above).
 
@@ -145,6 +151,10 @@ def clean_stale_staging(fs: pafs.FileSystem, dataset_dir: str) -> list[str]:
     stems = set()
     for entry in lfs.listdir(fs, dataset_dir):
         name = entry.base_name
+        if lfs.is_temporary(name, CURRENT_NAME):  # a CURRENT its run never moved into place (killed meanwhile)
+            if not _younger_than(entry, PENDING_STALE_AFTER_S):  # a live run renames its own within seconds
+                remove(fs, entry.path, directory=False)
+            continue
         if not name.startswith(STAGING_PREFIX):
             continue
         if name.endswith(PENDING_SUFFIX):
@@ -164,6 +174,38 @@ def clean_stale_staging(fs: pafs.FileSystem, dataset_dir: str) -> list[str]:
         if remove(fs, owner, directory=False) or gone:
             removed.append(stem)
     return removed
+
+
+def mark_publishing(fs: pafs.FileSystem, staging_path: str) -> None:
+    """Write the run's claim (its staging directory's name) into the staging directory as the marker
+    :data:`PUBLISHING_NAME`, which moves with it when it is renamed to its version: until :func:`unmark`, that
+    version is its run's to make live, and :func:`publish_state` tells a pruner so."""
+    lfs.write_bytes(fs, lfs.join(staging_path, PUBLISHING_NAME), posixpath.basename(staging_path).encode())
+
+
+def unmark(fs: pafs.FileSystem, version_dir: str) -> bool:
+    """Remove the marker of a version that ``CURRENT`` has named (or that a newer live version superseded); best
+    effort (gone already is fine)."""
+    return remove(fs, lfs.join(version_dir, PUBLISHING_NAME), directory=False)
+
+
+def publish_state(fs: pafs.FileSystem, dataset_dir: str, version: str) -> str:
+    """Whether ``version`` is :data:`PUBLISHED` (no marker: ``CURRENT`` named it, or a larder without markers made
+    it), :data:`PUBLISHING` (its run still lives and may yet make it live) or :data:`ABANDONED` (its run died, or
+    failed to clean up, before ``CURRENT`` named it: it never was live).
+
+    Raises:
+        OSError: The marker cannot be read (other than missing).
+    """
+    try:
+        run = lfs.read_bytes(fs, lfs.join(dataset_dir, version, PUBLISHING_NAME)).decode("utf-8", "replace").strip()
+    except DatasetNotFoundError as e:
+        if isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError)):
+            return PUBLISHED
+        raise
+    if run.startswith(STAGING_PREFIX) and "/" not in run and owner_alive(fs, lfs.join(dataset_dir, run + OWNER_SUFFIX)):
+        return PUBLISHING
+    return ABANDONED
 
 
 @contextlib.contextmanager
@@ -213,5 +255,6 @@ def _claim_local(path: str, owner: bytes) -> int | None:
     return fd
 
 
-__all__ = ["OWNER_SUFFIX", "PENDING_STALE_AFTER_S", "PENDING_SUFFIX", "REMOTE_STALE_AFTER_S", "claim",
-           "clean_stale_staging", "owner_alive", "pid_alive", "process_life", "publish_lock", "remove"]
+__all__ = ["ABANDONED", "OWNER_SUFFIX", "PENDING_STALE_AFTER_S", "PENDING_SUFFIX", "PUBLISHED", "PUBLISHING",
+           "PUBLISHING_NAME", "REMOTE_STALE_AFTER_S", "claim", "clean_stale_staging", "mark_publishing", "owner_alive",
+           "pid_alive", "process_life", "publish_lock", "publish_state", "remove", "unmark"]

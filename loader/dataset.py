@@ -353,8 +353,16 @@ class Dataset(DatasetChecks):
             f.close()
 
 
+_FOLLOW_CURRENT = 5  # versions CURRENT may name in turn while one open_dataset reads it (publishes pruning them)
+
+
 def _resolve_version(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
-    """Return ``(version_dir, manifest_text)`` for a dataset or version directory."""
+    """Return ``(version_dir, manifest_text)`` for a dataset or version directory.
+
+    A dataset directory's ``CURRENT`` is followed; if the manifest of the version it named is missing, ``CURRENT``
+    is read again and followed if it moved meanwhile (a publish with ``keep_versions=1`` prunes the version it
+    replaced right after its swap), a few times, before the version counts as missing.
+    """
     manifest_path = lfs.join(path, MANIFEST_NAME)
     try:
         return path, lfs.read_bytes(fs, manifest_path)
@@ -378,16 +386,26 @@ def _resolve_version(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
             f"{lfs.display(fs, path)} is neither a dataset (no CURRENT) nor a version (no {MANIFEST_NAME})"
             f"{_orphaned_versions(fs, path)}"
         ) from e
-    version_dir = lfs.join(path, name)
-    manifest_path = lfs.join(version_dir, MANIFEST_NAME)
-    try:
-        return version_dir, lfs.read_bytes(fs, manifest_path)
-    except DatasetNotFoundError as e:
-        if not isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError)):
-            raise  # there, but not a file that can be read (a directory, a FIFO...): its message says why
-        raise DatasetNotFoundError(
-            f"CURRENT of {lfs.display(fs, path)} names {name!r}, but {lfs.display(fs, manifest_path)} is missing"
-        ) from e
+    for _ in range(_FOLLOW_CURRENT):
+        version_dir = lfs.join(path, name)
+        manifest_path = lfs.join(version_dir, MANIFEST_NAME)
+        try:
+            return version_dir, lfs.read_bytes(fs, manifest_path)
+        except DatasetNotFoundError as e:
+            if not isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError)):
+                raise  # there, but not a file that can be read (a directory, a FIFO...): its message says why
+            missing = e
+        # A publish may have moved CURRENT on and pruned this version since CURRENT was read: read it again.
+        try:
+            again = current_version(fs, path, retries=0)
+        except DatasetNotFoundError:
+            break
+        if again == name:
+            break
+        name = again
+    raise DatasetNotFoundError(
+        f"CURRENT of {lfs.display(fs, path)} names {name!r}, but {lfs.display(fs, manifest_path)} is missing"
+    ) from missing
 
 
 def _orphaned_versions(fs: pafs.FileSystem, path: str) -> str:

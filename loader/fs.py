@@ -248,15 +248,47 @@ def replace_file(fs: pafs.FileSystem, src: str, dst: str) -> None:
     fs.move(src, dst)
 
 
-def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling of ``path`` and move it into place."""
-    tmp = join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+def temporary_path(path: str) -> str:
+    """A fresh name for a temporary sibling of ``path`` (``.<name>.<8 hex>.tmp``), as :func:`write_bytes_atomic`
+    uses; :func:`is_temporary` recognises it."""
+    return join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def is_temporary(name: str, of: str) -> bool:
+    """Whether the file name ``name`` is one :func:`temporary_path` gives a sibling named ``of``."""
+    prefix = f".{of}."
+    return name.startswith(prefix) and name.endswith(".tmp") and len(name) == len(prefix) + 12
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes,
+                       before_replace: Callable[[], bool] | None = None) -> bool:
+    """Write ``data`` to a temporary sibling of ``path`` and move it into place.
+
+    Args:
+        fs: The filesystem.
+        path: The file to replace.
+        data: Its new content.
+        before_replace: Called once the temporary file is written, just before it is moved into place; when it
+            returns False the temporary file is removed and ``path`` is left as it is.
+
+    Returns:
+        Whether ``path`` was replaced (False only when ``before_replace`` said no).
+    """
+    tmp = temporary_path(path)
     write_bytes(fs, tmp, data)
     try:
+        if before_replace is not None and not before_replace():
+            _delete_quietly(fs, tmp)
+            return False
         replace_file(fs, tmp, path)
     except BaseException:
-        try:
-            fs.delete_file(tmp)
-        except OSError:
-            pass
+        _delete_quietly(fs, tmp)
         raise
+    return True
+
+
+def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except OSError:
+        pass

@@ -4,18 +4,23 @@ Layout under ``<root>/<dataset>/``::
 
     CURRENT                     one line: the live version's directory name; replaced atomically
     v<UTC stamp>-<fp8>/         a published version; complete iff it holds _manifest.json
+      _publishing               until CURRENT has named it: its run's staging name (loader.claims)
+    .CURRENT.<hex>.tmp          a new CURRENT being written (a killed run's is removed 10 minutes on)
     _staging-<id>/              a run in progress (readers never look here)
     _staging-<id>.owner         who runs it: host, pid, start time (locked while the run lives)
     _staging-<id>.owner.new     an owner file being created, on local disk (not yet a claim)
 
 A run writes its Parquet files into the staging directory, then :meth:`Staging.commit` builds the
 manifest from the files' footers, writes it last, renames the directory to its version name, swaps
-``CURRENT`` and prunes old versions. Any failure before the swap leaves the previous version live;
-a run that dies leaves a staging directory whose owner lock is free, and the next run removes it.
+``CURRENT`` and prunes old versions. Any failure leaves the previous version live and removes the run's
+version unless ``CURRENT`` named it; a run that dies leaves a staging directory whose owner lock is free, or a
+version that was never live (still marked as its run's, see :func:`loader.claims.publish_state`), and the next
+run removes either.
 
-Concurrent runs of one dataset are safe: see :func:`begin_staging` for how a staging directory is
-claimed without a cleaner mistaking it for a dead run, and :meth:`Staging.commit` for how two runs that
-publish at once get distinct version names and never prune each other's version before it is live.
+Concurrent runs of one dataset are safe, also on remote storage, which has no locks: see :func:`begin_staging`
+for how a staging directory is claimed without a cleaner mistaking it for a dead run, :meth:`Staging.commit` for
+how runs that publish at once get distinct version names and move ``CURRENT`` forward only, and
+:func:`prune_versions` for why no run prunes a version another run is still publishing.
 """
 
 from __future__ import annotations
@@ -34,7 +39,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import fs as lfs
-from .claims import OWNER_SUFFIX, claim, clean_stale_staging, publish_lock, remove
+from .claims import (
+    OWNER_SUFFIX,
+    PUBLISHED,
+    claim,
+    clean_stale_staging,
+    mark_publishing,
+    publish_lock,
+    publish_state,
+    remove,
+    unmark,
+)
 from .crc import crc32
 from .errors import ConfigError, DatasetNotFoundError, EmptyDatasetError, PublishError
 from .manifest import (
@@ -47,10 +62,19 @@ from .manifest import (
     file_info_from_parquet,
     schema_fields,
 )
+from .versions import (  # re-exported: what readers and the Spark job import from here
+    MAX_VERSION_NAME,
+    current_manifest,
+    current_version,
+    list_versions,
+    prune_versions,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 _CLAIM_ATTEMPTS = 5
 _NAME_ATTEMPTS = 20
+_SWAP_ROUNDS = 10  # reads of CURRENT while runs that publish at once settle it (two or three without a race)
 
 
 def _tool_version() -> str:
@@ -60,94 +84,6 @@ def _tool_version() -> str:
         return f"larder {version('larder')}"
     except Exception:  # not installed as a distribution (e.g. shipped as a zip to executors)
         return "larder"
-
-
-def list_versions(fs: pafs.FileSystem, dataset_dir: str) -> list[str]:
-    """Names of version directories under ``dataset_dir``, oldest first (complete or not)."""
-    return sorted(
-        e.base_name
-        for e in lfs.listdir(fs, dataset_dir)
-        if e.type == pafs.FileType.Directory and e.base_name.startswith("v")
-    )
-
-
-MAX_VERSION_NAME = 255
-"""Longest version name (bytes) CURRENT may hold: a path component on every common filesystem (NAME_MAX)."""
-
-
-def current_version(fs: pafs.FileSystem, dataset_dir: str, retries: int = 5) -> str:
-    """The live version's name from ``CURRENT``.
-
-    On filesystems that cannot replace a file atomically (HDFS), ``CURRENT`` is briefly absent during a
-    swap; a missing pointer is retried a few times before it counts as missing.
-
-    Raises:
-        DatasetNotFoundError: There is no ``CURRENT`` file, or it does not name a version (not UTF-8
-            text, a path, a name that is not a version's).
-    """
-    path = lfs.join(dataset_dir, CURRENT_NAME)
-    missing = None
-    for attempt in range(retries + 1):
-        try:
-            raw = lfs.read_bytes(fs, path)
-        except DatasetNotFoundError as e:
-            if not isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError)):
-                raise  # there, but not a file that can be read (a directory, a FIFO...): its message says why
-            raw, missing = b"", e
-        name = _decode_current(fs, path, raw)
-        if name:
-            if ("/" in name or name.startswith(".") or not name.startswith("v") or not name.isprintable()
-                    or len(name.encode()) > MAX_VERSION_NAME):  # a NUL byte, a name no filesystem holds
-                shown = repr(name) if len(name) <= 80 else f"{name[:60]!r}... ({len(name)} characters)"
-                raise DatasetNotFoundError(f"{lfs.display(fs, path)} names {shown}, which is not a version")
-            return name
-        if attempt < retries:
-            time.sleep(0.05 * (attempt + 1))
-    raise DatasetNotFoundError(
-        f"no {CURRENT_NAME} in {lfs.display(fs, dataset_dir)}: nothing is published there") from missing
-
-
-def _decode_current(fs: pafs.FileSystem, path: str, raw: bytes) -> str:
-    """The version name held by the bytes of ``CURRENT`` at ``path``.
-
-    Raises:
-        DatasetNotFoundError: The bytes are not UTF-8 text, so they name no version.
-    """
-    try:
-        return raw.decode("utf-8").strip()
-    except UnicodeDecodeError as e:
-        raise DatasetNotFoundError(
-            f"{lfs.display(fs, path)} holds {raw[:40]!r}, which is not UTF-8 text naming a version"
-        ) from e
-
-
-def read_manifest(fs: pafs.FileSystem, version_dir: str) -> Manifest:
-    """Load and validate ``<version_dir>/_manifest.json``."""
-    path = lfs.join(version_dir, MANIFEST_NAME)
-    return Manifest.from_json(lfs.read_bytes(fs, path), where=lfs.display(fs, path))
-
-
-def current_manifest(fs: pafs.FileSystem, dataset_dir: str) -> Manifest | None:
-    """The live version's manifest, or None if nothing is published yet."""
-    try:
-        name = current_version(fs, dataset_dir, retries=0)
-    except DatasetNotFoundError:
-        return None
-    return read_manifest(fs, lfs.join(dataset_dir, name))
-
-
-def prune_versions(fs: pafs.FileSystem, dataset_dir: str, keep: int) -> list[str]:
-    """Delete all but the newest ``keep`` versions, never the live one nor any newer than it.
-
-    A version newer than the live one may belong to a concurrent run between its rename and its
-    ``CURRENT`` swap (on storage without locks), so it is left for a later run to prune.
-    """
-    if keep < 1:
-        raise ConfigError(f"keep_versions must be at least 1, got {keep}")
-    live = current_version(fs, dataset_dir, retries=0)
-    versions = list_versions(fs, dataset_dir)
-    doomed = [v for v in versions[:-keep] if v < live]
-    return [name for name in doomed if remove(fs, lfs.join(dataset_dir, name), directory=True)]
 
 
 def _utc_stamp(now: float) -> str:
@@ -191,6 +127,8 @@ class Staging:
 
     Attributes:
         manifest: After a successful :meth:`commit`, the manifest it published, as readers parse it.
+        superseded_by: After a successful :meth:`commit`, the newer version that another run made live while this
+            one published (``CURRENT`` then names it, not this run's version); None when this run's went live.
     """
 
     fs: pafs.FileSystem
@@ -200,6 +138,8 @@ class Staging:
     _lock_fd: int | None = field(default=None, repr=False)
     finished: bool = False
     manifest: Manifest | None = field(default=None, repr=False)
+    superseded_by: str | None = None
+    _version: str | None = field(default=None, repr=False)  # the version the staging directory was renamed to
 
     @property
     def dataset(self) -> str:
@@ -237,7 +177,10 @@ class Staging:
 
         The manifest is written last into the staging directory, which is then renamed to the version
         name. If another run published that very name meanwhile (same second, same data), the next free
-        name is taken and the manifest rewritten; both publishes succeed.
+        name is taken and the manifest rewritten; both publishes succeed. ``CURRENT`` then moves to the new
+        version, unless a run that named its version later made that one live first: ``CURRENT`` never moves
+        back, this run's version stays as an older published version, the commit succeeds with a warning
+        and :attr:`superseded_by` names the live one (see :meth:`_go_live`).
 
         Args:
             source: What the data was made from (table, path, filter, columns, fingerprint...).
@@ -259,7 +202,7 @@ class Staging:
         Raises:
             EmptyDatasetError: No rows were staged; nothing is published.
             ConfigError: ``keep_versions`` is below 1; nothing is published.
-            PublishError: A step failed; the previous version stays live.
+            PublishError: A step failed; the previous version stays live, this run's version is removed.
         """
         if self.finished:
             raise PublishError(f"{self.name} was already committed or aborted")
@@ -275,8 +218,13 @@ class Staging:
             )  # fmt: skip
             with publish_lock(fs, self.dataset_dir):
                 manifest = self._rename_into_place(template, _version_tag(fingerprint, files))
-                self._swap_current(manifest.version)
+                live = self._go_live(manifest.version)
                 self.manifest = manifest
+                if live != manifest.version:
+                    self.superseded_by = live
+                    log.warning("%s: %s is published but not live: the newer %s went live while this run "
+                                "published (%s names it)", lfs.display(fs, self.dataset_dir), manifest.version, live,
+                                CURRENT_NAME)
                 self._release()
                 self._prune(keep_versions)
         except (EmptyDatasetError, PublishError) as e:
@@ -358,6 +306,7 @@ class Staging:
             PublishError: Other runs took every name tried.
         """
         fs = self.fs
+        mark_publishing(fs, self.path)  # goes with the directory: the version is this run's until CURRENT names it
         for _ in range(_NAME_ATTEMPTS):
             version, now = _next_version(fs, self.dataset_dir, fp8)
             created_at = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat().replace("+00:00", "Z")
@@ -365,6 +314,7 @@ class Staging:
             target = lfs.join(self.dataset_dir, version)
             try:
                 fs.move(self.path, target)
+                self._version = version
                 return manifest
             except OSError:
                 if not (lfs.exists(fs, target) and lfs.exists(fs, self.path)):
@@ -375,20 +325,84 @@ class Staging:
             f"runs published under each of the {_NAME_ATTEMPTS} version names this run chose"
         )
 
-    def _swap_current(self, version: str) -> None:
-        """Point ``CURRENT`` at ``version`` with one atomic replace (``CURRENT`` is never absent).
+    def _go_live(self, version: str) -> str:
+        """Point ``CURRENT`` at ``version`` unless a newer version went live first; return the version it names.
 
-        A failed replace may still have landed (its reply lost), so ``CURRENT`` is read back to tell the
-        truth: it names ``version`` (published after all), or still the previous version, or it cannot be
-        read (the error then says that either may be live).
+        Remote storage has neither locks nor a compare-and-swap, so runs that publish at once settle ``CURRENT``
+        by rules each of them follows (version names sort by time):
+
+        * It only moves to the run's version or to a newer published one (no marker: never one another run is
+          still publishing, nor an abandoned one), and only if it still names what the run read before: that is
+          read again once the new content is written, just before the rename.
+        * A run is done when ``CURRENT`` names a complete version at least as new as that target, read after the
+          run removed its own version's marker. If a slower run moved ``CURRENT`` back (its rename landing in the
+          instant after its check), whichever of the two looks last finds a newer published version and moves it
+          forward again.
+        * The version ``CURRENT`` named first was live: its marker, left if its run was killed right after its
+          swap, is removed, so pruning counts it as a version that was live.
+
+        A replace whose answer is lost may still have landed, so ``CURRENT`` is read back to tell the truth.
+        Once this run's version went live, a failure to check afterwards is only logged.
 
         Raises:
-            PublishError: ``CURRENT`` does not name ``version``; says which version is live, if known.
+            PublishError: ``CURRENT`` could not be made to name ``version`` (says which version is live, if known),
+                or kept changing for :data:`_SWAP_ROUNDS` reads.
+        """
+        fs, where = self.fs, lfs.display(self.fs, self.dataset_dir)
+        marked, landed = True, False
+        for attempt in range(_SWAP_ROUNDS):
+            try:
+                live = self._live()
+                if attempt == 0 and live is not None and live != version:
+                    unmark(fs, lfs.join(self.dataset_dir, live))
+                target = self._target(version)
+                if live is not None and live >= target and lfs.is_file(fs, self._manifest_path(live)):
+                    if not marked:
+                        return live
+                    unmark(fs, lfs.join(self.dataset_dir, version))
+                    marked = False
+                    continue  # and look once more: a run that moved CURRENT meanwhile is put right
+            except OSError as e:
+                if not landed:
+                    raise
+                log.warning("%s: published %s, but checking %s afterwards failed: %s", where, version, CURRENT_NAME, e)
+                return version
+            landed = self._replace_current(target, live) == version or landed
+        raise PublishError(f"publishing {where} failed: {CURRENT_NAME} kept changing under runs publishing at once "
+                           f"({_SWAP_ROUNDS} reads); it names {live}")
+
+    def _live(self) -> str | None:
+        """The version ``CURRENT`` names; None if there is none (or it names no version)."""
+        try:
+            return current_version(self.fs, self.dataset_dir, retries=0)
+        except DatasetNotFoundError:
+            return None
+
+    def _manifest_path(self, version: str) -> str:
+        return lfs.join(self.dataset_dir, version, MANIFEST_NAME)
+
+    def _target(self, version: str) -> str:
+        """``version``, or the newest published (unmarked, complete) version newer than it."""
+        for name in reversed(list_versions(self.fs, self.dataset_dir)):
+            if name <= version:
+                break
+            if publish_state(self.fs, self.dataset_dir, name) == PUBLISHED and lfs.is_file(
+                    self.fs, self._manifest_path(name)):
+                return name
+        return version
+
+    def _replace_current(self, target: str, seen: str | None) -> str | None:
+        """Write ``target`` into ``CURRENT`` if it still names ``seen``; the version it names when this returns
+        (None when ``CURRENT`` changed meanwhile: nothing was written).
+
+        Raises:
+            PublishError: The replace failed and ``CURRENT`` does not name ``target`` (or could not be read back).
         """
         fs, where = self.fs, lfs.display(self.fs, self.dataset_dir)
         try:
-            lfs.write_bytes_atomic(fs, lfs.join(self.dataset_dir, CURRENT_NAME), (version + "\n").encode())
-            return
+            replaced = lfs.write_bytes_atomic(fs, lfs.join(self.dataset_dir, CURRENT_NAME), (target + "\n").encode(),
+                                              before_replace=lambda: self._live() == seen)
+            return target if replaced else None
         except OSError as e:
             error = e
         try:
@@ -396,10 +410,10 @@ class Staging:
         except OSError as e:
             raise PublishError(
                 f"publishing {where} failed while replacing {CURRENT_NAME} ({error}); whether it names the previous "
-                f"version or the new {version} could not be checked ({e})"
+                f"version or the new {target} could not be checked ({e})"
             ) from error
-        if live == version:
-            return  # the replace landed; only its answer was lost
+        if live == target:
+            return live  # the replace landed; only its answer was lost
         raise PublishError(
             f"publishing {where} failed; the previous version stays live ({CURRENT_NAME} names {live}): {error}"
         ) from error
@@ -422,12 +436,16 @@ class Staging:
             error.__notes__ = [*getattr(error, "__notes__", ()), note]  # add_note(), also on Python 3.10
 
     def abort(self) -> None:
-        """Remove the staging directory; the live version is untouched."""
+        """Remove the staging directory, or the version it was renamed to unless ``CURRENT`` names it; the live
+        version is untouched."""
         if self.finished:
             return
         try:
             if lfs.exists(self.fs, self.path):
                 self.fs.delete_dir(self.path)
+            if self._version is not None and self._live() != self._version:
+                # Never live, and still marked as this run's: no other run points CURRENT at it.
+                remove(self.fs, lfs.join(self.dataset_dir, self._version), directory=True)
         finally:
             self._release()
 
@@ -478,3 +496,7 @@ def begin_staging(fs: pafs.FileSystem, root: str, name: str) -> Staging:
     )
 
 
+
+
+__all__ = ["MAX_VERSION_NAME", "Staging", "begin_staging", "current_manifest", "current_version", "list_versions",
+           "prune_versions", "read_manifest"]

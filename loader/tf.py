@@ -48,7 +48,7 @@ from .arguments import check_int
 from .convert import _is_list, _offsets, pad
 from .convert_types import flat_fields
 from .errors import ConfigError
-from .kept import KeptReader
+from .kept import KeptReader, PinnedVersion
 from .tf_signature import _derive_signature, _is_split_key, _is_string_list, _tf, signature_of
 
 RAGGED_FORMS = ("ragged", "padded")
@@ -230,7 +230,9 @@ def make_dataset(
 
     Args:
         url: Dataset directory, version directory or remote URL. A dataset directory's ``CURRENT`` is
-            followed once, here: every iteration reads that version, even after a newer one is published.
+            followed once, here, and the version's manifest read: every iteration reads that version from that
+            manifest, even after a newer one is published (with ``cache_dir``, from the local copies even after
+            the version was pruned remotely).
         batch_size: Rows per batch.
         ragged: ``"ragged"`` (``tf.RaggedTensor``) or ``"padded"`` (dense + ``.lengths``).
         strings: ``"string"`` (``tf.string``) or ``"bytes"`` (``uint8`` in the ``ragged`` form).
@@ -251,16 +253,15 @@ def make_dataset(
         DatasetNotFoundError, ManifestError: The cache cannot be opened.
     """
     tf = _tf()
-    from .dataset import pin_version
-    from .reader import fs_options_of, make_reader
+    from .reader import make_reader
 
-    url = pin_version(url, **fs_options_of(reader_kwargs))  # one version for every iteration
+    pinned = PinnedVersion(url, reader_kwargs)  # one version for every iteration, its manifest read once
 
     forms = _reader_forms(ragged, strings)
     rank, world_size = reader_kwargs.get("rank", 0), reader_kwargs.get("world_size", 1)
     check_int("world_size", world_size, 1)  # as make_reader (also when no reader is opened here)
     epochs = _EpochCounter(epoch, reader_kwargs.get("num_epochs", 1))
-    kwargs = {**reader_kwargs, "batch_size": batch_size, **forms}
+    kwargs = {**pinned.reader_kwargs, "batch_size": batch_size, **forms}
     ragged_form = ragged == "ragged"
     # Without a transform (which sees the batches) strings travel as bytes + offsets, not Python objects,
     # and become tf.string in the graph; the forms the signature describes stay the same.
@@ -269,10 +270,20 @@ def make_dataset(
     def open_reader(num_epochs: int | None = epochs.span):
         """A reader that stops before epoch ``num_epochs`` (it starts at epoch 0 until ``set_epoch``)."""
         blob_form = {"strings": "offsets"} if blob_strings else {}
-        return make_reader(url, **{**kwargs, "num_epochs": num_epochs, **blob_form})
+        return make_reader(pinned.open(), **{**kwargs, "num_epochs": num_epochs, **blob_form})
 
     if output_signature is None:
-        output_signature = _derive_signature(kwargs, open_reader, ragged_form)
+        probes = []
+
+        def open_probe():
+            probes.append(open_reader())
+            return probes[-1]
+
+        try:
+            output_signature = _derive_signature(kwargs, open_probe, ragged_form)
+        finally:
+            for probe in probes:  # and the file cache it was given
+                pinned.close_reader(probe)
     splits = {k: v.ragged_rank for k, v in output_signature.items()
               if isinstance(v, tf.RaggedTensorSpec) and v.dtype != tf.string}
     string_lists = {k for k, v in output_signature.items() if v.dtype == tf.string and _is_string_list(v)}
@@ -282,7 +293,8 @@ def make_dataset(
     # reader reads on into the next epochs and is kept for the next iteration, if that one continues from there.
     # The generator goes into TF's global registry and is never freed: it reaches the kept reader through a weak
     # reference, and the returned dataset owns it, so dropping the dataset stops the reader's workers.
-    kept = KeptReader() if reader_kwargs.get("pool") == "process" and epochs.span is not None else None
+    kept = KeptReader(pinned.close_reader) if reader_kwargs.get("pool") == "process" and epochs.span is not None \
+        else None
     kept_ref = weakref.ref(kept) if kept is not None else (lambda: None)
 
     def generate() -> Iterator[dict[str, Any]]:
@@ -301,7 +313,7 @@ def make_dataset(
             finished = True
         finally:
             if reader is not None and not (finished and kept is not None and kept.put(reader)):
-                reader.close()
+                pinned.close_reader(reader)
 
     parts = tf.data.Dataset.from_generator(generate, output_signature=_components(output_signature, blobs))
     if blobs or any(isinstance(v, tf.RaggedTensorSpec) for v in output_signature.values()):

@@ -12,10 +12,9 @@ from typing import Any
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .arguments import check_int
-from .dataset import pin_version
 from .errors import ConfigError, StateError
-from .kept import KeptReader
-from .reader import fs_options_of, make_reader
+from .kept import KeptReader, PinnedVersion
+from .reader import make_reader
 from .torch_convert import as_tensors, prepare
 from .torch_ranks import _default_rank
 
@@ -32,7 +31,9 @@ class LarderIterableDataset(IterableDataset):
 
     Args:
         url: Dataset directory, version directory or remote URL. A dataset directory's ``CURRENT`` is
-            followed once, at construction: every pass and every worker reads that version. Under DDP pass
+            followed once, at construction, and the version's manifest read: every pass and every worker reads
+            that version from that manifest (with ``cache_dir``, from the local copies even after the version
+            was pruned remotely). Under DDP pass
             ``pin_version_across_ranks(url)`` when the job may publish a new version meanwhile: each rank
             would otherwise follow ``CURRENT`` by itself, possibly to another version (different batch counts
             hang the job).
@@ -80,9 +81,10 @@ class LarderIterableDataset(IterableDataset):
         check_int("world_size", world_size, 1)
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is outside [0, world_size={world_size})")
-        # CURRENT followed once, here: every pass and every DataLoader worker reads this version, even
-        # after a newer one is published (as one make_reader does for all its epochs).
-        self.url = pin_version(url, **fs_options_of(reader_kwargs))
+        # CURRENT followed and the manifest read once, here: every pass and every DataLoader worker reads this
+        # version, even after a newer one is published or this one pruned (as one make_reader does for all epochs).
+        self._pinned = PinnedVersion(url, reader_kwargs)
+        self.url = self._pinned.url
         self.batch_size = int(batch_size)
         self.rank, self.world_size = int(rank), int(world_size)
         self.ragged, self.strings, self.pad_value = ragged, strings, pad_value
@@ -97,7 +99,7 @@ class LarderIterableDataset(IterableDataset):
         self.defer_tensors = False
         self._reader = None
         self._reading: tuple[int, int] | None = None  # (shard rank, epoch) of the live reader
-        self._kept = KeptReader()  # pool="process": see _batches
+        self._kept = KeptReader(self._pinned.close_reader)  # pool="process": see _batches
 
     def __getstate__(self) -> dict:
         """Pickled (DataLoader workers under spawn/forkserver) without the live or kept reader."""
@@ -145,12 +147,12 @@ class LarderIterableDataset(IterableDataset):
             A :class:`loader.reader.Reader` that stops at the end of ``epoch`` (unless ``endless``).
         """
         epoch = self.epoch if epoch is None else epoch
-        kwargs = self.reader_kwargs
+        kwargs = self._pinned.reader_kwargs  # without the filesystem options: the pinned dataset has its filesystem
         if kwargs.get("pool") == "process" and get_worker_info() is not None:  # daemonic: no child processes
             warnings.warn("pool='process' inside DataLoader workers is not allowed; using pool='thread'", stacklevel=2)
             kwargs = {**kwargs, "pool": "thread"}
         reader = make_reader(
-            self.url,
+            self._pinned.open(),
             batch_size=self.batch_size,
             rank=rank,
             world_size=world_size,
@@ -165,7 +167,7 @@ class LarderIterableDataset(IterableDataset):
             else:
                 reader.load_state_dict(resume)
         except BaseException:
-            reader.close()
+            self._pinned.close_reader(reader)
             raise
         return reader
 
@@ -236,7 +238,7 @@ class LarderIterableDataset(IterableDataset):
         finally:
             self._reader = self._reading = None
             if not (keep and finished and self._kept.put(reader)):
-                reader.close()
+                self._pinned.close_reader(reader)
 
     def close(self) -> None:
         """Close the reader kept between passes (``pool="process"``), stopping its workers; idempotent."""
