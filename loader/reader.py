@@ -175,9 +175,18 @@ class Reader(Closeable):
             # interleave slices (slower to decode, but the shuffle keeps its quality). The decoded cache
             # holds whole row groups only: with it, windows stay whole.
             min_mix=min_mix,
-            largest_group_bytes=max((g.uncompressed_bytes for g in groups), default=0) * scale,
+            # (the decoded cache holds whole row groups only: with it, a skewed one is read whole, as before)
+            largest_group_bytes=0.0 if decoded_cache_dir is not None else max(
+                (g.uncompressed_bytes for g in groups), default=0) * scale,
             largest_row_bytes=max((g.uncompressed_bytes / g.num_rows for g in groups if g.num_rows), default=0) * scale,
         )
+        if decoded_cache_dir is not None and max_piece_rows is not None:
+            warnings.warn(
+                f"row groups of about {size_text(group_bytes)} (decoded) are larger than a window's share of "
+                f"memory_budget={budget} ({size_text(budget // 6)}), so they are streamed in slices, and "
+                "decoded_cache_dir, which keeps whole row groups, is not used; raise memory_budget to use it",
+                UserWarning, stacklevel=3,
+            )
         leaves = leaf_count(pa.schema([ds.schema.field(c) for c in columns]))
         stream_buffer = tasks.stream_buffer_for(budget // 6, window, leaves)
         warn_about_windows(window, max_piece_rows, budget=budget, mix=min(min_mix, num_groups) if shuffle and

@@ -12,8 +12,11 @@ is left alone, so the constructor starts no download), and scales every row grou
 decoded bytes per manifest byte found there (:func:`decoded_scale`).
 
 The ratio depends only on the data and the selection, so every rank, pool and worker count plans the same
-windows and the shuffle stays deterministic. A read that fails (a damaged or unreachable file) falls back
-to the manifest's bytes (a scale of 1): the read of that row group reports the damage when it comes.
+windows and the shuffle stays deterministic. Since the first rows may be unlike the rest, it is never below
+the selected columns' share of the row group's Parquet bytes (from the footer). A file that cannot be read
+as Parquet falls back to the manifest's bytes (a scale of 1): the read of that row group reports the damage
+when it comes. Remote storage that fails after retries fails the reader's construction instead (a plan made
+from other numbers would give other batches).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import pyarrow.parquet as pq
 
 from . import fs as lfs
 from .dataset import Dataset
-from .errors import LarderError
+from .errors import LarderError, RemoteError
 from .plan import size_text
 
 SAMPLE_ROWS = 1024
@@ -36,8 +39,17 @@ _SAMPLE_BUFFER = 64 << 10  # read buffer per column for the sample: its first pa
 def decoded_scale(ds: Dataset, columns: list[str]) -> float:
     """Decoded bytes of ``columns`` per byte of the manifest's ``uncompressed_bytes``, measured on a sample.
 
+    The sample's first rows may be unlike the rest (a column that starts out null, data sorted by length), so
+    the ratio is never below the selected columns' share of the row group's Parquet bytes (from its footer):
+    a column decodes to at least about its plain-encoded bytes; only dictionary encoding makes it larger.
+
     Returns:
-        The ratio (1.0 when there is nothing to measure, or the sample cannot be read).
+        The ratio (1.0 when there is nothing to measure, or the first file cannot be read as Parquet: a damaged
+        file, which the read of that row group then reports).
+
+    Raises:
+        RemoteError: Remote storage failed (after retries): not taken as a reason to plan other windows, which
+            would make the batches depend on an outage.
     """
     groups = [g for f in ds.files for g in f.row_groups]
     index = next((i for i, g in enumerate(groups) if g.num_rows and g.uncompressed_bytes), None)
@@ -52,14 +64,29 @@ def decoded_scale(ds: Dataset, columns: list[str]) -> float:
         lfs.check_regular_file(ds.fs, path)  # a FIFO would block the open forever
         with ds.fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=_SAMPLE_BUFFER)
+            share = _selected_share(pf, local, columns)
             batch = next(pf.iter_batches(batch_size=min(SAMPLE_ROWS, group.num_rows), row_groups=[local],
                                          columns=list(columns), use_threads=False), None)
-    except (LarderError, OSError, pa.ArrowException):  # reported by the read of that row group, if it persists
+    except RemoteError:
+        raise
+    except (LarderError, OSError, pa.ArrowException, ValueError):  # reported by the read of that row group
         return 1.0
     if batch is None or not batch.num_rows:
         return 1.0
     decoded_per_row = max(1.0, batch.nbytes / batch.num_rows)
-    return decoded_per_row / (group.uncompressed_bytes / group.num_rows)
+    return max(decoded_per_row / (group.uncompressed_bytes / group.num_rows), share)
+
+
+def _selected_share(pf: pq.ParquetFile, row_group: int, columns: list[str]) -> float:
+    """The selected columns' share of a row group's Parquet bytes (after encoding, before compression)."""
+    rg = pf.metadata.row_group(row_group)
+    wanted, leaf, selected = set(columns), 0, 0
+    for field in pf.schema_arrow:
+        n = leaf_count(pa.schema([field]))
+        if field.name in wanted:
+            selected += sum(rg.column(i).total_uncompressed_size for i in range(leaf, leaf + n))
+        leaf += n
+    return selected / max(1, sum(rg.column(i).total_uncompressed_size for i in range(rg.num_columns)))
 
 
 def leaf_count(schema: pa.Schema) -> int:

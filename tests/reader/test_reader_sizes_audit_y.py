@@ -149,3 +149,50 @@ def test_leaf_count_follows_parquet_columns():
     schema = pa.schema([("a", pa.int64()), ("l", pa.list_(pa.string())), ("s", pa.struct([("x", pa.int8()),
                         ("y", pa.list_(pa.float32()))])), ("m", pa.map_(pa.string(), pa.int32()))])
     assert leaf_count(schema) == 6
+
+
+def test_first_rows_unlike_the_rest_do_not_shrink_the_estimate(tmp_path):
+    """A binary column null in its first 1,500 rows (audit R): the sample alone would take 4 MiB row groups
+    for a few KiB; the selected columns' share of the footer's bytes bounds the ratio from below."""
+    n = 6000
+    blob = [None if i < 1500 else bytes([i % 251]) * 4000 for i in range(n)]
+    ds = loader.write_cache(pa.table({"id": np.arange(n), "blob": pa.array(blob, pa.binary())}), tmp_path, "nulls",
+                            row_group_bytes=4 * MiB, encoding=Encoding("none", dictionary=()))
+    assert ds.files[0].row_groups[0].num_rows > 1500
+    assert decoded_scale(ds, ["id", "blob"]) > 0.5
+    with loader.make_reader(ds, batch_size=100, memory_budget=12 * MiB) as reader:
+        assert reader.max_piece_rows is not None  # 4 MiB row groups do not fit whole in a 2 MiB share
+        assert sorted(np.concatenate([b["id"] for b in reader]).tolist()) == list(range(n))
+
+
+def test_a_decoded_cache_keeps_whole_row_groups_and_says_when_it_cannot(tmp_path):
+    """With decoded_cache_dir, one large row group among small ones is still read whole (the cache holds whole
+    row groups only, audit R); row groups all larger than a window's share are streamed, and the reader says
+    the cache goes unused."""
+    width = 1000
+    rng = np.random.default_rng(0)
+
+    def batch(start: int, k: int, raw: np.ndarray) -> pa.RecordBatch:
+        offsets = pa.py_buffer(np.arange(0, k * width + 1, width, dtype=np.int32))
+        blob = pa.BinaryArray.from_buffers(pa.binary(), k, [None, offsets, pa.py_buffer(raw)])
+        return pa.record_batch({"id": pa.array(np.arange(start, start + k)), "blob": blob})
+
+    def batches():  # 40 row groups of ~200 KB incompressible rows, then one of ~10 MB that compresses away
+        for i in range(0, 8000, 1000):
+            yield batch(i, 1000, rng.integers(0, 256, 1000 * width, dtype=np.uint8))
+        yield batch(8000, 10_000, np.zeros(10_000 * width, dtype=np.uint8))
+
+    schema = pa.schema([("id", pa.int64()), ("blob", pa.binary())])
+    ds = loader.write_cache(pa.RecordBatchReader.from_batches(schema, batches()), tmp_path, "skewdec",
+                            row_group_bytes=200_000, encoding=Encoding("zstd", dictionary=()))
+    largest = max(g.uncompressed_bytes for f in ds.files for g in f.row_groups)
+    budget = 24 * MiB
+    assert largest > budget // 6  # larger than a window's share
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with loader.make_reader(ds, batch_size=100, memory_budget=budget, decoded_cache_dir=tmp_path / "dec") as r:
+            assert r.max_piece_rows is None
+            assert sorted(np.concatenate([b["id"] for b in r]).tolist()) == list(range(ds.num_rows))
+    assert len(list((tmp_path / "dec").rglob("*.arrow"))) == ds.num_row_groups  # every row group cached
+    with pytest.warns(UserWarning, match=r"decoded_cache_dir, which keeps whole row groups, is not used"):
+        loader.make_reader(ds, batch_size=10, memory_budget=600_000, decoded_cache_dir=tmp_path / "dec2").close()
