@@ -29,6 +29,7 @@ budget, never the dataset's size.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -54,7 +55,7 @@ from .pipeline import Pipeline, ReaderStats, Setup
 from .plan import MIN_MIX, EpochPlan, Planner, batch_depths, epoch_rows, num_batches, size_text, window_size_for
 from .pools import make_pool
 from .sizes import decoded_scale, leaf_count, warn_about_windows
-from .state import check_state, make_state
+from .state import check_state, is_layout, make_state
 
 DEFAULT_MEMORY_BUDGET = 256 << 20
 
@@ -212,6 +213,7 @@ class Reader(Closeable):
         self.batch_size, self.shuffle, self.seed, self.num_epochs = batch_size, shuffle, seed, num_epochs
         self.rank, self.world_size, self.drop_last, self.sample = rank, world_size, drop_last, sample
         self.window, self.max_piece_rows = window, max_piece_rows
+        self._layout_inputs = (budget, leaves)  # for a state's other windows (load_state_dict)
         self.pool_kind, self.workers, self.prefetch = pool, workers, prefetch
         self.transform = transform
         self._sizes = sizes
@@ -371,12 +373,37 @@ class Reader(Closeable):
             StateError: The state comes from another dataset or version, or from settings that give
                 other batches (the key is named), or the position is past the end of an epoch.
         """
-        epoch, batch = self._check_state(state)
+        layout = (self.window, self.max_piece_rows)
+        saved = state.get("config") if isinstance(state, dict) else None
+        window, pieces = (saved.get("window"), saved.get("max_piece_rows")) if isinstance(saved, dict) else layout
+        if (window, pieces) != layout and is_layout(window, pieces):
+            # The run that saved it planned other windows (another memory_budget, or an earlier larder's size
+            # estimate): plan with its windows, so the batches are the ones it would have yielded next.
+            self._use_layout(window, pieces)
+        try:
+            epoch, batch = self._check_state(state)
+        except StateError:
+            self._use_layout(*layout)
+            raise
         if self._pipeline is not None:  # restart the pipeline at the new position
             self._pipeline.close()
             self._pipeline = None
         self._closed, self._error = False, None
         self._position = (epoch, batch)
+
+    def _use_layout(self, window: int, max_piece_rows: int | None) -> None:
+        """Plan windows of ``window`` pieces of at most ``max_piece_rows`` rows (None: whole row groups)."""
+        if (window, max_piece_rows) == (self.window, self.max_piece_rows):
+            return
+        self.window, self.max_piece_rows = window, max_piece_rows
+        self._planner = dataclasses.replace(self._planner, window=window, max_piece_rows=max_piece_rows)
+        budget, leaves = self._layout_inputs
+        self._ctx = dataclasses.replace(
+            self._ctx, stream=max_piece_rows is not None,
+            stream_chunk_rows=max(1, min(tasks.MAX_CHUNK_ROWS, max_piece_rows or 1)),
+            stream_buffer=tasks.stream_buffer_for(budget // 6, window, leaves))
+        self._setup = dataclasses.replace(self._setup, plan=self._planner, pieces_ahead=max(
+            self.workers, window) if self.pool_kind != "serial" else 1)
 
     def _check_state(self, state) -> tuple[int, int]:
         """The position ``(epoch, batch)`` a state of this reader resumes at; changes nothing.

@@ -5,7 +5,8 @@ the next batch to yield. The state also records the dataset version and every se
 rows come in which batch (seed, batch size, shuffle, sample, ranks, window...), so loading a state into a
 reader that would yield different batches fails with :class:`~loader.errors.StateError` naming the key,
 instead of silently training on other data. Settings that do not change the batches (workers, pool kind,
-prefetch, memory budget when it does not change the window) are free to differ.
+prefetch) are free to differ, and so is the memory budget: a state planned with other windows (``window``,
+``max_piece_rows``) is resumed with them (:meth:`loader.reader.Reader.load_state_dict`).
 """
 
 from __future__ import annotations
@@ -83,4 +84,13 @@ def check_state(state: Any, *, dataset: str, version: str, config: Mapping[str, 
     return position[0], position[1]
 
 
-__all__ = ["STATE_FORMAT", "STATE_KIND", "check_state", "make_state"]
+def is_layout(window: Any, max_piece_rows: Any) -> bool:
+    """Whether a state's ``window`` / ``max_piece_rows`` are values a reader could have planned with."""
+
+    def positive(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    return positive(window) and (max_piece_rows is None or positive(max_piece_rows))
+
+
+__all__ = ["STATE_FORMAT", "STATE_KIND", "check_state", "is_layout", "make_state"]
