@@ -28,7 +28,7 @@ other, in one run of this script, on caches made by ``bench/gen_data.py`` (gener
 * ``small`` / ``small whole`` — (optional, ``--only ...,small``) ``thread`` with ``memory_budget=128 MiB``
   (what each of 2 DataLoader workers gets): a window's share holds 5 whole row groups, so the reader
   interleaves slices of 10 to keep every batch mixing 8 or more; ``small whole`` is the same with whole row
-  groups (``loader.reader.MIN_MIX = 1``), what the reader did before.
+  groups (``loader.sizes.MIN_MIX = 1``), what the reader did before.
 * ``thread 4x``— ``thread`` on the 4x dataset: peak RSS must not grow with the data.
 * ``first batch 10k`` — time from before ``make_reader`` (open included) to the first batch on a cache of
   10,000 one-row-group files.
@@ -242,9 +242,9 @@ def child(args) -> dict:
             if args.memory_budget:
                 kwargs["memory_budget"] = args.memory_budget
             if args.min_mix is not None:  # what the reader did before it interleaved slices to keep mixing
-                import loader.reader
+                import loader.sizes
 
-                loader.reader.MIN_MIX = args.min_mix
+                loader.sizes.MIN_MIX = args.min_mix
             if transform is not None:
                 kwargs["transform"] = transform
             with make_reader(

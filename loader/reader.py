@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import math
 import os
 import secrets
 import time
@@ -52,9 +51,9 @@ from .dataset import Dataset, open_dataset
 from .decoded import DecodedCache
 from .errors import ConfigError, StateError
 from .pipeline import Pipeline, ReaderStats, Setup
-from .plan import MIN_MIX, EpochPlan, Planner, batch_depths, epoch_rows, num_batches, size_text, window_size_for
+from .plan import EpochPlan, Planner, batch_depths, epoch_rows, num_batches, size_text
 from .pools import make_pool
-from .sizes import decoded_scale, leaf_count, warn_about_windows
+from .sizes import plan_layout
 from .state import check_state, is_layout, make_state
 
 DEFAULT_MEMORY_BUDGET = 256 << 20
@@ -163,40 +162,12 @@ class Reader(Closeable):
         check_not_empty(ds, epoch_rows(sum(sizes), sample), rank, world_size, batch_size, drop_last, sample)
 
         budget = memory_budget or DEFAULT_MEMORY_BUDGET
-        groups = [g for f in ds.files for g in f.row_groups]
-        scale = decoded_scale(ds, columns)  # decoded bytes of the selection per manifest byte (loader.sizes)
-        group_bytes = sum(g.uncompressed_bytes for g in groups) / max(1, len(groups)) * scale
-        group_rows = sum(sizes) / max(1, len(sizes))
-        num_groups = math.ceil(len(sizes) / world_size) + (world_size > 1)  # a rank's share (+ a part)
-        min_mix = MIN_MIX if shuffle and decoded_cache_dir is None else 1
-        window, max_piece_rows = window_size_for(
-            group_rows, group_bytes, shuffle_buffer=shuffle_buffer, window_bytes=budget // 6,
-            num_groups=num_groups,
-            # Shuffled batches mix 8 row groups or more: with a budget too small for 8 whole ones, windows
-            # interleave slices (slower to decode, but the shuffle keeps its quality). The decoded cache
-            # holds whole row groups only: with it, windows stay whole.
-            min_mix=min_mix,
-            # (the decoded cache holds whole row groups only: with it, a skewed one is read whole, as before)
-            largest_group_bytes=0.0 if decoded_cache_dir is not None else max(
-                (g.uncompressed_bytes for g in groups), default=0) * scale,
-            largest_row_bytes=max((g.uncompressed_bytes / g.num_rows for g in groups if g.num_rows), default=0) * scale,
-        )
-        if decoded_cache_dir is not None and max_piece_rows is not None:
-            warnings.warn(
-                f"row groups of about {size_text(group_bytes)} (decoded) are larger than a window's share of "
-                f"memory_budget={budget} ({size_text(budget // 6)}), so they are streamed in slices, and "
-                "decoded_cache_dir, which keeps whole row groups, is not used; raise memory_budget to use it",
-                UserWarning, stacklevel=3,
-            )
-        leaves = leaf_count(pa.schema([ds.schema.field(c) for c in columns]))
-        stream_buffer = tasks.stream_buffer_for(budget // 6, window, leaves)
-        warn_about_windows(window, max_piece_rows, budget=budget, mix=min(min_mix, num_groups) if shuffle and
-                           shuffle_buffer is None else 1, row_bytes=group_bytes / max(1.0, group_rows),
-                           columns=columns, leaves=leaves, stream_buffer=stream_buffer, group_bytes=group_bytes)
+        layout = plan_layout(ds, columns, budget=budget, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+                             world_size=world_size, decoded_cache=decoded_cache_dir is not None)
+        window, max_piece_rows = layout.window, layout.max_piece_rows
         if workers is None:
             workers = 1 if pool == "serial" else min(8, os.cpu_count() or 1)
-        row_bytes = max(1.0, group_bytes / max(1.0, group_rows))
-        depths = batch_depths(budget, row_bytes * batch_size, workers, pool, prefetch)
+        depths = batch_depths(budget, layout.row_bytes * batch_size, workers, pool, prefetch)
         if depths.over_budget:
             warnings.warn(
                 f"batch_size={batch_size} makes batches of about {size_text(depths.batch_bytes)} (estimated from "
@@ -213,7 +184,7 @@ class Reader(Closeable):
         self.batch_size, self.shuffle, self.seed, self.num_epochs = batch_size, shuffle, seed, num_epochs
         self.rank, self.world_size, self.drop_last, self.sample = rank, world_size, drop_last, sample
         self.window, self.max_piece_rows = window, max_piece_rows
-        self._layout_inputs = (budget, leaves)  # for a state's other windows (load_state_dict)
+        self._layout_inputs = (budget, layout.leaves)  # for a state's other windows (load_state_dict)
         self.pool_kind, self.workers, self.prefetch = pool, workers, prefetch
         self.transform = transform
         self._sizes = sizes
@@ -231,7 +202,7 @@ class Reader(Closeable):
             world_size=world_size,
             stream=max_piece_rows is not None,
             stream_chunk_rows=max(1, min(tasks.MAX_CHUNK_ROWS, max_piece_rows or 1)),
-            stream_buffer=stream_buffer,
+            stream_buffer=layout.stream_buffer,
             local_files=isinstance(ds.fs, pafs.LocalFileSystem) or getattr(ds, "file_cache", None) is not None,
             ragged=ragged,
             strings=strings,

@@ -21,7 +21,9 @@ from other numbers would give other batches).
 
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,7 +31,8 @@ import pyarrow.parquet as pq
 from . import fs as lfs
 from .dataset import Dataset
 from .errors import LarderError, RemoteError
-from .plan import size_text
+from .plan import MIN_MIX, size_text, window_size_for
+from .tasks import stream_buffer_for
 
 SAMPLE_ROWS = 1024
 """Rows decoded to measure the decoded size of a row (from the front of the first non-empty row group)."""
@@ -117,6 +120,60 @@ def stream_overhead(leaves: int, buffer_size: int, group_bytes: float) -> float:
     return leaves * buffer_size + min(leaves * PAGE_BYTES, group_bytes)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a reader cuts its windows (:func:`plan_layout`).
+
+    Attributes:
+        window: Pieces per shuffle window.
+        max_piece_rows: Longest piece in rows; None: whole row groups.
+        row_bytes: Decoded bytes per row of the selection (mean).
+        leaves: Parquet leaf columns of the selection.
+        stream_buffer: Read buffer per column of a streamed row group.
+    """
+
+    window: int
+    max_piece_rows: int | None
+    row_bytes: float
+    leaves: int
+    stream_buffer: int
+
+
+def plan_layout(ds: Dataset, columns: list[str], *, budget: int, shuffle: bool, shuffle_buffer: int | None,
+                world_size: int, decoded_cache: bool) -> Layout:
+    """Choose a reader's windows from the decoded sizes (:func:`decoded_scale`) and ``budget``, warning when the
+    budget cannot hold what was asked (see :func:`loader.plan.window_size_for`)."""
+    groups = [g for f in ds.files for g in f.row_groups]
+    scale = decoded_scale(ds, columns)  # decoded bytes of the selection per manifest byte
+    group_bytes = sum(g.uncompressed_bytes for g in groups) / max(1, len(groups)) * scale
+    group_rows = sum(g.num_rows for g in groups) / max(1, len(groups))
+    num_groups = math.ceil(len(groups) / world_size) + (world_size > 1)  # a rank's share (+ a part)
+    # Shuffled batches mix 8 row groups or more: with a budget too small for 8 whole ones, windows interleave
+    # slices (slower to decode, but the shuffle keeps its quality). The decoded cache holds whole row groups
+    # only: with it, windows stay whole, and a skewed large row group is read whole.
+    min_mix = MIN_MIX if shuffle and not decoded_cache else 1
+    window, max_piece_rows = window_size_for(
+        group_rows, group_bytes, shuffle_buffer=shuffle_buffer, window_bytes=budget // 6, num_groups=num_groups,
+        min_mix=min_mix,
+        largest_group_bytes=0.0 if decoded_cache else max((g.uncompressed_bytes for g in groups), default=0) * scale,
+        largest_row_bytes=max((g.uncompressed_bytes / g.num_rows for g in groups if g.num_rows), default=0) * scale,
+    )
+    if decoded_cache and max_piece_rows is not None:
+        warnings.warn(
+            f"row groups of about {size_text(group_bytes)} (decoded) are larger than a window's share of "
+            f"memory_budget={budget} ({size_text(budget // 6)}), so they are streamed in slices, and "
+            "decoded_cache_dir, which keeps whole row groups, is not used; raise memory_budget to use it",
+            UserWarning, stacklevel=4,
+        )
+    leaves = leaf_count(pa.schema([ds.schema.field(c) for c in columns]))
+    stream_buffer = stream_buffer_for(budget // 6, window, leaves)
+    row_bytes = max(1.0, group_bytes / max(1.0, group_rows))
+    warn_about_windows(window, max_piece_rows, budget=budget, mix=min(min_mix, num_groups) if shuffle and
+                       shuffle_buffer is None else 1, row_bytes=row_bytes, columns=columns, leaves=leaves,
+                       stream_buffer=stream_buffer, group_bytes=group_bytes)
+    return Layout(window, max_piece_rows, row_bytes, leaves, stream_buffer)
+
+
 def warn_about_windows(window: int, max_piece_rows: int | None, *, budget: int, mix: int, row_bytes: float,
                        columns: list[str], leaves: int, stream_buffer: int, group_bytes: float) -> None:
     """Warn when the budget cannot hold what the reader was asked for: rows so large that a window mixes fewer
@@ -126,7 +183,7 @@ def warn_about_windows(window: int, max_piece_rows: int | None, *, budget: int, 
             f"rows of about {size_text(row_bytes)} (decoded, {', '.join(columns)}) are so large that a shuffle "
             f"window's share of memory_budget={budget} ({size_text(budget // 6)}) holds only {window}: batches "
             f"mix at most {window} row groups instead of {mix}; raise memory_budget for a better shuffle",
-            UserWarning, stacklevel=4,
+            UserWarning, stacklevel=5,
         )
     overhead = window * stream_overhead(leaves, stream_buffer, group_bytes)
     if max_piece_rows is not None and overhead > budget / 2:
@@ -135,8 +192,9 @@ def warn_about_windows(window: int, max_piece_rows: int | None, *, budget: int, 
             f"slices of {window} of them at a time, and each stream holds a read buffer and a page for each of its "
             f"{leaves} Parquet columns, about {size_text(overhead)} in all, beyond the budget's share for rows; "
             f"raise memory_budget (to {size_text(2 * overhead)} or more) or select fewer columns",
-            UserWarning, stacklevel=4,
+            UserWarning, stacklevel=5,
         )
 
 
-__all__ = ["PAGE_BYTES", "SAMPLE_ROWS", "decoded_scale", "leaf_count", "stream_overhead", "warn_about_windows"]
+__all__ = ["PAGE_BYTES", "SAMPLE_ROWS", "Layout", "decoded_scale", "leaf_count", "plan_layout", "stream_overhead",
+           "warn_about_windows"]

@@ -216,11 +216,11 @@ def test_the_mixing_target_is_one_constant(monkeypatch):
     ``window_size_for`` interleaves slices of ten row groups, and the reader passes it as ``min_mix``."""
     import inspect
 
-    import loader.reader
+    import loader.sizes
 
     assert MIN_MIX == 8
     assert inspect.signature(plan_epoch).parameters["window"].default == MIN_MIX
-    assert loader.reader.MIN_MIX == MIN_MIX
+    assert loader.sizes.MIN_MIX == MIN_MIX
     # row groups bigger than the window: 6 row groups are fewer than MIN_MIX, so a window takes one slice of each
     args = dict(shuffle_buffer=None, window_bytes=10**5, num_groups=6)
     assert window_size_for(1000, 10**6, **args) == (6, 100 // 6)
