@@ -46,12 +46,14 @@ How it stays safe:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -116,6 +118,7 @@ class FileCache(PrefetchQueue):
         self._known: dict[tuple[str, str], Dataset] = {}
         self._prefetched_versions: set[tuple[str, str]] = set()
         self._evictor = Evictor(self.cache_dir, self.max_cache_bytes)
+        self._quiet = threading.local()  # .on: this thread's gets start no prefetch (without_prefetch)
         self.fetched_bytes = 0
         self.fetched_files = 0
 
@@ -204,7 +207,8 @@ class FileCache(PrefetchQueue):
         with self._lock:
             self._known[(ds.name, ds.version)] = ds
             future = self._futures.get(path)
-            start_auto = self.auto_prefetch and (ds.name, ds.version) not in self._prefetched_versions
+            start_auto = (self.auto_prefetch and not getattr(self._quiet, "on", False)
+                          and (ds.name, ds.version) not in self._prefetched_versions)
         if start_auto:
             rest = [f for f in ds.files if f.path != info.path]
             self.prefetch(ds, rest)
@@ -228,6 +232,16 @@ class FileCache(PrefetchQueue):
             if self._ahead.pop(path, None) is not None or no_room:
                 self._pump()
         return pafs.LocalFileSystem(), path
+
+    @contextlib.contextmanager
+    def without_prefetch(self) -> Iterator[None]:
+        """Within the block, this thread's :meth:`get` fetches only the file asked for and starts no prefetch
+        (a reader's constructor reads a sample of one file without starting threads)."""
+        self._quiet.on = True
+        try:
+            yield
+        finally:
+            self._quiet.on = False
 
     def prefetch(self, ds: Dataset, infos) -> None:
         """Download ``infos`` ahead of use, in this order, with ``io_threads`` threads.

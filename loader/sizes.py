@@ -7,9 +7,9 @@ decodes to many times it (an audit measured 1.7 MiB in the manifest against 22 M
 of a few columns decodes to a fraction of it. The reader sizes its windows, slices and ready queue from
 decoded bytes, so it measures the ratio once, when it is made: it decodes the first rows (at most
 :data:`SAMPLE_ROWS`) of the first non-empty row group with the selected columns, in a streamed read that
-fetches only the footer and the first pages (from the dataset's storage: a remote dataset's local file cache
-is left alone, so the constructor starts no download), and scales every row group's manifest bytes by the
-decoded bytes per manifest byte found there (:func:`decoded_scale`).
+fetches only the footer and the first pages (a remote file with a local file cache is fetched into the cache
+first, as its first read would, without starting the cache's prefetch threads), and scales every row group's
+manifest bytes by the decoded bytes per manifest byte found there (:func:`decoded_scale`).
 
 The ratio depends only on the data and the selection, so every rank, pool and worker count plans the same
 windows and the shuffle stays deterministic. Since the first rows may be unlike the rest, it is never below
@@ -21,6 +21,7 @@ from other numbers would give other batches).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import fs as lfs
 from .dataset import Dataset
 from .errors import LarderError, RemoteError
 from .plan import MIN_MIX, size_text, window_size_for
@@ -60,16 +60,19 @@ def decoded_scale(ds: Dataset, columns: list[str]) -> float:
         return 1.0
     group = groups[index]
     file_index, local = ds.row_group_index()[index]
-    # Straight from the dataset's storage, never through its local file cache: fetching a whole file there
-    # would start the cache's prefetch threads from the reader's constructor (and use the credentials of now).
-    path = ds.file_path(ds.files[file_index])
+    # Through the dataset's checked read path: a remote file goes to the local file cache (if any) as it would
+    # for its first read (so nothing is read twice and a warm cache needs no storage), but without starting the
+    # cache's prefetch threads from the reader's constructor.
+    quiet = ds.file_cache.without_prefetch() if ds.file_cache is not None else contextlib.nullcontext()
     try:
-        lfs.check_regular_file(ds.fs, path)  # a FIFO would block the open forever
-        with ds.fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=_SAMPLE_BUFFER)
+        with quiet:
+            pf = ds.open_file(ds.files[file_index], pre_buffer=False, buffer_size=_SAMPLE_BUFFER)
+        try:
             share = _selected_share(pf, local, columns)
             batch = next(pf.iter_batches(batch_size=min(SAMPLE_ROWS, group.num_rows), row_groups=[local],
                                          columns=list(columns), use_threads=False), None)
+        finally:
+            pf.close(force=True)
     except RemoteError:
         raise
     except (LarderError, OSError, pa.ArrowException, ValueError):  # reported by the read of that row group

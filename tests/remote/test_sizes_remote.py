@@ -4,31 +4,42 @@ from storage, so the constructor downloads nothing and starts no thread (the cac
 from __future__ import annotations
 
 import glob
+import os
 import threading
+from collections import Counter
 
 import numpy as np
 import pytest
 
 import loader
 from tests.conftest import make_table
-from tests.remote.conftest import FAST_RETRY
+from tests.remote.conftest import FAST_RETRY, data_opens
 
 
-def test_constructing_a_cached_remote_reader_fetches_no_file_and_starts_no_thread(server, tmp_path):
+def test_constructing_a_cached_remote_reader_starts_no_thread_and_reads_each_file_once(server, tmp_path):
+    """The sample goes through the file cache like a first read (the first file is copied, nothing else), so
+    every remote file is still read once, and a second reader on the warm cache reads no storage at all."""
     table = make_table(300)
-    loader.write_cache(table, server.url("/caches"), "sampled", row_group_bytes=3_000)
-    threads = threading.active_count()
+    ds = loader.write_cache(table, server.url("/caches"), "sampled", row_group_bytes=3_000)
+    def larder_threads() -> set:
+        return {t for t in threading.enumerate() if t.name.startswith("larder") and t.is_alive()}
+
+    before = larder_threads()  # other tests' caches may still have theirs
     server.clear_log()
     reader = loader.make_reader(server.url("/caches/sampled"), batch_size=50, retry=FAST_RETRY,
                                 cache_dir=tmp_path / "c", shuffle=False)
-    assert threading.active_count() == threads
-    assert not glob.glob(str(tmp_path / "c" / "**" / "*.parquet"), recursive=True)
-    sampled = {r.path for r in server.log if r.node == "datanode" and r.op == "OPEN" and r.path.endswith(".parquet")}
-    assert len(sampled) <= 1  # the first file's first pages, read in place
+    assert not larder_threads() - before  # no prefetch (download) threads yet
+    cached = glob.glob(str(tmp_path / "c" / "**" / "*.parquet"), recursive=True)
+    assert [os.path.basename(p) for p in cached] == [os.path.basename(ds.files[0].path)]
     with reader:
         ids = np.concatenate([b["id"] for b in reader])
     assert ids.tolist() == table["id"].to_pylist()
-    assert len(glob.glob(str(tmp_path / "c" / "**" / "*.parquet"), recursive=True)) == 4  # copied as read
+    assert data_opens(server) == Counter({f.path: 1 for f in ds.files})
+    server.clear_log()
+    with loader.make_reader(server.url("/caches/sampled"), batch_size=50, retry=FAST_RETRY,
+                            cache_dir=tmp_path / "c", shuffle=False) as again:
+        assert np.concatenate([b["id"] for b in again]).tolist() == ids.tolist()
+    assert data_opens(server) == Counter()
 
 
 def test_storage_failing_during_the_sample_fails_construction_not_the_plan(server, tmp_path):
