@@ -118,8 +118,12 @@ def test_a_dropped_process_pool_dataset_stops_its_kept_reader(adapter_data):
         del data
         gc.collect()
     assert pids and os.getpid() not in pids
-    deadline = time.monotonic() + 10
-    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10  # the workers stop and the segments go as the pools close, off this thread
+
+    def done() -> bool:
+        return not any(os.path.exists(f"/proc/{p}") for p in pids) and set(glob.glob("/dev/shm/lrd*")) <= before
+
+    while not done() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
     assert set(glob.glob("/dev/shm/lrd*")) <= before
