@@ -306,6 +306,9 @@ def _run(
         )
     phase("publish")
     log(f"seconds per phase: {phases}")
+    if staging.superseded_by is not None:  # another run's newer version went live first; CURRENT names it
+        _stderr(f"published {version}, but {staging.superseded_by}, published by another run meanwhile, is live "
+                "(it is newer); this run's version is removed by the next publish")
     return RunResult(
         "published", shown, version, count, fill=fill, files=len(sized.files), block_size=block,
         seconds=time.time() - started,

@@ -478,18 +478,24 @@ def pin_version(url: str | os.PathLike | Dataset, **fs_options) -> str | Dataset
     """
     if isinstance(url, Dataset):
         return url
+    return pinned(url, **fs_options)[0]
+
+
+def pinned(url: str | os.PathLike, **fs_options) -> tuple[str, Dataset]:
+    """:func:`pin_version`'s URL and the version opened to find it (one open: a publish in between cannot
+    separate them)."""
     text = os.fspath(url)
     ds = open_dataset(text, **fs_options)
     _, path = lfs.resolve(text, **fs_options)
     path = path.rstrip("/") or "/"
     if ds.version_path == path:
-        return text  # already a version
+        return text, ds  # already a version
     suffix = ds.version_path[len(path):]
     assert ds.version_path.startswith(path) and suffix.startswith("/"), (path, ds.version_path)
     if not lfs.is_remote(text):
-        return ds.version_path
+        return ds.version_path, ds
     parts = urlsplit(text)
-    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix))
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix)), ds
 
 
 __all__ = ["Dataset", "check_rows", "open_dataset", "pin_version", "read_manifest"]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import fs as lfs
-from .dataset import Dataset, open_dataset, pin_version
+from .dataset import Dataset, pinned
 from .errors import ConfigError
 from .reader import fs_options_of
 
@@ -50,8 +50,10 @@ class PinnedVersion:
         if options and (isinstance(url, Dataset) or not lfs.is_remote(os.fspath(url))):
             raise ConfigError(f"make_reader got unexpected keyword arguments {sorted(options)} (extra keywords are "
                               "options of a remote URL's filesystem)")  # as make_reader says it
-        self.url = pin_version(url, **options)
-        self.dataset = open_dataset(self.url, **options)
+        if isinstance(url, Dataset):
+            self.url, self.dataset = url, url
+        else:
+            self.url, self.dataset = pinned(url, **options)  # one open: a publish cannot come between
         self.cache_dir = reader_kwargs.get("cache_dir")
         self._cache_options = {"max_cache_bytes": options.get("max_cache_bytes"),
                                **(options.get("cache_options") or {})}

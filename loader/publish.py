@@ -140,6 +140,7 @@ class Staging:
     manifest: Manifest | None = field(default=None, repr=False)
     superseded_by: str | None = None
     _version: str | None = field(default=None, repr=False)  # the version the staging directory was renamed to
+    _swap_tried: bool = field(default=False, repr=False)  # a replace of CURRENT was sent
 
     @property
     def dataset(self) -> str:
@@ -179,8 +180,8 @@ class Staging:
         name. If another run published that very name meanwhile (same second, same data), the next free
         name is taken and the manifest rewritten; both publishes succeed. ``CURRENT`` then moves to the new
         version, unless a run that named its version later made that one live first: ``CURRENT`` never moves
-        back, this run's version stays as an older published version, the commit succeeds with a warning
-        and :attr:`superseded_by` names the live one (see :meth:`_go_live`).
+        back, this run's version (never live) stays until the next publish removes it, the commit succeeds
+        with a warning and :attr:`superseded_by` names the live one (see :meth:`_go_live`).
 
         Args:
             source: What the data was made from (table, path, filter, columns, fingerprint...).
@@ -225,8 +226,8 @@ class Staging:
                     log.warning("%s: %s is published but not live: the newer %s went live while this run "
                                 "published (%s names it)", lfs.display(fs, self.dataset_dir), manifest.version, live,
                                 CURRENT_NAME)
+                self._prune(keep_versions)  # while this run's claim lives: its version, if overtaken, is spared
                 self._release()
-                self._prune(keep_versions)
         except (EmptyDatasetError, PublishError) as e:
             self._abort_after(e)
             raise
@@ -357,7 +358,9 @@ class Staging:
                     unmark(fs, lfs.join(self.dataset_dir, live))
                 target = self._target(version)
                 if live is not None and live >= target and lfs.is_file(fs, self._manifest_path(live)):
-                    if not marked:
+                    if not marked or (live != version and not landed):
+                        # Done; or overtaken before this run's version was ever live: it keeps its marker, so
+                        # it counts for no keep_versions and the next publish, once this run is gone, removes it.
                         return live
                     unmark(fs, lfs.join(self.dataset_dir, version))
                     marked = False
@@ -367,6 +370,7 @@ class Staging:
                     raise
                 log.warning("%s: published %s, but checking %s afterwards failed: %s", where, version, CURRENT_NAME, e)
                 return version
+            self._swap_tried = True
             landed = self._replace_current(target, live) == version or landed
         raise PublishError(f"publishing {where} failed: {CURRENT_NAME} kept changing under runs publishing at once "
                            f"({_SWAP_ROUNDS} reads); it names {live}")
@@ -443,8 +447,10 @@ class Staging:
         try:
             if lfs.exists(self.fs, self.path):
                 self.fs.delete_dir(self.path)
-            if self._version is not None and self._live() != self._version:
-                # Never live, and still marked as this run's: no other run points CURRENT at it.
+            if self._version is not None and not self._swap_tried and self._live() != self._version:
+                # Never live, and still marked as this run's: no other run points CURRENT at it. After a replace
+                # of CURRENT was tried, it stays (a rename held up on the name node may still land); still
+                # marked, it counts for no keep_versions and the next publish removes it unless it is live.
                 remove(self.fs, lfs.join(self.dataset_dir, self._version), directory=True)
         finally:
             self._release()

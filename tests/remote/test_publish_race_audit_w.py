@@ -64,7 +64,7 @@ def _held(server, run: _Run, op: str, path: str) -> None:
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("keep", [1, 3])
+@pytest.mark.parametrize("keep", [1, 2, 3])
 def test_a_run_that_lost_the_race_neither_moves_current_back_nor_to_a_pruned_version(server, keep, caplog):
     name = f"lost{keep}"
     first = _publish(server, name, 0, keep)
@@ -87,11 +87,14 @@ def test_a_run_that_lost_the_race_neither_moves_current_back_nor_to_a_pruned_ver
     live = loader.open_dataset(server.url(f"/race/{name}"), retry=FAST_RETRY)
     assert live.version == fast.version and read_all(live).equals(_ids(100, 2000))
     assert f"{mine[0]} is published but not live: the newer {fast.version} went live" in caplog.text
-    if keep == 1:
-        assert _versions(server, name) == [fast.version]
-    else:  # A's version is kept as the older published version it is, with the one that was live before it
-        assert _versions(server, name) == [first.version, mine[0], fast.version]
+    # A's version never went live: it counts for no keep_versions (the version live before B's is kept from 2
+    # on, audit R3), and stays, still marked, until a publish after A is gone removes it
+    assert _versions(server, name) == ([first.version] if keep >= 2 else []) + [mine[0], fast.version]
+    assert os.path.exists(server.local(f"/race/{name}/{mine[0]}/{claims.PUBLISHING_NAME}"))
     assert not os.path.exists(server.local(f"/race/{name}/{fast.version}/{claims.PUBLISHING_NAME}"))
+    after = _publish(server, name, 3000, keep)
+    assert mine[0] not in _versions(server, name) and _current(server, name) == after.version
+    assert _versions(server, name)[-min(keep, 2):] == [fast.version, after.version][-min(keep, 2):]
 
 
 def test_current_moved_back_by_a_late_rename_is_moved_forward_again(server):
@@ -114,7 +117,10 @@ def test_current_moved_back_by_a_late_rename_is_moved_forward_again(server):
     assert _versions(server, name) == [first.version, slow.out.version, fast.version]
 
 
-def test_failed_current_switch_removes_the_version_and_keeps_the_live_one_counted(server):
+def test_failed_current_switch_keeps_the_live_one_counted_and_the_next_run_removes_the_version(server):
+    """A replace of CURRENT that failed may still land (a rename held up on the name node, audit R3): the failed
+    run's version stays, marked as never live, and the next publish removes it; the version that was live
+    stays counted."""
     name = "failswitch"
     _publish(server, name, 0, 2)
     live = _publish(server, name, 1000, 2)
@@ -122,7 +128,10 @@ def test_failed_current_switch_removes_the_version_and_keeps_the_live_one_counte
     with pytest.raises(loader.PublishError, match=f"previous version stays live .CURRENT names {live.version}"):
         _publish(server, name, 2000, 2)
     server.clear_faults()
-    assert _versions(server, name)[-1] == live.version  # the failed run's version is gone
+    failed = _versions(server, name)[-1]
+    assert failed > live.version and _current(server, name) == live.version
+    assert os.path.exists(server.local(f"/race/{name}/{failed}/{claims.PUBLISHING_NAME}"))  # never live
+    assert loader.open_dataset(server.url(f"/race/{name}"), retry=FAST_RETRY).version == live.version
     after = _publish(server, name, 3000, 2)
     assert _versions(server, name) == [live.version, after.version]  # the version that was live is kept
 

@@ -443,12 +443,15 @@ class _Handler(BaseHTTPRequestHandler):
             raise RemoteException(403, "IOException", "Cannot delete root")
         if not os.path.exists(local):
             return False
-        if os.path.isdir(local):
-            if os.listdir(local) and params.get("recursive", "false").lower() != "true":
-                raise RemoteException(403, "PathIsNotEmptyDirectoryException", f"{path} is non empty")
-            shutil.rmtree(local)
-        else:
-            os.remove(local)
+        try:  # another DELETE may remove it meanwhile: a name node answers false for a path already gone
+            if os.path.isdir(local):
+                if os.listdir(local) and params.get("recursive", "false").lower() != "true":
+                    raise RemoteException(403, "PathIsNotEmptyDirectoryException", f"{path} is non empty")
+                shutil.rmtree(local)
+            else:
+                os.remove(local)
+        except FileNotFoundError:
+            return False
         return True
 
     # ----------------------------------------------------------------- data node
