@@ -118,8 +118,9 @@ PAGE_BYTES = 1 << 20
 
 def stream_overhead(leaves: int, buffer_size: int, group_bytes: float) -> float:
     """Bytes one stream of a row group holds besides the rows it hands out: per Parquet column, its read buffer
-    and its current page (at most :data:`PAGE_BYTES`, at most the column's share of the row group: on a wide
-    table of small column chunks, a stream holds about its whole row group in pages)."""
+    and its current page, still encoded (at most :data:`PAGE_BYTES`, at most the column's share of the row
+    group's Parquet bytes ``group_bytes``: on a wide table of small column chunks, a stream holds about its
+    whole row group in pages)."""
     return leaves * buffer_size + min(leaves * PAGE_BYTES, group_bytes)
 
 
@@ -148,7 +149,8 @@ def plan_layout(ds: Dataset, columns: list[str], *, budget: int, shuffle: bool, 
     budget cannot hold what was asked (see :func:`loader.plan.window_size_for`)."""
     groups = [g for f in ds.files for g in f.row_groups]
     scale = decoded_scale(ds, columns)  # decoded bytes of the selection per manifest byte
-    group_bytes = sum(g.uncompressed_bytes for g in groups) / max(1, len(groups)) * scale
+    encoded_bytes = sum(g.uncompressed_bytes for g in groups) / max(1, len(groups))  # Parquet's, as in its pages
+    group_bytes = encoded_bytes * scale
     group_rows = sum(g.num_rows for g in groups) / max(1, len(groups))
     num_groups = math.ceil(len(groups) / world_size) + (world_size > 1)  # a rank's share (+ a part)
     # Shuffled batches mix 8 row groups or more: with a budget too small for 8 whole ones, windows interleave
@@ -173,14 +175,15 @@ def plan_layout(ds: Dataset, columns: list[str], *, budget: int, shuffle: bool, 
     row_bytes = max(1.0, group_bytes / max(1.0, group_rows))
     warn_about_windows(window, max_piece_rows, budget=budget, mix=min(min_mix, num_groups) if shuffle and
                        shuffle_buffer is None else 1, row_bytes=row_bytes, columns=columns, leaves=leaves,
-                       stream_buffer=stream_buffer, group_bytes=group_bytes)
+                       stream_buffer=stream_buffer, group_bytes=encoded_bytes)
     return Layout(window, max_piece_rows, row_bytes, leaves, stream_buffer)
 
 
 def warn_about_windows(window: int, max_piece_rows: int | None, *, budget: int, mix: int, row_bytes: float,
                        columns: list[str], leaves: int, stream_buffer: int, group_bytes: float) -> None:
     """Warn when the budget cannot hold what the reader was asked for: rows so large that a window mixes fewer
-    than ``mix`` row groups, or streams whose buffers and pages alone take over half of ``budget``."""
+    than ``mix`` row groups, or streams whose buffers and pages (``group_bytes``: Parquet bytes of a row group,
+    as encoded) alone take more than ``budget``."""
     if window < mix:
         warnings.warn(
             f"rows of about {size_text(row_bytes)} (decoded, {', '.join(columns)}) are so large that a shuffle "
@@ -189,11 +192,11 @@ def warn_about_windows(window: int, max_piece_rows: int | None, *, budget: int, 
             UserWarning, stacklevel=5,
         )
     overhead = window * stream_overhead(leaves, stream_buffer, group_bytes)
-    if max_piece_rows is not None and overhead > budget / 2:
+    if max_piece_rows is not None and overhead > budget:  # the budget itself cannot hold them
         warnings.warn(
             f"memory_budget={budget} ({size_text(budget)}) is small for these row groups: the reader streams "
             f"slices of {window} of them at a time, and each stream holds a read buffer and a page for each of its "
-            f"{leaves} Parquet columns, about {size_text(overhead)} in all, beyond the budget's share for rows; "
+            f"{leaves} Parquet columns, about {size_text(overhead)} in all, more than the whole budget; "
             f"raise memory_budget (to {size_text(2 * overhead)} or more) or select fewer columns",
             UserWarning, stacklevel=5,
         )
