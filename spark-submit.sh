@@ -24,6 +24,24 @@ export SPARK_HOME="${SPARK_HOME:-$PYSPARK_DIR}"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$PY}"
 
+usage="usage: $0 [spark-submit options] [--master URL] jobs/<job>.py [--conf job.yaml] [--set k=v ...] [--force]
+  Spark options may also follow the job script: --master URL, --deploy-mode client|cluster,
+  --conf key=value (to Spark; --conf file.yaml goes to the job), --spark-opt X (one spark-submit word).
+  Defaults: --master local[*]; PYSPARK_PYTHON for the executors, the project's Python for the driver."
+# Bad usage: one line on stderr, exit 2 (conf/README.md's exit codes).
+die_usage() { echo "larder: error: $1 (./spark-submit.sh --help for usage)" >&2; exit 2; }
+# $1: the option, $2: the number of arguments left including it.
+need_value() { [ "$2" -ge 2 ] || die_usage "$1 needs a value"; }
+check_master() {
+  case "$1" in
+    local|local\[*\]|local-cluster\[*\]|spark://?*|yarn|k8s://?*) ;;
+    *) die_usage "--master $1 is not a Spark master URL (local[N], spark://host:port, yarn, k8s://https://host:port)" ;;
+  esac
+}
+check_deploy_mode() {
+  case "$1" in client|cluster) ;; *) die_usage "--deploy-mode $1 must be client or cluster" ;; esac
+}
+
 spark_args=()
 job_args=()
 script=""
@@ -33,24 +51,32 @@ while [ $# -gt 0 ]; do
   arg="$1"
   if [ -z "$script" ]; then
     case "$arg" in
+      -h|--help) echo "$usage"; exit 0 ;;
       *.py) script="$arg" ;;
-      --master) master="$2"; shift ;;
+      --master) need_value "$arg" $#; master="$2"; shift ;;
       --master=*) master="${arg#--master=}" ;;
-      --deploy-mode) deploy_mode="$2"; spark_args+=("$arg" "$2"); shift ;;
+      --deploy-mode) need_value "$arg" $#; deploy_mode="$2"; spark_args+=("$arg" "$2"); shift ;;
+      --deploy-mode=*) deploy_mode="${arg#--deploy-mode=}"; spark_args+=("$arg") ;;
+      --conf)
+        need_value "$arg" $#
+        [[ "$2" =~ ^[A-Za-z0-9_.-]+= && ! "$2" =~ \.ya?ml$ ]] ||
+          die_usage "--conf $2 before the job script: a job conf goes after it (jobs/materialize.py --conf $2)"
+        spark_args+=("$arg" "$2"); shift ;;
       --verbose|--supervise) spark_args+=("$arg") ;;
       --*=*) spark_args+=("$arg") ;;
-      --*) spark_args+=("$arg" "$2"); shift ;;
-      *) echo "larder: error: unexpected argument before the job script: $arg" >&2; exit 2 ;;
+      --*) need_value "$arg" $#; spark_args+=("$arg" "$2"); shift ;;
+      *) die_usage "unexpected argument before the job script: $arg" ;;
     esac
   else
     case "$arg" in
-      --master) master="$2"; shift ;;
+      --master) need_value "$arg" $#; master="$2"; shift ;;
       --master=*) master="${arg#--master=}" ;;
-      --deploy-mode) deploy_mode="$2"; spark_args+=("--deploy-mode" "$2"); shift ;;
-      --spark-opt) spark_args+=("$2"); shift ;;
+      --deploy-mode) need_value "$arg" $#; deploy_mode="$2"; spark_args+=("--deploy-mode" "$2"); shift ;;
+      --spark-opt) need_value "$arg" $#; spark_args+=("$2"); shift ;;
       --conf)
-        if [[ "${2:-}" =~ ^[A-Za-z0-9_.-]+= && ! "${2:-}" =~ \.ya?ml$ ]]; then spark_args+=("--conf" "$2");
-        else job_args+=("--conf" "${2:-}"); fi
+        need_value "$arg" $#
+        if [[ "$2" =~ ^[A-Za-z0-9_.-]+= && ! "$2" =~ \.ya?ml$ ]]; then spark_args+=("--conf" "$2");
+        else job_args+=("--conf" "$2"); fi
         shift ;;
       *) job_args+=("$arg") ;;
     esac
@@ -58,8 +84,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ -z "$script" ]; then
-  echo "usage: $0 [spark options] jobs/<job>.py [job options]" >&2; exit 2
+  die_usage "no job script (jobs/<job>.py) given"
 fi
+[ -z "$master" ] || check_master "$master"
+[ -z "$deploy_mode" ] || check_deploy_mode "$deploy_mode"
 master="${master:-local[*]}"
 # In cluster deploy mode the driver runs in a cluster container without this checkout: ship the job's conf
 # file with --files (it lands in the driver's working directory) and name it there.
@@ -90,6 +118,14 @@ with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as z:
 PYEOF
 )
 
+# spark.pyspark.python names the executors' Python; Spark's PythonRunner would also start a client-mode driver
+# with it (it prefers it over PYSPARK_DRIVER_PYTHON), and an executors-only path (a venv shipped with
+# --archives) does not exist here. The driver always runs the project's Python; in cluster mode it runs in
+# a cluster container, where the executors' Python is the right one.
+driver_python=()
+if [ "$deploy_mode" != "cluster" ]; then
+  driver_python=(--conf "spark.pyspark.driver.python=$PYSPARK_DRIVER_PYTHON")
+fi
 quiet=()
 if [ "${LARDER_SPARK_VERBOSE:-0}" != "1" ]; then
   quiet=(--driver-java-options "-Dlog4j2.configurationFile=file:$HERE/conf/log4j2.properties -Dderby.stream.error.file=$tmp/derby.log"
@@ -112,7 +148,7 @@ fi
 
 set +e
 "$SPARK_HOME/bin/spark-submit" --master "$master" --py-files "$tmp/larder.zip" \
-  --conf "spark.pyspark.python=$PYSPARK_PYTHON" "${quiet[@]}" "${spark_args[@]}" "$script" "${job_args[@]}" 4>&-
+  --conf "spark.pyspark.python=$PYSPARK_PYTHON" "${driver_python[@]}" "${quiet[@]}" "${spark_args[@]}" "$script" "${job_args[@]}" 4>&-
 rc=$?
 if [ -n "$relay" ]; then
   exec 4>&-

@@ -26,7 +26,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from loader.errors import LarderError, PublishError, SourceError, TransformError
+from loader.errors import ConfigError, LarderError, PublishError, SourceError, TransformError
 
 from .transforms import SOURCE_CHANGED
 
@@ -47,6 +47,9 @@ _DESTINATION_ERRNO_RE = re.compile(
     r"errno (?:28|27|30|122)\b|No space left on device|Disk quota exceeded|Read-only file system|File too large",
     re.IGNORECASE,
 )
+
+# A Python worker Spark could not start (PYSPARK_PYTHON / spark.pyspark.python missing on the executors).
+_NO_PROGRAM_RE = re.compile(r'Cannot run program "([^"]+)"(?:[^\n]*?error=\d+, ([^\n]*))?')
 
 
 def _java_chain(throwable) -> list[str]:
@@ -84,6 +87,23 @@ def root_cause(e: BaseException) -> str | None:
     text = failure_text(e)
     py = python_error(text)
     return spark_error(text) or (py[0] if py else None)
+
+
+def missing_python(text: str) -> ConfigError | None:
+    """A :class:`ConfigError` naming the Python interpreter Spark could not start for its tasks, or None.
+
+    A missing executor Python is a setting (``PYSPARK_PYTHON``, ``spark.pyspark.python``, an ``--archives``
+    venv) that fails every run the same way until it is fixed: bad conf (exit 2), never retried.
+    """
+    m = _NO_PROGRAM_RE.search(text)
+    if m is None:
+        return None
+    why = f" ({m.group(2).strip()})" if m.group(2) else ""
+    return ConfigError(
+        f"Spark could not start the executors' Python {m.group(1)}{why}: install it on every executor host or "
+        "point PYSPARK_PYTHON (spark.pyspark.python) at an interpreter that exists there, e.g. a venv shipped "
+        "with --spark-opt --archives=venv.tar.gz#venv and PYSPARK_PYTHON=./venv/bin/python"
+    )
 
 
 def spark_error(text: str) -> str | None:
@@ -198,6 +218,9 @@ def as_larder_error(
         is none of these.
     """
     text = failure_text(e)
+    missing = missing_python(text)
+    if missing is not None:
+        return missing
     py = python_error(text)
     if py is not None:
         line, trace = py

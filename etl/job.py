@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import pyarrow.fs as pafs
 
 from loader import fs as lfs
+from loader.claims import clean_stale_staging
 from loader.errors import ConfigError, EmptyDatasetError, LarderError, PublishError, SourceError
 from loader.publish import begin_staging
 
@@ -221,6 +222,10 @@ def _run(
     fingerprint, snapshot = source_fingerprint(spark, source.df, cfg, block, input_files, statuses)
     phase("validate+fingerprint")
     if previous is not None and fingerprint and previous.source.get("fingerprint") == fingerprint and not force:
+        try:  # a killed run's staging directory goes now too, as a publishing run's would (never a live run's)
+            clean_stale_staging(fs, dataset_dir)
+        except OSError as e:
+            log(f"warning: could not remove the staging directories of dead runs in {shown}: {e}")
         return RunResult("up to date", shown, previous.version, previous.num_rows, seconds=time.time() - started)
 
     # Index transforms are broadcast joins, which keep the source's partitions and row order, so the

@@ -457,6 +457,7 @@ class SizedWriter:
         if infos is None:
             self._tidy()
             infos = self._file_infos()
+        self._keep_only({info.path for info in infos})
         return SizingResult(
             files=infos, block_size=self.block_size, target=self.target, bytes_per_row=bpr,
             num_files=n, attempts=attempt, oversized_rows=len(single), history=history,
@@ -500,6 +501,18 @@ class SizedWriter:
                 self.fs.delete_file(entry.path)
         for i, src in enumerate(_parquet_files(self.fs, self.path)):  # Spark's names start part-<partition>
             self.fs.move(src, lfs.join(self.path, f"part-{i:05d}.parquet"))
+
+    def _keep_only(self, names: set[str]) -> None:
+        """Remove everything in the staging directory but the files ``names`` (the manifest's): a killed
+        task attempt's ``.part-<k>.parquet.<id>.tmp``, side files, directories. The staging directory
+        becomes the version as it is, so whatever is left here would be published with it."""
+        for entry in lfs.listdir(self.fs, self.path):
+            if entry.base_name in names and entry.type == pafs.FileType.File:
+                continue
+            if entry.type == pafs.FileType.Directory:
+                self.fs.delete_dir(entry.path)
+            else:
+                self.fs.delete_file(entry.path)
 
     def _file_infos(self) -> list[FileInfo]:
         """Manifest entries of the staged files, checksummed on the executors (the driver reads no data)."""
