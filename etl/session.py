@@ -7,8 +7,11 @@ Under ``spark-submit`` the master, deploy mode and resources come from the comma
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from typing import TYPE_CHECKING
+
+from loader.errors import LarderError
 
 from .config import SparkConfig
 
@@ -45,6 +48,31 @@ def python_for_workers() -> None:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
+def check_master(master: str, timeout: float = 5.0) -> None:
+    """Refuse a standalone master (``spark://host:port[,host:port...]``) none of whose addresses answers: Spark
+    would try to register for about 90 s and then fail with a Java error naming nothing.
+
+    Raises:
+        SparkUnavailableError: No address of ``master`` accepts a connection (names the master).
+    """
+    if not master.startswith("spark://"):
+        return
+    errors = []
+    for address in master[len("spark://"):].split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                return
+        except (OSError, ValueError) as e:
+            errors.append(f"{address.strip()}: {e}")
+    raise SparkUnavailableError(f"the Spark master {master} cannot be reached ({'; '.join(errors)}): is it "
+                                "running, and is the URL the one its log prints?")
+
+
+class SparkUnavailableError(LarderError, ConnectionError):
+    """The Spark cluster named by the job's master URL cannot be reached (exit 1: it may come back)."""
+
+
 def build_session(cfg: SparkConfig) -> SparkSession:
     """Create (or get) the job's SparkSession.
 
@@ -53,10 +81,20 @@ def build_session(cfg: SparkConfig) -> SparkSession:
 
     Returns:
         A session with Hive support when ``cfg.hive`` is set.
+
+    Raises:
+        SparkUnavailableError: A standalone master that no address of answers (:func:`check_master`).
     """
     from pyspark.sql import SparkSession
 
     python_for_workers()
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # under spark-submit: its --master is a property of its JVM
+        from pyspark import SparkContext
+
+        SparkContext._ensure_initialized()  # connects to spark-submit's JVM; starts no SparkContext
+        check_master(SparkContext._jvm.java.lang.System.getProperty("spark.master") or "")
+    else:
+        check_master(cfg.master or "")
     builder = SparkSession.builder.appName(cfg.app_name)
     if cfg.master and "PYSPARK_GATEWAY_PORT" not in os.environ:  # not under spark-submit
         builder = builder.master(cfg.master)

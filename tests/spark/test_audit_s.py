@@ -179,3 +179,42 @@ def test_a_missing_executor_python_through_spark_submit_is_one_line_with_exit_2(
     assert len(lines) == 1 and "executors' Python /opt/nowhere/bin/python3" in lines[0], done.stderr[-3000:]
     assert done.stderr.splitlines()[-1] == lines[0] and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert not os.path.exists(tmp_path / "cache" / "ds" / "CURRENT")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_master_no_address_of_answers_is_named_and_one_that_answers_passes():
+    import socket
+
+    from etl.session import SparkUnavailableError, check_master
+
+    port = _closed_port()
+    with pytest.raises(SparkUnavailableError, match=rf"Spark master spark://127.0.0.1:{port} cannot be reached"):
+        check_master(f"spark://127.0.0.1:{port}", timeout=2)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        alive = listening.getsockname()[1]
+        check_master(f"spark://127.0.0.1:{port},127.0.0.1:{alive}", timeout=2)  # one address of an HA pair
+    check_master("local[2]")  # nothing to reach
+
+
+@pytest.mark.slow
+def test_an_unreachable_master_through_spark_submit_is_one_line_with_exit_1(tmp_path):
+    """Spark itself tries to register for about 90 s and then fails naming nothing; the job checks first."""
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(json.dumps({
+        "name": "ds", "source": {"path": str(tmp_path / "src"), "format": "parquet"},
+        "output": {"root": str(tmp_path / "cache")}, "spark": {"hive": False, "metastore_dir": None},
+    }))
+    port = _closed_port()
+    done = submit(["--master", f"spark://127.0.0.1:{port}", "jobs/materialize.py", "--conf", str(conf)])
+    assert done.returncode == 1, (done.stdout[-2000:], done.stderr[-2000:])
+    lines = [line for line in done.stderr.splitlines() if line.startswith("larder: error: ")]
+    assert len(lines) == 1 and f"Spark master spark://127.0.0.1:{port} cannot be reached" in lines[0], done.stderr
