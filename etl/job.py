@@ -280,7 +280,8 @@ def _run(
         fill = sized.fill()
         version = staging.commit(
             source={**source.description, "fingerprint": fingerprint, "snapshot": snapshot},
-            created_by={"job": "jobs/materialize.py", "conf_path": conf_path, "conf": cfg.to_dict(), "forced": force},
+            created_by={"job": "jobs/materialize.py", "conf_path": conf_path, "conf": cfg.to_dict(), "forced": force,
+                        "spark_master": spark.sparkContext.master},  # the one it ran on (spark-submit's --master)
             vocabularies=vocabularies,
             block_size=block,
             row_group_target=sized.target,

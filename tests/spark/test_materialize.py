@@ -75,6 +75,8 @@ def test_images_are_jpeg_and_vocabulary_is_frequency_ordered(spark, demo_table, 
     vocab = ds.vocabularies["label"]
     assert sorted(vocab) == sorted(counts)
     assert vocab == sorted(counts, key=lambda v: (-counts[v], v))
+    # provenance: the master the job really ran on (under spark-submit, its --master, not the conf's default)
+    assert ds.manifest.created_by["spark_master"] == spark.sparkContext.master
 
 
 def test_second_run_is_up_to_date_and_force_publishes(spark, published):
