@@ -10,6 +10,7 @@ import functools
 import math
 import threading
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,22 @@ def _structure(key: str, batch: dict) -> bool:
     return (key.endswith(".offsets") and key[:-8] in batch) or (key.endswith(".value_offsets") and key[:-14] in batch)
 
 
+def batch_rows(batch: Mapping) -> int:
+    """The number of rows of a batch in the reader's numpy forms (0 for an empty dict).
+
+    Read from the batch itself, not from the reader's plan: a transform may keep fewer rows than were
+    planned. A key is classified as :func:`split_batch` does (:func:`_structure`): the flat values of a ragged
+    column (``col`` next to ``col.offsets``) and item offsets (``col.value_offsets``) do not count rows, a
+    column's ``col.offsets`` holds ``n + 1`` entries, and every other array (fixed width, masks, lengths, padded
+    and object arrays, fixed-size lists, row ids) holds one entry (``shape[0]``) per row.
+    """
+    for key, values in batch.items():
+        if key.endswith(".value_offsets") or key + ".offsets" in batch:
+            continue
+        return len(values) - 1 if _structure(key, batch) else len(values)
+    return 0
+
+
 def _fitting(pad_value: Any, dtype: np.dtype, name: str) -> Any:
     """``pad_value`` if the padded column's values can hold it exactly (checked once per value and dtype:
     it runs for every padded column of every batch).
@@ -209,4 +226,4 @@ def split_batch(batch: dict[str, np.ndarray], bounds: list[int]) -> list[dict[st
     return out
 
 
-__all__ = ["pad", "split_batch", "to_padded"]
+__all__ = ["batch_rows", "pad", "split_batch", "to_padded"]

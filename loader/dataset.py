@@ -363,12 +363,9 @@ def _resolve_version(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
     is read again and followed if it moved meanwhile (a publish with ``keep_versions=1`` prunes the version it
     replaced right after its swap), a few times, before the version counts as missing.
     """
-    manifest_path = lfs.join(path, MANIFEST_NAME)
-    try:
-        return path, lfs.read_bytes(fs, manifest_path)
-    except DatasetNotFoundError as e:
-        if not isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError)):
-            raise  # there, but not a file that can be read (a directory, a FIFO...): its message says why
+    text, _ = _manifest_text(fs, path)
+    if text is not None:
+        return path, text
     try:
         name = current_version(fs, path)
     except DatasetNotFoundError as e:
@@ -388,13 +385,9 @@ def _resolve_version(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
         ) from e
     for _ in range(_FOLLOW_CURRENT):
         version_dir = lfs.join(path, name)
-        manifest_path = lfs.join(version_dir, MANIFEST_NAME)
-        try:
-            return version_dir, lfs.read_bytes(fs, manifest_path)
-        except DatasetNotFoundError as e:
-            if not isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError)):
-                raise  # there, but not a file that can be read (a directory, a FIFO...): its message says why
-            missing = e
+        text, missing = _manifest_text(fs, version_dir)
+        if text is not None:
+            return version_dir, text
         # A publish may have moved CURRENT on and pruned this version since CURRENT was read: read it again.
         try:
             again = current_version(fs, path, retries=0)
@@ -403,9 +396,22 @@ def _resolve_version(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
         if again == name:
             break
         name = again
-    raise DatasetNotFoundError(
-        f"CURRENT of {lfs.display(fs, path)} names {name!r}, but {lfs.display(fs, manifest_path)} is missing"
-    ) from missing
+    raise DatasetNotFoundError(f"CURRENT of {lfs.display(fs, path)} names {name!r}, but "
+                               f"{lfs.display(fs, lfs.join(path, name, MANIFEST_NAME))} is missing") from missing
+
+
+def _manifest_text(fs: pafs.FileSystem, version_dir: str) -> tuple[str | None, DatasetNotFoundError | None]:
+    """``(text, None)`` of ``<version_dir>/_manifest.json``, or ``(None, the error)`` when it does not exist.
+
+    Raises:
+        DatasetNotFoundError: It is there but cannot be read (a directory, a FIFO...): its message says why.
+    """
+    try:
+        return lfs.read_bytes(fs, lfs.join(version_dir, MANIFEST_NAME)), None
+    except DatasetNotFoundError as e:
+        if not isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError)):
+            raise
+        return None, e
 
 
 def _orphaned_versions(fs: pafs.FileSystem, path: str) -> str:

@@ -15,34 +15,18 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from .arguments import check_int
+from .convert_ragged import batch_rows
 from .errors import ConfigError, StateError
 from .reader import DEFAULT_MEMORY_BUDGET, Closeable, Reader, make_reader
 
 MIX_KIND = "larder.mix"
 _TAG_MIX = 0x6D78
 STOP_RULES = ("first", "all")
-
-
-def batch_rows(batch: Mapping) -> int:
-    """The number of rows of a batch in the reader's numpy forms (0 for an empty dict).
-
-    Read from the batch itself, not from the reader's plan: a transform may keep fewer rows than were
-    planned. A key is classified as :func:`loader.convert.split_batch` does: the flat values of a ragged column
-    (``col`` next to ``col.offsets``) and item offsets (``col.value_offsets``) do not count rows, a column's
-    ``col.offsets`` holds ``n + 1`` entries, and every other array (fixed width, masks, lengths, padded and
-    object arrays, fixed-size lists, row ids) holds one entry (``shape[0]``) per row.
-    """
-    for key, values in batch.items():
-        if key.endswith(".value_offsets") or key + ".offsets" in batch:
-            continue
-        n = len(values)
-        return n - 1 if key.endswith(".offsets") and key[: -len(".offsets")] in batch else n
-    return 0
 
 
 def _count(value) -> bool:

@@ -47,6 +47,7 @@ from . import fs as lfs
 from . import tasks
 from .arguments import check_arguments, check_int, check_not_empty, select_columns
 from .convert import check_keys
+from .convert_ragged import batch_rows
 from .dataset import Dataset, open_dataset
 from .decoded import DecodedCache
 from .errors import ConfigError, StateError
@@ -200,9 +201,7 @@ class Reader(Closeable):
             seed=seed,
             rank=rank,
             world_size=world_size,
-            stream=max_piece_rows is not None,
-            stream_chunk_rows=max(1, min(tasks.MAX_CHUNK_ROWS, max_piece_rows or 1)),
-            stream_buffer=layout.stream_buffer,
+            **self._stream_settings(window, max_piece_rows),
             local_files=isinstance(ds.fs, pafs.LocalFileSystem) or getattr(ds, "file_cache", None) is not None,
             ragged=ragged,
             strings=strings,
@@ -221,7 +220,7 @@ class Reader(Closeable):
             seed=seed,
             shuffle=shuffle,
             num_epochs=num_epochs,
-            pieces_ahead=max(workers, window) if pool != "serial" else 1,
+            pieces_ahead=self._pieces_ahead(window),
             batches_ahead=depths.batches_ahead,
             prefetch=prefetch,
             cut_in_pool=pool != "serial",
@@ -296,7 +295,7 @@ class Reader(Closeable):
             if self.stats.first_batch_seconds is None:
                 self.stats.first_batch_seconds = time.perf_counter() - self._started_at
             self.stats.batches += 1
-            self.stats.rows += rows if self.transform is None else _batch_rows(batch)  # a transform may drop rows
+            self.stats.rows += rows if self.transform is None else batch_rows(batch)  # a transform may drop rows
             self.stats.add_mixed(distinct)
             # Last: an interruption before this line leaves the position at this batch, which comes again.
             self._position = (epoch, index + 1) if index + 1 < self.batches_per_epoch else (epoch + 1, 0)
@@ -368,13 +367,18 @@ class Reader(Closeable):
             return
         self.window, self.max_piece_rows = window, max_piece_rows
         self._planner = dataclasses.replace(self._planner, window=window, max_piece_rows=max_piece_rows)
+        self._ctx = dataclasses.replace(self._ctx, **self._stream_settings(window, max_piece_rows))
+        self._setup = dataclasses.replace(self._setup, plan=self._planner, pieces_ahead=self._pieces_ahead(window))
+
+    def _stream_settings(self, window: int, max_piece_rows: int | None) -> dict:
+        """The read context's settings that follow from the windows (:class:`loader.tasks.ReadContext`)."""
         budget, leaves = self._layout_inputs
-        self._ctx = dataclasses.replace(
-            self._ctx, stream=max_piece_rows is not None,
-            stream_chunk_rows=max(1, min(tasks.MAX_CHUNK_ROWS, max_piece_rows or 1)),
-            stream_buffer=tasks.stream_buffer_for(budget // 6, window, leaves))
-        self._setup = dataclasses.replace(self._setup, plan=self._planner, pieces_ahead=max(
-            self.workers, window) if self.pool_kind != "serial" else 1)
+        return {"stream": max_piece_rows is not None,
+                "stream_chunk_rows": max(1, min(tasks.MAX_CHUNK_ROWS, max_piece_rows or 1)),
+                "stream_buffer": tasks.stream_buffer_for(budget // 6, window, leaves)}
+
+    def _pieces_ahead(self, window: int) -> int:
+        return max(self.workers, window) if self.pool_kind != "serial" else 1
 
     def _check_state(self, state) -> tuple[int, int]:
         """The position ``(epoch, batch)`` a state of this reader resumes at; changes nothing.
@@ -421,12 +425,6 @@ def fs_options_of(reader_kwargs: dict) -> dict:
     """The filesystem options among keyword arguments meant for :func:`make_reader` (those it does not name)."""
     named = inspect.signature(make_reader).parameters
     return {k: v for k, v in reader_kwargs.items() if k not in named}
-
-
-def _batch_rows(batch: dict) -> int:
-    from .mix import batch_rows  # loader.mix imports this module
-
-    return batch_rows(batch)
 
 
 def make_reader(url, columns=None, batch_size: int = 100, shuffle: bool = True, seed: int = 0,

@@ -133,14 +133,12 @@ class Layout:
         max_piece_rows: Longest piece in rows; None: whole row groups.
         row_bytes: Decoded bytes per row of the selection (mean).
         leaves: Parquet leaf columns of the selection.
-        stream_buffer: Read buffer per column of a streamed row group.
     """
 
     window: int
     max_piece_rows: int | None
     row_bytes: float
     leaves: int
-    stream_buffer: int
 
 
 def plan_layout(ds: Dataset, columns: list[str], *, budget: int, shuffle: bool, shuffle_buffer: int | None,
@@ -176,7 +174,7 @@ def plan_layout(ds: Dataset, columns: list[str], *, budget: int, shuffle: bool, 
     warn_about_windows(window, max_piece_rows, budget=budget, mix=min(min_mix, num_groups) if shuffle and
                        shuffle_buffer is None else 1, row_bytes=row_bytes, columns=columns, leaves=leaves,
                        stream_buffer=stream_buffer, group_bytes=encoded_bytes)
-    return Layout(window, max_piece_rows, row_bytes, leaves, stream_buffer)
+    return Layout(window, max_piece_rows, row_bytes, leaves)
 
 
 def warn_about_windows(window: int, max_piece_rows: int | None, *, budget: int, mix: int, row_bytes: float,
