@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from . import fs as lfs
 from .cli_values import cells, short, strict, text
+from .convert_types import empty_table
 from .dataset import Dataset, open_dataset
 from .errors import ColumnNotFoundError, ConfigError, CorruptFileError, LarderError, RemoteError
 from .manifest import MANIFEST_NAME, FileInfo, _checksum_with_ranges, chunk_inside, chunk_range
@@ -189,7 +190,7 @@ def first_rows(ds: Dataset, n: int, columns: list[str] | None) -> pa.Table:
             pf.close(force=True)
     if not parts:
         schema = ds.schema if columns is None else pa.schema([ds.schema.field(c) for c in columns])
-        return schema.empty_table()
+        return empty_table(schema)
     return pa.concat_tables(parts)
 
 

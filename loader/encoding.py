@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .convert_types import empty_table
+
 DICTIONARY_MAX_DISTINCT = 0.5  # a column is dictionary-encoded when at most this share of its values is distinct
 INCOMPRESSIBLE = 0.9  # a column is stored uncompressed when the codec keeps more than this share of its bytes
 CODECS = {"uncompressed": "none", "none": "none", "snappy": "snappy", "gzip": "gzip", "zstd": "zstd",
@@ -72,7 +74,7 @@ def leaf_paths(schema: pa.Schema) -> tuple[str, ...]:
     """The Parquet leaf column paths of an Arrow schema (``tokens.list.element`` for a list column), as
     pyarrow's writer names them (read back from an empty file; cached, since every encode asks)."""
     sink = pa.BufferOutputStream()
-    pq.write_table(schema.empty_table(), sink)
+    pq.write_table(empty_table(schema), sink)
     return tuple(c.path for c in pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema)
 
 

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from . import fs as lfs
-from . import tasks
+from . import streams, tasks
 from .arguments import check_arguments, check_int, check_not_empty, select_columns
 from .convert import check_keys
 from .convert_ragged import batch_rows
@@ -374,8 +374,8 @@ class Reader(Closeable):
         """The read context's settings that follow from the windows (:class:`loader.tasks.ReadContext`)."""
         budget, leaves = self._layout_inputs
         return {"stream": max_piece_rows is not None,
-                "stream_chunk_rows": max(1, min(tasks.MAX_CHUNK_ROWS, max_piece_rows or 1)),
-                "stream_buffer": tasks.stream_buffer_for(budget // 6, window, leaves)}
+                "stream_chunk_rows": max(1, min(streams.MAX_CHUNK_ROWS, max_piece_rows or 1)),
+                "stream_buffer": streams.stream_buffer_for(budget // 6, window, leaves)}
 
     def _pieces_ahead(self, window: int) -> int:
         return max(self.workers, window) if self.pool_kind != "serial" else 1

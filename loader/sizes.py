@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from .dataset import Dataset
 from .errors import LarderError, RemoteError
 from .plan import MIN_MIX, size_text, window_size_for
-from .tasks import stream_buffer_for
+from .streams import stream_buffer_for
 
 SAMPLE_ROWS = 1024
 """Rows decoded to measure the decoded size of a row (from the front of the first non-empty row group)."""

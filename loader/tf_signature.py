@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .convert import _is_binary_like, _is_list, to_numpy
-from .convert_types import flat_fields
+from .convert_types import empty_table, flat_fields
 from .errors import ConfigError
 from .tasks import ROW_ID_FIELDS
 
@@ -125,7 +125,7 @@ def _derive_signature(kwargs: dict, open_reader: Callable, ragged_form: bool) ->
     if kwargs.get("with_row_ids"):  # appended by the reader as never-null int64 (no mask)
         fields += list(ROW_ID_FIELDS)
     empty = to_numpy(
-        pa.schema(fields).empty_table(), ragged=kwargs["ragged"], strings=kwargs["strings"],
+        empty_table(pa.schema(fields)), ragged=kwargs["ragged"], strings=kwargs["strings"],
         masks=bool(kwargs.get("masks")),
     )
     return signature_of(empty, ragged_form, string_lists)

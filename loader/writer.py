@@ -19,6 +19,7 @@ import pyarrow.types as pat
 from . import fs as lfs
 from .arguments import check_int
 from .convert import as_arrow, plain_type
+from .convert_types import empty_table
 from .dataset import Dataset
 from .encoding import CODECS, Encoding, choose
 from .errors import ConfigError, EmptyDatasetError, SourceError
@@ -100,7 +101,7 @@ def _check_writable(schema: pa.Schema) -> None:
     for column in schema:
         _check_type(column.name, column.type)
         try:
-            pq.write_table(pa.schema([column]).empty_table(), pa.BufferOutputStream())
+            pq.write_table(empty_table(pa.schema([column])), pa.BufferOutputStream())
         except (pa.ArrowException, OSError) as e:  # e.g. a decimal of negative scale: an OSError from Arrow
             raise ConfigError(
                 f"write_cache: column {column.name!r} of type {column.type} cannot be stored in Parquet: {e}"
@@ -345,7 +346,7 @@ def write_cache(
         perm = np.random.default_rng(seed).permutation(table.num_rows)
         reader = _shuffled(table, perm).to_reader()
         src["shuffle_seed"] = seed
-    schema = _storable(reader.schema.empty_table()).schema
+    schema = _storable(empty_table(reader.schema)).schema
     chunks = _Chunker(_rebatch(reader))
     fs, root_path = lfs.resolve(root, **fs_options)
     with begin_staging(fs, root_path, name) as staging:

@@ -84,3 +84,23 @@ print("pandas" in sys.modules)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-1] == "False", "reading imported pandas"
+
+
+def test_cli_head_of_no_rows_does_not_import_pandas(tmp_path):
+    """``head -n 0`` reads an empty table; pyarrow's ``Schema.empty_table`` imports pandas to make
+    one (+33 MiB, a quarter of a second), the CLI's own helper does not (nor do ``write_cache``'s type checks or
+    the tf adapter's signature, which use the same helper)."""
+    import pyarrow as pa
+
+    import loader
+
+    ds = loader.write_cache(pa.table({"id": list(range(10)), "s": [str(i) for i in range(10)]}), str(tmp_path), "d")
+    code = f"""
+import sys
+from loader.cli import main
+code = main(["head", {ds.version_path!r}, "-n", "0"])
+print(code, "pandas" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0", "False"], proc.stdout  # exit 0, no rows printed, no pandas

@@ -20,7 +20,7 @@ import pytest
 import loader
 from loader.encoding import Encoding
 from loader.sizes import decoded_scale, leaf_count
-from loader.tasks import STREAM_BUFFER, stream_buffer_for
+from loader.streams import STREAM_BUFFER, stream_buffer_for
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[2]
