@@ -1,4 +1,4 @@
-"""The worker side of the process pool (:class:`loader.pools.ProcessPool`): start-up, and running a task.
+"""The worker side of the process pool (:class:`loader.process_pool.ProcessPool`): start-up, and running a task.
 
 :func:`mp_context` is the multiprocessing context workers start in. :func:`process_init` sets a worker up
 (SIGINT ignored: Ctrl-C is the consumer's; a thread that ends the worker when its consumer dies).
@@ -63,7 +63,7 @@ _PRELOAD = "loader.tasks"  # imports pyarrow, numpy and the reader's tasks once,
 
 def mp_context() -> mp.context.BaseContext:
     """The forkserver context (preloading larder's worker modules, so workers fork in milliseconds; each then
-    imports the main module, see :mod:`loader.pools`), or spawn."""
+    imports the main module, see :mod:`loader.process_pool`), or spawn."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 
 from loader.errors import ConfigError, WorkerError
-from loader.pools import ProcessPool, make_pool
+from loader.pools import make_pool
+from loader.process_pool import ProcessPool
 from tests.reader.conftest import POOLS, descendants, segments
 
 
@@ -152,7 +153,7 @@ def test_process_pool_reuses_argument_segments_and_workers_keep_what_they_receiv
 
 
 def test_process_pool_keeps_no_more_spare_argument_bytes_than_its_cap(monkeypatch):
-    from loader import pools
+    from loader import process_pool as pools
 
     monkeypatch.setattr(pools, "_MAX_SPARE_BYTES", 300_000)
     before_shm = segments()

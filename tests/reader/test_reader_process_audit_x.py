@@ -16,7 +16,7 @@ import pytest
 
 import loader
 from loader import shm
-from loader.pools import ProcessPool, _ProcessHandle
+from loader.process_pool import ProcessPool, _ProcessHandle
 from tests.reader.conftest import POOLS, descendants, segments
 
 

@@ -207,7 +207,7 @@ def test_key_order_survives_object_arrays_and_kept_arrays():
 
 
 def test_a_process_pool_sweeps_segments_of_killed_readers_and_only_those():
-    from loader.pools import ProcessPool
+    from loader.process_pool import ProcessPool
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # reaped: its pid is free (reuse within this test is vanishingly unlikely)
