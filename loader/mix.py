@@ -8,7 +8,11 @@ the exhausted flags and the sources' own states (plus the batches drawn from eac
 Stopping: ``stop="first"`` (default) ends the mix the first time a drawn source is exhausted, so the
 proportions hold to the end; ``stop="all"`` drops exhausted sources, renormalises the remaining weights
 and ends when every source is exhausted (every batch of every source comes out once). A source of
-weight 0 is never drawn.
+weight 0 is never drawn. At its end the mix closes the readers it opened (from URLs), as a reader closes
+itself at its end, so none of their threads, worker processes or batches ahead stay behind; readers passed
+in are the caller's and are left as they are (with ``stop="first"`` the others may still have batches to
+give). ``state_dict`` and ``load_state_dict`` work after the end as before it: loading a state restarts
+the sources where it says.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class MixedReader(Closeable):
                 batch["_source"] = np.full(batch_rows(batch), i, dtype=np.int32)
             return batch
         self._done = True
+        self.close()  # as a reader at its end: the sources it opened stop (a state loaded later restarts them)
         raise StopIteration
 
     def state_dict(self) -> dict:
@@ -178,7 +183,8 @@ def mix(sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0
 
     Args:
         sources: :class:`~loader.reader.Reader` objects, or URLs / datasets opened with
-            ``make_reader(url, **reader_options)`` (those are closed with the mix).
+            ``make_reader(url, **reader_options)`` (those are closed with the mix, and when it ends; readers
+            passed in are left open).
         weights: Relative weights (default: equal). Non-negative, not all zero.
         seed: Seed of the draws.
         stop: ``"first"`` or ``"all"`` (see the module docstring).

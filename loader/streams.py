@@ -35,7 +35,12 @@ def stream_buffer_for(window_bytes: int, streams: int, leaves: int) -> int:
     return int(max(_MIN_STREAM_BUFFER, min(STREAM_BUFFER, fit)))
 
 
-_MAX_IDLE_STREAMS = 16  # open row-group streams kept per process
+# Idle row-group streams kept open per reader (per ``ReadContext.key``): readers never evict each other's, and
+# each one's streams are its own budget's (loader.sizes.stream_overhead). Streamed windows hold at most 10 slices
+# and interleave runs of at most 15 row groups (loader.plan.split_pieces), whose streams are open together until
+# their row groups end: 16 keeps them all, plus one left over. Left over are streams that never reach their row
+# group's end (at a shard's edge; a sampled row group's unkept last rows); least recently used go first.
+_MAX_IDLE_STREAMS = 16
 
 
 class _GroupStream:
@@ -122,7 +127,7 @@ class _GroupStream:
         self.pf.close(force=True)
 
 
-_streams: dict[tuple, _GroupStream] = {}  # idle streams, oldest first
+_idle: dict[str, dict[tuple, _GroupStream]] = {}  # reader key -> its idle streams, least recently used first
 _busy: set[tuple] = set()
 _streams_cond = threading.Condition()
 
@@ -132,7 +137,8 @@ def _checkout(skey: tuple) -> _GroupStream | None:
         while skey in _busy:  # the previous slice of this row group is being read: continue after it
             _streams_cond.wait()
         _busy.add(skey)
-        return _streams.pop(skey, None)
+        mine = _idle.get(skey[0])
+        return mine.pop(skey, None) if mine else None
 
 
 def _checkin(skey: tuple, stream: _GroupStream | None) -> None:
@@ -140,9 +146,10 @@ def _checkin(skey: tuple, stream: _GroupStream | None) -> None:
     with _streams_cond:
         _busy.discard(skey)
         if stream is not None:
-            _streams[skey] = stream
-            while len(_streams) > _MAX_IDLE_STREAMS:
-                evicted.append(_streams.pop(next(iter(_streams))))
+            mine = _idle.setdefault(skey[0], {})
+            mine[skey] = stream
+            while len(mine) > _MAX_IDLE_STREAMS:  # this reader's least recently used
+                evicted.append(mine.pop(next(iter(mine))))
         _streams_cond.notify_all()
     for s in evicted:
         s.close()
@@ -196,9 +203,8 @@ def read_streamed(ctx: ReadContext, epoch: int, group: int, info, local: int, ro
 def close_streams(key: str) -> None:
     """Close the idle row-group streams of one reader in this process."""
     with _streams_cond:
-        mine = [k for k in _streams if k[0] == key]
-        closing = [_streams.pop(k) for k in mine]
-    for s in closing:
+        closing = _idle.pop(key, {})
+    for s in closing.values():
         s.close()
 
 
