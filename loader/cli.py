@@ -184,7 +184,7 @@ def first_rows(ds: Dataset, n: int, columns: list[str] | None) -> pa.Table:
                 if have >= n:
                     break
                 t = ds.read_row_group(info, i, columns=columns, pf=pf)
-                parts.append(t.slice(0, n - have))
+                parts.append(t.slice(0, min(n - have, t.num_rows)))  # n may pass int64 (-n 2**63): all rows
                 have += parts[-1].num_rows
         finally:
             pf.close(force=True)

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from . import fs as lfs
 from .crc import crc32
 from .errors import CorruptFileError, ManifestError, UnsupportedFormatError
+from .json_values import vocabulary_problem
 from .parquet_footer import (  # chunk_inside, chunk_range, read_footer: re-exported (imported from loader.manifest)
     chunk_inside,  # noqa: F401
     chunk_layout,
@@ -112,7 +113,11 @@ class Manifest:
         return list(self.arrow_schema.names)
 
     def to_json(self) -> str:
-        """Serialise to the manifest's JSON text."""
+        """Serialise to the manifest's JSON text (strict JSON).
+
+        Raises:
+            ManifestError: A value is a NaN or an infinity, which JSON cannot hold.
+        """
         doc: dict[str, Any] = {
             "format": FORMAT_NAME,
             "format_version": self.format_version,
@@ -134,7 +139,10 @@ class Manifest:
             "files": [file_to_doc(f) for f in self.files],
             "extra": self.extra,
         }
-        return json.dumps(doc, indent=1, ensure_ascii=False, sort_keys=False) + "\n"
+        try:
+            return json.dumps(doc, indent=1, ensure_ascii=False, sort_keys=False, allow_nan=False) + "\n"
+        except ValueError as e:  # a bare NaN token is not JSON: readers in other languages refuse it
+            raise ManifestError(f"the manifest of dataset {self.dataset!r} holds a NaN or infinity ({e})") from e
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = "manifest") -> Manifest:
@@ -146,7 +154,8 @@ class Manifest:
 
         Raises:
             UnsupportedFormatError: The format or format version is unknown.
-            ManifestError: A key is missing or malformed, a file path leaves the version directory, or the
+            ManifestError: A key is missing or malformed (a vocabulary that is not a list of JSON scalars names
+                its column), a file path leaves the version directory, the schema lists a column twice, or the
                 dataset or version name is not a single path component (local caches use them as directories).
         """
         try:
@@ -182,7 +191,7 @@ class Manifest:
                 source=_get(doc, "source", dict, where),
                 schema_fields=tuple(_get(schema_doc, "fields", list, where)),
                 arrow_schema=arrow_schema,
-                vocabularies=_get(doc, "vocabularies", dict, where),
+                vocabularies=_vocabularies(doc, where),
                 block_size=_get(doc, "block_size", int, where),
                 row_group_target=_get(doc, "row_group_target", int, where),
                 files=files,
@@ -195,6 +204,10 @@ class Manifest:
         names = [f.path for f in files]
         if len(set(names)) != len(names):
             raise ManifestError(f"{where}: key 'files' lists a path twice")
+        columns = arrow_schema.names
+        if len(set(columns)) != len(columns):
+            twice = next(c for i, c in enumerate(columns) if c in columns[:i])
+            raise ManifestError(f"{where}: the schema lists column {twice!r} twice")
         if manifest.num_rows >= MAX_ROWS:
             raise ManifestError(f"{where}: key 'files' counts {manifest.num_rows} rows in all, more than larder "
                                 f"reads (fewer than 2**53)")
@@ -218,6 +231,16 @@ def _get(doc: dict, key: str, kind: type, where: str):
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ManifestError(f"{where}: key {key!r} should be {kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def _vocabularies(doc: dict, where: str) -> dict[str, list]:
+    """``doc['vocabularies']``, each checked by :func:`vocabulary_problem`."""
+    vocabularies = _get(doc, "vocabularies", dict, where)
+    for column, values in vocabularies.items():
+        problem = vocabulary_problem(values)
+        if problem:
+            raise ManifestError(f"{where}: key 'vocabularies': the vocabulary of column {column!r} {problem}")
+    return vocabularies
 
 
 def _component(doc: dict, key: str, where: str) -> str:

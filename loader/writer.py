@@ -17,14 +17,14 @@ import pyarrow.parquet as pq
 import pyarrow.types as pat
 
 from . import fs as lfs
-from .arguments import check_int
 from .convert import as_arrow, plain_type
 from .convert_types import empty_table
 from .dataset import Dataset
-from .encoding import CODECS, Encoding, choose
+from .encoding import Encoding, choose
 from .errors import ConfigError, EmptyDatasetError, SourceError
 from .manifest import file_info_from_bytes
 from .publish import Staging, begin_staging
+from .write_checks import check_vocabularies, check_write_arguments, json_source
 
 DEFAULT_BLOCK_SIZE = 128 << 20
 DEFAULT_FILL = 0.95
@@ -94,11 +94,16 @@ def _check_writable(schema: pa.Schema) -> None:
     """Refuse, before anything is written, columns that a cache cannot hold faithfully.
 
     Raises:
-        ConfigError: A column (or a field nested in it) is a union, which Parquet cannot store, or of
-            the null type, which holds no values (readers refuse it), or a dictionary of nested values or
-            views; or its type has no Parquet form. The message names the column and its type.
+        ConfigError: A column name appears twice; or a column (or a field nested in it) is a union, which
+            Parquet cannot store, or of the null type, which holds no values (readers refuse it), or a dictionary
+            of nested values or views; or its type has no Parquet form. The message names the column and its type.
     """
+    seen = set()
     for column in schema:
+        if column.name in seen:
+            raise ConfigError(f"write_cache: column {column.name!r} appears twice in the data; rename or drop one "
+                              "(readers select columns by name)")
+        seen.add(column.name)
         _check_type(column.name, column.type)
         try:
             pq.write_table(empty_table(pa.schema([column])), pa.BufferOutputStream())
@@ -308,8 +313,10 @@ def write_cache(
         shuffle: Permute rows once before writing (seeded; needs the data in memory).
         seed: Seed of that permutation.
         keep_versions: Versions to keep after publishing.
-        source: Description of the source, stored in the manifest.
-        vocabularies: Vocabularies to store in the manifest.
+        source: Description of the source, stored in the manifest: a dict with string keys of JSON values (a
+            float NaN or infinity is stored as the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``).
+        vocabularies: Vocabularies to store in the manifest: column of the data -> list of values (strings, finite
+            numbers, booleans or nulls), the value of id ``i`` at position ``i``.
         fingerprint: Source fingerprint (default: digest of the written files).
         **fs_options: Options of the destination's filesystem.
 
@@ -321,26 +328,25 @@ def write_cache(
 
     Raises:
         EmptyDatasetError: ``data`` holds no rows; nothing is published.
-        ConfigError: An argument is out of range, or a column is a union or of the null type, a dictionary
-            of nested values or views, or has no Parquet form (names the column and its type); nothing is
-            published.
+        ConfigError: An argument has the wrong type or is out of range (:mod:`loader.write_checks`: ``source``
+            must be a dict of JSON values with string keys; a vocabulary a list of strings, finite numbers, booleans
+            or nulls for a column of the data), or a column name appears twice, or a column is a union or of the
+            null type, a dictionary of nested values or views, or has no Parquet form (names the column and its
+            type); nothing is published.
         SourceError: A Parquet source cannot be read (names the file and column when its files disagree).
         PublishError: Writing or publishing failed; the previous version stays live.
     """
-    if not isinstance(compression, str) or compression.lower() not in CODECS:
-        raise ConfigError(f"compression must be one of {', '.join(CODECS)} (any case), got {compression!r}")
-    check_int("block_size", block_size, 1)
-    check_int("seed", seed, 0)  # numpy integers too, as make_reader
-    seed = int(seed)
-    if row_groups_per_file < 1:
-        raise ConfigError("row_groups_per_file must be at least 1")
-    if not 0 < fill <= 1:
-        raise ConfigError(f"fill must be in (0, 1], got {fill}")
+    check_write_arguments(root=root, name=name, row_group_bytes=row_group_bytes, block_size=block_size, fill=fill,
+                          row_groups_per_file=row_groups_per_file, compression=compression, encoding=encoding,
+                          shuffle=shuffle, seed=seed, keep_versions=keep_versions, fingerprint=fingerprint)
+    source = json_source(source)
+    seed, row_groups_per_file, keep_versions = int(seed), int(row_groups_per_file), int(keep_versions)
     target = int(row_group_bytes if row_group_bytes is not None else fill * block_size)
     if target <= 0:
         raise ConfigError(f"row_group_bytes must be positive, got {target}")
     reader, src = _as_reader(data)
     _check_writable(reader.schema)
+    vocabularies = check_vocabularies(vocabularies, reader.schema.names)
     if shuffle:
         table = reader.read_all()
         perm = np.random.default_rng(seed).permutation(table.num_rows)
@@ -386,7 +392,7 @@ def write_cache(
                 bytes_per_row = max(1.0, sum(c for _, c in full) / sum(n for n, _ in full))
             index += 1
         version = staging.commit(
-            source={**src, "columns": schema.names, **(source or {})},
+            source={**src, "columns": schema.names, **source},
             created_by={"job": "loader.write_cache"},
             vocabularies=vocabularies,
             block_size=block_size,
