@@ -18,12 +18,14 @@ the sources where it says.
 from __future__ import annotations
 
 import math
+import numbers
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .arguments import check_int
+from .convert import _STRUCTURE
 from .convert_ragged import batch_rows
 from .errors import ConfigError, StateError
 from .reader import DEFAULT_MEMORY_BUDGET, Closeable, Reader, make_reader
@@ -31,6 +33,9 @@ from .reader import DEFAULT_MEMORY_BUDGET, Closeable, Reader, make_reader
 MIX_KIND = "larder.mix"
 _TAG_MIX = 0x6D78
 STOP_RULES = ("first", "all")
+SOURCE_COLUMN = "_source"
+_SOURCE_KEYS = (SOURCE_COLUMN, *(SOURCE_COLUMN + suffix for suffix in _STRUCTURE))
+"""Batch keys ``with_source`` would overwrite (``_source``) or that would be read as its ragged structure."""
 
 
 def _count(value) -> bool:
@@ -84,10 +89,15 @@ class MixedReader(Closeable):
                 if self.stop == "first":
                     break
                 continue  # the same step draws again among the remaining sources
+            if self.with_source:
+                clash = [key for key in _SOURCE_KEYS if key in batch]
+                if clash:  # from a transform: the sources' selected columns were checked by mix()
+                    raise ConfigError(f"mix source {i} gave a batch with the keys {clash}, which clash with the mix's "
+                                      "source column '_source' (with_source=True); rename them in its transform or "
+                                      "pass with_source=False")
+                batch[SOURCE_COLUMN] = np.full(batch_rows(batch), i, dtype=np.int32)
             self._step += 1
             self.counts[i] += 1
-            if self.with_source:
-                batch["_source"] = np.full(batch_rows(batch), i, dtype=np.int32)
             return batch
         self._done = True
         self.close()  # as a reader at its end: the sources it opened stop (a state loaded later restarts them)
@@ -177,15 +187,83 @@ class MixedReader(Closeable):
                 r.close()
 
 
+def _check_sources(sources) -> list:
+    """``sources`` as a list, refusing a single source given alone and anything that is not a list.
+
+    Raises:
+        ConfigError: Names ``sources`` and what it got.
+    """
+    kind = "sources must be a list of readers or URLs"
+    if isinstance(sources, (str, bytes, os.PathLike, Reader, MixedReader)) or hasattr(sources, "manifest"):
+        raise ConfigError(f"{kind}, got a single {type(sources).__name__} {sources!r}: wrap it in a list")
+    if isinstance(sources, Mapping):
+        raise ConfigError(f"{kind}, got a {type(sources).__name__} (give their weights as weights=)")
+    try:
+        return list(sources)
+    except TypeError as e:
+        raise ConfigError(f"{kind}, got {type(sources).__name__} {sources!r}") from e
+
+
+def _check_weights(weights, n: int) -> list[float]:
+    """The weights of ``n`` sources relative to the largest (all 1 for None).
+
+    Raises:
+        ConfigError: Not a sequence of ``n`` real numbers (bools refused), or negative, not finite or all zero.
+    """
+    if weights is None:
+        return [1.0] * n
+    kind = "weights must be a sequence of real numbers, one per source"
+    if isinstance(weights, (str, bytes, Mapping)):
+        raise ConfigError(f"{kind}, got {type(weights).__name__} {weights!r}")
+    try:
+        given = list(weights)
+    except TypeError as e:
+        raise ConfigError(f"{kind}, got {type(weights).__name__} {weights!r}") from e
+    for w in given:
+        if isinstance(w, bool) or not isinstance(w, numbers.Real):
+            raise ConfigError(f"{kind}, got {type(w).__name__} {w!r} in {given!r}")
+    if len(given) != n:
+        raise ConfigError(f"mix got {len(given)} weights for {n} sources")
+    bad = f"mix weights must be finite, non-negative and not all zero, got {given}"
+    try:
+        values = [float(w) for w in given]
+    except OverflowError as e:  # an integer or fraction past the float range
+        raise ConfigError(bad) from e
+    if any(not math.isfinite(w) or w < 0 for w in values) or max(values) <= 0:
+        raise ConfigError(bad)
+    return [w / max(values) for w in values]  # relative to the largest: the sum cannot overflow
+
+
+def _check_source_keys(i: int, source: Reader | MixedReader) -> None:
+    """Refuse a source whose batches would hold ``_source`` (or a key read as its structure) next to the one
+    ``with_source`` adds. A reader with a transform is checked at each batch instead: its transform decides
+    its keys.
+
+    Raises:
+        ConfigError: Names the source and its clashing columns.
+    """
+    if isinstance(source, MixedReader):
+        if source.with_source:
+            raise ConfigError(f"mix source {i} is a mix with with_source=True: its column '_source' would clash "
+                              "with this mix's (with_source=True); pass with_source=False to one of them")
+        for reader in source.readers:
+            _check_source_keys(i, reader)
+        return
+    clash = [c for c in source.columns if c in _SOURCE_KEYS]
+    if clash and source.transform is None:
+        raise ConfigError(f"mix source {i}: columns {clash} clash with the mix's source column '_source' "
+                          "(with_source=True); select other columns (columns=) or pass with_source=False")
+
+
 def mix(sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0, stop: str = "first",
         with_source: bool = False, **reader_options) -> MixedReader:
     """Draw batches from several readers (or dataset URLs) by weight.
 
     Args:
-        sources: :class:`~loader.reader.Reader` objects, or URLs / datasets opened with
+        sources: A list of :class:`~loader.reader.Reader` objects, or URLs / datasets opened with
             ``make_reader(url, **reader_options)`` (those are closed with the mix, and when it ends; readers
             passed in are left open).
-        weights: Relative weights (default: equal). Non-negative, not all zero.
+        weights: Relative weights, real numbers, one per source (default: equal). Non-negative, not all zero.
         seed: Seed of the draws.
         stop: ``"first"`` or ``"all"`` (see the module docstring).
         with_source: Add ``_source`` (the source's index, ``int32``), one entry per row of each batch (rows
@@ -198,24 +276,29 @@ def mix(sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0
             with its number of sources. Readers passed in keep the budgets they were made with, on top of it.
 
     Raises:
-        ConfigError: No sources, weights of the wrong length, negative, not finite or all zero, an unknown
-            stop rule, or (with URL sources) a ``memory_budget`` that is not a positive integer.
+        ConfigError: ``sources`` not a list (a single source given alone) or empty, a source neither a reader nor
+            a URL, ``weights`` not one real number per source, negative, not finite or all zero, an unknown stop
+            rule, a seed that is not a non-negative integer, a ``with_source`` that is not a bool, reader
+            options with no URL source to open, (with URL sources) a ``memory_budget`` that is not a positive
+            integer, or, with ``with_source``, a source's columns holding ``_source`` (checked again on each
+            batch of a source with a transform).
     """
-    sources = list(sources)
+    sources = _check_sources(sources)
     if not sources:
         raise ConfigError("mix needs at least one source")
-    weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(sources):
-        raise ConfigError(f"mix got {len(weights)} weights for {len(sources)} sources")
-    bad = [i for i, w in enumerate(weights) if not math.isfinite(w) or w < 0]
-    if bad or max(weights) <= 0:
-        raise ConfigError(f"mix weights must be finite, non-negative and not all zero, got {weights}")
-    weights = [w / max(weights) for w in weights]  # relative to the largest: the sum cannot overflow
-    if stop not in STOP_RULES:
+    weights = _check_weights(weights, len(sources))
+    if not isinstance(stop, str) or stop not in STOP_RULES:
         raise ConfigError(f"stop must be one of {STOP_RULES}, got {stop!r}")
+    stop = str(stop)  # a plain str (not numpy's) for the state
     check_int("seed", seed, 0)  # numpy integers too, as make_reader
     seed = int(seed)
+    if not isinstance(with_source, (bool, np.bool_)):
+        raise ConfigError(f"with_source must be True or False, got {with_source!r}")
+    with_source = bool(with_source)
     opened = sum(not isinstance(s, (Reader, MixedReader)) for s in sources)  # anything else is refused below
+    if reader_options and not opened:
+        raise ConfigError(f"mix got reader options {sorted(reader_options)}, but no source is a URL: they apply "
+                          "only to the sources the mix opens (pass them to make_reader for the readers given)")
     if opened:
         budget = reader_options.get("memory_budget")
         check_int("memory_budget", budget, 1, allow_none=True)
@@ -231,6 +314,8 @@ def mix(sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0
                 owned.append(True)
             else:
                 raise ConfigError(f"mix source {len(readers)} must be a reader or a URL, got {type(s).__name__}")
+            if with_source:
+                _check_source_keys(i, readers[-1])
     except BaseException:
         for r, o in zip(readers, owned, strict=True):
             if o:
