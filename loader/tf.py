@@ -49,7 +49,15 @@ from .convert import _is_list, _offsets, pad
 from .convert_types import flat_fields
 from .errors import ConfigError
 from .kept import KeptReader, PinnedVersion
-from .tf_signature import _derive_signature, _is_split_key, _is_string_list, _tf, signature_of
+from .tf_signature import (
+    _derive_signature,
+    _is_split_key,
+    _is_string_list,
+    _tf,
+    check_signature,
+    column_array,
+    signature_of,
+)
 
 RAGGED_FORMS = ("ragged", "padded")
 STRING_FORMS = ("string", "bytes")
@@ -159,8 +167,13 @@ def _assemble(signature: dict[str, Any], blobs: dict[str, str]) -> Callable[[dic
 def _to_parts(batch: dict[str, np.ndarray], splits: dict[str, int], string_lists: set[str],
               ragged_form: bool, blobs: dict[str, str], nulls: dict[str, bytes] | None = None) -> dict[str, Any]:
     """A reader batch as the dense components of its ``tf.data`` element (see :func:`_components`); ``nulls``
-    (:func:`_null_bytes`) gives the keys whose null string is not b""."""
+    (:func:`_null_bytes`) gives the keys whose null string is not b"".
+
+    Raises:
+        TransformError: A column is no array of a tf type (:func:`loader.tf_signature.column_array`).
+    """
     nulls = nulls or {}
+    batch = {k: column_array(k, v) for k, v in batch.items()}  # a transform may return lists
     out: dict[str, Any] = {}
     for key, arr in batch.items():
         if _is_split_key(key, splits) or _is_split_key(key, blobs):
@@ -237,7 +250,10 @@ def make_dataset(
         ragged: ``"ragged"`` (``tf.RaggedTensor``) or ``"padded"`` (dense + ``.lengths``).
         strings: ``"string"`` (``tf.string``) or ``"bytes"`` (``uint8`` in the ``ragged`` form).
         output_signature: Override the signature derived from the manifest (needed when a ``transform``
-            changes the columns; when omitted with a transform, it is taken from the first batch).
+            changes the columns; when omitted with a transform, it is taken from the first batch): a dict of
+            column name -> ``tf.TensorSpec`` or ``tf.RaggedTensorSpec``. A transform's columns are numpy arrays,
+            or lists numpy turns into one array of numbers, bools or strings (anything else: a ``TransformError``
+            naming the column).
         epoch: The epoch the first iteration reads (e.g. the epoch to resume training at).
         **reader_kwargs: Passed to :func:`loader.make_reader` (``columns``, ``shuffle``, ``seed``,
             ``num_epochs``, ``rank``, ``world_size``, ``transform``, ``pool``, ``cache_dir``...).
@@ -248,13 +264,17 @@ def make_dataset(
         ``close()``, which stops the reader kept between iterations (``pool="process"``; otherwise a no-op).
 
     Raises:
-        ConfigError: An argument is invalid (names it).
+        ConfigError: An argument is invalid (names it), e.g. ``output_signature`` not a dict of specs; the reader's
+            arguments are checked here (a reader is made and closed) whether or not ``output_signature`` is given.
         ColumnNotFoundError: A requested column is not in the schema.
+        TransformError: Deriving the signature from the first batch, a column is no array of a tf type.
         DatasetNotFoundError, ManifestError: The cache cannot be opened.
     """
     tf = _tf()
     from .reader import make_reader
 
+    if output_signature is not None:
+        output_signature = check_signature(output_signature)
     pinned = PinnedVersion(url, reader_kwargs)  # one version for every iteration, its manifest read once
 
     forms = _reader_forms(ragged, strings)
@@ -284,6 +304,8 @@ def make_dataset(
         finally:
             for probe in probes:  # and the file cache it was given
                 pinned.close_reader(probe)
+    else:  # the reader's checks of its arguments (columns, sample, pool...) here, not in the first iteration
+        pinned.close_reader(open_reader())
     splits = {k: v.ragged_rank for k, v in output_signature.items()
               if isinstance(v, tf.RaggedTensorSpec) and v.dtype != tf.string}
     string_lists = {k for k, v in output_signature.items() if v.dtype == tf.string and _is_string_list(v)}

@@ -3,14 +3,14 @@ the manifest's Arrow schema (or from a first batch), and the lazy TensorFlow imp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from .convert import _is_binary_like, _is_list, to_numpy
 from .convert_types import empty_table, flat_fields
-from .errors import ConfigError
+from .errors import ConfigError, TransformError
 from .tasks import ROW_ID_FIELDS
 
 
@@ -61,17 +61,66 @@ def _is_split_key(key: str, splits: dict[str, int]) -> bool:
     return False
 
 
+_ARRAY_KINDS = "biufcUSmM"  # numbers, bools, strings and bytes, dates and durations (as int64)
+
+
+def column_array(key: str, value: Any) -> np.ndarray:
+    """A batch column as the numpy array the tf adapter sends: an array as is; anything else a transform may return
+    (a list, a tuple...) as ``np.asarray`` makes it, if that is one array of numbers, bools or strings.
+
+    Raises:
+        TransformError: numpy makes no such array of it (a scalar, rows of different lengths, mixed objects):
+            names the column and the forms taken.
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    taken = ("the tf adapter takes numpy arrays, or lists numpy turns into one array of numbers, bools or strings "
+             "(a ragged column as its flat values plus 'col.offsets')")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise TransformError(f"column {key!r} ({type(value).__name__}) is no array: {e}; {taken}") from e
+    strings = arr.dtype.kind == "O" and arr.ndim == 1 and all(v is None or isinstance(v, (str, bytes)) for v in arr)
+    if arr.ndim == 0 or not (arr.dtype.kind in _ARRAY_KINDS or strings):
+        raise TransformError(f"column {key!r} ({type(value).__name__}) makes a {arr.ndim}-d {arr.dtype} numpy array; "
+                             f"{taken}")
+    return arr
+
+
+def check_signature(signature: Any) -> dict[str, Any]:
+    """An ``output_signature`` given to :func:`loader.tf.make_dataset`, as a dict.
+
+    Raises:
+        ConfigError: Not a dict of column names to ``tf.TensorSpec`` / ``tf.RaggedTensorSpec`` (names the key).
+    """
+    tf = _tf()
+    if not isinstance(signature, Mapping):
+        raise ConfigError("output_signature must be a dict of column name -> tf.TensorSpec or tf.RaggedTensorSpec, "
+                          f"got {type(signature).__name__} {signature!r}")
+    for key, spec in signature.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"output_signature keys must be column names (str), got {type(key).__name__} {key!r}")
+        if not isinstance(spec, (tf.TensorSpec, tf.RaggedTensorSpec)):
+            raise ConfigError(f"output_signature[{key!r}] must be a tf.TensorSpec or tf.RaggedTensorSpec, got "
+                              f"{type(spec).__name__} {spec!r}")
+    return dict(signature)
+
+
 def signature_of(
     sample: dict[str, np.ndarray], ragged_form: bool = True, string_lists: set[str] | None = None
 ) -> dict[str, Any]:
     """The ``tf.TypeSpec`` dict of batches shaped like ``sample`` (a batch dict of numpy arrays).
 
     Args:
-        sample: A batch (possibly empty) in the reader's numpy forms.
+        sample: A batch (possibly empty) in the reader's numpy forms (lists too: :func:`column_array`).
         ragged_form: Fold values + offsets into ``tf.RaggedTensorSpec`` (else padded dense specs).
         string_lists: Object columns holding a list of strings per row (found from the data if None).
+
+    Raises:
+        TransformError: A column is no array of a tf type (as :func:`column_array`).
     """
     tf = _tf()
+    sample = {k: column_array(k, v) for k, v in sample.items()}
     splits = _splits(sample) if ragged_form else {}
     if string_lists is None:
         string_lists = {  # (a 2-D object array is a fixed-size list of strings)
@@ -131,4 +180,4 @@ def _derive_signature(kwargs: dict, open_reader: Callable, ragged_form: bool) ->
     return signature_of(empty, ragged_form, string_lists)
 
 
-__all__ = ["signature_of"]
+__all__ = ["check_signature", "column_array", "signature_of"]

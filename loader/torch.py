@@ -62,6 +62,7 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
     raise ImportError("loader.torch needs PyTorch: pip install -e '.[torch]' in the larder checkout") from _e
 
 from .errors import ConfigError, StateError
+from .plan import size_text
 from .reader import DEFAULT_MEMORY_BUDGET
 from .torch_convert import as_tensors, pin, prepare, to_torch
 from .torch_dataset import (  # noqa: F401 - RAGGED_FORMS, STRING_FORMS: importable from here as before
@@ -71,10 +72,16 @@ from .torch_dataset import (  # noqa: F401 - RAGGED_FORMS, STRING_FORMS: importa
     LarderIterableDataset,
     _ended,
     _progress,
+    _state_int,
 )
 from .torch_ranks import pin_version_across_ranks
 
 MIN_WORKER_BUDGET = 64 << 20
+"""The least of the default ``memory_budget`` that :func:`make_dataloader` gives each worker's reader. Below it a
+budget no longer bounds the reader: it mixes 8 or more row groups, streamed in slices when they are block-sized, and
+each of its 10 streams holds a read buffer and a page (up to 1 MiB) per Parquet column, about 50 MiB for 5 columns
+whatever the budget (:func:`loader.sizes.stream_overhead`); a smaller budget only cuts thinner slices (slower) and
+warns. So more than 4 workers take more than the default 256 MiB in all (a warning says so)."""
 
 
 class _Collate:
@@ -123,6 +130,8 @@ class LarderDataLoader(DataLoader):
             warnings.warn("pin_memory=True but no accelerator is available: not pinning", stacklevel=3)
             pin = False
         super().__init__(dataset, **kwargs)
+        if self.num_workers > 1:  # the workers' shards (the dataset checked its own): each must have batches
+            dataset.check_reader(dataset.rank * self.num_workers, dataset.world_size * self.num_workers)
         dataset.with_state = True
         dataset.defer_tensors = True
         self._pin = pin
@@ -209,10 +218,8 @@ class LarderDataLoader(DataLoader):
                 does not fit this dataset (another version, other settings).
         """
         ds: LarderIterableDataset = self.dataset
-        try:
-            layout = (int(state["rank"]), int(state["world_size"]), int(state["num_workers"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise StateError(f"not a LarderDataLoader state: {e!r}") from e
+        layout = (_state_int(state, "rank", 0), _state_int(state, "world_size", 1),
+                  _state_int(state, "num_workers", 0))
         if layout != (ds.rank, ds.world_size, self.num_workers):
             raise StateError(
                 f"state was taken with rank/world_size/num_workers {layout}, this loader has "
@@ -222,16 +229,16 @@ class LarderDataLoader(DataLoader):
         shards = range(ds.rank * k, ds.rank * k + k)
         ds.load_state_dict(state)
         self._pass = None
-        for rank, reader_state in ds._resume.items():  # fail here, not in a worker halfway through the pass
-            if rank not in shards or _progress(reader_state, ds.epoch)[0] not in (0, 1):
-                ds._resume = None
-                raise StateError(f"state has a reader state for shard {rank} at epoch {reader_state.get('epoch')!r}; "
-                                 f"this loader's shards are {list(shards)}, the state's epoch {ds.epoch}")
-            try:
+        try:
+            for rank, reader_state in ds._resume.items():  # fail here, not in a worker halfway through the pass
+                if rank not in shards or _progress(reader_state, ds.epoch)[0] not in (0, 1):
+                    raise StateError(f"state has a reader state for shard {rank} at epoch "
+                                     f"{reader_state.get('epoch')!r}; this loader's shards are {list(shards)}, the "
+                                     f"state's epoch {ds.epoch}")
                 ds.make_reader(rank, ds.world_size * k, reader_state, ds.epoch).close()
-            except BaseException:
-                ds._resume = None
-                raise
+        except BaseException:
+            ds._resume = None
+            raise
 
 
 def make_dataloader(
@@ -255,7 +262,9 @@ def make_dataloader(
             :func:`pin_version_across_ranks`).
         batch_size: Rows per batch.
         num_workers: DataLoader worker processes; each reads its own shard with its own reader, so the
-            reader's ``memory_budget`` (default 256 MiB) is split between them unless given. Inside workers
+            reader's ``memory_budget`` (default 256 MiB) is split between them unless given (a given one is each
+            worker's), but not below 64 MiB a worker (:data:`MIN_WORKER_BUDGET`): more than 4 workers take more
+            than 256 MiB in all, with a warning. Inside workers
             the reader uses ``pool="thread"`` (daemonic workers cannot start processes). The reader already
             reads, shuffles and converts in the background, so ``num_workers=0`` is usually fastest (on the
             2-core dev machine 2 workers cost ~2.5x the CPU per row: every batch is pickled through a pipe);
@@ -277,8 +286,16 @@ def make_dataloader(
         warnings.warn("pool='process' inside DataLoader workers is not allowed; using pool='thread'", stacklevel=2)
         dataset_kwargs["pool"] = "thread"
     if num_workers > 1 and dataset_kwargs.get("memory_budget") is None:
-        # Every worker runs its own reader: share the one budget so memory does not grow with num_workers.
-        dataset_kwargs["memory_budget"] = max(MIN_WORKER_BUDGET, DEFAULT_MEMORY_BUDGET // num_workers)
+        # Every worker runs its own reader: share the one budget, down to a floor per worker (MIN_WORKER_BUDGET).
+        budget = max(MIN_WORKER_BUDGET, DEFAULT_MEMORY_BUDGET // num_workers)
+        if budget * num_workers > DEFAULT_MEMORY_BUDGET:
+            warnings.warn(
+                f"num_workers={num_workers}: each DataLoader worker's reader gets memory_budget={budget} "
+                f"({size_text(budget)}, the floor per worker: a reader's streams of block-sized row groups take about "
+                f"that whatever its budget), "
+                f"{size_text(budget * num_workers)} in all, more than the default {size_text(DEFAULT_MEMORY_BUDGET)}; "
+                "pass memory_budget= (each worker's) to choose", UserWarning, stacklevel=2)
+        dataset_kwargs["memory_budget"] = budget
     dataset = LarderIterableDataset(url, batch_size=batch_size, **dataset_kwargs)
     return LarderDataLoader(
         dataset,

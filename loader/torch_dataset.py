@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from itertools import islice
 from typing import Any
 
@@ -45,11 +45,12 @@ class LarderIterableDataset(IterableDataset):
         pad_value: Fill value of padded lists.
         epoch: The epoch of the first pass; later passes read the next epochs (see :meth:`set_epoch`).
         **reader_kwargs: Passed to :func:`loader.make_reader` (``columns``, ``shuffle``, ``seed``,
-            ``transform``, ``workers``, ``pool``, ``drop_last``, ``cache_dir``...). ``num_epochs`` is not
-            accepted: one pass is one epoch.
+            ``transform``, ``workers``, ``pool``, ``drop_last``, ``cache_dir``...), which checks them here (a
+            reader is made and closed). ``num_epochs`` is not accepted: one pass is one epoch.
 
     Raises:
         ConfigError: An argument is invalid (names it).
+        ColumnNotFoundError, EmptyDatasetError, DatasetNotFoundError, ManifestError: As :func:`loader.make_reader`.
     """
 
     def __init__(
@@ -100,6 +101,17 @@ class LarderIterableDataset(IterableDataset):
         self._reader = None
         self._reading: tuple[int, int] | None = None  # (shard rank, epoch) of the live reader
         self._kept = KeptReader(self._pinned.close_reader)  # pool="process": see _batches
+        self.check_reader(self.rank, self.world_size)
+
+    def check_reader(self, rank: int, world_size: int) -> None:
+        """Make and close the reader of shard ``rank`` of ``world_size``: ``make_reader``'s checks of the reader
+        arguments (columns, sample, pool...) fail here, not at the first batch (in a DataLoader worker). It starts
+        no thread and reads what a reader's construction reads (the first rows of one row group).
+
+        Raises:
+            ConfigError, ColumnNotFoundError, EmptyDatasetError: As :func:`loader.make_reader`.
+        """
+        self._pinned.close_reader(self.make_reader(rank, world_size))
 
     def __getstate__(self) -> dict:
         """Pickled (DataLoader workers under spawn/forkserver) without the live or kept reader."""
@@ -266,13 +278,10 @@ class LarderIterableDataset(IterableDataset):
             StateError: The state is malformed, or was taken with another ``rank``/``world_size`` (checked here
                 when the state names them, else when the next pass starts, before its first batch).
         """
-        try:
-            epoch, readers = int(state["epoch"]), {int(k): v for k, v in state["readers"].items()}
-            layout = None
-            if "rank" in state or "world_size" in state:
-                layout = (int(state["rank"]), int(state["world_size"]))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise StateError(f"not a larder torch state: {e!r}") from e
+        epoch, readers = _state_int(state, "epoch", 0), _state_readers(state)
+        layout = None
+        if "rank" in state or "world_size" in state:
+            layout = (_state_int(state, "rank", 0), _state_int(state, "world_size", 1))
         if layout is not None and layout != (self.rank, self.world_size):
             raise StateError(f"state was taken with rank/world_size {layout}, this dataset has "
                              f"{(self.rank, self.world_size)}: shards differ, resume needs the same layout")
@@ -285,10 +294,49 @@ def _progress(state: dict | None, epoch: int) -> tuple[int, int]:
     a reader past its last batch is at the next epoch's start, after every batch of ``epoch``)."""
     if state is None:
         return (0, 0)
-    try:
-        return (int(state["epoch"]) - epoch, int(state["batch"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise StateError(f"not a larder reader state: {e!r}") from e
+    return (_state_int(state, "epoch", 0, "reader state") - epoch, _state_int(state, "batch", 0, "reader state"))
+
+
+def _state_int(state, key: str, minimum: int, kind: str = "state") -> int:
+    """``state[key]`` if it is an integer of at least ``minimum`` (not a bool, a float or a string): the rule of the
+    reader's own state check (:func:`loader.state.check_state`), for the adapters' states.
+
+    Raises:
+        StateError: ``state`` is not a dict, or ``key`` is missing or malformed (names the key and the value).
+    """
+    if not isinstance(state, Mapping):
+        raise StateError(f"not a larder {kind}: a dict was expected, got {type(state).__name__}")
+    if key not in state:
+        raise StateError(f"{kind} key {key!r} is missing (not a larder {kind})")
+    value = state[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise StateError(f"{kind} key {key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _state_readers(state: Mapping) -> dict[int, Mapping]:
+    """A state's ``"readers"``: shard rank (an int, or its decimal string after a JSON round trip) -> reader state.
+
+    Raises:
+        StateError: Not a dict of such ranks to dicts (names the key and the shard).
+    """
+    readers = state.get("readers")
+    if not isinstance(readers, Mapping):
+        raise StateError("state key 'readers' must be a dict of shard rank -> reader state, got "
+                         f"{type(readers).__name__}")
+    out = {}
+    for shard, reader_state in readers.items():
+        if isinstance(shard, str) and shard.isascii() and shard.isdigit():
+            rank = int(shard)
+        elif isinstance(shard, int) and not isinstance(shard, bool) and shard >= 0:
+            rank = shard
+        else:
+            raise StateError(f"state key 'readers' has shard {shard!r}: shards are non-negative integers")
+        if not isinstance(reader_state, Mapping):
+            raise StateError(f"state key 'readers' has a {type(reader_state).__name__} for shard {shard!r}, "
+                             "not a reader state (a dict)")
+        out[rank] = reader_state
+    return out
 
 
 def _ended(readers: dict, shards, epoch: int) -> bool:

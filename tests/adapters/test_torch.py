@@ -280,11 +280,11 @@ def test_numpy_integer_arguments_are_accepted_as_by_the_reader(adapter_data):
     assert type(data.batch_size) is int and type(data.epoch) is int
 
 
-def test_bad_column_raises_from_the_worker(adapter_data):
+def test_bad_column_raises_when_the_loader_is_made(adapter_data):
+    """Checked up front (the worker's reader would find it only at its first batch)."""
     _, ds = adapter_data
-    dl = make_dataloader(ds.version_path, num_workers=1, columns=["id", "colour"], **WORKERS)
     with pytest.raises(loader.ColumnNotFoundError, match="colour"):
-        next(iter(dl))
+        make_dataloader(ds.version_path, num_workers=1, columns=["id", "colour"], **WORKERS)
 
 
 def boom(batch):
