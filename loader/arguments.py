@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import pickle
 import sys
 from collections.abc import Callable
 
@@ -27,18 +26,12 @@ def check_importable(transform: Callable) -> None:
     """A process pool ships the transform by reference: fail here, not in a worker, if it cannot go.
 
     Raises:
-        ConfigError: The transform cannot be pickled (lambda, closure, bound to local state) or lives
-            in an interactive ``__main__`` that worker processes cannot import.
+        ConfigError: The transform cannot be pickled (lambda, closure, bound to local state: as
+            :func:`loader.tasks.pickled_transform`) or lives in an interactive ``__main__`` that worker processes
+            cannot import.
     """
+    tasks.pickled_transform(transform)
     name = getattr(transform, "__qualname__", type(transform).__name__)
-    try:
-        pickle.dumps(transform)
-    except Exception as e:
-        raise ConfigError(
-            f"pool='process' needs a transform that pickles by reference (a module-level function or a "
-            f"picklable callable object); {name!r} does not ({type(e).__name__}: {e}). Use pool='thread' "
-            "or move it to module level."
-        ) from e
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     if main_file and not os.path.isfile(main_file):  # e.g. "<stdin>": workers would fail to import it
         raise ConfigError(

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from .dataset import Dataset
 from .errors import WorkerError
 from .plan import EpochPlan
 from .pools import Pool
@@ -140,6 +141,18 @@ class Setup:
     has_transform: bool = False
     with_row_ids: bool = False
     on_epoch: Callable[[EpochPlan], None] | None = None
+
+
+@dataclass(frozen=True)
+class PrefetchHint:
+    """A :attr:`Setup.on_epoch`: tells a dataset's local file cache which files an epoch reads, in plan order."""
+
+    dataset: Dataset
+    locations: tuple[tuple[int, int], ...]
+
+    def __call__(self, plan: EpochPlan) -> None:
+        order = dict.fromkeys(self.locations[p.group][0] for w in plan.windows for p in w.pieces)
+        self.dataset.prefetch([self.dataset.files[i] for i in order])
 
 
 TASK_SECONDS = 0.05
@@ -434,6 +447,19 @@ class Pipeline:
         if thread is threading.current_thread():
             self._closed_from_producer = True
             return  # the producer closes the pool as it leaves
+        if thread is not None and threading.current_thread() in self._pool_threads():
+            # On a worker (garbage collection runs on any thread): the producer may be waiting for this very
+            # task, so waiting for the producer here would never end. Another thread closes.
+            threading.Thread(target=self._finish_close, args=(thread,), name="larder-close", daemon=True).start()
+            return
+        self._finish_close(thread)
+
+    def _pool_threads(self) -> list[threading.Thread]:
+        """The threads of the pools (a thread pool's workers, a process pool's executor threads)."""
+        pools = (self._pool, self._transform_pool)
+        return [t for p in pools if p is not None for t in p.threads()]
+
+    def _finish_close(self, thread: threading.Thread | None) -> None:
         try:
             if thread is not None:
                 # The thread pool first: its queued tasks are dropped and only running ones are waited for (a

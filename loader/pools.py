@@ -60,6 +60,10 @@ class Pool:
     def close(self) -> None:
         """Stop every worker and free every resource; idempotent."""
 
+    def threads(self) -> list[threading.Thread]:
+        """The pool's own threads in this process (none for the serial pool)."""
+        return []
+
     def __enter__(self) -> Pool:
         return self
 
@@ -138,6 +142,10 @@ class ThreadPool(Pool):
         self._queued: deque = deque()
         self._cond = threading.Condition()
         self._closed = False
+
+    def threads(self) -> list[threading.Thread]:
+        """The worker threads started so far."""
+        return list(self._threads)
 
     def submit(self, fn: Callable, *args, urgent: bool = False) -> Handle:
         future: Future = Future()

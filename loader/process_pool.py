@@ -6,7 +6,8 @@ transforms. Arrow tables and record batches cross the process boundary as Arrow 
 ``multiprocessing.shared_memory`` segments, and the dicts of numpy arrays of one call or result as raw
 buffers in one segment (only ``object`` arrays, e.g. ``strings="object"``, and ndarray subclasses such as
 masked arrays are pickled), in both directions (:mod:`loader.shm`). Results are mapped copy-on-write into
-the consumer (no copy; their segments unlinked at once). Arguments are written into segments the pool
+the consumer (no copy, but for small arrays, copied out so that keeping them pins no segment:
+``decode(copy_small=True)``; their segments unlinked at once). Arguments are written into segments the pool
 reuses once their task is over (pages already in memory: no page faults on the consumer's side, which is
 the process pool's bottleneck).
 A worker maps its arguments copy-on-write too (no copy; writable, private); arrays its task returns
@@ -121,7 +122,7 @@ class _ProcessHandle(Handle):
                 self._release(reuse=False)  # the failed task may still map them: never rewritten
                 raise
             self._release(busy=reply.busy)
-            return decode(reply.value, unlink=True, args=self._args)
+            return decode(reply.value, unlink=True, args=self._args, copy_small=True)
         finally:
             self._args = None
             pool = self._pool()
@@ -293,6 +294,16 @@ class ProcessPool(Pool):
         """The worker processes currently running (empty before the first ``submit``)."""
         executor = self._executor
         return list((getattr(executor, "_processes", None) or {}).values()) if executor else []
+
+    def threads(self) -> list[threading.Thread]:
+        """The executor's threads in this process (its manager, its call queue's feeder), empty before the first
+        ``submit``: a pipeline closed on one of them (garbage collection) closes from another thread."""
+        executor = self._executor
+        if executor is None:
+            return []
+        found = (getattr(executor, "_executor_manager_thread", None),
+                 getattr(getattr(executor, "_call_queue", None), "_thread", None))
+        return [t for t in found if t is not None]
 
     def close(self) -> None:
         """Stop the workers (after their current task, for up to ``join_timeout`` seconds, then by signal), and

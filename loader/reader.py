@@ -36,8 +36,8 @@ import os
 import secrets
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -51,25 +51,13 @@ from .convert_ragged import batch_rows
 from .dataset import Dataset, open_dataset
 from .decoded import DecodedCache
 from .errors import ConfigError, StateError
-from .pipeline import Pipeline, ReaderStats, Setup
+from .pipeline import Pipeline, PrefetchHint, ReaderStats, Setup
 from .plan import EpochPlan, Planner, batch_depths, epoch_rows, num_batches, size_text
 from .pools import make_pool
 from .sizes import plan_layout
 from .state import check_state, is_layout, make_state
 
 DEFAULT_MEMORY_BUDGET = 256 << 20
-
-
-@dataclass(frozen=True)
-class _PrefetchHint:
-    """Tells a dataset's local file cache which files an epoch reads, in plan order."""
-
-    dataset: Dataset
-    locations: tuple[tuple[int, int], ...]
-
-    def __call__(self, plan: EpochPlan) -> None:
-        order = dict.fromkeys(self.locations[p.group][0] for w in plan.windows for p in w.pieces)
-        self.dataset.prefetch([self.dataset.files[i] for i in order])
 
 
 class Closeable:
@@ -188,6 +176,8 @@ class Reader(Closeable):
         self._layout_inputs = (budget, layout.leaves)  # for a state's other windows (load_state_dict)
         self.pool_kind, self.workers, self.prefetch = pool, workers, prefetch
         self.transform = transform
+        # Owned here; the read context (registered for the workers) refers to it weakly: see tasks.Transform.
+        self._transform = None if transform is None else tasks.Transform(transform)
         self._sizes = sizes
         self._planner = Planner(tuple(sizes), seed, rank, world_size, batch_size, shuffle, sample, drop_last,
                                  window, max_piece_rows)
@@ -207,7 +197,7 @@ class Reader(Closeable):
             strings=strings,
             masks=masks,
             with_row_ids=with_row_ids,
-            transform=transform,
+            transform=None if transform is None else weakref.ref(self._transform),
             transform_takes_rng=rng_given is not None,
             transform_rng_by_keyword=rng_given == "keyword",
             decoded=None if decoded_cache_dir is None else DecodedCache.for_dataset(
@@ -228,7 +218,7 @@ class Reader(Closeable):
             transform_apart=pool == "process" and transform is not None,
             has_transform=transform is not None,
             with_row_ids=with_row_ids,
-            on_epoch=_PrefetchHint(ds, self._ctx.locations) if getattr(ds, "file_cache", None) else None,
+            on_epoch=PrefetchHint(ds, self._ctx.locations) if getattr(ds, "file_cache", None) else None,
         )
         self.stats = ReaderStats()
         self._position = (0, 0)  # (epoch, batch) of the next batch the consumer gets

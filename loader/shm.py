@@ -12,7 +12,10 @@ with :class:`WrittenPages` telling which pages of a mapping the task wrote): the
 :func:`decode` maps the segment copy-on-write (on Linux, where segments are files under ``/dev/shm``): the
 Arrow and numpy data it returns are views of that private mapping, writable, and the mapping is released
 when the last of them is; on the consumer side the segment's name is unlinked at once, so nothing is left
-behind however long the data lives. Elsewhere, or with ``copy=True`` (a worker that cannot read its page
+behind however long the data lives. With ``copy_small=True`` (the process pool's results), arrays smaller
+than 64 KiB or than a sixteenth of their segment are copied out instead, so what a consumer keeps pins at
+most 16 times its bytes of a segment (e.g. a label kept from every batch, not every column of every batch
+of its task). Elsewhere, or with ``copy=True`` (a worker that cannot read its page
 map, whose argument segments the pool reuses), the bytes are copied out once. :func:`encode` takes the
 segments from an ``allocate`` callable when given one (a pool's reused argument segments). Segment names
 start with a per-pool prefix, so a pool can remove what a killed worker left behind.
@@ -324,6 +327,13 @@ def _write_numpy(layouts: list[_Layout], prefix: str, segments: list[str],
 
 _SHM_DIR = "/dev/shm"  # where POSIX shared memory segments are files (Linux)
 
+VIEW_MIN_BYTES = 64 << 10
+"""With ``decode(copy_small=True)``, numpy arrays smaller than this are copied out of their segment (a copy this
+small costs about what faulting its pages in from the mapping does)."""
+VIEW_SHARE = 16
+"""...and so are those smaller than this fraction of their segment (a task's result holds several batches): a
+kept view pins at most ``VIEW_SHARE`` times its bytes."""
+
 
 def _read_segment(name: str, size: int, unlink: bool, copy: bool = False) -> mmap.mmap | bytearray:
     """A segment's first ``size`` bytes: a private copy-on-write mapping where segments are files (zero copy,
@@ -356,23 +366,30 @@ def _read_segment(name: str, size: int, unlink: bool, copy: bool = False) -> mma
     return data
 
 
-def decode(obj: Any, unlink: bool, copy: bool = False, args: tuple | None = None, maps: list | None = None) -> Any:
+def decode(obj: Any, unlink: bool, copy: bool = False, args: tuple | None = None, maps: list | None = None,
+           copy_small: bool = False) -> Any:
     """Read back what :func:`encode` wrote: views of a private mapping of each segment, or with ``copy`` a
     copy (for segments their owner will rewrite: the data must not change under whoever keeps it);
     unlinking the segments if asked. Arrays kept back by :func:`encode` are taken from ``args`` (the task's
     own arguments, on the side that sent them). The private mappings made are added to ``maps`` as
-    ``(segment name, mmap)`` pairs, if given."""
+    ``(segment name, mmap)`` pairs, if given.
+
+    With ``copy_small`` (the process pool's results), each numpy array smaller than :data:`VIEW_MIN_BYTES` or
+    than ``1 / VIEW_SHARE`` of its segment is copied out instead of viewed, so a segment's mapping lives only
+    as long as the large arrays that view it (released on return if none does), and whatever a consumer keeps
+    pins at most ``VIEW_SHARE`` times its own bytes: a label array kept from every batch no longer keeps
+    every column of its task's batches mapped. Arrow data are views whatever their size."""
     data: dict = {}
-    out = _decode(obj, unlink, copy, args, data)
+    out = _decode(obj, unlink, copy, args, data, copy_small)
     if maps is not None:
         maps.extend((name, d) for name, d in data.items() if isinstance(d, mmap.mmap))
     return out
 
 
-def _decode(obj: Any, unlink: bool, copy: bool, args: tuple | None, data: dict) -> Any:
+def _decode(obj: Any, unlink: bool, copy: bool, args: tuple | None, data: dict, copy_small: bool) -> Any:
     """:func:`decode`, reading each segment once (``data``: name -> its bytes so far)."""
     if isinstance(obj, tuple):
-        return tuple(_decode(o, unlink, copy, args, data) for o in obj)
+        return tuple(_decode(o, unlink, copy, args, data, copy_small) for o in obj)
     if isinstance(obj, ArrowRef):
         data[obj.name] = _read_segment(obj.name, obj.size, unlink, copy)
         table = pa.ipc.open_stream(pa.py_buffer(data[obj.name])).read_all()
@@ -387,7 +404,10 @@ def _decode(obj: Any, unlink: bool, copy: bool, args: tuple | None, data: dict) 
         buf = data[obj.name]
         out = {}
         for key, dtype, shape, start in obj.specs:
-            out[key] = np.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=start).reshape(shape)
+            view = np.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=start).reshape(shape)
+            if copy_small and (view.nbytes < VIEW_MIN_BYTES or view.nbytes * VIEW_SHARE < obj.size):
+                view = view.copy()  # small: not worth keeping the whole segment mapped for
+            out[key] = view
         out.update(obj.objects)
         for key, path in obj.kept:
             out[key] = _at(args, path)

@@ -9,8 +9,11 @@ function of its arguments and those settings: which worker runs it cannot change
 from __future__ import annotations
 
 import inspect
+import pickle
+import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -21,7 +24,7 @@ from .convert import as_arrow, plain_type, split_batch, to_numpy, to_padded
 from .convert_types import made_plain
 from .dataset import Dataset, check_rows
 from .decoded import DecodedCache, source_of
-from .errors import ConfigError, TransformError
+from .errors import ConfigError, TransformError, WorkerError
 from .plan import sample_rows, transform_rng
 from .streams import STREAM_BUFFER, close_streams, read_streamed
 
@@ -30,6 +33,92 @@ ROW_COLUMN = "_row"
 ROW_ID_FIELDS = (pa.field(ROW_GROUP_COLUMN, pa.int64(), nullable=False),
                  pa.field(ROW_COLUMN, pa.int64(), nullable=False))
 """The row-id columns ``with_row_ids`` adds: never null, so no ``.valid`` mask."""
+
+
+class Transform:
+    """A reader's user transform, owned by its :class:`~loader.reader.Reader`; its read context refers to it
+    weakly in the reader's process.
+
+    So nothing reachable from this module's registry, the pools or their running threads holds the transform,
+    whose bound ``self`` or closure may hold the reader itself (``self.reader = make_reader(...,
+    transform=self.augment)``): dropping that owner lets garbage collection reach and close the reader.
+    Pickled (a process worker's copy of the context), it sends the function, which the worker holds strongly.
+
+    Attributes:
+        fn: The user's callable.
+        name: Its name in errors (computed once: ``repr`` of a bound method or partial is not free).
+    """
+
+    __slots__ = ("__weakref__", "fn", "name")
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.name = getattr(fn, "__qualname__", None) or repr(fn)
+
+    def __reduce__(self):
+        if getattr(_shipping, "active", False):  # met while pickling a transform (one that refers to its reader)
+            return Transform, (self.fn,)
+        return _unpickle_transform, (pickled_transform(self.fn),)
+
+
+def _unpickle_transform(data: bytes) -> Transform:
+    return Transform(pickle.loads(data))  # noqa: S301 - the consumer's own transform, sent to its worker
+
+
+_shipping = threading.local()  # ``active`` while this thread runs pickled_transform
+
+
+def pickled_transform(fn: Callable) -> bytes:
+    """``fn`` pickled as a process pool sends it (checked at construction, and for every worker started).
+
+    Raises:
+        ConfigError: It cannot be pickled (names it, the pickling error and, when found, the reader it refers
+            to), chained from the pickling error.
+    """
+    from multiprocessing.reduction import ForkingPickler  # loaded only when a process pool is asked for
+
+    outer = not getattr(_shipping, "active", False)
+    _shipping.active = True
+    try:
+        return bytes(ForkingPickler.dumps(fn))
+    except Exception as e:
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        why = ("it refers to a larder reader (e.g. a bound method or closure of an object that holds the reader: "
+               "self.reader = make_reader(..., transform=self.augment)), whose threads and locks cannot go to "
+               "another process; leave the reader out of what the transform refers to (a __getstate__ without "
+               "it, or a module-level function)" if _refers_to_reader(fn)
+               else "it, or something it refers to (a bound method's self, a closure's variables), cannot be "
+               "sent to another process; use a module-level function or a picklable callable object")
+        raise ConfigError(
+            f"pool='process' needs a transform that pickles by reference (worker processes receive it pickled); "
+            f"{name!r} does not ({type(e).__name__}: {e}): {why}, or use pool='thread'") from e
+    finally:
+        if outer:
+            _shipping.active = False
+
+
+def _refers_to_reader(fn: Callable) -> bool:
+    """Whether pickling ``fn`` reaches a :class:`~loader.reader.Reader` before it fails (error messages only)."""
+    import io
+
+    from .reader import Reader
+
+    class Found(Exception):
+        pass
+
+    class Probe(pickle.Pickler):
+        def reducer_override(self, obj):
+            if isinstance(obj, Reader):
+                raise Found
+            return NotImplemented
+
+    try:
+        Probe(io.BytesIO()).dump(fn)
+    except Found:
+        return True
+    except Exception:  # noqa: BLE001 - failed elsewhere first: no reader seen
+        return False
+    return False
 
 
 @dataclass(frozen=True)
@@ -53,7 +142,9 @@ class ReadContext:
         strings: Form of string columns.
         masks: Add validity masks.
         with_row_ids: Keep the ``_row_group`` / ``_row`` columns in batches.
-        transform: The user transform, or None.
+        transform: The user transform: a :class:`Transform` (a plain callable given is wrapped in one, held
+            strongly: process workers, tests), a weak reference to the one the reader owns (the reader's own
+            process: see :class:`Transform`), or None; :func:`transform_of` resolves it.
         transform_takes_rng: Call it as ``transform(batch, rng)`` rather than ``transform(batch)``.
         transform_rng_by_keyword: Pass that RNG as ``rng=rng`` (:func:`rng_parameter`).
         decoded: The local cache of decoded row groups (:mod:`loader.decoded`), or None.
@@ -77,7 +168,7 @@ class ReadContext:
     strings: str
     masks: bool
     with_row_ids: bool
-    transform: Callable | None
+    transform: Transform | weakref.ref | Callable | None
     transform_takes_rng: bool
     transform_rng_by_keyword: bool = False
     decoded: DecodedCache | None = None
@@ -88,8 +179,29 @@ class ReadContext:
         """Runs once per reader, in the process that plans it (not in process workers: they unpickle it)."""
         types = {c: plain_type(self.dataset.schema.field(c).type) for c in self.columns}
         object.__setattr__(self, "plain", {c: t for c, t in types.items() if t is not None})
+        if self.transform is not None and not isinstance(self.transform, (Transform, weakref.ref)):
+            object.__setattr__(self, "transform", Transform(self.transform))
         if self.dataset is not None:  # no plan reads a file of 0 rows: check before the first epoch that it has none
             self.dataset.check_empty_files()
+
+    def __getstate__(self) -> dict:
+        """Pickled (a process worker's copy) with the transform itself: a worker holds it strongly."""
+        return {**self.__dict__, "transform": transform_of(self)}
+
+
+def transform_of(ctx: ReadContext) -> Transform | None:
+    """The context's transform (None without one), resolved from the weak reference in the reader's process.
+
+    Raises:
+        WorkerError: The reader is gone (garbage-collected while this task ran; its result is dropped).
+    """
+    t = ctx.transform
+    if t is None or type(t) is Transform:
+        return t
+    held = t()
+    if held is None:
+        raise WorkerError(f"reader {ctx.key} was garbage-collected while its task ran")
+    return held
 
 
 _CONTEXTS: dict[str, ReadContext] = {}
@@ -256,23 +368,28 @@ def transform_batch(key: str, epoch: int, index: int, batch: dict) -> tuple[dict
         TransformError: As :func:`finish_batch`.
     """
     ctx = _CONTEXTS[key]
-    if ctx.transform is None:
+    return _apply(ctx, transform_of(ctx), epoch, index, batch)
+
+
+def _apply(ctx: ReadContext, transform: Transform | None, epoch: int, index: int, batch: dict) -> tuple[dict, float]:
+    """:func:`transform_batch` with the transform resolved (:func:`transform_of`)."""
+    if transform is None:
         return batch, 0.0
     t1 = time.perf_counter()
-    name = getattr(ctx.transform, "__qualname__", repr(ctx.transform))
+    fn = transform.fn
     try:
         if ctx.transform_takes_rng:
             rng = transform_rng(ctx.seed, epoch, ctx.rank, ctx.world_size, index)
-            out = ctx.transform(batch, rng=rng) if ctx.transform_rng_by_keyword else ctx.transform(batch, rng)
+            out = fn(batch, rng=rng) if ctx.transform_rng_by_keyword else fn(batch, rng)
         else:
-            out = ctx.transform(batch)
+            out = fn(batch)
     except Exception as e:
         text = "".join(traceback.format_exception(e))
         raise TransformError(
-            f"transform {name} raised {type(e).__name__}: {e} (epoch {epoch}, batch {index})\n\n"
+            f"transform {transform.name} raised {type(e).__name__}: {e} (epoch {epoch}, batch {index})\n\n"
             f"transform traceback:\n{text}"
         ) from e
-    return check_output(out, name), time.perf_counter() - t1
+    return check_output(out, transform.name), time.perf_counter() - t1
 
 
 def transform_batches(key: str, positions: tuple[tuple[int, int], ...], batches: tuple[dict, ...]) -> tuple:
@@ -287,10 +404,12 @@ def transform_batches(key: str, positions: tuple[tuple[int, int], ...], batches:
         One ``(batch, transform_s)`` per batch, in order; a batch whose transform fails ends the tuple with
         its :class:`~loader.errors.TransformError` (raised by the consumer after the batches before it).
     """
+    ctx = _CONTEXTS[key]
+    transform = transform_of(ctx)  # once per task
     out: list = []
     for (epoch, index), batch in zip(positions, batches, strict=True):
         try:
-            out.append(transform_batch(key, epoch, index, batch))
+            out.append(_apply(ctx, transform, epoch, index, batch))
         except TransformError as e:
             out.append(e)
             break
@@ -324,6 +443,6 @@ def check_output(out, name: str) -> dict:
     return dict(out)
 
 
-__all__ = ["ROW_COLUMN", "ROW_GROUP_COLUMN", "ROW_ID_FIELDS", "ReadContext", "convert_batch", "convert_split",
-           "finish_batch", "install", "read_piece", "rng_by_keyword", "rng_parameter", "takes_rng", "transform_batch",
-           "transform_batches"]
+__all__ = ["ROW_COLUMN", "ROW_GROUP_COLUMN", "ROW_ID_FIELDS", "ReadContext", "Transform", "convert_batch",
+           "convert_split", "finish_batch", "install", "pickled_transform", "read_piece", "rng_by_keyword",
+           "rng_parameter", "takes_rng", "transform_batch", "transform_batches", "transform_of"]
