@@ -77,13 +77,13 @@ def check_arguments(*, batch_size, seed, num_epochs, world_size, rank, pool, wor
     check_options(ragged, strings)
 
 
-def select_columns(ds: Dataset, columns) -> list[str]:
+def select_columns(ds: Dataset, columns, with_row_ids: bool = False) -> list[str]:
     """The columns to read, checked against the schema.
 
     Raises:
         ColumnNotFoundError: A column is not in the schema (the available ones are listed).
-        ConfigError: Not a name or a list of names, no column, a column twice, a clash with the row-id columns,
-            or a type without a numpy form.
+        ConfigError: Not a name or a list of names, no column, a column twice, a clash with the row-id columns
+            (``_row_group``, ``_row``) when ``with_row_ids`` adds them, or a type without a numpy form.
     """
     if columns is None:
         columns = list(ds.columns)
@@ -107,9 +107,10 @@ def select_columns(ds: Dataset, columns) -> list[str]:
             )
     if len(set(columns)) != len(columns):
         raise ConfigError(f"columns lists a column twice: {columns}")
-    clash = {tasks.ROW_GROUP_COLUMN, tasks.ROW_COLUMN} & set(columns)
+    clash = {tasks.ROW_GROUP_COLUMN, tasks.ROW_COLUMN} & set(columns) if with_row_ids else set()
     if clash:
-        raise ConfigError(f"columns {sorted(clash)} clash with the reader's row-id columns")
+        raise ConfigError(f"columns {sorted(clash)} clash with the reader's row-id columns (with_row_ids=True); "
+                          "select other columns (columns=) or read without row ids")
     check_schema(ds.schema, columns)
     return columns
 

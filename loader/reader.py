@@ -144,7 +144,7 @@ class Reader(Closeable):
         else:
             ds = open_dataset(url, **fs_options)
         self.dataset = ds
-        self.columns = columns = select_columns(ds, columns)
+        self.columns = columns = select_columns(ds, columns, with_row_ids)
         check_keys(ds.schema, columns, ragged=ragged, strings=strings, masks=masks,  # row-id names refused above
                    with_row_ids=with_row_ids)
         sizes = ds.row_group_sizes()
@@ -331,7 +331,8 @@ class Reader(Closeable):
 
         Raises:
             StateError: The state comes from another dataset or version, or from settings that give
-                other batches (the key is named), or the position is past the end of an epoch.
+                other batches (the key is named), or the position is past the end of an epoch, or past the
+                reader's last epoch (``num_epochs``; a state taken after its last batch loads, and yields nothing).
         """
         layout = (self.window, self.max_piece_rows)
         saved = state.get("config") if isinstance(state, dict) else None
@@ -380,6 +381,10 @@ class Reader(Closeable):
                                    config=self._config())
         if batch > self.batches_per_epoch:
             raise StateError(f"state key 'batch' is {batch}, but an epoch has {self.batches_per_epoch} batches")
+        if self.num_epochs is not None and (epoch, batch) > (self.num_epochs, 0):  # the end itself: a finished run
+            raise StateError(f"state key 'epoch' is {epoch}, past this reader's epochs 0..{self.num_epochs - 1} "
+                             f"(num_epochs={self.num_epochs}: it would yield nothing); make it with num_epochs=None, "
+                             "or one more than the state's epoch")
         return (epoch + 1, 0) if batch == self.batches_per_epoch else (epoch, batch)
 
     def set_epoch(self, epoch: int) -> None:
