@@ -378,6 +378,23 @@ def _yaml_problem(e: Exception) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
 
 
+def _blank_key(section: Any, prefix: str = "") -> tuple[str, str, bool] | None:
+    """The first string key of ``section`` (a conf dataclass, its nested sections and lists included) whose
+    value is empty or only whitespace: ``(key, value, whether the key is optional)``, or None."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        items = enumerate(value) if isinstance(value, tuple) else [(None, value)]
+        for i, item in items:
+            key = f"{prefix}{f.name}" + ("" if i is None else f".{i}")
+            if dataclasses.is_dataclass(item):
+                found = _blank_key(item, key + ".")
+                if found:
+                    return found
+            elif isinstance(item, str) and not item.strip():
+                return key, item, i is None and f.default is None
+    return None
+
+
 def validate(cfg: JobConfig) -> None:
     """Check values and combinations that types alone cannot.
 
@@ -386,6 +403,11 @@ def validate(cfg: JobConfig) -> None:
     """
     if not _NAME_RE.match(cfg.name) or cfg.name.startswith("_"):
         raise ConfigError(f"name: {cfg.name!r} must be a plain directory name (letters, digits, _ . -)")
+    blank = _blank_key(cfg)
+    if blank is not None:  # '' is no path, table, filter or column ('source.path: ""' failed deep in Spark)
+        key, value, optional = blank
+        raise ConfigError(f"{key}: the value {value!r} is empty" + ("; leave the key out (or set it to null) to "
+                                                                    "unset it" if optional else ""))
     s = cfg.source
     if (s.table is None) == (s.path is None):
         raise ConfigError("source: give exactly one of 'source.table' (db.table) or 'source.path' (+ 'source.format')")

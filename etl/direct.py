@@ -8,18 +8,20 @@ spill the rows into the same Arrow slices (:class:`etl.arrow_write.SliceWriter`)
 :func:`plan` decides, before any heavy work, and says why when it declines (the job then reads through
 Spark as before). It accepts a selection only when all of this holds:
 
-* every input file (``df.inputFiles()``, after partition pruning) is a local ``file:`` path and a Parquet
-  file, and the row count in their footers equals the selection's count as Spark took it: a filter or a
-  sample can only remove rows, so equal counts mean the selection is all of those files' rows (a
-  ``where`` on partition columns, pruned by Spark, passes; one that drops rows does not);
+* every input file (:func:`etl.fingerprint.selection_files`, after partition pruning) is a local ``file:``
+  path and a Parquet file, and the row count in their footers equals the selection's count as Spark took
+  it: a filter or a sample can only remove rows, so equal counts mean the selection is all of those files'
+  rows (a ``where`` on partition columns, pruned, passes; one that drops rows does not);
 * ``output.shuffle`` is on (unshuffled files keep the order of Spark's scan, which only Spark knows);
 * transforms are index transforms only (their vocabularies are already built by Spark's count);
 * every selected column is in every file with exactly the Arrow type Spark hands ``mapInArrow`` (list
   item names and nullability aside), or is a Hive partition column of a string, integer or date type
   (its value comes from the metastore: the spec of the partition whose location holds the file,
-  :func:`partition_locations`, as Spark takes it, whatever the directory is called, and read as Spark
+  :func:`etl.source.partition_locations`, as Spark takes it, whatever the directory is called, and read as Spark
   reads it, :func:`etl.source.partition_values`: ``day=2025-1-5`` is 2025-01-05, ``hour=07`` is 7; a value
-  Spark reads as null or refuses, such as ``hour=x7``, is left to Spark); timestamps are left
+  Spark reads as null or refuses, such as ``hour=x7``, is left to Spark); the partition columns of a path
+  source (its ``k=v`` directories, :func:`etl.source.discovered_partition_columns`) are left to Spark, which
+  reads their values from the directory names even where a file also holds such a column; timestamps are left
   to Spark (their Arrow form depends on the session time zone), and so are the date columns of a file
   that Spark reads with a calendar rebase (:func:`rebase_mode`: written by Spark < 3 or with LEGACY
   rebase, or without Spark's metadata while the session's ``datetimeRebaseModeInRead`` is not
@@ -40,7 +42,6 @@ import math
 import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pyarrow as pa
@@ -50,9 +51,10 @@ import pyarrow.parquet as pq
 from loader.convert import as_arrow
 from loader.errors import SourceError
 
+from . import fingerprint
 from .arrow_write import SliceWriter
 from .layout import FILE_COLUMN, LONG_SAFE_ROWS, ORDER_COLUMN, affine_permutation
-from .source import HIVE_NULL_PARTITION, partition_values
+from .source import local_path, partition_locations, partition_values
 from .transforms import NULL_ID, SHOWN_CHARS, SOURCE_CHANGED, unknown_value
 
 if TYPE_CHECKING:
@@ -140,40 +142,6 @@ def _normalize(t: pa.DataType) -> pa.DataType:
     if pa.types.is_large_list(t):
         return pa.large_list(_normalize(t.value_type))
     return t
-
-
-def _local_path(uri: str) -> str | None:
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
-        return None
-    return unquote(parsed.path)
-
-
-def partition_locations(spark: SparkSession, table: str, names: list[str]
-                        ) -> dict[str, dict[str, str | None]]:
-    """Every partition of the Hive table ``table`` as the metastore holds it: its location (a local path,
-    or the URI when not local) -> the values of ``names`` (Hive's null partition as None).
-
-    Spark takes a partition's values from the metastore, never from its directory's name (a partition
-    added with ``LOCATION '.../p=old'`` holds the value it was added with).
-
-    Raises:
-        Py4JError: The catalog could not be asked (the caller declines the pyarrow read).
-    """
-    session = spark._jsparkSession.sessionState()
-    ident = session.sqlParser().parseTableIdentifier(table)
-    parts = session.catalog().listPartitions(ident, spark._jvm.scala.Option.apply(None))
-    found: dict[str, dict[str, str | None]] = {}
-    for i in range(parts.size()):
-        part = parts.apply(i)
-        uri = part.storage().locationUri()
-        if not uri.isDefined():
-            continue
-        location, spec = str(uri.get()), part.spec()
-        values = {name: str(spec.apply(name)) for name in names}
-        found[(_local_path(location) or location).rstrip("/") or "/"] = {
-            k: None if v == HIVE_NULL_PARTITION else v for k, v in values.items()}
-    return found
 
 
 def _partition_of(path: str, locations: dict[str, dict[str, str | None]]) -> dict[str, str | None] | None:
@@ -275,9 +243,13 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
         df: ``source_df`` after the conf's transforms.
         cfg: The job conf.
         vocabularies: The index transforms' vocabularies, output column -> values.
-        partition_columns: The Hive table's partition columns (empty for paths).
+        partition_columns: The Hive table's partition columns, or the path's discovered ones (None: unknown).
         total: The selection's row count, as Spark took it.
-        input_files: ``sorted(source_df.inputFiles())`` if already listed.
+        input_files: :func:`etl.fingerprint.selection_files` of ``source_df`` if already listed.
+
+    Raises:
+        SourceError: The first row group cannot be read (a corrupt page: names the file), or holds a value a
+            vocabulary lacks (the file changed since its values were counted).
     """
     from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -296,16 +268,23 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
     if padded:
         return None, f"column {padded[0].name!r} is a Hive {padded[0].metadata[CHAR_VARCHAR_KEY]} (Spark pads or " \
                      "checks its values on read)"
-    uris = sorted(source_df.inputFiles()) if input_files is None else input_files
+    selection = tuple(source_df.columns)
+    if partition_columns is None:
+        return None, "Spark's plan does not tell the source's partition columns"
+    if cfg.source.path is not None:  # Spark reads a path's partition columns from its k=v directory names
+        named = next((c for c in selection if c.lower() in {p.lower() for p in partition_columns}), None)
+        if named is not None:
+            return None, f"column {named!r} is a partition column of {cfg.source.path} (Spark reads its values " \
+                         "from the k=v directory names, not the files)"
+    uris = fingerprint.selection_files(source_df) if input_files is None else input_files
     if not uris:
         return None, "the source has no input files"
-    paths = [_local_path(u) for u in uris]
+    paths = [local_path(u) for u in uris]
     if any(p is None for p in paths):
         return None, "input files are not on the local filesystem"
     large = spark.conf.get("spark.sql.execution.arrow.useLargeVarTypes", "false") == "true"
     schema = to_arrow_schema(df.schema, timezone="UTC", prefers_large_types=large)
     source_schema = to_arrow_schema(source_df.schema, timezone="UTC", prefers_large_types=large)
-    selection = tuple(source_df.columns)
     partition_types = {c: source_schema.field(c).type for c in selection if c in partition_columns}
     for name, t in partition_types.items():
         if not any(check(t) for check in _PARTITION_TYPES):
@@ -372,7 +351,11 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
     direct = DirectPlan(tuple(pieces), file_columns, partition_types, selection, tuple(steps), schema, total,
                         compressed)
     try:
-        probe = transform(_first_rows(direct), direct)  # the column order and types the tasks will produce
+        rows = _first_rows(direct)
+    except OSError as e:  # a corrupt page (Spark's read fails on it too)
+        raise SourceError(f"reading {cfg.source.table or cfg.source.path} failed: {e}") from e
+    try:
+        probe = transform(rows, direct)  # the column order and types the tasks will produce
     except RuntimeError as e:  # a value the vocabulary lacks: the file changed since its values were counted
         raise SourceError(str(e).removeprefix("larder: ")) from e
     if probe.schema.names != schema.names or [_normalize(f.type) for f in probe.schema] != [
@@ -381,11 +364,25 @@ def plan(spark: SparkSession, source_df: DataFrame, df: DataFrame, cfg: JobConfi
     return direct, f"{len(pieces)} row groups of {len(paths)} local Parquet files"
 
 
+def _batches(piece: Piece, columns: tuple[str, ...], batch_rows: int):
+    """The piece's row group as Arrow batches of ``columns``.
+
+    Raises:
+        OSError: It cannot be read (a corrupt page), naming the file and the row group.
+    """
+    try:
+        with pq.ParquetFile(piece.path) as pf:
+            yield from pf.iter_batches(batch_rows, row_groups=[piece.row_group], columns=list(columns),
+                                       use_threads=False)
+    except (OSError, pa.ArrowException) as e:
+        raise OSError(f"{piece.path} row group {piece.row_group}: {' '.join(str(e).split())}") from e
+
+
 def _first_rows(direct: DirectPlan) -> pa.RecordBatch:
     piece = direct.pieces[0]
-    with pq.ParquetFile(piece.path) as pf:
-        batch = next(pf.iter_batches(1, row_groups=[piece.row_group], columns=list(direct.file_columns),
-                                     use_threads=False))
+    batch = next(_batches(piece, direct.file_columns, 1), None)
+    if batch is None:
+        raise OSError(f"{piece.path} row group {piece.row_group} holds no rows, its footer said {piece.rows}")
     return with_partitions(batch, piece, direct)
 
 
@@ -440,16 +437,13 @@ def _spill_piece(piece: Piece, direct: DirectPlan, out: SliceWriter, a: int, b: 
     """Read one row group, transform it and append each row to its file's slice (``file = perm(g) //
     rows_per_file``, ``perm(g) = (a·g + b) mod total``)."""
     start = piece.offset
-    with pq.ParquetFile(piece.path) as pf:
-        batches = pf.iter_batches(piece.batch_rows, row_groups=[piece.row_group], columns=list(direct.file_columns),
-                                  use_threads=False)
-        for i, raw in enumerate(batches):
-            batch = transform(with_partitions(raw, piece, direct), direct)
-            g = np.arange(start, start + batch.num_rows, dtype=np.int64)
-            start += batch.num_rows
-            files = ((g * a + b) % direct.total // rows_per_file).astype(np.int32)
-            batch = batch.append_column(ORDER_COLUMN, as_arrow(order_keys(piece, i, batch.num_rows, seed)))
-            out.write(batch.append_column(FILE_COLUMN, as_arrow(files)), files)
+    for i, raw in enumerate(_batches(piece, direct.file_columns, piece.batch_rows)):  # read errors name the file
+        batch = transform(with_partitions(raw, piece, direct), direct)
+        g = np.arange(start, start + batch.num_rows, dtype=np.int64)
+        start += batch.num_rows
+        files = ((g * a + b) % direct.total // rows_per_file).astype(np.int32)
+        batch = batch.append_column(ORDER_COLUMN, as_arrow(order_keys(piece, i, batch.num_rows, seed)))
+        out.write(batch.append_column(FILE_COLUMN, as_arrow(files)), files)
     if start != piece.offset + piece.rows:
         raise RuntimeError(f"larder: {piece.path} row group {piece.row_group} holds {start - piece.offset} rows, "
                            f"its footer said {piece.rows}")

@@ -1,6 +1,7 @@
 """Fingerprint of a source snapshot, so an unchanged source is not materialized twice.
 
-The fingerprint is a SHA-256 over (a) every input file of the selection after partition pruning —
+The fingerprint is a SHA-256 over (a) every input file of the selection after partition pruning
+(:func:`selection_files`: also for a path source's ``k=v`` partitions, which ``inputFiles()`` does not prune) —
 path, length and modification time, as the Hadoop filesystem reports them on the driver (through the
 JVM gateway; one directory listing per directory, not one call per file); for a table Spark reads
 through Hive's own reader (``STORED AS TEXTFILE``...), whose ``inputFiles()`` is the table's directory,
@@ -225,6 +226,42 @@ def _plan_nodes(plan, kind: str) -> list:
     return found
 
 
+def selection_files(df: DataFrame) -> list[str]:
+    """``sorted(df.inputFiles())`` without the files of the partitions the selection's partition filters
+    leave out: the files the selection reads.
+
+    Spark prunes ``inputFiles()`` for a catalog table only (the optimizer swaps its file index for the
+    selected partitions'); for a path source (``k=v`` directories) it is every file under the path, whatever
+    ``source.where`` says of the partition columns. Each file scan of the physical plan with partition filters
+    has its file index list the partitions those filters select (as the scan itself does, from the index's
+    listing: no I/O for a path); files an index holds that no scan selects are dropped. Should the plan not
+    be walkable, or a filter not be evaluable there (a subquery), every file is kept (more rebuilds, never a
+    stale "up to date").
+    """
+    files = sorted(df.inputFiles())
+    try:
+        held: set[str] = set()
+        read: set[str] = set()
+        for scan in _plan_nodes(df._jdf.queryExecution().sparkPlan(), "FileSourceScanExec"):
+            filters = scan.partitionFilters()
+            if filters.isEmpty():
+                continue  # all of its index is read
+            index = scan.relation().location()
+            listed = [str(f) for f in index.inputFiles()]
+            dirs = index.listFiles(filters, filters.take(0))  # (partition filters, no data filters)
+            chosen = [dirs.apply(i).files() for i in range(dirs.size())]
+            held.update(listed)
+            if sum(c.size() for c in chosen) == len(listed):
+                read.update(listed)  # nothing pruned (a catalog table's index is pruned already)
+            else:
+                read.update(str(c.apply(j).getPath().toUri().toString()) for c in chosen for j in range(c.size()))
+    except Exception:  # py4j: a plan or index class without these accessors, or a filter it cannot evaluate
+        return files
+    if not read <= held:  # the two listings spell a path differently: keep everything
+        return files
+    return [f for f in files if f not in held - read]
+
+
 def fingerprint_inputs(spark: SparkSession, df: DataFrame, files: list[str]) -> list[str]:
     """The entries to fingerprint: ``files`` (``df.inputFiles()``) with the location of every partitioned
     table Spark reads through Hive's own reader (``HiveTableRelation``: ``STORED AS TEXTFILE``, or any
@@ -287,7 +324,7 @@ def input_statuses(spark: SparkSession, df: DataFrame, files: list[str]) -> list
     Args:
         spark: The session.
         df: The validated selection.
-        files: ``sorted(df.inputFiles())``.
+        files: :func:`selection_files` of ``df``.
     """
     return file_statuses(spark, fingerprint_inputs(spark, df, files)) if files else []
 
@@ -317,12 +354,12 @@ def source_fingerprint(spark: SparkSession, df: DataFrame, cfg: JobConfig, block
 
     Args:
         spark: The session.
-        df: The validated selection (partition pruning is applied by ``inputFiles``, and for a table
-            read through Hive's reader by :func:`fingerprint_inputs`; its schema and the tables and
+        df: The validated selection (partition pruning is applied by :func:`selection_files`, and for a
+            table read through Hive's reader by :func:`fingerprint_inputs`; its schema and the tables and
             views it reads are fingerprinted by :func:`selection_definition`).
         cfg: The job conf.
         block_size: The resolved block size.
-        files: ``sorted(df.inputFiles())`` if the caller has listed them already.
+        files: :func:`selection_files` of ``df`` if the caller has listed them already.
         statuses: :func:`input_statuses` of ``files`` if the caller has taken them already (the job takes
             them again after writing, :func:`changed_inputs`).
 
@@ -330,7 +367,7 @@ def source_fingerprint(spark: SparkSession, df: DataFrame, cfg: JobConfig, block
         ``(fingerprint or None, snapshot summary)``; None when the source has no input files. The
         summary counts the files fingerprinted (directories expanded).
     """
-    files = sorted(df.inputFiles()) if files is None else files
+    files = selection_files(df) if files is None else files
     if not files:
         return None, {"files": 0, "partitions": []}
     statuses = input_statuses(spark, df, files) if statuses is None else statuses

@@ -27,7 +27,7 @@ from loader.publish import begin_staging
 from . import direct
 from .config import DEFAULT_BLOCK_SIZE, JobConfig, check_page_size, format_size
 from .failures import as_larder_error
-from .fingerprint import changed_inputs, input_statuses, source_fingerprint
+from .fingerprint import changed_inputs, input_statuses, selection_files, source_fingerprint
 from .layout import LAYOUT_SETTINGS, partition_counts, scan_counts
 from .prior import read_live
 from .sizing import PriorSizing, SizedWriter, destination_block_size, temporary_conf
@@ -217,7 +217,7 @@ def _run(
     previous = read_live(fs, dataset_dir, cfg.transforms, force=force, log=log)
     bases = base_vocabularies(cfg.transforms, previous.vocabularies if previous else None, force=force, log=log,
                               live=previous.version if previous else None)  # fmt: skip
-    input_files = sorted(source.df.inputFiles())  # listed once: the fingerprint and the pyarrow read use them
+    input_files = selection_files(source.df)  # listed once: the fingerprint and the pyarrow read use them
     statuses = input_statuses(spark, source.df, input_files)  # taken again after the write: unchanged?
     fingerprint, snapshot = source_fingerprint(spark, source.df, cfg, block, input_files, statuses)
     phase("validate+fingerprint")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlparse
 
 from loader.errors import SourceError
 
@@ -33,13 +33,14 @@ class Source:
         df: The selected rows (filtered, projected, sampled); nothing has been read yet.
         description: What goes into the manifest's ``source``: kind, table or path, filter, columns.
         name: The table name or path, for messages.
-        partition_columns: The table's partition columns (empty for paths).
+        partition_columns: The table's partition columns, or for a path those Spark discovered in its
+            ``k=v`` directories (:func:`discovered_partition_columns`); None when Spark's plan does not tell.
     """
 
     df: DataFrame
     description: dict
     name: str
-    partition_columns: list[str] = field(default_factory=list)
+    partition_columns: list[str] | None = field(default_factory=list)
 
 
 def _first_line(e: BaseException) -> str:
@@ -93,6 +94,22 @@ def _open_table(spark: SparkSession, table: str) -> tuple[DataFrame, list[str]]:
     return spark.table(table), parts
 
 
+def discovered_partition_columns(df: DataFrame) -> list[str] | None:
+    """The partition columns Spark discovered under a path source (its ``k=v`` directories), in order.
+
+    Spark reads such a column's values from the directory names, even where the files also hold a column
+    of that name. ``df`` is the path as loaded (``spark.read.load(path)``: the plan is the file relation).
+
+    Returns:
+        The names, or None when the plan is not a file relation this Spark describes.
+    """
+    try:
+        schema = df._jdf.queryExecution().analyzed().relation().partitionSchema()
+        return [str(name) for name in schema.fieldNames()]
+    except Exception:  # py4j: a plan of another shape, or another Spark
+        return None
+
+
 HIVE_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # the partition value Hive (and Spark) reads as null
 
 
@@ -134,6 +151,41 @@ def partition_values(spark: SparkSession, texts, data_type) -> dict[str, Any]:
     local = spark.createDataFrame(pa.table({"v": pa.array(distinct, pa.string())}))
     rows = local.selectExpr("v", f"{cast}(v AS {data_type.simpleString()}) AS typed").collect()
     return {**found, **{r["v"]: r["typed"] for r in rows}}
+
+
+def local_path(uri: str) -> str | None:
+    """The local path of a file URI (``file:`` or no scheme, percent-escapes undone), or None."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
+        return None
+    return unquote(parsed.path)
+
+
+def partition_locations(spark: SparkSession, table: str, names: list[str]
+                        ) -> dict[str, dict[str, str | None]]:
+    """Every partition of the Hive table ``table`` as the metastore holds it: its location (a local path,
+    or the URI when not local) -> the values of ``names`` (Hive's null partition as None).
+
+    Spark takes a partition's values from the metastore, never from its directory's name (a partition
+    added with ``LOCATION '.../p=old'`` holds the value it was added with).
+
+    Raises:
+        Py4JError: The catalog could not be asked (the caller declines the pyarrow read).
+    """
+    session = spark._jsparkSession.sessionState()
+    ident = session.sqlParser().parseTableIdentifier(table)
+    parts = session.catalog().listPartitions(ident, spark._jvm.scala.Option.apply(None))
+    found: dict[str, dict[str, str | None]] = {}
+    for i in range(parts.size()):
+        part = parts.apply(i)
+        uri = part.storage().locationUri()
+        if not uri.isDefined():
+            continue
+        location, spec = str(uri.get()), part.spec()
+        values = {name: str(spec.apply(name)) for name in names}
+        found[(local_path(location) or location).rstrip("/") or "/"] = {
+            k: None if v == HIVE_NULL_PARTITION else v for k, v in values.items()}
+    return found
 
 
 def _existing_partitions(spark: SparkSession, table: str) -> list[dict[str, str]]:
@@ -202,7 +254,7 @@ def load_source(spark: SparkSession, cfg: SourceConfig) -> Source:
     """
     from pyspark.errors import AnalysisException, ParseException
 
-    parts: list[str] = []
+    parts: list[str] | None = []
     if cfg.table:
         name = cfg.table
         df, parts = _open_table(spark, cfg.table)
@@ -214,6 +266,7 @@ def load_source(spark: SparkSession, cfg: SourceConfig) -> Source:
         except AnalysisException as e:
             raise SourceError(f"source.path {cfg.path!r} ({cfg.format}): {_first_line(e)}") from e
         description = {"kind": "path", "path": cfg.path, "format": cfg.format}
+        parts = discovered_partition_columns(df)
     all_columns = df.columns
     if cfg.partitions:
         df = df.where(_partition_filter(spark, df, cfg.table, parts, cfg.partitions))
