@@ -11,7 +11,9 @@ twice and encodes Parquet in Java; on the demo data that is most of the job. Her
    file in memory with pyarrow (one row group, page checksums, the conf's codec and page size), build its
    manifest entry from those bytes (sizes, whole-file, footer and column-chunk CRCs) and write it once.
    A file whose row group would exceed the block is cut into several row groups (reported back, so the
-   caller rewrites with a better estimate), never written over the block.
+   caller rewrites with a better estimate), never written over the block: a row larger than the block
+   goes first in its file as a row group of its own, the other rows keep their order in groups that fill
+   the block (:func:`encode_within_block`).
 
 The driver gets the entries back; nothing is read back from storage. An encode task holds one file's
 rows in memory (decoded, then ordered) plus its encoded bytes: a few times the block size. Slices are
@@ -42,6 +44,9 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 SLICES_DIR = "_slices"
+MIN_BYTES_PER_ROW = 1 / 8  # a bit per row: the floor of a bytes-per-row figure (rows of a random bool and a
+# small int compress to ~0.4 B); a file holds at most fill x block x 8 rows, which the encode task holds decoded
+CUT_FILL = 0.95  # a file over the block is first cut into groups of this share of it
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,19 @@ class EncodeOptions:
 
 def encode(table: pa.Table, options: EncodeOptions, row_group_rows: int | None = None) -> pa.Buffer:
     """``table`` as Parquet bytes (one row group unless ``row_group_rows``)."""
+    per = max(1, row_group_rows or table.num_rows)
+    return encode_runs(table, options, [min(per, table.num_rows - a) for a in range(0, table.num_rows, per)] or [0])
+
+
+def encode_runs(table: pa.Table, options: EncodeOptions, runs: list[int]) -> pa.Buffer:
+    """``table`` as Parquet bytes, one row group for each run of ``runs[i]`` consecutive rows."""
     sink = pa.BufferOutputStream()
-    pq.write_table(
-        table, sink, row_group_size=max(1, row_group_rows or table.num_rows), data_page_size=options.page_size,
-        write_page_checksum=True, **options.columns.parquet_options(table.schema),
-    )  # fmt: skip
+    with pq.ParquetWriter(sink, table.schema, data_page_size=options.page_size, write_page_checksum=True,
+                          **options.columns.parquet_options(table.schema)) as writer:
+        start = 0
+        for rows in runs:
+            writer.write_table(table.slice(start, rows), row_group_size=max(1, rows))
+            start += rows
     return sink.getvalue()
 
 
@@ -92,7 +105,7 @@ def measure(table: pa.Table, options: EncodeOptions, target: int, bytes_per_row:
         groups = group_bytes(encode(table, options, per))
         full = [g for g in groups if g[0] == per] or groups
         rows, nbytes = sum(r for r, _ in full), sum(c for _, c in full)
-        bytes_per_row = max(1.0, nbytes / max(1, rows))
+        bytes_per_row = max(MIN_BYTES_PER_ROW, nbytes / max(1, rows))
         if per == max(1, math.floor(target / bytes_per_row)):
             break
     return rows, nbytes
@@ -101,19 +114,62 @@ def measure(table: pa.Table, options: EncodeOptions, target: int, bytes_per_row:
 def encode_within_block(table: pa.Table, options: EncodeOptions) -> tuple[pa.Buffer, bool]:
     """Encode ``table`` as one row group, or as several when one would exceed the block.
 
+    A file over the block is cut into parts (:func:`_parts`). Rows larger than the block then go first, each
+    a row group of its own, and the other rows, in their order, are cut again by their own bytes: one huge
+    row does not cut the rest of its file into small groups. Consecutive parts are joined into groups up to
+    the block (a join that encodes over it is left in its parts).
+
     Returns:
         The bytes, and whether the file had to be cut into several row groups.
     """
     data = encode(table, options)
     rows, nbytes = group_bytes(data)[0]
-    if nbytes <= options.block_size or rows <= 1:
+    block = options.block_size
+    if nbytes <= block or rows <= 1:
         return data, False
-    per_group = max(1, math.floor(rows * 0.95 * options.block_size / nbytes))
-    while True:
-        data = encode(table, options, per_group)
-        if all(c <= options.block_size or r <= 1 for r, c in group_bytes(data)) or per_group == 1:
-            return data, True
-        per_group = max(1, per_group * 9 // 10)
+    parts = _parts(table, options, nbytes)
+    huge = [a for a, _, c in parts if c > block]
+    if huge:
+        order = np.concatenate([huge, *(np.arange(a, z) for a, z, c in parts if c <= block)])
+        table = table.take(pa.array(order, pa.int64()))
+        rest = table.slice(len(huge))
+        parts = [(a + len(huge), z + len(huge), c) for a, z, c in
+                 _parts(rest, options, sum(c for *_, c in parts if c <= block))] if rest.num_rows else []
+    joined: list[list[tuple[int, int, int]]] = []
+    for part in parts:
+        if joined and sum(c for *_, c in joined[-1]) + part[2] <= block:
+            joined[-1].append(part)
+        else:
+            joined.append([part])
+    runs = [sum(z - a for a, z, _ in run) for run in joined]
+    data = encode_runs(table, options, [1] * len(huge) + runs)
+    groups = group_bytes(data)[len(huge):]
+    if any(c > block and r > 1 for r, c in groups):  # a join compressed worse than its parts: left in parts
+        runs = [n for run, (_, c) in zip(joined, groups, strict=True)
+                for n in ([z - a for a, z, _ in run] if c > block else [sum(z - a for a, z, _ in run)])]
+        data = encode_runs(table, options, [1] * len(huge) + runs)
+    return data, True
+
+
+def _parts(table: pa.Table, options: EncodeOptions, nbytes: int) -> list[tuple[int, int, int]]:
+    """``table`` (``nbytes`` in all) cut into groups of :data:`CUT_FILL` of the block, each halved until it
+    fits (:func:`_split`): ``(first row, end row, bytes)`` parts, each under the block or a single row."""
+    per_group = max(1, math.floor(table.num_rows * CUT_FILL * options.block_size / max(1, nbytes)))
+    parts: list[tuple[int, int, int]] = []
+    for r, c in group_bytes(encode(table, options, per_group)):
+        start = parts[-1][1] if parts else 0
+        parts += _split(table, options, start, start + r, c)
+    return parts
+
+
+def _split(table: pa.Table, options: EncodeOptions, start: int, end: int, nbytes: int) -> list[tuple[int, int, int]]:
+    """Rows ``start:end`` (``nbytes`` as one row group) as ``(start, end, bytes)`` parts, each under the
+    block or a single row: a part over the block is halved, and each half measured, until it fits."""
+    if nbytes <= options.block_size or end - start <= 1:
+        return [(start, end, nbytes)]
+    mid = (start + end) // 2
+    (_, left), (_, right) = group_bytes(encode_runs(table.slice(start, end - start), options, [mid - start, end - mid]))
+    return _split(table, options, start, mid, left) + _split(table, options, mid, end, right)
 
 
 def choose_encoding(sample: pa.Table, options: EncodeOptions) -> EncodeOptions:

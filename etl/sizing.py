@@ -14,7 +14,11 @@ so skewed row sizes converge instead of shrinking files to a few rows). Files cu
 each under the block are kept when few (at most 10%) or when a rewrite would fill less
 (:func:`keep_cut_files`); a group of several rows over the block is always rewritten (at most 3 writes; the
 last one with a compounded estimate, :func:`last_bytes_per_row`, so that it fits).
-A row larger than a whole block is warned about and kept (its row group is that one row). Timestamps are
+A row larger than a whole block (its bytes before encoding, :func:`raw_row_bytes`) is left out of the
+estimate, goes first in its file and is published as a row group of its own, with a warning; such groups
+do not count as misfits (no layout can split a row), so they never shrink the other files. parquet-mr
+checks a group's size only after a row, so with ``parquet.page.size.row.check.min=1`` it closes the group
+right after that first row. Timestamps are
 written as INT64 microseconds by both writers (:data:`SPARK_WRITE_SETTINGS`). Spark settings changed
 for the write are restored in ``finally``.
 
@@ -45,11 +49,13 @@ from loader import fs as lfs
 from loader.manifest import FileInfo, row_group_sizes
 
 from . import arrow_write, direct
-from .layout import FILE_COLUMN, LAYOUT_SETTINGS, ORDER_COLUMN, assign_files
+from .layout import FILE_COLUMN, LAYOUT_SETTINGS, ORDER_COLUMN, assign_files, partition_keys
 from .prior import PriorSizing
+from .source import quote_name
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import DataType, StructType
 
     from .direct import DirectPlan
 
@@ -208,7 +214,35 @@ def last_bytes_per_row(bpr: float, over: list[tuple[int, int]], measured: float)
     attempt's estimate times the worst misfit's excess over the average (compounded, so files shrink
     enough that the last write fits, as :func:`next_bytes_per_row` alone may not with skewed rows)."""
     worst = max(c / max(1, r) for r, c in over)
-    return max(measured, bpr) * max(1 + RETRY_MARGIN, worst / max(measured, 1.0))
+    return max(measured, bpr) * max(1 + RETRY_MARGIN, worst / max(measured, arrow_write.MIN_BYTES_PER_ROW))
+
+
+def raw_row_bytes(schema: StructType) -> Column:
+    """A Spark expression of a row's bytes before encoding: strings and binaries by their length, arrays
+    by their items, other values by their width (nulls count 0)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, BinaryType, StringType
+
+    def length(c: Column) -> Column:
+        return F.coalesce(F.octet_length(c).cast("long"), F.lit(0).cast("long"))
+
+    def width(t: DataType) -> int:
+        return {"boolean": 1, "byte": 1, "short": 2, "integer": 4, "float": 4, "date": 4, "decimal": 16}.get(
+            t.typeName(), 8)
+
+    fixed, total = 0, F.lit(0).cast("long")
+    for f in schema.fields:
+        c, t = F.col(quote_name(f.name)), f.dataType
+        item = t.elementType if isinstance(t, ArrayType) else None
+        if isinstance(t, (StringType, BinaryType)):
+            total = total + length(c)
+        elif isinstance(item, (StringType, BinaryType)):
+            total = total + F.coalesce(F.aggregate(c, F.lit(0).cast("long"), lambda acc, x: acc + length(x)), F.lit(0))
+        elif item is not None:
+            total = total + F.when(c.isNotNull(), F.size(c) * width(item)).otherwise(0).cast("long")
+        else:
+            fixed += width(t)
+    return total + F.lit(fixed)
 
 
 def keep_cut_files(per_file: list[list[tuple[int, int]]], block: int, shrink: float) -> bool:
@@ -296,6 +330,9 @@ class SizedWriter:
             "parquet.page.size": str(self.page_size),
             "parquet.page.write-checksum.enabled": "true",
             "parquet.enable.summary-metadata": "false",
+            # parquet-mr checks page and row-group sizes from the first row on (not the 100th), so a row
+            # larger than the block, written first in its file (_lay_out), is a row group of its own
+            "parquet.page.size.row.check.min": "1",
         }
         if max_records:
             opts["maxRecordsPerFile"] = str(max_records)
@@ -359,30 +396,42 @@ class SizedWriter:
         (:meth:`PriorSizing.applies`), the bytes per row measured in its files are reused. Otherwise a
         shuffled sample of about one row group (at most :data:`MAX_SAMPLE_BYTES`, at least
         :data:`MIN_SAMPLE_ROWS`) is written with the same Parquet settings as the data (by the arrow
-        writer in row groups of a file's rows).
+        writer in row groups of a file's rows). Rows larger than the block (:func:`raw_row_bytes`) are
+        left out of the pilot and the sample, unless every row is: each is a row group of its own, so it
+        says nothing of how many rows fill a block. Figures are floored at
+        :data:`etl.arrow_write.MIN_BYTES_PER_ROW`.
         """
         base_uri, base = f"{self.uri}/{SAMPLE_DIR}", lfs.join(self.path, SAMPLE_DIR)
         key = self.sizing_key(df)
         input_bpr = round(self.input_bytes / count, 3) if self.input_bytes and count else None
+        floor = arrow_write.MIN_BYTES_PER_ROW
+        rows_fitting = df.filter(raw_row_bytes(df.schema) <= self.block_size)  # the others get own groups
         try:
             rows, nbytes = self._write_and_measure(
-                df.limit(PILOT_ROWS).coalesce(1), f"{base_uri}/pilot", lfs.join(base, "pilot"), pilot=True)
-            pilot = max(1.0, nbytes / max(1, rows))
+                rows_fitting.limit(PILOT_ROWS).coalesce(1), f"{base_uri}/pilot", lfs.join(base, "pilot"), pilot=True)
+            if not rows:  # every row is larger than the block
+                rows_fitting = df
+                rows, nbytes = self._write_and_measure(
+                    df.limit(PILOT_ROWS).coalesce(1), f"{base_uri}/pilot", lfs.join(base, "pilot"), pilot=True)
+            pilot = max(floor, nbytes / max(1, rows))
             info = {"key": key, "pilot_bytes_per_row": round(pilot, 3), "input_bytes_per_row": input_bpr}
             if self.prior is not None and self.prior.applies(key, pilot, input_bpr):
                 estimate = self.prior.bytes_per_row
                 self.log(f"bytes/row: pilot {pilot:.1f}, measured in {self.prior.version} {estimate:.1f} (reused)")
                 return estimate, {**info, "estimate_from": self.prior.version}
-            want = max(MIN_SAMPLE_ROWS, math.ceil(min(self.target, MAX_SAMPLE_BYTES) / pilot))
+            # at most a row per byte of MAX_SAMPLE_BYTES, however small the rows compress: the arrow
+            # writer decodes the sample in the driver
+            want = max(MIN_SAMPLE_ROWS, math.ceil(min(self.target, MAX_SAMPLE_BYTES) / max(1.0, pilot)))
             fraction = min(1.0, want / max(1, count))
-            sample = df.sample(withReplacement=False, fraction=fraction, seed=self.seed) if fraction < 1 else df
+            sample = rows_fitting.sample(withReplacement=False, fraction=fraction, seed=self.seed) \
+                if fraction < 1 else rows_fitting
             # One partition (an exchange of the sampled rows only: coalesce(1) would make the scan one
             # task, orderBy would add a range-sampling pass), in random order when the output is shuffled.
             sample = self._with_key(sample).repartition(1)
             sample = (sample.sortWithinPartitions(_KEY) if self.shuffle else sample).drop(_KEY)
             rows, nbytes = self._write_and_measure(sample, f"{base_uri}/sample", lfs.join(base, "sample"),
                                                    bytes_per_row=pilot)
-            estimate = max(1.0, nbytes / max(1, rows)) if rows else pilot
+            estimate = max(floor, nbytes / max(1, rows)) if rows else pilot
             self.log(f"bytes/row: pilot {pilot:.1f}, shuffled sample of {rows} rows {estimate:.1f}")
             return estimate, {**info, "estimate_from": "sample", "sample_rows": rows}
         finally:
@@ -412,9 +461,11 @@ class SizedWriter:
                 rows_per_file = max(1, math.floor(self.target / bpr))
                 if self.direct is not None:  # the tasks lay the rows out as they read them
                     laid_out, n = df, max(1, math.ceil(count / rows_per_file))
-                else:
+                elif self.writer == "arrow":
                     laid_out, n = assign_files(self.spark, df, counts, rows_per_file, self.shuffle, self.seed,
-                                               exchange=self.writer == "spark")
+                                               exchange=False)
+                else:
+                    laid_out, n = self._lay_out(df, counts, rows_per_file)
                 self.log(f"attempt {attempt}: {n} files of {rows_per_file} rows (~{rows_per_file * bpr:.0f} bytes)")
                 started = time.time()
                 if self.writer == "arrow":
@@ -426,13 +477,16 @@ class SizedWriter:
                 written = time.time()
                 if infos is None:
                     per_file = [_footer_groups(self.fs, p) for p in _parquet_files(self.fs, self.path)]
+                single = [g for f in per_file for g in f if g[0] == 1 and g[1] > self.block_size]
+                # a row larger than the block is a group of its own whatever the layout: the other groups
+                # alone say whether the files fit and what a row of them takes
+                per_file = [[g for g in f if g[0] > 1 or g[1] <= self.block_size] for f in per_file]
                 groups = [g for f in per_file for g in f]
                 rows, nbytes = sum(r for r, _ in groups), sum(c for _, c in groups)
                 measured = nbytes / max(1, rows)
                 bad = too_big(per_file, self.block_size)
                 over = [(sum(r for r, _ in f), sum(c for _, c in f)) for f in per_file
                         if group_over_block(f, self.block_size)]
-                single = [g for g in groups if g[0] == 1 and g[1] > self.block_size]
                 history.append({"attempt": attempt, "rows_per_file": rows_per_file, "bytes_per_row": round(bpr, 2),
                                 "files_too_big": len(bad), "groups_over_block": len(over),
                                 "write_seconds": round(written - started, 2),
@@ -462,6 +516,20 @@ class SizedWriter:
             files=infos, block_size=self.block_size, target=self.target, bytes_per_row=bpr,
             num_files=n, attempts=attempt, oversized_rows=len(single), history=history,
         )  # fmt: skip
+
+    def _lay_out(self, df: DataFrame, counts: list[int], rows_per_file: int) -> tuple[DataFrame, int]:
+        """The rows of :func:`etl.layout.assign_files`, one partition per file in its seeded order, except
+        that rows larger than the block (:func:`raw_row_bytes`) go first in their file: parquet-mr checks
+        a group's size only after a row, so a huge row anywhere else would share a group over the block
+        with the rows before it."""
+        from pyspark.sql import functions as F
+
+        laid_out, n = assign_files(self.spark, df, counts, rows_per_file, self.shuffle, self.seed, exchange=False)
+        key = F.element_at(F.lit(partition_keys(self.spark, n)), F.col(FILE_COLUMN) + 1).cast("long")
+        order = F.col(ORDER_COLUMN)  # one sort key, -1 for huge rows (the order key is >= 0): a prefix sort
+        first = F.when(raw_row_bytes(df.schema) > self.block_size, F.lit(-1)).otherwise(order)
+        laid_out = laid_out.withColumn(FILE_COLUMN, key).repartition(n, FILE_COLUMN)
+        return laid_out.sortWithinPartitions(first, order).drop(ORDER_COLUMN, FILE_COLUMN), n
 
     def _write_arrow(self, laid_out: DataFrame, n: int, bytes_per_row: float, rows_per_file: int) -> list[FileInfo]:
         """Write the laid-out rows with :mod:`etl.arrow_write` (spill, then encode); the staging directory

@@ -72,29 +72,46 @@ def extend_vocabulary(base: list[str], counts: Mapping[str, int]) -> list[str]:
 
 
 def read_vocabulary_file(url: str, where: str) -> list[str]:
-    """Read a vocabulary file: a JSON list, or one value per line (UTF-8; a leading byte order mark, as
-    some editors save it, is not part of the first value).
+    """Read a vocabulary file (UTF-8; a leading byte order mark, as some editors save it, is not part of
+    the first value). Its name tells its form: ``*.json`` is a JSON list of strings; ``*.txt`` holds one
+    value per line; any other name is a JSON list when its text starts with ``[``, else one value per line.
+    Lines end at ``\\n`` (or ``\\r\\n``) only, so a value may hold any other character (``\\u2028``,
+    ``\\x0c``...); empty lines are skipped.
 
     Raises:
-        ConfigError: The file is missing or malformed (names the key and the file).
+        ConfigError: The file is missing or malformed, or a ``*.txt`` file holds a JSON list, which
+            earlier versions read as one (names the key and the file).
     """
     try:
         fs, path = lfs.resolve(url)
         text = lfs.read_bytes(fs, path).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError, LarderError) as e:
         raise ConfigError(f"{where}.vocabulary: cannot read {url}: {e}") from e
-    if text.lstrip().startswith("["):
+    suffix = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    if suffix == "json" or (suffix != "txt" and text.lstrip().startswith("[")):
         try:
             values = json.loads(text)
         except ValueError as e:
-            raise ConfigError(f"{where}.vocabulary: {url} is not a JSON list ({e})") from e
+            hint = "" if suffix == "json" else " (name a file of one value per line *.txt)"
+            raise ConfigError(f"{where}.vocabulary: {url} is not a JSON list ({e}){hint}") from e
     else:
-        values = [line for line in text.splitlines() if line]
+        values = [line.removesuffix("\r") for line in text.split("\n")]
+        values = [v for v in values if v]
+        if text.lstrip().startswith("[") and _is_json_list(text):
+            raise ConfigError(f"{where}.vocabulary: {url} holds a JSON list, but a *.txt file is read one value "
+                              "per line; name it *.json")
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise ConfigError(f"{where}.vocabulary: {url} must hold a list of strings")
     if len(set(values)) != len(values):
         raise ConfigError(f"{where}.vocabulary: {url} lists a value twice")
     return values
+
+
+def _is_json_list(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), list)
+    except ValueError:
+        return False
 
 
 def base_vocabulary(
