@@ -2,8 +2,9 @@
 
 ``open_dataset`` reads one or two small files (``CURRENT`` and ``_manifest.json``); it never lists the
 version directory or touches a data file, so opening is constant time in the number of files.
-:meth:`Dataset.open_file` is the one door to a data file: it checks the size and footer checksum against
-the manifest and turns Parquet page-CRC failures into :class:`CorruptFileError` naming the file. A locally
+:meth:`Dataset.open_file` is the one door to a data file: it checks the size against the manifest on every open,
+and the footer's checksum once per copy of the file (:mod:`loader.footers`: a parsed footer is kept, not read
+again per row group), and turns Parquet page-CRC failures into :class:`CorruptFileError` naming the file. A locally
 cached copy that fails any check is dropped and read once more from a fresh download, on every read path
 (:meth:`Dataset.with_fresh_copy`).
 """
@@ -25,6 +26,7 @@ from . import fs as lfs
 from .crc import crc32
 from .dataset_checks import DatasetChecks, check_rows
 from .errors import CorruptFileError, DatasetNotFoundError, RemoteError
+from .footers import VerifiedFooters, open_checked
 from .manifest import (
     CURRENT_NAME,
     MANIFEST_NAME,
@@ -32,8 +34,6 @@ from .manifest import (
     Manifest,
     chunk_inside,
     chunk_range,
-    crc32_hex,
-    read_footer,
 )
 from .publish import current_version, list_versions, read_manifest
 
@@ -61,7 +61,8 @@ class Dataset(DatasetChecks):
     _leaves: dict = field(default_factory=dict, repr=False, compare=False)  # columns -> Parquet leaf indices
     _types: dict = field(default_factory=dict, repr=False, compare=False)  # column names -> manifest types
     _empty_checked: bool = field(default=False, repr=False, compare=False)  # check_empty_files passed
-    _regular: set = field(default_factory=set, repr=False, compare=False)  # local paths seen to be regular files
+    # Footers checked against the manifest, per copy of a file (loader.footers); a copy of the dataset gets its own.
+    _footers: VerifiedFooters = field(default_factory=VerifiedFooters, init=False, repr=False, compare=False)
 
     @property
     def schema(self) -> pa.Schema:
@@ -200,6 +201,7 @@ class Dataset(DatasetChecks):
         except CorruptFileError as e:
             if not self._cached_copy_failed(info, e):
                 raise
+            self._footers.forget(info.path)
         try:
             return read(True)
         except CorruptFileError as e:
@@ -222,49 +224,21 @@ class Dataset(DatasetChecks):
 
     def _open_checked(self, info: FileInfo,
                       located: tuple[pafs.FileSystem, str] | None = None) -> tuple[pa.NativeFile, pq.FileMetaData, str]:
-        """Open a data file (the copy reads go to, or ``located``: filesystem and path), check its size, footer
-        checksum and row groups; returns ``(file, metadata, printable name)``."""
+        """Open a data file (the copy reads go to, or ``located``: filesystem and path), check its size and, once per
+        copy (:mod:`loader.footers`), its footer checksum and row groups; returns ``(file, metadata, printable
+        name)``."""
         fs, path = located or self._locate(info)
-        where = lfs.display(fs, path)
-        if path not in self._regular:  # one stat per file (not per row group): opening a FIFO would block forever
-            kind = lfs.irregular_kind(fs, path)
-            if kind is not None:
-                raise CorruptFileError(f"{where}: data file listed in the manifest is {kind}, not a regular file",
-                                       where)
-            self._regular.add(path)
-        try:
-            f = fs.open_input_file(path)
-            try:
-                size = f.size()  # a lazy filesystem (WebHDFS) looks the file up only here
-            except BaseException:
-                f.close()
-                raise
-        except RemoteError:
-            raise  # a denial or an outage of the storage, not a fault of the file: it names the file already
-        except FileNotFoundError as e:
-            raise CorruptFileError(f"{where}: data file listed in the manifest is missing", where) from e
-        except (OSError, pa.ArrowException) as e:
-            raise CorruptFileError(f"{where}: cannot open ({e})", where) from e
-        try:
-            if size != info.size:
-                raise CorruptFileError(
-                    f"{where}: {size} bytes, the manifest says {info.size} (truncated or replaced)", where
-                )
-            footer, footer_size = read_footer(f, size, where)
-            if footer_size != info.footer_size or crc32_hex(crc32(footer)) != info.footer_checksum:
-                raise CorruptFileError(f"{where}: Parquet footer fails its checksum", where)
-            try:
-                metadata = pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
-            except (OSError, pa.ArrowException) as e:
-                raise CorruptFileError(f"{where}: cannot decode Parquet footer ({e})", where) from e
-            groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
-            if groups != [g.num_rows for g in info.row_groups]:
-                raise CorruptFileError(f"{where}: row groups {groups} disagree with the manifest's "
-                                       f"{[g.num_rows for g in info.row_groups]}", where)
-            return f, metadata, where
-        except BaseException:
-            f.close()
-            raise
+        return open_checked(fs, path, info, self._footers)
+
+    def close(self) -> None:
+        """Release what this dataset object holds: its local file cache's download threads and pins
+        (:meth:`loader.cache.FileCache.close`), its filesystem's HTTP connections (WebHDFS) and its parsed
+        footers. Idempotent; the dataset stays usable: a later read opens what it needs again (a reader restarted
+        with ``load_state_dict``)."""
+        if self.file_cache is not None:
+            self.file_cache.close()
+        self._footers.clear()
+        lfs.close_connections(self.fs)
 
     def read_row_group(
         self,

@@ -224,9 +224,23 @@ def irregular_kind(fs: pafs.FileSystem, path: str) -> str | None:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):  # missing, a loop, a NUL byte...: the open says which
         return None
+    return mode_kind(mode)
+
+
+def mode_kind(mode: int) -> str | None:
+    """What a file of ``st_mode`` ``mode`` is when it is no regular file (as :func:`irregular_kind` says it); None
+    for a regular file."""
     if stat.S_ISREG(mode):
         return None
     return "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+
+
+def close_connections(fs: pafs.FileSystem) -> None:
+    """Close the network connections ``fs`` keeps open for later calls (a WebHDFS filesystem's HTTP sessions); it
+    opens new ones if it is used again. Nothing to do for other filesystems."""
+    close = getattr(getattr(fs, "handler", None), "close_connections", None)
+    if close is not None:
+        close()
 
 
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:

@@ -411,9 +411,8 @@ class Reader(Closeable):
         pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:
             pipeline.close()
-        cache = getattr(getattr(self, "dataset", None), "file_cache", None)
-        if cache is not None and getattr(self, "_owns_dataset", False):
-            cache.close()  # reusable: a restarted reader (load_state_dict) downloads again
+        if getattr(self, "_owns_dataset", False) and getattr(self, "dataset", None) is not None:
+            self.dataset.close()  # its file cache's downloads and its connections; a restarted reader reopens them
 
 
 def fs_options_of(reader_kwargs: dict) -> dict:

@@ -150,13 +150,15 @@ class WebHdfsHandler(pafs.FileSystemHandler):
     """A :class:`pyarrow.fs.FileSystemHandler` over HdfsCLI. Wrap it in :class:`pyarrow.fs.PyFileSystem`.
 
     The HdfsCLI client (and its HTTP session) is made lazily, once per process, so the handler can be
-    pickled to worker processes (its ``__reduce__`` carries the config only).
+    pickled to worker processes (its ``__reduce__`` carries the config only); :meth:`close_connections` closes
+    its connections (a closed dataset: :meth:`loader.dataset.Dataset.close`).
     """
 
     def __init__(self, config: WebHdfsConfig):
         self.config = config
         self.redact = Redactor([config.token])
         self._client = None
+        self._session: requests.Session | None = None  # the client's
         self._pid = None
 
     def __reduce__(self):
@@ -187,8 +189,15 @@ class WebHdfsHandler(pafs.FileSystemHandler):
                 client = TokenClient(cfg.urls, cfg.token, timeout=cfg.timeout, session=session)
             else:
                 client = InsecureClient(cfg.urls, user=cfg.user, timeout=cfg.timeout, session=session)
-            self._client, self._pid = client, os.getpid()
+            self._client, self._session, self._pid = client, session, os.getpid()
         return self._client
+
+    def close_connections(self) -> None:
+        """Close the HTTP connections of the client (its session's pooled sockets); the next call makes a new
+        client. Idempotent. Call it when no request of this handler is in flight (a closed dataset)."""
+        session, self._client, self._session = self._session, None, None
+        if session is not None:
+            session.close()
 
     def display_url(self, path: str) -> str:
         """``scheme://authority/path`` — never holds a secret."""
