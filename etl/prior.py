@@ -46,10 +46,13 @@ class PriorSizing:
             return None
         files = sorted(manifest.files, key=lambda f: f.num_rows, reverse=True)
         full = files[:-1] if len(files) > 1 else files
-        rows = sum(f.num_rows for f in full)
+        # Rows larger than the block have row groups of their own: left out, they would make every row look big.
+        groups = [g for f in full for g in f.row_groups
+                  if not (g.num_rows == 1 and g.compressed_bytes > manifest.block_size)]
+        rows = sum(g.num_rows for g in groups)
         if not rows:
             return None
-        nbytes = sum(g.compressed_bytes for f in full for g in f.row_groups)
+        nbytes = sum(g.compressed_bytes for g in groups)
         return cls(
             version=manifest.version, key=str(sizing["key"]), bytes_per_row=nbytes / rows,
             pilot_bytes_per_row=float(sizing["pilot_bytes_per_row"]),

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from . import fs as lfs
 from .crc import crc32
 from .dataset_checks import DatasetChecks, check_rows
-from .errors import CorruptFileError, DatasetNotFoundError, RemoteError
+from .errors import ConfigError, CorruptFileError, DatasetNotFoundError, RemoteError
 from .footers import VerifiedFooters, open_checked
 from .manifest import (
     CURRENT_NAME,
@@ -426,12 +426,17 @@ def open_dataset(
         **fs_options: Passed to the filesystem of the URL's scheme (see :func:`loader.fs.resolve`).
 
     Raises:
+        ConfigError: ``url`` is not a str, os.PathLike or Dataset, or is empty.
         DatasetNotFoundError: No dataset or version at ``url``.
         ManifestError: The manifest is malformed, of an unknown format version, or names a file
             outside its version directory.
     """
     if isinstance(url, Dataset):
         return url
+    where = url if isinstance(url, str) else os.fspath(url) if isinstance(url, os.PathLike) else None
+    if not isinstance(where, str) or not where.strip():  # "" would open the current directory
+        raise ConfigError(f"url must be a dataset or version path or URL (a non-empty str or os.PathLike) or a "
+                          f"Dataset, got {type(url).__name__} {url!r:.80}")
     fs, path = lfs.resolve(url, **fs_options)
     path = path.rstrip("/") or "/"
     version_dir, text = _resolve_version(fs, path)

@@ -62,3 +62,19 @@ def test_a_state_past_num_epochs_is_refused_as_set_epoch_is(row_named_cache):
     with loader.make_reader(url, batch_size=7, num_epochs=2, seed=3) as again:
         again.load_state_dict(end)
         assert list(again) == []
+
+
+@pytest.mark.parametrize("url", [b"/tmp/x", 5, None, "", "   ", ["a"]])
+def test_a_url_that_is_no_path_is_a_config_error_naming_it(row_named_cache, url, tmp_path, monkeypatch):
+    """A bytes, int, None or list URL gave a bare ``TypeError`` (for bytes, a misleading one); an empty string
+    (an unset environment variable, say) silently read the dataset in the current directory."""
+    monkeypatch.chdir(row_named_cache.version_path)  # "" opened this version before
+    for opener in (loader.open_dataset, loader.make_reader):
+        with pytest.raises(ConfigError, match=r"url must be a dataset or version path or URL .* got "):
+            opener(url)
+
+
+def test_a_pathlike_url_still_opens(row_named_cache):
+    import pathlib
+
+    assert loader.open_dataset(pathlib.Path(row_named_cache.version_path)).num_rows == 50

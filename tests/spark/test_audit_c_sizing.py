@@ -202,3 +202,30 @@ def test_a_vocabulary_value_with_a_line_separator_keeps_its_id_in_the_job(spark,
     assert ds.vocabularies["label"] == ["cat", "x\u2028y", "dog"]
     table = pa.concat_tables([pq.read_table(ds.file_path(f)) for f in ds.files]).sort_by("id")
     assert table.column("label").to_pylist() == [0, 1, 2] * 10
+
+
+def test_the_prior_of_a_version_leaves_out_rows_larger_than_the_block(tmp_path):
+    """A rerun reuses the live version's bytes per row (``PriorSizing``): a row larger than the block, in a row
+    group of its own, must not count, or every file of the rerun is sized as if its rows were that big (a
+    forced rerun of one huge row among 3,000 small ones filled its files to about half the block)."""
+    import dataclasses
+
+    from etl.prior import PriorSizing
+    from loader.manifest import FileInfo, RowGroupInfo
+
+    ds = loader.write_cache(pa.table({"a": list(range(10))}), str(tmp_path), "p")
+    block = 64 << 10
+
+    def file(name: str, groups: list[tuple[int, int]]) -> FileInfo:
+        infos = tuple(RowGroupInfo(num_rows=r, compressed_bytes=c, uncompressed_bytes=c) for r, c in groups)
+        return FileInfo(path=name, size=1, checksum="0" * 8, footer_checksum="0" * 8, footer_size=1,
+                        num_rows=sum(r for r, _ in groups), row_groups=infos)
+
+    files = (file("a", [(1, 100_000), (1100, 62_000)]), file("b", [(1150, 62_000)]), file("c", [(500, 27_000)]))
+    manifest = dataclasses.replace(ds.manifest, block_size=block, files=files,
+                                   extra={"sizing": {"key": "k", "pilot_bytes_per_row": 55.0}})
+    prior = PriorSizing.from_manifest(manifest)
+    assert prior is not None
+    assert prior.bytes_per_row == pytest.approx((62_000 + 62_000) / (1100 + 1150))  # the huge row left out
+    one_huge = dataclasses.replace(manifest, files=(file("a", [(1, 100_000)]), file("c", [(1, 10)])))
+    assert PriorSizing.from_manifest(one_huge) is None  # nothing but the huge row among the full files
