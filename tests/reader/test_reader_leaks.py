@@ -100,8 +100,10 @@ def test_thread_pool_threads_end_after_gc(mixed_cache):
 
 
 SCRIPT = textwrap.dedent("""
-    import glob, os, sys, time
+    import faulthandler, glob, os, signal, sys, time
     import loader
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's timeout asks for every thread's stack
 
     def slow(batch):
         time.sleep(0.02)
@@ -140,7 +142,14 @@ def test_ctrl_c_stops_workers_and_frees_segments(tmp_path, mixed_cache):
     try:
         assert proc.stdout.readline().split()[0] == "ready"
         os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C: the whole foreground group gets it
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say where it hangs: every thread's stack, from faulthandler
+            os.kill(proc.pid, signal.SIGUSR1)
+            time.sleep(2)
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=30)
+            raise AssertionError(f"the trainer did not stop within 60 s of Ctrl-C; its threads:\n{err}") from None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
