@@ -104,6 +104,9 @@ SCRIPT = textwrap.dedent("""
     import loader
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's timeout asks for every thread's stack
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal, even when the test run itself ignores SIGINT (a
+    # background job of a non-interactive shell does, and a child inherits an ignored signal).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def slow(batch):
         time.sleep(0.02)
