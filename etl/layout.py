@@ -27,7 +27,7 @@ import numpy as np
 from .source import quote_name
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 FILE_COLUMN = "__larder_file"
 _ORDER = "__larder_order"
@@ -131,7 +131,7 @@ def partition_keys(spark: SparkSession, n: int) -> list[int]:
 
 def assign_files(
     spark: SparkSession, df: DataFrame, counts: list[int], rows_per_file: int, shuffle: bool, seed: int,
-    exchange: bool = True,
+    exchange: bool = True, first: Column | None = None,
 ) -> tuple[DataFrame, int]:
     """Lay ``df`` out as ``n`` partitions, partition ``i`` holding exactly the rows of file ``i``.
 
@@ -146,6 +146,8 @@ def assign_files(
         rows_per_file: Rows in every file but the last.
         shuffle: Decorrelate (seeded permutation, random order inside files) or keep source order.
         seed: The permutation and in-file order seed.
+        first: A condition on the rows: those that meet it go first in their file (the others keep their order;
+            with ``exchange=True`` only).
 
     Returns:
         The laid-out rows (same columns as ``df``) and the number of files ``n``.
@@ -176,5 +178,7 @@ def assign_files(
     file_id = F.floor(position / F.lit(rows_per_file)) + 1
     file_key = F.element_at(F.lit(keys), file_id.cast("int")).cast("long")  # the type partition_keys hashed
     out = df.withColumn(_ORDER, order).withColumn(FILE_COLUMN, file_key)
-    out = out.repartition(n_files, FILE_COLUMN).sortWithinPartitions(_ORDER).drop(_ORDER, FILE_COLUMN)
+    # One sort key, -1 for the rows that go first (the order key is >= 0): a prefix sort.
+    keys = [_ORDER] if first is None else [F.when(first, F.lit(-1)).otherwise(F.col(_ORDER)), _ORDER]
+    out = out.repartition(n_files, FILE_COLUMN).sortWithinPartitions(*keys).drop(_ORDER, FILE_COLUMN)
     return out, n_files

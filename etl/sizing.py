@@ -49,7 +49,7 @@ from loader import fs as lfs
 from loader.manifest import FileInfo, row_group_sizes
 
 from . import arrow_write, direct
-from .layout import FILE_COLUMN, LAYOUT_SETTINGS, ORDER_COLUMN, assign_files, partition_keys
+from .layout import FILE_COLUMN, LAYOUT_SETTINGS, ORDER_COLUMN, assign_files
 from .prior import PriorSizing
 from .sizing_rules import (
     default_page_size,
@@ -434,14 +434,8 @@ class SizedWriter:
         that rows larger than the block (:func:`raw_row_bytes`) go first in their file: parquet-mr checks
         a group's size only after a row, so a huge row anywhere else would share a group over the block
         with the rows before it."""
-        from pyspark.sql import functions as F
-
-        laid_out, n = assign_files(self.spark, df, counts, rows_per_file, self.shuffle, self.seed, exchange=False)
-        key = F.element_at(F.lit(partition_keys(self.spark, n)), F.col(FILE_COLUMN) + 1).cast("long")
-        order = F.col(ORDER_COLUMN)  # one sort key, -1 for huge rows (the order key is >= 0): a prefix sort
-        first = F.when(raw_row_bytes(df.schema) > self.block_size, F.lit(-1)).otherwise(order)
-        laid_out = laid_out.withColumn(FILE_COLUMN, key).repartition(n, FILE_COLUMN)
-        return laid_out.sortWithinPartitions(first, order).drop(ORDER_COLUMN, FILE_COLUMN), n
+        return assign_files(self.spark, df, counts, rows_per_file, self.shuffle, self.seed,
+                            first=raw_row_bytes(df.schema) > self.block_size)
 
     def _write_arrow(self, laid_out: DataFrame, n: int, bytes_per_row: float, rows_per_file: int) -> list[FileInfo]:
         """Write the laid-out rows with :mod:`etl.arrow_write` (spill, then encode); the staging directory

@@ -29,6 +29,7 @@ from .convert import _STRUCTURE
 from .convert_ragged import batch_rows
 from .errors import ConfigError, StateError
 from .reader import DEFAULT_MEMORY_BUDGET, Closeable, Reader, make_reader
+from .state import is_state_int
 
 MIX_KIND = "larder.mix"
 _TAG_MIX = 0x6D78
@@ -36,11 +37,6 @@ STOP_RULES = ("first", "all")
 SOURCE_COLUMN = "_source"
 _SOURCE_KEYS = (SOURCE_COLUMN, *(SOURCE_COLUMN + suffix for suffix in _STRUCTURE))
 """Batch keys ``with_source`` would overwrite (``_source``) or that would be read as its ragged structure."""
-
-
-def _count(value) -> bool:
-    """A non-negative integer as JSON gives it back (not a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class MixedReader(Closeable):
@@ -156,7 +152,7 @@ class MixedReader(Closeable):
             if key not in state:
                 raise StateError(f"state key {key!r} is missing")
         step = state.get("step")
-        if not _count(step):
+        if not is_state_int(step):
             raise StateError(f"state key 'step' must be a non-negative integer, got {step!r}")
         exhausted = state.get("exhausted")
         if not isinstance(exhausted, list) or len(exhausted) != n or not all(isinstance(x, bool) for x in exhausted):
@@ -165,7 +161,7 @@ class MixedReader(Closeable):
         if not isinstance(done, bool):
             raise StateError(f"state key 'done' must be true or false, got {done!r}")
         counts = state.get("counts", [0] * n)  # absent from states saved before counts were kept
-        if not isinstance(counts, list) or len(counts) != n or not all(map(_count, counts)):
+        if not isinstance(counts, list) or len(counts) != n or not all(map(is_state_int, counts)):
             raise StateError(f"state key 'counts' must list {n} non-negative integers, got {counts!r}")
         for i, (reader, sub) in enumerate(zip(self.readers, sources, strict=True)):
             try:

@@ -78,19 +78,21 @@ def check_state(state: Any, *, dataset: str, version: str, config: Mapping[str, 
     position = []
     for key in ("epoch", "batch"):
         value = state.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_state_int(value):
             raise StateError(f"state key {key!r} must be a non-negative integer, got {value!r}")
         position.append(value)
     return position[0], position[1]
 
 
+def is_state_int(value: Any, minimum: int = 0) -> bool:
+    """Whether a state's ``value`` is an integer of at least ``minimum`` as JSON gives it back (not a bool, a float
+    or a string): the rule of every integer of the reader's, the mix's and the adapters' states."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def is_layout(window: Any, max_piece_rows: Any) -> bool:
     """Whether a state's ``window`` / ``max_piece_rows`` are values a reader could have planned with."""
-
-    def positive(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-    return positive(window) and (max_piece_rows is None or positive(max_piece_rows))
+    return is_state_int(window, 1) and (max_piece_rows is None or is_state_int(max_piece_rows, 1))
 
 
-__all__ = ["STATE_FORMAT", "STATE_KIND", "check_state", "is_layout", "make_state"]
+__all__ = ["STATE_FORMAT", "STATE_KIND", "check_state", "is_layout", "is_state_int", "make_state"]

@@ -15,6 +15,7 @@ from .arguments import check_int
 from .errors import ConfigError, StateError
 from .kept import KeptReader, PinnedVersion
 from .reader import make_reader
+from .state import is_state_int
 from .torch_convert import as_tensors, prepare
 from .torch_ranks import _default_rank
 
@@ -309,7 +310,7 @@ def _state_int(state, key: str, minimum: int, kind: str = "state") -> int:
     if key not in state:
         raise StateError(f"{kind} key {key!r} is missing (not a larder {kind})")
     value = state[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_state_int(value, minimum):
         raise StateError(f"{kind} key {key!r} must be an integer >= {minimum}, got {value!r}")
     return value
 

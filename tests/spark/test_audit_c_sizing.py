@@ -72,16 +72,22 @@ def one_huge_row(tmp_path_factory) -> tuple[str, list[bytes]]:
     return str(path), blobs
 
 
+def _encoded_with_one_big_row(n: int, at: int, size: int) -> tuple[list[bytes], bytes, bool, list]:
+    """``n`` rows of 50 random bytes but row ``at``, of ``size``, through ``encode_within_block`` at
+    :data:`SMALL_BLOCK`: ``(blobs, file bytes, cut, (rows, bytes) per row group)``."""
+    rng = np.random.default_rng(0)
+    blobs = [rng.bytes(50) for _ in range(n)]
+    blobs[at] = rng.bytes(size)
+    table = pa.table({"id": pa.array(range(n), pa.int64()), "blob": pa.array(blobs, pa.binary())})
+    options = arrow_write.EncodeOptions(Encoding("zstd"), 8 << 10, SMALL_BLOCK)
+    data, cut = arrow_write.encode_within_block(table, options)
+    return blobs, data, cut, arrow_write.group_bytes(data)
+
+
 def test_arrow_encode_isolates_a_huge_row_and_keeps_the_rest_in_block_sized_groups():
     """encode_within_block alone: the huge row goes first as its own group, the other 522 rows stay in
     their order in one group (they fit), instead of 523 one-row groups."""
-    rng = np.random.default_rng(0)
-    blobs = [rng.bytes(50) for _ in range(523)]
-    blobs[200] = rng.bytes(100_000)
-    table = pa.table({"id": pa.array(range(523), pa.int64()), "blob": pa.array(blobs, pa.binary())})
-    options = arrow_write.EncodeOptions(Encoding("zstd"), 8 << 10, SMALL_BLOCK)
-    data, cut = arrow_write.encode_within_block(table, options)
-    groups = arrow_write.group_bytes(data)
+    blobs, data, cut, groups = _encoded_with_one_big_row(523, 200, 100_000)
     assert cut and [r for r, _ in groups] == [1, 522], groups
     assert groups[0][1] > SMALL_BLOCK >= groups[1][1]
     back = pq.read_table(pa.BufferReader(data))
@@ -92,13 +98,7 @@ def test_arrow_encode_isolates_a_huge_row_and_keeps_the_rest_in_block_sized_grou
 def test_arrow_encode_cuts_around_a_row_near_the_block_without_shrinking_every_group():
     """A row of ~0.9 block (under it) among small rows: the file is cut into a few groups around it, each
     under the block, not into groups small enough for that row's group to fit (11 groups before)."""
-    rng = np.random.default_rng(0)
-    blobs = [rng.bytes(50) for _ in range(1300)]
-    blobs[700] = rng.bytes(58_000)
-    table = pa.table({"id": pa.array(range(1300), pa.int64()), "blob": pa.array(blobs, pa.binary())})
-    options = arrow_write.EncodeOptions(Encoding("zstd"), 8 << 10, SMALL_BLOCK)
-    data, cut = arrow_write.encode_within_block(table, options)
-    groups = arrow_write.group_bytes(data)
+    _, data, cut, groups = _encoded_with_one_big_row(1300, 700, 58_000)
     assert cut and len(groups) <= 3 and all(c <= SMALL_BLOCK for _, c in groups), groups
     assert pq.read_table(pa.BufferReader(data)).column("id").to_pylist() == list(range(1300))  # order kept
 
