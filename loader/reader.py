@@ -54,7 +54,7 @@ from .errors import ConfigError, StateError
 from .pipeline import Pipeline, PrefetchHint, ReaderStats, Setup
 from .plan import EpochPlan, Planner, batch_depths, epoch_rows, num_batches, size_text
 from .pools import make_pool
-from .sizes import plan_layout
+from .sizes import plan_layout, warn_about_streams
 from .state import check_state, is_layout, make_state
 
 DEFAULT_MEMORY_BUDGET = 256 << 20
@@ -169,11 +169,12 @@ class Reader(Closeable):
                 UserWarning, stacklevel=3,
             )
         prefetch = depths.prefetch
+        warn_about_streams(layout, budget=budget, batch_bytes=depths.peak_batch_bytes)
 
         self.batch_size, self.shuffle, self.seed, self.num_epochs = batch_size, shuffle, seed, num_epochs
         self.rank, self.world_size, self.drop_last, self.sample = rank, world_size, drop_last, sample
         self.window, self.max_piece_rows = window, max_piece_rows
-        self._layout_inputs = (budget, layout.leaves)  # for a state's other windows (load_state_dict)
+        self._layout_inputs = (layout.window_bytes, layout.leaves)  # for a state's other windows (load_state_dict)
         self.pool_kind, self.workers, self.prefetch = pool, workers, prefetch
         self.transform = transform
         # Owned here; the read context (registered for the workers) refers to it weakly: see tasks.Transform.
@@ -314,8 +315,9 @@ class Reader(Closeable):
     # --- state ----------------------------------------------------------------------------------------
 
     def _config(self) -> dict:
+        sample = None if self.sample is None or self.sample >= 1 else self.sample  # 1.0 keeps all rows, as None
         return {
-            "seed": self.seed, "batch_size": self.batch_size, "shuffle": self.shuffle, "sample": self.sample,
+            "seed": self.seed, "batch_size": self.batch_size, "shuffle": self.shuffle, "sample": sample,
             "drop_last": self.drop_last, "rank": self.rank, "world_size": self.world_size,
             "columns": self.columns, "window": self.window, "max_piece_rows": self.max_piece_rows,
         }
@@ -363,10 +365,10 @@ class Reader(Closeable):
 
     def _stream_settings(self, window: int, max_piece_rows: int | None) -> dict:
         """The read context's settings that follow from the windows (:class:`loader.tasks.ReadContext`)."""
-        budget, leaves = self._layout_inputs
+        window_bytes, leaves = self._layout_inputs
         return {"stream": max_piece_rows is not None,
                 "stream_chunk_rows": max(1, min(streams.MAX_CHUNK_ROWS, max_piece_rows or 1)),
-                "stream_buffer": streams.stream_buffer_for(budget // 6, window, leaves)}
+                "stream_buffer": streams.stream_buffer_for(window_bytes, window, leaves)}
 
     def _pieces_ahead(self, window: int) -> int:
         return max(self.workers, window) if self.pool_kind != "serial" else 1
