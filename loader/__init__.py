@@ -21,6 +21,7 @@ from .errors import (
     StateError,
     TransformError,
     UnsupportedFormatError,
+    VersionRemovedError,
     WorkerError,
 )
 from .mix import MixedReader, mix
@@ -45,6 +46,7 @@ __all__ = [
     "StateError",
     "TransformError",
     "UnsupportedFormatError",
+    "VersionRemovedError",
     "WorkerError",
     "make_reader",
     "mix",

@@ -9,7 +9,9 @@ when shuffling; arrays are zero-copy views of the batch's Arrow buffers where th
   durations and times of day, as the time since midnight). Nulls become ``NaN`` in float columns and
   ``0`` / ``False`` / the epoch / midnight in the others; ask ``masks=True`` to also get
   ``b[col + ".valid"]`` (bool, ``False`` where null) for every nullable column, in every batch. Dictionary
-  columns are decoded; decimals become ``float64`` (the nearest one up to 15 digits).
+  columns are decoded; decimals become ``float64``: the nearest one for every value of up to 15 digits
+  (unscaled integers up to 2**53) and a scale from -22 to 22, whatever the declared precision; longer values
+  and larger scales are within 2 ulps of it (Arrow's cast).
 * **Fixed-size lists** (``fixed_size_list<float32, 3>``, nested too): an ``(n, 3)`` (or higher-rank)
   array; a null list is filled like a null value of its items (``NaN`` for floats, ``0`` / ``False`` / the
   epoch otherwise). Fixed-size lists of strings or binaries are lists of strings (below) with 3 items in
@@ -291,9 +293,7 @@ def _fixed(arr: pa.Array) -> np.ndarray:
     if pat.is_dictionary(t):
         arr, t = arr.dictionary_decode(), t.value_type
     if pat.is_decimal(t):
-        if t.precision <= 15 and 0 <= t.scale <= 22:
-            return _decimal(arr)
-        arr, t = arr.cast(pa.float64()), pa.float64()
+        return _decimal(arr)
     if pat.is_fixed_size_list(t):
         return _fixed_size_list(arr)
     if pat.is_temporal(t):
@@ -316,17 +316,35 @@ def _fixed(arr: pa.Array) -> np.ndarray:
 
 
 def _decimal(arr: pa.Array) -> np.ndarray:
-    """A decimal array (32 to 256 bits) of at most 15 digits as ``float64``: the unscaled integer (the low 32 or
-    64 bits; exact in a float64 below 2**53) divided by ``10**scale`` (exact too) in one correctly rounded
-    division, where Arrow's cast can be an ulp off (``9286.96`` became ``9286.960000000001``); nulls become NaN."""
+    """A decimal array (32 to 256 bits, any precision) as ``float64``, nulls NaN.
+
+    A value whose unscaled integer fits in a float64 (up to 2**53: every value of up to 15 digits) at a scale
+    from -22 to 22 (where ``10**scale`` is exact too) becomes the nearest float64, whatever the declared
+    precision: the integer (the low 32 or 64 bits, the higher words its sign) divided by ``10**scale`` (or
+    multiplied by ``10**-scale``) in one correctly rounded operation, where Arrow's cast can be an ulp off
+    (``9286.96`` became ``9286.960000000001``). Other values (more digits, or a scale beyond 22) take Arrow's
+    cast, within 2 ulps of the nearest float64.
+    """
     t = arr.type
-    if t.bit_width == 32:
-        low = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=len(arr), offset=4 * arr.offset)
+    n = len(arr)
+    fits = None  # which values are exact integers in a float64 (None: all)
+    if t.bit_width == 32:  # at most 9 digits
+        low = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n, offset=4 * arr.offset)
     else:  # little-endian words, the lowest first
         words = t.bit_width // 64
-        low = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=words * len(arr), offset=8 * words * arr.offset)
-        low = low[0::words]
-    values = low.astype(np.float64) / float(10**t.scale)
+        data = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=words * n, offset=8 * words * arr.offset)
+        data = data.reshape(n, words)
+        low = data[:, 0]
+        fits = (low >= -(2**53)) & (low <= 2**53)
+        if words > 1:  # the higher words only extend the low word's sign
+            fits &= (data[:, 1:] == (low >> 63)[:, None]).all(axis=1)
+    values = None
+    if -22 <= t.scale <= 22:
+        ints = low.astype(np.float64)
+        values = ints / float(10**t.scale) if t.scale >= 0 else ints * float(10**-t.scale)
+    if values is None or (fits is not None and not fits.all()):
+        cast = _numeric(arr.cast(pa.float64()))
+        values = np.array(cast) if values is None else np.where(fits, values, cast)
     if arr.null_count:
         values[~_bools(arr.is_valid())] = np.nan
     return values

@@ -151,6 +151,7 @@ class Dataset(DatasetChecks):
         Raises:
             CorruptFileError: The file is missing, truncated, resized, or its footer or metadata
                 disagree with the manifest.
+            VersionRemovedError: The file is missing because a newer publish pruned this version.
         """
         return self.with_fresh_copy(info, lambda fresh: self.open_copy(info, **parquet_options)[0])
 
@@ -226,9 +227,19 @@ class Dataset(DatasetChecks):
                       located: tuple[pafs.FileSystem, str] | None = None) -> tuple[pa.NativeFile, pq.FileMetaData, str]:
         """Open a data file (the copy reads go to, or ``located``: filesystem and path), check its size and, once per
         copy (:mod:`loader.footers`), its footer checksum and row groups; returns ``(file, metadata, printable
-        name)``."""
-        fs, path = located or self._locate(info)
-        return open_checked(fs, path, info, self._footers)
+        name)``.
+
+        Raises:
+            VersionRemovedError: The file is missing because a newer publish pruned this version.
+        """
+        try:
+            fs, path = located or self._locate(info)
+            return open_checked(fs, path, info, self._footers)
+        except (CorruptFileError, RemoteError) as e:  # RemoteError: a missing remote file, from the cache's download
+            removed = self._removed_version(info, e)
+            if removed is None:
+                raise
+            raise removed from e
 
     def close(self) -> None:
         """Release what this dataset object holds: its local file cache's download threads and pins

@@ -1,4 +1,5 @@
-"""The checks of decoded data against the manifest: types, columns, row counts, and files of 0 rows.
+"""The checks of decoded data against the manifest: types, columns, row counts, and files of 0 rows; and what
+a missing data file means (its version pruned by a newer publish, or a file lost).
 
 :class:`DatasetChecks` is a part of :class:`loader.dataset.Dataset` (it holds no state of its own: the caches
 it uses, ``_types``, ``_leaves`` and ``_empty_checked``, are fields of the dataset); :func:`check_rows` is
@@ -12,8 +13,10 @@ from typing import TypeVar
 import numpy as np
 import pyarrow as pa
 
-from .errors import CorruptFileError
+from . import fs as lfs
+from .errors import CorruptFileError, RemoteError, VersionRemovedError
 from .manifest import FileInfo
+from .versions import replaced_by
 
 T = TypeVar("T")
 
@@ -38,6 +41,25 @@ class DatasetChecks:
             if info.num_rows == 0:
                 self._open_checked(info, (self.fs, self.file_path(info)))[0].close()
         self._empty_checked = True
+
+    def _removed_version(self, info: FileInfo, error: CorruptFileError | RemoteError) -> VersionRemovedError | None:
+        """The error to raise instead of ``error`` (data file ``info`` is missing, or cannot be opened) when a
+        newer publish pruned this version: ``CURRENT`` names another version and this one's manifest is gone
+        (:func:`loader.versions.prune_versions` removes whole version directories). None otherwise: a file
+        missing from a version still there (live or not) is reported as it is, and so is a local cached copy's
+        fault. Looks at the storage only when the file is missing."""
+        if not isinstance(error.__cause__, FileNotFoundError) or (
+                isinstance(error, CorruptFileError) and error.path != self.display(info)):
+            return None
+        replaced = replaced_by(self.fs, self.version_path)
+        if replaced is None or not replaced[1]:
+            return None
+        where, live = self.display(info), replaced[0]
+        dataset_dir = lfs.display(self.fs, self.version_path.rstrip("/").rpartition("/")[0] or "/")
+        return VersionRemovedError(
+            f"{where}: version {self.version!r} of {dataset_dir} was removed by a newer publish (keep_versions) "
+            f"while this reader still read it; {live!r} is live now: make a new reader to read it (or publish "
+            "with a larger keep_versions)", where, self.version, live)
 
     def check_types(self, data: pa.Table | pa.RecordBatch, info: FileInfo, index: int,
                     columns: list[str] | tuple[str, ...] | None = None):

@@ -20,6 +20,26 @@ class DatasetNotFoundError(LarderError, FileNotFoundError):
     """A dataset, version, CURRENT pointer or manifest does not exist."""
 
 
+class VersionRemovedError(DatasetNotFoundError):
+    """The version being read was removed by a newer publish (``keep_versions``) while a reader still used it.
+
+    Attributes:
+        path: The data file found missing.
+        version: The removed version's name.
+        live: The version ``CURRENT`` names now.
+    """
+
+    def __init__(self, message: str, path: str | None = None, version: str | None = None, live: str | None = None):
+        super().__init__(message)
+        self.path, self.version, self.live = path, version, live
+
+    def __str__(self) -> str:  # OSError's __str__ would otherwise reformat the args
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self):  # keep the attributes when pickled across a process pool
+        return (type(self), (str(self), self.path, self.version, self.live))
+
+
 class ManifestError(LarderError, ValueError):
     """A manifest cannot be parsed or breaks the cache contract."""
 

@@ -89,6 +89,26 @@ def current_manifest(fs: pafs.FileSystem, dataset_dir: str) -> Manifest | None:
     return read_manifest(fs, lfs.join(dataset_dir, name))
 
 
+def replaced_by(fs: pafs.FileSystem, version_dir: str) -> tuple[str, bool] | None:
+    """Whether a newer publish replaced the version at ``version_dir`` (asked when one of its files is missing).
+
+    :func:`prune_versions` only removes versions ``CURRENT`` no longer names, whole directories at a time.
+
+    Returns:
+        ``(the live version's name, whether this version's manifest is gone too: pruned)`` when the ``CURRENT``
+        beside ``version_dir`` names another version; None when it names this one, or cannot be read (a version
+        directory outside a dataset directory).
+    """
+    dataset_dir, _, name = version_dir.rstrip("/").rpartition("/")
+    try:
+        live = current_version(fs, dataset_dir or "/", retries=0)
+        if live == name:
+            return None
+        return live, not lfs.exists(fs, lfs.join(version_dir, MANIFEST_NAME))
+    except (OSError, ValueError):  # no CURRENT there, or the storage fails: the caller's error stands
+        return None
+
+
 def prune_versions(fs: pafs.FileSystem, dataset_dir: str, keep: int) -> list[str]:
     """Keep the live version and the ``keep - 1`` newest published versions before it; delete the older ones,
     and the versions whose run died before ``CURRENT`` named them (:data:`~loader.claims.ABANDONED`: never live,
@@ -117,4 +137,4 @@ def prune_versions(fs: pafs.FileSystem, dataset_dir: str, keep: int) -> list[str
 
 
 __all__ = ["MAX_VERSION_NAME", "current_manifest", "current_version", "list_versions", "prune_versions",
-           "read_manifest"]
+           "read_manifest", "replaced_by"]
