@@ -298,9 +298,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     values = {}
     for name, f in fields.items():
         where = f"{prefix}.{name}" if prefix else name
-        if name in raw:
-            values[name] = _convert(raw[name], hints[name], where)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if name in raw and (raw[name] is not None or required or type(None) in typing.get_args(hints[name])):
+            values[name] = _convert(raw[name], hints[name], where)  # null: None where the key admits it...
+        elif required:  # ... else the key's default, as if left out ('partitions: ~' is {})
             if dataclasses.is_dataclass(hints[name]):
                 values[name] = _build(hints[name], {}, where)
             else:
@@ -427,6 +428,9 @@ def validate(cfg: JobConfig) -> None:
             raise ConfigError(f"source.columns: {dupes[0]!r} is listed twice")
     if s.partitions and s.table is None:
         raise ConfigError("source.partitions: only a Hive table has partitions; use 'source.where' with a path")
+    problem = empty_partitions(s.partitions)
+    if problem:  # '{dt: []}' failed deep in Spark, or next to another key selected every dt
+        raise ConfigError(problem)
     # the columns known from the conf alone (source.columns, earlier index outputs), until a python transform
     known: dict[str, str] | None = {c: "listed in source.columns" for c in s.columns or ()}
     for i, t in enumerate(cfg.transforms):
@@ -476,6 +480,16 @@ def validate(cfg: JobConfig) -> None:
     for key, seed in (("output.seed", o.seed), ("source.seed", s.seed)):
         if not 0 <= seed < 1 << 63:
             raise ConfigError(f"{key}: must be a non-negative integer below 2**63, got {seed}")
+
+
+def empty_partitions(partitions: Mapping) -> str | None:
+    """The error for the first ``source.partitions`` key whose value is null or an empty list, else None."""
+    for key, value in partitions.items():
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            what = "no value (null)" if value is None else "the list of values is empty"
+            return (f"source.partitions.{key}: {what}; give a value or a list of values, or leave the key out to "
+                    f"select every {key}")
+    return None
 
 
 def check_page_size(page_size: int | None, block_size: int | None, block_from: str = "output.block_size") -> None:

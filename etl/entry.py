@@ -7,11 +7,16 @@ Under ``spark-submit`` the driver's Python runs as a child of the JVM, which mer
 its own stdout, so "one line on stderr" would land on stdout. ``./spark-submit.sh`` therefore relays a
 FIFO to its own stderr and names it in ``LARDER_STDERR``; :func:`stderr_to_launcher` points the driver's
 stderr (error lines, ``--verbose`` tracebacks, progress messages) at it.
+
+PySpark 4 also logs every analysis error it raises (a typo'd column in ``source.where``) as a JSON record
+with the Java stack trace on stderr, before the job can report it in one line: :func:`quiet_pyspark_errors`
+silences those records unless ``LARDER_SPARK_VERBOSE=1`` (the switch that restores Spark's own logs).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import stat
 import sys
@@ -22,6 +27,8 @@ from loader.errors import ConfigError, LarderError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 STDERR_ENV = "LARDER_STDERR"
+VERBOSE_ENV = "LARDER_SPARK_VERBOSE"
+QUERY_CONTEXT_LOGGERS = ("SQLQueryContextLogger", "DataFrameQueryContextLogger")  # pyspark.errors' loggers
 
 
 def stderr_to_launcher(env: str = STDERR_ENV) -> bool:
@@ -52,6 +59,26 @@ def stderr_to_launcher(env: str = STDERR_ENV) -> bool:
     return True
 
 
+def quiet_pyspark_errors(env: str = VERBOSE_ENV) -> bool:
+    """Silence PySpark's own logging of the analysis errors it raises (``AnalysisException._log_exception``:
+    an ERROR record in JSON with the Java stack trace, on stderr), unless ``$LARDER_SPARK_VERBOSE`` is ``1``.
+
+    The exception itself still reaches the job, which reports it in one line.
+
+    Returns:
+        Whether the records are silenced (False too with a PySpark that has no such loggers).
+    """
+    if os.environ.get(env) == "1":
+        return False
+    try:
+        from pyspark.logger import PySparkLogger
+    except ImportError:  # PySpark < 4 logs no such records
+        return False
+    for name in QUERY_CONTEXT_LOGGERS:  # a PySparkLogger: pyspark calls its exception() with extra keywords
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL + 1)
+    return True
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one ``larder: error:`` line on stderr (exit code 2), like
     every other error of a job (``--help`` still prints the full usage)."""
@@ -66,12 +93,14 @@ class OneLineParser(argparse.ArgumentParser):
 def guarded(body: Callable[[], str], verbose: bool = False) -> int:
     """Run ``body``; print its summary line on success, or ``larder: error: <one line>`` on stderr on failure.
 
-    Stderr is first pointed at the launcher's (:func:`stderr_to_launcher`).
+    Stderr is first pointed at the launcher's (:func:`stderr_to_launcher`), and PySpark's records of the
+    errors it raises are silenced (:func:`quiet_pyspark_errors`).
 
     Returns:
         The process exit code.
     """
     stderr_to_launcher()
+    quiet_pyspark_errors()
     try:
         summary = body()
     except ConfigError as e:

@@ -210,7 +210,8 @@ def _run(
     writer_kind = choose_writer(cfg.output.writer, fs, log)  # before any I/O: a conf error is named first
     check_destination(fs, dataset_dir)
 
-    source = load_source(spark, cfg.source)
+    python = any(t.kind == "python" for t in cfg.transforms)  # it may flatten a map or struct: types checked after
+    source = load_source(spark, cfg.source, check_column_types=not python)
     check_transforms(source.df, cfg.transforms, source.name)  # before the up-to-date exit: a vanished column
     block, block_from = destination_block_size(spark, dataset_uri, cfg.output.block_size, DEFAULT_BLOCK_SIZE)
     check_page_size(cfg.output.page_size, block, f"the block size ({block_from})")
@@ -237,7 +238,7 @@ def _run(
         spark, source.df, cfg.transforms, previous.vocabularies if previous else None, log, value_counts, bases,
         source=source.name,
     )
-    check_types(df, "after transforms")
+    check_types(df, "after transforms")  # with a python transform, the only check of the source's types
     if columns is None:
         with temporary_conf(spark, LAYOUT_SETTINGS):
             counts = partition_counts(df)

@@ -7,7 +7,8 @@ Spark reads a byte of data.
 Supported column types (what the reader can hand to numpy): booleans, integers, floats, decimals,
 strings, binary, dates, timestamps, and one-level arrays of those (``array<string>``, ``array<int>``).
 Maps, structs, intervals, variants and nested arrays are refused with :class:`SourceError` naming the
-column; cast or flatten them in a ``kind: python`` transform, or leave the column out.
+column; cast or flatten them in a ``kind: python`` transform, or leave the column out. When a python
+transform follows, the selection's types are checked after the transforms instead (:mod:`etl.job`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from loader.errors import SourceError
+from loader.errors import ConfigError, SourceError
 
-from .config import SourceConfig
+from .config import SourceConfig, empty_partitions
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -216,6 +217,7 @@ def _partition_filter(spark: SparkSession, df: DataFrame, table: str, parts: lis
     the filter selects.
 
     Raises:
+        ConfigError: A key's value is null or an empty list (naming the key).
         SourceError: A key is not a partition column, or a value matches no partition (naming the table,
             the column and the value, and listing the column's stored values).
     """
@@ -225,6 +227,9 @@ def _partition_filter(spark: SparkSession, df: DataFrame, table: str, parts: lis
         if key not in parts:
             hint = _close(key, parts) or (f"; partition columns: {', '.join(parts)}" if parts else "")
             raise SourceError(f"source.partitions: {key!r} is not a partition column of {table}{hint}")
+    problem = empty_partitions(wanted)  # refused by etl.config, but a SourceConfig built in Python may hold it
+    if problem:  # null or [] is never "no filter" on that key
+        raise ConfigError(problem)
     existing = _existing_partitions(spark, table)
     condition = None
     for key, value in wanted.items():
@@ -245,10 +250,17 @@ def _partition_filter(spark: SparkSession, df: DataFrame, table: str, parts: lis
     return condition
 
 
-def load_source(spark: SparkSession, cfg: SourceConfig) -> Source:
+def load_source(spark: SparkSession, cfg: SourceConfig, check_column_types: bool = True) -> Source:
     """Open, filter, project and sample the source; validate names and types against its schema.
 
+    Args:
+        spark: The session.
+        cfg: The conf's ``source`` section.
+        check_column_types: Refuse a column the cache cannot hold (:func:`check_types`); False when a
+            ``kind: python`` transform follows, which may flatten or cast it (the caller checks its output).
+
     Raises:
+        ConfigError: A partition key's value is null or an empty list (a conf that skipped validation).
         SourceError: The table, database, path, partition, filter, column or a column type is unknown
             or unsupported; the message names it.
     """
@@ -283,7 +295,8 @@ def load_source(spark: SparkSession, cfg: SourceConfig) -> Source:
             if column not in all_columns:
                 raise SourceError(f"source.columns: {name} has no column {column!r}{_close(column, all_columns)}")
         df = df.select(*[df[quote_name(c)] for c in cfg.columns])
-    check_types(df, f"source {name}")
+    if check_column_types:
+        check_types(df, f"source {name}")
     if cfg.sample < 1.0:
         df = df.sample(withReplacement=False, fraction=cfg.sample, seed=cfg.seed)
         description["sample"] = cfg.sample
