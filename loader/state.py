@@ -6,7 +6,9 @@ rows come in which batch (seed, batch size, shuffle, sample, ranks, window...), 
 reader that would yield different batches fails with :class:`~loader.errors.StateError` naming the key,
 instead of silently training on other data. Settings that do not change the batches (workers, pool kind,
 prefetch) are free to differ, and so is the memory budget: a state planned with other windows (``window``,
-``max_piece_rows``) is resumed with them (:meth:`loader.reader.Reader.load_state_dict`).
+``max_piece_rows``) is resumed with them (:meth:`loader.reader.Reader.load_state_dict`). A state also records
+the rules the plan was made under (:data:`PLAN_RULES`): one made under other rules (an earlier larder's, which
+cut and interleaved windows otherwise) is refused, since the same position would name other rows.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from typing import Any
 from .errors import StateError
 
 STATE_KIND = "larder.reader"
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+"""Format 2 records ``plan`` (:data:`PLAN_RULES`); format 1 (earlier larders) recorded no plan rules and is refused."""
+PLAN_RULES = 2
+"""The rules of :mod:`loader.plan` (and of the window permutation) a state was made under. Bump it whenever the
+plan of the same settings changes (other windows, slices or row order), so that the states made under the old rules
+are refused instead of resuming with other batches; ``tests/reader/test_state_audit_d.py`` pins the current plans.
+Rules 1 are those of larders before format 2, which recorded none (they changed in b1af7ff, de2fefc, 2f9b1b2)."""
 
 
 def make_state(*, dataset: str, version: str, config: Mapping[str, Any], epoch: int, batch: int) -> dict:
@@ -37,6 +45,7 @@ def make_state(*, dataset: str, version: str, config: Mapping[str, Any], epoch: 
     state = {
         "kind": STATE_KIND,
         "format": STATE_FORMAT,
+        "plan": PLAN_RULES,
         "dataset": dataset,
         "version": version,
         "epoch": int(epoch),
@@ -50,13 +59,15 @@ def check_state(state: Any, *, dataset: str, version: str, config: Mapping[str, 
     """Validate a state against a reader and return its position ``(epoch, batch)``.
 
     Raises:
-        StateError: Not a reader state, or a key differs from this reader's (the key and both values
-            are named).
+        StateError: Not a reader state, made under other plan rules (an earlier larder's), or a key differs from
+            this reader's (the key and both values are named).
     """
     if not isinstance(state, Mapping):
         raise StateError(f"a reader state must be a dict, got {type(state).__name__}")
     if state.get("kind") != STATE_KIND:
         raise StateError(f"state key 'kind' is {state.get('kind')!r}, expected {STATE_KIND!r}")
+    if state.get("format") == 1 or (state.get("format") == STATE_FORMAT and state.get("plan") != PLAN_RULES):
+        raise StateError(_other_rules(state))
     if state.get("format") != STATE_FORMAT:
         raise StateError(f"state key 'format' is {state.get('format')!r}, this larder reads {STATE_FORMAT}")
     for key, mine in (("dataset", dataset), ("version", version)):
@@ -84,6 +95,20 @@ def check_state(state: Any, *, dataset: str, version: str, config: Mapping[str, 
     return position[0], position[1]
 
 
+def _other_rules(state: Mapping) -> str:
+    """Why a state made under other plan rules than :data:`PLAN_RULES` is refused, and what to do instead."""
+    if state.get("format") == 1:
+        made = "state key 'format' is 1: the state was saved by an earlier larder, which recorded no plan rules"
+    else:
+        made = f"state key 'plan' is {state.get('plan')!r}: the state was made under plan rules {state.get('plan')!r}"
+    epoch = state.get("epoch")
+    again = f"set_epoch({epoch})" if is_state_int(epoch) else "set_epoch(epoch)"
+    return (f"{made}, and this larder plans with rules {PLAN_RULES} (windows and slices cut or interleaved "
+            "otherwise): resumed here, it would repeat some rows of its epoch and skip others. Resume it with the "
+            f"larder that saved it, or read its epoch again from its first batch: {again} (on the reader, or on the "
+            "torch dataset or loader)")
+
+
 def is_state_int(value: Any, minimum: int = 0) -> bool:
     """Whether a state's ``value`` is an integer of at least ``minimum`` as JSON gives it back (not a bool, a float
     or a string): the rule of every integer of the reader's, the mix's and the adapters' states."""
@@ -95,4 +120,4 @@ def is_layout(window: Any, max_piece_rows: Any) -> bool:
     return is_state_int(window, 1) and (max_piece_rows is None or is_state_int(max_piece_rows, 1))
 
 
-__all__ = ["STATE_FORMAT", "STATE_KIND", "check_state", "is_layout", "is_state_int", "make_state"]
+__all__ = ["PLAN_RULES", "STATE_FORMAT", "STATE_KIND", "check_state", "is_layout", "is_state_int", "make_state"]

@@ -38,6 +38,8 @@ order of an uninterrupted run. Passes after the resumed one are not rotated, lik
 Exact order needs ``DataLoader``'s default ``in_order=True``. A state taken after the last batch of epoch ``e``
 is the start of epoch ``e + 1`` (its ``"epoch"``), so ``load_state_dict(s)`` then ``set_epoch(s["epoch"])``
 resumes wherever ``s`` was taken. A state is refused (``StateError``) by a dataset of another rank or world size.
+A resumed run plans every pass and shard with the windows of the run that saved the state (another
+``memory_budget`` plans other windows): its reader states record them, or its ``"layout"`` when it has none.
 
 DDP: every rank follows a dataset directory's ``CURRENT`` when its dataset is made; open a dataset that the
 job may republish with :func:`pin_version_across_ranks` so that every rank reads rank 0's version.
@@ -189,7 +191,8 @@ class LarderDataLoader(DataLoader):
 
         During a pass (or after a pass left unfinished): that pass's epoch and the reader states after the last
         batch handed out (after the epoch's last batch: the next epoch, no reader states). Between passes: the
-        start of the next pass (or the state loaded for it).
+        start of the next pass (or the state loaded for it). A state without reader states records the windows
+        the run plans with (``"layout"``), which a resumed run keeps (reader states record them otherwise).
         """
         ds: LarderIterableDataset = self.dataset
         if self._pass is None:
@@ -199,13 +202,16 @@ class LarderDataLoader(DataLoader):
             k = max(1, self.num_workers)
             if _ended(readers, range(ds.rank * k, ds.rank * k + k), epoch):  # after the epoch's last batch
                 epoch, readers = epoch + 1, {}
-        return {
+        state = {
             "epoch": epoch,
             "rank": ds.rank,
             "world_size": ds.world_size,
             "num_workers": self.num_workers,
             "readers": readers,
         }
+        if not readers:  # the windows the run plans with, which reader states record otherwise
+            state["layout"] = ds.layout(ds.world_size * max(1, self.num_workers))
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Continue the next pass where ``state`` was taken (each shard's reader state is checked here).
@@ -227,6 +233,7 @@ class LarderDataLoader(DataLoader):
             )
         k = max(1, self.num_workers)
         shards = range(ds.rank * k, ds.rank * k + k)
+        windows = ds._layout
         ds.load_state_dict(state)
         self._pass = None
         try:
@@ -237,8 +244,9 @@ class LarderDataLoader(DataLoader):
                                      f"state's epoch {ds.epoch}")
                 ds.make_reader(rank, ds.world_size * k, reader_state, ds.epoch).close()
         except BaseException:
-            ds._resume = None
+            ds._resume, ds._layout = None, windows
             raise
+        self._workers_next = None  # live persistent workers plan with the windows they started with: restart them
 
 
 def make_dataloader(

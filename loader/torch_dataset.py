@@ -15,7 +15,7 @@ from .arguments import check_int
 from .errors import ConfigError, StateError
 from .kept import KeptReader, PinnedVersion
 from .reader import make_reader
-from .state import is_state_int
+from .state import is_layout, is_state_int
 from .torch_convert import as_tensors, prepare
 from .torch_ranks import _default_rank
 
@@ -92,6 +92,10 @@ class LarderIterableDataset(IterableDataset):
         self.ragged, self.strings, self.pad_value = ragged, strings, pad_value
         self.reader_kwargs = reader_kwargs
         self._resume: dict[int, dict] | None = None
+        # The windows (window, max_piece_rows) of a loaded state's run, which every later reader plans with (None:
+        # the reader's own, from memory_budget...); and the readers' own, per number of shards (see layout()).
+        self._layout: tuple[int, int | None] | None = None
+        self._layouts: dict[int, tuple[int, int | None]] = {}
         self.epoch = 0  # the epoch of the next pass
         self.set_epoch(epoch)
         # Set by LarderDataLoader: deliver the reader state with every batch, and numpy arrays that the
@@ -112,7 +116,16 @@ class LarderIterableDataset(IterableDataset):
         Raises:
             ConfigError, ColumnNotFoundError, EmptyDatasetError: As :func:`loader.make_reader`.
         """
-        self._pinned.close_reader(self.make_reader(rank, world_size))
+        reader = self.make_reader(rank, world_size)
+        self._layouts[world_size] = (reader.window, reader.max_piece_rows)
+        self._pinned.close_reader(reader)
+
+    def layout(self, world_size: int) -> list:
+        """``[window, max_piece_rows]``: the windows this dataset's readers of shards of ``world_size`` plan with
+        (a loaded state's, else those of the reader arguments), as a state records them."""
+        if self._layout is None and world_size not in self._layouts:
+            self.check_reader(self.rank * (world_size // self.world_size), world_size)
+        return list(self._layout or self._layouts[world_size])
 
     def __getstate__(self) -> dict:
         """Pickled (DataLoader workers under spawn/forkserver) without the live or kept reader."""
@@ -174,6 +187,12 @@ class LarderIterableDataset(IterableDataset):
             strings="object" if self.strings == "list" else "offsets",
             **kwargs,
         )
+        if resume is None and self._layout not in (None, (reader.window, reader.max_piece_rows)):
+            # A resumed run plans with the windows of the run that saved its state, in every pass and shard (the
+            # reader adopts a state's windows: a state of this epoch's start made with them).
+            resume = reader.state_dict()
+            resume["config"].update(window=self._layout[0], max_piece_rows=self._layout[1])
+            resume.update(epoch=epoch, batch=0)
         try:
             if resume is None:
                 reader.set_epoch(epoch)  # a reader starts at epoch 0
@@ -259,7 +278,8 @@ class LarderIterableDataset(IterableDataset):
 
     def state_dict(self) -> dict:
         """The live reader's state (``num_workers=0`` only; use :class:`LarderDataLoader` for workers), with this
-        dataset's ``rank`` and ``world_size``; after the last batch of an epoch, the next epoch's start.
+        dataset's ``rank`` and ``world_size``; after the last batch of an epoch, the next epoch's start and the
+        windows the run plans with (``"layout"``: ``[window, max_piece_rows]``).
 
         Raises:
             StateError: No pass is in progress in this process.
@@ -268,18 +288,25 @@ class LarderIterableDataset(IterableDataset):
             raise StateError("no pass in progress: state_dict() needs a running iteration (or LarderDataLoader)")
         rank, epoch = self._reading
         readers = {rank: self._reader.state_dict()}
-        if _ended(readers, [rank], epoch):  # after the epoch's last batch: the next epoch's start
-            epoch, readers = epoch + 1, {}
+        if _ended(readers, [rank], epoch):  # after the epoch's last batch: the next epoch's start, and its windows
+            layout = [self._reader.window, self._reader.max_piece_rows]
+            return {"epoch": epoch + 1, "rank": self.rank, "world_size": self.world_size, "readers": {},
+                    "layout": layout}
         return {"epoch": epoch, "rank": self.rank, "world_size": self.world_size, "readers": readers}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume the next pass from a state of :meth:`state_dict` or :meth:`LarderDataLoader.state_dict`.
+
+        Every later pass and shard plans with the windows of the run that saved the state (its ``layout``, or its
+        reader states'), as :meth:`loader.reader.Reader.load_state_dict` does, so a run resumed with another
+        ``memory_budget`` yields the batches of the uninterrupted run.
 
         Raises:
             StateError: The state is malformed, or was taken with another ``rank``/``world_size`` (checked here
                 when the state names them, else when the next pass starts, before its first batch).
         """
         epoch, readers = _state_int(state, "epoch", 0), _state_readers(state)
+        windows = _state_layout(state, readers)
         layout = None
         if "rank" in state or "world_size" in state:
             layout = (_state_int(state, "rank", 0), _state_int(state, "world_size", 1))
@@ -288,6 +315,29 @@ class LarderIterableDataset(IterableDataset):
                              f"{(self.rank, self.world_size)}: shards differ, resume needs the same layout")
         self.set_epoch(epoch)
         self._resume = readers
+        if windows != self._layout:
+            self._kept.close()  # a reader kept from a pass planned with other windows
+            self._layout = windows
+
+
+def _state_layout(state: Mapping, readers: dict[int, Mapping]) -> tuple[int, int | None] | None:
+    """The windows ``(window, max_piece_rows)`` a state's run planned with: its ``"layout"`` (written when it holds
+    no reader state), else its reader states'; None when it records none (a state of an earlier larder).
+
+    Raises:
+        StateError: ``"layout"`` is not ``[window, max_piece_rows]`` of a reader's values.
+    """
+    if "layout" in state:
+        value = state["layout"]
+        if not (isinstance(value, (list, tuple)) and len(value) == 2 and is_layout(*value)):
+            raise StateError(f"state key 'layout' must be [window, max_piece_rows] (an integer >= 1, and one or "
+                             f"null), got {value!r}")
+        return value[0], value[1]
+    for reader_state in readers.values():
+        config = reader_state.get("config")
+        if isinstance(config, Mapping) and is_layout(config.get("window"), config.get("max_piece_rows")):
+            return config["window"], config["max_piece_rows"]
+    return None
 
 
 def _progress(state: dict | None, epoch: int) -> tuple[int, int]:

@@ -91,7 +91,8 @@ def test_dataset_state_at_the_last_batch_is_never_an_empty_pass(adapter_data):
         resumed.load_state_dict(json.loads(json.dumps(loaded)))
         resumed.set_epoch(loaded["epoch"])
         assert [id_lists(plain_loader(resumed)), id_lists(plain_loader(resumed))] == expected
-    assert state == {"epoch": 1, "rank": 0, "world_size": 1, "readers": {}}  # the next epoch's start
+    # The next epoch's start, and the windows the run planned with (audit D: a resumed run keeps them).
+    assert state == {"epoch": 1, "rank": 0, "world_size": 1, "readers": {}, "layout": list(data.layout(1))}
 
 
 def mid_epoch_state(url, rank: int, world_size: int, steps: int = 5) -> dict:
