@@ -63,7 +63,7 @@ try:
 except ImportError as _e:  # pragma: no cover - depends on the environment
     raise ImportError("loader.torch needs PyTorch: pip install -e '.[torch]' in the larder checkout") from _e
 
-from .errors import ConfigError, StateError
+from .errors import ConfigError, EmptyDatasetError, StateError
 from .plan import size_text
 from .reader import DEFAULT_MEMORY_BUDGET
 from .torch_convert import as_tensors, pin, prepare, to_torch
@@ -133,7 +133,15 @@ class LarderDataLoader(DataLoader):
             pin = False
         super().__init__(dataset, **kwargs)
         if self.num_workers > 1:  # the workers' shards (the dataset checked its own): each must have batches
-            dataset.check_reader(dataset.rank * self.num_workers, dataset.world_size * self.num_workers)
+            k = self.num_workers
+            try:
+                dataset.check_reader(dataset.rank * k, dataset.world_size * k)
+            except EmptyDatasetError as e:  # its message counts the workers' shards as ranks
+                more = ", or the dataset's batch_size, or set drop_last=False" if "drop_last" in str(e) else ""
+                raise EmptyDatasetError(
+                    f"rank {dataset.rank} of {dataset.world_size} with num_workers={k}: each DataLoader worker reads "
+                    f"a shard of its own ({dataset.world_size * k} in all), and one would be empty ({e}, counting "
+                    f"the shards as ranks); lower num_workers{more}") from e
         dataset.with_state = True
         dataset.defer_tensors = True
         self._pin = pin
