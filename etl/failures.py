@@ -14,7 +14,10 @@ pyarrow read of :mod:`etl.direct`) -> :class:`PublishError` naming the destinati
 :class:`SourceError` for a failed pyarrow read of the source); a Spark error class -> :class:`SourceError`
 (reading the source failed) or :class:`PublishError` (``TASK_WRITE_FAILED``); an index transform's
 check that every value is in its vocabulary (:func:`etl.transforms.index_column`) -> :class:`SourceError`
-saying the source changed while the job ran. The job then exits 1 with that line and the previous version
+saying the source changed while the job ran. Two failures that run no larder code are recognised by Spark's or
+Derby's own words: an executor's Python worker that died (killed by a signal, most often the OOM killer) ->
+:class:`WorkerError` with a hint on memory, and an embedded Derby metastore another process holds ->
+:class:`SourceError` naming its directory. The job then exits 1 with that line and the previous version
 stays live.
 """
 
@@ -26,7 +29,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from loader.errors import ConfigError, LarderError, PublishError, SourceError, TransformError
+from loader.errors import ConfigError, LarderError, PublishError, SourceError, TransformError, WorkerError
 
 from .transforms import SOURCE_CHANGED
 
@@ -50,6 +53,15 @@ _DESTINATION_ERRNO_RE = re.compile(
 
 # A Python worker Spark could not start (PYSPARK_PYTHON / spark.pyspark.python missing on the executors).
 _NO_PROGRAM_RE = re.compile(r'Cannot run program "([^"]+)"(?:[^\n]*?error=\d+, ([^\n]*))?')
+# The exception a Spark task was lost to, as the driver's "Job aborted due to stage failure" quotes it.
+_TASK_LOST_RE = re.compile(
+    r"most recent failure: Lost task [^\n]*?\(TID \d+\) \([^)\n]*\): (?:[\w$]+\.)*([\w$]+: [^\n]+)"
+)
+# An executor's Python worker that died without a Python exception (SIGKILL, the OOM killer, a segfault).
+WORKER_CRASHED = "Python worker exited unexpectedly (crashed)"
+# Embedded Derby refusing a database another JVM has booted (it allows one process at a time).
+_DERBY_HELD_RE = re.compile(r"XSDB6: Another instance of Derby may have already booted the database (.+?)\.?[ \t]*$",
+                            re.MULTILINE)
 
 
 def _java_chain(throwable) -> list[str]:
@@ -83,10 +95,64 @@ def failure_text(e: BaseException) -> str:
 
 def root_cause(e: BaseException) -> str | None:
     """The one line that says what failed underneath ``e``: Spark's innermost specific error class and
-    message, else the Python exception line of a task (what a ``[PYTHON_EXCEPTION]`` wraps), else None."""
+    message, else the Python exception line of a task (what a ``[PYTHON_EXCEPTION]`` wraps), else the Java
+    exception a task was lost to (:func:`task_error`), else Derby's refusal of a metastore another process
+    holds, else None."""
     text = failure_text(e)
     py = python_error(text)
-    return spark_error(text) or (py[0] if py else None)
+    held = _DERBY_HELD_RE.search(text)
+    return spark_error(text) or (py[0] if py else None) or task_error(text) or (held.group(0) if held else None)
+
+
+def task_error(text: str) -> str | None:
+    """The Java exception a Spark task was lost to, by its class's simple name (``SparkException: Python worker
+    exited unexpectedly (crashed)``; Spark's advice after it left out), or None.
+
+    Only what the task failed with is taken, not its deeper causes: those are the sockets and streams it was
+    using when it failed (``java.net.SocketException: Connection reset``).
+    """
+    m = _TASK_LOST_RE.search(text)
+    return m.group(1).split(". Consider setting ", 1)[0].strip() if m else None
+
+
+def worker_crashed(text: str, source: str, destination: str | None = None) -> WorkerError | None:
+    """A :class:`WorkerError` when an executor's Python worker died without a Python exception, or None.
+
+    Spark says only that the worker "exited unexpectedly (crashed)": it was killed by a signal, which on a
+    healthy host is most often the kernel's OOM killer. That is a failed run (exit 1; it may pass with more
+    memory or less load), not a bug of the job.
+    """
+    if WORKER_CRASHED not in text:
+        return None
+    where = destination or f"the cache of {source}"
+    return WorkerError(
+        f"a Spark task's Python worker crashed while the job read, transformed or wrote the rows of {source} "
+        f"({WORKER_CRASHED}); the live version of {where} is unchanged. A worker killed outright is most often "
+        "the OOM killer (see the host's kernel log, dmesg): give the executors more memory outside the JVM "
+        "(spark.executor.memoryOverhead, spark.executor.pyspark.memory) or run fewer tasks at once "
+        "(spark.executor.cores, local[N])"
+    )
+
+
+def metastore_held(text: str) -> SourceError | None:
+    """A :class:`SourceError` naming the embedded Derby metastore another process holds, or None.
+
+    Embedded Derby lets one process at a time open a database: a second run started with the same
+    ``spark.metastore_dir`` while the first runs cannot reach the catalog (Spark says only ``Unable to
+    instantiate ...SessionHiveMetaStoreClient``; Derby's ``XSDB6`` deep in the Java causes names the database).
+    It may pass once the other run ends (exit 1).
+    """
+    m = _DERBY_HELD_RE.search(text)
+    if m is None:
+        return None
+    database = m.group(1).strip()
+    directory = os.path.dirname(database) if os.path.basename(database) == "metastore_db" else database
+    return SourceError(
+        f"the embedded Hive metastore in {directory} (spark.metastore_dir) is held by another process: embedded "
+        "Derby lets one process at a time open it, so another run or Spark shell with this metastore is running; "
+        "wait for it to end, or give runs that overlap a shared metastore (spark.metastore_dir: null and a "
+        "hive-site.xml naming a metastore service)"
+    )
 
 
 def missing_python(text: str) -> ConfigError | None:
@@ -213,14 +279,16 @@ def as_larder_error(
         transform's module, e.g. a UDF's value refused by PySpark, names every python transform);
         :class:`PublishError` when larder's own task code failed writing the cache (the destination and the
         Python exception line, e.g. ``OSError: [Errno 28] ... No space left on device``), or Spark's
-        ``TASK_WRITE_FAILED``; :class:`SourceError` for larder's pyarrow read of the source or a Spark
-        error class (the class and Spark's message, which names the file and column); None when ``e``
-        is none of these.
+        ``TASK_WRITE_FAILED``; :class:`SourceError` for larder's pyarrow read of the source, a Spark
+        error class (the class and Spark's message, which names the file and column), or an embedded Derby
+        metastore another process holds (:func:`metastore_held`); :class:`WorkerError` when an executor's Python
+        worker crashed (:func:`worker_crashed`); :class:`ConfigError` when Spark could not start the executors'
+        Python (:func:`missing_python`); None when ``e`` is none of these.
     """
     text = failure_text(e)
-    missing = missing_python(text)
-    if missing is not None:
-        return missing
+    known = missing_python(text) or metastore_held(text) or worker_crashed(text, source, destination)
+    if known is not None:
+        return known
     py = python_error(text)
     if py is not None:
         line, trace = py

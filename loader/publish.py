@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from . import fs as lfs
 from .claims import (
@@ -50,18 +49,16 @@ from .claims import (
     remove,
     unmark,
 )
-from .crc import crc32
 from .errors import ConfigError, DatasetNotFoundError, EmptyDatasetError, PublishError
 from .manifest import (
     CURRENT_NAME,
-    FORMAT_VERSION,
     MANIFEST_NAME,
     STAGING_PREFIX,
     FileInfo,
     Manifest,
     file_info_from_parquet,
-    schema_fields,
 )
+from .publish_manifest import manifest_template, version_tag
 from .versions import (  # re-exported: what readers and the Spark job import from here
     MAX_VERSION_NAME,
     current_manifest,
@@ -75,15 +72,6 @@ log = logging.getLogger(__name__)
 _CLAIM_ATTEMPTS = 5
 _NAME_ATTEMPTS = 20
 _SWAP_ROUNDS = 10  # reads of CURRENT while runs that publish at once settle it (two or three without a race)
-
-
-def _tool_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return f"larder {version('larder')}"
-    except Exception:  # not installed as a distribution (e.g. shipped as a zip to executors)
-        return "larder"
 
 
 def _utc_stamp(now: float) -> str:
@@ -113,12 +101,6 @@ def _next_version(fs: pafs.FileSystem, dataset_dir: str, fp8: str) -> tuple[str,
             now = max(now, last + 1)
             break
     return f"v{_utc_stamp(now)}-{fp8}", now
-
-
-def _version_tag(fingerprint: str | None, files: Iterable[FileInfo]) -> str:
-    """The 8 hex digits that end a version name: from the fingerprint, else the files' checksums."""
-    fp = fingerprint or f"{crc32(''.join(f.checksum for f in files).encode()) & 0xFFFFFFFF:08x}"
-    return "".join(c for c in fp.lower() if c in "0123456789abcdef")[:8].ljust(8, "0")
 
 
 @dataclass
@@ -212,13 +194,13 @@ class Staging:
         fs = self.fs
         try:
             files = self._staged_files(files)
-            template = self._template(
-                files, arrow_schema, fingerprint,
+            template = manifest_template(
+                fs, self.path, self.dataset, files, arrow_schema, fingerprint,
                 source=source, created_by=created_by, vocabularies=vocabularies, block_size=block_size,
                 row_group_target=row_group_target, extra=extra,
             )  # fmt: skip
             with publish_lock(fs, self.dataset_dir):
-                manifest = self._rename_into_place(template, _version_tag(fingerprint, files))
+                manifest = self._rename_into_place(template, version_tag(fingerprint, files))
                 live = self._go_live(manifest.version)
                 self.manifest = manifest
                 if live != manifest.version:
@@ -254,44 +236,6 @@ class Staging:
         if not files or sum(f.num_rows for f in files) == 0:
             raise EmptyDatasetError(f"nothing to publish for dataset {self.dataset!r}: the selection holds no rows")
         return files
-
-    def _template(
-        self,
-        files: tuple[FileInfo, ...],
-        arrow_schema: pa.Schema | None,
-        fingerprint: str | None,
-        *,
-        source: dict | None,
-        created_by: dict | None,
-        vocabularies: dict[str, list] | None,
-        block_size: int,
-        row_group_target: int | None,
-        extra: dict | None,
-    ) -> Manifest:
-        """The manifest of the staged files but for its ``version`` and ``created_at`` (chosen late, by
-        :meth:`_rename_into_place`)."""
-        if arrow_schema is None:
-            with self.fs.open_input_file(lfs.join(self.path, files[0].path)) as f:
-                arrow_schema = pq.read_schema(f)
-        src = dict(source or {})
-        if fingerprint is not None:
-            src.setdefault("fingerprint", fingerprint)
-
-        return Manifest(
-            format_version=FORMAT_VERSION,
-            dataset=self.dataset,
-            version="",
-            created_at="",
-            created_by={"tool": _tool_version(), **(created_by or {})},
-            source=src,
-            schema_fields=schema_fields(arrow_schema),
-            arrow_schema=arrow_schema,
-            vocabularies=dict(vocabularies or {}),
-            block_size=int(block_size),
-            row_group_target=int(row_group_target or int(0.95 * block_size)),
-            files=files,
-            extra=dict(extra or {}),
-        )
 
     def _write_manifest(self, manifest: Manifest) -> Manifest:
         """Write ``manifest`` into the staging directory; return it as a reader will parse it."""
@@ -467,8 +411,12 @@ class Staging:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not self.finished:
+        if self.finished:
+            return
+        if exc is None:
             self.abort()
+        else:  # the block's error is what failed: a clean-up failing too is noted on it, never raised instead
+            self._abort_after(exc)
 
 
 def begin_staging(fs: pafs.FileSystem, root: str, name: str) -> Staging:
