@@ -383,12 +383,15 @@ class SizedWriter:
                 if self.writer == "arrow":
                     infos = self._write_arrow(laid_out, n, bpr, rows_per_file)
                     per_file = [[(g.num_rows, g.compressed_bytes) for g in info.row_groups] for info in infos]
+                    sizes = [info.size for info in infos]
                 else:
                     self._write(laid_out, self.uri, rows_per_file)
                     infos = None
                 written = time.time()
                 if infos is None:
-                    per_file = [_footer_groups(self.fs, p) for p in _parquet_files(self.fs, self.path)]
+                    paths = _parquet_files(self.fs, self.path)
+                    per_file = [_footer_groups(self.fs, p) for p in paths]
+                    sizes = [info.size for info in self.fs.get_file_info(paths)]
                 single = [g for f in per_file for g in f if g[0] == 1 and g[1] > self.block_size]
                 # a row larger than the block is a group of its own whatever the layout: the other groups
                 # alone say whether the files fit and what a row of them takes
@@ -396,7 +399,7 @@ class SizedWriter:
                 groups = [g for f in per_file for g in f]
                 rows, nbytes = sum(r for r, _ in groups), sum(c for _, c in groups)
                 measured = nbytes / max(1, rows)
-                bad = too_big(per_file, self.block_size)
+                bad = too_big(per_file, self.block_size, sizes)
                 over = [(sum(r for r, _ in f), sum(c for _, c in f)) for f in per_file
                         if group_over_block(f, self.block_size)]
                 history.append({"attempt": attempt, "rows_per_file": rows_per_file, "bytes_per_row": round(bpr, 2),
@@ -406,7 +409,7 @@ class SizedWriter:
                 following = next_bytes_per_row(bpr, over or bad, measured) if bad else bpr
                 if over and attempt == MAX_ATTEMPTS - 1:  # the last write must fit: compound the estimate
                     following = max(following, last_bytes_per_row(bpr, over, measured))
-                keep = bool(bad) and not over and keep_cut_files(per_file, self.block_size, bpr / following)
+                keep = bool(bad) and not over and keep_cut_files(per_file, self.block_size, bpr / following, sizes)
                 if not bad or keep or attempt == MAX_ATTEMPTS:
                     if single:
                         self.log(f"warning: {len(single)} rows are larger than the block; each is its own row group")

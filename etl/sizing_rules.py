@@ -30,13 +30,21 @@ def default_page_size(block_size: int, num_columns: int) -> int:
     return max(8 << 10, min(128 << 10, block_size // (64 * max(1, num_columns))))
 
 
-def too_big(files: list[list[tuple[int, int]]], block: int) -> list[tuple[int, int]]:
+def too_big(
+    files: list[list[tuple[int, int]]], block: int, sizes: list[int] | None = None
+) -> list[tuple[int, int]]:
     """``(rows, bytes)`` of the files that did not fit one row group under the block: a row group over the
     block, or more bytes than a block in all (parquet-mr then cut a tail group). Files whose row groups
-    over the block are single rows are not counted: no layout can split a row."""
+    over the block are single rows are not counted: no layout can split a row.
+
+    A file's bytes are its whole size when ``sizes`` gives it (parallel to ``files``): its Parquet footer, page
+    indexes and magic count too (on a 64 KiB block they are ~5% of a file, enough to take files of groups
+    under the block over it, and parquet-mr then cuts them in two); else the sum of its row groups' bytes.
+    """
     bad = []
-    for groups in files:
-        rows, nbytes = sum(r for r, _ in groups), sum(c for _, c in groups)
+    for i, groups in enumerate(files):
+        rows = sum(r for r, _ in groups)
+        nbytes = sizes[i] if sizes is not None else sum(c for _, c in groups)
         if rows > 1 and (group_over_block(groups, block) or (nbytes > block and not any(c > block for _, c in groups))):
             bad.append((rows, nbytes))
     return bad
@@ -95,7 +103,9 @@ def raw_row_bytes(schema: StructType) -> Column:
     return total + F.lit(fixed)
 
 
-def keep_cut_files(per_file: list[list[tuple[int, int]]], block: int, shrink: float) -> bool:
+def keep_cut_files(
+    per_file: list[list[tuple[int, int]]], block: int, shrink: float, sizes: list[int] | None = None
+) -> bool:
     """Whether an attempt whose misfits were all cut into row groups under the block is kept.
 
     Every row group is under the block either way (on HDFS parquet-mr also aligns groups to blocks);
@@ -103,8 +113,10 @@ def keep_cut_files(per_file: list[list[tuple[int, int]]], block: int, shrink: fl
     or when the median fill of the groups written is at least that of the rewrite, predicted by shrinking
     every file by ``shrink`` (the ratio of the two estimates). With a few rows much larger than the rest
     (a row a good share of the block), files with fewer rows mostly hold none of them and fill little.
+    A file's bytes are its whole size when ``sizes`` gives it, as in :func:`too_big`.
     """
-    cut = sum(1 for f in per_file if sum(c for _, c in f) > block)
+    totals = sizes if sizes is not None else [sum(c for _, c in f) for f in per_file]
+    cut = sum(1 for total in totals if total > block)
     if cut <= MAX_CUT_SHARE * len(per_file):
         return True
     now = statistics.median(c for f in per_file for _, c in f)
