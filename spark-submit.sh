@@ -8,7 +8,9 @@
 # (any other spark-submit option as one word, e.g. --spark-opt --archives=env.tar.gz#env; repeatable). In
 # cluster deploy mode the job's --conf file is shipped with --files. Defaults: --master local[*], quiet
 # logs (conf/log4j2.properties; LARDER_SPARK_VERBOSE=1 shows Spark's logs), SPARK_LOCAL_IP=127.0.0.1 for local and standalone masters.
-# etl/ and loader/ are shipped to executors as a --py-files zip built on the fly (removed on exit).
+# etl/ and loader/ are shipped to executors as a --py-files zip built on the fly, in a temp dir removed on exit
+# (a later run removes the dir of a run killed with SIGKILL). TERM, INT or HUP sent to this script stop the
+# job (spark-submit and the processes under it); it exits 128 + the signal's number once the job has ended.
 # The job's stderr (error lines, progress) stays on stderr: see the relay below.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -104,8 +106,53 @@ case "$master" in
   local*|spark://127.0.0.1*|spark://localhost*) export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}" ;;
 esac
 
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/larder-submit.XXXXXX")"
+# The temp dir is named after this host and this wrapper's pid, and records spark-submit's pid (job-pid): the
+# dirs of earlier runs killed with SIGKILL (their EXIT trap never ran) are removed here once both their
+# wrapper and their job are gone. Only this user's dirs of this host: a live run's dir is never removed.
+still_running() {  # $@: pids; whether one of them runs (a zombie runs nothing: one no one reaps may stay)
+  local p
+  for p in "$@"; do
+    case "$(ps -o stat= -p "$p" 2>/dev/null)" in
+      Z*) ;;
+      "") ! kill -0 "$p" 2>/dev/null || return 0 ;;  # no such process, or no ps
+      *) return 0 ;;
+    esac
+  done
+  return 1
+}
+tmp_prefix="${TMPDIR:-/tmp}/larder-submit.${HOSTNAME:-localhost}."
+for old in "$tmp_prefix"*; do
+  owner="${old#"$tmp_prefix"}"
+  owner="${owner%%.*}"
+  [[ -d "$old" && -O "$old" && "$owner" =~ ^[0-9]+$ ]] || continue
+  ! still_running "$owner" || continue
+  old_job="$(cat "$old/job-pid" 2>/dev/null || true)"
+  [[ ! "$old_job" =~ ^[0-9]+$ ]] || ! still_running "$old_job" || continue
+  rm -rf "$old"
+done
+tmp="$(mktemp -d "$tmp_prefix$$.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
+
+# TERM, INT and HUP sent to this wrapper stop the job: they go to spark-submit and every process under it (the
+# JVM, the Python driver, its Python workers), like a signal to the whole process group. Before the job
+# starts they are only noted.
+job=""
+job_pids=""
+sig=""
+descendants() {  # $1: a pid; prints it and the pids of the processes under it (only it without ps)
+  ps -A -o pid= -o ppid= 2>/dev/null | awk -v root="$1" '
+    { parent[$1] = $2 }
+    END { print root; for (p in parent) { q = p; while (q in parent && q != root && q > 1) q = parent[q]; if (q == root && p != root) print p } }'
+}
+on_signal() {  # $1: the signal's number
+  sig="$1"
+  [ -n "$job" ] || return 0
+  job_pids="$(descendants "$job")"
+  kill -"$1" $job_pids 2>/dev/null || true
+}
+trap 'on_signal 15' TERM
+trap 'on_signal 2' INT
+trap 'on_signal 1' HUP
 (cd "$HERE" && "$PY" - "$tmp/larder.zip" <<'PYEOF'
 import os, sys, zipfile
 with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as z:
@@ -146,10 +193,27 @@ if mkfifo "$tmp/stderr" 2>/dev/null; then
   export LARDER_STDERR="$tmp/stderr"
 fi
 
+# spark-submit runs in the background so that the signal traps run while we wait for it. After a signal we
+# wait for the job to end (what outlives the JVM by 5 s is killed), then remove the temp dir and exit 128 +
+# the signal's number (143, 130, 129). The job decides what a stopped run leaves: the previous version stays
+# live (a TERMed driver dies at once; the next run removes its staging directory).
+# A background command would ignore INT and QUIT and read /dev/null: it gets them back as a foreground one has.
+[ -z "$sig" ] || exit $((128 + sig))
 set +e
-"$SPARK_HOME/bin/spark-submit" --master "$master" --py-files "$tmp/larder.zip" \
-  --conf "spark.pyspark.python=$PYSPARK_PYTHON" "${driver_python[@]}" "${quiet[@]}" "${spark_args[@]}" "$script" "${job_args[@]}" 4>&-
-rc=$?
+(trap - INT QUIT; exec "$SPARK_HOME/bin/spark-submit" --master "$master" --py-files "$tmp/larder.zip" \
+  --conf "spark.pyspark.python=$PYSPARK_PYTHON" "${driver_python[@]}" "${quiet[@]}" "${spark_args[@]}" "$script" "${job_args[@]}") 4>&- <&0 &
+job=$!
+echo "$job" >"$tmp/job-pid"
+[ -z "$sig" ] || on_signal "$sig"
+while wait "$job"; rc=$?; kill -0 "$job" 2>/dev/null; do :; done  # a trapped signal ends a wait early
+if [ -n "$sig" ]; then
+  for _ in $(seq 50); do
+    still_running $job_pids || break
+    sleep 0.1
+  done
+  ! still_running $job_pids || kill -KILL $job_pids 2>/dev/null
+  rc=$((128 + sig))
+fi
 if [ -n "$relay" ]; then
   exec 4>&-
   # spark-submit waits for its driver, so the driver's lines are in the FIFO by now: the relay only drains
