@@ -16,6 +16,7 @@ silences those records unless ``LARDER_SPARK_VERBOSE=1`` (the switch that restor
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import stat
@@ -56,6 +57,10 @@ def stderr_to_launcher(env: str = STDERR_ENV) -> bool:
         os.dup2(fd, 2)
     finally:
         os.close(fd)
+    # One write per line: unbuffered (python -u, PYTHONUNBUFFERED) a print is two writes, text then newline, and
+    # where the launcher's stderr and stdout go to one file another line could land between them.
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(write_through=False, line_buffering=True)
     return True
 
 

@@ -117,3 +117,30 @@ def test_usage_errors_are_one_line_with_exit_2(argv, words, capsys):
     lines = err.splitlines()
     assert out == "" and len(lines) == 1 and lines[0].startswith("larder: error: "), err
     assert all(w in lines[0] for w in words), lines[0]
+
+
+UNBUFFERED_CHILD = (
+    "import os, sys\n"
+    "from etl.entry import stderr_to_launcher\n"
+    "assert stderr_to_launcher()\n"
+    "sys.stderr.write('larder: seconds per phase')\n"  # a line's text, its newline not yet written
+    "os.write(2, b'[another writer]')\n"  # what another process writes to the same file meanwhile
+    "sys.stderr.write(': {}\\n')\n"
+)
+
+
+def test_a_relayed_stderr_line_is_one_write_even_unbuffered(tmp_path):
+    """Under ``python -u`` / ``PYTHONUNBUFFERED`` a print was two writes, the text and then its newline: the demo's
+    log (stdout and stderr in one file) showed ``...'publish': 0.1}larder: published ...``."""
+    fifo = str(tmp_path / "stderr")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        env = {**os.environ, "LARDER_STDERR": fifo, "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
+        done = subprocess.run([sys.executable, "-c", UNBUFFERED_CHILD], env=env, capture_output=True, text=True,
+                              timeout=60)
+        relayed = os.read(reader, 65536).decode()
+    finally:
+        os.close(reader)
+    assert done.returncode == 0, done.stderr
+    assert relayed == "[another writer]larder: seconds per phase: {}\n"  # the line whole, after the other write
