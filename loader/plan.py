@@ -50,11 +50,12 @@ _TAG_TRANSFORM = 0x7466
 MIN_MIX = 8
 """Row groups a shuffled batch mixes at least (when the dataset has that many): the default window, the
 number of row groups from which slices are interleaved ten at a time, and the reader's ``min_mix``."""
-# Row groups streamed side by side when row groups are too big for a window: windows of 10 slices, over runs
-# of 8 or more row groups whenever there are 8 or more (28 row groups: 10 + 9 + 9; 14: one run of 14, not
-# 7 + 7; see split_pieces), so every batch of a block-sized cache mixes 8 or more row groups. More streams do
-# not cost memory: the window's bytes are fixed and its slices get shorter.
-_STREAMS = 10
+STREAMS = 10
+"""Row groups streamed side by side when row groups are too big for a window: windows of 10 slices, over runs
+of 8 or more row groups whenever there are 8 or more (28 row groups: 10 + 9 + 9; 14: one run of 14, not
+7 + 7; see split_pieces), so every batch of a block-sized cache mixes 8 or more row groups. More streams cost
+only their read buffers and pages (:func:`loader.sizes.stream_overhead`): the window's bytes are fixed and its
+slices get shorter."""
 
 
 class Piece(NamedTuple):
@@ -382,10 +383,10 @@ def window_size_for(mean_group_rows: float, mean_group_bytes: float, *, shuffle_
     runs = balanced_bounds(num_groups, max(1, min(whole, max_window)))
     balanced = runs[-1] - runs[-2]  # the smallest window
     if (whole < 1 or largest_group_bytes > window_bytes
-            or (shuffle_buffer is None and balanced < min(min_mix, num_groups, _STREAMS))):  # interleave slices
+            or (shuffle_buffer is None and balanced < min(min_mix, num_groups, STREAMS))):  # interleave slices
         # 10 pieces whenever there are MIN_MIX (8) row groups or more (a window may then take two slices of a
         # group): balanced windows of at most 10 pieces hold 8 or more once there are 40 (see split_pieces)
-        window = _STREAMS if num_groups >= MIN_MIX else max(1, num_groups)
+        window = STREAMS if num_groups >= MIN_MIX else max(1, num_groups)
         if shuffle_buffer is not None:
             window = max(1, min(window, shuffle_buffer))
         rows_fit = int(window_bytes // max(bytes_per_row, largest_row_bytes))  # rows a window's share holds

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from .dataset import Dataset
 from .errors import LarderError, RemoteError
-from .plan import _STREAMS, MIN_MIX, size_text, window_size_for
+from .plan import MIN_MIX, STREAMS, size_text, window_size_for
 from .streams import stream_buffer_for
 
 SAMPLE_ROWS = 1024
@@ -194,7 +194,7 @@ def plan_layout(ds: Dataset, columns: list[str], *, budget: int, shuffle: bool, 
         # the eighth left, then from the windows' share, down to a quarter of it, or to a row of each stream if
         # more (below that, batches would stop mixing). Past that the reader takes more than the budget and
         # says so (warn_about_streams).
-        floor = max(budget // 24, min(window_bytes, int(_STREAMS * largest_row)))
+        floor = max(budget // 24, min(window_bytes, int(STREAMS * largest_row)))
         left = 5 * budget / 8 - streams_bytes(window, window_bytes)  # for the streams and three windows
         window_bytes = max(floor, min(window_bytes, int(left) // 3))
         window, max_piece_rows = windows(window_bytes)
