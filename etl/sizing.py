@@ -161,12 +161,16 @@ def _footer_groups(fs: pafs.FileSystem, path: str) -> list[tuple[int, int]]:
         return row_group_sizes(pq.ParquetFile(f).metadata)
 
 
-def _parquet_files(fs: pafs.FileSystem, directory: str) -> list[str]:
+def _parquet_entries(fs: pafs.FileSystem, directory: str) -> list[pafs.FileInfo]:
     entries = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
-    return sorted(
-        e.path for e in entries
+    return sorted((
+        e for e in entries
         if e.type == pafs.FileType.File and e.base_name.endswith(".parquet") and not e.base_name.startswith(("_", "."))
-    )  # fmt: skip
+    ), key=lambda e: e.path)  # fmt: skip
+
+
+def _parquet_files(fs: pafs.FileSystem, directory: str) -> list[str]:
+    return [e.path for e in _parquet_entries(fs, directory)]
 
 
 def _measure(fs: pafs.FileSystem, directory: str) -> tuple[int, int, list[tuple[int, int]]]:
@@ -389,9 +393,9 @@ class SizedWriter:
                     infos = None
                 written = time.time()
                 if infos is None:
-                    paths = _parquet_files(self.fs, self.path)
-                    per_file = [_footer_groups(self.fs, p) for p in paths]
-                    sizes = [info.size for info in self.fs.get_file_info(paths)]
+                    entries = _parquet_entries(self.fs, self.path)  # the listing gives the sizes
+                    per_file = [_footer_groups(self.fs, e.path) for e in entries]
+                    sizes = [e.size for e in entries]
                 single = [g for f in per_file for g in f if g[0] == 1 and g[1] > self.block_size]
                 # a row larger than the block is a group of its own whatever the layout: the other groups
                 # alone say whether the files fit and what a row of them takes

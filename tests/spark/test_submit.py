@@ -101,13 +101,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(check, timeout: float, what: str):
+def wait_for(check, timeout: float, what: str, poll: float = 0.5):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}")
 
 

@@ -30,7 +30,7 @@ from etl.config import from_dict
 from etl.job import run
 from etl.sizing import SAMPLE_DIR
 from tests.spark.conftest import DEMO_ROWS
-from tests.spark.test_submit import REPO, SUBMIT, env, path_source, read_all_ids, write_conf
+from tests.spark.test_submit import REPO, SUBMIT, env, path_source, read_all_ids, wait_for, write_conf
 
 FAKE_SPARK_SUBMIT = f"""#!{sys.executable}
 import os, signal, subprocess, sys, time
@@ -65,16 +65,6 @@ def live_pids(sid: int) -> list[int]:
     return found
 
 
-def wait_until(check, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def fake_spark(tmp_path):
     """A ``$SPARK_HOME`` whose ``bin/spark-submit`` is the stand-in, and a private ``$TMPDIR``."""
@@ -94,7 +84,7 @@ def start_fake(fake_env: dict, out) -> tuple[subprocess.Popen, int, int, str]:
                                 env={**fake_env, "FAKE_SPARK_OUT": str(out)}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        wait_until(lambda: os.path.exists(out) or proc.poll() is not None, 60, "the stand-in job")
+        wait_for(lambda: os.path.exists(out) or proc.poll() is not None, 60, "the stand-in job", poll=0.05)
     except AssertionError:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
@@ -170,7 +160,7 @@ def test_the_next_run_removes_the_temp_dir_of_a_run_killed_with_sigkill(fake_spa
     killed, _, _, killed_tmp = start_fake(fake_spark, tmp_path / "killed")
     os.killpg(killed.pid, signal.SIGKILL)  # the wrapper and its job: no trap runs
     killed.wait()
-    wait_until(lambda: not live_pids(killed.pid), 10, "the killed run's end")
+    wait_for(lambda: not live_pids(killed.pid), 10, "the killed run's end", poll=0.05)
     assert os.path.isdir(killed_tmp)
 
     live, _, _, live_tmp = start_fake(fake_spark, tmp_path / "live")  # a run alongside, still going
@@ -205,7 +195,7 @@ def test_the_temp_dir_of_a_job_that_outlives_its_killed_wrapper_is_kept_until_it
         assert os.path.isdir(orphan_tmp)
     finally:
         kill_session(orphaned)
-    wait_until(lambda: not live_pids(orphaned.pid), 10, "the orphaned job's end")
+    wait_for(lambda: not live_pids(orphaned.pid), 10, "the orphaned job's end", poll=0.05)
     later, _, _, _ = start_fake(fake_spark, tmp_path / "later")
     try:
         assert not os.path.exists(orphan_tmp)
